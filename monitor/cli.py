@@ -1,0 +1,163 @@
+"""``vitalmon`` command line: run, check-config, query, demo."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from monitor import config as config_mod
+from monitor.model import VITALS, iso
+
+log = logging.getLogger("vitalmon")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``10m``, ``6h``, ``90s``, ``2d`` (ago) or an ISO 8601 time -> epoch seconds."""
+    m = _DURATION.match(text)
+    now = time.time() if now is None else now
+    if m:
+        return now - float(m.group(1)) * _UNIT_S[m.group(2)]
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since {text!r}: give a duration like 10m, 6h, 2d or an ISO 8601 time"
+        ) from None
+    if dt.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--since {text!r}: an ISO time needs its UTC offset")
+    return dt.timestamp()
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("vitalmon.mqtt.paho").setLevel(logging.WARNING)
+
+
+def _load(path: str) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        print(f"vitalmon: invalid configuration {path}:", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    setup_logging(args.log_level or cfg.log.level)
+    from monitor.daemon import run
+
+    return run(cfg)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    n_rules = sum(1 for t in cfg.rules.thresholds.values() if t.enabled)
+    print(
+        f"{args.config}: OK ({len(cfg.sources)} source(s), {len(cfg.store)} store(s), "
+        f"thresholds for {n_rules} vitals)"
+    )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from monitor.sinks.sqlite import query_readings
+
+    path = cfg.sqlite_path
+    if path is None:
+        print("vitalmon: the config has no sqlite store to query", file=sys.stderr)
+        return 1
+    if not Path(path).exists():
+        print(f"vitalmon: no store at {path} (has the daemon run yet?)", file=sys.stderr)
+        return 1
+    rows = query_readings(path, args.bed, ward=args.ward, vital=args.vital, since=args.since)
+    out = sys.stdout
+    if args.format == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["ts", "ward", "bed", "device", "vital", "value"])
+        for ts, ward, bed, device, vital, value in rows:
+            w.writerow([iso(ts), ward, bed, device, vital, _num(value)])
+    else:
+        keys = ("ts", "ward", "bed", "device", "vital", "value")
+        records = [dict(zip(keys, (iso(r[0]), *r[1:5], r[5]), strict=True)) for r in rows]
+        json.dump(records, out, indent=1)
+        out.write("\n")
+    return 0
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging("warning" if not args.verbose else "info")
+    from monitor.demo import demo
+
+    return demo(duration=args.duration, beds=args.beds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vitalmon", description="Real-time vital-sign monitoring daemon."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-c",
+            "--config",
+            default=config_mod.DEFAULT_CONFIG_PATH,
+            help="YAML config file (default: %(default)s)",
+        )
+
+    sp = sub.add_parser("run", help="run the daemon in the foreground")
+    with_config(sp)
+    sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("check-config", help="validate a config: exit 0, or 1 listing errors")
+    with_config(sp)
+    sp.set_defaults(func=cmd_check_config)
+
+    sp = sub.add_parser("query", help="print stored readings of a bed")
+    with_config(sp)
+    sp.add_argument("--bed", required=True)
+    sp.add_argument("--ward")
+    sp.add_argument("--vital", choices=sorted(VITALS))
+    sp.add_argument("--since", type=parse_since, help="10m, 6h, 2d or an ISO 8601 time")
+    sp.add_argument("--format", choices=["csv", "json"], default="csv")
+    sp.set_defaults(func=cmd_query)
+
+    sp = sub.add_parser("demo", help="broker + simulated beds + daemon, alerts printed live")
+    sp.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    sp.add_argument("--beds", type=int, default=6, help="simulated beds (one deteriorates)")
+    sp.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    raise SystemExit(code)

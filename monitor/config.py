@@ -1,0 +1,456 @@
+"""Configuration: YAML -> ``${VAR}`` substitution -> complete validation -> frozen models.
+
+No I/O beyond reading the file itself (and checking that referenced files exist):
+nothing connects here. Every problem is collected and reported at once, each with its
+key path (``mqtt.port``, ``sources[0].topic``), so a clinical engineer fixes a config in
+one pass instead of one error per restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from monitor.model import VITALS
+
+DEFAULT_CONFIG_PATH = "/etc/vitalmon/vitalmon.yaml"
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists every problem as ``path: message``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- MQTT
+
+
+class TLSConfig(_Model):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class MqttConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    #: Client id; also the persistent-session id, so it must be stable and unique per instance.
+    client_id: str = Field("vitalmon", min_length=1, max_length=128)
+    username: str | None = None
+    #: File holding the password (first line). Never put the password itself in the YAML.
+    password_file: str | None = None
+    protocol: Literal["3.1.1", "5"] = "5"
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    #: MQTT 5 session expiry: how long the broker keeps our session (and queues readings)
+    #: while the daemon is away.
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    tls: TLSConfig | None = None
+
+    @field_validator("password_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not os.access(v, os.R_OK):
+            raise ValueError(f"cannot read password file {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+# -------------------------------------------------------------------------- sources
+
+_SEGMENT = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
+
+
+def parse_topic_template(template: str, required: tuple[str, ...] = ("bed",)) -> list[str | None]:
+    """``"vitals/{ward}/{bed}/{device}"`` -> ``[literal | None(named)]`` names list.
+
+    Returns one entry per level: the literal text, or the placeholder name wrapped as
+    ``"{name}"``. Raises ValueError with a clear message for bad templates.
+    """
+    if not template or template.startswith("$"):
+        raise ValueError("topic template must be non-empty and not start with '$'")
+    levels: list[str | None] = []
+    names: list[str] = []
+    for level in template.split("/"):
+        m = _SEGMENT.match(level)
+        if m:
+            name = m.group(1)
+            if name in names:
+                raise ValueError(f"placeholder {{{name}}} appears twice")
+            names.append(name)
+            levels.append("{" + name + "}")
+        elif any(c in level for c in "{}+#"):
+            raise ValueError(
+                f"level {level!r}: a level is either literal text or one whole {{name}}; "
+                "MQTT wildcards are derived from the placeholders"
+            )
+        else:
+            levels.append(level)
+    for name in required:
+        if name not in names:
+            raise ValueError(f"placeholder {{{name}}} is required")
+    return levels
+
+
+#: SenML names (and other spellings) that resolve to a vital. Matched case-insensitively.
+DEFAULT_ALIASES: dict[str, str] = {
+    "hr": "hr",
+    "heartrate": "hr",
+    "heart_rate": "hr",
+    "pulse": "hr",
+    "pr": "hr",
+    "bpm": "hr",
+    "spo2": "spo2",
+    "sao2": "spo2",
+    "sp02": "spo2",
+    "rr": "rr",
+    "resp": "rr",
+    "respiration": "rr",
+    "respiratory_rate": "rr",
+    "rresp": "rr",
+    "sbp": "sbp",
+    "nbpsys": "sbp",
+    "nbps": "sbp",
+    "abpsys": "sbp",
+    "systolic": "sbp",
+    "dbp": "dbp",
+    "nbpdias": "dbp",
+    "nbpd": "dbp",
+    "abpdias": "dbp",
+    "diastolic": "dbp",
+    "map": "map",
+    "nbpmean": "map",
+    "nbpm": "map",
+    "abpmean": "map",
+    "mean": "map",
+    "temp": "temp",
+    "temperature": "temp",
+    "t": "temp",
+    "etco2": "etco2",
+    "co2": "etco2",
+}
+
+
+class MqttSourceConfig(_Model):
+    type: Literal["mqtt"] = "mqtt"
+    #: Topic template; each ``{name}`` level becomes ``+`` in the subscription.
+    topic: str = "vitals/{ward}/{bed}/{device}"
+    qos: Literal[0, 1, 2] = 1
+    #: Used when the template has no ``{ward}`` / ``{device}`` level.
+    ward: str = "default"
+    device: str = "unknown"
+    max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    #: Extra name -> vital spellings for SenML records, merged over the defaults.
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("topic")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        parse_topic_template(v)
+        return v
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k, vital in v.items() if vital not in VITALS)
+        if bad:
+            raise ValueError(f"aliases {bad} map to unknown vitals (known: {sorted(VITALS)})")
+        return v
+
+
+SourceConfig = Annotated[MqttSourceConfig, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- store
+
+
+class SqliteStoreConfig(_Model):
+    type: Literal["sqlite"] = "sqlite"
+    path: str = "/var/lib/vitalmon/vitals.db"
+    batch_size: int = Field(1000, ge=1, le=100_000)
+
+
+StoreConfig = Annotated[SqliteStoreConfig, Field(discriminator="type")]
+
+
+# -------------------------------------------------------------------------- alerts
+
+
+class AlertsConfig(_Model):
+    #: Template; placeholders among {ward}, {bed}, {device}, {vital}, {priority}.
+    topic: str = "alerts/{ward}/{bed}"
+    qos: Literal[0, 1, 2] = 1
+
+    @field_validator("topic")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        levels = parse_topic_template(v, required=())
+        allowed = {"{ward}", "{bed}", "{device}", "{vital}", "{priority}"}
+        bad = [lvl for lvl in levels if lvl and lvl.startswith("{") and lvl not in allowed]
+        if bad:
+            raise ValueError(f"unknown placeholders {bad}; allowed: {sorted(allowed)}")
+        return v
+
+
+# --------------------------------------------------------------------------- rules
+
+
+class Levels(_Model):
+    warn: float | None = None
+    crit: float | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Levels:
+        if self.warn is None and self.crit is None:
+            raise ValueError("give warn, crit or both")
+        return self
+
+
+class ThresholdConfig(_Model):
+    enabled: bool = True
+    low: Levels | None = None
+    high: Levels | None = None
+    #: The condition must hold on every reading over at least this much event time.
+    delay_s: float = Field(0.0, ge=0, le=3600)
+    #: Hysteresis: to clear, the value must come back past the limit by this much.
+    clear_band: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> ThresholdConfig:
+        lo, hi = self.low, self.high
+        if lo and lo.warn is not None and lo.crit is not None and lo.crit > lo.warn:
+            raise ValueError(f"low.crit ({lo.crit}) must be <= low.warn ({lo.warn})")
+        if hi and hi.warn is not None and hi.crit is not None and hi.crit < hi.warn:
+            raise ValueError(f"high.crit ({hi.crit}) must be >= high.warn ({hi.warn})")
+        if lo and hi:
+            top_low = max(x for x in (lo.warn, lo.crit) if x is not None)
+            bottom_high = min(x for x in (hi.warn, hi.crit) if x is not None)
+            if top_low >= bottom_high:
+                raise ValueError("low limits must be below high limits")
+        return self
+
+
+#: Default adult limits (README, "Default limits").
+DEFAULT_THRESHOLDS: dict[str, dict[str, Any]] = {
+    "spo2": {"low": {"warn": 90, "crit": 85}, "delay_s": 15, "clear_band": 2},
+    "hr": {
+        "low": {"warn": 50, "crit": 40},
+        "high": {"warn": 120, "crit": 140},
+        "delay_s": 10,
+        "clear_band": 5,
+    },
+    "rr": {
+        "low": {"warn": 8, "crit": 5},
+        "high": {"warn": 24, "crit": 30},
+        "delay_s": 15,
+        "clear_band": 2,
+    },
+    "sbp": {
+        "low": {"warn": 90, "crit": 80},
+        "high": {"warn": 180, "crit": 200},
+        "delay_s": 0,
+        "clear_band": 5,
+    },
+    "map": {"low": {"warn": 65, "crit": 55}, "delay_s": 10, "clear_band": 3},
+    "temp": {
+        "low": {"warn": 35.5, "crit": 35.0},
+        "high": {"warn": 38.0, "crit": 39.5},
+        "delay_s": 0,
+        "clear_band": 0.2,
+    },
+}
+
+
+class RulesConfig(_Model):
+    #: Per vital; a vital given here replaces only the keys it names (``delay_s`` alone
+    #: keeps the default limits). ``enabled: false`` switches a vital's thresholds off.
+    thresholds: dict[str, ThresholdConfig] = Field(default_factory=dict)
+    #: Event-time window kept per bed and vital.
+    window_s: float = Field(600.0, ge=10, le=24 * 3600)
+    #: Out-of-order tolerance: a reading older than the newest of its series by more
+    #: than this is stored but not evaluated (counted as ``late``).
+    max_lag_s: float = Field(60.0, ge=0, le=3600)
+    #: A gap longer than this between readings breaks a condition's ``delay_s`` run.
+    max_gap_s: float = Field(30.0, gt=0, le=3600)
+    #: Readings stamped further than this in the future are rejected.
+    max_future_s: float = Field(300.0, ge=0)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _merge_defaults(cls, v: Any) -> Any:
+        if v is None:
+            v = {}
+        if not isinstance(v, Mapping):
+            return v  # let pydantic report the type error
+        merged: dict[str, Any] = {k: dict(d) for k, d in DEFAULT_THRESHOLDS.items()}
+        for vital, over in v.items():
+            if over is None:
+                merged[vital] = {"enabled": False}
+            elif isinstance(over, Mapping):
+                merged[vital] = {**merged.get(vital, {}), **over}
+            else:
+                merged[vital] = over
+        return merged
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, v: dict[str, ThresholdConfig]) -> dict[str, ThresholdConfig]:
+        bad = sorted(set(v) - set(VITALS))
+        if bad:
+            raise ValueError(f"unknown vitals {bad} (known: {sorted(VITALS)})")
+        return v
+
+
+# ------------------------------------------------------------------------ the whole
+
+
+class EngineConfig(_Model):
+    #: Bounded queue between sources and engine (readings); sources wait when it is full.
+    queue_size: int = Field(10_000, ge=10, le=10_000_000)
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Model):
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    sources: list[SourceConfig] = Field(default_factory=lambda: [MqttSourceConfig()])
+    #: One sink or a list of sinks.
+    store: list[StoreConfig] = Field(default_factory=lambda: [SqliteStoreConfig()])
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, Mapping) else v
+
+    @field_validator("sources")
+    @classmethod
+    def _some_source(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        if not v:
+            raise ValueError("at least one source is needed")
+        return v
+
+    @property
+    def sqlite_path(self) -> str | None:
+        for sink in self.store:
+            if sink.type == "sqlite":
+                return sink.path
+        return None
+
+
+# -------------------------------------------------------------------------- loading
+
+
+def substitute(node: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(node, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return ""
+
+        out = _VAR.sub(repl, node)
+        if out != node and _VAR.fullmatch(node):
+            # A whole-value substitution may produce a number, bool or null.
+            try:
+                return yaml.safe_load(out) if out else None
+            except yaml.YAMLError:
+                return out
+        return out
+    if isinstance(node, Mapping):
+        return {k: substitute(v, env, _join(path, str(k)), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute(v, env, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    return node
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"mqtt", "sqlite"} and out.endswith("]"):
+            continue  # discriminator tag inserted by pydantic, not a user key
+        else:
+            out = _join(out, part)
+    return out or "<root>"
+
+
+def parse(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed YAML document; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(["<root>: the config must be a mapping of sections"])
+    data = substitute(data, os.environ if env is None else env, "", errors)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            errors.append(f"{_loc(err['loc'])}: {msg}")
+        raise ConfigError(errors) from None
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read config: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{p}: not valid YAML: {exc}"]) from None
+    return parse(data, env)
+
+
+def read_secret(path: str) -> str:
+    """First line of a secret file, without the newline."""
+    return Path(path).read_text(encoding="utf-8").splitlines()[0] if path else ""

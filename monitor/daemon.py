@@ -1,0 +1,162 @@
+"""The daemon: startup, main loop, shutdown. One TaskGroup owns every task.
+
+Startup runs sinks first, then the engine, then the MQTT connection and the sources,
+so nothing is taken in before there is somewhere to put it. Shutdown runs the other
+way: sources stop taking input, the engine drains its queue, sinks write what they
+accepted, pending alerts are confirmed by the broker, then the client says ``offline``
+and disconnects. Signal handlers only set an event; a second SIGINT/SIGTERM forces
+the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sqlite3
+import time
+
+from monitor.config import Config
+from monitor.engine import Engine
+from monitor.mqtt import Client
+from monitor.sinks import Sink
+from monitor.sinks.alerts import AlertPublisher
+from monitor.sinks.sqlite import SqliteSink
+from monitor.sources import Source
+from monitor.sources.deadletter import DeadLetters
+from monitor.sources.mqtt import MqttSource
+
+log = logging.getLogger("vitalmon.daemon")
+
+#: Shutdown must finish within this; a service manager waits ~5 s before SIGKILL.
+SHUTDOWN_BUDGET_S = 4.5
+HEARTBEAT_S = 1.0
+SUMMARY_EVERY_S = 300.0
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.client = Client(cfg.mqtt)
+        self.deadletters = DeadLetters(
+            lambda topic, payload: self.client.publish(topic, payload, qos=0)
+        )
+        self.store_sinks: list[SqliteSink] = [SqliteSink(s) for s in cfg.store]
+        self.alert_sink = AlertPublisher(cfg.alerts, self.client)
+        self.sinks: list[Sink] = [*self.store_sinks, self.alert_sink]
+        self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size)
+        self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
+        self.should_exit = asyncio.Event()
+        self.started = asyncio.Event()
+        self._force_exit = False
+        self._signals = 0
+
+    # ------------------------------------------------------------------- signals
+
+    def handle_signal(self, sig: int) -> None:
+        """Only sets flags: the main loop does the work."""
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second %s: forcing exit", signal.Signals(sig).name)
+            self._force_exit = True
+        else:
+            log.info("%s: shutting down", signal.Signals(sig).name)
+        self.should_exit.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_signal, sig)
+
+    # --------------------------------------------------------------------- serve
+
+    async def serve(self) -> None:
+        self._install_signal_handlers()
+        async with asyncio.TaskGroup() as tg:
+            tasks = await self.startup(tg)
+            await self.main_loop()
+            await self.shutdown(tasks)
+
+    async def startup(self, tg: asyncio.TaskGroup) -> dict[str, list[asyncio.Task[None]]]:
+        for sink in self.sinks:  # sinks first: raise here if one cannot work
+            await sink.open()
+        tasks: dict[str, list[asyncio.Task[None]]] = {"sinks": [], "sources": []}
+        for sink in self.sinks:
+            tasks["sinks"].append(tg.create_task(sink.run(), name=f"vitalmon.sink[{sink.name}]"))
+        tasks["engine"] = [tg.create_task(self.engine.run(), name="vitalmon.engine")]
+        self.client.start()
+        for src in self.sources:
+            tasks["sources"].append(
+                tg.create_task(
+                    src.run(self.engine.put, self.deadletters), name=f"vitalmon.source[{src.name}]"
+                )
+            )
+        self.started.set()
+        return tasks
+
+    async def main_loop(self) -> None:
+        ready_logged = False
+        last_summary = time.monotonic()
+        while not self.should_exit.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_S)
+            if self.client.connected.is_set() and not ready_logged:
+                log.info("ready: connected, subscribed, store open")
+                ready_logged = True
+            if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
+                last_summary = time.monotonic()
+                log.info("%s", self.summary())
+
+    def summary(self) -> str:
+        stored = sum(s.counts["committed"] for s in self.store_sinks)
+        rejected = sum(self.deadletters.counts.values())
+        return (
+            f"series {len(self.engine.series)}, readings {self.engine.counts['readings']}, "
+            f"stored {stored}, rejected {rejected}, active alerts "
+            f"{self.engine.active_alerts()}"
+        )
+
+    async def shutdown(self, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        try:
+            for src in self.sources:
+                src.stop()
+            await self._join(tasks["sources"], deadline, "sources")
+            self.engine.stop()
+            await self._join(tasks["engine"], deadline, "engine")
+            for sink in self.sinks:
+                sink.close()
+            await self._join(tasks["sinks"], deadline, "sinks")
+        finally:
+            remaining = max(0.2, deadline - time.monotonic())
+            await self.client.stop(timeout=min(remaining, 2.0))
+            log.info("stopped: %s", self.summary())
+
+    async def _join(self, tasks: list[asyncio.Task[None]], deadline: float, what: str) -> None:
+        if not tasks:
+            return
+        timeout = 0 if self._force_exit else max(0.0, deadline - time.monotonic())
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        if pending:
+            log.warning(
+                "%s did not finish within the shutdown budget: cancelling %s",
+                what,
+                ", ".join(t.get_name() for t in pending),
+            )
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending)
+
+
+def run(cfg: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    daemon = Daemon(cfg)
+    failed: list[BaseException] = []
+    try:
+        asyncio.run(daemon.serve())
+    except* (OSError, sqlite3.Error) as eg:
+        failed.extend(eg.exceptions)
+    for exc in failed:
+        log.error("fatal: %s", exc)
+    return 1 if failed else 0

@@ -1,0 +1,101 @@
+"""The engine: per-series windows and rules, evaluated on event time.
+
+Contract of :class:`Engine`:
+
+* ``put(batch)`` is what sources await to hand readings in; it waits while the
+  bounded queue is full (back-pressure).
+* ``run()`` takes batches in arrival order. For each reading it updates its series'
+  window, evaluates that series' rules at the series' newest reading, then hands the
+  batch's readings and any alert events to every sink (awaiting their back-pressure).
+* ``stop()`` is called after every source has stopped; ``run()`` returns once all that
+  was queued before it has been processed and handed on.
+* ``process(readings)`` is the synchronous core, used by ``run`` and by replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+from monitor.config import RulesConfig
+from monitor.engine.threshold import Active, SeriesKey, ThresholdRule
+from monitor.engine.window import Window
+from monitor.model import AlertEvent, Reading
+from monitor.sinks import Sink
+from monitor.sources import Batch
+
+log = logging.getLogger("vitalmon.engine")
+
+
+class _Series:
+    __slots__ = ("active", "window")
+
+    def __init__(self, span_s: float, rules: int) -> None:
+        self.window = Window(span_s)
+        self.active: list[Active | None] = [None] * rules
+
+
+class Engine:
+    def __init__(self, rules: RulesConfig, sinks: Sequence[Sink], queue_size: int = 10_000) -> None:
+        self.cfg = rules
+        self.sinks = list(sinks)
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
+        self.rules: dict[str, list[ThresholdRule]] = {
+            vital: ThresholdRule.from_config(vital, tc, rules.max_gap_s)
+            for vital, tc in rules.thresholds.items()
+        }
+        self.series: dict[SeriesKey, _Series] = {}
+        self.counts: Counter[str] = Counter()
+
+    async def put(self, batch: Batch) -> None:
+        await self.queue.put(batch)
+
+    def stop(self) -> None:
+        """Queue the end marker behind everything already queued (never waits)."""
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            # Sources have stopped, so the queue only shrinks: hand the marker in later.
+            asyncio.get_running_loop().create_task(self.queue.put(None), name="engine.stop")
+
+    async def run(self) -> None:
+        while True:
+            batch = await self.queue.get()
+            if batch is None:
+                return
+            events = self.process(batch.readings)
+            for sink in self.sinks:
+                await sink.write(batch.readings, events)
+            if batch.done is not None:
+                batch.done()
+
+    def active_alerts(self) -> int:
+        return sum(a is not None for s in self.series.values() for a in s.active)
+
+    def process(self, readings: Sequence[Reading]) -> list[AlertEvent]:
+        """Evaluate readings in order; returns the alert events they cause."""
+        events: list[AlertEvent] = []
+        for r in readings:
+            self.counts["readings"] += 1
+            key = SeriesKey(r.ward, r.bed, r.device, r.vital)
+            rules = self.rules.get(r.vital, ())
+            series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = _Series(self.cfg.window_s, len(rules))
+            win = series.window
+            if r.ts < win.newest - self.cfg.max_lag_s:
+                self.counts["late"] += 1  # stored, too late to change the present
+                continue
+            win.add(r.ts, r.value)
+            if not rules:
+                continue
+            ts, vals = win.ts, win.values
+            for i, rule in enumerate(rules):
+                active, event = rule.evaluate(key, ts, vals, series.active[i], r.patient)
+                series.active[i] = active
+                if event is not None:
+                    self.counts[f"alert_{event.state}"] += 1
+                    events.append(event)
+        return events

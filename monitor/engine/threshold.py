@@ -1,0 +1,250 @@
+"""Threshold rules with two levels, a condition delay and hysteresis. Pure: no I/O.
+
+One :class:`ThresholdRule` is one side (``low`` or ``high``) of one vital, e.g.
+``spo2.low``. Levels: 0 ok, 1 warn (priority ``medium``), 2 crit (priority ``high``).
+
+Worked example, ``spo2.low`` with warn 90, crit 85, ``delay_s`` 15, clear band 2, one
+reading a second::
+
+    t=0..9   97                       level 0
+    t=10     82   condition starts    level 0 (has not held for 15 s yet)
+    t=25     82   held 15 s           level 2: raise  "SpO2 82 % < 85 % for 15 s"
+    t=40     88   >= 85+2, still < 90 level 1: same alert, priority medium
+    t=41     91   < 90+2              level 1 (hysteresis: not cleared yet)
+    t=42     97   >= 92               level 0: resolved (recovery is always emitted)
+
+Raising to level L needs every reading in the last ``delay_s`` of event time to be
+beyond L's limit, the run reaching back at least ``delay_s`` and no gap in it longer
+than ``max_gap_s``. Keeping level L needs only the newest reading within L's limit
+plus the clear band. The level is the higher of the two, so escalation waits for its
+own delay while de-escalation and recovery follow the newest reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.config import ThresholdConfig
+from monitor.engine.window import Array
+from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, fmt_value
+
+PRIORITY = {1: Priority.MEDIUM, 2: Priority.HIGH}
+_EPS = 1e-6
+
+
+@dataclass(slots=True)
+class Active:
+    """An alert that has been raised and not yet resolved."""
+
+    id: str
+    level: int
+    started_at: float
+    seq: int
+    device: str
+    patient: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    ward: str
+    bed: str
+    device: str
+    vital: str
+
+
+class ThresholdRule:
+    def __init__(
+        self,
+        vital: str,
+        side: Literal["low", "high"],
+        warn: float | None,
+        crit: float | None,
+        delay_s: float,
+        clear_band: float,
+        max_gap_s: float,
+    ) -> None:
+        self.vital = vital
+        self.side = side
+        self.name = f"{vital}.{side}"
+        self.limits: dict[int, float] = {
+            lvl: lim for lvl, lim in ((1, warn), (2, crit)) if lim is not None
+        }
+        self.delay_s = delay_s
+        self.band = clear_band
+        self.max_gap_s = max_gap_s
+        self._levels_desc = sorted(self.limits, reverse=True)
+        # the least extreme limit: a reading within it cannot raise anything
+        self._entry = self.limits[min(self.limits)]
+
+    @classmethod
+    def from_config(cls, vital: str, cfg: ThresholdConfig, max_gap_s: float) -> list[ThresholdRule]:
+        rules: list[ThresholdRule] = []
+        if not cfg.enabled:
+            return rules
+        for side in ("low", "high"):
+            lv = cfg.low if side == "low" else cfg.high
+            if lv is not None:
+                rules.append(
+                    cls(vital, side, lv.warn, lv.crit, cfg.delay_s, cfg.clear_band, max_gap_s)
+                )
+        return rules
+
+    # -------------------------------------------------------------- level logic
+
+    def beyond(self, level: int, values: Array | float) -> npt.NDArray[np.bool_]:
+        lim = self.limits[level]
+        return np.less(values, lim) if self.side == "low" else np.greater(values, lim)
+
+    def holds(self, level: int, value: float) -> bool:
+        lim = self.limits[level]
+        return value < lim + self.band if self.side == "low" else value > lim - self.band
+
+    def _run_start(self, level: int, ts: Array, vals: Array) -> int | None:
+        """Index where the current run beyond ``level`` started, if it is long enough."""
+        n = len(ts)
+        if self.delay_s <= 0:
+            i0 = n - 1
+        else:
+            i0 = int(np.searchsorted(ts, ts[-1] - self.delay_s + _EPS, side="right")) - 1
+            if i0 < 0:
+                return None
+        if not np.all(self.beyond(level, vals[i0:])):
+            return None
+        if n - i0 > 1 and np.max(np.diff(ts[i0:])) > self.max_gap_s:
+            return None
+        # how far back does the run go? (for started_at and the message)
+        within = self.beyond(level, vals[: i0 + 1])
+        start = 0
+        outside = np.flatnonzero(~within)
+        if len(outside):
+            start = int(outside[-1]) + 1
+        gaps = np.flatnonzero(np.diff(ts[: i0 + 1]) > self.max_gap_s)
+        if len(gaps):
+            start = max(start, int(gaps[-1]) + 1)
+        return start
+
+    def level(self, current: int, ts: Array, vals: Array) -> tuple[int, int | None]:
+        """-> (new level, index where a newly raised level's run started)."""
+        newest = float(vals[-1])
+        held = 0
+        for lvl in range(current, 0, -1):
+            if lvl in self.limits and self.holds(lvl, newest):
+                held = lvl
+                break
+        if not self.beyond(min(self.limits), newest):
+            return held, None
+        for lvl in self._levels_desc:
+            if lvl <= held:
+                break
+            start = self._run_start(lvl, ts, vals)
+            if start is not None:
+                return lvl, start
+        return held, None
+
+    # ------------------------------------------------------------------ events
+
+    def evaluate(
+        self,
+        key: SeriesKey,
+        ts: Array,
+        vals: Array,
+        active: Active | None,
+        patient: str | None,
+    ) -> tuple[Active | None, AlertEvent | None]:
+        """Evaluate at the newest reading of a series; -> (new active state, event)."""
+        current = active.level if active else 0
+        new, start = self.level(current, ts, vals)
+        if new == current:
+            return active, None
+        at = float(ts[-1])
+        value = float(vals[-1])
+        if active is None:
+            started = float(ts[start]) if start is not None else at
+            active = Active(
+                _alert_id(key, self.name, started), new, started, 0, key.device, patient
+            )
+        active.seq += 1
+        if new == 0:
+            lim = self.limits[min(self.limits)]
+            event = self._event(
+                key,
+                active,
+                current,
+                AlertState.RESOLVED,
+                value,
+                lim,
+                at,
+                self._resolved_message(value, lim, at - active.started_at),
+            )
+            return None, event
+        active.level = new
+        lim = self.limits[new]
+        dur = at - (float(ts[start]) if start is not None else active.started_at)
+        event = self._event(
+            key,
+            active,
+            new,
+            AlertState.ACTIVE,
+            value,
+            lim,
+            at,
+            self._active_message(value, lim, dur),
+        )
+        return active, event
+
+    def _event(
+        self,
+        key: SeriesKey,
+        a: Active,
+        level: int,
+        state: AlertState,
+        value: float,
+        limit: float,
+        at: float,
+        message: str,
+    ) -> AlertEvent:
+        return AlertEvent(
+            id=a.id,
+            ward=key.ward,
+            bed=key.bed,
+            device=a.device,
+            patient=a.patient,
+            vital=self.vital,
+            rule=self.name,
+            kind="physiological",
+            priority=PRIORITY[level],
+            state=state,
+            value=value,
+            limit=limit,
+            message=message,
+            started_at=a.started_at,
+            at=at,
+            seq=a.seq,
+        )
+
+    def _active_message(self, value: float, limit: float, duration: float) -> str:
+        unit = VITALS[self.vital][0]
+        op = "<" if self.side == "low" else ">"
+        text = f"{LABELS[self.vital]} {fmt_value(value)} {unit} {op} {fmt_value(limit)} {unit}"
+        if duration >= 1:
+            text += f" for {duration:.0f} s"
+        return text
+
+    def _resolved_message(self, value: float, limit: float, lasted: float) -> str:
+        unit = VITALS[self.vital][0]
+        where = "above" if self.side == "low" else "below"
+        return (
+            f"{LABELS[self.vital]} {fmt_value(value)} {unit} back {where} "
+            f"{fmt_value(limit)} {unit}; alarm lasted {lasted:.0f} s"
+        )
+
+
+def _alert_id(key: SeriesKey, rule: str, started_at: float) -> str:
+    """Deterministic: the same recording gives the same ids, at any replay speed."""
+    raw = f"{key.ward}/{key.bed}/{key.device}/{rule}/{started_at:.3f}"
+    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]

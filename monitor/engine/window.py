@@ -1,0 +1,88 @@
+"""Per-series sliding windows on numpy arrays, kept in event-time order."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.float64]
+
+
+class Window:
+    """The readings of one series (bed, device, vital) over the last ``span_s`` of event time.
+
+    Appending in time order is amortised O(1) (the live region slides along a buffer
+    twice its size and is compacted when it reaches the end); an out-of-order reading is
+    inserted at its place. ``ts`` and ``values`` are views of the live region, sorted by
+    time: valid until the next insert.
+    """
+
+    __slots__ = ("_end", "_start", "_ts", "_v", "max_samples", "span_s")
+
+    def __init__(self, span_s: float, max_samples: int = 100_000, initial: int = 64) -> None:
+        self.span_s = span_s
+        self.max_samples = max_samples
+        self._ts: Array = np.empty(initial, dtype=np.float64)
+        self._v: Array = np.empty(initial, dtype=np.float64)
+        self._start = 0
+        self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def ts(self) -> Array:
+        return self._ts[self._start : self._end]
+
+    @property
+    def values(self) -> Array:
+        return self._v[self._start : self._end]
+
+    @property
+    def newest(self) -> float:
+        return float(self._ts[self._end - 1]) if self._end > self._start else float("-inf")
+
+    def add(self, ts: float, value: float) -> int:
+        """Insert one reading; returns its index in :attr:`ts` (``len - 1`` when newest)."""
+        if self._end == len(self._ts):
+            self._make_room()
+        end = self._end
+        if end == self._start or ts >= self._ts[end - 1]:
+            self._ts[end] = ts
+            self._v[end] = value
+            self._end = end + 1
+            self._expire(ts)
+            return len(self) - 1
+        live = self._ts[self._start : end]
+        idx = self._start + int(np.searchsorted(live, ts, side="right"))
+        self._ts[idx + 1 : end + 1] = self._ts[idx:end].copy()
+        self._v[idx + 1 : end + 1] = self._v[idx:end].copy()
+        self._ts[idx] = ts
+        self._v[idx] = value
+        self._end = end + 1
+        pos = idx - self._start
+        dropped = self._expire(self.newest)
+        return pos - dropped
+
+    def _expire(self, newest: float) -> int:
+        """Drop readings older than the window (and beyond max_samples); returns how many."""
+        horizon = newest - self.span_s
+        start = self._start
+        if self._ts[start] < horizon:
+            live = self._ts[start : self._end]
+            start += int(np.searchsorted(live, horizon, side="left"))
+        start = max(start, self._end - self.max_samples)
+        dropped = start - self._start
+        self._start = start
+        return dropped
+
+    def _make_room(self) -> None:
+        n = len(self)
+        size = len(self._ts)
+        if n * 2 > size:  # more than half full: grow
+            size *= 2
+        ts = np.empty(size, dtype=np.float64)
+        v = np.empty(size, dtype=np.float64)
+        ts[:n] = self._ts[self._start : self._end]
+        v[:n] = self._v[self._start : self._end]
+        self._ts, self._v, self._start, self._end = ts, v, 0, n

@@ -1,0 +1,139 @@
+"""The types that cross pipeline stages: sources -> engine -> sinks.
+
+Nothing here does I/O. A source turns bytes into :class:`Reading` objects (and
+:class:`Rejection` objects for what it refuses); the engine turns readings into
+:class:`AlertEvent` objects; sinks store or publish both.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+#: The vitals vitalmon knows, with their unit and the range a real patient can have.
+#: A value outside the range is rejected as implausible (never alarmed as physiology).
+VITALS: Final[dict[str, tuple[str, float, float]]] = {
+    "hr": ("/min", 0.0, 350.0),
+    "spo2": ("%", 0.0, 100.0),
+    "rr": ("/min", 0.0, 150.0),
+    "sbp": ("mmHg", 0.0, 350.0),
+    "dbp": ("mmHg", 0.0, 300.0),
+    "map": ("mmHg", 0.0, 300.0),
+    "temp": ("°C", 20.0, 45.0),
+    "etco2": ("mmHg", 0.0, 150.0),
+}
+
+#: How vitals are written in alert messages.
+LABELS: Final[dict[str, str]] = {
+    "hr": "HR",
+    "spo2": "SpO2",
+    "rr": "RR",
+    "sbp": "SBP",
+    "dbp": "DBP",
+    "map": "MAP",
+    "temp": "Temp",
+    "etco2": "EtCO2",
+}
+
+
+class Priority(enum.StrEnum):
+    """IEC 60601-1-8 alarm priorities."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class AlertState(enum.StrEnum):
+    ACTIVE = "active"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one vital of one bed at one instant of event time."""
+
+    ts: float  #: event time, epoch seconds (UTC)
+    ward: str
+    bed: str
+    device: str
+    vital: str
+    value: float
+    patient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Input that was refused, with the reason (a short fixed cause) and details."""
+
+    cause: str  #: e.g. "malformed_json", "implausible", "unknown_vital"
+    detail: str
+    topic: str = ""
+    payload: bytes = b""
+
+
+@dataclass(slots=True)
+class AlertEvent:
+    """One state change of one alert: published on MQTT and stored.
+
+    ``id`` stays the same for the whole life of an alert (raise, escalate, resolve);
+    ``seq`` counts that alert's events from 1.
+    """
+
+    id: str
+    ward: str
+    bed: str
+    device: str
+    patient: str | None
+    vital: str
+    rule: str
+    kind: str
+    priority: Priority
+    state: AlertState
+    value: float
+    limit: float
+    message: str
+    started_at: float
+    at: float
+    seq: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The public alert schema (README, "Alert event")."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "ward": self.ward,
+            "bed": self.bed,
+            "device": self.device,
+            "patient": self.patient,
+            "vital": self.vital,
+            "rule": self.rule,
+            "kind": self.kind,
+            "priority": str(self.priority),
+            "state": str(self.state),
+            "value": self.value,
+            "limit": self.limit,
+            "message": self.message,
+            "started_at": iso(self.started_at),
+            "at": iso(self.at),
+            "seq": self.seq,
+        }
+        out.update(self.extra)
+        return out
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds -> ISO 8601 UTC with millisecond precision and a ``Z``."""
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fmt_value(value: float) -> str:
+    """A value as a clinician writes it: 82, 36.9, 120.5 (no trailing zeros)."""
+    if math.isfinite(value) and value == int(value):
+        return str(int(value))
+    return f"{value:.1f}".rstrip("0").rstrip(".")

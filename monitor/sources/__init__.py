@@ -1,0 +1,47 @@
+"""Sources: where readings come from (MQTT today; serial and HL7 later).
+
+Contract of a source (see :class:`Source`):
+
+* ``run(emit, reject)`` is started as a task by the daemon after every sink and the
+  engine are running. It turns device input into :class:`~monitor.model.Reading` lists
+  and awaits ``emit(batch)`` for each: ``emit`` applies back-pressure (it waits while the
+  engine's queue is full), so a source never buffers without bound. Refused input goes
+  to ``reject(rejection)``, which never waits.
+* ``stop()`` is called before the engine and sinks are stopped. Afterwards the source
+  emits nothing more; ``run`` returns once what it already took in has been emitted.
+  Input it did not take in stays with its origin (MQTT: unacknowledged, redelivered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from monitor.model import Reading, Rejection
+
+
+@dataclass(slots=True)
+class Batch:
+    """Readings taken in together (one MQTT message, one serial line)."""
+
+    readings: list[Reading]
+    #: Called once the batch is accepted downstream; releases it at its origin.
+    done: Callable[[], None] | None = None
+    received_at: float = 0.0
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+Emit = Callable[[Batch], Awaitable[None]]
+Reject = Callable[[Rejection], None]
+
+
+class Source(Protocol):
+    name: str
+
+    async def run(self, emit: Emit, reject: Reject) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+__all__ = ["Batch", "Emit", "Reject", "Source"]

@@ -1,0 +1,300 @@
+"""Payload codecs: bytes -> readings and rejections. Pure functions, no I/O.
+
+Accepted payloads (UTF-8 JSON):
+
+* a reading object ``{"ts": 1764324000.25, "hr": 72, "spo2": 97, ...}``;
+* a JSON array of reading objects (a batch);
+* a SenML pack (RFC 8428): an array of records with ``bn``/``n``, ``bt``/``t``, ``v``,
+  ``u`` (and ``bu``, ``bv``), names resolved to vitals through aliases.
+
+A bad field never takes a good one down with it: each vital of each object is
+accepted or rejected on its own, with a cause from :data:`CAUSES`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from monitor.model import VITALS, Reading, Rejection
+
+#: Every rejection cause, with what it means (README, "Dead letters").
+CAUSES: Final[dict[str, str]] = {
+    "too_large": "payload larger than max_payload_bytes",
+    "not_utf8": "payload is not UTF-8",
+    "malformed_json": "payload is not valid JSON",
+    "bad_shape": "JSON is not a reading object, an array of them, or a SenML pack",
+    "bad_topic": "topic does not match the source's template (or a level is empty)",
+    "bad_ts": "ts missing its UTC offset, not a number/ISO 8601 string, or out of range",
+    "future_ts": "ts further in the future than rules.max_future_s",
+    "wrong_type": "a vital's value is not a number",
+    "not_finite": "a vital's value is NaN or infinite",
+    "implausible": "a vital's value is outside what a patient can have",
+    "unknown_vital": "a field or SenML name that is not a known vital",
+    "bad_unit": "a SenML unit that does not fit the vital",
+    "bad_field": "patient/device is not a string",
+    "empty": "a reading object with no vitals",
+}
+
+#: Fields of a reading object that are not vitals.
+_META: Final = frozenset({"ts", "patient", "device"})
+#: Accepted and ignored for now (NEWS2 inputs, handled by the rules of a later release).
+_IGNORED: Final = frozenset({"o2", "avpu"})
+
+#: Earliest plausible event time (2000-01-01); catches milliseconds sent as seconds too.
+_MIN_TS: Final = 946_684_800.0
+#: SenML: times below 2**28 are relative to "now" (RFC 8428 section 4.5.3).
+_SENML_REL: Final = 2**28
+
+#: SenML units accepted per vital, with the conversion to vitalmon's unit.
+_UNITS: Final[dict[str, dict[str, tuple[float, float]]]] = {
+    "hr": {
+        "beat/min": (1, 0),
+        "beats/min": (1, 0),
+        "1/min": (1, 0),
+        "/min": (1, 0),
+        "bpm": (1, 0),
+        "Hz": (60, 0),
+        "beat/s": (60, 0),
+    },
+    "spo2": {"%": (1, 0), "%EL": (1, 0), "/": (100, 0)},
+    "rr": {"breaths/min": (1, 0), "1/min": (1, 0), "/min": (1, 0), "rpm": (1, 0), "Hz": (60, 0)},
+    "sbp": {"mmHg": (1, 0), "kPa": (7.50062, 0)},
+    "dbp": {"mmHg": (1, 0), "kPa": (7.50062, 0)},
+    "map": {"mmHg": (1, 0), "kPa": (7.50062, 0)},
+    "temp": {"Cel": (1, 0), "degC": (1, 0), "K": (1, -273.15), "degF": (5 / 9, -32 * 5 / 9)},
+    "etco2": {"mmHg": (1, 0), "kPa": (7.50062, 0), "%": (7.13, 0)},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a payload came from: topic levels resolved to ward/bed/device."""
+
+    topic: str
+    ward: str
+    bed: str
+    device: str
+
+
+@dataclass(slots=True)
+class Decoded:
+    readings: list[Reading] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def reject(self, cause: str, detail: str, origin: Origin, payload: bytes = b"") -> None:
+        self.rejections.append(Rejection(cause, detail, origin.topic, payload))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Decoder settings that come from the config."""
+
+    max_payload_bytes: int = 64 * 1024
+    max_future_s: float = 300.0
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+
+def decode(payload: bytes, origin: Origin, now: float, limits: Limits) -> Decoded:
+    """Decode one MQTT payload into readings and rejections."""
+    out = Decoded()
+    if len(payload) > limits.max_payload_bytes:
+        out.reject(
+            "too_large", f"{len(payload)} bytes > {limits.max_payload_bytes}", origin, payload[:256]
+        )
+        return out
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        out.reject("not_utf8", str(exc), origin, payload)
+        return out
+    try:
+        doc = json.loads(text, parse_constant=_keep_constant)
+    except (ValueError, RecursionError) as exc:
+        out.reject("malformed_json", str(exc)[:200], origin, payload)
+        return out
+    if isinstance(doc, dict):
+        _decode_object(doc, origin, now, limits, out, payload)
+    elif isinstance(doc, list) and doc and all(isinstance(r, dict) for r in doc):
+        if any(("n" in r or "bn" in r) for r in doc):
+            _decode_senml(doc, origin, now, limits, out, payload)
+        else:
+            for obj in doc:
+                _decode_object(obj, origin, now, limits, out, payload)
+    else:
+        out.reject("bad_shape", f"top-level JSON {type(doc).__name__}", origin, payload)
+    return out
+
+
+def _keep_constant(name: str) -> float:
+    # NaN, Infinity, -Infinity: let them through so they are rejected per field, by name.
+    return float(name.replace("Infinity", "inf"))
+
+
+def parse_ts(raw: Any, now: float, limits: Limits) -> tuple[float | None, str, str]:
+    """-> (ts, cause, detail); ts is None when rejected."""
+    if raw is None:
+        return now, "", ""
+    if isinstance(raw, bool):
+        return None, "bad_ts", "ts is a boolean"
+    if isinstance(raw, int | float):
+        ts = float(raw)
+    elif isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return None, "bad_ts", f"ts {raw[:40]!r} is not ISO 8601"
+        if dt.tzinfo is None:
+            return None, "bad_ts", f"ts {raw[:40]!r} has no UTC offset"
+        ts = dt.timestamp()
+    else:
+        return None, "bad_ts", f"ts is a {type(raw).__name__}"
+    if not math.isfinite(ts) or ts < _MIN_TS:
+        return None, "bad_ts", f"ts {raw!r} out of range (epoch seconds expected)"
+    if ts > now + limits.max_future_s:
+        return None, "future_ts", f"ts {ts:.3f} is {ts - now:.0f} s in the future"
+    return ts, "", ""
+
+
+def check_value(vital: str, raw: Any) -> tuple[float | None, str, str]:
+    """-> (value, cause, detail) for one vital's raw JSON value."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None, "wrong_type", f"{vital}={raw!r:.40} is not a number"
+    value = float(raw)
+    if not math.isfinite(value):
+        return None, "not_finite", f"{vital}={value}"
+    _unit, lo, hi = VITALS[vital]
+    if not lo <= value <= hi:
+        return None, "implausible", f"{vital}={value:g} outside [{lo:g}, {hi:g}]"
+    return value, "", ""
+
+
+def _decode_object(
+    obj: dict[str, Any],
+    origin: Origin,
+    now: float,
+    limits: Limits,
+    out: Decoded,
+    payload: bytes,
+) -> None:
+    ts, cause, detail = parse_ts(obj.get("ts"), now, limits)
+    if ts is None:
+        out.reject(cause, detail, origin, payload)
+        return
+    patient = obj.get("patient")
+    device = obj.get("device", origin.device)
+    if patient is not None and not isinstance(patient, str | int):
+        out.reject("bad_field", "patient is not a string", origin, payload)
+        return
+    if not isinstance(device, str) or not device:
+        out.reject("bad_field", "device is not a non-empty string", origin, payload)
+        return
+    pid = None if patient is None else str(patient)
+    found = False
+    for key, raw in obj.items():
+        if key in _META or key in _IGNORED:
+            continue
+        if key not in VITALS:
+            out.reject("unknown_vital", f"field {key[:40]!r}", origin, payload)
+            continue
+        found = True
+        value, cause, detail = check_value(key, raw)
+        if value is None:
+            out.reject(cause, detail, origin, payload)
+            continue
+        out.readings.append(Reading(ts, origin.ward, origin.bed, device, key, value, pid))
+    if not found and not any(k in obj for k in _IGNORED):
+        out.reject("empty", "no vitals in reading object", origin, payload)
+
+
+def resolve_name(name: str, aliases: Mapping[str, str]) -> str | None:
+    """A SenML name (``urn:dev:mac:00aa:SpO2``, ``HR``, ``pulse``) -> vital, or None."""
+    for candidate in (name, _last_segment(name)):
+        key = candidate.strip().lower()
+        if key in aliases:
+            return aliases[key]
+    return None
+
+
+def _last_segment(name: str) -> str:
+    for sep in (":", "/", ";", "."):
+        name = name.rsplit(sep, 1)[-1]
+    return name
+
+
+def _decode_senml(
+    records: list[dict[str, Any]],
+    origin: Origin,
+    now: float,
+    limits: Limits,
+    out: Decoded,
+    payload: bytes,
+) -> None:
+    bn, bt, bu, bv = "", 0.0, None, 0.0
+    for rec in records:
+        # Base fields apply to this record and every later one (RFC 8428 4.1).
+        if "bn" in rec:
+            if not isinstance(rec["bn"], str):
+                out.reject("bad_shape", "SenML bn is not a string", origin, payload)
+                return
+            bn = rec["bn"]
+        if "bt" in rec:
+            if isinstance(rec["bt"], bool) or not isinstance(rec["bt"], int | float):
+                out.reject("bad_ts", "SenML bt is not a number", origin, payload)
+                return
+            bt = float(rec["bt"])
+        if "bu" in rec:
+            bu = rec["bu"]
+        if "bv" in rec:
+            if isinstance(rec["bv"], bool) or not isinstance(rec["bv"], int | float):
+                out.reject("wrong_type", "SenML bv is not a number", origin, payload)
+                return
+            bv = float(rec["bv"])
+        name = bn + str(rec.get("n", ""))
+        if "v" not in rec and "bv" not in rec:
+            if any(k in rec for k in ("vs", "vb", "vd", "s")):
+                out.reject(
+                    "wrong_type", f"SenML record {name[:60]!r} has no numeric v", origin, payload
+                )
+            continue  # a record carrying only base fields
+        vital = resolve_name(name, limits.aliases)
+        if vital is None:
+            out.reject("unknown_vital", f"SenML name {name[:60]!r}", origin, payload)
+            continue
+        raw_v = rec.get("v", 0)
+        if isinstance(raw_v, bool) or not isinstance(raw_v, int | float):
+            out.reject("wrong_type", f"SenML {name[:60]!r} v={raw_v!r:.40}", origin, payload)
+            continue
+        t_raw = rec.get("t", 0)
+        if isinstance(t_raw, bool) or not isinstance(t_raw, int | float):
+            out.reject("bad_ts", f"SenML {name[:60]!r} t is not a number", origin, payload)
+            continue
+        t = bt + float(t_raw)
+        if math.isfinite(t) and t < _SENML_REL:
+            t = now + t  # relative time: 0 means "now"
+        ts, cause, detail = parse_ts(t, now, limits)
+        if ts is None:
+            out.reject(cause, detail, origin, payload)
+            continue
+        unit = rec.get("u", bu)
+        scale, offset = 1.0, 0.0
+        if unit is not None:
+            conv = _UNITS[vital].get(str(unit))
+            if conv is None:
+                out.reject(
+                    "bad_unit",
+                    f"{vital} in {unit!r:.20} (accepted: {sorted(_UNITS[vital])})",
+                    origin,
+                    payload,
+                )
+                continue
+            scale, offset = conv
+        value, cause, detail = check_value(vital, (bv + float(raw_v)) * scale + offset)
+        if value is None:
+            out.reject(cause, detail, origin, payload)
+            continue
+        out.readings.append(Reading(ts, origin.ward, origin.bed, origin.device, vital, value))
