@@ -37,6 +37,7 @@ from monitor.config import MqttConfig, read_secret
 log = logging.getLogger("vitalmon.mqtt")
 
 STATUS_TOPIC = "vitalmon/status/{client_id}"
+RECEIVE_MAXIMUM = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,9 @@ class Client:
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.cfg.session_expiry_s
+            # Unacknowledged QoS 1 messages the broker may have in flight to us: with
+            # manual acks this bounds what waits in memory on our side.
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
         log.info(
             "connecting to %s:%d as %r (MQTT %s, persistent session)",
             self.cfg.host,

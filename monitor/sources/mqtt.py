@@ -20,6 +20,8 @@ from monitor.sources.codecs import Limits, Origin, decode
 
 log = logging.getLogger("vitalmon.source.mqtt")
 
+INBOX_QOS0_LIMIT = 10_000
+
 
 class TopicTemplate:
     """``vitals/{ward}/{bed}/{device}`` <-> subscription filter and topic matching."""
@@ -55,9 +57,20 @@ class MqttSource:
         aliases = {**DEFAULT_ALIASES, **{k.lower(): v for k, v in cfg.aliases.items()}}
         self.limits = Limits(cfg.max_payload_bytes, rules.max_future_s, aliases)
         self._client = client
+        # QoS 1/2 messages wait here unacknowledged, so the broker's in-flight window bounds
+        # the inbox; QoS 0 messages (at most once by definition) are refused beyond the bound.
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._reject: Reject | None = None
         self._stopped = False
-        client.subscribe(self.template.filter, cfg.qos, self._inbox.put_nowait)
+        client.subscribe(self.template.filter, cfg.qos, self._deliver)
+
+    def _deliver(self, msg: Message) -> None:
+        if msg.qos == 0 and self._inbox.qsize() >= INBOX_QOS0_LIMIT:
+            if self._reject is not None:
+                self._reject(Rejection("overflow", "engine busy; QoS 0 message dropped",
+                                       msg.topic, msg.payload[:256]))
+            return
+        self._inbox.put_nowait(msg)
 
     def stop(self) -> None:
         self._stopped = True
@@ -75,6 +88,7 @@ class MqttSource:
         )
 
     async def run(self, emit: Emit, reject: Reject) -> None:
+        self._reject = reject
         while True:
             msg = await self._inbox.get()
             if msg is None or self._stopped:
