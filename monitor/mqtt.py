@@ -24,6 +24,7 @@ import logging
 import random
 import ssl
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,6 +81,9 @@ class Client:
         self._suback_mids: set[int] = set()
         self._attempt = 0
         self._stopping = threading.Event()
+        self._inbox: deque[tuple[Deliver, Message]] = deque()
+        self._inbox_lock = threading.Lock()
+        self._drain_scheduled = False
         v5 = cfg.protocol == "5"
         self._v5 = v5
         self._paho = paho.Client(
@@ -260,13 +264,26 @@ class Client:
 
     def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:
         msg = Message(m.topic, bytes(m.payload), m.qos, bool(m.retain), m.mid)
+        target: Deliver = self.ack  # not ours (a stale subscription kept by the session)
         for topic_filter, _qos, deliver in self._subs:
             if paho.topic_matches_sub(topic_filter, msg.topic):
-                self._call(deliver, msg)
+                target = deliver
+                break
+        # One loop wake-up per burst, not per message.
+        with self._inbox_lock:
+            self._inbox.append((target, msg))
+            if self._drain_scheduled:
                 return
-        # Not ours (a stale subscription from an older config in the same session): take it
-        # off the broker, it will never be processed.
-        self._call(self.ack, msg)
+            self._drain_scheduled = True
+        self._call(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+            self._drain_scheduled = False
+        for deliver, msg in items:
+            deliver(msg)
 
     def _on_publish(
         self, _c: object, _u: object, mid: int, _reason: object, _props: object
