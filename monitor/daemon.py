@@ -49,7 +49,7 @@ class Daemon:
         self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
         self.should_exit = asyncio.Event()
         self.started = asyncio.Event()
-        self._force_exit = False
+        self._forced = asyncio.Event()
         self._signals = 0
 
     # ------------------------------------------------------------------- signals
@@ -59,7 +59,7 @@ class Daemon:
         self._signals += 1
         if self._signals > 1:
             log.warning("second %s: forcing exit", signal.Signals(sig).name)
-            self._force_exit = True
+            self._forced.set()
         else:
             log.info("%s: shutting down", signal.Signals(sig).name)
         self.should_exit.set()
@@ -134,15 +134,24 @@ class Daemon:
             log.info("stopped: %s", self.summary())
 
     async def _join(self, tasks: list[asyncio.Task[None]], deadline: float, what: str) -> None:
-        if not tasks:
-            return
-        timeout = 0 if self._force_exit else max(0.0, deadline - time.monotonic())
-        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        """Wait for ``tasks`` until the deadline or a forced exit, then cancel the rest."""
+        forced = asyncio.create_task(self._forced.wait(), name="vitalmon.forced")
+        pending = set(tasks)
+        try:
+            while pending and not forced.done():
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                done, _ = await asyncio.wait(
+                    [*pending, forced], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending -= done
+        finally:
+            forced.cancel()
         if pending:
+            why = "forced exit" if self._forced.is_set() else "shutdown budget exceeded"
             log.warning(
-                "%s did not finish within the shutdown budget: cancelling %s",
-                what,
-                ", ".join(t.get_name() for t in pending),
+                "%s: cancelling %s (%s)", why, ", ".join(t.get_name() for t in pending), what
             )
             for t in pending:
                 t.cancel()

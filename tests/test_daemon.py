@@ -265,3 +265,14 @@ def test_unreachable_broker_does_not_stop_the_daemon(tmp_path, broker):
             late.stop()
     finally:
         d.kill()
+
+
+def test_sigint_stops_cleanly_with_everything_stored(daemon, publisher, tmp_path):
+    d = daemon()
+    now = time.time()
+    publish_all(publisher, "vitals/w2/12/mon", [{"ts": now - 10 + i, "hr": 72} for i in range(10)])
+    wait_for(lambda: stored(tmp_path / "vitals.db") == 10, 5, "10 stored")
+    code, took = d.terminate(signal.SIGINT)
+    assert code == 0, d.log()
+    assert took < 5.0
+    assert "stopped:" in d.log()
