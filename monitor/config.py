@@ -69,6 +69,12 @@ class MqttConfig(_Model):
     reconnect_max_s: float = Field(30.0, gt=0)
     tls: TLSConfig | None = None
 
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, v: Any) -> Any:
+        # YAML reads `protocol: 5` (and `${MQTT_PROTOCOL:-5}`) as the integer 5
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
     @field_validator("password_file")
     @classmethod
     def _readable(cls, v: str | None) -> str | None:
@@ -291,7 +297,7 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, Any]] = {
 class RulesConfig(_Model):
     #: Per vital; a vital given here replaces only the keys it names (``delay_s`` alone
     #: keeps the default limits). ``enabled: false`` switches a vital's thresholds off.
-    thresholds: dict[str, ThresholdConfig] = Field(default_factory=dict)
+    thresholds: dict[str, ThresholdConfig] = Field(default_factory=dict, validate_default=True)
     #: Event-time window kept per bed and vital.
     window_s: float = Field(600.0, ge=10, le=24 * 3600)
     #: Out-of-order tolerance: a reading older than the newest of its series by more
@@ -327,6 +333,16 @@ class RulesConfig(_Model):
             raise ValueError(f"unknown vitals {bad} (known: {sorted(VITALS)})")
         return v
 
+    @model_validator(mode="after")
+    def _window_covers_delays(self) -> RulesConfig:
+        longest = max((t.delay_s for t in self.thresholds.values() if t.enabled), default=0.0)
+        if longest + self.max_gap_s > self.window_s:
+            raise ValueError(
+                f"window_s ({self.window_s:g}) must cover the longest delay_s ({longest:g}) "
+                f"plus max_gap_s ({self.max_gap_s:g})"
+            )
+        return self
+
 
 # ------------------------------------------------------------------------ the whole
 
@@ -353,7 +369,12 @@ class Config(_Model):
     @field_validator("store", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, Mapping) else v
+        return _default_type([v] if isinstance(v, Mapping) else v, "sqlite")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _source_type(cls, v: Any) -> Any:
+        return _default_type(v, "mqtt")
 
     @field_validator("sources")
     @classmethod
@@ -368,6 +389,13 @@ class Config(_Model):
             if sink.type == "sqlite":
                 return sink.path
         return None
+
+
+def _default_type(v: Any, default: str) -> Any:
+    """``type`` has a default, but a discriminated union needs the tag: fill it in."""
+    if isinstance(v, list):
+        return [{"type": default, **i} if isinstance(i, Mapping) else i for i in v]
+    return v
 
 
 # -------------------------------------------------------------------------- loading

@@ -180,7 +180,9 @@ def publisher(broker: Broker) -> Iterator[Publisher]:
     p.close()
 
 
-def write_config(path: Path, port: int, db: Path, extra: str = "", client_id: str = "vitalmon") -> Path:
+def write_config(
+    path: Path, port: int, db: Path, extra: str = "", client_id: str = "vitalmon"
+) -> Path:
     path.write_text(
         f"""
 mqtt:
@@ -220,7 +222,16 @@ class DaemonProc:
     def start(self) -> None:
         log = self.logfile.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "-c", str(self.config), "--log-level", "debug"],
+            [
+                sys.executable,
+                "-m",
+                "monitor",
+                "run",
+                "-c",
+                str(self.config),
+                "--log-level",
+                "debug",
+            ],
             stdout=log,
             stderr=log,
         )

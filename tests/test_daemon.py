@@ -172,7 +172,7 @@ def test_unknown_topic_level_is_dead_lettered(daemon, subscribe, publisher):
 def test_status_topic_online_offline_and_last_will(daemon, broker, subscribe):
     d = daemon()
     status = subscribe("vitalmon/status/#")
-    wait_for(lambda: (b"online" in [p for _, p in status.messages]), 5, "online")
+    wait_for(lambda: b"online" in [p for _, p in status.messages], 5, "online")
     code, _ = d.terminate()
     assert code == 0
     wait_for(lambda: status.messages[-1][1] == b"offline", 5, "offline on clean stop")
@@ -189,7 +189,9 @@ def test_persistent_session_delivers_readings_published_while_away(daemon, publi
     code, _ = d.terminate()
     assert code == 0
     now = time.time()
-    publish_all(publisher, "vitals/icu/5/mon", [{"ts": now - 100 + i, "hr": 70} for i in range(100)])
+    publish_all(
+        publisher, "vitals/icu/5/mon", [{"ts": now - 100 + i, "hr": 70} for i in range(100)]
+    )
     d.start()
     wait_for(lambda: stored(tmp_path / "vitals.db") == 100, 10, "100 readings after restart")
 

@@ -111,6 +111,8 @@ class ThresholdRule:
             i0 = n - 1
         else:
             i0 = int(np.searchsorted(ts, ts[-1] - self.delay_s + _EPS, side="right")) - 1
+            # the newest reading alone never covers a delay > 0 (even one below _EPS)
+            i0 = min(i0, n - 2)
             if i0 < 0:
                 return None
         if not np.all(self.beyond(level, vals[i0:])):

@@ -38,6 +38,7 @@ CAUSES: Final[dict[str, str]] = {
     "bad_unit": "a SenML unit that does not fit the vital",
     "bad_field": "patient/device is not a string",
     "empty": "a reading object with no vitals",
+    "overflow": "a QoS 0 message arriving while the engine is saturated (QoS 1 waits instead)",
 }
 
 #: Fields of a reading object that are not vitals.
@@ -47,6 +48,8 @@ _IGNORED: Final = frozenset({"o2", "avpu"})
 
 #: Earliest plausible event time (2000-01-01); catches milliseconds sent as seconds too.
 _MIN_TS: Final = 946_684_800.0
+#: Latest plausible event time (2100-01-01): epoch milliseconds are bad_ts whatever max_future_s.
+_MAX_TS: Final = 4_102_444_800.0
 #: SenML: times below 2**28 are relative to "now" (RFC 8428 section 4.5.3).
 _SENML_REL: Final = 2**28
 
@@ -119,11 +122,16 @@ def decode(payload: bytes, origin: Origin, now: float, limits: Limits) -> Decode
         return out
     if isinstance(doc, dict):
         _decode_object(doc, origin, now, limits, out, payload)
-    elif isinstance(doc, list) and doc and all(isinstance(r, dict) for r in doc):
-        if any(("n" in r or "bn" in r) for r in doc):
-            _decode_senml(doc, origin, now, limits, out, payload)
+    elif isinstance(doc, list) and doc:
+        # A non-object element is refused on its own: it never takes the others down.
+        records = [r for r in doc if isinstance(r, dict)]
+        for r in doc:
+            if not isinstance(r, dict):
+                out.reject("bad_shape", f"array element is a {type(r).__name__}", origin, payload)
+        if any(("n" in r or "bn" in r) for r in records):
+            _decode_senml(records, origin, now, limits, out, payload)
         else:
-            for obj in doc:
+            for obj in records:
                 _decode_object(obj, origin, now, limits, out, payload)
     else:
         out.reject("bad_shape", f"top-level JSON {type(doc).__name__}", origin, payload)
@@ -135,6 +143,14 @@ def _keep_constant(name: str) -> float:
     return float(name.replace("Infinity", "inf"))
 
 
+def _float(raw: int | float) -> float:
+    """float(), except that an integer too large for a double becomes +-inf (no OverflowError)."""
+    try:
+        return float(raw)
+    except OverflowError:
+        return math.inf if raw > 0 else -math.inf
+
+
 def parse_ts(raw: Any, now: float, limits: Limits) -> tuple[float | None, str, str]:
     """-> (ts, cause, detail); ts is None when rejected."""
     if raw is None:
@@ -142,7 +158,7 @@ def parse_ts(raw: Any, now: float, limits: Limits) -> tuple[float | None, str, s
     if isinstance(raw, bool):
         return None, "bad_ts", "ts is a boolean"
     if isinstance(raw, int | float):
-        ts = float(raw)
+        ts = _float(raw)
     elif isinstance(raw, str):
         try:
             dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -153,7 +169,7 @@ def parse_ts(raw: Any, now: float, limits: Limits) -> tuple[float | None, str, s
         ts = dt.timestamp()
     else:
         return None, "bad_ts", f"ts is a {type(raw).__name__}"
-    if not math.isfinite(ts) or ts < _MIN_TS:
+    if not math.isfinite(ts) or not _MIN_TS <= ts < _MAX_TS:
         return None, "bad_ts", f"ts {raw!r} out of range (epoch seconds expected)"
     if ts > now + limits.max_future_s:
         return None, "future_ts", f"ts {ts:.3f} is {ts - now:.0f} s in the future"
@@ -164,7 +180,7 @@ def check_value(vital: str, raw: Any) -> tuple[float | None, str, str]:
     """-> (value, cause, detail) for one vital's raw JSON value."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         return None, "wrong_type", f"{vital}={raw!r:.40} is not a number"
-    value = float(raw)
+    value = _float(raw)
     if not math.isfinite(value):
         return None, "not_finite", f"{vital}={value}"
     _unit, lo, hi = VITALS[vital]
@@ -187,7 +203,7 @@ def _decode_object(
         return
     patient = obj.get("patient")
     device = obj.get("device", origin.device)
-    if patient is not None and not isinstance(patient, str | int):
+    if patient is not None and (isinstance(patient, bool) or not isinstance(patient, str | int)):
         out.reject("bad_field", "patient is not a string", origin, payload)
         return
     if not isinstance(device, str) or not device:
@@ -246,14 +262,14 @@ def _decode_senml(
             if isinstance(rec["bt"], bool) or not isinstance(rec["bt"], int | float):
                 out.reject("bad_ts", "SenML bt is not a number", origin, payload)
                 return
-            bt = float(rec["bt"])
+            bt = _float(rec["bt"])
         if "bu" in rec:
             bu = rec["bu"]
         if "bv" in rec:
             if isinstance(rec["bv"], bool) or not isinstance(rec["bv"], int | float):
                 out.reject("wrong_type", "SenML bv is not a number", origin, payload)
                 return
-            bv = float(rec["bv"])
+            bv = _float(rec["bv"])
         name = bn + str(rec.get("n", ""))
         if "v" not in rec and "bv" not in rec:
             if any(k in rec for k in ("vs", "vb", "vd", "s")):
@@ -273,7 +289,7 @@ def _decode_senml(
         if isinstance(t_raw, bool) or not isinstance(t_raw, int | float):
             out.reject("bad_ts", f"SenML {name[:60]!r} t is not a number", origin, payload)
             continue
-        t = bt + float(t_raw)
+        t = bt + _float(t_raw)
         if math.isfinite(t) and t < _SENML_REL:
             t = now + t  # relative time: 0 means "now"
         ts, cause, detail = parse_ts(t, now, limits)
@@ -293,7 +309,7 @@ def _decode_senml(
                 )
                 continue
             scale, offset = conv
-        value, cause, detail = check_value(vital, (bv + float(raw_v)) * scale + offset)
+        value, cause, detail = check_value(vital, (bv + _float(raw_v)) * scale + offset)
         if value is None:
             out.reject(cause, detail, origin, payload)
             continue

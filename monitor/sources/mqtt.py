@@ -67,8 +67,14 @@ class MqttSource:
     def _deliver(self, msg: Message) -> None:
         if msg.qos == 0 and self._inbox.qsize() >= INBOX_QOS0_LIMIT:
             if self._reject is not None:
-                self._reject(Rejection("overflow", "engine busy; QoS 0 message dropped",
-                                       msg.topic, msg.payload[:256]))
+                self._reject(
+                    Rejection(
+                        "overflow",
+                        "engine busy; QoS 0 message dropped",
+                        msg.topic,
+                        msg.payload[:256],
+                    )
+                )
             return
         self._inbox.put_nowait(msg)
 

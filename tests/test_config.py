@@ -1,0 +1,504 @@
+"""Configuration: substitution, complete validation with key paths, defaults; check-config CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from monitor.config import (
+    DEFAULT_ALIASES,
+    DEFAULT_THRESHOLDS,
+    Config,
+    ConfigError,
+    RulesConfig,
+    load,
+    parse,
+    parse_topic_template,
+    substitute,
+)
+
+#: The documented configuration shipped with the project (every key, with its default).
+SHIPPED = Path(__file__).resolve().parent.parent / "config" / "vitalmon.yaml"
+
+#: A deployment in the style of the issue's example.
+EXAMPLE = """\
+# vitalmon.yaml: one ICU, monitors publishing to a local mosquitto
+mqtt:
+  host: ${MQTT_HOST:-127.0.0.1}
+  port: ${MQTT_PORT:-1883}
+  client_id: vitalmon-icu
+  username: ${MQTT_USER:-vitalmon}
+  protocol: 5
+  keepalive_s: 30
+  session_expiry_s: 604800
+  reconnect_min_s: 0.5
+  reconnect_max_s: 30
+sources:
+  - type: mqtt
+    topic: "vitals/{ward}/{bed}/{device}"
+    qos: 1
+    max_payload_bytes: 65536
+    aliases: {SAT: spo2, PLS: hr}
+store:
+  type: sqlite
+  path: ${VITALMON_DB:-/var/lib/vitalmon/vitals.db}
+  batch_size: 1000
+alerts:
+  topic: "alerts/{ward}/{bed}"
+  qos: 1
+rules:
+  window_s: 600
+  max_lag_s: 60
+  max_gap_s: 30
+  max_future_s: 300
+  thresholds:
+    spo2: {low: {warn: 90, crit: 85}, delay_s: 15, clear_band: 2}
+    hr:
+      low: {warn: 50, crit: 40}
+      high: {warn: 120, crit: 140}
+      delay_s: 10
+      clear_band: 5
+    rr: {low: {warn: 8, crit: 5}, high: {warn: 24, crit: 30}, delay_s: 15, clear_band: 2}
+    sbp: {low: {warn: 90, crit: 80}, high: {warn: 180, crit: 200}, clear_band: 5}
+    map: {low: {warn: 65, crit: 55}, delay_s: 10, clear_band: 3}
+    temp:
+      low: {warn: 35.5, crit: 35.0}
+      high: {warn: 38.0, crit: 39.5}
+      delay_s: 0
+      clear_band: 0.2
+engine:
+  queue_size: 10000
+log:
+  level: info
+"""
+
+
+def from_yaml(text: str, env: dict[str, str] | None = None) -> Config:
+    return parse(yaml.safe_load(textwrap.dedent(text)), env={} if env is None else env)
+
+
+def errors_of(text_or_data: str | dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    data = (
+        yaml.safe_load(textwrap.dedent(text_or_data))
+        if isinstance(text_or_data, str)
+        else text_or_data
+    )
+    with pytest.raises(ConfigError) as info:
+        parse(data, env={} if env is None else env)
+    assert str(info.value) == "\n".join(info.value.errors)
+    return info.value.errors
+
+
+def paths(errors: list[str]) -> list[str]:
+    return [e.split(": ", 1)[0] for e in errors]
+
+
+# ---------------------------------------------------------------------- the example
+
+
+def test_example_config_validates():
+    cfg = from_yaml(EXAMPLE)
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.client_id) == ("127.0.0.1", 1883, "vitalmon-icu")
+    assert cfg.mqtt.username == "vitalmon"
+    assert cfg.mqtt.protocol == "5"
+    (src,) = cfg.sources
+    assert (src.type, src.topic, src.qos) == ("mqtt", "vitals/{ward}/{bed}/{device}", 1)
+    assert src.aliases == {"SAT": "spo2", "PLS": "hr"}
+    assert cfg.sqlite_path == "/var/lib/vitalmon/vitals.db"
+    assert cfg.alerts.topic == "alerts/{ward}/{bed}"
+    th = cfg.rules.thresholds
+    assert set(th) == set(DEFAULT_THRESHOLDS)
+    assert th["spo2"].low is not None
+    assert (th["spo2"].low.warn, th["spo2"].low.crit, th["spo2"].delay_s) == (90, 85, 15)
+    assert th["sbp"].delay_s == 0
+    assert cfg.engine.queue_size == 10_000
+    assert cfg.log.level == "info"
+
+
+def test_shipped_config_validates_and_is_the_defaults():
+    cfg = load(SHIPPED, env={})
+    assert cfg == Config()  # "every key, with its default"
+    assert cfg == parse({}, env={})
+
+
+def test_example_config_with_environment():
+    env = {"MQTT_HOST": "broker.icu.local", "MQTT_PORT": "8883", "VITALMON_DB": "/data/v.db"}
+    cfg = from_yaml(EXAMPLE, env)
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.sqlite_path) == (
+        "broker.icu.local",
+        8883,
+        "/data/v.db",
+    )
+
+
+def test_empty_config_gives_working_defaults():
+    for data in (None, {}, {"rules": {"window_s": 300}}):
+        cfg = parse(data, env={})
+        assert cfg.mqtt.port == 1883
+        assert [s.topic for s in cfg.sources] == ["vitals/{ward}/{bed}/{device}"]
+        assert cfg.sqlite_path == "/var/lib/vitalmon/vitals.db"
+        # the default limits apply without a thresholds section
+        assert set(cfg.rules.thresholds) == set(DEFAULT_THRESHOLDS)
+    assert set(RulesConfig().thresholds) == set(DEFAULT_THRESHOLDS)
+
+
+def test_default_limits_are_the_documented_ones():
+    th = RulesConfig().thresholds
+    expected = {
+        "spo2": ((90, 85), None, 15, 2),
+        "hr": ((50, 40), (120, 140), 10, 5),
+        "rr": ((8, 5), (24, 30), 15, 2),
+        "sbp": ((90, 80), (180, 200), 0, 5),
+        "map": ((65, 55), None, 10, 3),
+        "temp": ((35.5, 35.0), (38.0, 39.5), 0, 0.2),
+    }
+    for vital, (low, high, delay, band) in expected.items():
+        t = th[vital]
+        assert t.enabled
+        assert ((t.low.warn, t.low.crit) if t.low else None) == low
+        assert ((t.high.warn, t.high.crit) if t.high else None) == high
+        assert (t.delay_s, t.clear_band) == (delay, band)
+
+
+# --------------------------------------------------------------------- substitution
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "expected"),
+    [
+        ("${PORT:-1883}", {}, 1883),
+        ("${PORT:-1883}", {"PORT": "8883"}, 8883),
+        ("${PORT}", {"PORT": "1884"}, 1884),
+        ("${X:-0.5}", {}, 0.5),
+        ("${X:-true}", {}, True),
+        ("${X:-}", {}, None),
+        ("${HOST:-localhost}", {}, "localhost"),
+        ("tcp://${HOST}:${PORT}", {"HOST": "h", "PORT": "1"}, "tcp://h:1"),  # partial: text
+        ("${A}${B}", {"A": "1", "B": "2"}, "12"),
+        ("no vars", {}, "no vars"),
+        ("$HOME and {bed}", {}, "$HOME and {bed}"),
+    ],
+)
+def test_substitute_values(raw: str, env: dict[str, str], expected: Any):
+    errors: list[str] = []
+    assert substitute(raw, env, "x", errors) == expected
+    assert errors == []
+
+
+def test_substitute_walks_mappings_and_lists_with_paths():
+    errors: list[str] = []
+    tree = {"a": {"b": ["${OK}", "${MISSING}"]}, "c": 3}
+    assert substitute(tree, {"OK": "yes"}, "", errors) == {"a": {"b": [True, None]}, "c": 3}
+    assert errors == ["a.b[1]: environment variable MISSING is not set"]
+
+
+def test_port_from_env_default_becomes_int():
+    cfg = parse({"mqtt": {"port": "${PORT:-1883}"}}, env={})
+    assert cfg.mqtt.port == 1883
+    assert type(cfg.mqtt.port) is int
+    assert parse({"mqtt": {"port": "${PORT:-1883}"}}, env={"PORT": "2883"}).mqtt.port == 2883
+
+
+def test_protocol_as_yaml_number_or_from_env():
+    assert from_yaml("mqtt: {protocol: 5}").mqtt.protocol == "5"
+    assert from_yaml("mqtt: {protocol: '${P:-5}'}").mqtt.protocol == "5"
+    assert from_yaml("mqtt: {protocol: 3.1.1}").mqtt.protocol == "3.1.1"
+    assert paths(errors_of("mqtt: {protocol: 4}")) == ["mqtt.protocol"]
+
+
+def test_missing_env_var_without_default_is_reported():
+    errs = errors_of({"mqtt": {"host": "${MQTT_HOST}"}, "store": {"path": "${DB}/v.db"}})
+    assert "mqtt.host: environment variable MQTT_HOST is not set" in errs
+    assert "store.path: environment variable DB is not set" in errs
+
+
+def test_missing_env_var_in_an_optional_field_is_still_an_error():
+    errs = errors_of({"mqtt": {"username": "${MQTT_USER}"}})
+    assert errs == ["mqtt.username: environment variable MQTT_USER is not set"]
+
+
+def test_env_value_that_does_not_validate():
+    assert paths(errors_of({"mqtt": {"port": "${PORT}"}}, env={"PORT": "http"})) == ["mqtt.port"]
+
+
+# ------------------------------------------------------------- errors all at once
+
+
+def test_three_errors_reported_at_once_with_paths():
+    errs = errors_of(
+        """
+        mqtt: {port: 70000}
+        sources:
+          - type: mqtt
+            topic: "vitals/{ward}/{device}"
+        rules:
+          thresholds:
+            spo2: {low: {warn: 90, crit: 95}}
+        """
+    )
+    assert paths(errs) == ["mqtt.port", "sources[0].topic", "rules.thresholds.spo2"]
+    assert "{bed}" in errs[1]
+    assert "crit" in errs[2]
+    assert "warn" in errs[2]
+
+
+def test_many_errors_in_one_pass():
+    errs = errors_of(
+        {
+            "mqtt": {"port": 0, "keepalive_s": 1, "password_file": "/nonexistent/pw"},
+            "sources": [{"topic": "vitals/{bed}"}, {"topic": "v/+/{bed}", "qos": 3}],
+            "store": [{"type": "sqlite", "batch_size": 0}, {"type": "postgres"}],
+            "alerts": {"topic": "alerts/{ward}/{nurse}"},
+            "rules": {
+                "window_s": 1,
+                "thresholds": {"hr": {"high": {}}},
+            },
+            "log": {"level": "verbose"},
+            "extra_section": {},
+        }
+    )
+    expected = {
+        "mqtt.port",
+        "mqtt.keepalive_s",
+        "mqtt.password_file",
+        "sources[1].topic",
+        "sources[1].qos",
+        "store[0].batch_size",
+        "store[1]",
+        "alerts.topic",
+        "rules.window_s",
+        "rules.thresholds.hr.high",
+        "log.level",
+        "extra_section",
+    }
+    assert set(paths(errs)) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"mqtt": {"hots": "x"}}, "mqtt.hots"),
+        ({"bogus": 1}, "bogus"),
+        ({"sources": [{"type": "mqtt", "topics": "a/{bed}"}]}, "sources[0].topics"),
+        ({"store": {"type": "sqlite", "file": "x.db"}}, "store[0].file"),
+        (
+            {"rules": {"thresholds": {"spo2": {"low": {"warn": 90, "alarm": 85}}}}},
+            "rules.thresholds.spo2.low.alarm",
+        ),
+        ({"rules": {"thresholds": {"spo2": {"delay": 15}}}}, "rules.thresholds.spo2.delay"),
+        ({"rules": {"max_lag": 5}}, "rules.max_lag"),
+    ],
+)
+def test_unknown_keys_rejected(data: dict[str, Any], path: str):
+    errs = errors_of(data)
+    assert paths(errs) == [path]
+    assert "Extra inputs are not permitted" in errs[0]
+
+
+def test_not_a_mapping():
+    with pytest.raises(ConfigError) as info:
+        parse(["mqtt"], env={})
+    assert info.value.errors == ["<root>: the config must be a mapping of sections"]
+
+
+@pytest.mark.parametrize(
+    ("template", "ok"),
+    [
+        ("vitals/{ward}/{bed}/{device}", True),
+        ("icu/{bed}", True),
+        ("{bed}", True),
+        ("vitals/{ward}/{device}", False),  # {bed} is required
+        ("vitals/+/{bed}", False),
+        ("vitals/#", False),
+        ("vitals/bed{bed}", False),
+        ("vitals/{bed}/{bed}", False),
+        ("$SYS/{bed}", False),
+        ("", False),
+    ],
+)
+def test_topic_templates(template: str, ok: bool):
+    if ok:
+        assert "{bed}" in parse_topic_template(template)
+        assert parse({"sources": [{"topic": template}]}, env={}).sources[0].topic == template
+    else:
+        with pytest.raises(ValueError):
+            parse_topic_template(template)
+        assert paths(errors_of({"sources": [{"topic": template}]})) == ["sources[0].topic"]
+
+
+def test_aliases_must_map_to_known_vitals():
+    assert paths(errors_of({"sources": [{"aliases": {"sat": "oxygen"}}]})) == ["sources[0].aliases"]
+    assert "spo2" in DEFAULT_ALIASES.values()
+
+
+def test_no_sources_is_an_error():
+    assert paths(errors_of({"sources": []})) == ["sources"]
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_store_accepts_a_mapping_or_a_list():
+    one = parse({"store": {"type": "sqlite", "path": "/data/a.db"}}, env={})
+    many = parse({"store": [{"type": "sqlite", "path": "/data/a.db"}]}, env={})
+    assert one.store == many.store
+    assert one.sqlite_path == "/data/a.db"
+    two = parse(
+        {"store": [{"path": "/data/a.db"}, {"path": "/data/b.db", "batch_size": 5}]}, env={}
+    )
+    assert [(s.path, s.batch_size) for s in two.store] == [("/data/a.db", 1000), ("/data/b.db", 5)]
+    assert two.sqlite_path == "/data/a.db"
+
+
+def test_type_may_be_left_out():
+    cfg = parse({"store": {"path": "/data/a.db"}, "sources": [{"topic": "v/{bed}"}]}, env={})
+    assert (cfg.store[0].type, cfg.sources[0].type) == ("sqlite", "mqtt")
+
+
+def test_unknown_store_type():
+    errs = errors_of({"store": {"type": "postgres", "dsn": "x"}})
+    assert paths(errs) == ["store[0]"]
+    assert "sqlite" in errs[0]
+
+
+# -------------------------------------------------------------------------- rules
+
+
+def test_giving_only_delay_keeps_default_limits():
+    th = parse({"rules": {"thresholds": {"spo2": {"delay_s": 30}}}}, env={}).rules.thresholds
+    assert th["spo2"].delay_s == 30
+    assert th["spo2"].low is not None
+    assert (th["spo2"].low.warn, th["spo2"].low.crit) == (90, 85)
+    assert th["spo2"].clear_band == 2
+    assert th["hr"].delay_s == 10  # the vitals not named keep all their defaults
+
+
+def test_threshold_for_a_vital_without_defaults():
+    th = parse({"rules": {"thresholds": {"etco2": {"high": {"warn": 50}}}}}, env={}).rules
+    assert th.thresholds["etco2"].high is not None
+    assert th.thresholds["etco2"].high.warn == 50
+    assert set(th.thresholds) == {*DEFAULT_THRESHOLDS, "etco2"}
+
+
+def test_disable_a_vital():
+    th = parse({"rules": {"thresholds": {"sbp": None, "temp": {"enabled": False}}}}, env={})
+    assert not th.rules.thresholds["sbp"].enabled
+    assert not th.rules.thresholds["temp"].enabled
+    assert th.rules.thresholds["hr"].enabled
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ({"low": {"warn": 90, "crit": 95}}, "low.crit"),
+        ({"high": {"warn": 120, "crit": 110}, "low": None}, "high.crit"),
+        ({"low": {"warn": 90}, "high": {"warn": 80}}, "below"),
+        ({"low": {}}, "warn, crit or both"),
+        ({"delay_s": -1}, "greater than or equal"),
+        ({"clear_band": -0.5}, "greater than or equal"),
+    ],
+)
+def test_bad_thresholds(spec: dict[str, Any], fragment: str):
+    errs = errors_of({"rules": {"thresholds": {"spo2": spec}}})
+    assert len(errs) == 1
+    assert errs[0].startswith("rules.thresholds.spo2")
+    assert fragment in errs[0]
+
+
+def test_unknown_vital_in_thresholds():
+    errs = errors_of({"rules": {"thresholds": {"glucose": {"low": {"warn": 4}}}}})
+    assert paths(errs) == ["rules.thresholds"]
+    assert "glucose" in errs[0]
+
+
+def test_reconnect_backoff_order():
+    errs = errors_of({"mqtt": {"reconnect_min_s": 5, "reconnect_max_s": 1}})
+    assert paths(errs) == ["mqtt"]
+    assert "reconnect_max_s" in errs[0]
+
+
+# ---------------------------------------------------------------------- load + CLI
+
+
+def test_load_reads_a_file(tmp_path: Path):
+    f = tmp_path / "vitalmon.yaml"
+    f.write_text(EXAMPLE)
+    assert load(f, env={"MQTT_PORT": "1999"}).mqtt.port == 1999
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "missing.yaml")
+    assert "cannot read config" in info.value.errors[0]
+    f.write_text("mqtt: [unclosed")
+    with pytest.raises(ConfigError) as info:
+        load(f)
+    assert "not valid YAML" in info.value.errors[0]
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "VITALMON_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_cli_check_config_ok(tmp_path: Path):
+    f = tmp_path / "vitalmon.yaml"
+    f.write_text(EXAMPLE)
+    proc = check_config(f)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
+    assert str(f) in proc.stdout
+
+
+def test_cli_check_config_shipped_file():
+    proc = check_config(SHIPPED)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("OK (1 source(s), 1 store(s), thresholds for 6 vitals)")
+
+
+def test_cli_check_config_lists_every_error(tmp_path: Path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        textwrap.dedent(
+            """
+            mqtt: {port: 70000, host: "${NO_SUCH_VAR_FOR_VITALMON}"}
+            sources:
+              - type: mqtt
+                topic: "vitals/{ward}/{device}"
+            rules:
+              thresholds:
+                spo2: {low: {warn: 90, crit: 95}}
+            """
+        )
+    )
+    proc = check_config(f)
+    assert proc.returncode == 1
+    assert "OK" not in proc.stdout
+    for path in ("mqtt.port", "mqtt.host", "sources[0].topic", "rules.thresholds.spo2"):
+        assert f"  {path}: " in proc.stderr, proc.stderr
+    assert "NO_SUCH_VAR_FOR_VITALMON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_check_config_missing_file(tmp_path: Path):
+    proc = check_config(tmp_path / "nope.yaml")
+    assert proc.returncode == 1
+    assert "cannot read config" in proc.stderr
+
+
+def test_window_must_cover_the_longest_delay():
+    with pytest.raises(ConfigError) as exc:
+        parse({"rules": {"window_s": 60, "thresholds": {"spo2": {"delay_s": 45}}}})
+    assert any(e.startswith("rules: window_s (60) must cover") for e in exc.value.errors)
+    parse({"rules": {"window_s": 90, "thresholds": {"spo2": {"delay_s": 45}}}})
