@@ -81,6 +81,10 @@ class Daemon:
     async def startup(self, tg: asyncio.TaskGroup) -> dict[str, list[asyncio.Task[None]]]:
         for sink in self.sinks:  # sinks first: raise here if one cannot work
             await sink.open()
+        if self.store_sinks:  # alerts active at the last stop go on (and resolve) in this run
+            closed = self.engine.restore(await self.store_sinks[0].active_alerts())
+            for sink in self.sinks:
+                await sink.write([], closed)
         tasks: dict[str, list[asyncio.Task[None]]] = {"sinks": [], "sources": []}
         for sink in self.sinks:
             tasks["sinks"].append(tg.create_task(sink.run(), name=f"vitalmon.sink[{sink.name}]"))

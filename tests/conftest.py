@@ -220,6 +220,7 @@ class DaemonProc:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        offset = len(self.log())  # a restart appends to the same log: look past the old run
         log = self.logfile.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -235,7 +236,7 @@ class DaemonProc:
             stdout=log,
             stderr=log,
         )
-        wait_for(lambda: "ready:" in self.log() or self._dead(), 15, "daemon ready")
+        wait_for(lambda: "ready:" in self.log()[offset:] or self._dead(), 15, "daemon ready")
         assert self.proc.poll() is None, self.log()
 
     def _dead(self) -> bool:

@@ -278,3 +278,22 @@ def test_sigint_stops_cleanly_with_everything_stored(daemon, publisher, tmp_path
     assert code == 0, d.log()
     assert took < 5.0
     assert "stopped:" in d.log()
+
+
+def test_alert_active_at_stop_resolves_after_restart_with_same_id(daemon, subscribe, publisher):
+    """1. raise an spo2 alert; 2. SIGTERM; 3. restart; 4. a normal reading: the recovery
+    is published for the same alert id, seq 2 (recovery is always emitted)."""
+    d = daemon()
+    alerts = subscribe("alerts/#")
+    now = time.time()
+    publish_all(publisher, "vitals/icu/2/ox", series([80] * 20, now - 5))
+    raised = wait_for(alerts.json, 5, "the alert")[0]
+    code, _ = d.terminate()
+    assert code == 0
+    d.start()
+    assert "carried over 1 active alert" in d.log()
+    publisher.publish("vitals/icu/2/ox", {"ts": now, "spo2": 97})
+    wait_for(lambda: len(alerts.json()) == 2, 5, "the recovery after restart")
+    resolved = alerts.json()[1]
+    assert resolved["id"] == raised["id"]
+    assert (resolved["state"], resolved["seq"]) == ("resolved", 2)

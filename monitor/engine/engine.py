@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from monitor.config import RulesConfig
 from monitor.engine.threshold import Active, SeriesKey, ThresholdRule
 from monitor.engine.window import Window
-from monitor.model import AlertEvent, Reading
+from monitor.model import AlertEvent, AlertState, Priority, Reading
 from monitor.sinks import Sink
 from monitor.sources import Batch
 
@@ -48,6 +48,35 @@ class Engine:
         }
         self.series: dict[SeriesKey, _Series] = {}
         self.counts: Counter[str] = Counter()
+
+    def restore(self, alerts: Sequence[AlertEvent]) -> list[AlertEvent]:
+        """Carry alerts that were active at the last stop into this run.
+
+        Each goes on with its id and seq, and resolves as soon as a reading allows. An
+        alert whose rule no longer exists is resolved now; those events are returned.
+        """
+        orphans: list[AlertEvent] = []
+        for e in alerts:
+            key = SeriesKey(e.ward, e.bed, e.device, e.vital)
+            rules = self.rules.get(e.vital, [])
+            index = next((i for i, r in enumerate(rules) if r.name == e.rule), None)
+            if index is None:
+                e.seq += 1
+                e.state = AlertState.RESOLVED
+                e.message = f"{e.rule}: rule no longer configured; alarm closed at restart"
+                orphans.append(e)
+                continue
+            series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = _Series(self.cfg.window_s, len(rules))
+            levels = rules[index].limits
+            level = 2 if e.priority == Priority.HIGH and 2 in levels else min(levels)
+            series.active[index] = Active(e.id, level, e.started_at, e.seq, e.device, e.patient)
+        if alerts:
+            log.info(
+                "carried over %d active alert(s) from the last run", len(alerts) - len(orphans)
+            )
+        return orphans
 
     async def put(self, batch: Batch) -> None:
         await self.queue.put(batch)

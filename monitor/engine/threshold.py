@@ -138,7 +138,8 @@ class ThresholdRule:
             if lvl in self.limits and self.holds(lvl, newest):
                 held = lvl
                 break
-        if not self.beyond(min(self.limits), newest):
+        entry = self._entry  # plain float comparison: this is the per-reading hot path
+        if not (newest < entry if self.side == "low" else newest > entry):
             return held, None
         for lvl in self._levels_desc:
             if lvl <= held:

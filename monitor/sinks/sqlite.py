@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from monitor.config import SqliteStoreConfig
-from monitor.model import AlertEvent, Reading
+from monitor.model import AlertEvent, AlertState, Priority, Reading
 
 log = logging.getLogger("vitalmon.sink.sqlite")
 
@@ -85,6 +85,41 @@ class SqliteSink:
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(self._executor, connect, str(path))
         log.info("store open: %s", path)
+
+    async def active_alerts(self) -> list[AlertEvent]:
+        """The last event of every alert not resolved yet (to carry alerts over a restart)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._active_alerts)
+
+    def _active_alerts(self) -> list[AlertEvent]:
+        assert self._conn is not None
+        rows = self._conn.execute(
+            "SELECT e.id, e.seq, e.ward, e.bed, e.device, e.patient, e.vital, e.rule, e.kind,"
+            " e.priority, e.state, e.value, e.limit_value, e.message, e.started_at, e.at"
+            " FROM alert_events e JOIN (SELECT id, max(seq) AS seq FROM alert_events GROUP BY id)"
+            " m ON e.id = m.id AND e.seq = m.seq WHERE e.state != 'resolved' ORDER BY e.at"
+        ).fetchall()
+        return [
+            AlertEvent(
+                id=r[0],
+                seq=r[1],
+                ward=r[2],
+                bed=r[3],
+                device=r[4],
+                patient=r[5],
+                vital=r[6],
+                rule=r[7],
+                kind=r[8],
+                priority=Priority(r[9]),
+                state=AlertState(r[10]),
+                value=r[11],
+                limit=r[12],
+                message=r[13],
+                started_at=r[14],
+                at=r[15],
+            )
+            for r in rows
+        ]
 
     async def write(self, readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
         if readings or events:
