@@ -1,0 +1,51 @@
+"""Engine state carried across a restart (pure: literal alert events and readings)."""
+
+from __future__ import annotations
+
+from monitor.config import RulesConfig
+from monitor.engine import Engine
+from monitor.model import AlertEvent, AlertState, Priority, Reading
+
+T0 = 1764324000.0
+
+
+def active(rule: str = "spo2.low", vital: str = "spo2", priority: Priority = Priority.HIGH,
+           seq: int = 1) -> AlertEvent:  # fmt: skip
+    return AlertEvent(
+        id="abc", ward="icu", bed="7", device="ox", patient=None, vital=vital, rule=rule,
+        kind="physiological", priority=priority, state=AlertState.ACTIVE, value=80, limit=85,
+        message="m", started_at=T0 - 60, at=T0 - 30, seq=seq,
+    )  # fmt: skip
+
+
+def reading(value: float, t: float = 0, vital: str = "spo2") -> Reading:
+    return Reading(T0 + t, "icu", "7", "ox", vital, value)
+
+
+def test_restored_alert_is_held_then_resolved_with_next_seq():
+    eng = Engine(RulesConfig(), sinks=[])
+    assert eng.restore([active(seq=3)]) == []
+    assert eng.active_alerts() == 1
+    assert eng.process([reading(84)]) == []  # still beyond crit: held, nothing new
+    (ev,) = eng.process([reading(88, 1)])  # de-escalates to warn
+    assert (ev.id, ev.seq, ev.priority, ev.state) == ("abc", 4, Priority.MEDIUM, AlertState.ACTIVE)
+    (ev,) = eng.process([reading(97, 2)])
+    assert (ev.id, ev.seq, ev.state) == ("abc", 5, AlertState.RESOLVED)
+    assert ev.started_at == T0 - 60
+    assert eng.active_alerts() == 0
+
+
+def test_alert_of_a_rule_no_longer_configured_is_resolved_at_restore():
+    eng = Engine(RulesConfig.model_validate({"thresholds": {"hr": {"enabled": False}}}), sinks=[])
+    (ev,) = eng.restore([active(rule="hr.high", vital="hr", priority=Priority.MEDIUM, seq=2)])
+    assert (ev.id, ev.seq, ev.state) == ("abc", 3, AlertState.RESOLVED)
+    assert eng.active_alerts() == 0
+
+
+def test_restored_priority_clamped_to_existing_levels():
+    cfg = RulesConfig.model_validate({"thresholds": {"spo2": {"low": {"warn": 90}}}})
+    eng = Engine(cfg, sinks=[])
+    eng.restore([active(priority=Priority.HIGH)])
+    (ev,) = eng.process([reading(97)])
+    assert ev.state == AlertState.RESOLVED
+    assert ev.priority == Priority.MEDIUM
