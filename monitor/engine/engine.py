@@ -23,6 +23,7 @@ from monitor.config import RulesConfig
 from monitor.engine.threshold import Active, SeriesKey, ThresholdRule
 from monitor.engine.window import Window
 from monitor.model import AlertEvent, AlertState, Priority, Reading
+from monitor.queues import put_end
 from monitor.sinks import Sink
 from monitor.sources import Batch
 
@@ -83,11 +84,7 @@ class Engine:
 
     def stop(self) -> None:
         """Queue the end marker behind everything already queued (never waits)."""
-        try:
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            # Sources have stopped, so the queue only shrinks: hand the marker in later.
-            asyncio.get_running_loop().create_task(self.queue.put(None), name="engine.stop")
+        put_end(self.queue, "engine")
 
     async def run(self) -> None:
         while True:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from monitor.config import AlertsConfig
 from monitor.model import AlertEvent, Reading
 from monitor.mqtt import Client
+from monitor.queues import put_end
 
 log = logging.getLogger("vitalmon.sink.alerts")
 
@@ -42,10 +43,7 @@ class AlertPublisher:
             await self.queue.put(e)
 
     def close(self) -> None:
-        try:
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            asyncio.get_running_loop().create_task(self.queue.put(None), name="alerts.close")
+        put_end(self.queue, "alerts")
 
     async def run(self) -> None:
         confirmations: set[asyncio.Future[None]] = set()

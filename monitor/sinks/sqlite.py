@@ -17,6 +17,7 @@ from pathlib import Path
 
 from monitor.config import SqliteStoreConfig
 from monitor.model import AlertEvent, AlertState, Priority, Reading
+from monitor.queues import put_end
 
 log = logging.getLogger("vitalmon.sink.sqlite")
 
@@ -126,10 +127,7 @@ class SqliteSink:
             await self.queue.put((readings, events))
 
     def close(self) -> None:
-        try:
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            asyncio.get_running_loop().create_task(self.queue.put(None), name="sqlite.close")
+        put_end(self.queue, "sqlite")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
