@@ -109,7 +109,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("warning" if not args.verbose else "info")
     from monitor.demo import demo
 
-    return demo(duration=args.duration, beds=args.beds)
+    return demo(duration=args.duration, beds=args.beds, speed=args.speed, keep=args.verbose or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="broker + simulated beds + daemon, alerts printed live")
     sp.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     sp.add_argument("--beds", type=int, default=6, help="simulated beds (one deteriorates)")
-    sp.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
+    sp.add_argument(
+        "-v", "--verbose", action="store_true", help="show the daemon's log, keep the temp dir"
+    )
+    sp.add_argument("--speed", type=float, default=None, help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_demo)
     return p
 

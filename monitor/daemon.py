@@ -73,10 +73,15 @@ class Daemon:
 
     async def serve(self) -> None:
         self._install_signal_handlers()
-        async with asyncio.TaskGroup() as tg:
-            tasks = await self.startup(tg)
-            await self.main_loop()
-            await self.shutdown(tasks)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = await self.startup(tg)
+                await self.main_loop()
+                await self.shutdown(tasks)
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
 
     async def startup(self, tg: asyncio.TaskGroup) -> dict[str, list[asyncio.Task[None]]]:
         for sink in self.sinks:  # sinks first: raise here if one cannot work

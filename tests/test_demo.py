@@ -1,0 +1,263 @@
+"""``vitalmon demo`` end to end, as a user runs it: a subprocess, on mosquitto and on amqtt.
+
+The desaturating bed's first alert comes ~32 simulated seconds after start; the
+demo's hidden ``VITALMON_DEMO_SPEED`` makes that a few wall seconds here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from conftest import wait_for
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from monitor import demo as demo_mod
+from monitor.config import MqttConfig
+from monitor.mqtt import Client, Message
+
+BEDS = 3
+#: An alert line for the desaturating (last) bed, e.g.
+#: ``10:41:06  HIGH    icu/3    spo2.low   ACTIVE       SpO2 82 % < 85 % for 15 s   (id 90917ca3…)``
+ALERT = re.compile(
+    rf"^\d\d:\d\d:\d\d  (MEDIUM|HIGH)\s+icu/{BEDS}\s+spo2\.low\s+ACTIVE\s+SpO2 \d+ % < (90|85) % "
+    r"for \d+ s\s+\(id [0-9a-f]{8}…\)$"
+)
+
+
+@dataclass
+class DemoProc:
+    """``python -m monitor demo`` with its stdout collected line by line as it comes."""
+
+    args: list[str]
+    env: dict[str, str]
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "demo", "--beds", str(BEDS), *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env={**os.environ, "PYTHONIOENCODING": "utf-8", **self.env},
+        )
+        self.first_alert_after: float | None = None
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_err, daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if self.first_alert_after is None and ALERT.match(line.rstrip("\n")):
+                self.first_alert_after = time.monotonic() - self.t0
+            self.lines.append(line.rstrip("\n"))
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.err.extend(self.proc.stderr)
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self.proc.kill()
+        for t in self._readers:
+            t.join(5)
+        return self.proc.returncode, "".join(self.err)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def header_value(self, pattern: str) -> str:
+        m = re.search(pattern, self.text)
+        assert m, f"{pattern!r} not in:\n{self.text}"
+        return m.group(1)
+
+
+def check_clean_exit(d: DemoProc, code: int, err: str) -> None:
+    out = d.text
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    assert any(ALERT.match(line) for line in d.lines), out
+    # nothing about other beds: they are normal
+    assert not re.search(r"icu/[12] ", out), out
+    workdir = d.header_value(r"temp dir (\S+)")
+    assert f"removed {workdir}" in out
+    assert not Path(workdir).exists()
+    assert re.search(r"stopped after \d+ s: \d+ alert event\(s\), first after", out), out
+    assert "rejected 0" in out
+    assert "Traceback" not in err, err
+
+
+def test_demo_with_mosquitto(tmp_path: Path) -> None:
+    d = DemoProc(
+        ["--duration", "15"],
+        {demo_mod.ENV_BROKER: "mosquitto", demo_mod.ENV_SPEED: "5", "TMPDIR": str(tmp_path)},
+    )
+    code, err = d.wait(timeout=45)
+    check_clean_exit(d, code, err)
+    assert "broker mosquitto" in d.text
+    pid = int(d.header_value(r"broker mosquitto \(.*, pid (\d+)\)"))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the broker is gone
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_with_embedded_amqtt(tmp_path: Path) -> None:
+    d = DemoProc(
+        ["--duration", "15"],
+        {demo_mod.ENV_BROKER: "embedded", demo_mod.ENV_SPEED: "5", "TMPDIR": str(tmp_path)},
+    )
+    code, err = d.wait(timeout=45)
+    check_clean_exit(d, code, err)
+    assert "broker embedded amqtt" in d.text
+    assert "MQTT 3.1.1" in d.text
+    assert err.strip() == "", err  # amqtt is quiet unless something is wrong
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    d = DemoProc([], {demo_mod.ENV_SPEED: "5", "TMPDIR": str(tmp_path)})
+    try:
+        wait_for(lambda: d.first_alert_after is not None or d.proc.poll() is not None, 40,
+                 "the first alert")  # fmt: skip
+        assert d.proc.poll() is None, d.text
+        d.proc.send_signal(signal.SIGINT)
+    finally:
+        code, err = d.wait(timeout=20)
+    check_clean_exit(d, code, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------- in-process
+
+
+def test_choose_broker_explains_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(demo_mod, "find_mosquitto", lambda: None)
+    monkeypatch.setattr(demo_mod, "_amqtt_available", lambda: False)
+    with pytest.raises(demo_mod.DemoError, match=r"install mosquitto .*vitalmon\[demo\]"):
+        demo_mod.choose_broker(tmp_path, "auto")
+    with pytest.raises(demo_mod.DemoError, match="amqtt is not installed"):
+        demo_mod.choose_broker(tmp_path, "embedded")
+    with pytest.raises(demo_mod.DemoError, match="mosquitto is not installed"):
+        demo_mod.choose_broker(tmp_path, "mosquitto")
+    with pytest.raises(demo_mod.DemoError, match="use auto, mosquitto or embedded"):
+        demo_mod.choose_broker(tmp_path, "rabbitmq")
+    monkeypatch.setattr(demo_mod, "_amqtt_available", lambda: True)
+    assert isinstance(demo_mod.choose_broker(tmp_path, "auto"), demo_mod.EmbeddedBroker)
+    monkeypatch.setattr(demo_mod, "find_mosquitto", lambda: "/usr/sbin/mosquitto")
+    assert isinstance(demo_mod.choose_broker(tmp_path, "auto"), demo_mod.MosquittoBroker)
+    assert isinstance(demo_mod.choose_broker(tmp_path, "embedded"), demo_mod.EmbeddedBroker)
+
+
+def test_demo_without_any_broker_fails_with_a_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo_mod, "find_mosquitto", lambda: None)
+    monkeypatch.setattr(demo_mod, "_amqtt_available", lambda: False)
+    monkeypatch.delenv(demo_mod.ENV_BROKER, raising=False)
+    assert demo_mod.demo(duration=5, beds=2, keep=False) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'vitalmon[demo]'" in err
+    assert "mosquitto" in err
+
+
+def test_format_alert() -> None:
+    payload = (
+        b'{"id":"90917ca3e1f2a4b5","ward":"icu","bed":"6","device":"mon1","patient":null,'
+        b'"vital":"spo2","rule":"spo2.low","kind":"physiological","priority":"high",'
+        b'"state":"active","value":82,"limit":85,"message":"SpO2 82 % < 85 % for 15 s",'
+        b'"started_at":"2025-11-28T09:40:51.000Z","at":"2025-11-28T09:41:06.000Z","seq":2}'
+    )
+    line = demo_mod.format_alert(payload)
+    assert re.fullmatch(
+        r"\d\d:\d\d:06  HIGH    icu/6    spo2\.low   ACTIVE       SpO2 82 % < 85 % for 15 s"
+        r"   \(id 90917ca3…\)",
+        line,
+    ), line
+    assert demo_mod.format_alert(b"not json").startswith("(unreadable alert)")
+
+
+def test_embedded_broker_keeps_the_daemons_persistent_session() -> None:
+    """amqtt + the daemon's client (MQTT 3.1.1, clean_session=False, manual ack).
+
+    Readings published while the daemon is away are queued and delivered when it comes
+    back -- which amqtt only does for clients that send a username (see EmbeddedBroker).
+    """
+
+    async def until(pred: Callable[[], object], what: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    def publish(port: int, n: int) -> None:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id="pub",
+                        protocol=MQTTProtocolVersion.MQTTv311)  # fmt: skip
+        c.username_pw_set("sim")
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        for i in range(n):
+            c.publish(f"vitals/icu/{i}/m", b'{"hr": 70}', qos=1).wait_for_publish(5)
+        c.disconnect()
+        c.loop_stop()
+
+    async def main() -> None:
+        broker = demo_mod.EmbeddedBroker()
+        await broker.start()
+        got: list[str] = []
+        try:
+
+            def client() -> Client:
+                cfg = MqttConfig(port=broker.port, protocol="3.1.1", client_id="vitalmon-test",
+                                 username=broker.username, reconnect_min_s=0.2)  # fmt: skip
+                c = Client(cfg)
+
+                def deliver(m: Message) -> None:
+                    got.append(m.topic)
+                    c.ack(m)
+
+                c.subscribe("vitals/+/+/+", 1, deliver)
+                return c
+
+            c = client()
+            c.start()
+            await asyncio.wait_for(c.connected.wait(), 10)
+            await asyncio.to_thread(publish, broker.port, 1)
+            await until(lambda: got == ["vitals/icu/0/m"], "the first reading")
+            await c.stop()
+            sessions = broker.broker.sessions
+            await until(
+                lambda: sessions["vitalmon-test"][0].transitions.state == "disconnected",
+                "the broker to see the daemon go",
+            )
+            await asyncio.to_thread(publish, broker.port, 3)  # while the daemon is away
+            c = client()
+            c.start()
+            await until(lambda: len(got) >= 4, "the queued readings")
+            await c.stop()
+            assert got == ["vitals/icu/0/m", "vitals/icu/0/m", "vitals/icu/1/m", "vitals/icu/2/m"]
+        finally:
+            await broker.stop()
+
+    asyncio.run(main())
