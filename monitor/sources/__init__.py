@@ -15,7 +15,7 @@ Contract of a source (see :class:`Source`):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from monitor.model import Reading, Rejection
@@ -29,7 +29,6 @@ class Batch:
     #: Called once the batch is accepted downstream; releases it at its origin.
     done: Callable[[], None] | None = None
     received_at: float = 0.0
-    meta: dict[str, object] = field(default_factory=dict)
 
 
 Emit = Callable[[Batch], Awaitable[None]]
