@@ -198,12 +198,72 @@ SourceConfig = Annotated[MqttSourceConfig, Field(discriminator="type")]
 
 
 class SqliteStoreConfig(_Model):
+    """The embedded store; also the durable journal that remote sinks forward from."""
+
     type: Literal["sqlite"] = "sqlite"
     path: str = "/var/lib/vitalmon/vitals.db"
     batch_size: int = Field(1000, ge=1, le=100_000)
+    #: ``normal``: a commit survives a crash of the daemon (kill -9); ``full``: it also
+    #: survives a power loss, at the cost of an fsync per transaction.
+    synchronous: Literal["normal", "full"] = "normal"
+    #: Raw readings are kept this long, then only their one-minute aggregates.
+    raw_days: float = Field(7, gt=0)
+    #: One-minute aggregates (min/mean/max/count per vital) are kept this long.
+    aggregate_days: float = Field(365, gt=0)
+    #: Disk bound for the database (MiB, null = none). When reached, the oldest raw readings
+    #: are pruned first (after aggregation), counted, logged and alarmed (store.full).
+    max_mb: float | None = Field(10240, gt=0)
+    #: How often retention, aggregation and the disk bound are applied.
+    maintenance_interval_s: float = Field(60, gt=0, le=3600)
 
 
-StoreConfig = Annotated[SqliteStoreConfig, Field(discriminator="type")]
+class InfluxStoreConfig(_Model):
+    """A remote InfluxDB 2.x/3.x (or any server accepting ``/api/v2/write``).
+
+    Readings reach it from the local journal (the SQLite store) through a durable cursor:
+    when it is down or slow nothing is lost and ingest does not wait.
+    """
+
+    type: Literal["influxdb"] = "influxdb"
+    name: str | None = None  #: names the sink's cursor (default: the url)
+    url: str
+    org: str = ""
+    bucket: str
+    #: File holding the API token (first line). Use ``${ENV}`` rather than a literal token.
+    token_file: str | None = None
+    token: str | None = None
+    batch_size: int = Field(5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(1.0, gt=0, le=60)
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    gzip: bool = True
+    #: Where a newly configured sink starts: ``end`` (new readings only) or ``beginning``
+    #: (backfill everything still in the journal).
+    start_from: Literal["end", "beginning"] = "end"
+    #: Add a pseudonymous ``patient`` tag: HMAC-SHA256 of the patient id with this key file.
+    patient_key_file: str | None = None
+    retry_min_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("token_file", "patient_key_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not os.access(v, os.R_OK):
+            raise ValueError(f"cannot read {v!r}")
+        return v
+
+    @property
+    def sink_name(self) -> str:
+        return self.name or f"influxdb:{self.url}/{self.bucket}"
+
+
+StoreConfig = Annotated[SqliteStoreConfig | InfluxStoreConfig, Field(discriminator="type")]
 
 
 # -------------------------------------------------------------------------- alerts
@@ -356,15 +416,21 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+def _default_store() -> list[StoreConfig]:
+    return [SqliteStoreConfig()]
+
+
 class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     sources: list[SourceConfig] = Field(default_factory=lambda: [MqttSourceConfig()])
     #: One sink or a list of sinks.
-    store: list[StoreConfig] = Field(default_factory=lambda: [SqliteStoreConfig()])
+    store: list[StoreConfig] = Field(default_factory=_default_store)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    #: Spool for store-and-forward when ``store`` has no sqlite sink.
+    spool_path: str = "/var/lib/vitalmon/spool.db"
 
     @field_validator("store", mode="before")
     @classmethod
@@ -383,10 +449,34 @@ class Config(_Model):
             raise ValueError("at least one source is needed")
         return v
 
+    @field_validator("store")
+    @classmethod
+    def _one_journal(cls, v: list[StoreConfig]) -> list[StoreConfig]:
+        if sum(1 for s in v if s.type == "sqlite") > 1:
+            raise ValueError(
+                "at most one sqlite store (it is the journal remote sinks forward from)"
+            )
+        names = [s.sink_name for s in v if isinstance(s, InfluxStoreConfig)]
+        if len(names) != len(set(names)):
+            raise ValueError("two influxdb sinks with the same url and bucket need distinct names")
+        return v
+
+    @property
+    def journal(self) -> SqliteStoreConfig:
+        """The local SQLite store; with only remote sinks, a spool beside the default path."""
+        for sink in self.store:
+            if isinstance(sink, SqliteStoreConfig):
+                return sink
+        return SqliteStoreConfig(path=self.spool_path, raw_days=1, aggregate_days=1)
+
+    @property
+    def remote_sinks(self) -> list[InfluxStoreConfig]:
+        return [s for s in self.store if isinstance(s, InfluxStoreConfig)]
+
     @property
     def sqlite_path(self) -> str | None:
         for sink in self.store:
-            if sink.type == "sqlite":
+            if isinstance(sink, SqliteStoreConfig):
                 return sink.path
         return None
 

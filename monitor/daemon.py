@@ -16,14 +16,18 @@ import logging
 import signal
 import sqlite3
 import time
+from functools import partial
 
 from monitor.config import Config
 from monitor.engine import Engine
+from monitor.engine.system import SystemAlarms
 from monitor.mqtt import Client
 from monitor.sinks import Sink
 from monitor.sinks.alerts import AlertPublisher
+from monitor.sinks.forward import Forwarder
+from monitor.sinks.influx import InfluxRemote
 from monitor.sinks.sqlite import SqliteSink
-from monitor.sources import Source
+from monitor.sources import Batch, Source
 from monitor.sources.deadletter import DeadLetters
 from monitor.sources.mqtt import MqttSource
 
@@ -42,15 +46,42 @@ class Daemon:
         self.deadletters = DeadLetters(
             lambda topic, payload: self.client.publish(topic, payload, qos=0)
         )
-        self.store_sinks: list[SqliteSink] = [SqliteSink(s) for s in cfg.store]
+        #: The SQLite store: durable journal, committed before any MQTT acknowledgement.
+        self.journal = SqliteSink(cfg.journal)
         self.alert_sink = AlertPublisher(cfg.alerts, self.client)
-        self.sinks: list[Sink] = [*self.store_sinks, self.alert_sink]
-        self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size)
+        self.sinks: list[Sink] = [self.journal, self.alert_sink]
+        self.forwarders = [
+            Forwarder(r.sink_name, self.journal, InfluxRemote(r), batch_size=r.batch_size,
+                      start_from=r.start_from, retry_min_s=r.retry_min_s,
+                      retry_max_s=r.retry_max_s)
+            for r in cfg.remote_sinks
+        ]  # fmt: skip
+        self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal)
         self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
+        self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
+        self.journal.on_condition = partial(self._condition, "store")
+        for fwd in self.forwarders:
+            fwd.on_condition = partial(self._condition, fwd.name)
         self.should_exit = asyncio.Event()
         self.started = asyncio.Event()
         self._forced = asyncio.Event()
         self._signals = 0
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _condition(self, component: str, rule: str, active: bool, detail: str) -> None:
+        """A store or sink condition changed: raise or resolve its technical alarm."""
+        if "[" in rule:  # "sink.dropped[NAME]": the component is in the brackets
+            rule, component = rule.rstrip("]").split("[", 1)
+        event = self.system_alarms.set(rule, component, active, detail)
+        if event is None:
+            return
+        (log.warning if active else log.info)("technical alarm %s %s: %s", rule, event.state,
+                                              detail)  # fmt: skip
+        task = asyncio.get_running_loop().create_task(
+            self.engine.put(Batch([], events=[event])), name="vitalmon.system-alarm"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------- signals
 
@@ -86,13 +117,19 @@ class Daemon:
     async def startup(self, tg: asyncio.TaskGroup) -> dict[str, list[asyncio.Task[None]]]:
         for sink in self.sinks:  # sinks first: raise here if one cannot work
             await sink.open()
-        if self.store_sinks:  # alerts active at the last stop go on (and resolve) in this run
-            closed = self.engine.restore(await self.store_sinks[0].active_alerts())
-            for sink in self.sinks:
-                await sink.write([], closed)
-        tasks: dict[str, list[asyncio.Task[None]]] = {"sinks": [], "sources": []}
+        for fwd in self.forwarders:
+            await fwd.open()
+        # alerts active at the last stop go on (and resolve) in this run
+        closed = self.engine.restore(await self.journal.active_alerts())
+        for sink in self.sinks:
+            await sink.write([], closed)
+        tasks: dict[str, list[asyncio.Task[None]]] = {"sinks": [], "sources": [], "forwarders": []}
         for sink in self.sinks:
             tasks["sinks"].append(tg.create_task(sink.run(), name=f"vitalmon.sink[{sink.name}]"))
+        for fwd in self.forwarders:
+            tasks["forwarders"].append(
+                tg.create_task(fwd.run(), name=f"vitalmon.forward[{fwd.name}]")
+            )
         tasks["engine"] = [tg.create_task(self.engine.run(), name="vitalmon.engine")]
         self.client.start()
         for src in self.sources:
@@ -118,13 +155,19 @@ class Daemon:
                 log.info("%s", self.summary())
 
     def summary(self) -> str:
-        stored = sum(s.counts["committed"] for s in self.store_sinks)
-        rejected = sum(self.deadletters.counts.values())
-        return (
+        j = self.journal.counts
+        text = (
             f"series {len(self.engine.series)}, readings {self.engine.counts['readings']}, "
-            f"stored {stored}, rejected {rejected}, active alerts "
-            f"{self.engine.active_alerts()}"
+            f"stored {j['committed']}, duplicates {j['duplicates']}, "
+            f"rejected {sum(self.deadletters.counts.values())}, "
+            f"active alerts {self.engine.active_alerts()}"
         )
+        for fwd in self.forwarders:
+            text += (
+                f"; {fwd.name}: forwarded {fwd.counts['forwarded']}, lag {fwd.lag} "
+                f"readings / {fwd.lag_s:.0f} s"
+            )
+        return text
 
     async def shutdown(self, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
@@ -137,9 +180,13 @@ class Daemon:
             for sink in self.sinks:
                 sink.close()
             await self._join(tasks["sinks"], deadline, "sinks")
+            for fwd in self.forwarders:
+                fwd.close()
+            await self._join(tasks["forwarders"], deadline - 0.5, "forwarders")
         finally:
             remaining = max(0.2, deadline - time.monotonic())
             await self.client.stop(timeout=min(remaining, 2.0))
+            await self.journal.release()
             log.info("stopped: %s", self.summary())
 
     async def _join(self, tasks: list[asyncio.Task[None]], deadline: float, what: str) -> None:

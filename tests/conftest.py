@@ -26,6 +26,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
+#: The real VictoriaMetrics fixture (`victoria`) lives in tests/tsdb.py.
+pytest_plugins = ["tsdb"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -351,10 +351,32 @@ def test_store_accepts_a_mapping_or_a_list():
     assert one.store == many.store
     assert one.sqlite_path == "/data/a.db"
     two = parse(
-        {"store": [{"path": "/data/a.db"}, {"path": "/data/b.db", "batch_size": 5}]}, env={}
+        {
+            "store": [
+                {"path": "/data/a.db", "batch_size": 5},
+                {"type": "influxdb", "url": "http://tsdb:8086/", "bucket": "vitals"},
+            ]
+        },
+        env={},
     )
-    assert [(s.path, s.batch_size) for s in two.store] == [("/data/a.db", 1000), ("/data/b.db", 5)]
-    assert two.sqlite_path == "/data/a.db"
+    assert two.journal.path == "/data/a.db"
+    assert two.journal.batch_size == 5
+    assert [r.sink_name for r in two.remote_sinks] == ["influxdb:http://tsdb:8086/vitals"]
+
+
+def test_two_sqlite_stores_are_refused_and_remote_only_gets_a_spool():
+    with pytest.raises(ConfigError) as exc:
+        parse({"store": [{"path": "/data/a.db"}, {"path": "/data/b.db"}]}, env={})
+    assert exc.value.errors[0].startswith("store: at most one sqlite store")
+    remote = parse(
+        {
+            "store": {"type": "influxdb", "url": "http://t:8086", "bucket": "b"},
+            "spool_path": "/s.db",
+        },
+        env={},
+    )
+    assert remote.sqlite_path is None
+    assert remote.journal.path == "/s.db"
 
 
 def test_type_may_be_left_out():

@@ -130,7 +130,8 @@ def test_demo_with_embedded_amqtt(tmp_path: Path) -> None:
     check_clean_exit(d, code, err)
     assert "broker embedded amqtt" in d.text
     assert "MQTT 3.1.1" in d.text
-    assert err.strip() == "", err  # amqtt is quiet unless something is wrong
+    # vitalmon reports no error (amqtt itself may warn when the machine is loaded)
+    assert not re.search(r"ERROR\s+vitalmon", err), err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -6,7 +6,8 @@ Contract of :class:`Engine`:
   bounded queue is full (back-pressure).
 * ``run()`` takes batches in arrival order. For each reading it updates its series'
   window, evaluates that series' rules at the series' newest reading, then hands the
-  batch's readings and any alert events to every sink (awaiting their back-pressure).
+  batch's readings and any alert events to every sink (awaiting their back-pressure);
+  the batch's ``done`` goes to the durable sink, which calls it after its commit.
 * ``stop()`` is called after every source has stopped; ``run()`` returns once all that
   was queued before it has been processed and handed on.
 * ``process(readings)`` is the synchronous core, used by ``run`` and by replays.
@@ -39,9 +40,17 @@ class _Series:
 
 
 class Engine:
-    def __init__(self, rules: RulesConfig, sinks: Sequence[Sink], queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        rules: RulesConfig,
+        sinks: Sequence[Sink],
+        queue_size: int = 10_000,
+        durable: Sink | None = None,
+    ) -> None:
         self.cfg = rules
         self.sinks = list(sinks)
+        #: The sink whose commit releases a batch at its origin (the journal).
+        self.durable = durable
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
         self.rules: dict[str, list[ThresholdRule]] = {
             vital: ThresholdRule.from_config(vital, tc, rules.max_gap_s)
@@ -91,11 +100,10 @@ class Engine:
             batch = await self.queue.get()
             if batch is None:
                 return
-            events = self.process(batch.readings)
+            events = [*batch.events, *self.process(batch.readings)]
             for sink in self.sinks:
-                await sink.write(batch.readings, events)
-            if batch.done is not None:
-                batch.done()
+                done = batch.done if sink is self.durable else None
+                await sink.write(batch.readings, events, done)
 
     def active_alerts(self) -> int:
         return sum(a is not None for s in self.series.values() for a in s.active)

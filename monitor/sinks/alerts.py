@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from monitor.config import AlertsConfig
 from monitor.model import AlertEvent, Reading
@@ -38,7 +38,12 @@ class AlertPublisher:
     async def open(self) -> None:
         return None
 
-    async def write(self, readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
+    async def write(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[AlertEvent],
+        done: Callable[[], None] | None = None,
+    ) -> None:
         for e in events:
             await self.queue.put(e)
 

@@ -1,8 +1,17 @@
-"""SQLite store: every accepted reading and every alert event, batched, WAL mode.
+"""SQLite store: every accepted reading and every alert event; the durable journal.
 
 One connection lives in one dedicated thread; the event loop never waits on the disk
-except through the sink's bounded queue. A reading's key is (ward, bed, device, vital,
-ts): a redelivered duplicate is absorbed, not stored twice.
+except through the sink's bounded queue. What it guarantees:
+
+* **Durable before acknowledged.** A batch's ``done`` callback (the MQTT PUBACK) runs only
+  after the transaction holding it has committed (WAL; ``synchronous`` normal survives a
+  crash of the daemon, full also a power loss).
+* **Idempotent.** A reading's key is (ward, bed, device, vital, ts): a redelivered
+  duplicate is absorbed and counted, never stored twice.
+* **A journal.** ``seq`` numbers readings (and ``ev`` alert events) in commit order,
+  never reused; remote sinks forward from their own cursor on it (``cursors`` table).
+* **Retention and a disk bound** (:mod:`monitor.sinks.retention`), applied in the
+  background between commits.
 """
 
 from __future__ import annotations
@@ -10,19 +19,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from monitor.config import SqliteStoreConfig
 from monitor.model import AlertEvent, AlertState, Priority, Reading
 from monitor.queues import put_end
+from monitor.sinks import retention
 
 log = logging.getLogger("vitalmon.sink.sqlite")
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order; cursors of remote sinks
     ward    TEXT NOT NULL,
     bed     TEXT NOT NULL,
     device  TEXT NOT NULL,
@@ -30,10 +46,11 @@ CREATE TABLE IF NOT EXISTS readings (
     ts      REAL NOT NULL,   -- event time, epoch seconds UTC
     value   REAL NOT NULL,
     patient TEXT,
-    PRIMARY KEY (ward, bed, device, vital, ts)
-) WITHOUT ROWID;
+    UNIQUE (ward, bed, device, vital, ts)
+);
 CREATE INDEX IF NOT EXISTS readings_bed_ts ON readings (bed, ts);
 CREATE TABLE IF NOT EXISTS alert_events (
+    ev         INTEGER PRIMARY KEY AUTOINCREMENT,
     id         TEXT NOT NULL,
     seq        INTEGER NOT NULL,
     ward       TEXT NOT NULL,
@@ -50,25 +67,77 @@ CREATE TABLE IF NOT EXISTS alert_events (
     message    TEXT NOT NULL,
     started_at REAL NOT NULL,
     at         REAL NOT NULL,
-    PRIMARY KEY (id, seq)
+    UNIQUE (id, seq)
 );
 CREATE INDEX IF NOT EXISTS alert_events_bed_at ON alert_events (bed, at);
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS cursors (
+    sink     TEXT PRIMARY KEY,
+    readings INTEGER NOT NULL,   -- last readings.seq delivered
+    alerts   INTEGER NOT NULL    -- last alert_events.ev delivered
+);
+CREATE TABLE IF NOT EXISTS readings_1m (
+    ward    TEXT NOT NULL,
+    bed     TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    vital   TEXT NOT NULL,
+    minute  INTEGER NOT NULL,   -- floor(ts / 60)
+    n       INTEGER NOT NULL,
+    min     REAL NOT NULL,
+    mean    REAL NOT NULL,
+    max     REAL NOT NULL,
+    PRIMARY KEY (ward, bed, device, vital, minute)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 """
 
-_Item = tuple[Sequence[Reading], Sequence[AlertEvent]]
+_READING_COLS = "ward, bed, device, vital, ts, value, patient"
+_ALERT_COLS = (
+    "id, seq, ward, bed, device, patient, vital, rule, kind, priority, state, value,"
+    " limit_value, message, started_at, at"
+)
+
+Done = Callable[[], None]
+T = TypeVar("T")
 
 
-def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+@dataclass(slots=True)
+class _Item:
+    readings: Sequence[Reading]
+    events: Sequence[AlertEvent]
+    done: Done | None
+
+
+def connect(
+    path: str, *, readonly: bool = False, synchronous: str = "normal"
+) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    else:
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a committed transaction survives a crash of the process.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 1:
+        _migrate_v1(conn)
+    conn.executescript(SCHEMA)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return conn
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Version 1 (no journal sequence) -> 2: same rows, numbered in event-time order."""
+    log.info("migrating store schema 1 -> 2")
+    conn.executescript(
+        "BEGIN;"
+        "ALTER TABLE readings RENAME TO readings_v1;"
+        "ALTER TABLE alert_events RENAME TO alert_events_v1;"
+        "DROP INDEX IF EXISTS readings_bed_ts; DROP INDEX IF EXISTS alert_events_bed_at;"
+        + SCHEMA
+        + f"INSERT INTO readings ({_READING_COLS}) SELECT {_READING_COLS} FROM readings_v1"
+        " ORDER BY ts;"
+        f"INSERT INTO alert_events ({_ALERT_COLS}) SELECT {_ALERT_COLS} FROM alert_events_v1"
+        " ORDER BY at;"
+        "DROP TABLE readings_v1; DROP TABLE alert_events_v1; COMMIT;"
+    )
 
 
 class SqliteSink:
@@ -77,130 +146,214 @@ class SqliteSink:
         self.name = "sqlite"
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=queue_size)
         self.counts: Counter[str] = Counter()
+        #: Set after every commit: forwarders wait on it for new journal entries.
+        self.committed = asyncio.Event()
+        self.head = 0  #: highest readings.seq committed
+        #: Called with (condition, active, detail) when a store condition changes
+        #: (``store.full``, ``sink.dropped``): the daemon turns it into a technical alarm.
+        self.on_condition: Callable[[str, bool, str], None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._retention = retention.Retention(cfg)
 
     async def open(self) -> None:
         path = Path(self.cfg.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._executor, connect, str(path))
-        log.info("store open: %s", path)
+        self._conn = await loop.run_in_executor(
+            self._executor, lambda: connect(str(path), synchronous=self.cfg.synchronous)
+        )
+        self.head = await self.call(lambda c: journal_head(c)[0])
+        log.info("store open: %s (journal at %d)", path, self.head)
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in the store's thread (between commits)."""
+        loop = asyncio.get_running_loop()
+
+        def job() -> T:
+            assert self._conn is not None, "store not open"
+            return fn(self._conn)
+
+        return await loop.run_in_executor(self._executor, job)
 
     async def active_alerts(self) -> list[AlertEvent]:
         """The last event of every alert not resolved yet (to carry alerts over a restart)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._active_alerts)
+        return await self.call(_active_alerts)
 
-    def _active_alerts(self) -> list[AlertEvent]:
-        assert self._conn is not None
-        rows = self._conn.execute(
-            "SELECT e.id, e.seq, e.ward, e.bed, e.device, e.patient, e.vital, e.rule, e.kind,"
-            " e.priority, e.state, e.value, e.limit_value, e.message, e.started_at, e.at"
-            " FROM alert_events e JOIN (SELECT id, max(seq) AS seq FROM alert_events GROUP BY id)"
-            " m ON e.id = m.id AND e.seq = m.seq WHERE e.state != 'resolved' ORDER BY e.at"
-        ).fetchall()
-        return [
-            AlertEvent(
-                id=r[0],
-                seq=r[1],
-                ward=r[2],
-                bed=r[3],
-                device=r[4],
-                patient=r[5],
-                vital=r[6],
-                rule=r[7],
-                kind=r[8],
-                priority=Priority(r[9]),
-                state=AlertState(r[10]),
-                value=r[11],
-                limit=r[12],
-                message=r[13],
-                started_at=r[14],
-                at=r[15],
-            )
-            for r in rows
-        ]
-
-    async def write(self, readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
-        if readings or events:
-            await self.queue.put((readings, events))
+    async def write(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[AlertEvent],
+        done: Done | None = None,
+    ) -> None:
+        if readings or events or done is not None:
+            await self.queue.put(_Item(readings, events, done))
 
     def close(self) -> None:
         put_end(self.queue, "sqlite")
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            closing = False
-            while not closing:
-                item = await self.queue.get()
-                batch: list[_Item] = []
-                while item is not None:
-                    batch.append(item)
-                    if len(batch) >= self.cfg.batch_size or self.queue.empty():
-                        break
-                    item = self.queue.get_nowait()
-                closing = item is None
-                if batch:
-                    await loop.run_in_executor(self._executor, self._commit, batch)
-        finally:
-            await loop.run_in_executor(self._executor, self._close)
-            self._executor.shutdown(wait=False)
+        async with asyncio.TaskGroup() as tg:
+            maintenance = tg.create_task(self._maintain(), name="vitalmon.sink[sqlite].maintain")
+            try:
+                await self._commit_loop()
+            finally:
+                maintenance.cancel()
+
+    async def release(self) -> None:
+        """Close the database; after ``run()`` and every forwarder reading from it."""
+        if self._conn is not None:
+            await self.call(lambda c: c.close())
+            self._conn = None
+        self._executor.shutdown(wait=False)
+
+    async def _commit_loop(self) -> None:
+        closing = False
+        while not closing:
+            item = await self.queue.get()
+            batch: list[_Item] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= self.cfg.batch_size or self.queue.empty():
+                    break
+                item = self.queue.get_nowait()
+            closing = item is None
+            if not batch:
+                continue
+            self.head = await self.call(partial(self._commit, batch=batch))
+            self.committed.set()
+            for it in batch:  # only now is it durable: release it at its origin
+                if it.done is not None:
+                    it.done()
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.maintenance_interval_s)
+            await self.maintain()
+
+    async def maintain(self, now: float | None = None) -> retention.Report:
+        """Aggregate, apply retention and the disk bound, a chunk per store-thread call."""
+        t = time.time() if now is None else now
+        report = retention.Report()
+        while True:
+            more = await self.call(lambda c: self._retention.step(c, t, report))
+            if not more:
+                break
+        self.counts["pruned"] += report.pruned_age + report.pruned_space
+        self.counts["pruned_space"] += report.pruned_space
+        for sink, n in report.dropped.items():
+            self.counts[f"dropped[{sink}]"] += n
+        if self.on_condition is not None:
+            if report.pruned_space:
+                self.on_condition(
+                    "store.full", True, f"disk bound {self.cfg.max_mb:g} MiB reached: "
+                    f"{report.pruned_space} oldest raw readings pruned"
+                )  # fmt: skip
+            elif report.below_low_water:
+                self.on_condition("store.full", False, "store back under its disk bound")
+            for sink, n in report.dropped.items():
+                self.on_condition(
+                    f"sink.dropped[{sink}]", True, f"{n} readings pruned before {sink} got them"
+                )
+        return report
 
     # ------------------------------------------------------------- store thread
 
-    def _commit(self, batch: list[_Item]) -> None:
-        conn = self._conn
-        assert conn is not None
+    def _commit(self, conn: sqlite3.Connection, *, batch: list[_Item]) -> int:
         rows = [
             (r.ward, r.bed, r.device, r.vital, r.ts, r.value, r.patient)
-            for readings, _ in batch
-            for r in readings
+            for it in batch
+            for r in it.readings
         ]
-        alerts = [
-            (
-                e.id,
-                e.seq,
-                e.ward,
-                e.bed,
-                e.device,
-                e.patient,
-                e.vital,
-                e.rule,
-                e.kind,
-                str(e.priority),
-                str(e.state),
-                e.value,
-                e.limit,
-                e.message,
-                e.started_at,
-                e.at,
-            )
-            for _, events in batch
-            for e in events
-        ]
+        alerts = [_alert_row(e) for it in batch for e in it.events]
         before = conn.total_changes
         conn.execute("BEGIN")
         try:
-            conn.executemany("INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?)", rows)
+            conn.executemany(
+                f"INSERT OR IGNORE INTO readings ({_READING_COLS}) VALUES (?,?,?,?,?,?,?)", rows
+            )
             stored = conn.total_changes - before
             conn.executemany(
-                "INSERT OR IGNORE INTO alert_events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO alert_events ({_ALERT_COLS})"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 alerts,
             )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.counts["received"] += len(rows)
         self.counts["committed"] += stored
         self.counts["duplicates"] += len(rows) - stored
         self.counts["alert_events"] += len(alerts)
+        return journal_head(conn)[0]
 
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+
+def _alert_row(e: AlertEvent) -> tuple[object, ...]:
+    return (
+        e.id, e.seq, e.ward, e.bed, e.device, e.patient, e.vital, e.rule, e.kind,
+        str(e.priority), str(e.state), e.value, e.limit, e.message, e.started_at, e.at,
+    )  # fmt: skip
+
+
+def _alert_event(r: Sequence[Any]) -> AlertEvent:
+    return AlertEvent(
+        id=r[0], seq=r[1], ward=r[2], bed=r[3], device=r[4], patient=r[5], vital=r[6],
+        rule=r[7], kind=r[8], priority=Priority(r[9]), state=AlertState(r[10]), value=r[11],
+        limit=r[12], message=r[13], started_at=r[14], at=r[15],
+    )  # fmt: skip
+
+
+def _active_alerts(conn: sqlite3.Connection) -> list[AlertEvent]:
+    rows = conn.execute(
+        f"SELECT {_ALERT_COLS} FROM alert_events WHERE ev IN"
+        " (SELECT max(ev) FROM alert_events GROUP BY id) AND state != 'resolved' ORDER BY ev"
+    ).fetchall()
+    return [_alert_event(r) for r in rows]
+
+
+# --------------------------------------------------------------------- the journal
+
+
+def journal_head(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Highest (readings.seq, alert_events.ev) ever committed (never reused)."""
+    seqs = dict(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+    return int(seqs.get("readings", 0)), int(seqs.get("alert_events", 0))
+
+
+def get_cursor(conn: sqlite3.Connection, sink: str, start_from: str = "end") -> tuple[int, int]:
+    row = conn.execute("SELECT readings, alerts FROM cursors WHERE sink = ?", (sink,)).fetchone()
+    if row is not None:
+        return int(row[0]), int(row[1])
+    start = journal_head(conn) if start_from == "end" else (0, 0)
+    set_cursor(conn, sink, *start)
+    return start
+
+
+def set_cursor(conn: sqlite3.Connection, sink: str, readings: int, alerts: int) -> None:
+    conn.execute(
+        "INSERT INTO cursors (sink, readings, alerts) VALUES (?, ?, ?) ON CONFLICT (sink)"
+        " DO UPDATE SET readings = excluded.readings, alerts = excluded.alerts",
+        (sink, readings, alerts),
+    )
+
+
+def read_readings(
+    conn: sqlite3.Connection, after: int, limit: int
+) -> list[tuple[int, str, str, str, str, float, float, str | None]]:
+    """Journal entries after ``after``: (seq, ward, bed, device, vital, ts, value, patient)."""
+    return conn.execute(
+        f"SELECT seq, {_READING_COLS} FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after, limit),
+    ).fetchall()
+
+
+def read_alerts(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, AlertEvent]]:
+    rows = conn.execute(
+        f"SELECT ev, {_ALERT_COLS} FROM alert_events WHERE ev > ? ORDER BY ev LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [(int(r[0]), _alert_event(r[1:])) for r in rows]
 
 
 def query_readings(

@@ -15,10 +15,10 @@ Contract of a source (see :class:`Source`):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from monitor.model import Reading, Rejection
+from monitor.model import AlertEvent, Reading, Rejection
 
 
 @dataclass(slots=True)
@@ -26,9 +26,11 @@ class Batch:
     """Readings taken in together (one MQTT message, one serial line)."""
 
     readings: list[Reading]
-    #: Called once the batch is accepted downstream; releases it at its origin.
+    #: Called once the batch is durably committed; releases it at its origin (PUBACK).
     done: Callable[[], None] | None = None
     received_at: float = 0.0
+    #: Alert events that come with the batch (technical alarms raised outside the rules).
+    events: list[AlertEvent] = field(default_factory=list)
 
 
 Emit = Callable[[Batch], Awaitable[None]]

@@ -1,9 +1,10 @@
 """MQTT source: ``vitals/{ward}/{bed}/{device}`` messages -> readings.
 
-Each message is decoded (:mod:`monitor.sources.codecs`), its readings emitted (waiting
-while the engine is busy), and only then acknowledged to the broker. A message that
-arrives after ``stop()`` is left unacknowledged: the persistent session redelivers it
-to the next run.
+Each message is decoded (:mod:`monitor.sources.codecs`) and its readings emitted
+(waiting while the engine is busy). It is acknowledged to the broker only once its
+readings are committed to the journal, in arrival order. A message not committed when
+the daemon stops or dies stays unacknowledged: the persistent session redelivers it
+to the next run, and the store absorbs what was already committed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
 
 from monitor.config import DEFAULT_ALIASES, MqttSourceConfig, RulesConfig, parse_topic_template
 from monitor.model import Rejection
@@ -61,6 +65,7 @@ class MqttSource:
         # the inbox; QoS 0 messages (at most once by definition) are refused beyond the bound.
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._reject: Reject | None = None
+        self._unacked: deque[_Unacked] = deque()
         self._stopped = False
         client.subscribe(self.template.filter, cfg.qos, self._deliver)
 
@@ -99,6 +104,8 @@ class MqttSource:
             msg = await self._inbox.get()
             if msg is None or self._stopped:
                 return  # what is still in the inbox was never acked: the broker keeps it
+            entry = _Unacked(msg)
+            self._unacked.append(entry)
             now = time.time()
             origin = self.origin(msg.topic)
             if origin is None:
@@ -110,14 +117,30 @@ class MqttSource:
                         msg.payload[:1024],
                     )
                 )
-                self._client.ack(msg)
+                self._release(entry)
                 continue
             if msg.retain and not msg.payload:
-                self._client.ack(msg)  # clearing a retained message is not a reading
+                self._release(entry)  # clearing a retained message is not a reading
                 continue
             decoded = decode(msg.payload, origin, now, self.limits)
             for rej in decoded.rejections:
                 reject(rej)
             if decoded.readings:
-                await emit(Batch(decoded.readings, received_at=now))
-            self._client.ack(msg)
+                # acknowledged by the journal once committed (at-least-once end to end)
+                await emit(Batch(decoded.readings, partial(self._release, entry), now))
+            else:
+                self._release(entry)
+
+    def _release(self, entry: _Unacked) -> None:
+        """Mark a message as done; acknowledge every done message at the head, in order
+        (MQTT wants PUBACKs in the order the PUBLISHes came)."""
+        entry.done = True
+        unacked = self._unacked
+        while unacked and unacked[0].done:
+            self._client.ack(unacked.popleft().msg)
+
+
+@dataclass(slots=True)
+class _Unacked:
+    msg: Message
+    done: bool = False

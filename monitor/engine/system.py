@@ -1,0 +1,52 @@
+"""Technical alarms about vitalmon itself (store full, readings dropped, sink down).
+
+IEC 60601-1-8 keeps technical alarms apart from physiological ones: these have
+``kind: "technical"``, ward ``_system``, bed = the instance's client id, device = the
+component. Each condition raises once and always resolves (state changes only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from monitor.model import AlertEvent, AlertState, Priority
+
+SYSTEM_WARD = "_system"
+
+#: Losing data is a high-priority technical alarm; a sink merely down is medium.
+PRIORITIES = {"store.full": Priority.HIGH, "sink.dropped": Priority.HIGH}
+
+
+class SystemAlarms:
+    def __init__(self, instance: str, clock: Callable[[], float] = time.time) -> None:
+        self.instance = instance
+        self._clock = clock
+        self._active: dict[tuple[str, str], AlertEvent] = {}
+
+    def set(self, rule: str, component: str, active: bool, detail: str) -> AlertEvent | None:
+        """Record a condition; returns the alert event when its state changes."""
+        key = (rule, component)
+        now = self._clock()
+        current = self._active.get(key)
+        if active and current is None:
+            ident = hashlib.sha1(
+                f"{self.instance}/{rule}/{component}/{now:.3f}".encode(), usedforsecurity=False
+            ).hexdigest()[:16]
+            event = AlertEvent(
+                id=ident, ward=SYSTEM_WARD, bed=self.instance, device=component, patient=None,
+                vital="", rule=rule, kind="technical",
+                priority=PRIORITIES.get(rule, Priority.MEDIUM), state=AlertState.ACTIVE,
+                value=0.0, limit=0.0, message=detail, started_at=now, at=now, seq=1,
+            )  # fmt: skip
+            self._active[key] = event
+            return event
+        if not active and current is not None:
+            del self._active[key]
+            current.seq += 1
+            current.state = AlertState.RESOLVED
+            current.message = detail
+            current.at = now
+            return current
+        return None

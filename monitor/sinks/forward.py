@@ -1,0 +1,179 @@
+"""Store-and-forward: a remote sink fed from the journal through its own durable cursor.
+
+Contract of :class:`Forwarder`:
+
+* ``open()`` makes no connection (a remote that is down at start is a state, not an
+  error): it loads the sink's cursor from the journal, creating it at the journal's end
+  (``start_from: end``) or beginning.
+* ``run()`` reads the next batch after the cursor, hands it to the :class:`Remote` (in a
+  thread of its own: a slow remote never blocks ingest), and only when the remote
+  accepted it moves the cursor, durably, in the journal. A failure is retried with
+  jittered exponential backoff, forever: nothing is skipped, order is kept. Caught up,
+  it waits for the journal's next commit.
+* ``close()``: ``run()`` returns once it has forwarded what the journal had committed
+  (bounded by the shutdown budget), or at once while the remote is failing: the backlog
+  waits in the journal for the next run.
+
+Delivery is at least once: a crash between the remote's acceptance and the cursor's
+commit re-sends that batch. InfluxDB overwrites a point with the same series and time,
+so the re-send changes nothing; VictoriaMetrics needs ``-dedup.minScrapeInterval=1ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from monitor.model import AlertEvent
+from monitor.sinks.sqlite import SqliteSink, get_cursor, read_alerts, read_readings, set_cursor
+
+log = logging.getLogger("vitalmon.sink.forward")
+
+Row = tuple[int, str, str, str, str, float, float, str | None]
+
+#: After failing this long, a remote sink raises the technical alarm ``sink.down``.
+DOWN_ALARM_AFTER_S = 30.0
+
+
+class Remote(Protocol):
+    """What a forwarder sends to. Called from the forwarder's own thread, one call at a time."""
+
+    def send(self, readings: Sequence[Row], alerts: Sequence[AlertEvent]) -> None:
+        """Deliver, or raise: returning means the remote has accepted everything."""
+
+    def close(self) -> None: ...
+
+
+class Forwarder:
+    def __init__(
+        self,
+        name: str,
+        journal: SqliteSink,
+        remote: Remote,
+        *,
+        batch_size: int = 5000,
+        start_from: str = "end",
+        retry_min_s: float = 1.0,
+        retry_max_s: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.journal = journal
+        self.remote = remote
+        self.batch_size = batch_size
+        self.start_from = start_from
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.counts: Counter[str] = Counter()
+        self.cursor = (0, 0)
+        self.lag_s = 0.0  #: event-time age of the oldest reading not yet forwarded
+        self.failing_since: float | None = None
+        #: (condition, active, detail) -> technical alarm; set by the daemon.
+        self.on_condition: Callable[[str, bool, str], None] | None = None
+        self._closing = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-fwd")
+        self._alarmed = False
+
+    @property
+    def lag(self) -> int:
+        """Readings committed to the journal and not yet forwarded."""
+        return max(0, self.journal.head - self.cursor[0])
+
+    async def open(self) -> None:
+        self.cursor = await self.journal.call(lambda c: get_cursor(c, self.name, self.start_from))
+        log.info("%s: forwarding from journal position %d", self.name, self.cursor[0])
+
+    def close(self) -> None:
+        self._closing.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        try:
+            while True:
+                self.journal.committed.clear()
+                after_r, after_a = self.cursor
+                readings, alerts = await self.journal.call(
+                    lambda c, r=after_r, a=after_a: (  # type: ignore[misc]
+                        read_readings(c, r, self.batch_size),
+                        read_alerts(c, a, self.batch_size),
+                    )
+                )
+                if not readings and not alerts:
+                    self.lag_s = 0.0
+                    if self._closing.is_set():
+                        return
+                    await self._wait_for_commit()
+                    continue
+                self.lag_s = max(0.0, time.time() - readings[0][5]) if readings else 0.0
+                try:
+                    await loop.run_in_executor(
+                        self._executor, self.remote.send, readings, [e for _, e in alerts]
+                    )
+                except Exception as exc:  # noqa: BLE001 - any failure of the remote is retried
+                    attempt += 1
+                    if self._closing.is_set():
+                        log.warning("%s: %s; %d readings wait in the journal for the next run",
+                                    self.name, exc, self.lag)  # fmt: skip
+                        return
+                    self._failing(exc, attempt)
+                    delay = random.uniform(
+                        self.retry_min_s, min(self.retry_max_s, self.retry_min_s * 2**attempt)
+                    )
+                    log.warning("%s: send failed (%s); %d readings waiting, retrying in %.1f s",
+                                self.name, exc, self.lag, delay)  # fmt: skip
+                    await self._sleep(delay)
+                    continue
+                attempt = 0
+                self._recovered()
+                new = (
+                    readings[-1][0] if readings else after_r,
+                    alerts[-1][0] if alerts else after_a,
+                )
+                await self.journal.call(lambda c, n=new: set_cursor(c, self.name, *n))  # type: ignore[misc]
+                self.cursor = new
+                self.counts["forwarded"] += len(readings)
+                self.counts["forwarded_alerts"] += len(alerts)
+        finally:
+            await loop.run_in_executor(self._executor, self.remote.close)
+            self._executor.shutdown(wait=False)
+
+    async def _wait_for_commit(self) -> None:
+        waiters = [
+            asyncio.create_task(self.journal.committed.wait()),
+            asyncio.create_task(self._closing.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), delay)
+
+    def _failing(self, exc: Exception, attempt: int) -> None:
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        self.counts["send_errors"] += 1
+        if (
+            not self._alarmed
+            and now - self.failing_since >= DOWN_ALARM_AFTER_S
+            and self.on_condition is not None
+        ):
+            self._alarmed = True
+            self.on_condition("sink.down", True, f"{self.name} failing for {attempt} tries: {exc}")
+
+    def _recovered(self) -> None:
+        self.failing_since = None
+        if self._alarmed and self.on_condition is not None:
+            self._alarmed = False
+            self.on_condition("sink.down", False, f"{self.name} accepts writes again")

@@ -1,0 +1,110 @@
+"""InfluxDB sink (InfluxDB 2.x/3.x, or any server accepting ``/api/v2/write``).
+
+Line protocol through ``influxdb-client``'s synchronous write API: the forwarder does
+its own batching, ordering and retrying from the journal, so the client's background
+batcher (which drops what it cannot write) is not used.
+
+* measurement ``vitals``: tags ``ward``, ``bed``, ``device`` (and a pseudonymous
+  ``patient`` when ``patient_key_file`` is set), one float field per vital; the readings
+  of one device at one instant share a line.
+* measurement ``alerts``: tags ``ward``, ``bed``, ``device``, ``vital``, ``rule``,
+  ``priority``, ``state``, ``kind``; numeric fields ``value``, ``limit``, ``seq``. Text
+  lives in tags only: InfluxDB-protocol stores such as VictoriaMetrics turn string
+  fields into 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Sequence
+
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
+
+from monitor.config import InfluxStoreConfig, read_secret
+from monitor.model import AlertEvent
+from monitor.sinks.forward import Row
+
+log = logging.getLogger("vitalmon.sink.influx")
+
+_TAG_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\ ", "\\": "\\\\"})
+
+
+def tag(value: str) -> str:
+    return value.translate(_TAG_ESCAPE) or "-"
+
+
+def ns(ts: float) -> int:
+    return round(ts * 1_000_000_000)
+
+
+class Pseudonyms:
+    """Patient id -> stable pseudonym (HMAC-SHA256 with a secret key), never the id itself."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __call__(self, patient: str) -> str:
+        return hmac.new(self._key, patient.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def reading_lines(rows: Sequence[Row], pseudonym: Pseudonyms | None = None) -> list[str]:
+    """Journal rows -> ``vitals`` lines, one per (ward, bed, device, patient, ts)."""
+    grouped: dict[tuple[str, str, str, str | None, float], list[str]] = {}
+    for _seq, ward, bed, device, vital, ts, value, patient in rows:
+        key = (ward, bed, device, patient if pseudonym else None, ts)
+        grouped.setdefault(key, []).append(f"{vital}={float(value)!r}")
+    lines = []
+    for (ward, bed, device, patient, ts), fields in grouped.items():
+        tags = f"bed={tag(bed)},device={tag(device)}"
+        if patient is not None and pseudonym is not None:
+            tags += f",patient={pseudonym(patient)}"
+        lines.append(f"vitals,{tags},ward={tag(ward)} {','.join(fields)} {ns(ts)}")
+    return lines
+
+
+def alert_lines(events: Sequence[AlertEvent]) -> list[str]:
+    return [
+        f"alerts,bed={tag(e.bed)},device={tag(e.device)},kind={tag(e.kind)},"
+        f"priority={tag(str(e.priority))},rule={tag(e.rule)},state={tag(str(e.state))},"
+        f"vital={tag(e.vital)},ward={tag(e.ward)} value={float(e.value)!r},"
+        f"limit={float(e.limit)!r},seq={float(e.seq)!r} {ns(e.at)}"
+        for e in events
+    ]
+
+
+class InfluxRemote:
+    """A :class:`~monitor.sinks.forward.Remote` writing line protocol to InfluxDB."""
+
+    def __init__(self, cfg: InfluxStoreConfig) -> None:
+        self.cfg = cfg
+        token = cfg.token or (read_secret(cfg.token_file) if cfg.token_file else "")
+        self.pseudonym = (
+            Pseudonyms(read_secret(cfg.patient_key_file).encode()) if cfg.patient_key_file else None
+        )
+        # No connection is made here: the first write connects.
+        self.client = InfluxDBClient(
+            url=cfg.url,
+            token=token,
+            org=cfg.org,
+            timeout=int(cfg.timeout_s * 1000),
+            enable_gzip=cfg.gzip,
+        )
+        self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
+
+    def send(self, readings: Sequence[Row], alerts: Sequence[AlertEvent]) -> None:
+        lines = reading_lines(readings, self.pseudonym) + alert_lines(alerts)
+        if lines:
+            self.write_api.write(
+                bucket=self.cfg.bucket,
+                org=self.cfg.org,
+                record=lines,
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type]  # a str constant
+            )
+
+    def close(self) -> None:
+        self.write_api.close()  # type: ignore[no-untyped-call]
+        self.client.close()  # type: ignore[no-untyped-call]
