@@ -184,8 +184,14 @@ def publisher(broker: Broker) -> Iterator[Publisher]:
 
 
 def write_config(
-    path: Path, port: int, db: Path, extra: str = "", client_id: str = "vitalmon"
+    path: Path,
+    port: int,
+    db: Path,
+    extra: str = "",
+    client_id: str = "vitalmon",
+    store_extra: str = "",
 ) -> Path:
+    """A daemon config; ``store_extra`` is appended to the store list (more sinks)."""
     path.write_text(
         f"""
 mqtt:
@@ -199,8 +205,9 @@ sources:
     topic: "vitals/{{ward}}/{{bed}}/{{device}}"
     qos: 1
 store:
-  type: sqlite
-  path: {db}
+  - type: sqlite
+    path: {db}
+{store_extra}
 alerts:
   topic: "alerts/{{ward}}/{{bed}}"
   qos: 1
@@ -266,9 +273,16 @@ class DaemonProc:
 def daemon(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
     procs: list[DaemonProc] = []
 
-    def make(extra: str = "", db: Path | None = None, start: bool = True) -> DaemonProc:
-        cfg = write_config(tmp_path / "vitalmon.yaml", broker.port, db or tmp_path / "vitals.db",
-                           extra)  # fmt: skip
+    def make(
+        extra: str = "", db: Path | None = None, start: bool = True, store_extra: str = ""
+    ) -> DaemonProc:
+        cfg = write_config(
+            tmp_path / "vitalmon.yaml",
+            broker.port,
+            db or tmp_path / "vitals.db",
+            extra,
+            store_extra=store_extra,
+        )
         d = DaemonProc(cfg, broker.port, tmp_path / f"daemon{len(procs)}.log")
         procs.append(d)
         if start:

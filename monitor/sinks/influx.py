@@ -38,7 +38,9 @@ def tag(value: str) -> str:
 
 
 def ns(ts: float) -> int:
-    return round(ts * 1_000_000_000)
+    """Epoch seconds -> integer ns, rounded to the microsecond (``ts * 1e9`` in floating
+    point would turn .900 s into .899999744 s, and a millisecond store then truncates)."""
+    return round(ts * 1_000_000) * 1000
 
 
 class Pseudonyms:

@@ -316,9 +316,15 @@ def _active_alerts(conn: sqlite3.Connection) -> list[AlertEvent]:
 
 
 def journal_head(conn: sqlite3.Connection) -> tuple[int, int]:
-    """Highest (readings.seq, alert_events.ev) ever committed (never reused)."""
-    seqs = dict(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
-    return int(seqs.get("readings", 0)), int(seqs.get("alert_events", 0))
+    """Highest (readings.seq, alert_events.ev) committed; sequence numbers are never reused
+    (an ignored duplicate may consume one: numbers have gaps, never repeats)."""
+    row = conn.execute(
+        "SELECT coalesce((SELECT max(seq) FROM readings),"
+        " (SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0),"
+        " coalesce((SELECT max(ev) FROM alert_events),"
+        " (SELECT seq FROM sqlite_sequence WHERE name = 'alert_events'), 0)"
+    ).fetchone()
+    return int(row[0]), int(row[1])
 
 
 def get_cursor(conn: sqlite3.Connection, sink: str, start_from: str = "end") -> tuple[int, int]:
