@@ -53,7 +53,7 @@ class Daemon:
         self.forwarders = [
             Forwarder(r.sink_name, self.journal, InfluxRemote(r), batch_size=r.batch_size,
                       start_from=r.start_from, retry_min_s=r.retry_min_s,
-                      retry_max_s=r.retry_max_s)
+                      retry_max_s=r.retry_max_s, flush_interval_s=r.flush_interval_s)
             for r in cfg.remote_sinks
         ]  # fmt: skip
         self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal)
@@ -154,20 +154,28 @@ class Daemon:
                 last_summary = time.monotonic()
                 log.info("%s", self.summary())
 
-    def summary(self) -> str:
+    def metrics(self) -> dict[str, float]:
+        """Counters of the path (the ops issue exports them; the log prints them now)."""
         j = self.journal.counts
-        text = (
-            f"series {len(self.engine.series)}, readings {self.engine.counts['readings']}, "
-            f"stored {j['committed']}, duplicates {j['duplicates']}, "
-            f"rejected {sum(self.deadletters.counts.values())}, "
-            f"active alerts {self.engine.active_alerts()}"
-        )
+        out: dict[str, float] = {
+            "readings_received": j["received"],
+            "readings_committed": j["committed"],
+            "duplicates_absorbed": j["duplicates"],
+            "readings_rejected": sum(self.deadletters.counts.values()),
+            "readings_pruned": j["pruned"],
+            "store_bytes": self.journal.used_bytes,
+            "alerts_active": self.engine.active_alerts(),
+            "series": len(self.engine.series),
+        }
         for fwd in self.forwarders:
-            text += (
-                f"; {fwd.name}: forwarded {fwd.counts['forwarded']}, lag {fwd.lag} "
-                f"readings / {fwd.lag_s:.0f} s"
-            )
-        return text
+            out[f"forwarded[{fwd.name}]"] = fwd.counts["forwarded"]
+            out[f"lag_readings[{fwd.name}]"] = fwd.lag
+            out[f"lag_seconds[{fwd.name}]"] = round(fwd.lag_s, 1)
+            out[f"dropped[{fwd.name}]"] = j[f"dropped[{fwd.name}]"]
+        return out
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in self.metrics().items())
 
     async def shutdown(self, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S

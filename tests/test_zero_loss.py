@@ -123,6 +123,11 @@ def test_both_sinks_get_every_reading_and_alert(daemon, broker, victoria, publis
     assert points[0].value == 80
     code, _ = d.terminate()
     assert code == 0
+    stopped = d.log().rsplit("stopped: ", 1)[1]
+    sink = f"influxdb:{victoria.url}/vitals"
+    assert "readings_committed 1020," in stopped
+    assert f"forwarded[{sink}] 1020," in stopped
+    assert f"lag_readings[{sink}] 0," in stopped
 
 
 def test_tsdb_down_mid_stream_backfills_everything(daemon, broker, victoria, tmp_path):

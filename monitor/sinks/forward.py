@@ -9,7 +9,8 @@ Contract of :class:`Forwarder`:
   thread of its own: a slow remote never blocks ingest), and only when the remote
   accepted it moves the cursor, durably, in the journal. A failure is retried with
   jittered exponential backoff, forever: nothing is skipped, order is kept. Caught up,
-  it waits for the journal's next commit.
+  it waits for the journal's next commit, then up to ``flush_interval_s`` for a fuller
+  batch.
 * ``close()``: ``run()`` returns once it has forwarded what the journal had committed
   (bounded by the shutdown budget), or at once while the remote is failing: the backlog
   waits in the journal for the next run.
@@ -62,6 +63,7 @@ class Forwarder:
         start_from: str = "end",
         retry_min_s: float = 1.0,
         retry_max_s: float = 60.0,
+        flush_interval_s: float = 0.0,
     ) -> None:
         self.name = name
         self.journal = journal
@@ -70,6 +72,7 @@ class Forwarder:
         self.start_from = start_from
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
+        self.flush_interval_s = flush_interval_s
         self.counts: Counter[str] = Counter()
         self.cursor = (0, 0)
         self.lag_s = 0.0  #: event-time age of the oldest reading not yet forwarded
@@ -110,6 +113,8 @@ class Forwarder:
                     if self._closing.is_set():
                         return
                     await self._wait_for_commit()
+                    if self.lag < self.batch_size:  # gather a fuller batch (Telegraf's flush)
+                        await self._sleep(self.flush_interval_s)
                     continue
                 self.lag_s = max(0.0, time.time() - readings[0][5]) if readings else 0.0
                 try:

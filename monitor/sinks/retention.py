@@ -157,10 +157,10 @@ class Retention:
         return False
 
     def _prune_space(self, conn: sqlite3.Connection, report: Report) -> bool:
+        used = report.used_bytes = used_bytes(conn)
         if self.max_bytes is None:
             report.below_low_water = True
             return False
-        used = report.used_bytes = used_bytes(conn)
         limit = self.max_bytes if not self._space_phase else int(self.max_bytes * 0.9)
         if used <= limit:
             self._space_phase = False

@@ -149,6 +149,7 @@ class SqliteSink:
         #: Set after every commit: forwarders wait on it for new journal entries.
         self.committed = asyncio.Event()
         self.head = 0  #: highest readings.seq committed
+        self.used_bytes = 0  #: database size in use, as of the last maintenance
         #: Called with (condition, active, detail) when a store condition changes
         #: (``store.full``, ``sink.dropped``): the daemon turns it into a technical alarm.
         self.on_condition: Callable[[str, bool, str], None] | None = None
@@ -164,6 +165,7 @@ class SqliteSink:
             self._executor, lambda: connect(str(path), synchronous=self.cfg.synchronous)
         )
         self.head = await self.call(lambda c: journal_head(c)[0])
+        self.used_bytes = await self.call(retention.used_bytes)
         log.info("store open: %s (journal at %d)", path, self.head)
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -239,6 +241,7 @@ class SqliteSink:
             more = await self.call(lambda c: self._retention.step(c, t, report))
             if not more:
                 break
+        self.used_bytes = report.used_bytes
         self.counts["pruned"] += report.pruned_age + report.pruned_space
         self.counts["pruned_space"] += report.pruned_space
         for sink, n in report.dropped.items():

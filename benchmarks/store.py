@@ -1,0 +1,463 @@
+"""Store benchmarks: ours side by side with a raw baseline, in the same run on the same machine.
+
+1. SQLite commit: readings/s committed by :class:`SqliteSink` (one ``write`` per MQTT-like
+   message of 1, 10 or 100 readings, each with a ``done`` callback; timed until the last
+   ``done`` fires) vs ``executemany`` of the same rows into a bare table, one transaction
+   per message, without and with the store's UNIQUE key.
+2. Forwarding: readings/s forwarded by :class:`Forwarder` + :class:`InfluxRemote` from a
+   pre-filled journal to a fresh VictoriaMetrics (timed until the cursor reaches the
+   journal's head) vs a raw ``http.client`` POST of the same line protocol to
+   ``/api/v2/write``. The point count in VictoriaMetrics is checked after every run.
+
+    python benchmarks/store.py [--readings N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import http.client
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from monitor.config import InfluxStoreConfig, SqliteStoreConfig
+from monitor.model import Reading
+from monitor.sinks.forward import Forwarder, Row
+from monitor.sinks.influx import InfluxRemote, reading_lines
+from monitor.sinks.sqlite import SqliteSink, read_readings
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_JSON = HERE / "results" / "store.json"
+
+T0 = 1764324000.0  # 2025-11-28 10:00 UTC: in the past, inside VictoriaMetrics' retention
+WARD = "icu"
+BEDS = 50
+#: vital -> (mean, standard deviation, decimals): an adult ward, as monitors report it.
+NORMAL: dict[str, tuple[float, float, int]] = {
+    "hr": (78, 9, 0),
+    "spo2": (97, 1.2, 0),
+    "rr": (16, 2.5, 0),
+    "sbp": (122, 11, 0),
+    "dbp": (76, 7, 0),
+    "map": (91, 7, 0),
+    "temp": (36.9, 0.3, 1),
+    "etco2": (38, 3, 0),
+}
+PER_WRITE = (1, 10, 100)  # readings per SqliteSink.write, i.e. per MQTT message
+FORWARD_BATCHES = (500, 5000)  # journal rows per remote write
+
+BARE_SCHEMA = """CREATE TABLE readings (
+    ward TEXT NOT NULL, bed TEXT NOT NULL, device TEXT NOT NULL, vital TEXT NOT NULL,
+    ts REAL NOT NULL, value REAL NOT NULL{key})"""
+UNIQUE_KEY = ",\n    UNIQUE (ward, bed, device, vital, ts)"
+COLS = "ward, bed, device, vital, ts, value"
+
+VM_BINARY = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
+VM_WRITE = "/api/v2/write?" + urllib.parse.urlencode(
+    {"org": "bench", "bucket": "bench", "precision": "ns"}
+)
+
+
+def make_readings(n: int, seed: int = 1) -> list[Reading]:
+    """``n`` readings: every second, each of 50 beds reports its 8 vitals."""
+    rng = random.Random(seed)
+    out: list[Reading] = []
+    second = 0
+    while len(out) < n:
+        for b in range(1, BEDS + 1):
+            bed = f"{b:02d}"
+            for vital, (mean, sd, decimals) in NORMAL.items():
+                value = round(rng.gauss(mean, sd), decimals)
+                out.append(Reading(T0 + second, WARD, bed, f"mon-{bed}", vital, value))
+        second += 1
+    return out[:n]
+
+
+def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def count_rows(path: Path, table: str = "readings") -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------------ SQLite commit
+
+
+async def _ours_commit(path: Path, readings: list[Reading], per_write: int) -> tuple[float, int]:
+    """SqliteSink with its default configuration -> (seconds, transactions)."""
+    sink = SqliteSink(SqliteStoreConfig(path=str(path)))
+    await sink.open()
+    commit = sink._commit
+    txns = 0
+
+    def counting_commit(conn: sqlite3.Connection, *, batch: list[Any]) -> int:
+        nonlocal txns
+        txns += 1
+        return commit(conn, batch=batch)
+
+    sink._commit = counting_commit  # type: ignore[method-assign]
+    task = asyncio.create_task(sink.run())
+    messages = chunks(readings, per_write)
+    pending = len(messages)
+    finished = asyncio.Event()
+    end = 0.0
+
+    def done() -> None:
+        nonlocal pending, end
+        pending -= 1
+        if pending == 0:
+            end = time.perf_counter()
+            finished.set()
+
+    start = time.perf_counter()
+    for message in messages:
+        await sink.write(message, [], done)
+    await finished.wait()
+    sink.close()
+    await task
+    await sink.release()
+    return end - start, txns
+
+
+def ours_commit(path: Path, readings: list[Reading], per_write: int) -> tuple[float, int]:
+    seconds, txns = asyncio.run(_ours_commit(path, readings, per_write))
+    if (stored := count_rows(path)) != len(readings):
+        raise RuntimeError(f"SqliteSink stored {stored} of {len(readings)} readings")
+    return seconds, txns
+
+
+def baseline_commit(path: Path, readings: list[Reading], per_write: int, unique: bool) -> float:
+    """``executemany`` per message into a bare WAL table, one transaction each -> seconds."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # as SqliteSink's default
+    conn.execute(BARE_SCHEMA.format(key=UNIQUE_KEY if unique else ""))
+    sql = f"INSERT {'OR IGNORE ' if unique else ''}INTO readings ({COLS}) VALUES (?,?,?,?,?,?)"
+    rows = [(r.ward, r.bed, r.device, r.vital, r.ts, r.value) for r in readings]
+    messages = chunks(rows, per_write)
+    start = time.perf_counter()
+    for message in messages:
+        conn.execute("BEGIN")
+        conn.executemany(sql, message)
+        conn.execute("COMMIT")
+    seconds = time.perf_counter() - start
+    conn.close()
+    if (stored := count_rows(path)) != len(readings):
+        raise RuntimeError(f"baseline stored {stored} of {len(readings)} readings")
+    return seconds
+
+
+def bench_sqlite(work: Path, readings: list[Reading]) -> list[dict[str, Any]]:
+    n = len(readings)
+    results = []
+    for per_write in PER_WRITE:
+        ours_s, txns = ours_commit(work / f"ours-{per_write}.db", readings, per_write)
+        bare_s = baseline_commit(work / f"bare-{per_write}.db", readings, per_write, False)
+        uniq_s = baseline_commit(work / f"unique-{per_write}.db", readings, per_write, True)
+        results.append({
+            "readings_per_write": per_write,
+            "ours_rps": n / ours_s,
+            "ours_transactions": txns,
+            "bare_rps": n / bare_s,
+            "unique_rps": n / uniq_s,
+            "baseline_transactions": -(-n // per_write),
+            "ours_vs_bare": bare_s / ours_s,
+            "ours_vs_unique": uniq_s / ours_s,
+        })  # fmt: skip
+    return results
+
+
+# ------------------------------------------------------------------------ VictoriaMetrics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Victoria:
+    """A fresh ``victoria-metrics`` on a free loopback port (flags as in tests/tsdb.py)."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [
+            VM_BINARY,
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            f"-storageDataPath={workdir / 'data'}",
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+            "-dedup.minScrapeInterval=1ms",
+        ]
+        self.log = workdir / "vm.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while not self._healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"victoria-metrics did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+
+    def _get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return bytes(r.read())
+
+    def _healthy(self) -> bool:
+        try:
+            return self._get("/health") == b"OK"
+        except (OSError, http.client.HTTPException):
+            return False
+
+    def version(self) -> str:
+        for line in self._get("/metrics").decode().splitlines():
+            if line.startswith("vm_app_version{"):
+                return line.split('version="', 1)[1].split('"', 1)[0]
+        return "?"
+
+    def count(self) -> int:
+        """Samples of every ``vitals_*`` series, after a flush."""
+        self._get("/internal/force_flush")
+        query = urllib.parse.urlencode(
+            {"match[]": '{__name__=~"vitals_.*"}', "start": 0, "end": int(time.time()) + 86400}
+        )
+        return sum(
+            len(json.loads(line)["values"])
+            for line in self._get(f"/api/v1/export?{query}").splitlines()
+            if line.strip()
+        )
+
+    def expect(self, n: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (got := self.count()) != n:
+            if got > n or time.monotonic() > deadline:
+                raise RuntimeError(f"VictoriaMetrics holds {got} samples, expected {n}")
+            time.sleep(0.05)
+        if "cannot unmarshal InfluxDB line" in self.log.read_text(errors="replace"):
+            raise RuntimeError(f"VictoriaMetrics skipped lines, see {self.log}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ------------------------------------------------------------------------ forwarding
+
+
+async def _prefill(path: Path, readings: list[Reading]) -> None:
+    sink = SqliteSink(SqliteStoreConfig(path=str(path)))
+    await sink.open()
+    task = asyncio.create_task(sink.run())
+    for message in chunks(readings, 1000):
+        await sink.write(message, [])
+    sink.close()
+    await task
+    await sink.release()
+
+
+async def _ours_forward(journal: Path, url: str, batch: int, gzip_on: bool) -> float:
+    """Forwarder + InfluxRemote from the journal's beginning to its head -> seconds."""
+    sink = SqliteSink(SqliteStoreConfig(path=str(journal)))
+    await sink.open()
+    try:
+        cfg = InfluxStoreConfig(url=url, org="bench", bucket="bench", gzip=gzip_on)
+        fwd = Forwarder(f"bench:{url}", sink, InfluxRemote(cfg), batch_size=batch,
+                        start_from="beginning", retry_min_s=0.1, retry_max_s=1.0)  # fmt: skip
+        await fwd.open()
+        start = time.perf_counter()
+        task = asyncio.create_task(fwd.run())
+        while fwd.cursor[0] < sink.head:
+            if fwd.counts["send_errors"] or task.done():
+                raise RuntimeError(f"forwarder failed: {fwd.counts}")
+            await asyncio.sleep(0.002)
+        seconds = time.perf_counter() - start
+        fwd.close()
+        await task
+        return seconds
+    finally:
+        await sink.release()
+
+
+def baseline_forward(url: str, bodies: list[str], gzip_on: bool) -> float:
+    """One keep-alive connection, one POST per batch (encode and gzip timed) -> seconds."""
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port, timeout=30)
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    if gzip_on:
+        headers["Content-Encoding"] = "gzip"
+    start = time.perf_counter()
+    for text in bodies:
+        body = text.encode()
+        if gzip_on:
+            body = gzip.compress(body)  # the level influxdb-client uses (9)
+        conn.request("POST", VM_WRITE, body=body, headers=headers)
+        response = conn.getresponse()
+        detail = response.read()
+        if response.status != 204:
+            raise RuntimeError(f"write answered {response.status}: {detail!r}")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return seconds
+
+
+def on_fresh_vm(work: Path, n: int, run: Callable[[str], float]) -> tuple[float, str]:
+    """Run ``run(url)`` against a fresh VictoriaMetrics, check it holds ``n`` samples."""
+    vm = Victoria(Path(tempfile.mkdtemp(prefix="vm-", dir=work)))
+    try:
+        seconds = run(vm.url)
+        vm.expect(n)
+        return seconds, vm.version()
+    finally:
+        vm.stop()
+
+
+def bench_forward(work: Path, readings: list[Reading]) -> tuple[list[dict[str, Any]], str]:
+    n = len(readings)
+    journal = work / "journal.db"
+    asyncio.run(_prefill(journal, readings))
+    conn = sqlite3.connect(journal)
+    rows: list[Row] = read_readings(conn, 0, n)
+    conn.close()
+    results = []
+    version = "?"
+    for batch in FORWARD_BATCHES:
+        start = time.perf_counter()
+        bodies = ["\n".join(reading_lines(part)) for part in chunks(rows, batch)]
+        lines_s = time.perf_counter() - start
+        for gzip_on in (False, True):
+            ours_s, version = on_fresh_vm(
+                work, n, lambda url, b=batch, g=gzip_on: asyncio.run(
+                    _ours_forward(journal, url, b, g)
+                )
+            )  # fmt: skip
+            raw_s, _ = on_fresh_vm(
+                work, n, lambda url, b=bodies, g=gzip_on: baseline_forward(url, b, g)
+            )  # fmt: skip
+            results.append({
+                "batch": batch,
+                "gzip": gzip_on,
+                "ours_rps": n / ours_s,
+                "raw_post_rps": n / raw_s,
+                "ours_vs_raw": raw_s / ours_s,
+                "reading_lines_rps": n / lines_s,
+                "bytes_per_reading": sum(map(len, bodies)) / n,
+                "verified_samples": n,
+            })  # fmt: skip
+    return results, version
+
+
+# ------------------------------------------------------------------------ report
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "influxdb_client": metadata.version("influxdb-client"),
+    }
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def report(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    n = result["readings"]
+    out = [
+        f"machine: {m['cores']} cores ({m['usable_cores']} usable), {m['cpu']}; {m['platform']}",
+        f"python {m['python']}, sqlite {m['sqlite']}, influxdb-client {m['influxdb_client']}, "
+        f"victoria-metrics {m['victoria_metrics']}",
+        f"readings: {n} ({BEDS} beds x {len(NORMAL)} vitals, 1 s apart)",
+        "",
+        "1. SQLite commit, readings/s (WAL, synchronous=NORMAL; ours: SqliteSink defaults,",
+        "   timed to the last done(); baseline: executemany, one transaction per write)",
+        table(
+            ["per write", "ours", "ours txns", "bare", "unique", "base txns",
+             "ours/bare", "ours/unique"],
+            [[str(r["readings_per_write"]), f"{r['ours_rps']:,.0f}", str(r["ours_transactions"]),
+              f"{r['bare_rps']:,.0f}", f"{r['unique_rps']:,.0f}",
+              str(r["baseline_transactions"]), f"{r['ours_vs_bare']:.2f}",
+              f"{r['ours_vs_unique']:.2f}"] for r in result["sqlite"]],
+        ),
+        "",
+        "2. Forwarding to VictoriaMetrics, readings/s (ours: Forwarder + InfluxRemote until the",
+        "   cursor reaches the head; baseline: http.client POST of the same lines; samples",
+        "   verified in VM after every run; lines = reading_lines() alone, not included in raw)",
+        table(
+            ["batch", "gzip", "ours", "raw POST", "ours/raw", "lines", "B/reading"],
+            [[str(r["batch"]), "on" if r["gzip"] else "off", f"{r['ours_rps']:,.0f}",
+              f"{r['raw_post_rps']:,.0f}", f"{r['ours_vs_raw']:.2f}",
+              f"{r['reading_lines_rps']:,.0f}", f"{r['bytes_per_reading']:.1f}"]
+             for r in result["forward"]],
+        ),
+    ]  # fmt: skip
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--readings", type=int, default=100_000, help="readings per run")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
+    args = parser.parse_args(argv)
+    if args.readings < 1:
+        parser.error("--readings must be positive")
+    if not Path(VM_BINARY).exists():
+        parser.error("victoria-metrics is not installed (apt-get install victoria-metrics)")
+    readings = make_readings(args.readings)
+    result: dict[str, Any] = {"machine": machine(), "readings": args.readings}
+    with tempfile.TemporaryDirectory(prefix="vitalmon-bench-") as tmp:
+        work = Path(tmp)
+        result["sqlite"] = bench_sqlite(work, readings)
+        result["forward"], result["machine"]["victoria_metrics"] = bench_forward(work, readings)
+    print(report(result))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
