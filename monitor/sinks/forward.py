@@ -26,10 +26,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Protocol
 
 from monitor.model import AlertEvent
@@ -82,6 +84,7 @@ class Forwarder:
         self._closing = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-fwd")
         self._alarmed = False
+        self._attempt = 0
 
     @property
     def lag(self) -> int:
@@ -96,58 +99,63 @@ class Forwarder:
         self._closing.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        attempt = 0
         try:
             while True:
-                self.journal.committed.clear()
-                after_r, after_a = self.cursor
-                readings, alerts = await self.journal.call(
-                    lambda c, r=after_r, a=after_a: (  # type: ignore[misc]
-                        read_readings(c, r, self.batch_size),
-                        read_alerts(c, a, self.batch_size),
-                    )
-                )
-                if not readings and not alerts:
+                self.journal.committed.clear()  # any commit from here on wakes the wait below
+                readings, alerts = await self.journal.call(self._read)
+                if readings or alerts:
+                    await self._forward(readings, alerts)
+                elif self._closing.is_set():
+                    return
+                else:
                     self.lag_s = 0.0
-                    if self._closing.is_set():
-                        return
                     await self._wait_for_commit()
                     if self.lag < self.batch_size:  # gather a fuller batch (Telegraf's flush)
                         await self._sleep(self.flush_interval_s)
-                    continue
-                self.lag_s = max(0.0, time.time() - readings[0][5]) if readings else 0.0
-                try:
-                    await loop.run_in_executor(
-                        self._executor, self.remote.send, readings, [e for _, e in alerts]
-                    )
-                except Exception as exc:  # noqa: BLE001 - any failure of the remote is retried
-                    attempt += 1
-                    if self._closing.is_set():
-                        log.warning("%s: %s; %d readings wait in the journal for the next run",
-                                    self.name, exc, self.lag)  # fmt: skip
-                        return
-                    self._failing(exc, attempt)
-                    delay = random.uniform(
-                        self.retry_min_s, min(self.retry_max_s, self.retry_min_s * 2**attempt)
-                    )
-                    log.warning("%s: send failed (%s); %d readings waiting, retrying in %.1f s",
-                                self.name, exc, self.lag, delay)  # fmt: skip
-                    await self._sleep(delay)
-                    continue
-                attempt = 0
-                self._recovered()
-                new = (
-                    readings[-1][0] if readings else after_r,
-                    alerts[-1][0] if alerts else after_a,
-                )
-                await self.journal.call(lambda c, n=new: set_cursor(c, self.name, *n))  # type: ignore[misc]
-                self.cursor = new
-                self.counts["forwarded"] += len(readings)
-                self.counts["forwarded_alerts"] += len(alerts)
+                if self._closing.is_set() and self.failing_since is not None:
+                    log.warning("%s: still failing at shutdown; %d readings wait in the "
+                                "journal for the next run", self.name, self.lag)  # fmt: skip
+                    return
         finally:
+            loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self.remote.close)
             self._executor.shutdown(wait=False)
+
+    def _read(self, conn: sqlite3.Connection) -> tuple[list[Row], list[tuple[int, AlertEvent]]]:
+        """The next batch after the cursor (in the journal's thread)."""
+        after_r, after_a = self.cursor
+        return read_readings(conn, after_r, self.batch_size), read_alerts(
+            conn, after_a, self.batch_size
+        )
+
+    async def _forward(self, readings: list[Row], alerts: list[tuple[int, AlertEvent]]) -> None:
+        """Send one batch; move the cursor only once the remote has accepted it."""
+        self.lag_s = max(0.0, time.time() - readings[0][5]) if readings else 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self._executor, self.remote.send, readings, [e for _, e in alerts]
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure of the remote is retried
+            self._failing(exc)
+            if self._closing.is_set():
+                return
+            delay = random.uniform(
+                self.retry_min_s, min(self.retry_max_s, self.retry_min_s * 2**self._attempt)
+            )
+            log.warning("%s: send failed (%s); %d readings waiting, retrying in %.1f s",
+                        self.name, exc, self.lag, delay)  # fmt: skip
+            await self._sleep(delay)
+            return
+        self._recovered()
+        new = (
+            readings[-1][0] if readings else self.cursor[0],
+            alerts[-1][0] if alerts else self.cursor[1],
+        )
+        await self.journal.call(partial(set_cursor, sink=self.name, readings=new[0], alerts=new[1]))
+        self.cursor = new
+        self.counts["forwarded"] += len(readings)
+        self.counts["forwarded_alerts"] += len(alerts)
 
     async def _wait_for_commit(self) -> None:
         waiters = [
@@ -164,8 +172,9 @@ class Forwarder:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), delay)
 
-    def _failing(self, exc: Exception, attempt: int) -> None:
+    def _failing(self, exc: Exception) -> None:
         now = time.monotonic()
+        self._attempt += 1
         if self.failing_since is None:
             self.failing_since = now
         self.counts["send_errors"] += 1
@@ -175,10 +184,13 @@ class Forwarder:
             and self.on_condition is not None
         ):
             self._alarmed = True
-            self.on_condition("sink.down", True, f"{self.name} failing for {attempt} tries: {exc}")
+            self.on_condition(
+                "sink.down", True, f"{self.name} failing for {self._attempt} tries: {exc}"
+            )
 
     def _recovered(self) -> None:
         self.failing_since = None
+        self._attempt = 0
         if self._alarmed and self.on_condition is not None:
             self._alarmed = False
             self.on_condition("sink.down", False, f"{self.name} accepts writes again")
