@@ -130,20 +130,28 @@ def test_both_sinks_get_every_reading_and_alert(daemon, broker, victoria, publis
     assert f"lag_readings[{sink}] 0," in stopped
 
 
-def test_tsdb_down_mid_stream_backfills_everything(daemon, broker, victoria, tmp_path):
-    """1. stream 3000 readings; 2. VictoriaMetrics stopped for 8 s while they flow;
-    3. restarted: all present in SQLite and TSDB; ingest never stalled meanwhile."""
+def test_tsdb_down_mid_stream_backfills_everything(daemon, broker, victoria, subscribe,
+                                                   tmp_path):  # fmt: skip
+    """1. stream 4500 readings over ~40 s; 2. VictoriaMetrics stopped for 35 s while they
+    flow: ingest goes on, `sink.down` is raised after 30 s of failures; 3. restarted: the
+    backlog is backfilled, all present in SQLite and the TSDB, and `sink.down` resolves."""
+    alerts = subscribe("alerts/_system/#")
     d = daemon(store_extra=influx_sink(victoria))
     db = tmp_path / "vitals.db"
-    stream = Stream(broker, 3000, rate=300)
-    wait_for(lambda: stream.progress() > 300, 10, "the stream to flow")
+    stream = Stream(broker, 4500, rate=110)
+    wait_for(lambda: stream.progress() > 200, 10, "the stream to flow")
     victoria.stop()
+    down_at = time.monotonic()
     stopped = len(sqlite_rows(db))
     wait_for(lambda: "send failed" in d.log(), 10, "the forwarder to notice")
     wait_for(lambda: len(sqlite_rows(db)) > stopped + 1000, 20, "ingest going on while TSDB down")
+    wait_for(lambda: time.monotonic() - down_at >= 35, 40, "35 s of TSDB outage")
     victoria.restart()
     stream.wait_done()
     assert_all_stored(db, stream, victoria)
+    wait_for(lambda: len(alerts.json()) >= 2, 10, "sink.down raised and resolved")
+    states = [(a["rule"], a["state"], a["kind"]) for a in alerts.json()]
+    assert states == [("sink.down", "active", "technical"), ("sink.down", "resolved", "technical")]
     assert d.terminate()[0] == 0
 
 
