@@ -16,7 +16,6 @@ import logging
 import signal
 import sqlite3
 import time
-from functools import partial
 
 from monitor.config import Config
 from monitor.engine import Engine
@@ -59,24 +58,25 @@ class Daemon:
         self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal)
         self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
-        self.journal.on_condition = partial(self._condition, "store")
+        self.journal.on_condition = self._condition
         for fwd in self.forwarders:
-            fwd.on_condition = partial(self._condition, fwd.name)
+            fwd.on_condition = self._condition
         self.should_exit = asyncio.Event()
         self.started = asyncio.Event()
         self._forced = asyncio.Event()
         self._signals = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._engine_stopped = False
 
-    def _condition(self, component: str, rule: str, active: bool, detail: str) -> None:
+    def _condition(self, rule: str, component: str, active: bool, detail: str) -> None:
         """A store or sink condition changed: raise or resolve its technical alarm."""
-        if "[" in rule:  # "sink.dropped[NAME]": the component is in the brackets
-            rule, component = rule.rstrip("]").split("[", 1)
         event = self.system_alarms.set(rule, component, active, detail)
         if event is None:
             return
         (log.warning if active else log.info)("technical alarm %s %s: %s", rule, event.state,
                                               detail)  # fmt: skip
+        if self._engine_stopped:
+            return  # shutting down: logged; an active one carries over from the store
         task = asyncio.get_running_loop().create_task(
             self.engine.put(Batch([], events=[event])), name="vitalmon.system-alarm"
         )
@@ -183,6 +183,8 @@ class Daemon:
             for src in self.sources:
                 src.stop()
             await self._join(tasks["sources"], deadline, "sources")
+            await asyncio.gather(*self._background)  # technical alarms raised until now
+            self._engine_stopped = True
             self.engine.stop()
             await self._join(tasks["engine"], deadline, "engine")
             for sink in self.sinks:

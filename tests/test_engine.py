@@ -49,3 +49,24 @@ def test_restored_priority_clamped_to_existing_levels():
     (ev,) = eng.process([reading(97)])
     assert ev.state == AlertState.RESOLVED
     assert ev.priority == Priority.MEDIUM
+
+
+def test_system_alarm_raises_once_and_always_resolves():
+    from monitor.engine.system import SystemAlarms
+
+    clock = iter([100.0, 101.0, 102.0, 103.0])
+    alarms = SystemAlarms("vitalmon-a", clock=lambda: next(clock))
+    raised = alarms.set("store.full", "store", True, "bound reached")
+    assert raised is not None
+    assert (raised.kind, raised.priority, raised.state) == ("technical", Priority.HIGH,
+                                                            AlertState.ACTIVE)  # fmt: skip
+    assert (raised.ward, raised.bed, raised.device, raised.seq) == ("_system", "vitalmon-a",
+                                                                    "store", 1)  # fmt: skip
+    assert alarms.set("store.full", "store", True, "still full") is None  # state changes only
+    resolved = alarms.set("store.full", "store", False, "back under")
+    assert resolved is not None
+    assert (resolved.id, resolved.seq, resolved.state) == (raised.id, 2, AlertState.RESOLVED)
+    assert alarms.set("store.full", "store", False, "back under") is None
+    down = alarms.set("sink.down", "tsdb", True, "refused")
+    assert down is not None
+    assert down.priority == Priority.MEDIUM

@@ -234,10 +234,10 @@ def test_raw_readings_pruned_by_age_after_aggregation_aggregates_kept(tmp_path):
 
 def test_disk_bound_prunes_oldest_counts_drops_and_raises_alarm(tmp_path):
     db = tmp_path / "v.db"
-    conditions: list[tuple[str, bool, str]] = []
+    conditions: list[tuple[str, str, bool, str]] = []
 
     async def body(sink: SqliteSink) -> None:
-        sink.on_condition = lambda name, active, detail: conditions.append((name, active, detail))
+        sink.on_condition = lambda *condition: conditions.append(condition)
         await sink.call(lambda c: get_cursor(c, "tsdb", "beginning"))  # a remote sink, behind
         ev = asyncio.Event()
         for chunk in range(10):
@@ -256,6 +256,6 @@ def test_disk_bound_prunes_oldest_counts_drops_and_raises_alarm(tmp_path):
         assert sink.counts["pruned_space"] == report.pruned_space
 
     run(lambda: with_sink(db, body, max_mb=1, raw_days=3650))
-    names = [(n, a) for n, a, _ in conditions]
-    assert ("store.full", True) in names
-    assert ("sink.dropped[tsdb]", True) in names
+    raised = [(rule, component, active) for rule, component, active, _ in conditions]
+    assert ("store.full", "store", True) in raised
+    assert ("sink.dropped", "tsdb", True) in raised

@@ -79,8 +79,8 @@ class Forwarder:
         self.cursor = (0, 0)
         self.lag_s = 0.0  #: event-time age of the oldest reading not yet forwarded
         self.failing_since: float | None = None
-        #: (condition, active, detail) -> technical alarm; set by the daemon.
-        self.on_condition: Callable[[str, bool, str], None] | None = None
+        #: (condition, component, active, detail) -> technical alarm; set by the daemon.
+        self.on_condition: Callable[[str, str, bool, str], None] | None = None
         self._closing = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-fwd")
         self._alarmed = False
@@ -185,7 +185,10 @@ class Forwarder:
         ):
             self._alarmed = True
             self.on_condition(
-                "sink.down", True, f"{self.name} failing for {self._attempt} tries: {exc}"
+                "sink.down",
+                self.name,
+                True,
+                f"{self.name} failing for {self._attempt} tries: {exc}",
             )
 
     def _recovered(self) -> None:
@@ -193,4 +196,4 @@ class Forwarder:
         self._attempt = 0
         if self._alarmed and self.on_condition is not None:
             self._alarmed = False
-            self.on_condition("sink.down", False, f"{self.name} accepts writes again")
+            self.on_condition("sink.down", self.name, False, f"{self.name} accepts writes again")

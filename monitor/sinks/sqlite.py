@@ -150,9 +150,9 @@ class SqliteSink:
         self.committed = asyncio.Event()
         self.head = 0  #: highest readings.seq committed
         self.used_bytes = 0  #: database size in use, as of the last maintenance
-        #: Called with (condition, active, detail) when a store condition changes
-        #: (``store.full``, ``sink.dropped``): the daemon turns it into a technical alarm.
-        self.on_condition: Callable[[str, bool, str], None] | None = None
+        #: Called with (condition, component, active, detail) when a store condition
+        #: changes (``store.full``, ``sink.dropped``): the daemon raises a technical alarm.
+        self.on_condition: Callable[[str, str, bool, str], None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._retention = retention.Retention(cfg)
@@ -249,14 +249,14 @@ class SqliteSink:
         if self.on_condition is not None:
             if report.pruned_space:
                 self.on_condition(
-                    "store.full", True, f"disk bound {self.cfg.max_mb:g} MiB reached: "
+                    "store.full", "store", True, f"disk bound {self.cfg.max_mb:g} MiB reached: "
                     f"{report.pruned_space} oldest raw readings pruned"
                 )  # fmt: skip
             elif report.below_low_water:
-                self.on_condition("store.full", False, "store back under its disk bound")
+                self.on_condition("store.full", "store", False, "store back under its disk bound")
             for sink, n in report.dropped.items():
                 self.on_condition(
-                    f"sink.dropped[{sink}]", True, f"{n} readings pruned before {sink} got them"
+                    "sink.dropped", sink, True, f"{n} readings pruned before {sink} got them"
                 )
         return report
 
