@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from monitor.config import RulesConfig
 from monitor.engine import Engine
 from monitor.model import AlertEvent, AlertState, Priority, Reading
@@ -54,7 +56,7 @@ def test_restored_priority_clamped_to_existing_levels():
 def test_system_alarm_raises_once_and_always_resolves():
     from monitor.engine.system import SystemAlarms
 
-    clock = iter([100.0, 101.0, 102.0, 103.0])
+    clock = itertools.count(100.0)
     alarms = SystemAlarms("vitalmon-a", clock=lambda: next(clock))
     raised = alarms.set("store.full", "store", True, "bound reached")
     assert raised is not None
