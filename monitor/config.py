@@ -235,7 +235,9 @@ class InfluxStoreConfig(_Model):
     batch_size: int = Field(5000, ge=1, le=100_000)
     flush_interval_s: float = Field(1.0, gt=0, le=60)
     timeout_s: float = Field(10.0, gt=0, le=300)
-    gzip: bool = True
+    #: Compress request bodies: for a WAN link. influxdb-client compresses at level 9,
+    #: which costs more than it saves on a LAN (benchmarks/store.py).
+    gzip: bool = False
     #: Where a newly configured sink starts: ``end`` (new readings only) or ``beginning``
     #: (backfill everything still in the journal).
     start_from: Literal["end", "beginning"] = "end"

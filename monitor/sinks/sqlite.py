@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS readings (
     ts      REAL NOT NULL,   -- event time, epoch seconds UTC
     value   REAL NOT NULL,
     patient TEXT,
-    UNIQUE (ward, bed, device, vital, ts)
+    -- the idempotency key, time first: readings arrive in time order, so the index grows
+    -- at its end instead of rewriting a page per series in every transaction
+    UNIQUE (ts, ward, bed, device, vital)
 );
 CREATE INDEX IF NOT EXISTS readings_bed_ts ON readings (bed, ts);
 CREATE TABLE IF NOT EXISTS alert_events (
