@@ -275,10 +275,23 @@ class AlertsConfig(_Model):
     #: Template; placeholders among {ward}, {bed}, {device}, {vital}, {priority}.
     topic: str = "alerts/{ward}/{bed}"
     qos: Literal[0, 1, 2] = 1
+    #: Retained list of each bed's alerts not yet resolved (a late dashboard sees the truth).
+    state_topic: str = "state/{ward}/{bed}/alerts"
+    #: An active alert nobody acknowledged for this long (wall clock) is escalated: priority
+    #: raised one level, re-published with ``"escalated": true``. 0 switches it off.
+    escalate_after_s: float = Field(120.0, ge=0)
+    #: Escalations are also published here (e.g. a charge nurse's pager); null = not.
+    escalate_topic: str | None = None
+    #: Re-published every this many seconds while active and unacknowledged; 0 = never.
+    renotify_s: float = Field(300.0, ge=0)
+    #: Longest pause a ``vitalmon/cmd/pause`` may ask for.
+    pause_max_s: float = Field(120.0, ge=0)
 
-    @field_validator("topic")
+    @field_validator("topic", "state_topic", "escalate_topic")
     @classmethod
-    def _template(cls, v: str) -> str:
+    def _template(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         levels = parse_topic_template(v, required=())
         allowed = {"{ward}", "{bed}", "{device}", "{vital}", "{priority}"}
         bad = [lvl for lvl in levels if lvl and lvl.startswith("{") and lvl not in allowed]

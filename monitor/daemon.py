@@ -19,7 +19,8 @@ import time
 
 from monitor.config import Config
 from monitor.engine import Engine
-from monitor.engine.system import SystemAlarms
+from monitor.engine.lifecycle import Lifecycle
+from monitor.engine.system import SYSTEM_WARD, SystemAlarms
 from monitor.mqtt import Client
 from monitor.sinks import Sink
 from monitor.sinks.alerts import AlertPublisher
@@ -27,6 +28,7 @@ from monitor.sinks.forward import Forwarder
 from monitor.sinks.influx import InfluxRemote
 from monitor.sinks.sqlite import SqliteSink
 from monitor.sources import Batch, Source
+from monitor.sources.commands import CommandSource
 from monitor.sources.deadletter import DeadLetters
 from monitor.sources.mqtt import MqttSource
 
@@ -55,8 +57,11 @@ class Daemon:
                       retry_max_s=r.retry_max_s, flush_interval_s=r.flush_interval_s)
             for r in cfg.remote_sinks
         ]  # fmt: skip
-        self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal)
+        self.lifecycle = Lifecycle(cfg.alerts)
+        self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal,
+                             lifecycle=self.lifecycle)  # fmt: skip
         self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
+        self.sources.append(CommandSource(self.client, self.lifecycle))
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
         self.journal.on_condition = self._condition
         for fwd in self.forwarders:
@@ -73,6 +78,7 @@ class Daemon:
         event = self.system_alarms.set(rule, component, active, detail)
         if event is None:
             return
+        event = self.lifecycle.observe(event)
         (log.warning if active else log.info)("technical alarm %s %s: %s", rule, event.state,
                                               detail)  # fmt: skip
         if self._engine_stopped:
@@ -119,8 +125,12 @@ class Daemon:
             await sink.open()
         for fwd in self.forwarders:
             await fwd.open()
-        # alerts active at the last stop go on (and resolve) in this run
-        closed = self.engine.restore(await self.journal.active_alerts())
+        # alerts open at the last stop go on (and resolve) in this run
+        still_open = await self.journal.active_alerts()
+        closed = self.engine.restore(still_open)
+        carried = [e for e in still_open if e not in closed and e.ward != SYSTEM_WARD]
+        self.lifecycle.restore(carried)
+        self.alert_sink.seed(carried)
         for sink in self.sinks:
             await sink.write([], closed)
         tasks: dict[str, list[asyncio.Task[None]]] = {"sinks": [], "sources": [], "forwarders": []}
@@ -147,6 +157,9 @@ class Daemon:
         while not self.should_exit.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_S)
+            due = self.lifecycle.tick()  # escalations, re-notifications
+            if due:
+                await self.engine.put(Batch([], events=due))
             if self.client.connected.is_set() and not ready_logged:
                 log.info("ready: connected, subscribed, store open")
                 ready_logged = True

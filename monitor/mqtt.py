@@ -70,9 +70,15 @@ class Client:
       disconnects. After it, publish() fails.
     """
 
-    def __init__(self, cfg: MqttConfig) -> None:
+    def __init__(
+        self, cfg: MqttConfig, *, persistent: bool = True, client_id: str | None = None
+    ) -> None:
+        """``persistent=False`` (with its own ``client_id``) is for short-lived tools such
+        as ``vitalmon ack``: a clean session, no status topic, nothing left on the broker."""
         self.cfg = cfg
-        self.status_topic = STATUS_TOPIC.format(client_id=cfg.client_id)
+        self.persistent = persistent
+        self.client_id = client_id or cfg.client_id
+        self.status_topic = STATUS_TOPIC.format(client_id=self.client_id)
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._subs: list[tuple[str, int, Deliver]] = []
@@ -88,8 +94,8 @@ class Client:
         self._v5 = v5
         self._paho = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            clean_session=None if v5 else False,
+            client_id=self.client_id,
+            clean_session=None if v5 else not persistent,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             manual_ack=True,
         )
@@ -107,7 +113,8 @@ class Client:
                 keyfile=cfg.tls.key_file,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        p.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        if persistent:
+            p.will_set(self.status_topic, b"offline", qos=1, retain=True)
         p.on_connect = self._on_connect
         p.on_connect_fail = self._on_connect_fail
         p.on_disconnect = self._on_disconnect
@@ -126,22 +133,23 @@ class Client:
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.SessionExpiryInterval = self.cfg.session_expiry_s if self.persistent else 0
             # Unacknowledged QoS 1 messages the broker may have in flight to us: with
             # manual acks this bounds what waits in memory on our side.
             props.ReceiveMaximum = RECEIVE_MAXIMUM
         log.info(
-            "connecting to %s:%d as %r (MQTT %s, persistent session)",
+            "connecting to %s:%d as %r (MQTT %s, %s session)",
             self.cfg.host,
             self.cfg.port,
-            self.cfg.client_id,
+            self.client_id,
             self.cfg.protocol,
+            "persistent" if self.persistent else "clean",
         )
         self._paho.connect_async(
             self.cfg.host,
             self.cfg.port,
             keepalive=self.cfg.keepalive_s,
-            clean_start=False,
+            clean_start=not self.persistent,
             properties=props,
         )
         self._paho.loop_start()
@@ -160,8 +168,8 @@ class Client:
             fut.set_exception(PublishError(paho.error_string(info.rc)))
         elif qos == 0:
             fut.set_result(None)  # at most once: nothing to wait for
-        elif info.is_published():
-            fut.set_result(None)
+        elif info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published():
+            fut.set_result(None)  # (with NO_CONN paho keeps it and sends it on reconnect)
         else:
             self._pending[info.mid] = fut
         return fut
@@ -179,9 +187,12 @@ class Client:
         if self._loop is None:
             return
         if self.connected.is_set():
-            offline = self.publish(self.status_topic, b"offline", qos=1, retain=True)
-            waiting = [offline, *self._pending.values()]
-            done, not_done = await asyncio.wait(waiting, timeout=timeout)
+            waiting = list(self._pending.values())
+            if self.persistent:
+                waiting.append(self.publish(self.status_topic, b"offline", qos=1, retain=True))
+            done, not_done = (
+                await asyncio.wait(waiting, timeout=timeout) if waiting else (set(), set())
+            )
             for f in done:
                 f.exception()  # retrieved: a failed publish is reported below as not done
             if not_done:
@@ -225,7 +236,8 @@ class Client:
         self._next_backoff()
         present = bool(getattr(flags, "session_present", False))
         log.info("connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port, present)
-        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        if self.persistent:
+            client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._suback_mids.clear()
         if not self._subs:
             self._call(self.connected.set)

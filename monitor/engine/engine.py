@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from monitor.config import RulesConfig
+from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.threshold import Active, SeriesKey, ThresholdRule
 from monitor.engine.window import Window
 from monitor.model import AlertEvent, AlertState, Priority, Reading
@@ -46,11 +47,14 @@ class Engine:
         sinks: Sequence[Sink],
         queue_size: int = 10_000,
         durable: Sink | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.cfg = rules
         self.sinks = list(sinks)
         #: The sink whose commit releases a batch at its origin (the journal).
         self.durable = durable
+        #: Acknowledge / escalate / re-notify; rule events pass through it on their way out.
+        self.lifecycle = lifecycle
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
         self.rules: dict[str, list[ThresholdRule]] = {
             vital: ThresholdRule.from_config(vital, tc, rules.max_gap_s)
@@ -100,7 +104,10 @@ class Engine:
             batch = await self.queue.get()
             if batch is None:
                 return
-            events = [*batch.events, *self.process(batch.readings)]
+            raised = self.process(batch.readings)
+            if self.lifecycle is not None:
+                raised = [self.lifecycle.observe(e) for e in raised]
+            events = [*batch.events, *raised]  # batch.events went through the lifecycle
             for sink in self.sinks:
                 done = batch.done if sink is self.durable else None
                 await sink.write(batch.readings, events, done)

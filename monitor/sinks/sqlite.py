@@ -17,6 +17,7 @@ except through the sink's bounded queue. What it guarantees:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS alert_events (
     message    TEXT NOT NULL,
     started_at REAL NOT NULL,
     at         REAL NOT NULL,
+    extra      TEXT,            -- JSON: ack_by, escalated, action, ...
     UNIQUE (id, seq)
 );
 CREATE INDEX IF NOT EXISTS alert_events_bed_at ON alert_events (bed, at);
@@ -90,13 +92,26 @@ CREATE TABLE IF NOT EXISTS readings_1m (
     PRIMARY KEY (ward, bed, device, vital, minute)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (          -- who did what to which alert, and when
+    at       REAL NOT NULL,                 -- wall clock, epoch seconds UTC
+    action   TEXT NOT NULL,                 -- acknowledge | escalate | pause
+    by       TEXT NOT NULL,                 -- operator name, or "vitalmon"
+    alert_id TEXT,
+    ward     TEXT NOT NULL,
+    bed      TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 """
 
 _READING_COLS = "ward, bed, device, vital, ts, value, patient"
-_ALERT_COLS = (
+_ALERT_COLS_V1 = (
     "id, seq, ward, bed, device, patient, vital, rule, kind, priority, state, value,"
     " limit_value, message, started_at, at"
 )
+_ALERT_COLS = _ALERT_COLS_V1 + ", extra"
+#: Lifecycle actions that go to the audit trail (renotifications do not).
+AUDITED = ("acknowledge", "escalate")
 
 Done = Callable[[], None]
 T = TypeVar("T")
@@ -136,7 +151,8 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         + SCHEMA
         + f"INSERT INTO readings ({_READING_COLS}) SELECT {_READING_COLS} FROM readings_v1"
         " ORDER BY ts;"
-        f"INSERT INTO alert_events ({_ALERT_COLS}) SELECT {_ALERT_COLS} FROM alert_events_v1"
+        f"INSERT INTO alert_events ({_ALERT_COLS_V1}) SELECT {_ALERT_COLS_V1}"
+        " FROM alert_events_v1"
         " ORDER BY at;"
         "DROP TABLE readings_v1; DROP TABLE alert_events_v1; COMMIT;"
     )
@@ -270,7 +286,14 @@ class SqliteSink:
             for it in batch
             for r in it.readings
         ]
-        alerts = [_alert_row(e) for it in batch for e in it.events]
+        events = [e for it in batch for e in it.events]
+        alerts = [_alert_row(e) for e in events]
+        audit = [
+            (e.at, e.extra["action"], str(e.extra.get("ack_by", "vitalmon")), e.id, e.ward, e.bed,
+             f"{e.rule} {e.state} {e.priority}: {e.message}")
+            for e in events
+            if e.extra.get("action") in AUDITED
+        ]  # fmt: skip
         before = conn.total_changes
         conn.execute("BEGIN")
         try:
@@ -280,8 +303,13 @@ class SqliteSink:
             stored = conn.total_changes - before
             conn.executemany(
                 f"INSERT OR IGNORE INTO alert_events ({_ALERT_COLS})"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 alerts,
+            )
+            conn.executemany(
+                "INSERT INTO audit (at, action, by, alert_id, ward, bed, detail)"
+                " VALUES (?,?,?,?,?,?,?)",
+                audit,
             )
             conn.execute("COMMIT")
         except BaseException:
@@ -298,6 +326,7 @@ def _alert_row(e: AlertEvent) -> tuple[object, ...]:
     return (
         e.id, e.seq, e.ward, e.bed, e.device, e.patient, e.vital, e.rule, e.kind,
         str(e.priority), str(e.state), e.value, e.limit, e.message, e.started_at, e.at,
+        json.dumps(e.extra) if e.extra else None,
     )  # fmt: skip
 
 
@@ -306,6 +335,7 @@ def _alert_event(r: Sequence[Any]) -> AlertEvent:
         id=r[0], seq=r[1], ward=r[2], bed=r[3], device=r[4], patient=r[5], vital=r[6],
         rule=r[7], kind=r[8], priority=Priority(r[9]), state=AlertState(r[10]), value=r[11],
         limit=r[12], message=r[13], started_at=r[14], at=r[15],
+        extra=json.loads(r[16]) if r[16] else {},
     )  # fmt: skip
 
 

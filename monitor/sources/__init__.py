@@ -29,7 +29,8 @@ class Batch:
     #: Called once the batch is durably committed; releases it at its origin (PUBACK).
     done: Callable[[], None] | None = None
     received_at: float = 0.0
-    #: Alert events that come with the batch (technical alarms raised outside the rules).
+    #: Alert events that come with the batch, final (lifecycle applied): technical alarms,
+    #: acknowledgements, escalations.
     events: list[AlertEvent] = field(default_factory=list)
 
 

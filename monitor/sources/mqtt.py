@@ -30,9 +30,9 @@ INBOX_QOS0_LIMIT = 10_000
 class TopicTemplate:
     """``vitals/{ward}/{bed}/{device}`` <-> subscription filter and topic matching."""
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, template: str, required: tuple[str, ...] = ("bed",)) -> None:
         self.template = template
-        self.levels = parse_topic_template(template)
+        self.levels = parse_topic_template(template, required)
         self.filter = "/".join(
             "+" if lvl and lvl.startswith("{") else str(lvl) for lvl in self.levels
         )

@@ -1,0 +1,177 @@
+"""The public life of an alert once a rule has raised it: acknowledge, escalate, re-notify.
+
+Pure state (no I/O); the clock is injected. The engine passes every event a rule
+produces through :meth:`Lifecycle.observe`; operator commands come in through
+:meth:`Lifecycle.ack`; :meth:`Lifecycle.tick`, called about once a second, yields the
+escalations and re-notifications that are due. Every event that leaves carries the
+alert's next ``seq``, so consumers can order an alert's events.
+
+States (IEC 60601-1-8 / IHE ACM ideas): ``active`` -> ``acknowledged`` -> ``resolved``.
+
+* **Acknowledge** (``{"id", "by"}``): state ``acknowledged`` with ``ack_by``; it stops
+  escalation and re-notification. If the condition then worsens (the rule raises the
+  priority), the alert is ``active`` again and must be acknowledged again.
+* **Escalate**: active and unacknowledged for ``escalate_after_s`` (wall clock): priority
+  one level up (``high`` stays ``high``), ``"escalated": true``, once per activation.
+* **Re-notify**: active and unacknowledged, re-published every ``renotify_s`` with
+  ``"renotify": true``.
+* **Resolve** comes from the rule and always ends the alert, acknowledged or not.
+
+Events made here (not by a rule) say so in ``"action"``: ``acknowledge``, ``escalate``
+or ``renotify``; the store keeps them as the audit trail.
+
+``at`` of an acknowledgement, escalation or re-notification is the wall-clock time of
+that action; ``at`` of a rule's event stays the reading's event time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from monitor.config import AlertsConfig
+from monitor.model import AlertEvent, AlertState, Priority
+
+_RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
+_UP = {Priority.LOW: Priority.MEDIUM, Priority.MEDIUM: Priority.HIGH, Priority.HIGH: Priority.HIGH}
+
+
+#: Fields that describe one event only, not the alert: not carried to the next event.
+_TRANSIENT = ("renotify", "action")
+
+
+class UnknownAlert(LookupError):
+    """No alert with that id is active (never raised, or already resolved)."""
+
+
+@dataclass(slots=True)
+class _Tracked:
+    last: AlertEvent  #: the latest event published
+    rule_priority: Priority  #: the priority the rule gives it (before escalation)
+    active_since: float  #: wall clock of the (re)activation that escalation counts from
+    notified_at: float  #: wall clock of the latest publication
+    acked_by: str | None = None
+    escalated: bool = False
+
+
+class Lifecycle:
+    def __init__(self, cfg: AlertsConfig, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self._alerts: dict[str, _Tracked] = {}
+
+    def __contains__(self, alert_id: str) -> bool:
+        return alert_id in self._alerts
+
+    def active(self) -> list[AlertEvent]:
+        """The latest event of every alert not resolved."""
+        return [t.last for t in self._alerts.values()]
+
+    def restore(self, events: Iterable[AlertEvent]) -> None:
+        """Take over alerts that were open at the last stop (their last stored event)."""
+        now = self._clock()
+        for e in events:
+            t = _Tracked(copy.copy(e), e.priority, now, now)
+            if e.state == AlertState.ACKNOWLEDGED:
+                t.acked_by = str(e.extra.get("ack_by", "?"))
+            t.escalated = bool(e.extra.get("escalated", False))
+            if t.escalated:
+                t.rule_priority = _down(e.priority)
+            self._alerts[e.id] = t
+
+    def observe(self, e: AlertEvent) -> AlertEvent:
+        """A rule's event on its way out: number it and apply the alert's lifecycle."""
+        now = self._clock()
+        t = self._alerts.get(e.id)
+        if t is None:
+            if e.state == AlertState.RESOLVED:
+                return e  # not tracked (e.g. closed at restore): pass through
+            self._alerts[e.id] = _Tracked(copy.copy(e), e.priority, now, now)
+            return e
+        e.seq = t.last.seq + 1
+        if e.state == AlertState.RESOLVED:
+            if t.acked_by is not None:
+                e.extra["ack_by"] = t.acked_by
+            if t.escalated:
+                e.extra["escalated"] = True
+            del self._alerts[e.id]
+            return e
+        worse = _RANK[e.priority] > _RANK[t.rule_priority]
+        t.rule_priority = e.priority
+        if worse and t.acked_by is not None:
+            t.acked_by = None  # a worse condition needs a new acknowledgement
+            t.active_since = now
+            t.escalated = False
+        if t.escalated:
+            e.priority = _UP[e.priority]
+            e.extra["escalated"] = True
+        if t.acked_by is not None:
+            e.state = AlertState.ACKNOWLEDGED
+            e.extra["ack_by"] = t.acked_by
+        e.extra = {k: v for k, v in e.extra.items() if k not in _TRANSIENT}
+        t.last = copy.copy(e)
+        t.notified_at = now
+        return e
+
+    def ack(self, alert_id: str, by: str) -> AlertEvent | None:
+        """Acknowledge; returns the event to publish, or None if already acknowledged."""
+        t = self._alerts.get(alert_id)
+        if t is None:
+            raise UnknownAlert(alert_id)
+        if t.acked_by is not None:
+            return None
+        t.acked_by = by
+        return self._emit(
+            t, state=AlertState.ACKNOWLEDGED, extra={"ack_by": by, "action": "acknowledge"}
+        )
+
+    def tick(self) -> list[AlertEvent]:
+        """Escalations and re-notifications due now."""
+        now = self._clock()
+        out = []
+        for t in list(self._alerts.values()):
+            if t.acked_by is not None:
+                continue
+            if (
+                self.cfg.escalate_after_s > 0
+                and not t.escalated
+                and now - t.active_since >= self.cfg.escalate_after_s
+            ):
+                t.escalated = True
+                out.append(
+                    self._emit(
+                        t,
+                        priority=_UP[t.last.priority],
+                        extra={"escalated": True, "action": "escalate"},
+                    )
+                )
+            elif self.cfg.renotify_s > 0 and now - t.notified_at >= self.cfg.renotify_s:
+                out.append(self._emit(t, extra={"renotify": True, "action": "renotify"}))
+        return out
+
+    def _emit(
+        self,
+        t: _Tracked,
+        *,
+        state: AlertState | None = None,
+        priority: Priority | None = None,
+        extra: dict[str, object],
+    ) -> AlertEvent:
+        now = self._clock()
+        e = copy.copy(t.last)
+        e.extra = {k: v for k, v in e.extra.items() if k not in _TRANSIENT} | extra
+        e.seq = t.last.seq + 1
+        e.at = now
+        if state is not None:
+            e.state = state
+        if priority is not None:
+            e.priority = priority
+        t.last = copy.copy(e)
+        t.notified_at = now
+        return e
+
+
+def _down(p: Priority) -> Priority:
+    return {Priority.HIGH: Priority.MEDIUM, Priority.MEDIUM: Priority.LOW}.get(p, p)

@@ -1,0 +1,115 @@
+"""Operator commands over MQTT: ``vitalmon/cmd/ack`` ``{"id", "by"}``.
+
+A command changes the alert lifecycle (owned by the engine) at once; the resulting
+event (``acknowledged``) goes down the pipeline like any other, so it is stored (audit
+trail) and published in order. A command that cannot apply is refused to the dead-letter
+topic with its reason (``bad_command``, ``unknown_alert``), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+
+from monitor.config import Config
+from monitor.engine.lifecycle import Lifecycle, UnknownAlert
+from monitor.model import Rejection
+from monitor.mqtt import Client, Message
+from monitor.sources import Batch, Emit, Reject
+from monitor.sources.deadletter import TOPIC as DEADLETTER_TOPIC
+from monitor.sources.mqtt import TopicTemplate
+
+log = logging.getLogger("vitalmon.source.commands")
+
+ACK_TOPIC = "vitalmon/cmd/ack"
+MAX_NAME = 128
+
+
+def parse_ack(payload: bytes) -> tuple[str, str]:
+    """``{"id": ..., "by": ...}`` -> (id, by); ValueError with the reason."""
+    try:
+        doc: Any = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError('expected {"id": ..., "by": ...}')
+    ident, by = doc.get("id"), doc.get("by")
+    for key, value in (("id", ident), ("by", by)):
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+            raise ValueError(f"{key!r} must be a non-empty string of at most {MAX_NAME} chars")
+    return str(ident).strip(), str(by).strip()
+
+
+class CommandSource:
+    def __init__(self, client: Client, lifecycle: Lifecycle) -> None:
+        self.name = "commands"
+        self.lifecycle = lifecycle
+        self._client = client
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        client.subscribe(ACK_TOPIC, 1, self._inbox.put_nowait)
+
+    def stop(self) -> None:
+        self._inbox.put_nowait(None)
+
+    async def run(self, emit: Emit, reject: Reject) -> None:
+        while (msg := await self._inbox.get()) is not None:
+            try:
+                ident, by = parse_ack(msg.payload)
+                event = self.lifecycle.ack(ident, by)
+            except ValueError as exc:
+                reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
+            except UnknownAlert as exc:
+                reject(Rejection("unknown_alert", f"no open alert {exc}", msg.topic,
+                                 msg.payload[:1024]))  # fmt: skip
+            else:
+                if event is None:
+                    reject(Rejection("already_acknowledged", f"alert {ident} was acknowledged"
+                                     " before", msg.topic, msg.payload[:1024]))  # fmt: skip
+                else:
+                    log.info("alert %s acknowledged by %s", ident, by)
+                    await emit(Batch([], events=[event]))
+            self._client.ack(msg)
+
+
+async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0) -> dict[str, Any]:
+    """``vitalmon ack``: publish the command, wait for the daemon's answer.
+
+    Returns the ``acknowledged`` alert event; raises LookupError with the daemon's reason
+    (dead letter) or TimeoutError when no answer comes.
+    """
+    client = Client(cfg.mqtt, persistent=False, client_id=f"{cfg.mqtt.client_id}-ack-{os.getpid()}")
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def on_alert(msg: Message) -> None:
+        client.ack(msg)
+        with contextlib.suppress(ValueError):
+            doc = json.loads(msg.payload)
+            mine = doc.get("id") == alert_id and doc.get("state") == "acknowledged"
+            if mine and not answer.done():
+                answer.set_result(doc)
+
+    def on_dead_letter(msg: Message) -> None:
+        client.ack(msg)
+        with contextlib.suppress(ValueError):
+            doc = json.loads(msg.payload)
+            mine = doc.get("topic") == ACK_TOPIC and alert_id in str(doc.get("payload", ""))
+            if mine and not answer.done():
+                answer.set_exception(LookupError(f"{doc['reason']}: {doc['detail']}"))
+
+    alerts_filter = TopicTemplate(cfg.alerts.topic, required=()).filter
+    client.subscribe(alerts_filter, 1, on_alert)
+    client.subscribe(DEADLETTER_TOPIC, 0, on_dead_letter)
+    client.start()
+    try:
+        await asyncio.wait_for(client.connected.wait(), timeout)
+        await asyncio.wait_for(
+            client.publish(ACK_TOPIC, json.dumps({"id": alert_id, "by": by}), qos=1), timeout
+        )
+        return await asyncio.wait_for(answer, timeout)
+    finally:
+        await client.stop()
