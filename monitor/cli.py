@@ -105,11 +105,47 @@ def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
+def cmd_ack(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    setup_logging("warning")
+    import asyncio
+
+    from monitor.sources.commands import send_ack
+
+    try:
+        event = asyncio.run(send_ack(cfg, args.id, args.by, args.timeout))
+    except LookupError as exc:
+        print(f"vitalmon ack: refused: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"vitalmon ack: no answer from the daemon within {args.timeout:g} s "
+              f"(broker {cfg.mqtt.host}:{cfg.mqtt.port})", file=sys.stderr)  # fmt: skip
+        return 1
+    print(json.dumps(event))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("warning" if not args.verbose else "info")
     from monitor.demo import demo
 
     return demo(duration=args.duration, beds=args.beds, speed=args.speed, keep=args.verbose or None)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    rules = _load(args.config).rules if args.config else None
+    from monitor.replay import main as replay
+
+    return replay(
+        args.file,
+        bed=args.bed,
+        ward=args.ward,
+        speed=args.speed,
+        rules=rules,
+        start=args.start,
+        maps=args.map,
+        fmt=args.format,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["csv", "json"], default="csv")
     sp.set_defaults(func=cmd_query)
 
+    sp = sub.add_parser("ack", help="acknowledge an alert (as the named operator)")
+    with_config(sp)
+    sp.add_argument("id", help="the alert's id")
+    sp.add_argument("--by", required=True, help="who acknowledges (recorded in the audit trail)")
+    sp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
+    sp.set_defaults(func=cmd_ack)
+
     sp = sub.add_parser("demo", help="broker + simulated beds + daemon, alerts printed live")
     sp.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     sp.add_argument("--beds", type=int, default=6, help="simulated beds (one deteriorates)")
@@ -152,6 +195,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--speed", type=float, default=None, help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser(
+        "replay", help="replay a numerics CSV through the rules; alerts vs a naive monitor"
+    )
+    sp.add_argument("file", metavar="FILE.csv", help="CSV with time_s and one column per numeric")
+    sp.add_argument("--bed", required=True)
+    sp.add_argument("--ward", help="ward of the readings (default: default)")
+    sp.add_argument("--speed", default="max", help="max (default) or N: play at N times real time")
+    sp.add_argument(
+        "-c", "--config", help="YAML config whose rules are used (default: built-in limits)"
+    )
+    sp.add_argument(
+        "--start", help="ISO 8601 event time of time_s 0 (default 2000-01-01T00:00:00Z)"
+    )
+    sp.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="COL=VITAL[@DEVICE]",
+        help="map a column to a vital (COL=none ignores it); repeatable",
+    )
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+    sp.set_defaults(func=cmd_replay)
     return p
 
 
