@@ -232,11 +232,21 @@ class ThresholdRule:
 
     def _active_message(self, value: float, limit: float, duration: float) -> str:
         unit = VITALS[self.vital][0]
+        label = f"{LABELS[self.vital]} {fmt_value(value)} {unit}"
+        if not self.beyond_value(limit, value):
+            # kept by hysteresis (or stepped down a level): say so, never a false comparison
+            clear = limit + self.band if self.side == "low" else limit - self.band
+            word = "above" if self.side == "low" else "below"
+            return f"{label}, near the {fmt_value(limit)} {unit} limit (clears {word} " \
+                   f"{fmt_value(clear)} {unit})"  # fmt: skip
         op = "<" if self.side == "low" else ">"
-        text = f"{LABELS[self.vital]} {fmt_value(value)} {unit} {op} {fmt_value(limit)} {unit}"
+        text = f"{label} {op} {fmt_value(limit)} {unit}"
         if duration >= 1:
             text += f" for {duration:.0f} s"
         return text
+
+    def beyond_value(self, limit: float, value: float) -> bool:
+        return value < limit if self.side == "low" else value > limit
 
     def _resolved_message(self, value: float, limit: float, lasted: float) -> str:
         unit = VITALS[self.vital][0]
