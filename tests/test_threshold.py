@@ -28,7 +28,7 @@ MEDIUM, HIGH = Priority.MEDIUM, Priority.HIGH
 
 
 def rules(thresholds: dict[str, Any] | None = None, **kw: Any) -> RulesConfig:
-    data: dict[str, Any] = dict(kw)
+    data: dict[str, Any] = {"trends": {"enabled": False}, **kw}  # thresholds alone here
     if thresholds is not None:
         data["thresholds"] = thresholds
     return RulesConfig.model_validate(data)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from monitor.config import RulesConfig
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.threshold import Active, SeriesKey, ThresholdRule
+from monitor.engine.trend import TrendRule, build_trend_rules
 from monitor.engine.window import Window
 from monitor.model import AlertEvent, AlertState, Priority, Reading
 from monitor.queues import put_end
@@ -56,9 +57,15 @@ class Engine:
         #: Acknowledge / escalate / re-notify; rule events pass through it on their way out.
         self.lifecycle = lifecycle
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
-        self.rules: dict[str, list[ThresholdRule]] = {
-            vital: ThresholdRule.from_config(vital, tc, rules.max_gap_s)
+        self.rules: dict[str, list[ThresholdRule | TrendRule]] = {
+            vital: list(ThresholdRule.from_config(vital, tc, rules.max_gap_s))
             for vital, tc in rules.thresholds.items()
+        }
+        for vital, trend_rules in build_trend_rules(rules.trends).items():
+            self.rules.setdefault(vital, []).extend(trend_rules)
+        #: Event time each vital's window keeps: long enough for its slowest rule.
+        self.span_s = {
+            vital: max(rules.window_s, rules.trends.needs_s(vital)) for vital in self.rules
         }
         self.series: dict[SeriesKey, _Series] = {}
         self.counts: Counter[str] = Counter()
@@ -82,7 +89,8 @@ class Engine:
                 continue
             series = self.series.get(key)
             if series is None:
-                series = self.series[key] = _Series(self.cfg.window_s, len(rules))
+                span = self.span_s.get(e.vital, self.cfg.window_s)
+                series = self.series[key] = _Series(span, len(rules))
             levels = rules[index].limits
             level = 2 if e.priority == Priority.HIGH and 2 in levels else min(levels)
             series.active[index] = Active(e.id, level, e.started_at, e.seq, e.device, e.patient)
@@ -124,7 +132,8 @@ class Engine:
             rules = self.rules.get(r.vital, ())
             series = self.series.get(key)
             if series is None:
-                series = self.series[key] = _Series(self.cfg.window_s, len(rules))
+                span = self.span_s.get(r.vital, self.cfg.window_s)
+                series = self.series[key] = _Series(span, len(rules))
             win = series.window
             if r.ts < win.newest - self.cfg.max_lag_s:
                 self.counts["late"] += 1  # stored, too late to change the present
