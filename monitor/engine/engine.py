@@ -34,11 +34,12 @@ log = logging.getLogger("vitalmon.engine")
 
 
 class _Series:
-    __slots__ = ("active", "window")
+    __slots__ = ("active", "next_eval", "window")
 
     def __init__(self, span_s: float, rules: int) -> None:
         self.window = Window(span_s)
         self.active: list[Active | None] = [None] * rules
+        self.next_eval: list[float] = [float("-inf")] * rules  #: throttled (trend) rules
 
 
 class Engine:
@@ -142,7 +143,13 @@ class Engine:
             if not rules:
                 continue
             ts, vals = win.ts, win.values
+            newest = win.newest
             for i, rule in enumerate(rules):
+                every = getattr(rule, "every_s", 0.0)
+                if every:  # trend rules: at most once per `every` of event time
+                    if newest < series.next_eval[i]:
+                        continue
+                    series.next_eval[i] = newest + every
                 active, event = rule.evaluate(key, ts, vals, series.active[i], r.patient)
                 series.active[i] = active
                 if event is not None:

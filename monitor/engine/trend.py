@@ -171,6 +171,10 @@ class _TrendRule(ABC):
     needs_s: float
     #: Like ThresholdRule.limits (level -> limit), for the engine's restore().
     limits: dict[int, float]
+    #: The engine evaluates a trend at most once per this much event time of its series
+    #: (a 10-minute slope does not change meaningfully in a second; thresholds still run
+    #: on every reading). Event time, so a replay at any speed gives the same alerts.
+    every_s: float = 5.0
 
     def __init__(
         self,
@@ -336,6 +340,8 @@ class SlopeRule(_TrendRule):
 
 
 class BaselineRule(_TrendRule):
+    every_s = 30.0
+
     """Recent median against the bed's own baseline median; see the module docstring.
 
     ``value`` of its events is the recent median, ``limit`` the level that raised it
