@@ -306,11 +306,13 @@ def fit_rules(rules: RulesConfig, interval_s: float) -> tuple[RulesConfig, str |
 
 
 def naive_rules(rules: RulesConfig) -> RulesConfig:
-    """The same limits with no condition delay and no hysteresis."""
+    """The same limits with no condition delay and no hysteresis, and no trend rules:
+    what a plain threshold monitor does."""
     data = rules.model_dump()
     for tc in data["thresholds"].values():
         tc["delay_s"] = 0.0
         tc["clear_band"] = 0.0
+    data["trends"]["enabled"] = False
     return RulesConfig.model_validate(data)
 
 
@@ -564,8 +566,8 @@ def summary_lines(report: Report) -> list[str]:
             lines.append(f"{r:<{w}} {v['by_rule'].get(r, 0):>10} {n['by_rule'].get(r, 0):>10}")
     lines.append("")
     lines.append(
-        "naive: the same limits with delay_s 0 and clear_band 0. Neither has artefact "
-        "handling yet (it comes with later rules)."
+        "naive: the same limits with delay_s 0 and clear_band 0, no trend rules. "
+        "Neither has artefact handling yet (it comes with later rules)."
     )
     return lines
 
