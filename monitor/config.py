@@ -557,6 +557,25 @@ class TrendConfig(_Model):
         return max(needs)
 
 
+class News2Config(_Model):
+    """NEWS2 (RCP 2017): recomputed per bed whenever one of its inputs changes."""
+
+    enabled: bool = True
+    #: A parameter counts if its latest value is at most this old (event time) when the
+    #: score is computed; older or absent parameters make the score ``partial``.
+    freshness_s: float = Field(1800.0, gt=0)
+    #: SpO2 scale: 2 only for confirmed hypercapnic respiratory failure (per patient;
+    #: profiles will set it per bed).
+    scale: Literal[1, 2] = 1
+    #: Retained score per bed: {"news2", "partial", "missing", "components", "at"}.
+    topic: str = "scores/{ward}/{bed}"
+    #: Alert on a partial score too. Off by default: NEWS2 is defined on all seven
+    #: parameters, and a bed streaming SpO2 alone would otherwise alarm on a single
+    #: reading (the SpO2 threshold, with its delay and hysteresis, covers it). A partial
+    #: score never changes an open score alert either.
+    alert_partial: bool = False
+
+
 class RulesConfig(_Model):
     #: Per vital; a vital given here replaces only the keys it names (``delay_s`` alone
     #: keeps the default limits). ``enabled: false`` switches a vital's thresholds off.
@@ -572,6 +591,7 @@ class RulesConfig(_Model):
     max_future_s: float = Field(300.0, ge=0)
     #: Trend rules (slope and baseline deviation); see TrendConfig.
     trends: TrendConfig = Field(default_factory=TrendConfig)
+    news2: News2Config = Field(default_factory=News2Config)
 
     @field_validator("thresholds", mode="before")
     @classmethod

@@ -49,7 +49,8 @@ class Daemon:
         )
         #: The SQLite store: durable journal, committed before any MQTT acknowledgement.
         self.journal = SqliteSink(cfg.journal)
-        self.alert_sink = AlertPublisher(cfg.alerts, self.client)
+        self.alert_sink = AlertPublisher(cfg.alerts, self.client,
+                                         score_topic=cfg.rules.news2.topic)  # fmt: skip
         self.sinks: list[Sink] = [self.journal, self.alert_sink]
         self.forwarders = [
             Forwarder(r.sink_name, self.journal, InfluxRemote(r), batch_size=r.batch_size,
@@ -60,6 +61,7 @@ class Daemon:
         self.lifecycle = Lifecycle(cfg.alerts)
         self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal,
                              lifecycle=self.lifecycle)  # fmt: skip
+        self.engine.score_sink = self.alert_sink
         self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
         self.sources.append(CommandSource(self.client, self.lifecycle))
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)

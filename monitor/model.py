@@ -24,7 +24,13 @@ VITALS: Final[dict[str, tuple[str, float, float]]] = {
     "map": ("mmHg", 0.0, 300.0),
     "temp": ("°C", 20.0, 45.0),
     "etco2": ("mmHg", 0.0, 150.0),
+    # NEWS2 inputs, stored as numbers: o2 1 = on oxygen, 0 = air; avpu 0..4 = A C V P U
+    "o2": ("", 0.0, 1.0),
+    "avpu": ("", 0.0, 4.0),
 }
+
+#: ACVPU letters in the order of their stored code (avpu 0 = A ... 4 = U).
+AVPU_CODES: Final = "ACVPU"
 
 #: How vitals are written in alert messages.
 LABELS: Final[dict[str, str]] = {
@@ -36,6 +42,9 @@ LABELS: Final[dict[str, str]] = {
     "map": "MAP",
     "temp": "Temp",
     "etco2": "EtCO2",
+    "o2": "O2",
+    "avpu": "ACVPU",
+    "news2": "NEWS2",
 }
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
-def put_end(queue: asyncio.Queue[T | None], name: str) -> None:
+def put_end(queue: asyncio.Queue[Any], name: str) -> None:
     """Queue the end marker behind everything already queued, without waiting.
 
     Called once the producers have stopped, so a full queue only shrinks: the marker

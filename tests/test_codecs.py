@@ -88,10 +88,19 @@ def test_patient_and_device_from_payload():
     assert d.readings[0].patient == "12345"
 
 
-def test_ignored_news2_fields_are_not_rejected():
-    d = dec({"hr": 72, "o2": True, "avpu": "A"})
-    assert by_vital(d) == {"hr": 72.0}
+def test_news2_inputs_are_readings():
+    d = dec({"hr": 72, "o2": True, "avpu": "v"})
+    assert by_vital(d) == {"hr": 72.0, "o2": 1.0, "avpu": 2.0}  # avpu 0..4 = A C V P U
     assert d.rejections == []
+    assert by_vital(dec({"o2": 0, "avpu": "A"})) == {"o2": 0.0, "avpu": 0.0}
+
+
+@pytest.mark.parametrize("field", ['"o2": 0.5', '"o2": "yes"', '"avpu": "X"', '"avpu": "AC"',
+                                   '"avpu": 1', '"avpu": ""'])  # fmt: skip
+def test_bad_news2_inputs_are_refused_alone(field: str):
+    d = dec(f'{{"hr": 70, {field}}}')
+    assert by_vital(d) == {"hr": 70.0}
+    assert causes(d) == ["wrong_type"]
 
 
 @pytest.mark.parametrize(
@@ -587,10 +596,17 @@ def test_decode_never_raises_on_reading_like_json(doc: Any):
     _check_invariants(dec(json.dumps(doc)))
 
 
-finite = {
+finite: dict[str, st.SearchStrategy[Any]] = {
     vital: st.floats(min_value=lo, max_value=hi, allow_nan=False) | st.integers(int(lo), int(hi))
     for vital, (_unit, lo, hi) in VITALS.items()
 }
+finite["o2"] = st.booleans()
+finite["avpu"] = st.sampled_from("ACVPU")
+
+
+def as_value(vital: str, raw: Any) -> float:
+    """What the codec stores for a valid raw value."""
+    return float("ACVPU".index(raw)) if vital == "avpu" else float(raw)
 
 
 @st.composite
@@ -619,7 +635,7 @@ def test_valid_reading_objects_round_trip_exactly(objs: list[dict[str, Any]], as
     d = dec(objs if as_batch else objs[0])
     assert d.rejections == []
     expected = [
-        (float(o.get("ts", NOW)), o.get("device", "mon1"), o.get("patient"), k, float(v))
+        (float(o.get("ts", NOW)), o.get("device", "mon1"), o.get("patient"), k, as_value(k, v))
         for o in objs
         for k, v in o.items()
         if k in VITALS
@@ -629,6 +645,10 @@ def test_valid_reading_objects_round_trip_exactly(objs: list[dict[str, Any]], as
 
 
 def _plausible_number(vital: str, raw: Any) -> bool:
+    if vital == "o2":
+        return isinstance(raw, bool) or raw in (0, 1)
+    if vital == "avpu":
+        return isinstance(raw, str) and len(raw.strip()) == 1 and raw.strip().upper() in "ACVPU"
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         return False
     _unit, lo, hi = VITALS[vital]
@@ -647,17 +667,16 @@ def test_every_vital_field_is_accounted_for(obj: dict[str, Any]):
         assert len(d.rejections) == 1
         return
     vital_fields = [k for k in obj if k in VITALS]
-    unknown = [
-        k for k in obj if k not in VITALS and k not in {"ts", "patient", "device", "o2", "avpu"}
-    ]
+    unknown = [k for k in obj if k not in VITALS and k not in {"ts", "patient", "device"}]
     per_field = [c for c in causes(d) if c in {"wrong_type", "not_finite", "implausible"}]
     assert len(d.readings) + len(per_field) == len(vital_fields)
     assert sorted(r.vital for r in d.readings) == sorted(
         k for k in vital_fields if _plausible_number(k, obj[k])
     )
     for r in d.readings:
-        assert r.value == obj[r.vital]
+        assert r.value == as_value(r.vital, obj[r.vital].strip().upper()
+                                   if r.vital == "avpu" else obj[r.vital])  # fmt: skip
     assert causes(d).count("unknown_vital") == len(unknown)
     has_empty = "empty" in causes(d)
-    assert has_empty == (not vital_fields and "o2" not in obj and "avpu" not in obj)
+    assert has_empty == (not vital_fields)
     assert len(d.rejections) == len(per_field) + len(unknown) + has_empty

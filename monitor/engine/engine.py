@@ -19,9 +19,12 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
 from monitor.config import RulesConfig
 from monitor.engine.lifecycle import Lifecycle
+from monitor.engine.score import RULE as NEWS2_RULE
+from monitor.engine.score import News2Scores, ScoreUpdate
 from monitor.engine.threshold import Active, SeriesKey, ThresholdRule
 from monitor.engine.trend import TrendRule, build_trend_rules
 from monitor.engine.window import Window
@@ -31,6 +34,10 @@ from monitor.sinks import Sink
 from monitor.sources import Batch
 
 log = logging.getLogger("vitalmon.engine")
+
+
+class ScoreSink(Protocol):
+    async def write_scores(self, updates: list[ScoreUpdate]) -> None: ...
 
 
 class _Series:
@@ -57,6 +64,10 @@ class Engine:
         self.durable = durable
         #: Acknowledge / escalate / re-notify; rule events pass through it on their way out.
         self.lifecycle = lifecycle
+        self.scores = News2Scores(rules.news2)
+        #: Where changed NEWS2 scores go (the MQTT publisher: retained score topic).
+        self.score_sink: ScoreSink | None = None
+        self._score_updates: list[ScoreUpdate] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
         self.rules: dict[str, list[ThresholdRule | TrendRule]] = {
             vital: list(ThresholdRule.from_config(vital, tc, rules.max_gap_s))
@@ -79,6 +90,9 @@ class Engine:
         """
         orphans: list[AlertEvent] = []
         for e in alerts:
+            if e.rule == NEWS2_RULE:
+                self.scores.restore(e)
+                continue
             key = SeriesKey(e.ward, e.bed, e.device, e.vital)
             rules = self.rules.get(e.vital, [])
             index = next((i for i, r in enumerate(rules) if r.name == e.rule), None)
@@ -114,6 +128,10 @@ class Engine:
             if batch is None:
                 return
             raised = self.process(batch.readings)
+            if self._score_updates:
+                updates, self._score_updates = self._score_updates, []
+                if self.score_sink is not None:
+                    await self.score_sink.write_scores(updates)
             if self.lifecycle is not None:
                 raised = [self.lifecycle.observe(e) for e in raised]
             events = [*batch.events, *raised]  # batch.events went through the lifecycle
@@ -140,6 +158,12 @@ class Engine:
                 self.counts["late"] += 1  # stored, too late to change the present
                 continue
             win.add(r.ts, r.value)
+            update, score_event = self.scores.observe(r)
+            if update is not None:
+                self._score_updates.append(update)
+            if score_event is not None:
+                self.counts[f"alert_{score_event.state}"] += 1
+                events.append(score_event)
             if not rules:
                 continue
             ts, vals = win.ts, win.values

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from monitor.config import AlertsConfig
+from monitor.engine.score import ScoreUpdate
 from monitor.model import AlertEvent, AlertState, Reading
 from monitor.mqtt import Client
 from monitor.queues import put_end
@@ -26,11 +27,20 @@ _RANK = {"high": 0, "medium": 1, "low": 2}
 
 
 class AlertPublisher:
-    def __init__(self, cfg: AlertsConfig, client: Client, queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        cfg: AlertsConfig,
+        client: Client,
+        queue_size: int = 10_000,
+        score_topic: str = "scores/{ward}/{bed}",
+    ) -> None:
+        self.score_topic = score_topic
         self.cfg = cfg
         self.name = "alerts"
         self.client = client
-        self.queue: asyncio.Queue[AlertEvent | None] = asyncio.Queue(maxsize=queue_size)
+        self.queue: asyncio.Queue[AlertEvent | ScoreUpdate | None] = asyncio.Queue(
+            maxsize=queue_size
+        )
         self.counts: Counter[str] = Counter()
         #: (ward, bed) -> {alert id: latest event}: the alerts not yet resolved, per bed.
         self._open: dict[tuple[str, str], dict[str, dict[str, object]]] = {}
@@ -57,6 +67,10 @@ class AlertPublisher:
         for e in events:
             await self.queue.put(e)
 
+    async def write_scores(self, updates: list[ScoreUpdate]) -> None:
+        for u in updates:
+            await self.queue.put(u)
+
     def close(self) -> None:
         put_end(self.queue, "alerts")
 
@@ -65,6 +79,11 @@ class AlertPublisher:
         for ward, bed in list(self._open):
             self._publish_state(ward, bed, confirmations)
         while (event := await self.queue.get()) is not None:
+            if isinstance(event, ScoreUpdate):
+                topic = self.score_topic.format(ward=event.ward, bed=event.bed)
+                self._send(topic, json.dumps(event.payload, separators=(",", ":")),
+                           confirmations, retain=True)  # fmt: skip
+                continue
             payload = json.dumps(event.to_json(), separators=(",", ":"))
             self._send(self.topic(event), payload, confirmations)
             if event.extra.get("action") == "escalate" and self.cfg.escalate_topic:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from monitor.model import VITALS, Reading, Rejection
+from monitor.model import AVPU_CODES, VITALS, Reading, Rejection
 
 #: Every rejection cause, with what it means (README, "Dead letters").
 CAUSES: Final[dict[str, str]] = {
@@ -43,8 +43,6 @@ CAUSES: Final[dict[str, str]] = {
 
 #: Fields of a reading object that are not vitals.
 _META: Final = frozenset({"ts", "patient", "device"})
-#: Accepted and ignored for now (NEWS2 inputs, handled by the rules of a later release).
-_IGNORED: Final = frozenset({"o2", "avpu"})
 
 #: Earliest plausible event time (2000-01-01); catches milliseconds sent as seconds too.
 _MIN_TS: Final = 946_684_800.0
@@ -172,7 +170,20 @@ def parse_ts(raw: Any, now: float, limits: Limits) -> tuple[float | None, str, s
 
 
 def check_value(vital: str, raw: Any) -> tuple[float | None, str, str]:
-    """-> (value, cause, detail) for one vital's raw JSON value."""
+    """-> (value, cause, detail) for one vital's raw JSON value.
+
+    NEWS2 inputs: ``o2`` is true/false (or 1/0) -> 1.0/0.0; ``avpu`` is a letter A, C,
+    V, P or U (any case) -> 0..4 (:data:`~monitor.model.AVPU_CODES`).
+    """
+    if vital == "o2":
+        if isinstance(raw, bool) or raw in (0, 1):
+            return float(raw), "", ""
+        return None, "wrong_type", f"o2={raw!r:.40} is not true/false"
+    if vital == "avpu":
+        letter = raw.strip().upper() if isinstance(raw, str) else ""
+        if len(letter) == 1 and letter in AVPU_CODES:
+            return float(AVPU_CODES.index(letter)), "", ""
+        return None, "wrong_type", f"avpu={raw!r:.40} is not one of A, C, V, P, U"
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         return None, "wrong_type", f"{vital}={raw!r:.40} is not a number"
     value = _float(raw)
@@ -207,7 +218,7 @@ def _decode_object(
     pid = None if patient is None else str(patient)
     found = False
     for key, raw in obj.items():
-        if key in _META or key in _IGNORED:
+        if key in _META:
             continue
         if key not in VITALS:
             out.reject("unknown_vital", f"field {key[:40]!r}", origin, payload)
@@ -218,7 +229,7 @@ def _decode_object(
             out.reject(cause, detail, origin, payload)
             continue
         out.readings.append(Reading(ts, origin.ward, origin.bed, device, key, value, pid))
-    if not found and not any(k in obj for k in _IGNORED):
+    if not found:
         out.reject("empty", "no vitals in reading object", origin, payload)
 
 

@@ -1,0 +1,119 @@
+"""NEWS2 per bed, in the engine: scores recomputed on input changes, alerts on triggers.
+
+For each bed a :class:`~monitor.engine.news2.News2Tracker` keeps the latest value of
+each parameter (whichever device sent it). When a reading of an input arrives, the
+score at that reading's event time is recomputed from the values within
+``rules.news2.freshness_s``. A changed score is published (retained) as
+``{"news2", "partial", "missing", "components", "at"}``; the RCP triggers raise one
+alert per bed, rule ``news2``, kind ``score``:
+
+* any single parameter scoring 3 -> priority ``low``, "urgent ward review";
+* aggregate 5-6 -> ``medium``, "urgent response";
+* aggregate >= 7 -> ``high``, "emergency response".
+
+The alert follows the trigger (same id, priority up or down) and resolves when no
+trigger applies. Only complete scores alert unless ``alert_partial`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.config import News2Config
+from monitor.engine.news2 import PARAMETERS, News2Tracker, Score
+from monitor.engine.threshold import Active
+from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading, iso
+
+RULE = "news2"
+_RANK = {None: 0, Priority.LOW: 1, Priority.MEDIUM: 2, Priority.HIGH: 3}
+_LIMIT = {Priority.LOW: 3.0, Priority.MEDIUM: 5.0, Priority.HIGH: 7.0}
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreUpdate:
+    """A bed's new NEWS2 score, for the retained score topic."""
+
+    ward: str
+    bed: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Bed:
+    tracker: News2Tracker
+    last: tuple[object, ...] | None = None
+    active: Active | None = None
+    priority: Priority | None = None
+    patient: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class News2Scores:
+    def __init__(self, cfg: News2Config) -> None:
+        self.cfg = cfg
+        self.beds: dict[tuple[str, str], _Bed] = {}
+
+    def observe(self, r: Reading) -> tuple[ScoreUpdate | None, AlertEvent | None]:
+        """Feed one reading; -> (score update if it changed, alert event if any)."""
+        if not self.cfg.enabled or r.vital not in PARAMETERS:
+            return None, None
+        bed = self.beds.get((r.ward, r.bed))
+        if bed is None:
+            bed = self.beds[(r.ward, r.bed)] = _Bed(News2Tracker(self.cfg.scale))
+        value: float | bool | str = r.value
+        if r.vital == "avpu":
+            value = AVPU_CODES[int(r.value)]
+        elif r.vital == "o2":
+            value = bool(r.value)
+        if not bed.tracker.update(r.vital, value, r.ts):
+            return None, None
+        if r.patient is not None:
+            bed.patient = r.patient
+        s = bed.tracker.current(r.ts, self.cfg.freshness_s)
+        sig = (s.total, tuple(s.components.items()), s.missing)
+        update = None
+        if sig != bed.last:
+            bed.last = sig
+            update = ScoreUpdate(r.ward, r.bed, {
+                "news2": s.total, "partial": s.partial, "missing": list(s.missing),
+                "components": dict(s.components), "risk": s.risk, "at": iso(r.ts),
+            })  # fmt: skip
+        return update, self._trigger(r, bed, s)
+
+    def restore(self, e: AlertEvent) -> None:
+        bed = self.beds.setdefault((e.ward, e.bed), _Bed(News2Tracker(self.cfg.scale)))
+        bed.active = Active(e.id, _RANK[e.priority], e.started_at, e.seq, e.device, e.patient)
+        bed.priority = e.priority
+
+    def _trigger(self, r: Reading, bed: _Bed, s: Score) -> AlertEvent | None:
+        if s.partial and not self.cfg.alert_partial:
+            return None
+        priority, why = s.trigger()
+        if priority == bed.priority:
+            return None
+        at = r.ts
+        if bed.active is None:
+            assert priority is not None
+            ident = hashlib.sha1(f"{r.ward}/{r.bed}/{RULE}/{at:.3f}".encode(),
+                                 usedforsecurity=False).hexdigest()[:16]  # fmt: skip
+            bed.active = Active(ident, _RANK[priority], at, 0, RULE, bed.patient)
+        a = bed.active
+        a.seq += 1
+        parts = ", ".join(f"{k} {v}" for k, v in s.components.items() if v)
+        if priority is None:
+            state, shown = AlertState.RESOLVED, bed.priority or Priority.LOW
+            message = f"NEWS2 {s.total}: no trigger ({parts or 'all parameters 0'})"
+            bed.active = None
+        else:
+            state, shown = AlertState.ACTIVE, priority
+            message = f"NEWS2 {s.total}: {why} ({parts})"
+            if s.partial:
+                message += f"; partial, missing {', '.join(s.missing)}"
+        bed.priority = priority
+        return AlertEvent(
+            id=a.id, ward=r.ward, bed=r.bed, device=RULE, patient=a.patient, vital=RULE,
+            rule=RULE, kind="score", priority=shown, state=state, value=float(s.total),
+            limit=_LIMIT[shown], message=message, started_at=a.started_at, at=at, seq=a.seq,
+        )  # fmt: skip
