@@ -589,6 +589,9 @@ class RulesConfig(_Model):
     max_gap_s: float = Field(30.0, gt=0, le=3600)
     #: Readings stamped further than this in the future are rejected.
     max_future_s: float = Field(300.0, ge=0)
+    #: Technical alarm ``device.stale``: no reading from a device (or from a bed listed
+    #: under ``beds``, ever) for this long, on the wall clock of arrival.
+    stale_after_s: float = Field(30.0, ge=1, le=86400)
     #: Trend rules (slope and baseline deviation); see TrendConfig.
     trends: TrendConfig = Field(default_factory=TrendConfig)
     news2: News2Config = Field(default_factory=News2Config)
@@ -641,6 +644,11 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class BedConfig(_Model):
+    #: Limits profile of the bed (profiles beyond the default arrive with a later release).
+    profile: Literal["adult"] = "adult"
+
+
 def _default_store() -> list[StoreConfig]:
     return [SqliteStoreConfig()]
 
@@ -654,6 +662,9 @@ class Config(_Model):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    #: Beds expected to send data, keyed ``ward/bed`` (``icu/7``): a bed listed here that
+    #: never sends anything raises ``device.stale`` after ``rules.stale_after_s``.
+    beds: dict[str, BedConfig] = Field(default_factory=dict)
     #: Spool for store-and-forward when ``store`` has no sqlite sink.
     spool_path: str = "/var/lib/vitalmon/spool.db"
 
@@ -673,6 +684,18 @@ class Config(_Model):
         if not v:
             raise ValueError("at least one source is needed")
         return v
+
+    @field_validator("beds")
+    @classmethod
+    def _bed_keys(cls, v: dict[str, BedConfig]) -> dict[str, BedConfig]:
+        bad = [k for k in v if k.count("/") != 1 or "" in k.split("/")]
+        if bad:
+            raise ValueError(f"bed keys are ward/bed, e.g. icu/7: not {bad}")
+        return v
+
+    @property
+    def expected_beds(self) -> list[tuple[str, str]]:
+        return [(k.split("/")[0], k.split("/")[1]) for k in self.beds]
 
     @field_validator("store")
     @classmethod

@@ -21,6 +21,7 @@ from monitor.config import Config
 from monitor.engine import Engine
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.system import SYSTEM_WARD, SystemAlarms
+from monitor.engine.technical import Staleness
 from monitor.mqtt import Client
 from monitor.sinks import Sink
 from monitor.sinks.alerts import AlertPublisher
@@ -62,6 +63,8 @@ class Daemon:
         self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal,
                              lifecycle=self.lifecycle)  # fmt: skip
         self.engine.score_sink = self.alert_sink
+        self.staleness = Staleness(cfg.rules.stale_after_s, cfg.expected_beds, time.time())
+        self.engine.staleness = self.staleness
         self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
         self.sources.append(CommandSource(self.client, self.lifecycle))
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
@@ -160,6 +163,7 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_S)
             due = self.lifecycle.tick()  # escalations, re-notifications
+            due += [self.lifecycle.observe(e) for e in self.staleness.check(time.time())]
             if due:
                 await self.engine.put(Batch([], events=due))
             if self.client.connected.is_set() and not ready_logged:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
@@ -25,6 +26,7 @@ from monitor.config import RulesConfig
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.score import RULE as NEWS2_RULE
 from monitor.engine.score import News2Scores, ScoreUpdate
+from monitor.engine.technical import Staleness
 from monitor.engine.threshold import Active, SeriesKey, ThresholdRule
 from monitor.engine.trend import TrendRule, build_trend_rules
 from monitor.engine.window import Window
@@ -67,6 +69,8 @@ class Engine:
         self.scores = News2Scores(rules.news2)
         #: Where changed NEWS2 scores go (the MQTT publisher: retained score topic).
         self.score_sink: ScoreSink | None = None
+        #: Silence per device (wall clock of arrival); set by the daemon.
+        self.staleness: Staleness | None = None
         self._score_updates: list[ScoreUpdate] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
         self.rules: dict[str, list[ThresholdRule | TrendRule]] = {
@@ -128,6 +132,10 @@ class Engine:
             if batch is None:
                 return
             raised = self.process(batch.readings)
+            if self.staleness is not None:
+                arrived = batch.received_at or time.time()
+                for r in batch.readings:
+                    raised += self.staleness.seen(r.ward, r.bed, r.device, arrived)
             if self._score_updates:
                 updates, self._score_updates = self._score_updates, []
                 if self.score_sink is not None:

@@ -1,0 +1,74 @@
+"""Technical alarms about the data itself: a device (or an expected bed) gone silent.
+
+IEC 60601-1-8 keeps technical alarms apart from physiological ones (``kind:
+"technical"``). Silence is measured on the **wall clock** of arrival (the one place
+event time cannot tell: no reading means no event time), per (ward, bed, device):
+
+* ``device.stale``: no reading from a device for ``rules.stale_after_s``; resolves with
+  the device's next reading;
+* a bed listed under ``beds:`` that has **never** sent anything is stale too (device
+  ``*``) once ``stale_after_s`` has passed since the daemon started: Kapacitor's deadman
+  misses exactly this (kapacitor #1951).
+
+One alert per silence: raised once, resolved once (never re-sent every interval,
+kapacitor #2075).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable
+
+from monitor.model import AlertEvent, AlertState, Priority
+
+RULE = "device.stale"
+ANY_DEVICE = "*"
+
+
+class Staleness:
+    def __init__(self, stale_after_s: float, expected_beds: Iterable[tuple[str, str]],
+                 started: float) -> None:  # fmt: skip
+        self.stale_after_s = stale_after_s
+        #: (ward, bed, device) -> wall clock of the last reading
+        self._seen: dict[tuple[str, str, str], float] = {
+            (ward, bed, ANY_DEVICE): started for ward, bed in expected_beds
+        }
+        self._open: dict[tuple[str, str, str], AlertEvent] = {}
+
+    def seen(self, ward: str, bed: str, device: str, now: float) -> list[AlertEvent]:
+        """A reading arrived: note it; -> the resolutions of alarms it ends."""
+        self._seen[(ward, bed, device)] = now
+        out = []
+        for key in ((ward, bed, device), (ward, bed, ANY_DEVICE)):
+            if key[2] == ANY_DEVICE:
+                self._seen.pop(key, None)  # the bed has spoken: device keys take over
+            event = self._open.pop(key, None)
+            if event is not None:
+                event.seq += 1
+                event.state = AlertState.RESOLVED
+                event.at = now
+                event.message = f"data from {device} again after {now - event.started_at:.0f} s"
+                out.append(event)
+        return out
+
+    def check(self, now: float) -> list[AlertEvent]:
+        """Alarms due now (called about once a second)."""
+        out = []
+        for key, last in self._seen.items():
+            if key in self._open or now - last < self.stale_after_s:
+                continue
+            ward, bed, device = key
+            what = "bed expected but never sent data" if device == ANY_DEVICE else (
+                f"no data from {device}")  # fmt: skip
+            ident = hashlib.sha1(f"{ward}/{bed}/{device}/{RULE}/{now:.3f}".encode(),
+                                 usedforsecurity=False).hexdigest()[:16]  # fmt: skip
+            event = AlertEvent(
+                id=ident, ward=ward, bed=bed, device=device, patient=None, vital="",
+                rule=RULE, kind="technical", priority=Priority.MEDIUM, state=AlertState.ACTIVE,
+                value=round(now - last, 1), limit=self.stale_after_s,
+                message=f"{what} for {now - last:.0f} s", started_at=now, at=now, seq=1,
+            )  # fmt: skip
+            self._open[key] = event
+            out.append(event)
+        return [copy.copy(e) for e in out]  # the open alarm is ours to update later

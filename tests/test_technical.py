@@ -1,0 +1,64 @@
+"""Technical alarms for silence: pure (injected times), then over mosquitto."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import wait_for
+
+from monitor.engine.technical import Staleness
+from monitor.model import AlertState
+
+
+def test_device_goes_silent_raises_once_and_resolves_on_data():
+    s = Staleness(30, [], started=0.0)
+    assert s.seen("icu", "7", "ox", 100.0) == []
+    assert s.check(129.0) == []
+    (raised,) = s.check(130.0)
+    assert (raised.rule, raised.kind, raised.device, raised.state) == (
+        "device.stale", "technical", "ox", AlertState.ACTIVE)  # fmt: skip
+    assert s.check(500.0) == []  # once, not every interval
+    (resolved,) = s.seen("icu", "7", "ox", 600.0)
+    assert (resolved.id, resolved.state, resolved.seq) == (raised.id, AlertState.RESOLVED, 2)
+
+
+def test_expected_bed_that_never_sent_anything_is_stale():
+    s = Staleness(30, [("icu", "9")], started=0.0)
+    assert s.check(29.0) == []
+    (raised,) = s.check(30.0)
+    assert (raised.ward, raised.bed, raised.device) == ("icu", "9", "*")
+    assert "never sent" in raised.message
+    resolved = s.seen("icu", "9", "mon", 40.0)
+    assert [e.state for e in resolved] == [AlertState.RESOLVED]
+    assert s.check(60.0) == []  # the device now counts from its own reading at 40
+    (device,) = s.check(70.0)
+    assert device.device == "mon"
+
+
+def test_silent_bed_and_device_over_mqtt(daemon, subscribe, publisher):
+    """stale_after_s 2 and an expected bed icu/20: 1. the bed never sends -> alarm;
+    2. a device sends, then stops -> alarm; 3. it sends again -> resolved (same id)."""
+    d = daemon(start=False)
+    d.config.write_text(
+        d.config.read_text().replace(
+            "rules:\n", "beds:\n  icu/20: {}\nrules:\n  stale_after_s: 2\n"
+        )
+    )
+    d.start()
+    alerts = subscribe("alerts/#")
+    never = wait_for(lambda: [a for a in alerts.json() if a["bed"] == "20"], 10, "bed 20 stale")
+    assert (never[0]["rule"], never[0]["device"], never[0]["kind"]) == (
+        "device.stale", "*", "technical")  # fmt: skip
+    publisher.publish("vitals/icu/21/mon", {"ts": time.time(), "hr": 70})
+    silent = wait_for(
+        lambda: [a for a in alerts.json() if a["bed"] == "21" and a["state"] == "active"],
+        10,
+        "bed 21 stale",
+    )[0]
+    publisher.publish("vitals/icu/21/mon", {"ts": time.time(), "hr": 71})
+    back = wait_for(
+        lambda: [a for a in alerts.json() if a["bed"] == "21" and a["state"] == "resolved"],
+        5,
+        "bed 21 back",
+    )[0]
+    assert back["id"] == silent["id"]
