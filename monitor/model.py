@@ -8,6 +8,7 @@ Nothing here does I/O. A source turns bytes into :class:`Reading` objects (and
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -133,6 +134,13 @@ class AlertEvent:
         }
         out.update(self.extra)
         return out
+
+
+def alert_id(ward: str, bed: str, device: str, rule: str, started_at: float) -> str:
+    """An alert's id: deterministic, so the same recording gives the same ids at any
+    replay speed, and unique per (ward, bed, device, rule, onset)."""
+    raw = f"{ward}/{bed}/{device}/{rule}/{started_at:.3f}"
+    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def iso(ts: float) -> str:

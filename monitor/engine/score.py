@@ -17,14 +17,13 @@ trigger applies. Only complete scores alert unless ``alert_partial`` is set.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import News2Config
 from monitor.engine.news2 import PARAMETERS, News2Tracker, Score
 from monitor.engine.threshold import Active
-from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading, iso
+from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading, alert_id, iso
 
 RULE = "news2"
 _RANK = {None: 0, Priority.LOW: 1, Priority.MEDIUM: 2, Priority.HIGH: 3}
@@ -96,8 +95,7 @@ class News2Scores:
         at = r.ts
         if bed.active is None:
             assert priority is not None
-            ident = hashlib.sha1(f"{r.ward}/{r.bed}/{RULE}/{at:.3f}".encode(),
-                                 usedforsecurity=False).hexdigest()[:16]  # fmt: skip
+            ident = alert_id(r.ward, r.bed, RULE, RULE, at)
             bed.active = Active(ident, _RANK[priority], at, 0, RULE, bed.patient)
         a = bed.active
         a.seq += 1

@@ -7,11 +7,10 @@ component. Each condition raises once and always resolves (state changes only).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 
-from monitor.model import AlertEvent, AlertState, Priority
+from monitor.model import AlertEvent, AlertState, Priority, alert_id
 
 SYSTEM_WARD = "_system"
 
@@ -31,9 +30,7 @@ class SystemAlarms:
         now = self._clock()
         current = self._active.get(key)
         if active and current is None:
-            ident = hashlib.sha1(
-                f"{self.instance}/{rule}/{component}/{now:.3f}".encode(), usedforsecurity=False
-            ).hexdigest()[:16]
+            ident = alert_id(SYSTEM_WARD, self.instance, component, rule, now)
             event = AlertEvent(
                 id=ident, ward=SYSTEM_WARD, bed=self.instance, device=component, patient=None,
                 vital="", rule=rule, kind="technical",

@@ -17,10 +17,9 @@ kapacitor #2075).
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Iterable
 
-from monitor.model import AlertEvent, AlertState, Priority
+from monitor.model import AlertEvent, AlertState, Priority, alert_id
 
 RULE = "device.stale"
 ANY_DEVICE = "*"
@@ -61,8 +60,7 @@ class Staleness:
             ward, bed, device = key
             what = "bed expected but never sent data" if device == ANY_DEVICE else (
                 f"no data from {device}")  # fmt: skip
-            ident = hashlib.sha1(f"{ward}/{bed}/{device}/{RULE}/{now:.3f}".encode(),
-                                 usedforsecurity=False).hexdigest()[:16]  # fmt: skip
+            ident = alert_id(ward, bed, device, RULE, now)
             event = AlertEvent(
                 id=ident, ward=ward, bed=bed, device=device, patient=None, vital="",
                 rule=RULE, kind="technical", priority=Priority.MEDIUM, state=AlertState.ACTIVE,

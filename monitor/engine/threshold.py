@@ -22,7 +22,6 @@ own delay while de-escalation and recovery follow the newest reading.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,7 +30,7 @@ import numpy.typing as npt
 
 from monitor.config import ThresholdConfig
 from monitor.engine.window import Array
-from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, fmt_value
+from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, alert_id, fmt_value
 
 PRIORITY = {1: Priority.MEDIUM, 2: Priority.HIGH}
 _EPS = 1e-6
@@ -169,7 +168,12 @@ class ThresholdRule:
         if active is None:
             started = float(ts[start]) if start is not None else at
             active = Active(
-                _alert_id(key, self.name, started), new, started, 0, key.device, patient
+                alert_id(key.ward, key.bed, key.device, self.name, started),
+                new,
+                started,
+                0,
+                key.device,
+                patient,
             )
         active.seq += 1
         if new == 0:
@@ -255,9 +259,3 @@ class ThresholdRule:
             f"{LABELS[self.vital]} {fmt_value(value)} {unit} back {where} "
             f"{fmt_value(limit)} {unit}; alarm lasted {lasted:.0f} s"
         )
-
-
-def _alert_id(key: SeriesKey, rule: str, started_at: float) -> str:
-    """Deterministic: the same recording gives the same ids, at any replay speed."""
-    raw = f"{key.ward}/{key.bed}/{key.device}/{rule}/{started_at:.3f}"
-    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]

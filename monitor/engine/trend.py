@@ -72,7 +72,6 @@ Nothing is cached between readings: the rule state is only the :class:`Active` a
 
 from __future__ import annotations
 
-import hashlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -89,7 +88,7 @@ from monitor.config import (
 )
 from monitor.engine.threshold import Active, SeriesKey
 from monitor.engine.window import Array
-from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, fmt_value
+from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, alert_id, fmt_value
 
 Direction = Literal["up", "down"]
 
@@ -134,12 +133,6 @@ _L = TypeVar("_L", SlopeLimit, BaselineLimit)
 
 def _directions(up: _L | None, down: _L | None) -> tuple[tuple[Direction, _L | None], ...]:
     return (("up", up), ("down", down))
-
-
-def _alert_id(key: SeriesKey, rule: str, started_at: float) -> str:
-    """Deterministic: the same recording gives the same ids, at any replay speed."""
-    raw = f"{key.ward}/{key.bed}/{key.device}/{rule}/{started_at:.3f}"
-    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 # ============================================================================= rules
@@ -224,7 +217,14 @@ class _TrendRule(ABC):
         if active is None:
             if m.score < self.threshold:
                 return None, None
-            active = Active(_alert_id(key, self.name, at), 1, at, 1, key.device, patient)
+            active = Active(
+                alert_id(key.ward, key.bed, key.device, self.name, at),
+                1,
+                at,
+                1,
+                key.device,
+                patient,
+            )
             return active, self._event(key, active, AlertState.ACTIVE, m, at, self._raised(m))
         if m.score >= self.clear_at:
             return active, None
