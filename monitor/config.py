@@ -284,8 +284,10 @@ class AlertsConfig(_Model):
     escalate_topic: str | None = None
     #: Re-published every this many seconds while active and unacknowledged; 0 = never.
     renotify_s: float = Field(300.0, ge=0)
-    #: Longest pause a ``vitalmon/cmd/pause`` may ask for.
+    #: Longest pause a ``vitalmon/cmd/pause`` may ask for (longer requests are capped).
     pause_max_s: float = Field(120.0, ge=0)
+    #: Priorities published even while their bed is paused.
+    pause_breakthrough: list[Priority] = Field(default_factory=lambda: [Priority.HIGH])
 
     @field_validator("topic", "state_topic", "escalate_topic")
     @classmethod

@@ -66,7 +66,10 @@ class Daemon:
         self.staleness = Staleness(cfg.rules.stale_after_s, cfg.expected_beds, time.time())
         self.engine.staleness = self.staleness
         self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
-        self.sources.append(CommandSource(self.client, self.lifecycle))
+        self.sources.append(
+            CommandSource(self.client, self.lifecycle, pauses=self.alert_sink,
+                          audit=self.journal.write_audit, pause_max_s=cfg.alerts.pause_max_s)
+        )  # fmt: skip
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
         self.journal.on_condition = self._condition
         for fwd in self.forwarders:
@@ -162,6 +165,7 @@ class Daemon:
         while not self.should_exit.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_S)
+            self.alert_sink.tick(time.time())  # pauses that have ended
             due = self.lifecycle.tick()  # escalations, re-notifications
             due += [self.lifecycle.observe(e) for e in self.staleness.check(time.time())]
             if due:

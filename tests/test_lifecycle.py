@@ -218,3 +218,38 @@ def test_escalation_then_renotify_until_ack(fast_lifecycle_daemon, subscribe, pu
     deadline = time.monotonic() + 3  # three re-notify periods: nothing more may come
     wait_for(lambda: time.monotonic() > deadline or len(alerts.json()) > n, 5, "quiet period")
     assert len(alerts.json()) == n
+
+
+def test_pause_holds_publication_high_breaks_through_release_at_end(daemon, subscribe, publisher,
+                                                                    tmp_path):  # fmt: skip
+    """1. pause bed 6 for 3 s (asked 60, capped by pause_max_s 3); 2. a medium spo2 alert on
+    bed 6 is stored and on the state topic but not published; 3. a high alert on bed 6
+    breaks through; 4. at the pause's end the held alert is published; 5. audited."""
+    d = daemon(start=False)
+    d.config.write_text(d.config.read_text().replace(
+        'topic: "alerts/{ward}/{bed}"\n  qos: 1', 'topic: "alerts/{ward}/{bed}"\n  qos: 1\n'
+        "  pause_max_s: 3\n"))  # fmt: skip
+    d.start()
+    alerts = subscribe("alerts/#")
+    state = subscribe("state/icu/6/alerts")
+    publisher.publish("vitalmon/cmd/pause", {"ward": "icu", "bed": "6", "seconds": 60,
+                                             "by": "nurse.kim"})  # fmt: skip
+    paused_at = time.monotonic()
+    wait_for(lambda: "paused for 3 s" in d.log(), 5, "the pause")
+    now = time.time()
+    for i in range(20):  # spo2 88: a medium (warn) alert on the paused bed
+        publisher.publish("vitals/icu/6/ox", {"ts": now - 25 + i, "spo2": 88})
+    wait_for(lambda: state.json() and state.json()[-1], 5, "the alert on the state topic")
+    assert alerts.json() == []  # held
+    for i in range(20):  # a high alert on the same bed breaks through
+        publisher.publish("vitals/icu/6/mon", {"ts": now - 25 + i, "spo2": 80})
+    high = wait_for(lambda: alerts.json(), 5, "the high alert")[0]
+    assert (high["priority"], high["device"]) == ("high", "mon")
+    assert time.monotonic() - paused_at < 3
+    released = wait_for(lambda: [a for a in alerts.json() if a["device"] == "ox"], 6, "release")
+    assert (released[0]["priority"], released[0]["state"]) == ("medium", "active")
+    assert time.monotonic() - paused_at >= 3
+    conn = sqlite3.connect(tmp_path / "vitals.db")
+    rows = conn.execute("SELECT action, by, ward, bed, detail FROM audit").fetchall()
+    conn.close()
+    assert rows == [("pause", "nurse.kim", "icu", "6", "3 s")]

@@ -1,6 +1,11 @@
 """Alert publisher: one MQTT message per alert state change on ``alerts.topic``, and a
 retained per-bed list of the alerts not yet resolved on ``alerts.state_topic``.
 
+A **paused** bed (``vitalmon/cmd/pause``) keeps being evaluated, stored and shown on its
+state topic, but its alert events are held (except ``alerts.pause_breakthrough``
+priorities, ``high`` by default) and released when the pause ends: the latest event of
+each alert still open, and the recovery of any alert whose raise had been published.
+
 QoS 1, not retained. Each publish is confirmed by the broker (PUBACK) in the
 background; ``close()`` lets ``run()`` return once every accepted event is confirmed
 (or the client gives up at shutdown). While the broker is away, events wait in the
@@ -10,10 +15,12 @@ MQTT client and go out on reconnect, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from monitor.config import AlertsConfig
 from monitor.engine.score import ScoreUpdate
@@ -24,6 +31,13 @@ from monitor.queues import put_end
 log = logging.getLogger("vitalmon.sink.alerts")
 
 _RANK = {"high": 0, "medium": 1, "low": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    """Queue marker: release the pauses that ended by ``now``."""
+
+    now: float
 
 
 class AlertPublisher:
@@ -38,12 +52,17 @@ class AlertPublisher:
         self.cfg = cfg
         self.name = "alerts"
         self.client = client
-        self.queue: asyncio.Queue[AlertEvent | ScoreUpdate | None] = asyncio.Queue(
+        self.queue: asyncio.Queue[AlertEvent | ScoreUpdate | _Release | None] = asyncio.Queue(
             maxsize=queue_size
         )
         self.counts: Counter[str] = Counter()
         #: (ward, bed) -> {alert id: latest event}: the alerts not yet resolved, per bed.
         self._open: dict[tuple[str, str], dict[str, dict[str, object]]] = {}
+        #: Paused beds -> wall clock of the pause's end; events held meanwhile, per bed.
+        self._paused: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], dict[str, AlertEvent]] = {}
+        #: Alerts whose raise was published (their recovery must be, too).
+        self._announced: set[str] = set()
 
     def topic(self, e: AlertEvent, template: str | None = None) -> str:
         return (template or self.cfg.topic).format(
@@ -75,30 +94,69 @@ class AlertPublisher:
         put_end(self.queue, "alerts")
 
     async def run(self) -> None:
-        confirmations: set[asyncio.Future[None]] = set()
+        pending: set[asyncio.Future[None]] = set()
         for ward, bed in list(self._open):
-            self._publish_state(ward, bed, confirmations)
-        while (event := await self.queue.get()) is not None:
-            if isinstance(event, ScoreUpdate):
-                topic = self.score_topic.format(ward=event.ward, bed=event.bed)
-                self._send(topic, json.dumps(event.payload, separators=(",", ":")),
-                           confirmations, retain=True)  # fmt: skip
-                continue
-            payload = json.dumps(event.to_json(), separators=(",", ":"))
-            self._send(self.topic(event), payload, confirmations)
-            if event.extra.get("action") == "escalate" and self.cfg.escalate_topic:
-                self._send(self.topic(event, self.cfg.escalate_topic), payload, confirmations)
-            self.counts["published"] += 1
-            beds = self._open.setdefault((event.ward, event.bed), {})
-            if event.state == AlertState.RESOLVED:
-                beds.pop(event.id, None)
+            self._publish_state(ward, bed, pending)
+        while (item := await self.queue.get()) is not None:
+            if isinstance(item, ScoreUpdate):
+                topic = self.score_topic.format(ward=item.ward, bed=item.bed)
+                self._send(topic, json.dumps(item.payload, separators=(",", ":")), pending,
+                           retain=True)  # fmt: skip
+            elif isinstance(item, _Release):
+                self._release(item.now, pending)
             else:
-                beds[event.id] = event.to_json()
-            self._publish_state(event.ward, event.bed, confirmations)
-            log.info("alert %s %s %s %s/%s: %s", event.id, event.state, event.priority,
-                     event.ward, event.bed, event.message)  # fmt: skip
-        if confirmations:
-            await asyncio.wait(confirmations, timeout=3.0)
+                self._handle(item, pending)
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
+
+    def _handle(self, event: AlertEvent, pending: set[asyncio.Future[None]]) -> None:
+        key = (event.ward, event.bed)
+        beds = self._open.setdefault(key, {})
+        if event.state == AlertState.RESOLVED:
+            beds.pop(event.id, None)
+        else:
+            beds[event.id] = event.to_json()
+        self._publish_state(event.ward, event.bed, pending)  # the truth, paused or not
+        if key in self._paused and event.priority not in self.cfg.pause_breakthrough:
+            self._held.setdefault(key, {})[event.id] = event  # stored; published at release
+            return
+        self._publish(event, pending)
+
+    def _publish(self, event: AlertEvent, pending: set[asyncio.Future[None]]) -> None:
+        payload = json.dumps(event.to_json(), separators=(",", ":"))
+        self._send(self.topic(event), payload, pending)
+        if event.extra.get("action") == "escalate" and self.cfg.escalate_topic:
+            self._send(self.topic(event, self.cfg.escalate_topic), payload, pending)
+        self.counts["published"] += 1
+        if event.state == AlertState.RESOLVED:
+            self._announced.discard(event.id)
+        else:
+            self._announced.add(event.id)
+        log.info("alert %s %s %s %s/%s: %s", event.id, event.state, event.priority,
+                 event.ward, event.bed, event.message)  # fmt: skip
+
+    # -------------------------------------------------------------------- pause
+
+    def pause(self, ward: str, bed: str, seconds: float, now: float) -> float:
+        """Hold the bed's alert publication for ``seconds`` (wall clock); -> until."""
+        until = max(self._paused.get((ward, bed), 0.0), now + seconds)
+        self._paused[(ward, bed)] = until
+        return until
+
+    def tick(self, now: float) -> None:
+        """Called about once a second: releases pauses that have ended, in queue order."""
+        if any(until <= now for until in self._paused.values()):
+            with contextlib.suppress(asyncio.QueueFull):  # if full, the next tick tries again
+                self.queue.put_nowait(_Release(now))
+
+    def _release(self, now: float, pending: set[asyncio.Future[None]]) -> None:
+        for key in [k for k, until in self._paused.items() if until <= now]:
+            del self._paused[key]
+            for event in self._held.pop(key, {}).values():
+                # still open: published now; resolved during the pause: the recovery is
+                # published only if its raise had been (nobody was told, nothing to undo)
+                if event.state != AlertState.RESOLVED or event.id in self._announced:
+                    self._publish(event, pending)
 
     def _publish_state(self, ward: str, bed: str, pending: set[asyncio.Future[None]]) -> None:
         """Retained: the bed's alerts not yet resolved, highest priority first."""

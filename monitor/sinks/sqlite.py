@@ -122,6 +122,9 @@ class _Item:
     readings: Sequence[Reading]
     events: Sequence[AlertEvent]
     done: Done | None
+    #: Operator actions that are not alert events (pause): (at, action, by, alert_id,
+    #: ward, bed, detail)
+    audit: Sequence[tuple[object, ...]] = ()
 
 
 def connect(
@@ -206,8 +209,12 @@ class SqliteSink:
         events: Sequence[AlertEvent],
         done: Done | None = None,
     ) -> None:
-        if readings or events or done is not None:
+        if readings or events or done is not None:  # (audit rows: write_audit)
             await self.queue.put(_Item(readings, events, done))
+
+    async def write_audit(self, rows: Sequence[tuple[object, ...]]) -> None:
+        """Record operator actions in the audit trail (with the next commit)."""
+        await self.queue.put(_Item((), (), None, rows))
 
     def close(self) -> None:
         put_end(self.queue, "sqlite")
@@ -288,12 +295,13 @@ class SqliteSink:
         ]
         events = [e for it in batch for e in it.events]
         alerts = [_alert_row(e) for e in events]
-        audit = [
+        audit: list[tuple[object, ...]] = [
             (e.at, e.extra["action"], str(e.extra.get("ack_by", "vitalmon")), e.id, e.ward, e.bed,
              f"{e.rule} {e.state} {e.priority}: {e.message}")
             for e in events
             if e.extra.get("action") in AUDITED
         ]  # fmt: skip
+        audit += [row for it in batch for row in it.audit]
         before = conn.total_changes
         conn.execute("BEGIN")
         try:

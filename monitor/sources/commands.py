@@ -1,4 +1,5 @@
-"""Operator commands over MQTT: ``vitalmon/cmd/ack`` ``{"id", "by"}``.
+"""Operator commands over MQTT: ``vitalmon/cmd/ack`` ``{"id", "by"}`` and
+``vitalmon/cmd/pause`` ``{"ward", "bed", "seconds", "by"}``.
 
 A command changes the alert lifecycle (owned by the engine) at once; the resulting
 event (``acknowledged``) goes down the pipeline like any other, so it is stored (audit
@@ -13,7 +14,9 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from monitor.config import Config
 from monitor.engine.lifecycle import Lifecycle, UnknownAlert
@@ -26,6 +29,7 @@ from monitor.sources.mqtt import TopicTemplate
 log = logging.getLogger("vitalmon.source.commands")
 
 ACK_TOPIC = "vitalmon/cmd/ack"
+PAUSE_TOPIC = "vitalmon/cmd/pause"
 MAX_NAME = 128
 
 
@@ -44,19 +48,60 @@ def parse_ack(payload: bytes) -> tuple[str, str]:
     return str(ident).strip(), str(by).strip()
 
 
+def parse_pause(payload: bytes, max_s: float) -> tuple[str, str, float, str]:
+    """``{"ward", "bed", "seconds", "by"}`` -> (ward, bed, seconds capped at max_s, by)."""
+    try:
+        doc: Any = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError('expected {"ward": ..., "bed": ..., "seconds": ..., "by": ...}')
+    texts = []
+    for key in ("ward", "bed", "by"):
+        value = doc.get(key)
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+            raise ValueError(f"{key!r} must be a non-empty string of at most {MAX_NAME} chars")
+        texts.append(value.strip())
+    seconds = doc.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError("'seconds' must be a number > 0")
+    return texts[0], texts[1], min(float(seconds), max_s), texts[2]
+
+
+class Pauses(Protocol):
+    def pause(self, ward: str, bed: str, seconds: float, now: float) -> float: ...
+
+
 class CommandSource:
-    def __init__(self, client: Client, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        client: Client,
+        lifecycle: Lifecycle,
+        *,
+        pauses: Pauses | None = None,
+        audit: Callable[[list[tuple[object, ...]]], Awaitable[None]] | None = None,
+        pause_max_s: float = 120.0,
+    ) -> None:
         self.name = "commands"
         self.lifecycle = lifecycle
+        self.pauses = pauses
+        self.audit = audit
+        self.pause_max_s = pause_max_s
         self._client = client
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         client.subscribe(ACK_TOPIC, 1, self._inbox.put_nowait)
+        if pauses is not None:
+            client.subscribe(PAUSE_TOPIC, 1, self._inbox.put_nowait)
 
     def stop(self) -> None:
         self._inbox.put_nowait(None)
 
     async def run(self, emit: Emit, reject: Reject) -> None:
         while (msg := await self._inbox.get()) is not None:
+            if msg.topic == PAUSE_TOPIC:
+                await self._pause(msg, reject)
+                self._client.ack(msg)
+                continue
             try:
                 ident, by = parse_ack(msg.payload)
                 event = self.lifecycle.ack(ident, by)
@@ -73,6 +118,19 @@ class CommandSource:
                     log.info("alert %s acknowledged by %s", ident, by)
                     await emit(Batch([], events=[event]))
             self._client.ack(msg)
+
+    async def _pause(self, msg: Message, reject: Reject) -> None:
+        assert self.pauses is not None
+        try:
+            ward, bed, seconds, by = parse_pause(msg.payload, self.pause_max_s)
+        except ValueError as exc:
+            reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
+            return
+        now = time.time()
+        until = self.pauses.pause(ward, bed, seconds, now)
+        log.info("alerts of %s/%s paused for %.0f s by %s", ward, bed, until - now, by)
+        if self.audit is not None:
+            await self.audit([(now, "pause", by, None, ward, bed, f"{seconds:g} s")])
 
 
 async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0) -> dict[str, Any]:
