@@ -161,13 +161,20 @@ class Daemon:
 
     async def main_loop(self) -> None:
         ready_logged = False
+        deaf = True  # not (yet) connected: silence of devices tells nothing
         last_summary = time.monotonic()
         while not self.should_exit.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_S)
             self.alert_sink.tick(time.time())  # pauses that have ended
             due = self.lifecycle.tick()  # escalations, re-notifications
-            due += [self.lifecycle.observe(e) for e in self.staleness.check(time.time())]
+            if self.client.connected.is_set():
+                if deaf:
+                    self.staleness.grace(time.time())  # silence while we were cut off
+                    deaf = False
+                due += [self.lifecycle.observe(e) for e in self.staleness.check(time.time())]
+            else:
+                deaf = True
             if due:
                 await self.engine.put(Batch([], events=due))
             if self.client.connected.is_set() and not ready_logged:

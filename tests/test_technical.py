@@ -62,3 +62,11 @@ def test_silent_bed_and_device_over_mqtt(daemon, subscribe, publisher):
         "bed 21 back",
     )[0]
     assert back["id"] == silent["id"]
+
+
+def test_grace_after_the_broker_was_unreachable_avoids_a_storm():
+    s = Staleness(30, [("icu", "9")], started=0.0)
+    s.seen("icu", "7", "ox", 10.0)
+    s.grace(100.0)  # we were cut off until 100: nobody is stale yet
+    assert s.check(129.0) == []
+    assert len(s.check(130.0)) == 2

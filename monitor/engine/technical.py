@@ -51,6 +51,12 @@ class Staleness:
                 out.append(event)
         return out
 
+    def grace(self, now: float) -> None:
+        """Restart every silence count at ``now``: after the broker was unreachable, the
+        devices were not silent, we were deaf (one alarm per device would be a storm)."""
+        for key in self._seen:
+            self._seen[key] = max(self._seen[key], now)
+
     def check(self, now: float) -> list[AlertEvent]:
         """Alarms due now (called about once a second)."""
         out = []
