@@ -33,39 +33,41 @@ PAUSE_TOPIC = "vitalmon/cmd/pause"
 MAX_NAME = 128
 
 
-def parse_ack(payload: bytes) -> tuple[str, str]:
-    """``{"id": ..., "by": ...}`` -> (id, by); ValueError with the reason."""
+def _command(
+    payload: bytes, names: tuple[str, ...], shape: str
+) -> tuple[dict[str, Any], list[str]]:
+    """A command's JSON object and its named text fields (stripped); ValueError with
+    the reason."""
     try:
         doc: Any = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise ValueError('expected {"id": ..., "by": ...}')
-    ident, by = doc.get("id"), doc.get("by")
-    for key, value in (("id", ident), ("by", by)):
-        if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-            raise ValueError(f"{key!r} must be a non-empty string of at most {MAX_NAME} chars")
-    return str(ident).strip(), str(by).strip()
-
-
-def parse_pause(payload: bytes, max_s: float) -> tuple[str, str, float, str]:
-    """``{"ward", "bed", "seconds", "by"}`` -> (ward, bed, seconds capped at max_s, by)."""
-    try:
-        doc: Any = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ValueError('expected {"ward": ..., "bed": ..., "seconds": ..., "by": ...}')
+        raise ValueError(f"expected {shape}")
     texts = []
-    for key in ("ward", "bed", "by"):
+    for key in names:
         value = doc.get(key)
         if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
             raise ValueError(f"{key!r} must be a non-empty string of at most {MAX_NAME} chars")
         texts.append(value.strip())
+    return doc, texts
+
+
+def parse_ack(payload: bytes) -> tuple[str, str]:
+    """``{"id": ..., "by": ...}`` -> (id, by); ValueError with the reason."""
+    _doc, (ident, by) = _command(payload, ("id", "by"), '{"id": ..., "by": ...}')
+    return ident, by
+
+
+def parse_pause(payload: bytes, max_s: float) -> tuple[str, str, float, str]:
+    """``{"ward", "bed", "seconds", "by"}`` -> (ward, bed, seconds capped at max_s, by)."""
+    doc, (ward, bed, by) = _command(
+        payload, ("ward", "bed", "by"), '{"ward": ..., "bed": ..., "seconds": ..., "by": ...}'
+    )
     seconds = doc.get("seconds")
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
         raise ValueError("'seconds' must be a number > 0")
-    return texts[0], texts[1], min(float(seconds), max_s), texts[2]
+    return ward, bed, min(float(seconds), max_s), by
 
 
 class Pauses(Protocol):
