@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or cfg.log.level)
     from monitor.daemon import run
 
-    return run(cfg)
+    return run(cfg, config_path=args.config, log_level=args.log_level)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

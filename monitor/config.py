@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -316,6 +317,10 @@ class Levels(_Model):
         return self
 
 
+#: Vitals measured one reading at a time (NIBP cuff, thermometer), not continuously.
+SPOT_VITALS = frozenset({"sbp", "dbp", "temp"})
+
+
 class ThresholdConfig(_Model):
     enabled: bool = True
     low: Levels | None = None
@@ -324,6 +329,17 @@ class ThresholdConfig(_Model):
     delay_s: float = Field(0.0, ge=0, le=3600)
     #: Hysteresis: to clear, the value must come back past the limit by this much.
     clear_band: float = Field(0.0, ge=0)
+    #: Artefact rejection: at least this many consecutive readings must be beyond a limit
+    #: (as well as ``delay_s``), so a single-reading spike between normal neighbours never
+    #: alarms. Default: 2 for continuously measured vitals, 1 for spot measurements (sbp,
+    #: dbp, temp: a cuff or thermometer reading is one validated measurement, and waiting
+    #: for the next cycle would delay a real alarm by minutes).
+    confirm: int | None = Field(None, ge=1, le=100)
+
+    def min_readings(self, vital: str) -> int:
+        if self.confirm is not None:
+            return self.confirm
+        return 1 if vital in SPOT_VITALS else 2
 
     @model_validator(mode="after")
     def _order(self) -> ThresholdConfig:
@@ -578,6 +594,30 @@ class News2Config(_Model):
     alert_partial: bool = False
 
 
+class FlappingConfig(_Model):
+    """Flapping detection (as Kapacitor's ``.flapping(low, high)``, on counts of event time).
+
+    Every event a rule emits for one bed/device (raise, priority change, resolve) is a
+    state change. When ``high`` changes fall within ``window_s`` of event time, the rule is
+    *flapping*: one ``<rule>.flapping`` alert is raised instead of the storm, and that
+    rule's own raises are held. It stops flapping once at most ``low`` changes fall within
+    the last ``window_s``: the flapping alert resolves and the rule's current state is
+    published (its alert if still active). A recovery of a raise that was published is
+    never held.
+    """
+
+    enabled: bool = True
+    window_s: float = Field(600.0, gt=0, le=24 * 3600)
+    high: int = Field(6, ge=2)
+    low: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> FlappingConfig:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
 class RulesConfig(_Model):
     #: Per vital; a vital given here replaces only the keys it names (``delay_s`` alone
     #: keeps the default limits). ``enabled: false`` switches a vital's thresholds off.
@@ -597,6 +637,7 @@ class RulesConfig(_Model):
     #: Trend rules (slope and baseline deviation); see TrendConfig.
     trends: TrendConfig = Field(default_factory=TrendConfig)
     news2: News2Config = Field(default_factory=News2Config)
+    flapping: FlappingConfig = Field(default_factory=FlappingConfig)
 
     @field_validator("thresholds", mode="before")
     @classmethod
@@ -646,9 +687,78 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+# ------------------------------------------------------------------------ profiles
+
+#: Built-in profiles: overrides of ``rules.thresholds`` (which is the ``adult`` profile).
+#: A ``profiles.<name>`` in the config is merged over these, per vital and key.
+BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
+    # adult: the limits of rules.thresholds as they are
+    "adult": {},
+    # COPD with confirmed hypercapnic respiratory failure (BTS 2017 oxygen guideline):
+    # target SpO2 88-92 %, so alarm only below 88 (crit below 84, NEWS2 scale 2 scores
+    # <= 83 as 3), and NEWS2 SpO2 scale 2 (over-oxygenation on O2 is scored, not alarmed).
+    "copd": {
+        "thresholds": {"spo2": {"low": {"warn": 88, "crit": 84}}},
+        "news2_scale": 2,
+    },
+    # Post-operative patients on opioids (PCA, epidural): opioid-induced respiratory
+    # depression shows as slowing breathing and rising EtCO2 before SpO2 falls, the
+    # more so on oxygen (APSF 2011 / Joint Commission 2012: continuous oximetry and
+    # capnography). Tighter RR low limits, SpO2 warning at 92 %, and EtCO2 limits:
+    # hypoventilation (> 50 / > 60 mmHg) and apnoea or disconnection (< 5 mmHg for 20 s).
+    "opioid": {
+        "thresholds": {
+            "rr": {"low": {"warn": 10, "crit": 8}},
+            "spo2": {"low": {"warn": 92, "crit": 88}},
+            "etco2": {
+                "low": {"crit": 5},
+                "high": {"warn": 50, "crit": 60},
+                "delay_s": 20,
+                "clear_band": 2,
+            },
+        },
+    },
+}
+
+
+class ProfileConfig(_Model):
+    """A named set of limits for a kind of patient, mounted at ``profiles.<name>``::
+
+        profiles:
+          copd:
+            thresholds:
+              spo2: {low: {warn: 87, crit: 84}}   # replaces copd's spo2.low
+          cardiac:                              # a new profile
+            thresholds:
+              hr: {low: {warn: 45, crit: 35}}
+
+    ``thresholds`` override ``rules.thresholds`` per vital and key, exactly as
+    ``rules.thresholds`` overrides the defaults (``null`` switches a vital off).
+    """
+
+    thresholds: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    #: NEWS2 SpO2 scale of beds with this profile (null: ``rules.news2.scale``).
+    news2_scale: Literal[1, 2] | None = None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _known_vitals(v)
+        return v
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A profile resolved against ``rules``: the limits its beds are evaluated with."""
+
+    name: str
+    thresholds: dict[str, ThresholdConfig]
+    news2_scale: Literal[1, 2]
+
+
 class BedConfig(_Model):
-    #: Limits profile of the bed (profiles beyond the default arrive with a later release).
-    profile: Literal["adult"] = "adult"
+    #: Limits profile of the bed: ``adult``, ``copd``, ``opioid`` or one under ``profiles``.
+    profile: str = "adult"
 
 
 def _default_store() -> list[StoreConfig]:
@@ -664,8 +774,11 @@ class Config(_Model):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
-    #: Beds expected to send data, keyed ``ward/bed`` (``icu/7``): a bed listed here that
-    #: never sends anything raises ``device.stale`` after ``rules.stale_after_s``.
+    #: Limits per kind of patient, merged over the built-in ``adult``/``copd``/``opioid``.
+    profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
+    #: Beds expected to send data, keyed ``ward/bed`` (``icu/7``), with their profile: a
+    #: bed listed here that never sends anything raises ``device.stale`` after
+    #: ``rules.stale_after_s``.
     beds: dict[str, BedConfig] = Field(default_factory=dict)
     #: Spool for store-and-forward when ``store`` has no sqlite sink.
     spool_path: str = "/var/lib/vitalmon/spool.db"
@@ -694,6 +807,70 @@ class Config(_Model):
         if bad:
             raise ValueError(f"bed keys are ward/bed, e.g. icu/7: not {bad}")
         return v
+
+    @model_validator(mode="after")
+    def _profiles_resolve(self) -> Config:
+        errors = self.resolve_profiles()[1]
+        for key, bed in self.beds.items():
+            if bed.profile not in self.profile_names:
+                errors.append(
+                    f"beds.{key}.profile: unknown profile {bed.profile!r} "
+                    f"(known: {', '.join(sorted(self.profile_names))})"
+                )
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    @property
+    def profile_names(self) -> set[str]:
+        return set(BUILTIN_PROFILES) | set(self.profiles)
+
+    def resolve_profiles(self) -> tuple[dict[str, Profile], list[str]]:
+        """Every profile's effective limits (``rules.thresholds`` <- built-in <- config);
+        -> (profiles, errors with their key paths)."""
+        out: dict[str, Profile] = {}
+        errors: list[str] = []
+        base = {v: tc.model_dump(exclude_unset=False) for v, tc in self.rules.thresholds.items()}
+        for name in sorted(self.profile_names):
+            builtin = BUILTIN_PROFILES.get(name, {})
+            given = self.profiles.get(name)
+            merged: dict[str, Any] = {v: dict(d) for v, d in base.items()}
+            layers = [builtin.get("thresholds", {})]
+            if given is not None:
+                layers.append(given.thresholds)
+            for layer in layers:
+                for vital, over in layer.items():
+                    if over is None:
+                        merged[vital] = {"enabled": False}
+                    else:
+                        merged[vital] = {**merged.get(vital, {}), **over}
+            thresholds: dict[str, ThresholdConfig] = {}
+            for vital, data in merged.items():
+                try:
+                    thresholds[vital] = ThresholdConfig.model_validate(data)
+                except ValidationError as exc:
+                    for err in exc.errors():
+                        where = _join(f"profiles.{name}.thresholds.{vital}", _loc(err["loc"]))
+                        where = where.removesuffix(".<root>")
+                        errors.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+            longest = max((t.delay_s for t in thresholds.values() if t.enabled), default=0.0)
+            if longest + self.rules.max_gap_s > self.rules.window_s:
+                errors.append(
+                    f"profiles.{name}.thresholds: rules.window_s ({self.rules.window_s:g}) must "
+                    f"cover the longest delay_s ({longest:g}) plus rules.max_gap_s "
+                    f"({self.rules.max_gap_s:g})"
+                )
+            scale = given.news2_scale if given and given.news2_scale else None
+            scale = scale or builtin.get("news2_scale") or self.rules.news2.scale
+            out[name] = Profile(name, thresholds, scale)
+        return out, errors
+
+    def bed_profiles(self) -> dict[tuple[str, str], str]:
+        """``beds`` as (ward, bed) -> profile name."""
+        return {(k.split("/")[0], k.split("/")[1]): b.profile for k, b in self.beds.items()}
+
+    def beds_keys(self) -> set[tuple[str, str]]:
+        return set(self.expected_beds)
 
     @property
     def expected_beds(self) -> list[tuple[str, str]]:
@@ -798,6 +975,9 @@ def parse(data: Any, env: Mapping[str, str] | None = None) -> Config:
     except ValidationError as exc:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
+            if not err["loc"] and msg.startswith(("profiles.", "beds.")):
+                errors.extend(msg.splitlines())  # cross-section checks name their own paths
+                continue
             errors.append(f"{_loc(err['loc'])}: {msg}")
         raise ConfigError(errors) from None
     if errors:

@@ -6,6 +6,12 @@ way: sources stop taking input, the engine drains its queue, sinks write what th
 accepted, pending alerts are confirmed by the broker, then the client says ``offline``
 and disconnects. Signal handlers only set an event; a second SIGINT/SIGTERM forces
 the exit.
+
+SIGHUP reloads the configuration file: it is validated completely first, and an invalid
+one is refused with every error logged, the running one kept. A valid one applies its
+rules, profiles, beds and alert settings at once, keeping windows, active alerts,
+acknowledgements, admissions and pauses; sections that need a restart (mqtt, sources,
+store, engine) are reported and left as they were.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import signal
 import sqlite3
 import time
 
-from monitor.config import Config
+from monitor.config import Config, ConfigError, load
 from monitor.engine import Engine
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.system import SYSTEM_WARD, SystemAlarms
@@ -41,9 +47,16 @@ HEARTBEAT_S = 1.0
 SUMMARY_EVERY_S = 300.0
 
 
+#: Sections a reload cannot change in a running daemon (connections, files, queues).
+RESTART_SECTIONS = ("mqtt", "sources", "store", "engine", "spool_path")
+
+
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_path: str | None = None,
+                 log_level: str | None = None) -> None:  # fmt: skip
         self.cfg = cfg
+        self.config_path = config_path
+        self._log_override = log_level
         self.client = Client(cfg.mqtt)
         self.deadletters = DeadLetters(
             lambda topic, payload: self.client.publish(topic, payload, qos=0)
@@ -61,20 +74,25 @@ class Daemon:
         ]  # fmt: skip
         self.lifecycle = Lifecycle(cfg.alerts)
         self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal,
-                             lifecycle=self.lifecycle)  # fmt: skip
+                             lifecycle=self.lifecycle, profiles=cfg.resolve_profiles()[0],
+                             beds=cfg.bed_profiles())  # fmt: skip
         self.engine.score_sink = self.alert_sink
         self.staleness = Staleness(cfg.rules.stale_after_s, cfg.expected_beds, time.time())
         self.engine.staleness = self.staleness
         self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
-        self.sources.append(
-            CommandSource(self.client, self.lifecycle, pauses=self.alert_sink,
-                          audit=self.journal.write_audit, pause_max_s=cfg.alerts.pause_max_s)
+        self.commands = CommandSource(
+            self.client, self.lifecycle, pauses=self.alert_sink, audit=self.journal.write_audit,
+            pause_max_s=cfg.alerts.pause_max_s, beds=self.engine, store=self.journal,
         )  # fmt: skip
+        self.sources.append(self.commands)
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
         self.journal.on_condition = self._condition
         for fwd in self.forwarders:
             fwd.on_condition = self._condition
         self.should_exit = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        #: Set after each SIGHUP has been handled (tests and systemd wait on it).
+        self.reloaded = asyncio.Event()
         self.started = asyncio.Event()
         self._forced = asyncio.Event()
         self._signals = 0
@@ -109,10 +127,15 @@ class Daemon:
             log.info("%s: shutting down", signal.Signals(sig).name)
         self.should_exit.set()
 
+    def handle_reload(self) -> None:
+        """SIGHUP: only sets a flag; the main loop reloads."""
+        self.reload_requested.set()
+
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.handle_reload)
 
     # --------------------------------------------------------------------- serve
 
@@ -125,7 +148,7 @@ class Daemon:
                 await self.shutdown(tasks)
         finally:
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     async def startup(self, tg: asyncio.TaskGroup) -> dict[str, list[asyncio.Task[None]]]:
@@ -133,7 +156,14 @@ class Daemon:
             await sink.open()
         for fwd in self.forwarders:
             await fwd.open()
-        # alerts open at the last stop go on (and resolve) in this run
+        # admitted beds (and their profiles), then alerts open at the last stop: they go
+        # on (and resolve) in this run
+        admissions = await self.journal.admissions()
+        self.engine.restore_admissions(admissions)
+        for a in admissions:
+            self.staleness.expect(a.ward, a.bed, time.time())
+        if admissions:
+            log.info("%d admitted bed(s) carried over", len(admissions))
         still_open = await self.journal.active_alerts()
         closed = self.engine.restore(still_open)
         carried = [e for e in still_open if e not in closed and e.ward != SYSTEM_WARD]
@@ -166,6 +196,10 @@ class Daemon:
         while not self.should_exit.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_S)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                await self.reload()
+                self.reloaded.set()
             self.alert_sink.tick(time.time())  # pauses that have ended
             due = self.lifecycle.tick()  # escalations, re-notifications
             if self.client.connected.is_set():
@@ -183,6 +217,43 @@ class Daemon:
             if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
                 last_summary = time.monotonic()
                 log.info("%s", self.summary())
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply what can change while running."""
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to reload (started without one)")
+            return False
+        try:
+            new = load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration is kept; %d error(s) in %s:",
+                      len(exc.errors), self.config_path)  # fmt: skip
+            for err in exc.errors:
+                log.error("  %s", err)
+            return False
+        old = self.cfg
+        stuck = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(old, s)]
+        if stuck:
+            log.warning("reload: %s changed; that takes a restart (kept as running)",
+                        ", ".join(stuck))  # fmt: skip
+        applied = new.model_copy(update={s: getattr(old, s) for s in RESTART_SECTIONS})
+        profiles, _errors = applied.resolve_profiles()
+        events = self.engine.reconfigure(applied.rules, profiles, applied.bed_profiles())
+        for ward, bed in applied.expected_beds:
+            if (ward, bed) not in old.beds_keys():
+                self.staleness.expect(ward, bed, time.time())
+        self.lifecycle.cfg = applied.alerts
+        self.alert_sink.cfg = applied.alerts
+        self.alert_sink.score_topic = applied.rules.news2.topic
+        self.commands.pause_max_s = applied.alerts.pause_max_s
+        level = self._log_override or applied.log.level
+        logging.getLogger().setLevel(getattr(logging, level.upper()))
+        self.cfg = applied
+        if events:
+            await self.engine.put(Batch([], events=[self.lifecycle.observe(e) for e in events]))
+        log.info("reloaded %s: rules, profiles, beds and alerts applied (%d alert(s) closed "
+                 "by the change)", self.config_path, len(events))  # fmt: skip
+        return True
 
     def metrics(self) -> dict[str, float]:
         """Counters of the path (the ops issue exports them; the log prints them now)."""
@@ -254,9 +325,10 @@ class Daemon:
             await asyncio.wait(pending)
 
 
-def run(cfg: Config) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
-    daemon = Daemon(cfg)
+def run(cfg: Config, config_path: str | None = None, log_level: str | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT (SIGHUP reloads ``config_path``); returns the
+    process exit code."""
+    daemon = Daemon(cfg, config_path, log_level)
     failed: list[BaseException] = []
     try:
         asyncio.run(daemon.serve())

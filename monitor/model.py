@@ -76,6 +76,59 @@ class Reading:
     patient: str | None = None
 
 
+#: Conditions a device reports about its own sensor and signal (``"status"`` of a reading
+#: object, serial devices' exception bits) -> technical alarms (``kind: "technical"``).
+#: Flag -> (alarm rule, priority, message, whether values cannot be measured meanwhile).
+DEVICE_FLAGS: Final[dict[str, tuple[str, str, str, bool]]] = {
+    "sensor_off": ("sensor.off", "medium", "sensor off the patient", True),
+    "no_sensor": ("sensor.none", "medium", "no sensor connected", True),
+    "sensor_fault": ("sensor.fault", "medium", "sensor or cable fault", True),
+    "searching": ("sensor.searching", "low", "searching for a pulse", True),
+    "low_perfusion": ("signal.low_perfusion", "low", "low perfusion", False),
+    "low_signal": ("signal.low_quality", "low", "low signal quality", False),
+    "motion": ("signal.motion", "low", "motion artefact", False),
+    "interference": ("signal.interference", "low", "interference", False),
+    "alarms_off": ("device.alarms_off", "low", "device alarms switched off at the bedside", False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """What a device says about itself at one instant: the full set of its flags.
+
+    ``flags`` (keys of :data:`DEVICE_FLAGS`) replaces the device's previous set: a flag
+    absent from a later status is over. An empty set means "all clear".
+    """
+
+    ts: float
+    ward: str
+    bed: str
+    device: str
+    flags: frozenset[str]
+    patient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A bed's occupant: from ``vitalmon/cmd/admit``, kept until ``vitalmon/cmd/discharge``."""
+
+    ward: str
+    bed: str
+    patient: str
+    #: Limits profile; None: the bed's profile from the config (``beds``), else ``adult``.
+    profile: str | None
+    at: float  #: wall clock of the admission
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class BedCommand:
+    """Admit or discharge, on its way through the engine's queue (in order with readings)."""
+
+    action: str  #: "admit" | "discharge"
+    admission: Admission
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Input that was refused, with the reason (a short fixed cause) and details."""

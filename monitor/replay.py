@@ -3,11 +3,11 @@
 A recording (one bed) is read into :class:`~monitor.model.Reading` objects, fed in
 event-time order through :class:`~monitor.engine.Engine` with the configured rules, and
 also through a **naive monitor**: the same limits with every ``delay_s`` and
-``clear_band`` set to 0 (an alarm on every single reading beyond a limit, cleared by the
-first reading back within it). The report lists vitalmon's alert events and compares
-the two: alerts raised by priority, alarm burden (alerts raised per patient-hour) and
-time in alarm. Artefact handling is not part of either yet: vitalmon's artefact rules
-come with a later release, so today the difference is delay and hysteresis only.
+``clear_band`` set to 0 and ``confirm`` 1 (an alarm on every single reading beyond a
+limit, artefacts included, cleared by the first reading back within it), no trend rules
+and no flapping detection. The report lists vitalmon's alert events and compares the
+two: alerts raised by priority, alarm burden (alerts raised per patient-hour) and time
+in alarm.
 
 Input: a CSV with a ``time_s`` column (seconds from the start of the recording) and one
 column per numeric. :data:`DEFAULT_MAP` maps the MIMIC-II numerics names:
@@ -306,13 +306,15 @@ def fit_rules(rules: RulesConfig, interval_s: float) -> tuple[RulesConfig, str |
 
 
 def naive_rules(rules: RulesConfig) -> RulesConfig:
-    """The same limits with no condition delay and no hysteresis, and no trend rules:
-    what a plain threshold monitor does."""
+    """The same limits with no condition delay, no hysteresis, no artefact rejection, no
+    trend rules and no flapping detection: what a plain threshold monitor does."""
     data = rules.model_dump()
     for tc in data["thresholds"].values():
         tc["delay_s"] = 0.0
         tc["clear_band"] = 0.0
+        tc["confirm"] = 1  # no artefact rejection
     data["trends"]["enabled"] = False
+    data["flapping"]["enabled"] = False
     return RulesConfig.model_validate(data)
 
 
@@ -566,8 +568,8 @@ def summary_lines(report: Report) -> list[str]:
             lines.append(f"{r:<{w}} {v['by_rule'].get(r, 0):>10} {n['by_rule'].get(r, 0):>10}")
     lines.append("")
     lines.append(
-        "naive: the same limits with delay_s 0 and clear_band 0, no trend rules. "
-        "Neither has artefact handling yet (it comes with later rules)."
+        "naive: the same limits with delay_s 0, clear_band 0 and confirm 1 (no artefact "
+        "rejection), no trend rules, no flapping detection."
     )
     return lines
 

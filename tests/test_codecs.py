@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import DEFAULT_ALIASES
-from monitor.model import VITALS, Reading
-from monitor.sources.codecs import CAUSES, Decoded, Limits, Origin, decode
+from monitor.model import DEVICE_FLAGS, VITALS, DeviceStatus, Reading
+from monitor.sources.codecs import CAUSES, Decoded, Limits, Origin, decode, parse_status
 
 NOW = 1764324000.0  # 2025-11-28T10:00:00Z
 ORIGIN = Origin("vitals/icu/7/mon1", "icu", "7", "mon1")
@@ -506,6 +506,8 @@ def test_every_decode_cause_is_documented_and_covered():
         [{"n": "temp", "u": "mmHg", "v": 37}],
         {"hr": 1, "device": 3},
         {},
+        {"status": 5},
+        {"status": "sensor_off", "hr": 1},
     ]
     seen = {c for p in payloads for c in causes(dec(p))}
     assert seen == DECODE_CAUSES
@@ -680,3 +682,168 @@ def test_every_vital_field_is_accounted_for(obj: dict[str, Any]):
     has_empty = "empty" in causes(d)
     assert has_empty == (not vital_fields)
     assert len(d.rejections) == len(per_field) + len(unknown) + has_empty
+
+
+# ------------------------------------------------------------ device-reported status
+
+#: Flags under which a device cannot measure (DEVICE_FLAGS' 4th element).
+BLIND = sorted(f for f, entry in DEVICE_FLAGS.items() if entry[3])
+SIGNAL = sorted(f for f, entry in DEVICE_FLAGS.items() if not entry[3])
+
+
+def statuses(d: Decoded) -> list[tuple[float, str, frozenset[str], str | None]]:
+    return [(s.ts, s.device, s.flags, s.patient) for s in d.statuses]
+
+
+@pytest.mark.parametrize(
+    ("status", "flags"),
+    [
+        ("sensor_off", {"sensor_off"}),
+        ("SENSOR_OFF", {"sensor_off"}),
+        (" Searching ", {"searching"}),
+        (["low_perfusion", "Motion"], {"low_perfusion", "motion"}),
+        (["motion", "motion"], {"motion"}),
+        ("ok", set()),
+        ("OK", set()),
+        (["ok"], set()),
+        ([], set()),
+    ],
+)
+def test_status_forms(status: Any, flags: set[str]) -> None:
+    d = dec({"ts": NOW - 1, "status": status, "patient": "p1"})
+    assert d.rejections == []  # a status alone is a valid object, not "empty"
+    assert d.readings == []
+    assert d.statuses == [DeviceStatus(NOW - 1, "icu", "7", "mon1", frozenset(flags), "p1")]
+
+
+def test_status_without_ts_uses_receive_time_and_device_override() -> None:
+    d = dec({"status": "no_sensor", "device": "masimo-1"})
+    assert statuses(d) == [(NOW, "masimo-1", frozenset({"no_sensor"}), None)]
+
+
+@pytest.mark.parametrize(
+    ("status", "detail"),
+    [
+        ("sensor_of", "'sensor_of'"),
+        (["motion", "lead_off"], "'lead_off'"),
+        ("", "''"),
+        (5, "int"),
+        (1.5, "float"),
+        (True, "bool"),
+        (None, "NoneType"),
+        ({"sensor_off": True}, "dict"),
+        (["motion", 3], "int"),
+        ([["motion"]], "list"),
+        (["ok", "motion"], "'ok'"),
+    ],
+)
+def test_bad_status_is_refused_as_a_whole_and_the_vitals_kept(status: Any, detail: str) -> None:
+    d = dec({"status": status, "hr": 72})
+    assert causes(d) == ["bad_status"]
+    assert detail in d.rejections[0].detail
+    assert d.statuses == []
+    assert by_vital(d) == {"hr": 72}
+
+
+def test_unknown_flag_detail_lists_the_known_ones() -> None:
+    (rej,) = dec({"status": ["sensor_off", "lead_off"]}).rejections
+    assert rej.cause == "bad_status"
+    assert "'lead_off'" in rej.detail
+    for flag in ["ok", *DEVICE_FLAGS]:
+        assert flag in rej.detail
+
+
+def test_bad_status_alone_is_one_rejection_not_also_empty() -> None:
+    assert causes(dec({"status": 7})) == ["bad_status"]
+
+
+@pytest.mark.parametrize("flag", BLIND)
+def test_values_sent_under_a_no_measurement_flag_are_refused(flag: str) -> None:
+    # whatever the value: devices send 0, -1, null or stale values while the sensor is off
+    d = dec({"ts": NOW, "status": [flag, "motion"], "spo2": 0, "hr": -1, "rr": "x", "foo": 1})
+    assert d.readings == []
+    assert sorted(causes(d)) == ["sensor_flag", "sensor_flag", "sensor_flag", "unknown_vital"]
+    assert all(flag in r.detail for r in d.rejections if r.cause == "sensor_flag")
+    assert statuses(d) == [(NOW, "mon1", frozenset({flag, "motion"}), None)]
+
+
+@pytest.mark.parametrize("flag", SIGNAL)
+def test_values_sent_under_a_signal_quality_flag_are_kept(flag: str) -> None:
+    d = dec({"ts": NOW, "status": flag, "spo2": 91, "hr": 400})
+    assert by_vital(d) == {"spo2": 91}
+    assert causes(d) == ["implausible"]
+    assert statuses(d) == [(NOW, "mon1", frozenset({flag}), None)]
+
+
+def test_status_in_a_batch_applies_to_its_own_object_only() -> None:
+    d = dec(
+        [
+            {"ts": NOW - 1, "status": "ok", "spo2": 97},
+            {"ts": NOW - 3, "status": "sensor_off", "spo2": 0},
+            {"ts": NOW - 2, "spo2": 96},
+        ]
+    )
+    assert [(r.ts, r.value) for r in d.readings] == [(NOW - 1, 97), (NOW - 2, 96)]
+    assert causes(d) == ["sensor_flag"]
+    # statuses come out in event-time order, whatever the payload's order
+    assert [(s.ts, s.flags) for s in d.statuses] == [
+        (NOW - 3, frozenset({"sensor_off"})),
+        (NOW - 1, frozenset()),
+    ]
+
+
+def test_status_object_with_bad_ts_is_refused_once() -> None:
+    d = dec({"ts": "yesterday", "status": "sensor_off"})
+    assert causes(d) == ["bad_ts"]
+    assert d.statuses == []
+
+
+def test_senml_has_no_status() -> None:
+    d = dec([{"bn": "urn:dev:x:", "bt": NOW}, {"n": "status", "vs": "sensor_off"}])
+    assert d.statuses == []
+
+
+status_values = (
+    json_values
+    | st.sampled_from(["ok", "OK", *DEVICE_FLAGS, *(f.upper() for f in DEVICE_FLAGS)])
+    | st.lists(st.sampled_from(["ok", *DEVICE_FLAGS]) | st.text(max_size=12), max_size=5)
+)
+
+
+@PROPS
+@given(status_values, st.dictionaries(st.sampled_from(sorted(VITALS)), field_values, max_size=3))
+def test_decode_never_raises_on_arbitrary_status(status: Any, vitals: dict[str, Any]) -> None:
+    obj = {"ts": NOW, "status": status, **vitals}
+    d = dec(json.dumps(obj))
+    _check_invariants(d)
+    flags, _detail = parse_status(status)
+    if flags is None:
+        assert d.statuses == []
+        assert causes(d).count("bad_status") == 1
+    else:
+        assert statuses(d) == [(NOW, "mon1", flags, None)]
+        assert "bad_status" not in causes(d)
+    blind = flags is not None and any(DEVICE_FLAGS[f][3] for f in flags)
+    if blind:
+        assert d.readings == []
+        assert causes(d).count("sensor_flag") == len(vitals)
+    else:
+        assert "sensor_flag" not in causes(d)
+    assert "empty" not in causes(d)
+
+
+@PROPS
+@given(
+    st.lists(st.sampled_from(sorted(DEVICE_FLAGS)), unique=True, max_size=len(DEVICE_FLAGS)),
+    st.sampled_from([str.lower, str.upper, str.title]),
+    st.booleans(),
+    st.integers(0, 120),
+)
+def test_valid_flags_round_trip(flags: list[str], case: Any, as_list: bool, hr: int) -> None:
+    raw: Any = [case(f) for f in flags] if as_list or len(flags) != 1 else case(flags[0])
+    d = dec({"ts": NOW - 5, "status": raw or "ok", "hr": hr})
+    assert statuses(d) == [(NOW - 5, "mon1", frozenset(flags), None)]
+    if any(DEVICE_FLAGS[f][3] for f in flags):
+        assert (d.readings, causes(d)) == ([], ["sensor_flag"])
+    else:
+        assert (by_vital(d), d.rejections) == ({"hr": hr}, [])

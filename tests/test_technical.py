@@ -70,3 +70,27 @@ def test_grace_after_the_broker_was_unreachable_avoids_a_storm():
     s.grace(100.0)  # we were cut off until 100: nobody is stale yet
     assert s.check(129.0) == []
     assert len(s.check(130.0)) == 2
+
+
+def test_device_reported_sensor_off_over_mqtt(daemon, subscribe, publisher):
+    """1. the oximeter says sensor_off (its spo2 in the same object is refused, not
+    alarmed); 2. the same status again raises nothing more; 3. values again resolve it;
+    4. low_perfusion alongside values is a low-priority technical alarm of its own."""
+    daemon()
+    alerts = subscribe("alerts/#")
+    dead = subscribe("vitalmon/deadletter")
+    now = time.time()
+    publisher.publish("vitals/icu/22/ox", {"ts": now - 10, "status": "sensor_off", "spo2": 0})
+    publisher.publish("vitals/icu/22/ox", {"ts": now - 9, "status": ["sensor_off"]})
+    raised = wait_for(alerts.json, 5, "sensor.off")
+    assert [(a["rule"], a["kind"], a["priority"], a["state"]) for a in raised] == [
+        ("sensor.off", "technical", "medium", "active")]  # fmt: skip
+    assert [d["reason"] for d in wait_for(dead.json, 5, "refused value")] == ["sensor_flag"]
+    publisher.publish("vitals/icu/22/ox", {"ts": now - 8, "spo2": 97, "hr": 70})
+    publisher.publish("vitals/icu/22/ox", {"ts": now - 7, "spo2": 97, "status": "low_perfusion"})
+    events = wait_for(lambda: len(alerts.json()) >= 3 and alerts.json(), 5, "three events")
+    assert [(a["rule"], a["state"]) for a in events] == [
+        ("sensor.off", "active"), ("sensor.off", "resolved"),
+        ("signal.low_perfusion", "active")]  # fmt: skip
+    assert events[1]["id"] == events[0]["id"]
+    assert events[2]["priority"] == "low"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from monitor.config import RulesConfig
 from monitor.engine import Engine
 from monitor.engine.threshold import SeriesKey, ThresholdRule
-from monitor.model import AlertEvent, AlertState, Priority, Reading
+from monitor.model import VITALS, AlertEvent, AlertState, Priority, Reading
 
 T0 = 1764324000.0  # 2025-11-28T10:00:00Z
 ACTIVE, RESOLVED = AlertState.ACTIVE, AlertState.RESOLVED
@@ -262,8 +262,53 @@ def test_disabled_threshold_and_vital_without_rules():
 
 
 def test_custom_thresholds_merge_with_defaults():
-    cfg = rules({"spo2": {"delay_s": 0}})
-    assert summary(run(series("spo2", [(0, 97), (1, 84)]), cfg)) == [(1, "active", "high", 1)]
+    cfg = rules({"spo2": {"delay_s": 0}})  # keeps the limits; confirm stays 2 (continuous)
+    pts = [(0, 97), (1, 84), (2, 84)]
+    assert summary(run(series("spo2", pts), cfg)) == [(2, "active", "high", 1)]
+    cfg = rules({"spo2": {"delay_s": 0, "confirm": 1}})
+    assert summary(run(series("spo2", pts), cfg)) == [(1, "active", "high", 1)]
+
+
+def test_single_reading_spike_between_normal_neighbours_never_alarms():
+    # delay_s 0 leaves the artefact rule alone to hold it back: HR 200 for one reading
+    cfg = rules({"hr": {"delay_s": 0}})
+    assert run(series("hr", [(0, 80), (1, 200), (2, 80), (3, 81)]), cfg) == []
+    # two consecutive readings are a measurement, not an artefact
+    got = run(series("hr", [(0, 80), (1, 200), (2, 200), (3, 80)]), cfg)
+    assert summary(got) == [(2, "active", "high", 1), (3, "resolved", "high", 2)]
+
+
+def test_spot_measurements_alarm_on_one_reading():
+    # an NIBP cuff reading is one validated measurement: no second cycle awaited
+    got = run(series("sbp", [(0, 120), (900, 75)]))
+    assert summary(got) == [(900, "active", "high", 1)]
+    cfg = rules({"sbp": {"confirm": 2}})
+    assert run(series("sbp", [(0, 120), (900, 75)]), cfg) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["hr", "spo2", "rr", "map"]),
+    st.lists(st.floats(0, 350), min_size=1, max_size=3),
+    st.integers(3, 40),
+    st.integers(3, 40),
+)
+def test_property_no_physiological_alarm_from_one_spike(vital, spikes, before, after):
+    # any single reading, whatever its value, between normal neighbours (1 s apart),
+    # repeated several times: no threshold alarm, for every default continuous vital
+    normal = {"hr": 80.0, "spo2": 97.0, "rr": 14.0, "map": 85.0}[vital]
+    lo, hi = VITALS[vital][1], VITALS[vital][2]
+    pts: list[tuple[float, float]] = []
+    t = 0
+    for spike in spikes:
+        for _ in range(before):
+            pts.append((t, normal))
+            t += 1
+        pts.append((t, min(max(spike, lo), hi)))
+        t += 1
+    pts += [(t + i, normal) for i in range(after)]
+    cfg = rules({vital: {"delay_s": 0}})  # the delay would hide it anyway: test the rule
+    assert [e for e in run(series(vital, pts), cfg) if e.kind == "physiological"] == []
 
 
 def test_out_of_order_reading_within_max_lag_is_inserted():
@@ -385,6 +430,7 @@ class Side:
     delay: float
     band: float
     max_gap: float
+    confirm: int = 2
 
     def beyond(self, level: int, v: float) -> bool:
         lim = self.limits[level]
@@ -414,7 +460,7 @@ def reference(side: Side, pts: Sequence[tuple[float, float]]) -> list[tuple[Any,
                 break
             j -= 1
             reached = reached or pts[k][0] - pts[j][0] >= side.delay
-        return j if reached else None
+        return j if reached and k - j + 1 >= side.confirm else None
 
     prio = {1: "medium", 2: "high"}
     entry = side.limits[min(side.limits)]
@@ -480,6 +526,7 @@ def hr_configs(draw: st.DrawFn) -> dict[str, Any]:
         "high": high,
         "delay_s": draw(st.sampled_from([0, 0.5, 1, 2.5, 5, 10, 15, 30])),
         "clear_band": draw(st.sampled_from([0, 0.5, 2, 5])),
+        "confirm": draw(st.sampled_from([None, 1, 2, 3])),
     }
 
 
@@ -526,7 +573,10 @@ def sides(cfg: dict[str, Any], max_gap: float) -> dict[str, Side]:
         lv = cfg[name]
         if lv is not None:
             limits = {lvl: float(lv[k]) for lvl, k in ((1, "warn"), (2, "crit")) if k in lv}
-            out[f"hr.{name}"] = Side(name, limits, cfg["delay_s"], cfg["clear_band"], max_gap)
+            confirm = cfg["confirm"] or 2  # hr is measured continuously: 2 by default
+            out[f"hr.{name}"] = Side(
+                name, limits, cfg["delay_s"], cfg["clear_band"], max_gap, confirm
+            )
     return out
 
 

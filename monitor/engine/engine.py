@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
-from monitor.config import RulesConfig
+from monitor.config import Profile, RulesConfig
+from monitor.engine.flapping import Flapping
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.score import RULE as NEWS2_RULE
 from monitor.engine.score import News2Scores, ScoreUpdate
+from monitor.engine.sensor import SensorState
 from monitor.engine.technical import Staleness
-from monitor.engine.threshold import Active, SeriesKey, ThresholdRule
+from monitor.engine.threshold import PRIORITY, Active, SeriesKey, ThresholdRule
 from monitor.engine.trend import TrendRule, build_trend_rules
 from monitor.engine.window import Window
-from monitor.model import AlertEvent, AlertState, Priority, Reading
+from monitor.model import Admission, AlertEvent, AlertState, BedCommand, Priority, Reading
 from monitor.queues import put_end
 from monitor.sinks import Sink
 from monitor.sources import Batch
@@ -42,13 +46,19 @@ class ScoreSink(Protocol):
     async def write_scores(self, updates: list[ScoreUpdate]) -> None: ...
 
 
-class _Series:
-    __slots__ = ("active", "next_eval", "window")
+Rule = ThresholdRule | TrendRule
+#: Profile of a bed nobody assigned one to.
+DEFAULT_PROFILE = "adult"
 
-    def __init__(self, span_s: float, rules: int) -> None:
+
+class _Series:
+    __slots__ = ("active", "next_eval", "rules", "window")
+
+    def __init__(self, span_s: float, rules: list[Rule]) -> None:
         self.window = Window(span_s)
-        self.active: list[Active | None] = [None] * rules
-        self.next_eval: list[float] = [float("-inf")] * rules  #: throttled (trend) rules
+        self.rules = rules  #: the rules of the bed's profile for this vital
+        self.active: list[Active | None] = [None] * len(rules)
+        self.next_eval: list[float] = [float("-inf")] * len(rules)  #: throttled (trend) rules
 
 
 class Engine:
@@ -59,32 +69,75 @@ class Engine:
         queue_size: int = 10_000,
         durable: Sink | None = None,
         lifecycle: Lifecycle | None = None,
+        profiles: Mapping[str, Profile] | None = None,
+        beds: Mapping[tuple[str, str], str] | None = None,
     ) -> None:
-        self.cfg = rules
         self.sinks = list(sinks)
         #: The sink whose commit releases a batch at its origin (the journal).
         self.durable = durable
         #: Acknowledge / escalate / re-notify; rule events pass through it on their way out.
         self.lifecycle = lifecycle
         self.scores = News2Scores(rules.news2)
+        #: A rule raising and clearing over and over becomes one ``flapping`` alert.
+        self.flapping = Flapping(rules.flapping)
+        #: Device-reported sensor/signal flags -> technical alarms.
+        self.sensors = SensorState()
         #: Where changed NEWS2 scores go (the MQTT publisher: retained score topic).
         self.score_sink: ScoreSink | None = None
         #: Silence per device (wall clock of arrival); set by the daemon.
         self.staleness: Staleness | None = None
         self._score_updates: list[ScoreUpdate] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
-        self.rules: dict[str, list[ThresholdRule | TrendRule]] = {
-            vital: list(ThresholdRule.from_config(vital, tc, rules.max_gap_s))
-            for vital, tc in rules.thresholds.items()
-        }
-        for vital, trend_rules in build_trend_rules(rules.trends).items():
-            self.rules.setdefault(vital, []).extend(trend_rules)
-        #: Event time each vital's window keeps: long enough for its slowest rule.
-        self.span_s = {
-            vital: max(rules.window_s, rules.trends.needs_s(vital)) for vital in self.rules
-        }
         self.series: dict[SeriesKey, _Series] = {}
         self.counts: Counter[str] = Counter()
+        #: (ward, bed) -> profile name, for beds not on the default profile.
+        self.bed_profile: dict[tuple[str, str], str] = {}
+        #: (ward, bed) -> profile from the config's ``beds``.
+        self.config_beds: dict[tuple[str, str], str] = dict(beds or {})
+        #: (ward, bed) -> admission (``vitalmon/cmd/admit``) until discharged.
+        self.admissions: dict[tuple[str, str], Admission] = {}
+        #: (ward, bed) -> admitted patient id (alerts carry it when readings do not).
+        self.patients: dict[tuple[str, str], str] = {}
+        self._configure(rules, profiles)
+        for ward, bed in self.config_beds:
+            self._assign(ward, bed, None)
+
+    def _configure(self, rules: RulesConfig, profiles: Mapping[str, Profile] | None) -> None:
+        """Build every profile's rules from ``rules`` (and ``profiles``: the effective
+        limits per profile, see :meth:`Config.resolve_profiles`)."""
+        self.cfg = rules
+        if not profiles:
+            profiles = {DEFAULT_PROFILE: Profile(DEFAULT_PROFILE, dict(rules.thresholds),
+                                                 rules.news2.scale)}  # fmt: skip
+        self.profiles = dict(profiles)
+        trends = build_trend_rules(rules.trends)
+        self.rulesets: dict[str, dict[str, list[Rule]]] = {}
+        for name, profile in self.profiles.items():
+            ruleset: dict[str, list[Rule]] = {
+                vital: list(ThresholdRule.from_config(vital, tc, rules.max_gap_s))
+                for vital, tc in profile.thresholds.items()
+            }
+            for vital, trend_rules in trends.items():
+                ruleset.setdefault(vital, []).extend(trend_rules)
+            self.rulesets[name] = ruleset
+        #: The default profile's rules per vital.
+        self.rules = self.rulesets.get(DEFAULT_PROFILE) or next(iter(self.rulesets.values()))
+        #: Event time each vital's window keeps: long enough for its slowest rule.
+        self.span_s = {
+            vital: max(rules.window_s, rules.trends.needs_s(vital))
+            for ruleset in self.rulesets.values()
+            for vital in ruleset
+        }
+
+    def ruleset(self, ward: str, bed: str) -> dict[str, list[Rule]]:
+        name = self.bed_profile.get((ward, bed), DEFAULT_PROFILE)
+        return self.rulesets.get(name, self.rules)
+
+    def _new_series(self, key: SeriesKey) -> _Series:
+        rules = self.ruleset(key.ward, key.bed).get(key.vital, [])
+        span = self.span_s.get(key.vital, self.cfg.window_s)
+        series = self.series[key] = _Series(span, rules)
+        return series
 
     def restore(self, alerts: Sequence[AlertEvent]) -> list[AlertEvent]:
         """Carry alerts that were active at the last stop into this run.
@@ -98,18 +151,20 @@ class Engine:
                 self.scores.restore(e)
                 continue
             key = SeriesKey(e.ward, e.bed, e.device, e.vital)
-            rules = self.rules.get(e.vital, [])
+            rules = self.ruleset(e.ward, e.bed).get(e.vital, [])
             index = next((i for i, r in enumerate(rules) if r.name == e.rule), None)
             if index is None:
                 e.seq += 1
                 e.state = AlertState.RESOLVED
                 e.message = f"{e.rule}: rule no longer configured; alarm closed at restart"
+                if e.rule.endswith(".flapping"):
+                    e.message = f"{e.rule}: flapping is judged afresh after a restart; closed"
+                elif e.kind == "technical":
+                    e.message = f"{e.rule}: judged afresh after a restart (raised again if the "\
+                                "condition persists)"  # fmt: skip
                 orphans.append(e)
                 continue
-            series = self.series.get(key)
-            if series is None:
-                span = self.span_s.get(e.vital, self.cfg.window_s)
-                series = self.series[key] = _Series(span, len(rules))
+            series = self.series.get(key) or self._new_series(key)
             levels = rules[index].limits
             level = 2 if e.priority == Priority.HIGH and 2 in levels else min(levels)
             series.active[index] = Active(e.id, level, e.started_at, e.seq, e.device, e.patient)
@@ -118,6 +173,149 @@ class Engine:
                 "carried over %d active alert(s) from the last run", len(alerts) - len(orphans)
             )
         return orphans
+
+    # ------------------------------------------------------------ beds, profiles
+
+    def _profile_of(self, ward: str, bed: str) -> str:
+        adm = self.admissions.get((ward, bed))
+        if adm is not None and adm.profile is not None:
+            return adm.profile
+        return self.config_beds.get((ward, bed), DEFAULT_PROFILE)
+
+    def _assign(self, ward: str, bed: str, at: float | None) -> list[AlertEvent]:
+        """Give the bed the rules and NEWS2 scale of its profile (admission, else config)."""
+        name = self._profile_of(ward, bed)
+        if name not in self.profiles:
+            log.warning("bed %s/%s: profile %r is no longer configured; using %s",
+                        ward, bed, name, DEFAULT_PROFILE)  # fmt: skip
+            name = DEFAULT_PROFILE
+        if name == DEFAULT_PROFILE:
+            self.bed_profile.pop((ward, bed), None)
+        else:
+            self.bed_profile[(ward, bed)] = name
+        self.scores.set_scale(ward, bed, self.profiles[name].news2_scale)
+        return self._rebind(lambda k: k.ward == ward and k.bed == bed, at)
+
+    def _rebind(self, which: Callable[[SeriesKey], bool], at: float | None) -> list[AlertEvent]:
+        """Series chosen by ``which`` take their bed's current rules. A rule kept (same
+        name) keeps its alert, so an active alarm is never reset by new limits; an alarm
+        of a rule the bed no longer has is resolved."""
+        events: list[AlertEvent] = []
+        for key, series in self.series.items():
+            if not which(key):
+                continue
+            rules = self.ruleset(key.ward, key.bed).get(key.vital, [])
+            series.window.span_s = self.span_s.get(key.vital, self.cfg.window_s)
+            old = {r.name: (r, a, n) for r, a, n in
+                   zip(series.rules, series.active, series.next_eval, strict=True)}  # fmt: skip
+            series.active = []
+            series.next_eval = []
+            for rule in rules:
+                _r, a, n = old.pop(rule.name, (rule, None, float("-inf")))
+                series.active.append(a)
+                series.next_eval.append(n)
+            series.rules = rules
+            when = series.window.newest if at is None else at
+            for rule, a, _n in old.values():
+                if a is not None:
+                    events.append(self._close(key, rule, a, series, when,
+                                              f"{rule.name} no longer applies to this bed "
+                                              "(limits changed); alarm closed"))  # fmt: skip
+        return events
+
+    def _close(self, key: SeriesKey, rule: Rule, a: Active, series: _Series, at: float,
+               message: str) -> AlertEvent:  # fmt: skip
+        """The resolution of an alert closed by an operator action, not by its rule."""
+        a.seq += 1
+        trend = isinstance(rule, TrendRule)
+        level = a.level if a.level in rule.limits else min(rule.limits)
+        value = float(series.window.values[-1]) if len(series.window) else math.nan
+        self.counts["alert_resolved"] += 1
+        return AlertEvent(
+            id=a.id, ward=key.ward, bed=key.bed, device=a.device, patient=a.patient,
+            vital=key.vital, rule=rule.name, kind="trend" if trend else "physiological",
+            priority=rule.priority if isinstance(rule, TrendRule) else PRIORITY[level],
+            state=AlertState.RESOLVED, value=value, limit=rule.limits[level], message=message,
+            started_at=a.started_at, at=at, seq=a.seq,
+        )  # fmt: skip
+
+    def check_admit(self, a: Admission) -> None:
+        """ValueError with the reason when ``a`` cannot be applied."""
+        if a.profile is not None and a.profile not in self.profiles:
+            raise ValueError(
+                f"unknown profile {a.profile!r} (known: {', '.join(sorted(self.profiles))})"
+            )
+        current = self.admissions.get((a.ward, a.bed))
+        if current is not None and current.patient != a.patient:
+            raise ValueError(
+                f"bed {a.ward}/{a.bed} is occupied by another patient: discharge it first"
+            )
+
+    def admit(self, a: Admission) -> list[AlertEvent]:
+        """A patient is in the bed (re-admitting the same patient changes the profile)."""
+        self.check_admit(a)
+        self.admissions[(a.ward, a.bed)] = a
+        self.patients[(a.ward, a.bed)] = a.patient
+        if self.staleness is not None:
+            self.staleness.expect(a.ward, a.bed, time.time())
+        return self._assign(a.ward, a.bed, a.at)
+
+    def discharge(self, ward: str, bed: str, at: float) -> list[AlertEvent]:
+        """The bed is empty: its alerts resolve, its windows and scores reset."""
+        events: list[AlertEvent] = []
+        self.admissions.pop((ward, bed), None)
+        self.patients.pop((ward, bed), None)
+        for key in [k for k in self.series if k.ward == ward and k.bed == bed]:
+            series = self.series.pop(key)
+            for rule, a in zip(series.rules, series.active, strict=True):
+                if a is not None:
+                    events.append(self._close(key, rule, a, series, at,
+                                              "patient discharged: alarm closed"))  # fmt: skip
+        events += self.flapping.reset_bed(ward, bed)
+        events += self.sensors.reset_bed(ward, bed)
+        update, event = self.scores.discharge(ward, bed, at)
+        if update is not None:
+            self._score_updates.append(update)
+        if event is not None:
+            events.append(event)
+        if self.staleness is not None:
+            events += self.staleness.forget(ward, bed, at)
+        self._assign(ward, bed, at)  # back to the bed's configured profile
+        return events
+
+    def restore_admissions(self, admissions: Sequence[Admission]) -> None:
+        """Beds admitted at the last stop (from the store)."""
+        for stored in admissions:
+            a = stored
+            if a.profile is not None and a.profile not in self.profiles:
+                log.warning("bed %s/%s was admitted with profile %r, no longer configured; "
+                            "using the bed's configured profile",
+                            a.ward, a.bed, a.profile)  # fmt: skip
+                a = replace(a, profile=None)
+            self.admissions[(a.ward, a.bed)] = a
+            self.patients[(a.ward, a.bed)] = a.patient
+            self._assign(a.ward, a.bed, None)
+
+    def reconfigure(self, rules: RulesConfig, profiles: Mapping[str, Profile],
+                    beds: Mapping[tuple[str, str], str]) -> list[AlertEvent]:  # fmt: skip
+        """New limits and profiles (SIGHUP): windows, active alerts (and so their
+        acknowledgements) and admissions are kept; the next reading of each series is
+        evaluated with the new rules. -> resolutions of alerts whose rule is gone."""
+        self._configure(rules, profiles)
+        self.scores.cfg = rules.news2
+        self.flapping.cfg = rules.flapping
+        self.config_beds = dict(beds)
+        self.bed_profile = {}
+        for ward, bed in {*self.config_beds, *self.admissions, *self.scores.scales}:
+            name = self._profile_of(ward, bed)
+            if name not in self.profiles:
+                name = DEFAULT_PROFILE
+            if name != DEFAULT_PROFILE:
+                self.bed_profile[(ward, bed)] = name
+            self.scores.set_scale(ward, bed, self.profiles[name].news2_scale)
+        if self.staleness is not None:
+            self.staleness.stale_after_s = rules.stale_after_s
+        return self._rebind(lambda k: True, None)
 
     async def put(self, batch: Batch) -> None:
         await self.queue.put(batch)
@@ -131,11 +329,18 @@ class Engine:
             batch = await self.queue.get()
             if batch is None:
                 return
-            raised = self.process(batch.readings)
+            raised = []
+            for cmd in batch.bed_commands:
+                raised += self.apply(cmd)
+            for status in batch.statuses:  # before the readings: a reading newer than a
+                raised += self.sensors.observe(status)  # "sensor off" ends it
+            raised += self.process(batch.readings)
             if self.staleness is not None:
                 arrived = batch.received_at or time.time()
                 for r in batch.readings:
                     raised += self.staleness.seen(r.ward, r.bed, r.device, arrived)
+                for st in batch.statuses:  # a status is a sign of life too
+                    raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
             if self._score_updates:
                 updates, self._score_updates = self._score_updates, []
                 if self.score_sink is not None:
@@ -147,44 +352,58 @@ class Engine:
                 done = batch.done if sink is self.durable else None
                 await sink.write(batch.readings, events, done)
 
+    def apply(self, cmd: BedCommand) -> list[AlertEvent]:
+        """An admission or discharge, in queue order with the readings."""
+        a = cmd.admission
+        if cmd.action == "discharge":
+            return self.discharge(a.ward, a.bed, a.at)
+        try:
+            return self.admit(a)
+        except ValueError as exc:  # checked before it was queued; changed since
+            log.warning("admission to %s/%s not applied: %s", a.ward, a.bed, exc)
+            return []
+
     def active_alerts(self) -> int:
         return sum(a is not None for s in self.series.values() for a in s.active)
 
     def process(self, readings: Sequence[Reading]) -> list[AlertEvent]:
         """Evaluate readings in order; returns the alert events they cause."""
         events: list[AlertEvent] = []
+        flapping = self.flapping
         for r in readings:
             self.counts["readings"] += 1
             key = SeriesKey(r.ward, r.bed, r.device, r.vital)
-            rules = self.rules.get(r.vital, ())
-            series = self.series.get(key)
-            if series is None:
-                span = self.span_s.get(r.vital, self.cfg.window_s)
-                series = self.series[key] = _Series(span, len(rules))
+            series = self.series.get(key) or self._new_series(key)
+            rules = series.rules
             win = series.window
             if r.ts < win.newest - self.cfg.max_lag_s:
                 self.counts["late"] += 1  # stored, too late to change the present
                 continue
             win.add(r.ts, r.value)
+            step: list[AlertEvent] = []
             update, score_event = self.scores.observe(r)
             if update is not None:
                 self._score_updates.append(update)
             if score_event is not None:
-                self.counts[f"alert_{score_event.state}"] += 1
-                events.append(score_event)
-            if not rules:
-                continue
-            ts, vals = win.ts, win.values
-            newest = win.newest
-            for i, rule in enumerate(rules):
-                every = getattr(rule, "every_s", 0.0)
-                if every:  # trend rules: at most once per `every` of event time
-                    if newest < series.next_eval[i]:
-                        continue
-                    series.next_eval[i] = newest + every
-                active, event = rule.evaluate(key, ts, vals, series.active[i], r.patient)
-                series.active[i] = active
-                if event is not None:
+                step.append(score_event)
+            if rules:
+                ts, vals = win.ts, win.values
+                newest = win.newest
+                for i, rule in enumerate(rules):
+                    every = getattr(rule, "every_s", 0.0)
+                    if every:  # trend rules: at most once per `every` of event time
+                        if newest < series.next_eval[i]:
+                            continue
+                        series.next_eval[i] = newest + every
+                    patient = r.patient or self.patients.get((r.ward, r.bed))
+                    active, event = rule.evaluate(key, ts, vals, series.active[i], patient)
+                    series.active[i] = active
+                    if event is not None:
+                        step.append(event)
+            if step:
+                for event in step:
                     self.counts[f"alert_{event.state}"] += 1
-                    events.append(event)
+                events += flapping.filter(step)
+            events += flapping.tick(r.ward, r.bed, r.ts)  # (a dict lookup when none flaps)
+            events += self.sensors.reading(r)  # values again: "sensor off" is over
         return events

@@ -17,11 +17,12 @@ trigger applies. Only complete scores alert unless ``alert_partial`` is set.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import News2Config
-from monitor.engine.news2 import PARAMETERS, News2Tracker, Score
+from monitor.engine.news2 import PARAMETERS, News2Tracker, Scale, Score
 from monitor.engine.threshold import Active
 from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading, alert_id, iso
 
@@ -32,11 +33,11 @@ _LIMIT = {Priority.LOW: 3.0, Priority.MEDIUM: 5.0, Priority.HIGH: 7.0}
 
 @dataclass(frozen=True, slots=True)
 class ScoreUpdate:
-    """A bed's new NEWS2 score, for the retained score topic."""
+    """A bed's new NEWS2 score, for the retained score topic (None: clear it)."""
 
     ward: str
     bed: str
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None
 
 
 @dataclass(slots=True)
@@ -53,14 +54,48 @@ class News2Scores:
     def __init__(self, cfg: News2Config) -> None:
         self.cfg = cfg
         self.beds: dict[tuple[str, str], _Bed] = {}
+        #: SpO2 scale per bed (from its profile); others use ``cfg.scale``.
+        self.scales: dict[tuple[str, str], Scale] = {}
+
+    def _bed(self, ward: str, bed: str) -> _Bed:
+        b = self.beds.get((ward, bed))
+        if b is None:
+            scale = self.scales.get((ward, bed), self.cfg.scale)
+            b = self.beds[(ward, bed)] = _Bed(News2Tracker(scale))
+        return b
+
+    def set_scale(self, ward: str, bed: str, scale: Scale) -> None:
+        """The bed's SpO2 scale (a clinical decision, per patient): from the next reading."""
+        self.scales[(ward, bed)] = scale
+        if (ward, bed) in self.beds:
+            self.beds[(ward, bed)].tracker.scale = scale
+
+    def discharge(
+        self, ward: str, bed: str, at: float
+    ) -> tuple[ScoreUpdate | None, AlertEvent | None]:
+        """Forget the bed: -> (cleared score, resolution of its open score alert)."""
+        self.scales.pop((ward, bed), None)
+        b = self.beds.pop((ward, bed), None)
+        if b is None:
+            return None, None
+        event = None
+        if b.active is not None and b.priority is not None:
+            a = b.active
+            a.seq += 1
+            event = AlertEvent(
+                id=a.id, ward=ward, bed=bed, device=RULE, patient=a.patient, vital=RULE,
+                rule=RULE, kind="score", priority=b.priority, state=AlertState.RESOLVED,
+                value=math.nan, limit=_LIMIT[b.priority],
+                message="patient discharged: score alert closed", started_at=a.started_at,
+                at=at, seq=a.seq,
+            )  # fmt: skip
+        return ScoreUpdate(ward, bed, None), event
 
     def observe(self, r: Reading) -> tuple[ScoreUpdate | None, AlertEvent | None]:
         """Feed one reading; -> (score update if it changed, alert event if any)."""
         if not self.cfg.enabled or r.vital not in PARAMETERS:
             return None, None
-        bed = self.beds.get((r.ward, r.bed))
-        if bed is None:
-            bed = self.beds[(r.ward, r.bed)] = _Bed(News2Tracker(self.cfg.scale))
+        bed = self._bed(r.ward, r.bed)
         value: float | bool | str = r.value
         if r.vital == "avpu":
             value = AVPU_CODES[int(r.value)]
@@ -82,7 +117,7 @@ class News2Scores:
         return update, self._trigger(r, bed, s)
 
     def restore(self, e: AlertEvent) -> None:
-        bed = self.beds.setdefault((e.ward, e.bed), _Bed(News2Tracker(self.cfg.scale)))
+        bed = self._bed(e.ward, e.bed)
         bed.active = Active(e.id, _RANK[e.priority], e.started_at, e.seq, e.device, e.patient)
         bed.priority = e.priority
 

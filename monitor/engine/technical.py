@@ -51,6 +51,25 @@ class Staleness:
                 out.append(event)
         return out
 
+    def expect(self, ward: str, bed: str, now: float) -> None:
+        """A bed was admitted: silent from ``now`` on unless a device of it is known."""
+        if not any(k[0] == ward and k[1] == bed for k in self._seen):
+            self._seen[(ward, bed, ANY_DEVICE)] = now
+
+    def forget(self, ward: str, bed: str, now: float) -> list[AlertEvent]:
+        """A bed was discharged: nothing is expected of it; -> resolutions of its alarms."""
+        out = []
+        for key in [k for k in self._seen if k[0] == ward and k[1] == bed]:
+            del self._seen[key]
+        for key in [k for k in self._open if k[0] == ward and k[1] == bed]:
+            event = self._open.pop(key)
+            event.seq += 1
+            event.state = AlertState.RESOLVED
+            event.at = now
+            event.message = "patient discharged: alarm closed"
+            out.append(event)
+        return out
+
     def grace(self, now: float) -> None:
         """Restart every silence count at ``now``: after the broker was unreachable, the
         devices were not silent, we were deaf (one alarm per device would be a storm)."""

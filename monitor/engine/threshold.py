@@ -18,6 +18,12 @@ beyond L's limit, the run reaching back at least ``delay_s`` and no gap in it lo
 than ``max_gap_s``. Keeping level L needs only the newest reading within L's limit
 plus the clear band. The level is the higher of the two, so escalation waits for its
 own delay while de-escalation and recovery follow the newest reading.
+
+**Artefact rejection** (documented rule): raising also needs the run to hold at least
+``confirm`` consecutive readings (default 2; 1 for the spot measurements sbp, dbp and
+temp). A single reading beyond a limit between normal neighbours (a probe knocked, a
+transducer flushed) therefore never raises a physiological alarm, whatever ``delay_s``.
+It is stored, and the naive comparison in ``vitalmon replay`` counts what it would cost.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class ThresholdRule:
         delay_s: float,
         clear_band: float,
         max_gap_s: float,
+        confirm: int = 1,
     ) -> None:
         self.vital = vital
         self.side = side
@@ -76,6 +83,8 @@ class ThresholdRule:
         self.delay_s = delay_s
         self.band = clear_band
         self.max_gap_s = max_gap_s
+        #: artefact rejection: consecutive readings beyond a limit needed to raise it
+        self.confirm = confirm
         self._levels_desc = sorted(self.limits, reverse=True)
         # the least extreme limit: a reading within it cannot raise anything
         self._entry = self.limits[min(self.limits)]
@@ -89,8 +98,9 @@ class ThresholdRule:
             lv = cfg.low if side == "low" else cfg.high
             if lv is not None:
                 rules.append(
-                    cls(vital, side, lv.warn, lv.crit, cfg.delay_s, cfg.clear_band, max_gap_s)
-                )
+                    cls(vital, side, lv.warn, lv.crit, cfg.delay_s, cfg.clear_band, max_gap_s,
+                        cfg.min_readings(vital))
+                )  # fmt: skip
         return rules
 
     # -------------------------------------------------------------- level logic
@@ -112,8 +122,9 @@ class ThresholdRule:
             i0 = int(np.searchsorted(ts, ts[-1] - self.delay_s + _EPS, side="right")) - 1
             # the newest reading alone never covers a delay > 0 (even one below _EPS)
             i0 = min(i0, n - 2)
-            if i0 < 0:
-                return None
+        i0 = min(i0, n - self.confirm)  # artefact rejection: `confirm` readings at least
+        if i0 < 0:
+            return None
         if not np.all(self.beyond(level, vals[i0:])):
             return None
         if n - i0 > 1 and np.max(np.diff(ts[i0:])) > self.max_gap_s:

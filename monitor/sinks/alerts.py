@@ -100,8 +100,10 @@ class AlertPublisher:
         while (item := await self.queue.get()) is not None:
             if isinstance(item, ScoreUpdate):
                 topic = self.score_topic.format(ward=item.ward, bed=item.bed)
-                self._send(topic, json.dumps(item.payload, separators=(",", ":")), pending,
-                           retain=True)  # fmt: skip
+                body = (
+                    "" if item.payload is None else json.dumps(item.payload, separators=(",", ":"))
+                )
+                self._send(topic, body, pending, retain=True)  # empty: clears the retained
             elif isinstance(item, _Release):
                 self._release(item.now, pending)
             else:

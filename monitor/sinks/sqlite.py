@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor.config import SqliteStoreConfig
-from monitor.model import AlertEvent, AlertState, Priority, Reading
+from monitor.model import Admission, AlertEvent, AlertState, Priority, Reading
 from monitor.queues import put_end
 from monitor.sinks import retention
 
@@ -102,6 +102,15 @@ CREATE TABLE IF NOT EXISTS audit (          -- who did what to which alert, and 
     detail   TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE TABLE IF NOT EXISTS beds (           -- admitted patients (vitalmon/cmd/admit)
+    ward     TEXT NOT NULL,
+    bed      TEXT NOT NULL,
+    patient  TEXT NOT NULL,
+    profile  TEXT,                          -- null: the bed's profile from the config
+    at       REAL NOT NULL,                 -- wall clock of the admission
+    by       TEXT NOT NULL,
+    PRIMARY KEY (ward, bed)
+);
 """
 
 _READING_COLS = "ward, bed, device, vital, ts, value, patient"
@@ -211,6 +220,33 @@ class SqliteSink:
     ) -> None:
         if readings or events or done is not None:  # (audit rows: write_audit)
             await self.queue.put(_Item(readings, events, done))
+
+    async def admissions(self) -> list[Admission]:
+        """The beds admitted at the last stop."""
+        rows = await self.call(
+            lambda c: c.execute("SELECT ward, bed, patient, profile, at, by FROM beds").fetchall()
+        )
+        return [Admission(*r) for r in rows]
+
+    async def save_admission(self, a: Admission | None, ward: str, bed: str) -> None:
+        """Record a bed's admission (``a``), or its discharge (``a`` None): committed now."""
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN")
+            try:
+                c.execute("DELETE FROM beds WHERE ward = ? AND bed = ?", (ward, bed))
+                if a is not None:
+                    c.execute(
+                        "INSERT INTO beds (ward, bed, patient, profile, at, by)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (a.ward, a.bed, a.patient, a.profile, a.at, a.by),
+                    )
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+        await self.call(job)
 
     async def write_audit(self, rows: Sequence[tuple[object, ...]]) -> None:
         """Record operator actions in the audit trail (with the next commit)."""

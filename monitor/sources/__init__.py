@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from monitor.model import AlertEvent, Reading, Rejection
+from monitor.model import AlertEvent, BedCommand, DeviceStatus, Reading, Rejection
 
 
 @dataclass(slots=True)
@@ -32,6 +32,10 @@ class Batch:
     #: Alert events that come with the batch, final (lifecycle applied): technical alarms,
     #: acknowledgements, escalations.
     events: list[AlertEvent] = field(default_factory=list)
+    #: Device-reported sensor/signal state taken in with the readings (event time order).
+    statuses: list[DeviceStatus] = field(default_factory=list)
+    #: Admissions and discharges, applied before the batch's readings.
+    bed_commands: list[BedCommand] = field(default_factory=list)
 
 
 Emit = Callable[[Batch], Awaitable[None]]

@@ -9,6 +9,22 @@ Accepted payloads (UTF-8 JSON):
 
 A bad field never takes a good one down with it: each vital of each object is
 accepted or rejected on its own, with a cause from :data:`CAUSES`.
+
+Device-reported state: a reading object may carry ``"status"``, what the device says
+about its own sensor and signal: one flag or a list of them, keys of
+:data:`~monitor.model.DEVICE_FLAGS` (any case), or ``"ok"`` / ``[]`` for all clear. It
+becomes a :class:`~monitor.model.DeviceStatus` (the device's full set of flags at the
+object's ``ts``) in :attr:`Decoded.statuses`, in event-time order:
+
+* an object with a status and no vitals is valid (not ``empty``);
+* a status that is not a string or a list of strings, names an unknown flag, or combines
+  ``"ok"`` with flags is refused as a whole (``bad_status``); the object's vitals still
+  count;
+* while the status holds a flag under which the device cannot measure (the 4th element
+  of its DEVICE_FLAGS entry: sensor off, no sensor, sensor fault, searching), the
+  object's vitals are not trusted: each is refused as ``sensor_flag``, whatever its value.
+
+SenML packs carry no status.
 """
 
 from __future__ import annotations
@@ -20,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from monitor.model import AVPU_CODES, VITALS, Reading, Rejection
+from monitor.model import AVPU_CODES, DEVICE_FLAGS, VITALS, DeviceStatus, Reading, Rejection
 
 #: Every rejection cause, with what it means (README, "Dead letters").
 CAUSES: Final[dict[str, str]] = {
@@ -37,12 +53,19 @@ CAUSES: Final[dict[str, str]] = {
     "unknown_vital": "a field or SenML name that is not a known vital",
     "bad_unit": "a SenML unit that does not fit the vital",
     "bad_field": "patient/device is not a string",
-    "empty": "a reading object with no vitals",
+    "empty": "a reading object with no vitals (and no status)",
+    "bad_status": "a status that is not a string or list of strings, names an unknown flag,"
+    " or combines ok with flags",
+    "sensor_flag": "a value sent while the device itself reports it cannot measure"
+    " (sensor off, no sensor, searching)",
     "overflow": "a QoS 0 message arriving while the engine is saturated (QoS 1 waits instead)",
 }
 
 #: Fields of a reading object that are not vitals.
-_META: Final = frozenset({"ts", "patient", "device"})
+_META: Final = frozenset({"ts", "patient", "device", "status"})
+
+#: A status meaning "all clear" (as is an empty list).
+_STATUS_OK: Final = "ok"
 
 #: Earliest plausible event time (2000-01-01); catches milliseconds sent as seconds too.
 _MIN_TS: Final = 946_684_800.0
@@ -86,6 +109,8 @@ class Origin:
 class Decoded:
     readings: list[Reading] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    #: Device-reported states, in event-time order (see the module docstring).
+    statuses: list[DeviceStatus] = field(default_factory=list)
 
     def reject(self, cause: str, detail: str, origin: Origin, payload: bytes = b"") -> None:
         self.rejections.append(Rejection(cause, detail, origin.topic, payload))
@@ -133,6 +158,8 @@ def decode(payload: bytes, origin: Origin, now: float, limits: Limits) -> Decode
                 _decode_object(obj, origin, now, limits, out, payload)
     else:
         out.reject("bad_shape", f"top-level JSON {type(doc).__name__}", origin, payload)
+    if len(out.statuses) > 1:
+        out.statuses.sort(key=lambda s: s.ts)  # stable: same ts keeps payload order
     return out
 
 
@@ -195,6 +222,35 @@ def check_value(vital: str, raw: Any) -> tuple[float | None, str, str]:
     return value, "", ""
 
 
+def parse_status(raw: Any) -> tuple[frozenset[str] | None, str]:
+    """-> (flags, detail) for a reading object's raw ``status``; flags is None when refused.
+
+    ``"ok"`` and ``[]`` are the empty set; flags are matched case-insensitively.
+    """
+    if isinstance(raw, str):
+        items: list[Any] = [raw]
+    elif isinstance(raw, list):
+        items = raw
+    else:
+        return None, f"status is a {type(raw).__name__}, not a string or list of strings"
+    flags: set[str] = set()
+    ok = False
+    for item in items:
+        if not isinstance(item, str):
+            return None, f"status element {item!r:.40} is a {type(item).__name__}, not a string"
+        key = item.strip().lower()
+        if key == _STATUS_OK:
+            ok = True
+        elif key in DEVICE_FLAGS:
+            flags.add(key)
+        else:
+            known = ", ".join([_STATUS_OK, *DEVICE_FLAGS])
+            return None, f"unknown status flag {item!r:.40} (known: {known})"
+    if ok and flags:
+        return None, f"status {_STATUS_OK!r} together with flags {sorted(flags)}"
+    return frozenset(flags), ""
+
+
 def _decode_object(
     obj: dict[str, Any],
     origin: Origin,
@@ -216,7 +272,15 @@ def _decode_object(
         out.reject("bad_field", "device is not a non-empty string", origin, payload)
         return
     pid = None if patient is None else str(patient)
-    found = False
+    found = "status" in obj  # a status alone is a valid object (a valid status or not)
+    blind: list[str] = []  # flags under which the device cannot measure
+    if found:
+        flags, detail = parse_status(obj["status"])
+        if flags is None:
+            out.reject("bad_status", detail, origin, payload)
+        else:
+            out.statuses.append(DeviceStatus(ts, origin.ward, origin.bed, device, flags, pid))
+            blind = sorted(f for f in flags if DEVICE_FLAGS[f][3])
     for key, raw in obj.items():
         if key in _META:
             continue
@@ -224,13 +288,21 @@ def _decode_object(
             out.reject("unknown_vital", f"field {key[:40]!r}", origin, payload)
             continue
         found = True
+        if blind:
+            out.reject(
+                "sensor_flag",
+                f"{key}={raw!r:.40} while {device[:40]} reports {', '.join(blind)}",
+                origin,
+                payload,
+            )
+            continue
         value, cause, detail = check_value(key, raw)
         if value is None:
             out.reject(cause, detail, origin, payload)
             continue
         out.readings.append(Reading(ts, origin.ward, origin.bed, device, key, value, pid))
     if not found:
-        out.reject("empty", "no vitals in reading object", origin, payload)
+        out.reject("empty", "no vitals (and no status) in reading object", origin, payload)
 
 
 def resolve_name(name: str, aliases: Mapping[str, str]) -> str | None:

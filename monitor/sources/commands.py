@@ -1,5 +1,12 @@
-"""Operator commands over MQTT: ``vitalmon/cmd/ack`` ``{"id", "by"}`` and
-``vitalmon/cmd/pause`` ``{"ward", "bed", "seconds", "by"}``.
+"""Operator commands over MQTT: ``vitalmon/cmd/ack`` ``{"id", "by"}``,
+``vitalmon/cmd/pause`` ``{"ward", "bed", "seconds", "by"}``, ``vitalmon/cmd/admit``
+``{"ward", "bed", "patient", "profile"?, "by"?}`` and ``vitalmon/cmd/discharge``
+``{"ward", "bed", "patient"?, "by"?}``.
+
+Admissions are committed to the store before they take effect (a restart keeps them),
+then go through the engine's queue, in order with the readings. A discharge naming a
+patient other than the one admitted is refused (``wrong_patient``): nobody resets the
+wrong bed by a typo.
 
 A command changes the alert lifecycle (owned by the engine) at once; the resulting
 event (``acknowledged``) goes down the pipeline like any other, so it is stored (audit
@@ -20,7 +27,7 @@ from typing import Any, Protocol
 
 from monitor.config import Config
 from monitor.engine.lifecycle import Lifecycle, UnknownAlert
-from monitor.model import Rejection
+from monitor.model import Admission, BedCommand, Rejection
 from monitor.mqtt import Client, Message
 from monitor.sources import Batch, Emit, Reject
 from monitor.sources.deadletter import TOPIC as DEADLETTER_TOPIC
@@ -30,6 +37,8 @@ log = logging.getLogger("vitalmon.source.commands")
 
 ACK_TOPIC = "vitalmon/cmd/ack"
 PAUSE_TOPIC = "vitalmon/cmd/pause"
+ADMIT_TOPIC = "vitalmon/cmd/admit"
+DISCHARGE_TOPIC = "vitalmon/cmd/discharge"
 MAX_NAME = 128
 
 
@@ -70,6 +79,44 @@ def parse_pause(payload: bytes, max_s: float) -> tuple[str, str, float, str]:
     return ward, bed, min(float(seconds), max_s), by
 
 
+def _optional(doc: dict[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+        raise ValueError(f"{key!r}, when given, must be a non-empty string of at most "
+                         f"{MAX_NAME} chars")  # fmt: skip
+    return value.strip()
+
+
+def parse_admit(payload: bytes, now: float) -> Admission:
+    """``{"ward", "bed", "patient", "profile"?, "by"?}`` -> Admission; ValueError."""
+    doc, (ward, bed, patient) = _command(
+        payload, ("ward", "bed", "patient"),
+        '{"ward": ..., "bed": ..., "patient": ..., "profile": ...}',
+    )  # fmt: skip
+    return Admission(ward, bed, patient, _optional(doc, "profile"), now,
+                     _optional(doc, "by") or "mqtt")  # fmt: skip
+
+
+def parse_discharge(payload: bytes) -> tuple[str, str, str | None, str]:
+    """``{"ward", "bed", "patient"?, "by"?}`` -> (ward, bed, patient, by); ValueError."""
+    doc, (ward, bed) = _command(payload, ("ward", "bed"), '{"ward": ..., "bed": ...}')
+    return ward, bed, _optional(doc, "patient"), _optional(doc, "by") or "mqtt"
+
+
+class Beds(Protocol):
+    """The engine's view of admissions (checked before a command is accepted)."""
+
+    admissions: dict[tuple[str, str], Admission]
+
+    def check_admit(self, a: Admission) -> None: ...
+
+
+class Admissions(Protocol):
+    async def save_admission(self, a: Admission | None, ward: str, bed: str) -> None: ...
+
+
 class Pauses(Protocol):
     def pause(self, ward: str, bed: str, seconds: float, now: float) -> float: ...
 
@@ -83,10 +130,14 @@ class CommandSource:
         pauses: Pauses | None = None,
         audit: Callable[[list[tuple[object, ...]]], Awaitable[None]] | None = None,
         pause_max_s: float = 120.0,
+        beds: Beds | None = None,
+        store: Admissions | None = None,
     ) -> None:
         self.name = "commands"
         self.lifecycle = lifecycle
         self.pauses = pauses
+        self.beds = beds
+        self.store = store
         self.audit = audit
         self.pause_max_s = pause_max_s
         self._client = client
@@ -94,6 +145,9 @@ class CommandSource:
         client.subscribe(ACK_TOPIC, 1, self._inbox.put_nowait)
         if pauses is not None:
             client.subscribe(PAUSE_TOPIC, 1, self._inbox.put_nowait)
+        if beds is not None:
+            client.subscribe(ADMIT_TOPIC, 1, self._inbox.put_nowait)
+            client.subscribe(DISCHARGE_TOPIC, 1, self._inbox.put_nowait)
 
     def stop(self) -> None:
         self._inbox.put_nowait(None)
@@ -102,6 +156,10 @@ class CommandSource:
         while (msg := await self._inbox.get()) is not None:
             if msg.topic == PAUSE_TOPIC:
                 await self._pause(msg, reject)
+                self._client.ack(msg)
+                continue
+            if msg.topic in (ADMIT_TOPIC, DISCHARGE_TOPIC):
+                await self._bed(msg, emit, reject)
                 self._client.ack(msg)
                 continue
             try:
@@ -133,6 +191,33 @@ class CommandSource:
         log.info("alerts of %s/%s paused for %.0f s by %s", ward, bed, until - now, by)
         if self.audit is not None:
             await self.audit([(now, "pause", by, None, ward, bed, f"{seconds:g} s")])
+
+    async def _bed(self, msg: Message, emit: Emit, reject: Reject) -> None:
+        assert self.beds is not None
+        now = time.time()
+        try:
+            if msg.topic == ADMIT_TOPIC:
+                a = parse_admit(msg.payload, now)
+                self.beds.check_admit(a)
+                action, saved, detail = "admit", a, f"profile {a.profile or 'of the bed'}"
+            else:
+                ward, bed, patient, by = parse_discharge(msg.payload)
+                current = self.beds.admissions.get((ward, bed))
+                if patient is not None and (current is None or current.patient != patient):
+                    reject(Rejection("wrong_patient", f"{ward}/{bed} is not occupied by the "
+                                     "patient named", msg.topic, msg.payload[:1024]))  # fmt: skip
+                    return
+                a = Admission(ward, bed, current.patient if current else "", None, now, by)
+                action, saved, detail = "discharge", None, ""
+        except ValueError as exc:
+            reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
+            return
+        if self.store is not None:
+            await self.store.save_admission(saved, a.ward, a.bed)
+        log.info("bed %s/%s: %s by %s %s", a.ward, a.bed, action, a.by, detail)
+        if self.audit is not None:
+            await self.audit([(now, action, a.by, None, a.ward, a.bed, detail)])
+        await emit(Batch([], bed_commands=[BedCommand(action, a)]))
 
 
 async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -1,10 +1,15 @@
 """MQTT source: ``vitals/{ward}/{bed}/{device}`` messages -> readings.
 
-Each message is decoded (:mod:`monitor.sources.codecs`) and its readings emitted
-(waiting while the engine is busy). It is acknowledged to the broker only once its
-readings are committed to the journal, in arrival order. A message not committed when
-the daemon stops or dies stays unacknowledged: the persistent session redelivers it
-to the next run, and the store absorbs what was already committed.
+Each message is decoded (:mod:`monitor.sources.codecs`) and its readings and device
+statuses emitted as one batch (waiting while the engine is busy). It is acknowledged to
+the broker only once that batch is committed to the journal, in arrival order: a
+message carrying only a status too, since the technical alarms it raises or resolves go
+into the same commit (the journal calls ``done`` for every batch that has one, with or
+without readings). A message not committed when the daemon stops or dies stays
+unacknowledged: the persistent session redelivers it to the next run, and the store
+absorbs what was already committed. A message with nothing to commit (refused
+entirely) is released at once, still acknowledged in arrival order behind the ones
+before it.
 """
 
 from __future__ import annotations
@@ -125,9 +130,17 @@ class MqttSource:
             decoded = decode(msg.payload, origin, now, self.limits)
             for rej in decoded.rejections:
                 reject(rej)
-            if decoded.readings:
-                # acknowledged by the journal once committed (at-least-once end to end)
-                await emit(Batch(decoded.readings, partial(self._release, entry), now))
+            if decoded.readings or decoded.statuses:
+                # acknowledged by the journal once committed (at-least-once end to end),
+                # a status-only batch too: its alarm events are in that commit
+                await emit(
+                    Batch(
+                        decoded.readings,
+                        partial(self._release, entry),
+                        now,
+                        statuses=decoded.statuses,
+                    )
+                )
             else:
                 self._release(entry)
 
