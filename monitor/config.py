@@ -192,7 +192,129 @@ class MqttSourceConfig(_Model):
         return v
 
 
-SourceConfig = Annotated[MqttSourceConfig, Field(discriminator="type")]
+_PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+
+
+class SerialSourceConfig(_Model):
+    """One device on a serial port (RS-232, USB-serial, a pty)."""
+
+    type: Literal["serial"]
+    #: Device path; prefer ``/dev/serial/by-id/...``, which survives re-plugging.
+    port: str = Field(min_length=1)
+    baudrate: int = Field(9600, ge=50, le=4_000_000)
+    bytesize: Literal[5, 6, 7, 8] = 8
+    #: N, E, O, M, S (or none, even, odd, mark, space)
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: float = 1  #: 1, 1.5 or 2
+    format: Literal["masimo", "nellcor", "jsonl", "csv", "hl7"]
+    ward: str = Field("default", min_length=1)
+    bed: str = Field(min_length=1)
+    #: Device name in readings and alarms (default: the format, e.g. ``masimo``).
+    device: str | None = None
+    #: Reading time: ``receive`` (when the line was read; default, since bedside device
+    #: clocks are set by hand and carry no zone) or ``device`` (the device's own clock).
+    clock: Literal["receive", "device"] = "receive"
+    #: The device clock's time zone (IANA name), with ``clock: device``; null = local.
+    timezone: str | None = None
+    #: With ``clock: device``: a device time further than this from now is refused.
+    max_skew_s: float = Field(300.0, gt=0)
+    #: A port missing at start-up: ``retry`` (default; with backoff, the daemon runs on and
+    #: raises device.disconnected) or ``error`` (the daemon refuses to start).
+    startup_error_behavior: Literal["retry", "error"] = "retry"
+    retry_min_s: float = Field(1.0, gt=0, le=60)
+    retry_max_s: float = Field(30.0, gt=0, le=3600)
+    #: Longer lines are dropped (counted ``too_long``): a bounded buffer.
+    max_line_bytes: int = Field(4096, ge=64, le=1 << 20)
+    #: No data this long while the port is open: ``device.silent`` (null: rules.stale_after_s).
+    silent_after_s: float | None = Field(None, gt=0, le=86400)
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _parity(cls, v: Any) -> Any:
+        return _PARITY.get(v.lower(), v.upper()) if isinstance(v, str) else v
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, v: float) -> float:
+        if v not in (1, 1.5, 2):
+            raise ValueError("stopbits is 1, 1.5 or 2")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (an IANA name: Europe/Paris)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> SerialSourceConfig:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be >= retry_min_s")
+        return self
+
+    @property
+    def device_name(self) -> str:
+        return self.device or self.format
+
+    @property
+    def name(self) -> str:
+        return f"serial:{self.port}"
+
+
+class Hl7MllpSourceConfig(_Model):
+    """An MLLP listener: a central station or integration engine pushes ORU^R01 here."""
+
+    type: Literal["hl7-mllp"]
+    #: host:port to listen on (2575 is HL7's registered port).
+    listen: str = "127.0.0.1:2575"
+    #: Where readings go when a message says nothing usable: PV1-3 (point of care^room^
+    #: bed) gives ward and bed; ``beds`` maps a PV1-3 or MSH-4 value to ``ward/bed``.
+    ward: str = Field("default", min_length=1)
+    beds: dict[str, str] = Field(default_factory=dict)
+    #: Reading time: ``message`` (OBX-14, else OBR-7, else MSH-7) or ``receive``.
+    clock: Literal["message", "receive"] = "message"
+    timezone: str | None = None  #: zone of HL7 times without an offset; null = local
+    max_skew_s: float = Field(300.0, gt=0)
+    max_message_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    max_connections: int = Field(64, ge=1, le=10_000)
+    #: An idle connection is closed after this long.
+    idle_timeout_s: float = Field(600.0, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("listen is host:port, e.g. 0.0.0.0:2575")
+        return v
+
+    @field_validator("beds")
+    @classmethod
+    def _beds(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k, wb in v.items() if wb.count("/") != 1 or "" in wb.split("/")]
+        if bad:
+            raise ValueError(f"values are ward/bed, e.g. icu/7: not for {bad}")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        return SerialSourceConfig._zone(v)
+
+    @property
+    def name(self) -> str:
+        return f"hl7-mllp:{self.listen}"
+
+
+SourceConfig = Annotated[
+    MqttSourceConfig | SerialSourceConfig | Hl7MllpSourceConfig, Field(discriminator="type")
+]
 
 
 # --------------------------------------------------------------------------- store
@@ -765,9 +887,13 @@ def _default_store() -> list[StoreConfig]:
     return [SqliteStoreConfig()]
 
 
+def _default_sources() -> list[SourceConfig]:
+    return [MqttSourceConfig()]
+
+
 class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    sources: list[SourceConfig] = Field(default_factory=lambda: [MqttSourceConfig()])
+    sources: list[SourceConfig] = Field(default_factory=_default_sources)
     #: One sink or a list of sinks.
     store: list[StoreConfig] = Field(default_factory=_default_store)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
@@ -955,7 +1081,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in {"mqtt", "sqlite"} and out.endswith("]"):
+        elif part in {"mqtt", "sqlite", "serial", "hl7-mllp", "influxdb"} and out.endswith("]"):
             continue  # discriminator tag inserted by pydantic, not a user key
         else:
             out = _join(out, part)
