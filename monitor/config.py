@@ -221,8 +221,10 @@ class SerialSourceConfig(_Model):
     #: A port missing at start-up: ``retry`` (default; with backoff, the daemon runs on and
     #: raises device.disconnected) or ``error`` (the daemon refuses to start).
     startup_error_behavior: Literal["retry", "error"] = "retry"
-    retry_min_s: float = Field(1.0, gt=0, le=60)
-    retry_max_s: float = Field(30.0, gt=0, le=3600)
+    #: Reopening a lost port: jittered backoff from min to max. Opening a missing local
+    #: path is cheap, so the default keeps a replugged device's gap under ~2.5 s.
+    retry_min_s: float = Field(0.5, gt=0, le=60)
+    retry_max_s: float = Field(2.0, gt=0, le=3600)
     #: Longer lines are dropped (counted ``too_long``): a bounded buffer.
     max_line_bytes: int = Field(4096, ge=64, le=1 << 20)
     #: No data this long while the port is open: ``device.silent`` (null: rules.stale_after_s).
@@ -271,7 +273,7 @@ class Hl7MllpSourceConfig(_Model):
     """An MLLP listener: a central station or integration engine pushes ORU^R01 here."""
 
     type: Literal["hl7-mllp"]
-    #: host:port to listen on (2575 is HL7's registered port).
+    #: host:port to listen on (2575 is HL7's registered port; 0 = any free port).
     listen: str = "127.0.0.1:2575"
     #: Where readings go when a message says nothing usable: PV1-3 (point of care^room^
     #: bed) gives ward and bed; ``beds`` maps a PV1-3 or MSH-4 value to ``ward/bed``.
@@ -290,7 +292,7 @@ class Hl7MllpSourceConfig(_Model):
     @classmethod
     def _listen(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("listen is host:port, e.g. 0.0.0.0:2575")
         return v
 

@@ -23,7 +23,7 @@ import signal
 import sqlite3
 import time
 
-from monitor.config import Config, ConfigError, load
+from monitor.config import Config, ConfigError, Hl7MllpSourceConfig, SerialSourceConfig, load
 from monitor.engine import Engine
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.system import SYSTEM_WARD, SystemAlarms
@@ -38,6 +38,7 @@ from monitor.sources import Batch, Source
 from monitor.sources.commands import CommandSource
 from monitor.sources.deadletter import DeadLetters
 from monitor.sources.mqtt import MqttSource
+from monitor.sources.serial import SerialSource
 
 log = logging.getLogger("vitalmon.daemon")
 
@@ -79,7 +80,18 @@ class Daemon:
         self.engine.score_sink = self.alert_sink
         self.staleness = Staleness(cfg.rules.stale_after_s, cfg.expected_beds, time.time())
         self.engine.staleness = self.staleness
-        self.sources: list[Source] = [MqttSource(s, cfg.rules, self.client) for s in cfg.sources]
+        self.sources: list[Source] = []
+        for sc in cfg.sources:
+            if isinstance(sc, SerialSourceConfig):
+                serial_src = SerialSource(sc, cfg.rules.stale_after_s)
+                self.staleness.exempt.add((sc.ward, sc.bed, serial_src.device))  # it watches itself
+                self.sources.append(serial_src)
+            elif isinstance(sc, Hl7MllpSourceConfig):
+                from monitor.sources.hl7mllp import Hl7MllpSource
+
+                self.sources.append(Hl7MllpSource(sc))
+            else:
+                self.sources.append(MqttSource(sc, cfg.rules, self.client))
         self.commands = CommandSource(
             self.client, self.lifecycle, pauses=self.alert_sink, audit=self.journal.write_audit,
             pause_max_s=cfg.alerts.pause_max_s, beds=self.engine, store=self.journal,
@@ -152,6 +164,9 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     async def startup(self, tg: asyncio.TaskGroup) -> dict[str, list[asyncio.Task[None]]]:
+        for src in self.sources:  # a port that must be there (startup_error_behavior: error)
+            if isinstance(src, SerialSource):
+                src.check()
         for sink in self.sinks:  # sinks first: raise here if one cannot work
             await sink.open()
         for fwd in self.forwarders:
@@ -206,7 +221,9 @@ class Daemon:
                 if deaf:
                     self.staleness.grace(time.time())  # silence while we were cut off
                     deaf = False
-                due += [self.lifecycle.observe(e) for e in self.staleness.check(time.time())]
+                for e in self.staleness.check(time.time()):
+                    e.patient = self.engine.patients.get((e.ward, e.bed))
+                    due.append(self.lifecycle.observe(e))
             else:
                 deaf = True
             if due:
@@ -265,7 +282,7 @@ class Daemon:
             "readings_rejected": sum(self.deadletters.counts.values()),
             "readings_pruned": j["pruned"],
             "store_bytes": self.journal.used_bytes,
-            "alerts_active": self.engine.active_alerts(),
+            "alerts_active": len(self.lifecycle.active()),
             "series": len(self.engine.series),
         }
         for fwd in self.forwarders:

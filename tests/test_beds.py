@@ -215,6 +215,7 @@ def test_admitted_silent_bed_alarms_admission_survives_restart_discharge_closes(
     assert [(a["rule"], a["kind"], a["state"]) for a in stale] == [
         ("device.stale", "technical", "active")]  # fmt: skip
     assert "bed expected but never sent data" in stale[0]["message"]
+    assert stale[0]["patient"] == "p-30"  # the admitted patient, though no reading named one
 
     code, _ = d.terminate()
     assert code == 0

@@ -329,7 +329,7 @@ class Engine:
             batch = await self.queue.get()
             if batch is None:
                 return
-            raised = []
+            raised = list(batch.alarms)
             for cmd in batch.bed_commands:
                 raised += self.apply(cmd)
             for status in batch.statuses:  # before the readings: a reading newer than a
@@ -342,9 +342,15 @@ class Engine:
                 for st in batch.statuses:  # a status is a sign of life too
                     raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
             if self._score_updates:
-                updates, self._score_updates = self._score_updates, []
+                # one publication per bed and batch: its latest score (a reading object
+                # carrying all seven parameters is not six partial scores and a full one)
+                latest = {(u.ward, u.bed): u for u in self._score_updates}
+                self._score_updates = []
                 if self.score_sink is not None:
-                    await self.score_sink.write_scores(updates)
+                    await self.score_sink.write_scores(list(latest.values()))
+            for e in raised:
+                if e.patient is None:  # technical alarms of an admitted bed name its patient
+                    e.patient = self.patients.get((e.ward, e.bed))
             if self.lifecycle is not None:
                 raised = [self.lifecycle.observe(e) for e in raised]
             events = [*batch.events, *raised]  # batch.events went through the lifecycle

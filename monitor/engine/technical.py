@@ -34,10 +34,14 @@ class Staleness:
             (ward, bed, ANY_DEVICE): started for ward, bed in expected_beds
         }
         self._open: dict[tuple[str, str, str], AlertEvent] = {}
+        #: Devices whose source watches its own link (serial: device.silent and
+        #: device.disconnected): never counted here, so one silence is one alarm.
+        self.exempt: set[tuple[str, str, str]] = set()
 
     def seen(self, ward: str, bed: str, device: str, now: float) -> list[AlertEvent]:
         """A reading arrived: note it; -> the resolutions of alarms it ends."""
-        self._seen[(ward, bed, device)] = now
+        if (ward, bed, device) not in self.exempt:
+            self._seen[(ward, bed, device)] = now
         out = []
         for key in ((ward, bed, device), (ward, bed, ANY_DEVICE)):
             if key[2] == ANY_DEVICE:

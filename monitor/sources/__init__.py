@@ -34,6 +34,9 @@ class Batch:
     events: list[AlertEvent] = field(default_factory=list)
     #: Device-reported sensor/signal state taken in with the readings (event time order).
     statuses: list[DeviceStatus] = field(default_factory=list)
+    #: Technical alarms a source raises about its own link (device.disconnected,
+    #: device.silent): the engine passes them through the alarm lifecycle.
+    alarms: list[AlertEvent] = field(default_factory=list)
     #: Admissions and discharges, applied before the batch's readings.
     bed_commands: list[BedCommand] = field(default_factory=list)
 
