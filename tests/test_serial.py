@@ -90,10 +90,13 @@ def test_masimo_on_a_pty_alarms_over_mqtt_unplug_and_replug(daemon, subscribe, s
     t0 = time.time() - 60
     lines = [masimo_line(t0 + i, 97 - (i if i < 17 else 17), 80) for i in range(40)]
     socat.write(b"".join(lines))  # SpO2 97 -> 80 %, then 80 % for 23 s
-    raised = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "spo2.low"], 10, "alert")
-    assert (raised[0]["bed"], raised[0]["device"], raised[0]["priority"]) == ("12", "masimo",
-                                                                              "high")  # fmt: skip
-    assert raised[0]["message"].startswith("SpO2 8")
+    raised = wait_for(lambda: len([a for a in alerts.json() if a["rule"] == "spo2.low"]) >= 2
+                      and [a for a in alerts.json() if a["rule"] == "spo2.low"], 10, "alert")
+    # below 90 % for 15 s: medium; below 85 % for 15 s: the same alert, high
+    assert [(a["bed"], a["device"], a["priority"]) for a in raised] == [
+        ("12", "masimo", "medium"), ("12", "masimo", "high")]  # fmt: skip
+    assert raised[0]["id"] == raised[1]["id"]
+    assert raised[1]["message"] == "SpO2 80 % < 85 % for 15 s"
 
     killed = time.monotonic()
     socat.stop()

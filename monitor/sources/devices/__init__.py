@@ -117,6 +117,9 @@ class LineFramer:
             if self._discarding:
                 self._discarding = False
                 continue
+            if len(line) > self.max_bytes:
+                self.too_long += 1
+                continue
             if line:
                 out.append(line)
         del buf[:start]

@@ -1,0 +1,838 @@
+"""HL7 v2 ORU^R01 (unsolicited observation results) -> readings, device statuses, an ACK.
+
+What a central station, a monitor gateway or an integration engine pushes over MLLP
+(:mod:`monitor.sources.hl7mllp`) or a serial line. Parsed with ``python-hl7``; no I/O.
+:meth:`Hl7Parser.parse_message` returns the :class:`~monitor.sources.devices.Parsed`
+content and the :class:`Ack` the sender is owed; :func:`ack` renders it.
+
+**Message.** Segments may end in CR (the standard), LF or CRLF. Only ``ORU^R01`` is taken
+(MSH-9); anything else is refused (``unsupported_message``, ACK ``AE``), and so is a frame
+that is not an HL7 v2 message at all (``malformed_hl7``, ACK ``AE``). A parsed ORU^R01 is
+acknowledged ``AA`` even when some of its values are refused (those go to the dead
+letters; a sender told ``AE`` would only resend the same values).
+
+**Which OBX is which vital.** OBX-3 is matched, in this order of precedence, by:
+
+1. an IEEE 11073 MDC mnemonic (any component starting ``MDC_``, e.g. the text of
+   ``150456^MDC_PULS_OXIM_SAT_O2^MDC``): when there is one it decides alone, since
+   numeric codes are the part vendors get wrong (one sample sends
+   ``150031^MDC_PRESS_CUFF_SYS`` with sub-id ``1.1.9.150301``);
+2. a vendor label (a text component, any case): Philips ``HR``, ``Pulse``, ``SpO2``,
+   ``NBPs`` ...;
+3. a numeric MDC code (OBX-3.1 or 3.4), or a Philips MDIL code ``PPPP-HHHH`` (partition
+   and term code in hex: ``0002-4bb8`` is 2 * 65536 + 0x4bb8 = 150456).
+
+Each vital comes with a *channel*, appended to the device name (``<device>.<channel>``,
+as ``vitalmon replay`` names ``hr@ecg`` and ``hr@pleth``): an ECG heart rate and a pulse
+rate, or a cuff and an arterial pressure, are then two series, never one overwriting
+the other.
+
+========================================  ==========================  =======  =======
+MDC mnemonic                              code                        vital    channel
+========================================  ==========================  =======  =======
+MDC_PULS_OXIM_SAT_O2                      150456                      spo2     pleth
+MDC_PULS_OXIM_PULS_RATE                   149530                      hr       pleth
+MDC_ECG_HEART_RATE (MDC_ECG_CARD_BEAT_    147842                      hr       ecg
+RATE)
+MDC_PULS_RATE                             149514                      hr       pulse
+MDC_PULS_RATE_NON_INV                     149546                      hr       nibp
+MDC_BLD_PULS_RATE_INV                     149522                      hr       abp
+MDC_RESP_RATE, MDC_TTHOR_RESP_RATE        151562, 151578              rr       resp
+MDC_AWAY_RESP_RATE, MDC_CO2_RESP_RATE     151570, 151594              rr       co2
+MDC_PRESS_BLD_NONINV_SYS/_DIA/_MEAN       150021/150022/150023        sbp/dbp/map  nibp
+MDC_PRESS_CUFF_SYS/_DIA/_MEAN             150301/150302/150303        sbp/dbp/map  nibp
+MDC_PRESS_BLD_SYS/_DIA/_MEAN              150017/150018/150019        sbp/dbp/map  abp
+MDC_PRESS_BLD_ART_ABP_SYS/_DIA/_MEAN      150037/150038/150039        sbp/dbp/map  abp
+MDC_PRESS_BLD_ART_SYS/_DIA/_MEAN          (mnemonic only)             sbp/dbp/map  abp
+MDC_TEMP, MDC_TEMP_BODY, _CORE, _TYMP,    150344, 150364, 150368,     temp     temp
+_RECT, _ORAL, _EAR, _AXILLA, _GIT         150392, 188420, 188424,
+(and _ESOPH, _NASOPH, _VESIC, _BLD, _ART  188428, 188452, 188456
+by mnemonic)
+MDC_AWAY_CO2_ET, MDC_CONC_AWAY_CO2_ET     151708                      etco2    co2
+========================================  ==========================  =======  =======
+
+Vendor labels (any case): ``HR``, ``Heart Rate`` -> hr/ecg; ``Pulse``, ``PR``,
+``Pulse Rate`` -> hr/pulse; ``SpO2`` -> spo2/pleth; ``RR``, ``Resp``, ``Resp Rate`` ->
+rr/resp; ``awRR`` -> rr/co2; ``NBPs``/``NBPd``/``NBPm`` (also ``NIBPs``..., ``NBP-S``...)
+-> sbp/dbp/map nibp; ``ABPs``/``ABPd``/``ABPm``, ``ARTs``/``ARTd``/``ARTm`` ->
+sbp/dbp/map abp; ``Temp``, ``Tcore``, ``Trect``, ``Tesoph``, ``Tnaso``, ``Ttymp``,
+``Toral``, ``Taxil``, ``Tblood``, ``Tvesic``, ``Tart`` -> temp; ``etCO2`` -> etco2/co2.
+Skin, room and differential temperatures are not body temperature and are not taken.
+Any other OBX (signal quality, height, body position, a CE/ST result) is ignored
+silently.
+
+**Values and units.** OBX-5 (first repetition; NM, or SN ``=^97``) must be an HL7
+number; a known vital that carries something else is refused (``wrong_type``), an empty
+OBX-5 is ignored. OBX-6 is matched by MDC mnemonic, UCUM/vendor text, MDC code or MDIL
+code (``MDC_DIM_PERCENT``, ``262688``, ``0004-0220``, ``%``; ``/min``, ``bpm``, ``rpm``,
+``{beats}/min``, ``MDC_DIM_BEAT_PER_MIN``/``RESP_PER_MIN``; ``mmHg``, ``mm[Hg]``,
+``kPa``, ``MDC_DIM_MMHG``/``KILO_PASCAL``; ``Cel``, ``degC``, ``[degF]``, ``degF``, ``K``,
+``MDC_DIM_DEGC``/``FAHR``/``KELVIN``) and converted to vitalmon's unit as the SenML
+decoder does (:mod:`monitor.sources.codecs`); a unit that does not fit the vital is
+refused (``bad_unit``); no unit at all means vitalmon's unit.
+
+**No measurement.** A monitor with no probe attached sends a marker in place of the
+value. OBX-11 result status ``X`` ("cannot be obtained"), or a value in
+:data:`NO_VALUE_MARKERS` (``-100`` as in the invalid-values sample; ``-999``, ``-99.9``;
+the IEEE 11073 NaN and NRes codes 8388607, -8388608, 2047, -2048) is no reading: it
+becomes technical state, a :class:`~monitor.model.DeviceStatus` of that channel's device
+with the flag ``no_sensor`` ("no sensor connected"), at the latest time of that device in
+the message (so the message's own readings from the device do not clear it; a later
+valid value does, see :mod:`monitor.engine.sensor`). Result statuses ``N`` (not asked),
+``I`` (pending), ``D`` (deleted) and ``W`` (wrong) are ignored. Any other value outside
+:data:`~monitor.model.VITALS` ranges is refused as ``implausible`` (the 384.5 °C of the
+sample).
+
+**Duplicates.** OBX-1 set ids are not used: monitors number them carelessly (the sample
+repeats 3 and 4). An observation is what OBX-3 says it is. Two values of one vital from
+one device at one instant (two SpO2 channels, say): the first valid one wins; a later
+equal one is dropped silently, a different one refused (``duplicate``).
+
+**Where.** ``bind="pv1"`` (the MLLP listener): ``beds`` maps the raw PV1-3 (e.g.
+``ICU^^7``, also without trailing separators) or MSH-4 (raw, or its first component) to
+``ward/bed`` first; else PV1-3 gives bed = PV1-3.3 (else the room, PV1-3.2) and ward =
+PV1-3.1 (else ``ctx.ward``), each the first non-empty subcomponent (``^^&10`` is bed
+``10``; ``^^Doc1&5&1`` is bed ``Doc1``); a PV1-3 without bed or room means ``ctx.ward`` /
+``ctx.bed``. ``bind="fixed"`` (a serial line at one bed) always uses ``ctx``. Device:
+OBX-18 (equipment instance id), else MSH-3 (sending application), else ``ctx.device``;
+patient: PID-3 (first id), else ``ctx.patient``. Names are sanitised for MQTT topics
+(``/``, ``+``, ``#`` and control characters become ``_``; at most 64 characters).
+
+**When.** With ``clock="message"`` and a context whose ``clock`` is ``"device"`` (the MLLP
+listener's, or a serial port set to ``clock: device``): OBX-14, else the OBR-7 of the
+OBX's order, else MSH-7 (DTM ``YYYYMMDDHHMM[SS[.S+]][+/-ZZZZ]``; without an offset in
+``ctx.tz``, None meaning the local zone); none of them parsable: the receive time.
+Otherwise (``clock="receive"``, or a serial port left at its default ``clock: receive``)
+every value takes the receive time ``ctx.now``. A message time further than
+``ctx.max_skew_s`` from ``ctx.now`` is refused (``bad_ts``) for the values that carry it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Final, Literal
+
+import hl7
+
+from monitor.model import DeviceStatus, Reading
+from monitor.sources.codecs import _UNITS, check_value
+from monitor.sources.devices import DeviceContext, Parsed
+
+#: Rejection causes of this format, beyond :data:`monitor.sources.codecs.CAUSES`.
+CAUSES: Final[dict[str, str]] = {
+    "malformed_hl7": "a frame that is not an HL7 v2 message (no MSH segment, or unparsable)",
+    "unsupported_message": "an HL7 message other than ORU^R01",
+    "duplicate": "a second, different value of one vital from one device at one instant",
+}
+
+AckCode = Literal["AA", "AE", "AR"]
+
+#: Values monitors send in place of a measurement (no probe, no value): -> ``no_sensor``.
+NO_VALUE_MARKERS: Final = frozenset(
+    {-100.0, -999.0, -99.9, -9999.0, 8388607.0, -8388608.0, 2047.0, -2048.0}
+)
+
+#: OBX-11 result statuses that mean "no value here, on purpose": ignored.
+_IGNORED_STATUS: Final = frozenset({"N", "I", "D", "W"})
+#: OBX-11 "results cannot be obtained for this observation": no sensor.
+_NO_RESULT_STATUS: Final = "X"
+
+_Target = tuple[str, str]  # (vital, channel)
+
+#: Body temperature sites (MDC_TEMP_<site>); skin, room and differences are not taken.
+_TEMP_SITES: Final = "BODY CORE TYMP RECT ORAL EAR AXILLA GIT ESOPH NASOPH VESIC BLD ART"
+#: Philips temperature labels (lower case).
+_TEMP_LABELS: Final = "temp tcore trect tesoph tnaso ttymp toral taxil tblood tvesic tart"
+
+_NIBP = {"SYS": ("sbp", "nibp"), "DIA": ("dbp", "nibp"), "MEAN": ("map", "nibp")}
+_ABP = {"SYS": ("sbp", "abp"), "DIA": ("dbp", "abp"), "MEAN": ("map", "abp")}
+
+#: MDC mnemonic -> (vital, channel).
+MDC_NAMES: Final[dict[str, _Target]] = {
+    "MDC_PULS_OXIM_SAT_O2": ("spo2", "pleth"),
+    "MDC_PULS_OXIM_PULS_RATE": ("hr", "pleth"),
+    "MDC_ECG_HEART_RATE": ("hr", "ecg"),
+    "MDC_ECG_CARD_BEAT_RATE": ("hr", "ecg"),
+    "MDC_PULS_RATE": ("hr", "pulse"),
+    "MDC_PULS_RATE_NON_INV": ("hr", "nibp"),
+    "MDC_BLD_PULS_RATE_INV": ("hr", "abp"),
+    "MDC_RESP_RATE": ("rr", "resp"),
+    "MDC_TTHOR_RESP_RATE": ("rr", "resp"),
+    "MDC_AWAY_RESP_RATE": ("rr", "co2"),
+    "MDC_CO2_RESP_RATE": ("rr", "co2"),
+    **{f"MDC_PRESS_BLD_NONINV_{k}": v for k, v in _NIBP.items()},
+    **{f"MDC_PRESS_CUFF_{k}": v for k, v in _NIBP.items()},
+    **{f"MDC_PRESS_BLD_{k}": v for k, v in _ABP.items()},
+    **{f"MDC_PRESS_BLD_ART_{k}": v for k, v in _ABP.items()},
+    **{f"MDC_PRESS_BLD_ART_ABP_{k}": v for k, v in _ABP.items()},
+    "MDC_TEMP": ("temp", "temp"),
+    **{f"MDC_TEMP_{site}": ("temp", "temp") for site in _TEMP_SITES.split()},
+    "MDC_AWAY_CO2_ET": ("etco2", "co2"),
+    "MDC_CONC_AWAY_CO2_ET": ("etco2", "co2"),
+}
+
+#: MDC code (partition * 65536 + term code) -> (vital, channel).
+MDC_CODES: Final[dict[int, _Target]] = {
+    150456: ("spo2", "pleth"),
+    149530: ("hr", "pleth"),
+    147842: ("hr", "ecg"),
+    149514: ("hr", "pulse"),
+    149546: ("hr", "nibp"),
+    149522: ("hr", "abp"),
+    151562: ("rr", "resp"),
+    151578: ("rr", "resp"),
+    151570: ("rr", "co2"),
+    151594: ("rr", "co2"),
+    150021: ("sbp", "nibp"),
+    150022: ("dbp", "nibp"),
+    150023: ("map", "nibp"),
+    150301: ("sbp", "nibp"),
+    150302: ("dbp", "nibp"),
+    150303: ("map", "nibp"),
+    150017: ("sbp", "abp"),
+    150018: ("dbp", "abp"),
+    150019: ("map", "abp"),
+    150037: ("sbp", "abp"),
+    150038: ("dbp", "abp"),
+    150039: ("map", "abp"),
+    **{
+        c: ("temp", "temp")
+        for c in (150344, 150364, 150368, 150392, 188420, 188424, 188428, 188452, 188456)
+    },
+    151708: ("etco2", "co2"),
+}
+
+#: Vendor labels (lower case) -> (vital, channel).
+LABELS: Final[dict[str, _Target]] = {
+    "hr": ("hr", "ecg"),
+    "heart rate": ("hr", "ecg"),
+    "pulse": ("hr", "pulse"),
+    "pr": ("hr", "pulse"),
+    "pulse rate": ("hr", "pulse"),
+    "spo2": ("spo2", "pleth"),
+    "rr": ("rr", "resp"),
+    "resp": ("rr", "resp"),
+    "resp rate": ("rr", "resp"),
+    "awrr": ("rr", "co2"),
+    **{
+        f"{name}{sep}{suffix}": target
+        for name, table in (("nbp", _NIBP), ("nibp", _NIBP), ("abp", _ABP), ("art", _ABP))
+        for sep in ("", "-", " ")
+        for suffix, target in zip("sdm", table.values(), strict=True)
+    },
+    **{t: ("temp", "temp") for t in _TEMP_LABELS.split()},
+    "etco2": ("etco2", "co2"),
+}
+
+#: OBX-6 unit (lower case: MDC mnemonic, UCUM or vendor text) -> vitalmon's unit name
+#: (a key of the conversion table in :mod:`monitor.sources.codecs`).
+UNIT_NAMES: Final[dict[str, str]] = {
+    "mdc_dim_percent": "%",
+    "mdc_dim_vol_percent": "%",
+    "%": "%",
+    "mdc_dim_beat_per_min": "/min",
+    "mdc_dim_resp_per_min": "/min",
+    "/min": "/min",
+    "1/min": "/min",
+    "bpm": "/min",
+    "rpm": "/min",
+    "brpm": "/min",
+    "beats/min": "/min",
+    "beat/min": "/min",
+    "breaths/min": "/min",
+    "{beats}/min": "/min",
+    "{beat}/min": "/min",
+    "{breaths}/min": "/min",
+    "{breath}/min": "/min",
+    "mdc_dim_mmhg": "mmHg",
+    "mmhg": "mmHg",
+    "mm[hg]": "mmHg",
+    "mdc_dim_kilo_pascal": "kPa",
+    "kpa": "kPa",
+    "mdc_dim_degc": "Cel",
+    "cel": "Cel",
+    "degc": "Cel",
+    "°c": "Cel",
+    "mdc_dim_fahr": "degF",
+    "[degf]": "degF",
+    "degf": "degF",
+    "°f": "degF",
+    "mdc_dim_kelvin": "K",
+    "k": "K",
+}
+
+#: OBX-6 MDC unit codes (partition 4) -> vitalmon's unit name.
+UNIT_CODES: Final[dict[int, str]] = {
+    262688: "%",
+    264864: "/min",
+    264928: "/min",
+    266016: "mmHg",
+    265987: "kPa",
+    268192: "Cel",
+    266560: "degF",
+    266528: "K",
+}
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_MDIL = re.compile(r"([0-9A-Fa-f]{4})-([0-9A-Fa-f]{4})")
+_DTM = re.compile(
+    r"(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?(?:([+-])(\d{2})(\d{2}))?"
+)
+_UNSAFE = re.compile(r"[/+#\x00-\x1f\x7f]")
+_MAX_NAME = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """What the sender of one message is owed: MSA-1 ``code`` for MSA-2 ``control_id``.
+
+    The MSH fields are those of the acknowledged message, in standard encoding
+    (``|^~\\&``); :func:`ack` swaps sender and receiver.
+    """
+
+    code: AckCode
+    control_id: str = ""  #: MSH-10 of the acknowledged message
+    text: str = ""  #: MSA-3: why (AE/AR), or a note (values refused)
+    error: str = ""  #: HL7 table 0357 code for ERR (AE/AR): 100, 102, 200, 207
+    sending_app: str = ""  #: MSH-3
+    sending_facility: str = ""  #: MSH-4
+    receiving_app: str = ""  #: MSH-5
+    receiving_facility: str = ""  #: MSH-6
+    processing_id: str = "P"  #: MSH-11
+    version: str = "2.5"  #: MSH-12
+    encoding: str = "utf-8"  #: how the message was decoded (the ACK is encoded alike)
+
+
+@dataclass(slots=True)
+class _Msg:
+    """A parsed message: raw fields per segment (``[0]`` the name; for MSH ``[1]`` is the
+    field separator, so indices are HL7 field numbers) and the separators."""
+
+    segments: list[list[str]]
+    rep: str
+    comp: str
+    sub: str
+
+    def field(self, seg: list[str], n: int) -> str:
+        """Field ``n`` of a segment, first repetition."""
+        return seg[n].split(self.rep, 1)[0] if n < len(seg) else ""
+
+    def comps(self, seg: list[str], n: int) -> list[str]:
+        return self.field(seg, n).split(self.comp)
+
+    def first_sub(self, comp: str) -> str:
+        """The first non-empty subcomponent of a component."""
+        return next((s.strip() for s in comp.split(self.sub) if s.strip()), "")
+
+    def standard(self, text: str) -> str:
+        """A raw field re-encoded with the standard separators ``^`` and ``&``."""
+        return "^".join(
+            "&".join(_escape(s) for s in c.split(self.sub)) for c in text.split(self.comp)
+        )
+
+
+@dataclass(slots=True)
+class _Obs:
+    """One OBX that is a vital, on its way to a reading or a status."""
+
+    ts: float
+    device: str
+    vital: str
+    value: float | None  #: None: no measurement (a marker)
+    label: str
+
+
+@dataclass(slots=True)
+class _Place:
+    ward: str
+    bed: str
+    device: str
+    patient: str | None
+
+
+class Hl7Parser:
+    """ORU^R01 messages -> readings, device statuses, rejections and the ACK owed.
+
+    Stateless between messages: one parser may serve any number of connections.
+    """
+
+    def __init__(
+        self,
+        beds: Mapping[str, str] | None = None,
+        bind: Literal["pv1", "fixed"] = "fixed",
+        clock: Literal["message", "receive"] = "message",
+    ) -> None:
+        self.beds: dict[str, tuple[str, str]] = {}
+        for key, where in (beds or {}).items():
+            ward, sep, bed = where.partition("/")
+            if not sep or not ward or not bed or "/" in bed:
+                raise ValueError(f"beds[{key!r}] = {where!r}: expected ward/bed")
+            self.beds[key] = (ward, bed)
+        if bind not in ("pv1", "fixed"):
+            raise ValueError(f"bind {bind!r}: expected 'pv1' or 'fixed'")
+        if clock not in ("message", "receive"):
+            raise ValueError(f"clock {clock!r}: expected 'message' or 'receive'")
+        self.bind = bind
+        self.clock = clock
+
+    def parse(self, frame: bytes, ctx: DeviceContext) -> Parsed:
+        """One message (without MLLP framing) -> readings, statuses, rejections."""
+        return self.parse_message(frame, ctx)[0]
+
+    def parse_message(self, frame: bytes, ctx: DeviceContext) -> tuple[Parsed, Ack]:
+        """One message -> its content and the ACK its sender is owed. Never raises."""
+        try:
+            return self._parse(frame, ctx)
+        except Exception as exc:  # noqa: BLE001 - any input is refused, never raised
+            out = Parsed()
+            out.reject("malformed_hl7", f"unparsable HL7 ({type(exc).__name__})", frame)
+            return out, Ack("AE", text="unparsable HL7 message", error="102")
+
+    # ----------------------------------------------------------------- message
+
+    def _parse(self, frame: bytes, ctx: DeviceContext) -> tuple[Parsed, Ack]:
+        out = Parsed()
+        text, encoding = _decode(frame)
+        msg = _split(text)
+        if msg is None:
+            out.reject("malformed_hl7", "no parsable MSH segment", frame)
+            return out, Ack("AE", text="not an HL7 v2 message", error="100", encoding=encoding)
+        msh = msg.segments[0]
+        mtype = [c.strip().upper() for c in msg.comps(msh, 9)]
+        header = Ack(
+            "AA",
+            control_id=msg.standard(msg.field(msh, 10).strip()),
+            sending_app=msg.standard(msg.field(msh, 3)),
+            sending_facility=msg.standard(msg.field(msh, 4)),
+            receiving_app=msg.standard(msg.field(msh, 5)),
+            receiving_facility=msg.standard(msg.field(msh, 6)),
+            processing_id=msg.comps(msh, 11)[0].strip() or "P",
+            version=msg.comps(msh, 12)[0].strip() or "2.5",
+            encoding=encoding,
+        )
+        kind = "^".join(mtype[:2])
+        if kind != "ORU^R01":
+            shown = _clip(kind.replace("\\", "")) or "(empty)"
+            out.reject("unsupported_message", f"MSH-9 {shown}: only ORU^R01 is taken", frame)
+            return out, _with(header, "AE", f"unsupported message type {shown}", "200")
+        self._observations(msg, ctx, out, frame)
+        note = f"{len(out.rejections)} value(s) refused" if out.rejections else ""
+        return out, _with(header, "AA", note, "")
+
+    def _observations(self, msg: _Msg, ctx: DeviceContext, out: Parsed, frame: bytes) -> None:
+        place = self._place(msg, ctx)
+        use_message_time = self.clock == "message" and ctx.clock == "device"
+        msh_ts = msg.field(msg.segments[0], 7)
+        obr_ts = ""
+        observations: list[_Obs] = []
+        for seg in msg.segments[1:]:
+            name = seg[0].strip().upper()
+            if name == "OBR":
+                obr_ts = msg.field(seg, 7)
+            elif name == "OBX":
+                fallback = (obr_ts, msh_ts)
+                obs = self._obx(msg, seg, ctx, place, fallback, use_message_time, out, frame)
+                if obs is not None:
+                    observations.append(obs)
+        self._collect(observations, place, out, frame)
+
+    def _obx(
+        self,
+        msg: _Msg,
+        seg: list[str],
+        ctx: DeviceContext,
+        place: _Place,
+        fallback: tuple[str, str],
+        use_message_time: bool,
+        out: Parsed,
+        frame: bytes,
+    ) -> _Obs | None:
+        target = resolve_observation(msg.comps(seg, 3))
+        if target is None:
+            return None  # not a vital vitalmon knows: ignored
+        vital, channel = target
+        label = _clip(_label(msg.comps(seg, 3)))
+        status = msg.field(seg, 11).strip().upper()
+        if status in _IGNORED_STATUS:
+            return None
+        raw = _value_text(msg, seg)
+        marker = status == _NO_RESULT_STATUS
+        value: float | None = None
+        if not marker:
+            if raw == "":
+                return None  # nothing measured, nothing said: ignored
+            number = _number(raw)
+            if number is None:
+                detail = f"OBX {label}: {vital}={_clip(raw)!r} is not a number"
+                out.reject("wrong_type", detail, frame)
+                return None
+            marker = number in NO_VALUE_MARKERS
+            if not marker:
+                converted = _convert(vital, number, msg.comps(seg, 6))
+                if converted is None:
+                    unit = _clip(msg.standard(msg.field(seg, 6)))
+                    out.reject("bad_unit", f"OBX {label}: {vital} in {unit!r}", frame)
+                    return None
+                value, cause, detail = check_value(vital, converted)
+                if value is None:
+                    out.reject(cause, f"OBX {label}: {detail}", frame)
+                    return None
+        if use_message_time:
+            ts = _first_time((msg.field(seg, 14), *fallback), ctx.tz)
+            if ts is None:
+                ts = ctx.now
+            elif abs(ts - ctx.now) > ctx.max_skew_s:
+                out.reject(
+                    "bad_ts",
+                    f"OBX {label}: message time is {ts - ctx.now:+.0f} s from the receive"
+                    f" time (max_skew_s {ctx.max_skew_s:g})",
+                    frame,
+                )
+                return None
+        else:
+            ts = ctx.now
+        device = self._device(msg, seg, place.device)
+        return _Obs(ts, f"{device}.{channel}", vital, value, label)
+
+    def _collect(self, observations: list[_Obs], place: _Place, out: Parsed, frame: bytes) -> None:
+        """Observations -> readings (first value per device, vital and instant wins) and
+        one ``no_sensor`` status per device that sent a marker."""
+        seen: dict[tuple[str, str, float], float] = {}
+        latest: dict[str, float] = {}
+        blind: set[str] = set()
+        for obs in observations:
+            latest[obs.device] = max(latest.get(obs.device, obs.ts), obs.ts)
+            if obs.value is None:
+                blind.add(obs.device)
+                continue
+            key = (obs.device, obs.vital, obs.ts)
+            first = seen.get(key)
+            if first is None:
+                seen[key] = obs.value
+                reading = Reading(
+                    obs.ts, place.ward, place.bed, obs.device, obs.vital, obs.value, place.patient
+                )
+                out.readings.append(reading)
+            elif first != obs.value:
+                out.reject(
+                    "duplicate",
+                    f"OBX {obs.label}: {obs.vital}={obs.value:g} after {first:g} at the same"
+                    " time from the same device",
+                    frame,
+                )
+        for device in sorted(blind, key=lambda d: latest[d]):
+            flags = frozenset({"no_sensor"})
+            status = DeviceStatus(
+                latest[device], place.ward, place.bed, device, flags, place.patient
+            )
+            out.statuses.append(status)
+
+    # ----------------------------------------------------------------- context
+
+    def _place(self, msg: _Msg, ctx: DeviceContext) -> _Place:
+        msh = msg.segments[0]
+        pid = _segment(msg, "PID")
+        patient = ctx.patient
+        if pid is not None:
+            patient = _clean(msg.comps(pid, 3)[0]) or ctx.patient
+        device = _clean(_first_nonempty(msg.comps(msh, 3))) or ctx.device
+        ward, bed = ctx.ward, ctx.bed
+        if self.bind == "pv1":
+            ward, bed = self._bed(msg, ctx)
+        return _Place(ward, bed, device, patient)
+
+    def _bed(self, msg: _Msg, ctx: DeviceContext) -> tuple[str, str]:
+        pv1 = _segment(msg, "PV1")
+        location = msg.field(pv1, 3) if pv1 is not None else ""
+        facility = msg.field(msg.segments[0], 4)
+        keys = (
+            location,
+            location.rstrip(msg.comp + msg.sub),
+            facility,
+            facility.split(msg.comp)[0],
+        )
+        for key in keys:
+            if key and key in self.beds:
+                return self.beds[key]
+        parts = location.split(msg.comp)
+        parts += [""] * (3 - len(parts))
+        bed = _clean(msg.first_sub(parts[2]) or msg.first_sub(parts[1]))
+        if not bed:
+            return ctx.ward, ctx.bed
+        return _clean(msg.first_sub(parts[0])) or ctx.ward, bed
+
+    def _device(self, msg: _Msg, seg: list[str], default: str) -> str:
+        """OBX-18 equipment instance identifier, else the message's device."""
+        return _clean(_first_nonempty(msg.comps(seg, 18))) or default
+
+
+# ------------------------------------------------------------------------ mapping
+
+
+def resolve_observation(components: list[str]) -> tuple[str, str] | None:
+    """OBX-3 components -> (vital, channel), or None when it is not a vital we take."""
+    names = [c.strip() for c in components if c.strip()]
+    mnemonics = [n.upper() for n in names if n.upper().startswith("MDC_")]
+    if mnemonics:
+        for m in mnemonics:
+            if m in MDC_NAMES:
+                return MDC_NAMES[m]
+        return None  # an MDC observation, just not a vital
+    for n in names:
+        target = LABELS.get(n.lower())
+        if target is not None:
+            return target
+    for n in names:
+        code = _code(n)
+        if code is not None and code in MDC_CODES:
+            return MDC_CODES[code]
+    return None
+
+
+def resolve_unit(components: list[str]) -> str | None:
+    """OBX-6 components -> vitalmon's unit name, "" for no unit, None when unknown."""
+    names = [c.strip() for c in components if c.strip()]
+    if not names:
+        return ""
+    for n in names:
+        unit = UNIT_NAMES.get(n.lower())
+        if unit is not None:
+            return unit
+    for n in names:
+        code = _code(n)
+        if code is not None and code in UNIT_CODES:
+            return UNIT_CODES[code]
+    return None
+
+
+def _code(text: str) -> int | None:
+    """A numeric MDC code, or a Philips MDIL ``PPPP-HHHH`` code, as partition*65536+term."""
+    if text.isdigit() and len(text) <= 9:
+        return int(text)
+    m = _MDIL.fullmatch(text)
+    if m is None:
+        return None
+    return int(m.group(1), 16) * 65536 + int(m.group(2), 16)
+
+
+def _convert(vital: str, number: float, unit_components: list[str]) -> float | None:
+    unit = resolve_unit(unit_components)
+    if unit is None:
+        return None
+    if unit == "":
+        return number
+    conv = _UNITS.get(vital, {}).get(unit)
+    if conv is None:
+        return None
+    scale, offset = conv
+    return number * scale + offset
+
+
+def _label(components: list[str]) -> str:
+    names = [c.strip() for c in components if c.strip()]
+    text = [n for n in names if not n.isdigit() and _MDIL.fullmatch(n) is None]
+    return (text or names or ["?"])[0]
+
+
+# ------------------------------------------------------------------------- values
+
+
+def _value_text(msg: _Msg, seg: list[str]) -> str:
+    """OBX-5 as a number's text: NM as is; SN ``[comparator]^num`` when it is exact."""
+    raw = msg.field(seg, 5).strip()
+    kind = msg.field(seg, 2).strip().upper()
+    if kind == "SN" or msg.comp in raw:
+        parts = raw.split(msg.comp)
+        if len(parts) >= 2 and parts[0].strip() in ("", "=") and not "".join(parts[2:]).strip():
+            return parts[1].strip()
+    return raw
+
+
+def _number(raw: str) -> float | None:
+    """An HL7 NM: optional sign, digits, optional decimal point (no exponent, no NaN)."""
+    if _NUMBER.fullmatch(raw) is None:
+        return None
+    value = float(raw)
+    return value if math.isfinite(value) else None
+
+
+def parse_dtm(raw: str, tz: tzinfo | None) -> float | None:
+    """HL7 DTM/TS ``YYYYMMDDHHMM[SS[.S+]][+/-ZZZZ]`` (a TS precision component after
+    ``^`` is ignored) -> epoch seconds; no offset: in ``tz`` (None: local). None when it
+    is not one (a date alone included)."""
+    m = _DTM.fullmatch(raw.split("^", 1)[0].strip())
+    if m is None:
+        return None
+    y, mo, d, h, mi = (int(m.group(i)) for i in range(1, 6))
+    s = int(m.group(6) or 0)
+    us = int((m.group(7) or "0").ljust(6, "0"))
+    try:
+        dt = datetime(y, mo, d, h, mi, s, us)
+        if m.group(8):
+            oh, om = int(m.group(9)), int(m.group(10))
+            if oh > 14 or om > 59:
+                return None
+            offset = timedelta(hours=oh, minutes=om)
+            dt = dt.replace(tzinfo=timezone(offset if m.group(8) == "+" else -offset))
+        elif tz is not None:
+            dt = dt.replace(tzinfo=tz)
+        return dt.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _first_time(candidates: Iterable[str], tz: tzinfo | None) -> float | None:
+    for raw in candidates:
+        if raw.strip():
+            ts = parse_dtm(raw, tz)
+            if ts is not None:
+                return ts
+    return None
+
+
+# -------------------------------------------------------------------------- ACK
+
+
+def ack(a: Ack, *, control_id: str | None = None, now: float | None = None) -> bytes:
+    """An HL7 ACK for ``a``: MSH (sender and receiver swapped, ``ACK^R01^ACK``, a new
+    control id, the version echoed), MSA and, for AE/AR, ERR. CR-terminated segments,
+    not framed (the caller frames it with :func:`monitor.sources.devices.frame`)."""
+    t = time.gmtime(time.time() if now is None else now)
+    stamp = time.strftime("%Y%m%d%H%M%S", t) + "+0000"
+    cid = control_id if control_id is not None else uuid.uuid4().hex[:20]
+    msh = "|".join(
+        (
+            "MSH",
+            "^~\\&",
+            a.receiving_app or "vitalmon",
+            a.receiving_facility,
+            a.sending_app,
+            a.sending_facility,
+            stamp,
+            "",
+            "ACK^R01^ACK",
+            _escape(cid),
+            a.processing_id,
+            a.version,
+        )
+    )
+    segments = [msh, "|".join(("MSA", a.code, a.control_id, _escape(a.text)))]
+    if a.code != "AA":
+        code = a.error or "207"
+        text = _escape(_ERRORS.get(code, "Application internal error"))
+        if _version(a.version) >= (2, 5):
+            segments.append(f"ERR|||{code}^{text}^HL70357|E||||{_escape(a.text)}")
+        else:
+            segments.append(f"ERR|^^^{code}&{text}&HL70357")
+    body = "\r".join(segments) + "\r"
+    return body.encode(a.encoding, errors="replace")
+
+
+_ERRORS: Final = {
+    "100": "Segment sequence error",
+    "102": "Data type error",
+    "200": "Unsupported message type",
+    "207": "Application internal error",
+}
+
+
+def _version(v: str) -> tuple[int, int]:
+    parts = [*v.split("."), "0"][:2]
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        return (2, 5)
+
+
+def _with(header: Ack, code: AckCode, text: str, error: str) -> Ack:
+    return Ack(
+        code,
+        header.control_id,
+        text,
+        error,
+        header.sending_app,
+        header.sending_facility,
+        header.receiving_app,
+        header.receiving_facility,
+        header.processing_id,
+        header.version,
+        header.encoding,
+    )
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _decode(frame: bytes) -> tuple[str, str]:
+    try:
+        return frame.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return frame.decode("latin-1"), "latin-1"  # ISO 8859-1 (Philips 8859/1)
+
+
+def _split(text: str) -> _Msg | None:
+    """Text -> segments with CR, LF or CRLF ends, parsed by python-hl7; None: no MSH."""
+    text = text.lstrip("\ufeff \t\r\n")
+    if not text.startswith("MSH") or len(text) < 8:
+        return None
+    lines = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s.strip()]
+    try:
+        parsed = hl7.parse("\r".join(lines))
+    except (hl7.ParseException, IndexError, ValueError):
+        return None
+    seps = str(parsed.separators)
+    if len(seps) < 5:
+        return None
+    segments = [[str(f) for f in seg] for seg in parsed]
+    if not segments or not segments[0] or segments[0][0] != "MSH":
+        return None
+    return _Msg(segments, seps[2], seps[3], seps[4])
+
+
+def _segment(msg: _Msg, name: str) -> list[str] | None:
+    return next((s for s in msg.segments if s and s[0].strip().upper() == name), None)
+
+
+def _first_nonempty(components: list[str]) -> str:
+    return next((c.strip() for c in components if c.strip()), "")
+
+
+def _clean(text: str) -> str:
+    """A name fit for an MQTT topic level and a log line."""
+    return _UNSAFE.sub("_", text.strip())[:_MAX_NAME].strip()
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return _UNSAFE.sub("_", text)[:n]
+
+
+def _escape(text: str) -> str:
+    """Text -> HL7 text in standard encoding (separators escaped, no segment breaks)."""
+    out = text.replace("\\", "\\E\\")
+    for ch, esc in (("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
+        out = out.replace(ch, esc)
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+__all__ = [
+    "CAUSES",
+    "LABELS",
+    "MDC_CODES",
+    "MDC_NAMES",
+    "NO_VALUE_MARKERS",
+    "UNIT_CODES",
+    "UNIT_NAMES",
+    "Ack",
+    "AckCode",
+    "Hl7Parser",
+    "ack",
+    "parse_dtm",
+    "resolve_observation",
+    "resolve_unit",
+]
