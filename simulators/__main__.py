@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from simulators import mqtt
+from simulators import mqtt, serial
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("mqtt", help="publish JSON readings to vitals/{ward}/{bed}/{device}")
     mqtt.add_arguments(sp)
     sp.set_defaults(func=mqtt.main)
+    sp = sub.add_parser(
+        "serial",
+        help="a Masimo, Nellcor, HL7 or JSON-lines device on a pty (a simulated serial port)",
+        description="One simulated patient's device output on a pseudo-terminal.",
+    )
+    serial.add_arguments(sp)
+    sp.set_defaults(func=serial.main)
     return p
 
 

@@ -90,8 +90,14 @@ def test_masimo_on_a_pty_alarms_over_mqtt_unplug_and_replug(daemon, subscribe, s
     t0 = time.time() - 60
     lines = [masimo_line(t0 + i, 97 - (i if i < 17 else 17), 80) for i in range(40)]
     socat.write(b"".join(lines))  # SpO2 97 -> 80 %, then 80 % for 23 s
-    raised = wait_for(lambda: len([a for a in alerts.json() if a["rule"] == "spo2.low"]) >= 2
-                      and [a for a in alerts.json() if a["rule"] == "spo2.low"], 10, "alert")
+    raised = wait_for(
+        lambda: (
+            len([a for a in alerts.json() if a["rule"] == "spo2.low"]) >= 2
+            and [a for a in alerts.json() if a["rule"] == "spo2.low"]
+        ),
+        10,
+        "alert",
+    )
     # below 90 % for 15 s: medium; below 85 % for 15 s: the same alert, high
     assert [(a["bed"], a["device"], a["priority"]) for a in raised] == [
         ("12", "masimo", "medium"), ("12", "masimo", "high")]  # fmt: skip
