@@ -62,6 +62,7 @@ class SerialSource:
         self.connected = asyncio.Event()  #: set while the port is open
         self._tz = zoneinfo.ZoneInfo(cfg.timezone) if cfg.timezone else None
         self._stopping = asyncio.Event()
+        self._last_rx = 0.0  #: receive time given to the latest frame
 
     # ------------------------------------------------------------------ control
 
@@ -168,7 +169,11 @@ class SerialSource:
         statuses: list[DeviceStatus] = []
         for f in frames:
             self.counts["frames"] += 1
-            parsed = parser.parse(f, ctx)
+            # frames read together get distinct, increasing receive times (1 ms apart):
+            # a burst is many readings, not one reading and its duplicates
+            t = max(now, self._last_rx + 0.001)
+            self._last_rx = t
+            parsed = parser.parse(f, replace(ctx, now=t))
             readings += parsed.readings
             statuses += parsed.statuses
             for rej in parsed.rejections:
