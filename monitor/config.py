@@ -282,6 +282,8 @@ class Hl7MllpSourceConfig(_Model):
     #: Reading time: ``message`` (OBX-14, else OBR-7, else MSH-7) or ``receive``.
     clock: Literal["message", "receive"] = "message"
     timezone: str | None = None  #: zone of HL7 times without an offset; null = local
+    #: A message time more than this ahead of now is refused; past times are stored as
+    #: history (an interface engine resending its queue after an outage).
     max_skew_s: float = Field(300.0, gt=0)
     max_message_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
     max_connections: int = Field(64, ge=1, le=10_000)

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -15,6 +16,8 @@ import pytest
 from conftest import wait_for
 
 from monitor.sources.link import DISCONNECTED, LinkAlarms
+
+DATA = Path(__file__).parent / "data"
 
 
 class Socat:
@@ -85,8 +88,9 @@ def test_masimo_on_a_pty_alarms_over_mqtt_unplug_and_replug(daemon, subscribe, s
         f"sources:\n  - type: serial\n    port: {socat.a}\n    format: masimo\n"
         "    ward: icu\n    bed: '12'\n    clock: device\n",
     ))  # fmt: skip
-    d.start()
     alerts = subscribe("alerts/#")
+    d.start()
+    wait_for(lambda: "open (masimo" in d.log(), 5, "port open")  # (opening flushes input)
     t0 = time.time() - 60
     lines = [masimo_line(t0 + i, 97 - (i if i < 17 else 17), 80) for i in range(40)]
     socat.write(b"".join(lines))  # SpO2 97 -> 80 %, then 80 % for 23 s
@@ -121,3 +125,87 @@ def test_masimo_on_a_pty_alarms_over_mqtt_unplug_and_replug(daemon, subscribe, s
 
     wait_for(device_sends_and_alarm_resolved, 5, "disconnected resolved")
     assert time.monotonic() - back < 5.0
+
+
+def test_oru_r01_over_mllp_is_acked_after_commit_and_stored(daemon, tmp_path):
+    """The issue's acceptance for HL7: a real ORU^R01 (Comen, IHE PCD-01) sent over MLLP
+    to the hl7-mllp listener gets an AA ACK, and its readings are stored."""
+    import socket
+
+    from conftest import free_port
+
+    from monitor.sources.devices import frame
+
+    port = free_port()
+    d = daemon(start=False)
+    d.config.write_text(d.config.read_text().replace(
+        "sources:\n", f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{port}\n"
+        "    ward: icu\n"))  # fmt: skip
+    d.start()
+    sample = (DATA / "device_messages" / "hl7_misc" / "comen_nc_monitor_pcd01.hl7").read_bytes()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"noise" + frame(sample))
+        ack = b""
+        while not ack.endswith(b"\x1c\r"):
+            chunk = s.recv(4096)
+            assert chunk, "connection closed before the ACK"
+            ack += chunk
+    assert ack.startswith(b"\x0b")
+    segments = ack[1:-2].split(b"\r")
+    assert segments[0].split(b"|")[8] == b"ACK^R01^ACK"
+    assert segments[1].split(b"|")[:3] == [b"MSA", b"AA", b"202506100151270003"]
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "query", "-c", str(d.config), "--ward", "icu",
+         "--bed", "10", "--format", "csv"], capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = {tuple(line.split(",")[3:]) for line in out.stdout.splitlines()[1:]}
+    assert ("NC_Monitor.pleth", "spo2", "97") in rows
+    assert ("NC_Monitor.nibp", "sbp", "120") in rows
+    assert len(rows) == 7
+
+
+def serial_config(d, port: Path, extra: str = "") -> None:
+    d.config.write_text(d.config.read_text().replace(
+        "sources:\n", f"sources:\n  - type: serial\n    port: {port}\n    format: masimo\n"
+        f"    ward: icu\n    bed: '14'\n{extra}"))  # fmt: skip
+
+
+def test_open_port_gone_quiet_raises_device_silent_resolved_by_data(daemon, subscribe, socat):
+    """A pty whose writer stops raises no error: only the silent_after_s timer notices."""
+    d = daemon(start=False)
+    serial_config(d, socat.a, "    silent_after_s: 2\n")
+    alerts = subscribe("alerts/#")
+    d.start()
+    wait_for(lambda: "open (masimo" in d.log(), 5, "port open")
+    socat.write(masimo_line(time.time(), 97, 80))
+    silent = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "device.silent"], 5,
+                      "device.silent")  # fmt: skip
+    assert (silent[0]["kind"], silent[0]["state"], silent[0]["bed"]) == ("technical", "active",
+                                                                         "14")  # fmt: skip
+    socat.write(masimo_line(time.time(), 97, 80))
+    back = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "device.silent"
+                             and a["state"] == "resolved"], 5, "resolved")  # fmt: skip
+    assert back[0]["id"] == silent[0]["id"]
+    # one alarm per silence: no device.stale for the same device as well
+    assert not [a for a in alerts.json() if a["rule"] == "device.stale"]
+
+
+def test_port_missing_at_startup_retry_by_default_error_when_asked(daemon, subscribe, tmp_path):
+    missing = tmp_path / "ttyUSB9"
+    d = daemon(start=False)
+    serial_config(d, missing)
+    alerts = subscribe("alerts/#")
+    d.start()  # retry (default): the daemon runs and says the device is disconnected
+    lost = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "device.disconnected"],
+                    5, "device.disconnected")  # fmt: skip
+    assert "cannot open" in lost[0]["message"]
+    d.terminate()
+    serial_config(d, missing, "    startup_error_behavior: error\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "-c", str(d.config)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"serial port {missing}" in proc.stderr

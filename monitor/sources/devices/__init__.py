@@ -161,7 +161,10 @@ class MllpFramer:
                     del buf[:1]  # resynchronise on the next start byte
                     continue
                 break
-            out.append(bytes(buf[1:end]))
+            if end - 1 > self.max_bytes:
+                self.too_long += 1  # complete, but over the bound: dropped all the same
+            else:
+                out.append(bytes(buf[1:end]))
             del buf[: end + 2]
         return out
 

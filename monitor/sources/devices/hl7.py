@@ -93,8 +93,9 @@ equal one is dropped silently, a different one refused (``duplicate``).
 ``ward/bed`` first; else PV1-3 gives bed = PV1-3.3 (else the room, PV1-3.2) and ward =
 PV1-3.1 (else ``ctx.ward``), each the first non-empty subcomponent (``^^&10`` is bed
 ``10``; ``^^Doc1&5&1`` is bed ``Doc1``); a PV1-3 without bed or room means ``ctx.ward`` /
-``ctx.bed``. ``bind="fixed"`` (a serial line at one bed) always uses ``ctx``. Device:
-OBX-18 (equipment instance id), else MSH-3 (sending application), else ``ctx.device``;
+``ctx.bed``. ``bind="fixed"`` (a serial line at one bed) always uses ``ctx``, device
+included. Device (``pv1``): OBX-18 (equipment instance id), else MSH-3 (sending
+application), else ``ctx.device``;
 patient: PID-3 (first id), else ``ctx.patient``. Names are sanitised for MQTT topics
 (``/``, ``+``, ``#`` and control characters become ``_``; at most 64 characters).
 
@@ -103,8 +104,11 @@ listener's, or a serial port set to ``clock: device``): OBX-14, else the OBR-7 o
 OBX's order, else MSH-7 (DTM ``YYYYMMDDHHMM[SS[.S+]][+/-ZZZZ]``; without an offset in
 ``ctx.tz``, None meaning the local zone); none of them parsable: the receive time.
 Otherwise (``clock="receive"``, or a serial port left at its default ``clock: receive``)
-every value takes the receive time ``ctx.now``. A message time further than
-``ctx.max_skew_s`` from ``ctx.now`` is refused (``bad_ts``) for the values that carry it.
+every value takes the receive time ``ctx.now``. A message time more than
+``ctx.max_skew_s`` ahead of ``ctx.now``, or before 2000, is refused (``bad_ts``) for the
+values that carry it. Past times are history, not error: an interface engine resends
+what it queued during an outage. They are stored; the engine evaluates those recent
+enough (``rules.max_lag_s``) and keeps the rest as history.
 """
 
 from __future__ import annotations
@@ -123,6 +127,8 @@ import hl7
 from monitor.model import DeviceStatus, Reading
 from monitor.sources.codecs import _UNITS, check_value
 from monitor.sources.devices import DeviceContext, Parsed
+
+_MIN_TS = 946_684_800.0  #: 2000-01-01: earlier HL7 times are a clock never set
 
 #: Rejection causes of this format, beyond :data:`monitor.sources.codecs.CAUSES`.
 CAUSES: Final[dict[str, str]] = {
@@ -487,11 +493,11 @@ class Hl7Parser:
             ts = _first_time((msg.field(seg, 14), *fallback), ctx.tz)
             if ts is None:
                 ts = ctx.now
-            elif abs(ts - ctx.now) > ctx.max_skew_s:
+            elif ts - ctx.now > ctx.max_skew_s or ts < _MIN_TS:
                 out.reject(
                     "bad_ts",
                     f"OBX {label}: message time is {ts - ctx.now:+.0f} s from the receive"
-                    f" time (max_skew_s {ctx.max_skew_s:g})",
+                    f" time (at most {ctx.max_skew_s:g} s ahead, after 2000)",
                     frame,
                 )
                 return None
@@ -542,6 +548,8 @@ class Hl7Parser:
         if pid is not None:
             patient = _clean(msg.comps(pid, 3)[0]) or ctx.patient
         device = _clean(_first_nonempty(msg.comps(msh, 3))) or ctx.device
+        if self.bind == "fixed":
+            device = ctx.device  # a serial line: the configured device names it
         ward, bed = ctx.ward, ctx.bed
         if self.bind == "pv1":
             ward, bed = self._bed(msg, ctx)
