@@ -72,3 +72,22 @@ def test_system_alarm_raises_once_and_always_resolves():
     down = alarms.set("sink.down", "tsdb", True, "refused")
     assert down is not None
     assert down.priority == Priority.MEDIUM
+
+
+def test_a_storm_through_the_engine_becomes_one_flapping_alert_then_settles():
+    """SBP (a spot measurement: one reading alarms) jumping across 90 every reading for
+    10 min, then steady and low: the default flapping rule (6 changes in 600 s) turns the
+    storm into one sbp.low.flapping alert, and once settled the rule's state is told."""
+    eng = Engine(RulesConfig(), sinks=[])
+    storm = [Reading(T0 + 30 * i, "icu", "7", "nibp", "sbp", 85 if i % 2 else 110)
+             for i in range(20)]  # fmt: skip
+    events = eng.process(storm)
+    raises = [e for e in events if e.rule == "sbp.low" and e.state == AlertState.ACTIVE]
+    flap = [e for e in events if e.rule == "sbp.low.flapping"]
+    assert len(raises) == 3  # before it was judged flapping (the 6th change)
+    assert [(e.state, e.seq) for e in flap] == [(AlertState.ACTIVE, 1)]
+    steady = [Reading(T0 + 600 + 30 * i, "icu", "7", "nibp", "sbp", 85) for i in range(30)]
+    after = eng.process(steady)
+    after = [e for e in after if e.kind != "trend"]  # (sbp falling: a trend alert, too)
+    assert [(e.rule, e.state) for e in after] == [
+        ("sbp.low.flapping", AlertState.RESOLVED), ("sbp.low", AlertState.ACTIVE)]  # fmt: skip

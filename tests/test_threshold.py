@@ -28,7 +28,9 @@ MEDIUM, HIGH = Priority.MEDIUM, Priority.HIGH
 
 
 def rules(thresholds: dict[str, Any] | None = None, **kw: Any) -> RulesConfig:
-    data: dict[str, Any] = {"trends": {"enabled": False}, **kw}  # thresholds alone here
+    # thresholds alone here: no trends, and no flapping detection (which holds a storm's
+    # raises by design: tests/test_flapping.py)
+    data: dict[str, Any] = {"trends": {"enabled": False}, "flapping": {"enabled": False}, **kw}
     if thresholds is not None:
         data["thresholds"] = thresholds
     return RulesConfig.model_validate(data)
