@@ -23,17 +23,16 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
+from simulators import stop_on_signals
 from simulators.patient import SCENARIOS, Patient, reading, ward
 
 log = logging.getLogger("simulators.mqtt")
@@ -257,12 +256,5 @@ def main(args: argparse.Namespace) -> int:
         1 / opts.speed,
         "" if opts.duration is None else f" for {opts.duration:g} s",
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals(log)
     return sim.run(stop)

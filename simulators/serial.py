@@ -60,7 +60,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -68,12 +67,12 @@ import tty
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import FrameType
 from typing import Final, TextIO
 
 import numpy as np
 
 from simulators import patient as patient_model
+from simulators import stop_on_signals
 from simulators.patient import INTEGER_VITALS, Patient, bed_seed, reading
 
 log = logging.getLogger("simulators.serial")
@@ -724,14 +723,7 @@ def main(args: argparse.Namespace) -> int:
     )
     sim = SerialSimulator(opts)
     log.info("simulating a %s device (%s, seed %d)", opts.fmt, opts.scenario, seed)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals(log)
     try:
         return sim.run(stop)
     except OSError as e:
