@@ -285,6 +285,11 @@ class Daemon:
             "alerts_active": len(self.lifecycle.active()),
             "series": len(self.engine.series),
         }
+        for src in self.sources:  # device links: frames, losses, refusals by cause
+            counts = getattr(src, "counts", None)
+            if isinstance(src, SerialSource) or src.name.startswith("hl7-mllp"):
+                for key, n in sorted((counts or {}).items()):
+                    out[f"{src.name}.{key}"] = n
         for fwd in self.forwarders:
             out[f"forwarded[{fwd.name}]"] = fwd.counts["forwarded"]
             out[f"lag_readings[{fwd.name}]"] = fwd.lag
