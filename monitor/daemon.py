@@ -84,7 +84,7 @@ class Daemon:
         for sc in cfg.sources:
             if isinstance(sc, SerialSourceConfig):
                 serial_src = SerialSource(sc, cfg.rules.stale_after_s)
-                self.staleness.exempt.add((sc.ward, sc.bed, serial_src.device))  # it watches itself
+                self.staleness.watch_elsewhere(sc.ward, sc.bed, serial_src.device)  # its own link
                 self.sources.append(serial_src)
             elif isinstance(sc, Hl7MllpSourceConfig):
                 from monitor.sources.hl7mllp import Hl7MllpSource

@@ -74,7 +74,7 @@ def test_link_alarms_raise_once_and_resolve_once():
     assert link.raise_(DISCONNECTED, "again", 101.0) is None
     done = link.clear(DISCONNECTED, "data again", 130.0)
     assert done is not None and (done.id, done.state, done.seq) == (first.id, "resolved", 2)
-    assert "after 30 s" in done.message
+    assert "(alarm lasted 30 s)" in done.message
     assert link.clear(DISCONNECTED, "data again", 131.0) is None
 
 

@@ -94,3 +94,14 @@ def test_device_reported_sensor_off_over_mqtt(daemon, subscribe, publisher):
         ("signal.low_perfusion", "active")]  # fmt: skip
     assert events[1]["id"] == events[0]["id"]
     assert events[2]["priority"] == "low"
+
+
+def test_devices_watched_by_their_own_link_are_not_counted_channels_included():
+    # a serial source watches its port (device.silent / device.disconnected): the same
+    # silence must not also be device.stale, for its HL7 channels (hl7.pleth) either
+    s = Staleness(30, [("icu", "14")], started=0.0)
+    s.watch_elsewhere("icu", "14", "hl7")
+    for device in ("hl7", "hl7.pleth", "hl7.ecg"):
+        s.seen("icu", "14", device, 10.0)
+    s.seen("icu", "14", "other", 10.0)
+    assert [(e.device, e.rule) for e in s.check(100.0)] == [("other", "device.stale")]

@@ -35,12 +35,14 @@ class Staleness:
         }
         self._open: dict[tuple[str, str, str], AlertEvent] = {}
         #: Devices whose source watches its own link (serial: device.silent and
-        #: device.disconnected): never counted here, so one silence is one alarm.
-        self.exempt: set[tuple[str, str, str]] = set()
+        #: device.disconnected), as (ward, bed) -> device names: never counted here, so
+        #: one silence is one alarm. A name covers its channels too (``hl7`` covers
+        #: ``hl7.pleth``).
+        self.exempt: dict[tuple[str, str], set[str]] = {}
 
     def seen(self, ward: str, bed: str, device: str, now: float) -> list[AlertEvent]:
         """A reading arrived: note it; -> the resolutions of alarms it ends."""
-        if (ward, bed, device) not in self.exempt:
+        if not self._exempt(ward, bed, device):
             self._seen[(ward, bed, device)] = now
         out = []
         for key in ((ward, bed, device), (ward, bed, ANY_DEVICE)):
@@ -54,6 +56,14 @@ class Staleness:
                 event.message = f"data from {device} again after {now - event.started_at:.0f} s"
                 out.append(event)
         return out
+
+    def watch_elsewhere(self, ward: str, bed: str, device: str) -> None:
+        """``device`` of the bed (and its channels) is watched by its own source."""
+        self.exempt.setdefault((ward, bed), set()).add(device)
+
+    def _exempt(self, ward: str, bed: str, device: str) -> bool:
+        names = self.exempt.get((ward, bed))
+        return bool(names) and (device in names or device.split(".", 1)[0] in names)
 
     def expect(self, ward: str, bed: str, now: float) -> None:
         """A bed was admitted: silent from ``now`` on unless a device of it is known."""

@@ -51,5 +51,5 @@ class LinkAlarms:
         event.seq += 1
         event.state = AlertState.RESOLVED
         event.at = now
-        event.message = f"{self.device}: {detail} after {now - event.started_at:.0f} s"
+        event.message = f"{self.device}: {detail} (alarm lasted {now - event.started_at:.0f} s)"
         return event

@@ -103,6 +103,7 @@ class SerialSource:
             first = False
             delay = self.cfg.retry_min_s
             self.counts["opened"] += 1
+            self._last_rx = max(self._last_rx, time.time())  # what is read came after this
             self.connected.set()
             log.info("%s: open (%s, %d baud)", self.name, self.cfg.format, self.cfg.baudrate)
             try:
@@ -167,11 +168,13 @@ class SerialSource:
                             self._tz, self.cfg.max_skew_s)  # fmt: skip
         readings: list[Reading] = []
         statuses: list[DeviceStatus] = []
+        # frames read together arrived since the previous read: spread over that interval,
+        # never later than now, each distinct (a burst is many readings, not one reading
+        # and its duplicates)
+        step = (now - self._last_rx) / len(frames) if now > self._last_rx else 0.0
         for f in frames:
             self.counts["frames"] += 1
-            # frames read together get distinct, increasing receive times (1 ms apart):
-            # a burst is many readings, not one reading and its duplicates
-            t = max(now, self._last_rx + 0.001)
+            t = max(self._last_rx + step, self._last_rx + 1e-6)
             self._last_rx = t
             parsed = parser.parse(f, replace(ctx, now=t))
             readings += parsed.readings
@@ -206,4 +209,6 @@ class SerialSource:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
+    if "returned no data" in text:  # pyserial's words for a port that went away
+        return "the port went away (device unplugged, adapter removed or pty closed)"
     return text[:200]
