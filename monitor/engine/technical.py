@@ -63,7 +63,9 @@ class Staleness:
 
     def _exempt(self, ward: str, bed: str, device: str) -> bool:
         names = self.exempt.get((ward, bed))
-        return bool(names) and (device in names or device.split(".", 1)[0] in names)
+        if not names:
+            return False
+        return device in names or device.split(".", 1)[0] in names
 
     def expect(self, ward: str, bed: str, now: float) -> None:
         """A bed was admitted: silent from ``now`` on unless a device of it is known."""
