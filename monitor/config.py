@@ -48,9 +48,36 @@ class _Model(BaseModel):
 
 
 class TLSConfig(_Model):
+    """TLS to the broker. The broker's certificate is always verified (against
+    ``ca_file``, or the system's CAs when it is null)."""
+
     ca_file: str | None = None
+    #: Client certificate and key (mutual TLS); both or neither.
     cert_file: str | None = None
     key_file: str | None = None
+    #: Check that the certificate names ``mqtt.host``. Only for a lab broker whose
+    #: certificate names another host: never switch it off in production.
+    verify_hostname: bool = True
+    #: Lowest TLS version accepted.
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, float) else v  # YAML reads 1.2 as a number
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not os.access(v, os.R_OK):
+            raise ValueError(f"cannot read {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate)")
+        return self
 
 
 class MqttConfig(_Model):
@@ -61,6 +88,9 @@ class MqttConfig(_Model):
     username: str | None = None
     #: File holding the password (first line). Never put the password itself in the YAML.
     password_file: str | None = None
+    #: The password from the environment, as ``password: ${MQTT_PASSWORD}`` (never a
+    #: literal: check-config refuses one). ``password_file`` is preferred.
+    password: str | None = Field(None, repr=False)
     protocol: Literal["3.1.1", "5"] = "5"
     keepalive_s: int = Field(30, ge=5, le=3600)
     #: MQTT 5 session expiry: how long the broker keeps our session (and queues readings)
@@ -807,10 +837,61 @@ class RulesConfig(_Model):
 class EngineConfig(_Model):
     #: Bounded queue between sources and engine (readings); sources wait when it is full.
     queue_size: int = Field(10_000, ge=10, le=10_000_000)
+    #: SIGTERM: sources stop, then queues drain and sinks flush for at most this long;
+    #: what is left is logged and the process exits (keep it below systemd's
+    #: TimeoutStopSec).
+    shutdown_timeout_s: float = Field(4.5, gt=0, le=600)
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class LogConfig(_Model):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: LogLevel = "info"
+    #: ``auto``: JSON lines under journald (``JOURNAL_STREAM`` names our stderr), human
+    #: text otherwise; or ``human``, ``json``.
+    format: Literal["auto", "human", "json"] = "auto"
+    #: Per component, e.g. ``{mqtt: debug, source.serial: warning}`` (names below
+    #: ``vitalmon.``).
+    levels: dict[str, LogLevel] = Field(default_factory=dict)
+    #: The same message from the same place is logged at most once per this many
+    #: seconds; the repeats are counted in the next one.
+    repeat_window_s: float = Field(10.0, ge=0, le=3600)
+
+
+class MetricsConfig(_Model):
+    #: ``host:port`` of the Prometheus endpoint (``/metrics``) and ``/healthz``; null = off.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            host, sep, port = v.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ValueError("listen is host:port, e.g. 127.0.0.1:9464")
+        return v
+
+
+class PrivacyConfig(_Model):
+    #: Replace the ``patient`` field of stored readings and of published and stored
+    #: alerts by a keyed pseudonym (HMAC-SHA256 with ``key_file``, 16 hex digits).
+    pseudonymize_patient: bool = False
+    #: Secret key file (first line) for pseudonyms; required with pseudonymize_patient.
+    key_file: str | None = None
+
+    @field_validator("key_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not os.access(v, os.R_OK):
+            raise ValueError(f"cannot read {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _key(self) -> PrivacyConfig:
+        if self.pseudonymize_patient and self.key_file is None:
+            raise ValueError("pseudonymize_patient needs key_file")
+        return self
 
 
 # ------------------------------------------------------------------------ profiles
@@ -904,6 +985,8 @@ class Config(_Model):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     #: Limits per kind of patient, merged over the built-in ``adult``/``copd``/``opioid``.
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
     #: Beds expected to send data, keyed ``ward/bed`` (``icu/7``), with their profile: a
@@ -1099,6 +1182,13 @@ def parse(data: Any, env: Mapping[str, str] | None = None) -> Config:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(["<root>: the config must be a mapping of sections"])
+    mqtt = data.get("mqtt")
+    raw_password = mqtt.get("password") if isinstance(mqtt, Mapping) else None
+    if raw_password is not None and not (
+        isinstance(raw_password, str) and _VAR.fullmatch(raw_password.strip())
+    ):
+        errors.append("mqtt.password: never write the password in the file; use "
+                      "password_file, or password: ${MQTT_PASSWORD} from the environment")  # fmt: skip
     data = substitute(data, os.environ if env is None else env, "", errors)
     try:
         cfg = Config.model_validate(data)
