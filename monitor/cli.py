@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from monitor import config as config_mod
+from monitor import logs
 from monitor.model import VITALS, iso
 
 log = logging.getLogger("vitalmon")
@@ -38,28 +39,52 @@ def parse_since(text: str, now: float | None = None) -> float:
     return dt.timestamp()
 
 
+#: Exit codes of ``vitalmon run`` (systemd: RestartPreventExitStatus=2).
+EXIT_OK = 0  #: stopped cleanly (SIGTERM/SIGINT)
+EXIT_FATAL = 1  #: a fatal error at start or while running: worth a restart
+EXIT_CONFIG = 2  #: the configuration is invalid: a restart cannot help
+
+
 def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("vitalmon.mqtt.paho").setLevel(logging.WARNING)
+    """Logging of the short-lived commands (human format)."""
+    logs.setup(config_mod.LogConfig(format="human"), level_override=level)
 
 
-def _load(path: str) -> config_mod.Config:
+def _load(path: str, code: int = 1) -> config_mod.Config:
     try:
         return config_mod.load(path)
     except config_mod.ConfigError as exc:
         print(f"vitalmon: invalid configuration {path}:", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(code) from None
+
+
+def secret_warnings(cfg: config_mod.Config) -> list[str]:
+    """Secret files readable by group or others (check-config warns, run logs)."""
+    from monitor.privacy import check_secret_file
+
+    paths = [("mqtt.password_file", cfg.mqtt.password_file),
+             ("mqtt.tls.key_file", cfg.mqtt.tls.key_file if cfg.mqtt.tls else None),
+             ("privacy.key_file", cfg.privacy.key_file)]  # fmt: skip
+    for i, sink in enumerate(cfg.store):
+        if isinstance(sink, config_mod.InfluxStoreConfig):
+            paths += [(f"store[{i}].token_file", sink.token_file),
+                      (f"store[{i}].patient_key_file", sink.patient_key_file)]  # fmt: skip
+    out = []
+    for key, path in paths:
+        if path:
+            warning = check_secret_file(path)
+            if warning:
+                out.append(f"{key}: {warning}")
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    setup_logging(args.log_level or cfg.log.level)
+    cfg = _load(args.config, EXIT_CONFIG)
+    logs.setup(cfg.log, level_override=args.log_level)
+    for warning in secret_warnings(cfg):
+        logging.getLogger("vitalmon.config").warning("%s", warning)
     from monitor.daemon import run
 
     return run(cfg, config_path=args.config, log_level=args.log_level)
@@ -67,6 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    for warning in secret_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     n_rules = sum(1 for t in cfg.rules.thresholds.values() if t.enabled)
     print(
         f"{args.config}: OK ({len(cfg.sources)} source(s), {len(cfg.store)} store(s), "

@@ -1187,8 +1187,10 @@ def parse(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if raw_password is not None and not (
         isinstance(raw_password, str) and _VAR.fullmatch(raw_password.strip())
     ):
-        errors.append("mqtt.password: never write the password in the file; use "
-                      "password_file, or password: ${MQTT_PASSWORD} from the environment")  # fmt: skip
+        errors.append(
+            "mqtt.password: never write the password in the file; use "
+            "password_file, or password: ${MQTT_PASSWORD} from the environment"
+        )
     data = substitute(data, os.environ if env is None else env, "", errors)
     try:
         cfg = Config.model_validate(data)

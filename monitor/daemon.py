@@ -22,13 +22,24 @@ import logging
 import signal
 import sqlite3
 import time
+from typing import Any
 
-from monitor.config import Config, ConfigError, Hl7MllpSourceConfig, SerialSourceConfig, load
+from monitor import logs
+from monitor.config import (
+    Config,
+    ConfigError,
+    Hl7MllpSourceConfig,
+    SerialSourceConfig,
+    load,
+    read_secret,
+)
 from monitor.engine import Engine
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.system import SYSTEM_WARD, SystemAlarms
 from monitor.engine.technical import Staleness
+from monitor.metrics import Metrics, Sample, sample
 from monitor.mqtt import Client
+from monitor.notify import Notifier
 from monitor.sinks import Sink
 from monitor.sinks.alerts import AlertPublisher
 from monitor.sinks.forward import Forwarder
@@ -42,9 +53,9 @@ from monitor.sources.serial import SerialSource
 
 log = logging.getLogger("vitalmon.daemon")
 
-#: Shutdown must finish within this; a service manager waits ~5 s before SIGKILL.
-SHUTDOWN_BUDGET_S = 4.5
 HEARTBEAT_S = 1.0
+#: systemd STATUS= (and the pipeline check without a watchdog) this often.
+STATUS_EVERY_S = 10.0
 SUMMARY_EVERY_S = 300.0
 
 
@@ -58,6 +69,10 @@ class Daemon:
         self.cfg = cfg
         self.config_path = config_path
         self._log_override = log_level
+        password_file = cfg.mqtt.password_file
+        for secret in (cfg.mqtt.password, read_secret(password_file) if password_file else None):
+            if secret:
+                logs.redact(secret)  # defence in depth: it is never logged anyway
         self.client = Client(cfg.mqtt)
         self.deadletters = DeadLetters(
             lambda topic, payload: self.client.publish(topic, payload, qos=0)
@@ -101,6 +116,16 @@ class Daemon:
         self.journal.on_condition = self._condition
         for fwd in self.forwarders:
             fwd.on_condition = self._condition
+        #: systemd: READY=1 / WATCHDOG=1 / RELOADING=1 / STOPPING=1 (a no-op elsewhere).
+        self.notifier = Notifier()
+        self.watchdog_s = self.notifier.watchdog_interval()
+        self._progress: dict[str, float] = {}
+        self._moving = (True, "")
+        self._rate_mark = (time.monotonic(), 0)
+        self.metrics_server: Metrics | None = None
+        if cfg.metrics.listen:
+            self.metrics_server = Metrics(self.samples, self.health)
+            self.engine.on_latency = self.metrics_server.observe_latency
         self.should_exit = asyncio.Event()
         self.reload_requested = asyncio.Event()
         #: Set after each SIGHUP has been handled (tests and systemd wait on it).
@@ -194,6 +219,10 @@ class Daemon:
                 tg.create_task(fwd.run(), name=f"vitalmon.forward[{fwd.name}]")
             )
         tasks["engine"] = [tg.create_task(self.engine.run(), name="vitalmon.engine")]
+        tasks["metrics"] = []
+        if self.metrics_server is not None and self.cfg.metrics.listen:
+            tasks["metrics"].append(tg.create_task(
+                self.metrics_server.serve(self.cfg.metrics.listen), name="vitalmon.metrics"))  # fmt: skip
         self.client.start()
         for src in self.sources:
             tasks["sources"].append(
@@ -207,14 +236,31 @@ class Daemon:
     async def main_loop(self) -> None:
         ready_logged = False
         deaf = True  # not (yet) connected: silence of devices tells nothing
-        last_summary = time.monotonic()
+        last_summary = last_status = last_check = time.monotonic()
+        # the pipeline is judged (and systemd's watchdog pinged) twice per WatchdogSec
+        # (minus a heartbeat, so a ping is never later than WatchdogSec/2)
+        check_every = (max(HEARTBEAT_S, self.watchdog_s / 2 - HEARTBEAT_S) if self.watchdog_s
+                       else STATUS_EVERY_S)  # fmt: skip
         while not self.should_exit.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_S)
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
+                self.notifier.reloading("reloading the configuration")
                 await self.reload()
+                self.notifier.ready(self.status_line())
                 self.reloaded.set()
+            if time.monotonic() - last_check >= check_every:
+                last_check = time.monotonic()
+                self._moving = self.moving()
+                if self._moving[0]:
+                    if self.watchdog_s:
+                        self.notifier.watchdog()
+                else:
+                    log.warning("pipeline stuck: %s (watchdog not pinged)", self._moving[1])
+            if ready_logged and time.monotonic() - last_status >= STATUS_EVERY_S:
+                last_status = time.monotonic()
+                self.notifier.status(self.status_line())
             self.alert_sink.tick(time.time())  # pauses that have ended
             due = self.lifecycle.tick()  # escalations, re-notifications
             if self.client.connected.is_set():
@@ -230,6 +276,7 @@ class Daemon:
                 await self.engine.put(Batch([], events=due))
             if self.client.connected.is_set() and not ready_logged:
                 log.info("ready: connected, subscribed, store open")
+                self.notifier.ready(self.status_line())
                 ready_logged = True
             if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
                 last_summary = time.monotonic()
@@ -263,14 +310,85 @@ class Daemon:
         self.alert_sink.cfg = applied.alerts
         self.alert_sink.score_topic = applied.rules.news2.topic
         self.commands.pause_max_s = applied.alerts.pause_max_s
-        level = self._log_override or applied.log.level
-        logging.getLogger().setLevel(getattr(logging, level.upper()))
+        logs.reconfigure(applied.log)
         self.cfg = applied
         if events:
             await self.engine.put(Batch([], events=[self.lifecycle.observe(e) for e in events]))
         log.info("reloaded %s: rules, profiles, beds and alerts applied (%d alert(s) closed "
                  "by the change)", self.config_path, len(events))  # fmt: skip
         return True
+
+    def _stages(self) -> list[tuple[str, asyncio.Queue[Any], float]]:
+        return [
+            ("engine", self.engine.queue, self.engine.counts["batches"]),
+            ("store", self.journal.queue, self.journal.counts["commits"]),
+            ("alerts", self.alert_sink.queue, self.alert_sink.counts["handled"]),
+        ]
+
+    def moving(self) -> tuple[bool, str]:
+        """Is the pipeline moving? Each stage has either nothing waiting or has made
+        progress since the last check. (A blocked event loop cannot even ask.)"""
+        stuck = []
+        for name, queue, progress in self._stages():
+            if queue.qsize() > 0 and self._progress.get(name) == progress:
+                stuck.append(f"{name} ({queue.qsize()} waiting, no progress)")
+            self._progress[name] = progress
+        return (not stuck, ", ".join(stuck))
+
+    def health(self) -> tuple[bool, str]:
+        """``/healthz``: connected to the broker and the pipeline moving."""
+        if not self.client.connected.is_set():
+            return False, "not connected to the broker"
+        if not self._moving[0]:
+            return False, f"pipeline stuck: {self._moving[1]}"
+        return True, "ok"
+
+    def status_line(self) -> str:
+        """systemd STATUS=: beds, readings/s, active alerts."""
+        now = time.monotonic()
+        received = self.journal.counts["received"]
+        last_t, last_n = self._rate_mark
+        rate = (received - last_n) / (now - last_t) if now > last_t else 0.0
+        self._rate_mark = (now, received)
+        beds = len({(k.ward, k.bed) for k in self.engine.series})
+        connected = "" if self.client.connected.is_set() else "; broker not connected"
+        return (f"{beds} beds, {rate:.0f} readings/s, {len(self.lifecycle.active())} active "
+                f"alerts{connected}")  # fmt: skip
+
+    def samples(self) -> list[Sample]:
+        """What ``/metrics`` shows (called at each scrape, in the event loop)."""
+        j = self.journal.counts
+        out = [
+            sample("vitalmon_readings_received_total", j["received"]),
+            sample("vitalmon_readings_committed_total", j["committed"]),
+            sample("vitalmon_readings_duplicates_total", j["duplicates"]),
+            sample("vitalmon_readings_pruned_total", j["pruned"]),
+            sample("vitalmon_alerts_active", len(self.lifecycle.active())),
+            sample("vitalmon_series", len(self.engine.series)),
+            sample("vitalmon_store_bytes", self.journal.used_bytes),
+            sample("vitalmon_mqtt_connected", 1 if self.client.connected.is_set() else 0),
+            sample("vitalmon_mqtt_reconnects_total", self.client.reconnects),
+        ]
+        out += [sample("vitalmon_readings_rejected_total", n, cause=cause)
+                for cause, n in sorted(self.deadletters.counts.items())]  # fmt: skip
+        out += [sample("vitalmon_alert_events_total", n, kind=k, priority=p, state=st)
+                for (k, p, st), n in sorted(self.alert_sink.events.items())]  # fmt: skip
+        out += [sample("vitalmon_queue_depth", q.qsize(), queue=name)
+                for name, q, _ in self._stages()]  # fmt: skip
+        for src in self.sources:
+            if isinstance(src, SerialSource):
+                out.append(sample("vitalmon_serial_port_open",
+                                  1 if src.connected.is_set() else 0, port=src.cfg.port))  # fmt: skip
+        for fwd in self.forwarders:
+            out += [
+                sample("vitalmon_readings_forwarded_total", fwd.counts["forwarded"],
+                       sink=fwd.name),
+                sample("vitalmon_readings_dropped_total", j[f"dropped[{fwd.name}]"],
+                       sink=fwd.name),
+                sample("vitalmon_store_lag_readings", fwd.lag, sink=fwd.name),
+                sample("vitalmon_store_lag_seconds", fwd.lag_s, sink=fwd.name),
+            ]  # fmt: skip
+        return out
 
     def metrics(self) -> dict[str, float]:
         """Counters of the path (the ops issue exports them; the log prints them now)."""
@@ -301,7 +419,8 @@ class Daemon:
         return ", ".join(f"{k} {v:g}" for k, v in self.metrics().items())
 
     async def shutdown(self, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
-        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        deadline = time.monotonic() + self.cfg.engine.shutdown_timeout_s
+        self.notifier.stopping("draining")
         try:
             for src in self.sources:
                 src.stop()
@@ -316,6 +435,9 @@ class Daemon:
             for fwd in self.forwarders:
                 fwd.close()
             await self._join(tasks["forwarders"], deadline - 0.5, "forwarders")
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+            await self._join(tasks.get("metrics", []), deadline, "metrics")
         finally:
             remaining = max(0.2, deadline - time.monotonic())
             await self.client.stop(timeout=min(remaining, 2.0))

@@ -86,6 +86,8 @@ class Engine:
         self.score_sink: ScoreSink | None = None
         #: Silence per device (wall clock of arrival); set by the daemon.
         self.staleness: Staleness | None = None
+        #: Called with the seconds from a batch's arrival to the alert events it raised.
+        self.on_latency: Callable[[float], None] | None = None
         self._score_updates: list[ScoreUpdate] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
         self.series: dict[SeriesKey, _Series] = {}
@@ -329,12 +331,16 @@ class Engine:
             batch = await self.queue.get()
             if batch is None:
                 return
+            self.counts["batches"] += 1  # progress, for the watchdog
             raised = list(batch.alarms)
             for cmd in batch.bed_commands:
                 raised += self.apply(cmd)
             for status in batch.statuses:  # before the readings: a reading newer than a
                 raised += self.sensors.observe(status)  # "sensor off" ends it
-            raised += self.process(batch.readings)
+            from_rules = self.process(batch.readings)
+            if from_rules and batch.received_at and self.on_latency is not None:
+                self.on_latency(time.time() - batch.received_at)  # ingest -> alert
+            raised += from_rules
             if self.staleness is not None:
                 arrived = batch.received_at or time.time()
                 for r in batch.readings:

@@ -56,6 +56,8 @@ class AlertPublisher:
             maxsize=queue_size
         )
         self.counts: Counter[str] = Counter()
+        #: Alert events by (kind, priority, state), for the metrics.
+        self.events: Counter[tuple[str, str, str]] = Counter()
         #: (ward, bed) -> {alert id: latest event}: the alerts not yet resolved, per bed.
         self._open: dict[tuple[str, str], dict[str, dict[str, object]]] = {}
         #: Paused beds -> wall clock of the pause's end; events held meanwhile, per bed.
@@ -98,6 +100,7 @@ class AlertPublisher:
         for ward, bed in list(self._open):
             self._publish_state(ward, bed, pending)
         while (item := await self.queue.get()) is not None:
+            self.counts["handled"] += 1  # progress, for the watchdog
             if isinstance(item, ScoreUpdate):
                 topic = self.score_topic.format(ward=item.ward, bed=item.bed)
                 body = (
@@ -112,6 +115,7 @@ class AlertPublisher:
             await asyncio.wait(pending, timeout=3.0)
 
     def _handle(self, event: AlertEvent, pending: set[asyncio.Future[None]]) -> None:
+        self.events[(event.kind, str(event.priority), str(event.state))] += 1
         key = (event.ward, event.bed)
         beds = self._open.setdefault(key, {})
         if event.state == AlertState.RESOLVED:

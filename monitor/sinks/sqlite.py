@@ -284,6 +284,7 @@ class SqliteSink:
             if not batch:
                 continue
             self.head = await self.call(partial(self._commit, batch=batch))
+            self.counts["commits"] += 1  # progress, for the watchdog
             self.committed.set()
             for it in batch:  # only now is it durable: release it at its origin
                 if it.done is not None:

@@ -138,6 +138,7 @@ class CommandSource:
         self.pauses = pauses
         self.beds = beds
         self.store = store
+        self._admitted: dict[tuple[str, str], Admission] | None = None
         self.audit = audit
         self.pause_max_s = pause_max_s
         self._client = client
@@ -196,13 +197,21 @@ class CommandSource:
         assert self.beds is not None
         now = time.time()
         try:
+            # the view of admissions includes those accepted here and still queued for
+            # the engine: two commands in a row are judged in order
+            if self._admitted is None:
+                self._admitted = dict(self.beds.admissions)
             if msg.topic == ADMIT_TOPIC:
                 a = parse_admit(msg.payload, now)
-                self.beds.check_admit(a)
+                self.beds.check_admit(a)  # the profile
+                occupant = self._admitted.get((a.ward, a.bed))
+                if occupant is not None and occupant.patient != a.patient:
+                    raise ValueError(f"bed {a.ward}/{a.bed} is occupied by another patient: "
+                                     "discharge it first")  # fmt: skip
                 action, saved, detail = "admit", a, f"profile {a.profile or 'of the bed'}"
             else:
                 ward, bed, patient, by = parse_discharge(msg.payload)
-                current = self.beds.admissions.get((ward, bed))
+                current = self._admitted.get((ward, bed))
                 if patient is not None and (current is None or current.patient != patient):
                     reject(Rejection("wrong_patient", f"{ward}/{bed} is not occupied by the "
                                      "patient named", msg.topic, msg.payload[:1024]))  # fmt: skip
@@ -212,6 +221,10 @@ class CommandSource:
         except ValueError as exc:
             reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
             return
+        if saved is None:
+            self._admitted.pop((a.ward, a.bed), None)
+        else:
+            self._admitted[(a.ward, a.bed)] = saved
         if self.store is not None:
             await self.store.save_admission(saved, a.ward, a.bed)
         log.info("bed %s/%s: %s by %s %s", a.ward, a.bed, action, a.by, detail)
