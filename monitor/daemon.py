@@ -221,8 +221,8 @@ class Daemon:
         tasks["engine"] = [tg.create_task(self.engine.run(), name="vitalmon.engine")]
         tasks["metrics"] = []
         if self.metrics_server is not None and self.cfg.metrics.listen:
-            tasks["metrics"].append(tg.create_task(
-                self.metrics_server.serve(self.cfg.metrics.listen), name="vitalmon.metrics"))  # fmt: skip
+            serve = self.metrics_server.serve(self.cfg.metrics.listen)
+            tasks["metrics"].append(tg.create_task(serve, name="vitalmon.metrics"))
         self.client.start()
         for src in self.sources:
             tasks["sources"].append(
@@ -377,8 +377,8 @@ class Daemon:
                 for name, q, _ in self._stages()]  # fmt: skip
         for src in self.sources:
             if isinstance(src, SerialSource):
-                out.append(sample("vitalmon_serial_port_open",
-                                  1 if src.connected.is_set() else 0, port=src.cfg.port))  # fmt: skip
+                is_open = 1 if src.connected.is_set() else 0
+                out.append(sample("vitalmon_serial_port_open", is_open, port=src.cfg.port))
         for fwd in self.forwarders:
             out += [
                 sample("vitalmon_readings_forwarded_total", fwd.counts["forwarded"],

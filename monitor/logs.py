@@ -141,7 +141,7 @@ class RepeatFilter(logging.Filter):
             return True
         try:
             text = record.getMessage()
-        except Exception:  # a bad format string: the template stands for it
+        except (TypeError, ValueError):  # a bad format string: the template stands for it
             text = str(record.msg)
         key = (record.name, record.levelno, text)
         now = self.clock()

@@ -105,6 +105,12 @@ def parse_discharge(payload: bytes) -> tuple[str, str, str | None, str]:
     return ward, bed, _optional(doc, "patient"), _optional(doc, "by") or "mqtt"
 
 
+def _check_vacant(admitted: dict[tuple[str, str], Admission], a: Admission) -> None:
+    occupant = admitted.get((a.ward, a.bed))
+    if occupant is not None and occupant.patient != a.patient:
+        raise ValueError(f"bed {a.ward}/{a.bed} is occupied by another patient: discharge it first")
+
+
 class Beds(Protocol):
     """The engine's view of admissions (checked before a command is accepted)."""
 
@@ -204,10 +210,7 @@ class CommandSource:
             if msg.topic == ADMIT_TOPIC:
                 a = parse_admit(msg.payload, now)
                 self.beds.check_admit(a)  # the profile
-                occupant = self._admitted.get((a.ward, a.bed))
-                if occupant is not None and occupant.patient != a.patient:
-                    raise ValueError(f"bed {a.ward}/{a.bed} is occupied by another patient: "
-                                     "discharge it first")  # fmt: skip
+                _check_vacant(self._admitted, a)
                 action, saved, detail = "admit", a, f"profile {a.profile or 'of the bed'}"
             else:
                 ward, bed, patient, by = parse_discharge(msg.payload)
