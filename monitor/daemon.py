@@ -22,6 +22,7 @@ import logging
 import signal
 import sqlite3
 import time
+from dataclasses import replace
 from typing import Any
 
 from monitor import logs
@@ -40,6 +41,7 @@ from monitor.engine.technical import Staleness
 from monitor.metrics import Metrics, Sample, sample
 from monitor.mqtt import Client
 from monitor.notify import Notifier
+from monitor.privacy import Pseudonymizer
 from monitor.sinks import Sink
 from monitor.sinks.alerts import AlertPublisher
 from monitor.sinks.forward import Forwarder
@@ -78,6 +80,11 @@ class Daemon:
             lambda topic, payload: self.client.publish(topic, payload, qos=0)
         )
         #: The SQLite store: durable journal, committed before any MQTT acknowledgement.
+        self.pseudonymizer = (
+            Pseudonymizer.from_file(cfg.privacy.key_file)
+            if cfg.privacy.pseudonymize_patient and cfg.privacy.key_file
+            else None
+        )
         self.journal = SqliteSink(cfg.journal)
         self.alert_sink = AlertPublisher(cfg.alerts, self.client,
                                          score_topic=cfg.rules.news2.topic)  # fmt: skip
@@ -110,6 +117,7 @@ class Daemon:
         self.commands = CommandSource(
             self.client, self.lifecycle, pauses=self.alert_sink, audit=self.journal.write_audit,
             pause_max_s=cfg.alerts.pause_max_s, beds=self.engine, store=self.journal,
+            pseudonymize=self.pseudonymizer,
         )  # fmt: skip
         self.sources.append(self.commands)
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
@@ -163,6 +171,17 @@ class Daemon:
         else:
             log.info("%s: shutting down", signal.Signals(sig).name)
         self.should_exit.set()
+
+    async def _take_in(self, batch: Batch) -> None:
+        """What sources emit: pseudonymised first when ``privacy.pseudonymize_patient``,
+        so no raw patient id reaches the store, the alerts or the logs."""
+        pseudo = self.pseudonymizer
+        if pseudo is not None:
+            batch.readings = [r if r.patient is None else replace(r, patient=pseudo(r.patient))
+                              for r in batch.readings]  # fmt: skip
+            batch.statuses = [s if s.patient is None else replace(s, patient=pseudo(s.patient))
+                              for s in batch.statuses]  # fmt: skip
+        await self.engine.put(batch)
 
     def handle_reload(self) -> None:
         """SIGHUP: only sets a flag; the main loop reloads."""
@@ -227,7 +246,7 @@ class Daemon:
         for src in self.sources:
             tasks["sources"].append(
                 tg.create_task(
-                    src.run(self.engine.put, self.deadletters), name=f"vitalmon.source[{src.name}]"
+                    src.run(self._take_in, self.deadletters), name=f"vitalmon.source[{src.name}]"
                 )
             )
         self.started.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,61 @@ def test_mask_hides_the_id() -> None:
     assert mask("") == "-"
     # unrelated to a stored pseudonym
     assert mask("MRN-0042")[3:] not in Pseudonymizer(b"k")("MRN-0042")
+
+
+def test_a_full_run_logs_no_password_and_no_patient_id(daemon, subscribe, publisher, broker,
+                                                       tmp_path):  # fmt: skip
+    """Debug logging, a password, pseudonyms on: readings and an admission naming
+    MRN-0042, an alert, an ack, a discharge, a restart. Neither the password nor the id
+    appears in any log line, the store or an alert; the alerts carry the pseudonym."""
+    import json
+    import sqlite3
+    import subprocess
+
+    from conftest import wait_for
+
+    password, mrn = "s3cret-Pa55word", "MRN-0042"
+    (tmp_path / "mqtt.password").write_text(password + "\n")
+    (tmp_path / "mqtt.password").chmod(0o600)
+    (tmp_path / "pseudo.key").write_text("a-long-random-key\n")
+    (tmp_path / "pseudo.key").chmod(0o600)
+    d = daemon(start=False)
+    text = d.config.read_text().replace(
+        "  client_id: vitalmon\n",
+        f"  client_id: vitalmon\n  username: vitalmon\n  password_file: {tmp_path}/mqtt.password\n",
+    )
+    d.config.write_text(text + f"privacy:\n  pseudonymize_patient: true\n"
+                               f"  key_file: {tmp_path}/pseudo.key\n")  # fmt: skip
+    d.start()
+    alerts = subscribe("alerts/#")
+    expected = Pseudonymizer(b"a-long-random-key")(mrn)
+    subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t",
+                    "vitalmon/cmd/admit", "-m",
+                    json.dumps({"ward": "icu", "bed": "8", "patient": mrn, "by": "kim"})],
+                   check=True, timeout=10)  # fmt: skip
+    now = time.time()
+    for i in range(20):
+        publisher.publish("vitals/icu/8/ox", {"ts": now - 25 + i, "spo2": 80, "patient": mrn})
+    raised = wait_for(alerts.json, 5, "the alert")[0]
+    assert raised["patient"] == expected
+    publisher.publish("vitalmon/cmd/ack", {"id": raised["id"], "by": "kim"})
+    publisher.publish("vitalmon/cmd/discharge", {"ward": "icu", "bed": "8", "patient": mrn})
+    wait_for(lambda: any("discharged" in a["message"] for a in alerts.json()), 5, "discharge")
+    d.terminate()
+    d.start()
+    d.terminate()
+    log_text = d.log()
+    assert "DEBUG" in log_text  # the most talkative level was on
+    assert password not in log_text
+    assert mrn not in log_text
+    conn = sqlite3.connect(tmp_path / "vitals.db")
+    try:
+        stored = [
+            row
+            for table in ("readings", "alert_events", "audit", "beds")
+            for row in conn.execute(f"SELECT * FROM {table}")
+        ]
+    finally:
+        conn.close()
+    assert stored and mrn not in repr(stored)
+    assert expected in repr(stored)

@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from monitor.config import Config
@@ -138,6 +139,7 @@ class CommandSource:
         pause_max_s: float = 120.0,
         beds: Beds | None = None,
         store: Admissions | None = None,
+        pseudonymize: Callable[[str], str | None] | None = None,
     ) -> None:
         self.name = "commands"
         self.lifecycle = lifecycle
@@ -145,6 +147,9 @@ class CommandSource:
         self.beds = beds
         self.store = store
         self._admitted: dict[tuple[str, str], Admission] | None = None
+        #: privacy.pseudonymize_patient: patient ids are replaced on arrival, before they
+        #: are stored, compared or logged.
+        self._pseudo = pseudonymize
         self.audit = audit
         self.pause_max_s = pause_max_s
         self._client = client
@@ -209,11 +214,15 @@ class CommandSource:
                 self._admitted = dict(self.beds.admissions)
             if msg.topic == ADMIT_TOPIC:
                 a = parse_admit(msg.payload, now)
+                if self._pseudo is not None:
+                    a = replace(a, patient=self._pseudo(a.patient) or a.patient)
                 self.beds.check_admit(a)  # the profile
                 _check_vacant(self._admitted, a)
                 action, saved, detail = "admit", a, f"profile {a.profile or 'of the bed'}"
             else:
                 ward, bed, patient, by = parse_discharge(msg.payload)
+                if self._pseudo is not None and patient is not None:
+                    patient = self._pseudo(patient)
                 current = self._admitted.get((ward, bed))
                 if patient is not None and (current is None or current.patient != patient):
                     reject(Rejection("wrong_patient", f"{ward}/{bed} is not occupied by the "
