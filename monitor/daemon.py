@@ -32,14 +32,13 @@ from monitor.config import (
     Hl7MllpSourceConfig,
     SerialSourceConfig,
     load,
-    read_secret,
 )
 from monitor.engine import Engine
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.system import SYSTEM_WARD, SystemAlarms
 from monitor.engine.technical import Staleness
 from monitor.metrics import Metrics, Sample, sample
-from monitor.mqtt import Client
+from monitor.mqtt import Client, broker_password
 from monitor.notify import Notifier
 from monitor.privacy import Pseudonymizer
 from monitor.sinks import Sink
@@ -71,8 +70,8 @@ class Daemon:
         self.cfg = cfg
         self.config_path = config_path
         self._log_override = log_level
-        password_file = cfg.mqtt.password_file
-        for secret in (cfg.mqtt.password, read_secret(password_file) if password_file else None):
+        with contextlib.suppress(OSError):  # unusable: the client's start says so, fatally
+            secret = broker_password(cfg.mqtt)
             if secret:
                 logs.redact(secret)  # defence in depth: it is never logged anyway
         self.client = Client(cfg.mqtt)

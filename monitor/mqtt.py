@@ -11,9 +11,21 @@ and keepalive never block the event loop. Everything crosses into asyncio throug
 * :meth:`Client.publish` returns a future resolved when the broker has the message
   (PUBACK for QoS 1), or failed if the client is stopped first.
 
-Reconnects use jittered exponential backoff, each attempt logged. The retained status
-topic ``vitalmon/status/{client_id}`` reads ``online`` while connected, ``offline``
-after a clean stop or (Last Will) a lost connection.
+Reconnects use jittered exponential backoff. Every failed attempt is logged as exactly
+one WARNING line that names the cause: the broker refusing the connection (its CONNACK
+reason, e.g. bad user name or password), a failed TLS handshake (certificate verify
+failed, hostname mismatch), a socket error, or a lost connection. paho's own error
+lines about the same socket are folded into ours rather than printed a second time.
+The retained status topic ``vitalmon/status/{client_id}`` reads ``online`` while
+connected, ``offline`` after a clean stop or (Last Will) a lost connection.
+
+TLS: an ``ssl.SSLContext`` built from ``mqtt.tls``: the broker's certificate is always
+verified (``ca_file`` or the system's CAs), its name checked unless ``verify_hostname``
+is off, TLS 1.2 or 1.3 at least (``min_version``), and a client certificate when given.
+Files that cannot be used, like an unreadable password file, fail :meth:`Client.start`
+with an ``OSError`` naming the file and its key (the daemon exits with ``fatal: ...``).
+The password (``password_file``, or ``password`` from the environment) is handed to
+paho only: it is in no log line, no exception and no repr.
 """
 
 from __future__ import annotations
@@ -22,7 +34,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import ssl
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -33,9 +47,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from monitor.config import MqttConfig, read_secret
+from monitor.config import MqttConfig, TLSConfig, read_secret
 
 log = logging.getLogger("vitalmon.mqtt")
+#: paho's own logger (``enable_logger``); the CLI keeps it at WARNING.
+paho_log = logging.getLogger("vitalmon.mqtt.paho")
 
 STATUS_TOPIC = "vitalmon/status/{client_id}"
 RECEIVE_MAXIMUM = 1000
@@ -55,6 +71,121 @@ Deliver = Callable[[Message], None]
 
 class PublishError(Exception):
     """A publish could not be handed to the broker."""
+
+
+# ------------------------------------------------------------------ TLS, credentials
+
+#: CONNACK reasons (lower case) that mean the credentials are not accepted
+_CREDENTIAL_REASONS = ("bad user name or password", "not authorized")
+_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+#: OpenSSL's ``[LIB: CODE]`` / ``[Errno N]`` tags and ``(_ssl.c:NNN)`` source positions
+_SSL_NOISE = re.compile(r"\[[A-Za-z0-9_: ]+\]\s*|\s*\(_ssl\.c:\d+\)")
+
+
+def _ssl_text(exc: BaseException) -> str:
+    """An ``ssl``/``OSError`` as words: ``certificate verify failed: Hostname mismatch,
+    ...``, ``Connection refused``, without OpenSSL's tags."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message.rstrip('.')}"
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, ssl.SSLError):
+        return exc.strerror  # "No such file or directory", "Connection refused"
+    return _SSL_NOISE.sub("", str(exc)).strip() or type(exc).__name__
+
+
+def _readable_certs(path: str) -> bool:
+    """Whether ``path`` holds at least one PEM certificate."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def tls_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The client context for ``mqtt.tls``; OSError naming the file that cannot be used."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # always: verify_hostname only skips the name check
+    ctx.check_hostname = tls.verify_hostname
+    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+    try:
+        if tls.ca_file is not None:
+            ctx.load_verify_locations(cafile=tls.ca_file)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    except (OSError, ValueError) as exc:
+        where = f"mqtt.tls.ca_file {tls.ca_file}" if tls.ca_file else "the system CA store"
+        raise OSError(f"{where}: cannot load CA certificates: {_ssl_text(exc)}") from None
+    if tls.cert_file is not None:
+        key_file = tls.key_file or tls.cert_file
+
+        def no_passphrase() -> str:
+            # OpenSSL would otherwise prompt on the terminal, and a daemon has none
+            raise OSError(f"mqtt.tls.key_file {key_file}: the key is encrypted; vitalmon "
+                          "needs an unencrypted key (readable only by its user)")  # fmt: skip
+
+        try:
+            ctx.load_cert_chain(tls.cert_file, key_file, password=no_passphrase)
+        except (OSError, ValueError) as exc:
+            if str(exc).startswith("mqtt.tls."):
+                raise OSError(str(exc)) from None
+            if not _readable_certs(tls.cert_file):
+                raise OSError(f"mqtt.tls.cert_file {tls.cert_file}: no PEM certificate in it "
+                              f"({_ssl_text(exc)})") from None  # fmt: skip
+            raise OSError(f"mqtt.tls.key_file {key_file}: not the PEM private key of "
+                          f"cert_file {tls.cert_file} ({_ssl_text(exc)})") from None  # fmt: skip
+    return ctx
+
+
+def broker_password(cfg: MqttConfig) -> str | None:
+    """The broker password: ``password_file``'s first line, else ``password`` (from the
+    environment). OSError naming the file, never its content, when it cannot be read."""
+    if cfg.password_file:
+        where = f"mqtt.password_file {cfg.password_file}"
+        try:
+            secret = read_secret(cfg.password_file)
+        except IndexError:
+            raise OSError(f"{where}: the file is empty") from None
+        except UnicodeDecodeError:
+            raise OSError(f"{where}: not UTF-8 text") from None
+        except OSError as exc:
+            raise OSError(
+                f"{where}: cannot read it: {exc.strerror or type(exc).__name__}"
+            ) from None
+        if not secret:
+            raise OSError(f"{where}: the first line is empty")
+        return secret
+    return cfg.password
+
+
+# ------------------------------------------------------------- paho's own log lines
+
+#: paho ERROR lines about a socket that our own per-attempt line reports. Their text
+#: goes into that line instead: paho logs it in its network thread just before calling
+#: ``on_disconnect`` there, so a thread-local carries it across.
+_SOCKET_NOISE = ("failed to receive on socket", "timeout on socket", "Client is not connected")
+
+
+class _SocketErrors(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if isinstance(msg, str) and msg.startswith(_SOCKET_NOISE):
+            if not msg.startswith("Client is not connected"):  # no socket: nothing to say
+                self._local.text = record.getMessage()
+            return False
+        return True
+
+    def take(self) -> str | None:
+        text: str | None = getattr(self._local, "text", None)
+        self._local.text = None
+        return text
+
+
+_socket_errors = _SocketErrors()
+paho_log.addFilter(_socket_errors)
 
 
 class Client:
@@ -86,6 +217,12 @@ class Client:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._suback_mids: set[int] = set()
         self._attempt = 0
+        #: failed attempts since the last successful connection
+        self._failures = 0
+        #: set by a refused CONNACK: the disconnect paho reports next is the same attempt
+        self._refused = False
+        #: the broker accepted the current connection (a CONNACK with success)
+        self._up = False
         self._stopping = threading.Event()
         self._inbox: deque[tuple[Deliver, Message]] = deque()
         self._inbox_lock = threading.Lock()
@@ -100,19 +237,9 @@ class Client:
             manual_ack=True,
         )
         p = self._paho
-        p.enable_logger(logging.getLogger("vitalmon.mqtt.paho"))
+        p.enable_logger(paho_log)
         p.max_queued_messages_set(0)  # outgoing QoS 1 alerts wait in memory across reconnects
         p.max_inflight_messages_set(100)
-        if cfg.username is not None:
-            password = read_secret(cfg.password_file) if cfg.password_file else None
-            p.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
-            p.tls_set(
-                ca_certs=cfg.tls.ca_file,
-                certfile=cfg.tls.cert_file,
-                keyfile=cfg.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
         if persistent:
             p.will_set(self.status_topic, b"offline", qos=1, retain=True)
         p.on_connect = self._on_connect
@@ -129,6 +256,9 @@ class Client:
         self._subs.append((topic_filter, qos, deliver))
 
     def start(self) -> None:
+        """Connect in the background. OSError (naming the file) when the TLS files or the
+        password file cannot be used: nothing is started then."""
+        self._configure_security()
         self._loop = asyncio.get_running_loop()
         props = None
         if self._v5:
@@ -137,13 +267,19 @@ class Client:
             # Unacknowledged QoS 1 messages the broker may have in flight to us: with
             # manual acks this bounds what waits in memory on our side.
             props.ReceiveMaximum = RECEIVE_MAXIMUM
+        tls = self.cfg.tls
         log.info(
-            "connecting to %s:%d as %r (MQTT %s, %s session)",
+            "connecting to %s:%d as %r (MQTT %s, %s session, %s, %s)",
             self.cfg.host,
             self.cfg.port,
             self.client_id,
             self.cfg.protocol,
             "persistent" if self.persistent else "clean",
+            "no TLS"
+            if tls is None
+            else f"TLS >= {tls.min_version}"
+            + ("" if tls.verify_hostname else ", host name not verified"),
+            f"user {self.cfg.username!r}" if self.cfg.username is not None else "anonymous",
         )
         self._paho.connect_async(
             self.cfg.host,
@@ -153,6 +289,20 @@ class Client:
             properties=props,
         )
         self._paho.loop_start()
+
+    def _configure_security(self) -> None:
+        """TLS context and credentials, from files read now (at start, not at import of
+        the config: the daemon reports an OSError here as ``fatal:`` and exits 1)."""
+        cfg = self.cfg
+        if cfg.tls is not None:
+            self._paho.tls_set_context(tls_context(cfg.tls))
+            # paho derives its own check from the context; keep the two the same
+            self._paho.tls_insecure_set(not cfg.tls.verify_hostname)
+        secret = broker_password(cfg)
+        if cfg.username is not None:
+            self._paho.username_pw_set(cfg.username, secret)
+        elif secret is not None:
+            log.warning("mqtt.password is set without mqtt.username: connecting anonymously")
 
     def publish(
         self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
@@ -229,13 +379,42 @@ class Client:
         self, client: paho.Client, _u: object, flags: object, reason: object, _props: object
     ) -> None:
         if getattr(reason, "is_failure", False):
+            # paho reports the same attempt to on_disconnect next: one line, here
+            self._refused = True
+            self.reconnects += 1
+            self._failures += 1
             delay = self._next_backoff()
-            log.error("broker refused the connection: %s; retrying in %.2f s", reason, delay)
+            why = str(reason).lower()
+            if self.cfg.username is None:
+                who = "anonymous: no mqtt.username"
+            else:
+                who = f"user {self.cfg.username!r}"
+                if why in _CREDENTIAL_REASONS:  # mosquitto says "not authorized" for both
+                    who += ": check the user name and password"
+            log.warning(
+                "broker %s:%d refused the connection: %s (%s; retrying in %.1f s)",
+                self.cfg.host,
+                self.cfg.port,
+                why,
+                who,
+                delay,
+            )
             return
+        _socket_errors.take()  # nothing stale for a later disconnect
+        self._refused = False
+        self._up = True
         self._attempt = 0
         self._next_backoff()
         present = bool(getattr(flags, "session_present", False))
-        log.info("connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port, present)
+        after = f" after {self._failures} failed attempt(s)" if self._failures else ""
+        self._failures = 0
+        log.info(
+            "connected to %s:%d (session present: %s)%s",
+            self.cfg.host,
+            self.cfg.port,
+            present,
+            after,
+        )
         if self.persistent:
             client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._suback_mids.clear()
@@ -257,22 +436,61 @@ class Client:
             self._call(self.connected.set)
 
     def _on_connect_fail(self, _c: object, _u: object) -> None:
+        # paho calls this inside its ``except OSError`` around the attempt (TCP connect
+        # and TLS handshake) without passing the exception: it is the one being handled.
+        exc = sys.exc_info()[1]
+        in_tls = self.cfg.tls is not None and isinstance(
+            exc, ssl.SSLError | ssl.CertificateError | ConnectionResetError | ConnectionAbortedError
+        )  # (a reset comes after TCP connected: during the handshake)
+        self._failed(in_tls, _ssl_text(exc) if exc is not None else "no connection")
+
+    def _failed(self, in_tls: bool, why: str) -> None:
+        """An attempt that did not reach CONNACK: one line, and the next backoff."""
         delay = self._next_backoff()
         self.reconnects += 1
-        log.warning(
-            "cannot connect to %s:%d; retrying in %.2f s", self.cfg.host, self.cfg.port, delay
-        )
+        self._failures += 1
+        where = f"{self.cfg.host}:{self.cfg.port}"
+        if in_tls:
+            log.warning("TLS handshake with %s failed: %s (retrying in %.1f s)", where, why, delay)
+        else:
+            log.warning("cannot connect to %s: %s (retrying in %.1f s)", where, why, delay)
 
     def _on_disconnect(
-        self, _c: object, _u: object, _flags: object, reason: object, _props: object
+        self, _c: object, _u: object, flags: object, reason: object, _props: object
     ) -> None:
         self._call(self.connected.clear)
+        detail = _socket_errors.take()
+        was_up, self._up = self._up, False
         if self._stopping.is_set():
             log.info("disconnected")
             return
+        if self._refused:  # the refusal was logged (and the backoff drawn) in on_connect
+            self._refused = False
+            return
+        why = None
+        if detail is not None:
+            why = _SSL_NOISE.sub("", detail.removeprefix("failed to receive on socket: ")).strip()
+        if not was_up:  # before CONNACK: e.g. a TLS 1.3 client certificate refused
+            in_tls = self.cfg.tls is not None and "[SSL" in (detail or "")
+            self._failed(in_tls, why or "closed before the broker answered")
+            return
+        if why is None:
+            if getattr(flags, "is_disconnect_packet_from_server", False):
+                why = f"the broker sent DISCONNECT: {str(reason).lower()}"
+            elif str(reason) == "Unspecified error":
+                why = "closed by the broker or the network"
+            else:
+                why = str(reason).lower()
         self.reconnects += 1
+        self._failures += 1
         delay = self._next_backoff()
-        log.warning("connection lost (%s); reconnecting in %.2f s", reason, delay)
+        log.warning(
+            "connection lost to %s:%d: %s (reconnecting in %.1f s)",
+            self.cfg.host,
+            self.cfg.port,
+            why,
+            delay,
+        )
 
     def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:
         msg = Message(m.topic, bytes(m.payload), m.qos, bool(m.retain), m.mid)
