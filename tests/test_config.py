@@ -524,3 +524,30 @@ def test_window_must_cover_the_longest_delay():
         parse({"rules": {"window_s": 60, "thresholds": {"spo2": {"delay_s": 45}}}})
     assert any(e.startswith("rules: window_s (60) must cover") for e in exc.value.errors)
     parse({"rules": {"window_s": 90, "thresholds": {"spo2": {"delay_s": 45}}}})
+
+
+def test_check_config_warns_about_secret_files_others_can_read(tmp_path: Path):
+    secret = tmp_path / "mqtt.password"
+    secret.write_text("s3cret\n")
+    f = tmp_path / "v.yaml"
+    f.write_text(f"mqtt:\n  username: vitalmon\n  password_file: {secret}\n")
+    secret.chmod(0o644)
+    loose = check_config(f)
+    assert loose.returncode == 0
+    assert "warning: mqtt.password_file:" in loose.stderr and "0644" in loose.stderr
+    assert "s3cret" not in loose.stderr + loose.stdout
+    secret.chmod(0o600)
+    assert check_config(f).stderr == ""
+
+
+def test_a_literal_password_is_refused_one_from_the_environment_is_not():
+    with pytest.raises(ConfigError) as exc:
+        parse({"mqtt": {"username": "u", "password": "hunter2"}}, env={})
+    assert exc.value.errors == [
+        "mqtt.password: never write the password in the file; use password_file, or "
+        "password: ${MQTT_PASSWORD} from the environment"
+    ]
+    cfg = parse({"mqtt": {"username": "u", "password": "${MQTT_PASSWORD}"}},
+                env={"MQTT_PASSWORD": "hunter2"})  # fmt: skip
+    assert cfg.mqtt.password == "hunter2"
+    assert "hunter2" not in repr(cfg)
