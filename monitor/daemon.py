@@ -126,7 +126,7 @@ class Daemon:
         #: systemd: READY=1 / WATCHDOG=1 / RELOADING=1 / STOPPING=1 (a no-op elsewhere).
         self.notifier = Notifier()
         self.watchdog_s = self.notifier.watchdog_interval()
-        self._progress: dict[str, float] = {}
+        self._progress: dict[str, tuple[float, int]] = {}  #: stage -> (progress, waiting)
         self._moving = (True, "")
         self._rate_mark = (time.monotonic(), 0)
         self.metrics_server: Metrics | None = None
@@ -344,13 +344,18 @@ class Daemon:
         ]
 
     def moving(self) -> tuple[bool, str]:
-        """Is the pipeline moving? Each stage has either nothing waiting or has made
-        progress since the last check. (A blocked event loop cannot even ask.)"""
+        """Is the pipeline moving? A stage is stuck when work waited at the last check,
+        still waits, and none got through in between. (A blocked event loop cannot even
+        ask.)"""
         stuck = []
         for name, queue, progress in self._stages():
-            if queue.qsize() > 0 and self._progress.get(name) == progress:
-                stuck.append(f"{name} ({queue.qsize()} waiting, no progress)")
-            self._progress[name] = progress
+            waiting = queue.qsize()
+            # stuck: work was waiting at the last check already, is still waiting, and
+            # nothing got through since (a burst that just arrived is not a stall)
+            before = self._progress.get(name)
+            if waiting and before is not None and before[1] and before[0] == progress:
+                stuck.append(f"{name} ({waiting} waiting, no progress)")
+            self._progress[name] = (progress, waiting)
         return (not stuck, ", ".join(stuck))
 
     def health(self) -> tuple[bool, str]:

@@ -116,8 +116,9 @@ class RepeatFilter(logging.Filter):
     one passed carries the number suppressed meanwhile. ``window_s`` 0 passes all.
 
     The key is the formatted text, not the template: lines that differ (every error of
-    a refused reload, a retry with its next delay) are all kept; only the very same
-    line repeated is folded."""
+    a refused reload) are all kept; only the very same line repeated is folded. A line
+    that must appear each time (one per connection retry) is logged with
+    ``extra={"every_time": True}``."""
 
     def __init__(
         self,
@@ -137,8 +138,8 @@ class RepeatFilter(logging.Filter):
         return len(self._seen)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.window_s <= 0:
-            return True
+        if self.window_s <= 0 or getattr(record, "every_time", False):
+            return True  # (a record logged with extra={"every_time": True}: never folded)
         try:
             text = record.getMessage()
         except (TypeError, ValueError):  # a bad format string: the template stands for it

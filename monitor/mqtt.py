@@ -50,6 +50,8 @@ from paho.mqtt.properties import Properties
 from monitor.config import MqttConfig, TLSConfig, read_secret
 
 log = logging.getLogger("vitalmon.mqtt")
+#: Connection retries are logged one line each, never folded as repeats (monitor.logs).
+_EVERY_TIME = {"every_time": True}
 #: paho's own logger (``enable_logger``); the CLI keeps it at WARNING.
 paho_log = logging.getLogger("vitalmon.mqtt.paho")
 
@@ -398,6 +400,7 @@ class Client:
                 why,
                 who,
                 delay,
+                extra=_EVERY_TIME,
             )
             return
         _socket_errors.take()  # nothing stale for a later disconnect
@@ -451,9 +454,11 @@ class Client:
         self._failures += 1
         where = f"{self.cfg.host}:{self.cfg.port}"
         if in_tls:
-            log.warning("TLS handshake with %s failed: %s (retrying in %.1f s)", where, why, delay)
+            log.warning("TLS handshake with %s failed: %s (retrying in %.1f s)", where, why, delay,
+                        extra=_EVERY_TIME)  # fmt: skip
         else:
-            log.warning("cannot connect to %s: %s (retrying in %.1f s)", where, why, delay)
+            log.warning("cannot connect to %s: %s (retrying in %.1f s)", where, why, delay,
+                        extra=_EVERY_TIME)  # fmt: skip
 
     def _on_disconnect(
         self, _c: object, _u: object, flags: object, reason: object, _props: object
@@ -490,6 +495,7 @@ class Client:
             self.cfg.port,
             why,
             delay,
+            extra=_EVERY_TIME,
         )
 
     def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:

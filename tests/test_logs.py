@@ -350,3 +350,12 @@ def test_longest_secret_first() -> None:
     logs.redact("abcd")
     logs.redact("abcdefgh")
     assert logs.scrub("k=abcdefgh;j=abcd") == "k=***;j=***"
+
+
+def test_lines_marked_every_time_are_never_folded() -> None:
+    buf = io.StringIO()
+    logs.setup(cfg(repeat_window_s=10), stream=buf, clock=FakeClock())
+    log = logging.getLogger("vitalmon.mqtt")
+    for _ in range(3):  # one line per connection retry, even when the text repeats
+        log.warning("refused (retrying in %.1f s)", 1.5, extra={"every_time": True})
+    assert len(lines(buf)) == 3
