@@ -254,6 +254,7 @@ class Daemon:
     async def main_loop(self) -> None:
         ready_logged = False
         deaf = True  # not (yet) connected: silence of devices tells nothing
+        self.notifier.status(f"connecting to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}")
         last_summary = last_status = last_check = time.monotonic()
         # the pipeline is judged (and systemd's watchdog pinged) twice per WatchdogSec
         # (minus a heartbeat, so a ping is never later than WatchdogSec/2)
@@ -276,7 +277,7 @@ class Daemon:
                         self.notifier.watchdog()
                 else:
                     log.warning("pipeline stuck: %s (watchdog not pinged)", self._moving[1])
-            if ready_logged and time.monotonic() - last_status >= STATUS_EVERY_S:
+            if time.monotonic() - last_status >= STATUS_EVERY_S:  # (before READY too)
                 last_status = time.monotonic()
                 self.notifier.status(self.status_line())
             self.alert_sink.tick(time.time())  # pauses that have ended
