@@ -118,7 +118,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Final, Literal
 
@@ -312,6 +312,7 @@ class Ack:
     receiving_facility: str = ""  #: MSH-6
     processing_id: str = "P"  #: MSH-11
     version: str = "2.5"  #: MSH-12
+    trigger: str = "R01"  #: MSH-9.2 of the acknowledged message, echoed in ACK^<trigger>^ACK
     encoding: str = "utf-8"  #: how the message was decoded (the ACK is encoded alike)
 
 
@@ -421,6 +422,7 @@ class Hl7Parser:
             processing_id=msg.comps(msh, 11)[0].strip() or "P",
             version=msg.comps(msh, 12)[0].strip() or "2.5",
             encoding=encoding,
+            trigger=_clip(mtype[1]) if len(mtype) > 1 and mtype[1].isalnum() else "R01",
         )
         kind = "^".join(mtype[:2])
         if kind != "ORU^R01":
@@ -724,7 +726,7 @@ def ack(a: Ack, *, control_id: str | None = None, now: float | None = None) -> b
             a.sending_facility,
             stamp,
             "",
-            "ACK^R01^ACK",
+            f"ACK^{a.trigger}^ACK",
             _escape(cid),
             a.processing_id,
             a.version,
@@ -759,19 +761,7 @@ def _version(v: str) -> tuple[int, int]:
 
 
 def _with(header: Ack, code: AckCode, text: str, error: str) -> Ack:
-    return Ack(
-        code,
-        header.control_id,
-        text,
-        error,
-        header.sending_app,
-        header.sending_facility,
-        header.receiving_app,
-        header.receiving_facility,
-        header.processing_id,
-        header.version,
-        header.encoding,
-    )
+    return replace(header, code=code, text=text, error=error)
 
 
 # ------------------------------------------------------------------------ helpers
