@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from simulators import mqtt, serial
+from simulators import mqtt, replay, serial
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serial.add_arguments(sp)
     sp.set_defaults(func=serial.main)
+    sp = sub.add_parser(
+        "replay",
+        help="publish a recorded numerics CSV (MIMIC-II columns) to vitals/{ward}/{bed}/{device}",
+        description="A recorded numerics CSV published over MQTT (QoS 1), event time shifted "
+        "so that the recording ends about now.",
+    )
+    replay.add_arguments(sp)
+    sp.set_defaults(func=replay.main)
     return p
 
 

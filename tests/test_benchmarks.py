@@ -1,0 +1,100 @@
+"""The benchmarks run end to end: ``--quick`` (tiny sizes), each prints its table and writes
+JSON with the expected keys. The numbers themselves are not judged here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+MACHINE = {"cores", "usable_cores", "cpu", "python", "sqlite", "mosquitto"}
+#: benchmark -> (table header words, top-level keys, list key, keys of each list item)
+CASES: dict[str, tuple[list[str], set[str], str, set[str]]] = {
+    "ingest": (
+        ["variant", "mosquitto_sub msg/s", "ours readings/s", "ours % of sub"],
+        {"machine", "beds", "variants"},
+        "variants",
+        {"variant", "readings_per_message", "messages", "readings", "publisher_msgs_per_s",
+         "baseline_msgs_per_s", "baseline_readings_per_s", "ours_msgs_per_s",
+         "ours_readings_per_s", "ours_pct_of_baseline", "baseline_cpu_pct", "ours_cpu_pct"},
+    ),
+    "rules": (
+        ["case", "ours", "window append", "naive loop", "ours % of window"],
+        {"machine", "cases"},
+        "cases",
+        {"case", "beds", "samples", "samples_per_s", "ours_pct_of_window_append",
+         "ours_pct_of_naive_loop"},
+    ),
+    "latency": (
+        ["beds", "kept up %", "ours n/lost", "p50", "p95", "p99", "base n/lost"],
+        {"machine", "seconds", "warmup_s", "interval_s", "runs"},
+        "runs",
+        {"beds", "offered_readings_per_s", "committed_readings_per_s", "kept_up_pct", "ours",
+         "baseline", "daemon_ingest_to_alert"},
+    ),
+    "memory": (
+        ["beds", "RSS 0 beds MiB", "RSS after MiB", "KiB per bed", "steady, 10-min window"],
+        {"machine", "runs", "windows"},
+        "runs",
+        {"beds", "vitals", "minutes", "readings", "series", "rss_0_beds_kib", "rss_kib",
+         "kib_per_bed", "kib_per_series", "curve"},
+    ),
+}  # fmt: skip
+
+
+def run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--quick", *args],
+        capture_output=True, text=True, timeout=150, cwd=ROOT, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_quick_run_prints_its_table_and_writes_json(name: str, tmp_path: Path) -> None:
+    headers, top, items, item_keys = CASES[name]
+    out = tmp_path / "sub" / f"{name}.json"
+    proc = run(name, "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert text.startswith("machine: ")
+    header_line = next((line for line in text.splitlines() if headers[0] in line.split()), "")
+    for h in headers:
+        assert h in text, (h, text)
+    assert header_line, text
+    assert f"written: {out}" in text
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert top <= set(data), set(data)
+    assert set(data["machine"]) >= MACHINE
+    assert data[items], data
+    for item in data[items]:
+        assert item_keys <= set(item), item_keys - set(item)
+    if name == "latency":
+        for r in data["runs"]:
+            assert {"n", "missing"} <= set(r["ours"])
+            assert r["baseline"]["n"] > 0 and "p99_ms" in r["baseline"]
+    if name == "rules":
+        for c in data["cases"]:
+            assert {"ours", "ours_no_trends", "window_append", "naive_loop"} == set(
+                c["samples_per_s"]
+            )
+
+
+@pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed")
+def test_ingest_profile_lists_top_functions(tmp_path: Path) -> None:
+    out = tmp_path / "ingest.json"
+    proc = run("ingest", "--json", str(out), "--profile", str(tmp_path / "prof"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "py-spy, ours, single" in proc.stdout
+    assert "function (with callees)" in proc.stdout
+    data = json.loads(out.read_text())
+    for v in data["variants"]:
+        assert Path(v["profile"]).exists()
+        assert {"samples", "threads", "functions"} <= set(v["top"])
