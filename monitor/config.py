@@ -125,6 +125,14 @@ class MqttConfig(_Model):
 _SEGMENT = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
 
 
+def _host_port(v: str, example: str) -> str:
+    """A ``host:port`` to listen on (port 0: any free one); ValueError otherwise."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen is host:port, e.g. {example}")
+    return v
+
+
 def parse_topic_template(template: str, required: tuple[str, ...] = ("bed",)) -> list[str | None]:
     """``"vitals/{ward}/{bed}/{device}"`` -> ``[literal | None(named)]`` names list.
 
@@ -323,10 +331,7 @@ class Hl7MllpSourceConfig(_Model):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("listen is host:port, e.g. 0.0.0.0:2575")
-        return v
+        return _host_port(v, "0.0.0.0:2575")
 
     @field_validator("beds")
     @classmethod
@@ -866,11 +871,7 @@ class MetricsConfig(_Model):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str | None) -> str | None:
-        if v is not None:
-            host, sep, port = v.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError("listen is host:port, e.g. 127.0.0.1:9464")
-        return v
+        return None if v is None else _host_port(v, "127.0.0.1:9464")
 
 
 class PrivacyConfig(_Model):

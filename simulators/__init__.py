@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 
 def stop_on_signals(log: logging.Logger) -> threading.Event:
@@ -24,3 +25,28 @@ def stop_on_signals(log: logging.Logger) -> threading.Event:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     return stop
+
+
+class ConnectionLog:
+    """paho connect/disconnect callbacks shared by the MQTT publishers (paho thread):
+    ``connected`` follows the link, failures are logged. Needs ``opts.host``/``opts.port``,
+    ``connected`` (threading.Event) and ``_stopping``."""
+
+    opts: Any
+    connected: threading.Event
+    _stopping: bool
+    log: logging.Logger
+
+    def _on_connect(self, _c: object, _u: object, _flags: object, reason: Any,
+                    _props: object) -> None:  # fmt: skip
+        if getattr(reason, "is_failure", False):
+            self.log.error("broker refused the connection: %s", reason)
+            return
+        self.log.info("connected to %s:%d", self.opts.host, self.opts.port)
+        self.connected.set()
+
+    def _on_disconnect(self, _c: object, _u: object, _flags: object, reason: object,
+                       _props: object) -> None:  # fmt: skip
+        self.connected.clear()
+        if not self._stopping:
+            self.log.warning("connection lost (%s); reconnecting", reason)

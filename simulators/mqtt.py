@@ -103,7 +103,7 @@ from typing import Any, Final
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from simulators import stop_on_signals
+from simulators import ConnectionLog, stop_on_signals
 from simulators.patient import SCENARIOS, Patient, assign, observation, parse_mix, reading, ward
 
 log = logging.getLogger("simulators.mqtt")
@@ -394,8 +394,10 @@ class Options:
     max_rate: float = DEFAULT_MAX_RATE
 
 
-class Simulator:
+class Simulator(ConnectionLog):
     """Publishes readings of ``patients`` (``[(bed, Patient)]``) to an MQTT broker."""
+
+    log = log  #: (for the ConnectionLog callbacks)
 
     def __init__(self, opts: Options, patients: list[tuple[str, Patient]]) -> None:
         if opts.speed <= 0 or not math.isfinite(opts.speed):
@@ -586,22 +588,6 @@ class Simulator:
         log.warning("%d messages not acknowledged by the broker at exit", len(self._unconfirmed))
 
     # --------------------------------------------------- paho callbacks (paho thread)
-
-    def _on_connect(
-        self, _c: paho.Client, _u: object, _flags: object, reason: Any, _props: object
-    ) -> None:
-        if getattr(reason, "is_failure", False):
-            log.error("broker refused the connection: %s", reason)
-            return
-        log.info("connected to %s:%d", self.opts.host, self.opts.port)
-        self.connected.set()
-
-    def _on_disconnect(
-        self, _c: paho.Client, _u: object, _flags: object, reason: object, _props: object
-    ) -> None:
-        self.connected.clear()
-        if not self._stopping:
-            log.warning("connection lost (%s); reconnecting", reason)
 
     def _on_publish(
         self, _c: paho.Client, _u: object, _mid: int, _reason: object, _props: object

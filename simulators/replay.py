@@ -52,7 +52,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -67,7 +66,7 @@ from monitor.replay import (
     parse_speed,
     parse_start,
 )
-from simulators import stop_on_signals
+from simulators import ConnectionLog, stop_on_signals
 from simulators.mqtt import CONNECT_TIMEOUT_S, TOPIC
 
 log = logging.getLogger("simulators.replay")
@@ -147,8 +146,10 @@ class Options:
     connect_timeout_s: float = CONNECT_TIMEOUT_S
 
 
-class Replayer:
+class Replayer(ConnectionLog):
     """Publishes ``messages`` over one MQTT connection, QoS 1, in order."""
+
+    log = log  #: (for the ConnectionLog callbacks)
 
     def __init__(self, opts: Options, messages: Sequence[Message]) -> None:
         if opts.speed is not None and not (opts.speed > 0 and math.isfinite(opts.speed)):
@@ -266,22 +267,6 @@ class Replayer:
         return True
 
     # --------------------------------------------------- paho callbacks (paho thread)
-
-    def _on_connect(
-        self, _c: paho.Client, _u: object, _flags: object, reason: Any, _props: object
-    ) -> None:
-        if getattr(reason, "is_failure", False):
-            log.error("broker refused the connection: %s", reason)
-            return
-        log.info("connected to %s:%d", self.opts.host, self.opts.port)
-        self.connected.set()
-
-    def _on_disconnect(
-        self, _c: paho.Client, _u: object, _flags: object, reason: object, _props: object
-    ) -> None:
-        self.connected.clear()
-        if not self._stopping:
-            log.warning("connection lost (%s); reconnecting", reason)
 
     def _on_publish(
         self, _c: paho.Client, _u: object, _mid: int, _reason: object, _props: object
