@@ -35,12 +35,15 @@ import contextlib
 import logging
 import random
 import re
+import socket
 import ssl
+import struct
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -57,6 +60,8 @@ paho_log = logging.getLogger("vitalmon.mqtt.paho")
 
 STATUS_TOPIC = "vitalmon/status/{client_id}"
 RECEIVE_MAXIMUM = 1000
+#: Topics whose subscriber is remembered (one per device: a ward has a few hundred).
+ROUTES_CACHED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,168 @@ class Message:
 
 
 Deliver = Callable[[Message], None]
+
+#: Bytes read from the broker per system call (see _BufferedSocket).
+RECV_CHUNK = 65_536
+_PUBACK = 0x40
+
+
+class _BufferedSocket:
+    """The broker connection as paho sees it, read in large chunks.
+
+    paho reads a packet as its first byte, then its length a byte at a time, then the
+    rest: three or more ``recv()`` calls per message, each a system call that also hands
+    the GIL to the event loop and has to wait to get it back. This reads up to
+    ``RECV_CHUNK`` bytes at once and serves paho's small reads from memory. ``pending()``,
+    which paho's loop already asks TLS sockets for bytes decrypted but not yet read,
+    counts them too, so the loop reads on without waiting in ``select()``. Everything else
+    (``send``, ``fileno``, ``close``, ...) is the socket's own.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data: bytes = self._sock.recv(max(n, RECV_CHUNK))  # BlockingIOError: paho's
+            if len(data) <= n:
+                return data  # b"" at end of stream
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + n, len(self._buf))
+        return self._buf[start : self._pos]
+
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def fill(self) -> None:
+        """Read what the socket has (one call) into the empty buffer; the socket's
+        errors as they are (BlockingIOError: nothing to read yet)."""
+        data: bytes = self._sock.recv(RECV_CHUNK)
+        if data:  # (b"": the end of the stream, which the next recv() reports again)
+            self._buf, self._pos = data, 0
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return self.buffered() + int(inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Paho(paho.Client):
+    """paho's client with three changes to its network path, all below its public API:
+
+    * reads go through :class:`_BufferedSocket` and one ``loop_read`` takes every packet
+      already read, not one per ``select()``;
+    * ``TCP_NODELAY``: an alert or a PUBACK is a small packet that must not wait for
+      Nagle's algorithm (40 ms on Linux) behind an unacknowledged one;
+    * :meth:`puback_many`: the PUBACKs of a run of messages as one packet write and one
+      wake-up of the network thread, instead of one each.
+
+    (``_create_socket`` and ``_packet_queue`` are paho 2.x internals; the tests that
+    acknowledge, reconnect and use TLS go through all three.)
+    """
+
+    def _create_socket(self) -> Any:
+        sock: Any = super()._create_socket()
+        with contextlib.suppress(OSError, AttributeError):  # (unix sockets have no Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _BufferedSocket(sock)
+
+    #: Set by the owner: takes (topic, payload, qos, retain, mid) of each PUBLISH that
+    #: :meth:`_publishes` decodes itself (QoS 0 and 1, no MQTT 5 properties).
+    on_publish_received: Callable[[str, bytes, int, bool, int], None] | None = None
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        if not isinstance(self._sock, _BufferedSocket):
+            return super().loop_read(max_packets)
+        sock: _BufferedSocket = self._sock
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        while True:
+            if self._publishes(sock) and not sock.buffered():
+                break  # everything read was ours: wait for more
+            rc = super().loop_read(max_packets)  # a packet of another kind, or a part
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is not self._sock:
+                break
+            if not sock.buffered():
+                break
+        return rc
+
+    def _publishes(self, sock: _BufferedSocket) -> int:
+        """Decode the complete PUBLISH packets at the head of the read buffer and hand
+        them to ``on_publish_received``; -> how many. Stops at anything else (another
+        packet type, QoS 2, MQTT 5 properties other than none, an incomplete packet, a
+        topic that is not UTF-8), which
+        paho's own reader then takes from the same buffer. paho's path builds an
+        ``MQTTMessage`` and formats a debug line per message; this is the hot path of
+        a busy ward."""
+        deliver = self.on_publish_received
+        if deliver is None or self._in_packet["command"]:
+            return 0
+        v5 = self._protocol == paho.MQTTv5
+        if not sock.buffered():
+            try:
+                sock.fill()
+            except OSError:  # (BlockingIOError: nothing yet) paho reports real errors
+                return 0
+        buf, pos = sock._buf, sock._pos
+        end = len(buf)
+        n = 0
+        while pos < end:
+            cmd = buf[pos]
+            qos = (cmd >> 1) & 3
+            if cmd & 0xF0 != 0x30 or qos == 2:
+                break
+            i, length, shift = pos + 1, 0, 0
+            while i < end and shift < 28:
+                byte = buf[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            else:
+                break  # the length is not all here (or is malformed: paho says so)
+            stop = i + length
+            if stop > end or length < 2:
+                break
+            tlen = (buf[i] << 8) | buf[i + 1]
+            j = i + 2 + tlen
+            mid = 0
+            if qos:
+                if j + 2 > stop:
+                    break
+                mid = (buf[j] << 8) | buf[j + 1]
+                j += 2
+            elif j > stop:
+                break
+            if v5:  # properties: only none (topic aliases, user properties: paho's)
+                if j >= stop or buf[j] != 0:
+                    break
+                j += 1
+            try:
+                topic = buf[i + 2 : i + 2 + tlen].decode("utf-8")
+            except UnicodeDecodeError:
+                break
+            pos = sock._pos = stop
+            n += 1
+            deliver(topic, buf[j:stop], qos, bool(cmd & 1), mid)
+        if n:
+            now = paho.time_func()
+            with self._msgtime_mutex:
+                self._last_bytes_received = now
+        return n
+
+    def puback_many(self, mids: Iterable[int]) -> None:
+        """Acknowledge QoS 1 messages (``manual_ack``): PUBACKs in this order, one write."""
+        packet = b"".join(struct.pack("!BBH", _PUBACK, 2, mid) for mid in mids)
+        if packet:
+            self._packet_queue(_PUBACK, packet, 0, 0)
 
 
 class PublishError(Exception):
@@ -215,6 +382,8 @@ class Client:
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._subs: list[tuple[str, int, Deliver]] = []
+        #: topic -> its subscriber's deliver (the subscriptions are fixed before start)
+        self._routes: dict[str, Deliver] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._suback_mids: set[int] = set()
@@ -231,7 +400,7 @@ class Client:
         self._drain_scheduled = False
         v5 = cfg.protocol == "5"
         self._v5 = v5
-        self._paho = paho.Client(
+        self._paho = _Paho(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=None if v5 else not persistent,
@@ -248,6 +417,7 @@ class Client:
         p.on_connect_fail = self._on_connect_fail
         p.on_disconnect = self._on_disconnect
         p.on_message = self._on_message
+        p.on_publish_received = self._on_publish_received
         p.on_publish = self._on_publish
         p.on_subscribe = self._on_subscribe  # type: ignore[assignment]
         self._next_backoff()
@@ -329,6 +499,18 @@ class Client:
     def ack(self, msg: Message) -> None:
         if msg.qos > 0:
             self._paho.ack(msg.mid, msg.qos)
+
+    def ack_many(self, msgs: Iterable[Message]) -> None:
+        """``ack`` for each, in order; the QoS 1 ones go out as one write."""
+        run: list[int] = []
+        for msg in msgs:
+            if msg.qos == 1:
+                run.append(msg.mid)
+            elif msg.qos > 1:
+                self._paho.puback_many(run)
+                run = []
+                self._paho.ack(msg.mid, msg.qos)
+        self._paho.puback_many(run)
 
     @property
     def outstanding(self) -> int:
@@ -499,12 +681,24 @@ class Client:
         )
 
     def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:
-        msg = Message(m.topic, bytes(m.payload), m.qos, bool(m.retain), m.mid)
-        target: Deliver = self.ack  # not ours (a stale subscription kept by the session)
-        for topic_filter, _qos, deliver in self._subs:
-            if paho.topic_matches_sub(topic_filter, msg.topic):
-                target = deliver
-                break
+        self._route(Message(m.topic, bytes(m.payload), m.qos, bool(m.retain), m.mid))
+
+    def _on_publish_received(
+        self, topic: str, payload: bytes, qos: int, retain: bool, mid: int
+    ) -> None:
+        self._route(Message(topic, payload, qos, retain, mid))
+
+    def _route(self, msg: Message) -> None:
+        target = self._routes.get(msg.topic)
+        if target is None:
+            target = self.ack  # not ours (a stale subscription kept by the session)
+            for topic_filter, _qos, deliver in self._subs:
+                if paho.topic_matches_sub(topic_filter, msg.topic):
+                    target = deliver
+                    break
+            if len(self._routes) >= ROUTES_CACHED:
+                self._routes.clear()
+            self._routes[msg.topic] = target
         # One loop wake-up per burst, not per message.
         with self._inbox_lock:
             self._inbox.append((target, msg))

@@ -98,3 +98,54 @@ def test_ingest_profile_lists_top_functions(tmp_path: Path) -> None:
     for v in data["variants"]:
         assert Path(v["profile"]).exists()
         assert {"samples", "threads", "functions"} <= set(v["top"])
+
+
+#: peer.py: table header words, top-level keys, each throughput variant's and each
+#: system's keys, each latency run's keys
+PEER_HEADERS = ["system", "single msg/s", "object msg/s", "readings/s", "alerts n/lost",
+                "p50", "p95", "p99", "kept up %", "CPU %"]  # fmt: skip
+PEER_TOP = {"machine", "node", "node_red", "node_red_install_s", "stream_beds", "seconds",
+            "warmup_s", "interval_s", "throughput", "latency", "run_s"}  # fmt: skip
+PEER_VARIANT = {"variant", "messages", "readings", "readings_per_message",
+                "publisher_msgs_per_s", "mosquitto_sub", "node_red", "vitalmon",
+                "vitalmon_over_node_red"}  # fmt: skip
+PEER_RATES = {"seconds", "msgs_per_s", "readings_per_s", "cpu_pct"}
+PEER_LATENCY = {"n", "missing", "processed_readings_per_s", "kept_up_pct", "cpu_pct"}
+
+
+@pytest.mark.timeout(480)
+def test_peer_quick_run_compares_node_red_and_vitalmon(tmp_path: Path) -> None:
+    """peer.py runs Node-RED (npm install node-red@4 on the first run, then cached) and
+    vitalmon side by side: skipped only without node/npm or when the install fails."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not on PATH: peer.py needs them to run Node-RED")
+    out = tmp_path / "sub" / "peer.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "peer.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=450, cwd=ROOT, check=False,
+    )  # fmt: skip
+    if proc.returncode == 2 and "npm install" in proc.stderr:
+        pytest.skip(f"node-red cannot be installed: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert text.startswith("machine: ")
+    assert "node-red 4." in text, text
+    for h in PEER_HEADERS:
+        assert h in text, (h, text)
+    rows = {line.split()[0] for line in text.splitlines() if line.strip()}
+    assert {"mosquitto_sub", "Node-RED", "vitalmon", "vitalmon/Node-RED"} <= rows, text
+    assert f"written: {out}" in text
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert set(data) >= PEER_TOP, PEER_TOP - set(data)
+    assert set(data["machine"]) >= MACHINE
+    assert data["node_red"].startswith("4.")
+    assert [v["variant"] for v in data["throughput"]] == ["single", "object"]
+    for v in data["throughput"]:
+        assert set(v) >= PEER_VARIANT, PEER_VARIANT - set(v)
+        for system in ("mosquitto_sub", "node_red", "vitalmon"):
+            assert set(v[system]) >= PEER_RATES, (system, PEER_RATES - set(v[system]))
+    lat = data["latency"]
+    assert {"beds", "offered_readings_per_s", "node_red", "vitalmon"} <= set(lat)
+    for system in ("node_red", "vitalmon"):
+        assert set(lat[system]) >= PEER_LATENCY, (system, PEER_LATENCY - set(lat[system]))
+        assert lat[system]["n"] > 0 and "p99_ms" in lat[system], lat[system]

@@ -95,3 +95,43 @@ def test_partial_scores_alert_only_when_configured():
     _, (event,) = feed(loud, {"spo2": 82}, 0)
     assert (event.priority, event.state) == (Priority.LOW, AlertState.ACTIVE)
     assert "partial, missing" in event.message
+
+
+def test_an_instant_is_one_change_of_the_score_not_one_per_vital():
+    """An object with several vitals at one event time moves the score once: with rr
+    back to normal and spo2 falling in the same object, the 'single parameter 3' alert
+    stays open. Scored vital by vital, it would resolve (rr) and raise again (spo2)."""
+    s = News2Scores(News2Config())
+    feed(s, FULL, 0)
+    _, (raised,) = feed(s, {"rr": 25}, 1)
+    assert raised.state is AlertState.ACTIVE and raised.priority is Priority.LOW
+    both = readings({"rr": 16, "spo2": 91}, 2)
+    assert s.observe(both[0], settle=False) == (None, None)
+    update, event = s.observe(both[1])
+    assert event is None  # same trigger, same priority: nothing to say
+    assert update is not None and update.payload is not None
+    assert update.payload["components"]["rr"] == 0
+    assert update.payload["components"]["spo2"] == 3
+    # the same two readings fed with settle on each: resolve, then raise again
+    t = News2Scores(News2Config())
+    feed(t, FULL, 0)
+    feed(t, {"rr": 25}, 1)
+    _, events = feed(t, {"rr": 16, "spo2": 91}, 2)
+    assert [e.state for e in events] == [AlertState.RESOLVED, AlertState.ACTIVE]
+
+
+def test_engine_settles_the_score_per_bed_and_instant():
+    """Engine.process: readings of one bed at one instant are one score change, whatever
+    else the batch holds; a new instant or another bed settles the one before."""
+    from monitor.config import RulesConfig
+    from monitor.engine import Engine
+
+    eng = Engine(RulesConfig(), sinks=[])
+    eng.process(readings(FULL, 0))
+    eng.process(readings({"rr": 25}, 1))
+    other = [Reading(T0 + 2, "icu", "13", "mon", k, float(v)) for k, v in FULL.items()]
+    batch = [*readings({"rr": 16}, 2)[:1], *readings({"spo2": 91}, 2), *other]
+    events = [e for e in eng.process(batch) if e.rule == "news2"]
+    assert events == []  # bed 12: rr and spo2 at t=2 are one change; bed 13 scores 0
+    (e,) = [e for e in eng.process(readings({"spo2": 97}, 3)) if e.rule == "news2"]
+    assert e.state is AlertState.RESOLVED

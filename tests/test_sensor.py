@@ -260,6 +260,9 @@ class FakeClient:
     def ack(self, msg: Message) -> None:
         self.acked.append(msg.mid)
 
+    def ack_many(self, msgs: list[Message]) -> None:
+        self.acked += [m.mid for m in msgs]
+
 
 async def until(pred: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -315,6 +318,46 @@ def test_status_only_message_is_acknowledged_in_arrival_order() -> None:
         DeviceStatus(now, "icu", "7", "masimo-1", frozenset({"sensor_off"}))
     ]
     assert batches[2].statuses[0].flags == {"low_perfusion"}
+
+
+def test_messages_waiting_together_are_one_batch_released_together() -> None:
+    """Messages already waiting when the source looks are one batch (the engine and the
+    journal work per batch); its ``done`` acknowledges all of them, in arrival order, and
+    a message that arrives later is a batch of its own, not held for company."""
+    now = time.time()
+
+    async def main() -> tuple[FakeClient, list[Batch]]:
+        fake = FakeClient()
+        source = MqttSource(MqttSourceConfig(), RulesConfig(), cast(Client, fake))
+        batches: list[Batch] = []
+
+        async def emit(batch: Batch) -> None:
+            batches.append(batch)
+
+        assert fake.deliver is not None
+        for mid in range(1, 6):
+            body = json.dumps({"ts": now + mid, "hr": 70 + mid}).encode()
+            fake.deliver(Message(f"vitals/icu/{mid}/mon", body, 1, False, mid))
+        task = asyncio.create_task(source.run(emit, lambda r: None))
+        await until(lambda: batches, "the first batch")
+        fake.deliver(Message("vitals/icu/9/mon", b'{"hr": 80}', 1, False, 6))
+        await until(lambda: len(batches) == 2, "the second batch")
+        assert fake.acked == []
+        second_done, first_done = batches[1].done, batches[0].done
+        assert second_done is not None and first_done is not None
+        second_done()
+        assert fake.acked == []  # behind the first batch
+        first_done()
+        assert fake.acked == [1, 2, 3, 4, 5, 6]
+        source.stop()
+        await asyncio.wait_for(task, 5)
+        return fake, batches
+
+    _fake, batches = asyncio.run(main())
+    assert [[(r.bed, r.value) for r in b.readings] for b in batches] == [
+        [(str(m), 70.0 + m) for m in range(1, 6)],
+        [("9", 80.0)],
+    ]
 
 
 def test_status_only_message_over_mosquitto_is_emitted_and_acknowledged(

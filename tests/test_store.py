@@ -259,3 +259,36 @@ def test_disk_bound_prunes_oldest_counts_drops_and_raises_alarm(tmp_path):
     raised = [(rule, component, active) for rule, component, active, _ in conditions]
     assert ("store.full", "store", True) in raised
     assert ("sink.dropped", "tsdb", True) in raised
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=4e9, allow_nan=False),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.one_of(st.none(), st.text(max_size=8)),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    json1=st.booleans(),
+)
+def test_insert_readings_stores_every_float_exactly(tmp_path, monkeypatch, values, json1):
+    """The batch insert (one JSON array unpacked by SQLite, or executemany where SQLite
+    has no JSON1) stores each ts and value bit for bit, NULL patients as NULL, and
+    ignores a duplicate key."""
+    from monitor.sinks import sqlite as store
+
+    monkeypatch.setattr(store, "_json1", lambda: json1)
+    db = tmp_path / f"f{json1}.db"
+    db.unlink(missing_ok=True)
+    conn = store.connect(str(db))
+    rows = [("icu", "7", "mon", f"v{i}", ts, v, p) for i, (ts, v, p) in enumerate(values)]
+    store.insert_readings(conn, rows)
+    store.insert_readings(conn, rows[:1])  # a redelivery: absorbed
+    got = conn.execute(
+        "SELECT ward, bed, device, vital, ts, value, patient FROM readings ORDER BY seq"
+    ).fetchall()
+    conn.close()
+    assert got == rows

@@ -382,18 +382,29 @@ class Engine:
         """Evaluate readings in order; returns the alert events they cause."""
         events: list[AlertEvent] = []
         flapping = self.flapping
-        for r in readings:
+        last = len(readings) - 1
+        for n, r in enumerate(readings):
             self.counts["readings"] += 1
+            # NEWS2 is recomputed once per bed and instant (see News2Scores.observe)
+            nxt = readings[n + 1] if n < last else None
+            settle = nxt is None or nxt.ts != r.ts or nxt.bed != r.bed or nxt.ward != r.ward
             key = SeriesKey(r.ward, r.bed, r.device, r.vital)
             series = self.series.get(key) or self._new_series(key)
             rules = series.rules
             win = series.window
+            step: list[AlertEvent] = []
             if r.ts < win.newest - self.cfg.max_lag_s:
                 self.counts["late"] += 1  # stored, too late to change the present
+                if settle:  # (what came before it at this instant still counts)
+                    update, score_event = self.scores.settle(r.ward, r.bed, r.ts)
+                    if update is not None:
+                        self._score_updates.append(update)
+                    if score_event is not None:
+                        self.counts[f"alert_{score_event.state}"] += 1
+                        events += flapping.filter([score_event])
                 continue
             win.add(r.ts, r.value)
-            step: list[AlertEvent] = []
-            update, score_event = self.scores.observe(r)
+            update, score_event = self.scores.observe(r, settle)
             if update is not None:
                 self._score_updates.append(update)
             if score_event is not None:

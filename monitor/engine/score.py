@@ -48,6 +48,8 @@ class _Bed:
     priority: Priority | None = None
     patient: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: an input changed since the score was last computed
+    changed: bool = False
 
 
 class News2Scores:
@@ -91,46 +93,65 @@ class News2Scores:
             )  # fmt: skip
         return ScoreUpdate(ward, bed, None), event
 
-    def observe(self, r: Reading) -> tuple[ScoreUpdate | None, AlertEvent | None]:
-        """Feed one reading; -> (score update if it changed, alert event if any)."""
-        if not self.cfg.enabled or r.vital not in PARAMETERS:
+    def observe(
+        self, r: Reading, settle: bool = True
+    ) -> tuple[ScoreUpdate | None, AlertEvent | None]:
+        """Feed one reading; -> (score update if it changed, alert event if any).
+
+        The score is recomputed at ``settle``: pass False while the next reading is of the
+        same bed at the same event time (an object with six vitals is one change of the
+        score, not six, and the score never mixes half of an instant with the one
+        before). Any reading may settle, a NEWS2 input or not."""
+        if self.cfg.enabled and r.vital in PARAMETERS:
+            bed = self._bed(r.ward, r.bed)
+            value: float | bool | str = r.value
+            if r.vital == "avpu":
+                value = AVPU_CODES[int(r.value)]
+            elif r.vital == "o2":
+                value = bool(r.value)
+            if bed.tracker.update(r.vital, value, r.ts):
+                bed.changed = True
+                if r.patient is not None:
+                    bed.patient = r.patient
+        if not settle:
             return None, None
-        bed = self._bed(r.ward, r.bed)
-        value: float | bool | str = r.value
-        if r.vital == "avpu":
-            value = AVPU_CODES[int(r.value)]
-        elif r.vital == "o2":
-            value = bool(r.value)
-        if not bed.tracker.update(r.vital, value, r.ts):
+        return self.settle(r.ward, r.bed, r.ts)
+
+    def settle(
+        self, ward: str, bed_name: str, ts: float
+    ) -> tuple[ScoreUpdate | None, AlertEvent | None]:
+        """Recompute the bed's score at ``ts`` if an input changed since the last time."""
+        bed = self.beds.get((ward, bed_name))
+        if bed is None or not bed.changed:
             return None, None
-        if r.patient is not None:
-            bed.patient = r.patient
-        s = bed.tracker.current(r.ts, self.cfg.freshness_s)
+        bed.changed = False
+        s = bed.tracker.current(ts, self.cfg.freshness_s)
         sig = (s.total, tuple(s.components.items()), s.missing)
         update = None
         if sig != bed.last:
             bed.last = sig
-            update = ScoreUpdate(r.ward, r.bed, {
+            update = ScoreUpdate(ward, bed_name, {
                 "news2": s.total, "partial": s.partial, "missing": list(s.missing),
-                "components": dict(s.components), "risk": s.risk, "at": iso(r.ts),
+                "components": dict(s.components), "risk": s.risk, "at": iso(ts),
             })  # fmt: skip
-        return update, self._trigger(r, bed, s)
+        return update, self._trigger(ward, bed_name, ts, bed, s)
 
     def restore(self, e: AlertEvent) -> None:
         bed = self._bed(e.ward, e.bed)
         bed.active = Active(e.id, _RANK[e.priority], e.started_at, e.seq, e.device, e.patient)
         bed.priority = e.priority
 
-    def _trigger(self, r: Reading, bed: _Bed, s: Score) -> AlertEvent | None:
+    def _trigger(
+        self, ward: str, bed_name: str, at: float, bed: _Bed, s: Score
+    ) -> AlertEvent | None:
         if s.partial and not self.cfg.alert_partial:
             return None
         priority, why = s.trigger()
         if priority == bed.priority:
             return None
-        at = r.ts
         if bed.active is None:
             assert priority is not None
-            ident = alert_id(r.ward, r.bed, RULE, RULE, at)
+            ident = alert_id(ward, bed_name, RULE, RULE, at)
             bed.active = Active(ident, _RANK[priority], at, 0, RULE, bed.patient)
         a = bed.active
         a.seq += 1
@@ -146,7 +167,7 @@ class News2Scores:
                 message += f"; partial, missing {', '.join(s.missing)}"
         bed.priority = priority
         return AlertEvent(
-            id=a.id, ward=r.ward, bed=r.bed, device=RULE, patient=a.patient, vital=RULE,
+            id=a.id, ward=ward, bed=bed_name, device=RULE, patient=a.patient, vital=RULE,
             rule=RULE, kind="score", priority=shown, state=state, value=float(s.total),
             limit=_LIMIT[shown], message=message, started_at=a.started_at, at=at, seq=a.seq,
         )  # fmt: skip

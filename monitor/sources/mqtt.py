@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from monitor.config import DEFAULT_ALIASES, MqttSourceConfig, RulesConfig, parse_topic_template
-from monitor.model import Rejection
+from monitor.model import DeviceStatus, Reading, Rejection
 from monitor.mqtt import Client, Message
 from monitor.sources import Batch, Emit, Reject
 from monitor.sources.codecs import Limits, Origin, decode
@@ -30,6 +30,9 @@ from monitor.sources.codecs import Limits, Origin, decode
 log = logging.getLogger("vitalmon.source.mqtt")
 
 INBOX_QOS0_LIMIT = 10_000
+#: At most this many messages, or (once past) readings, per batch handed to the engine.
+BATCH_MESSAGES = 500
+BATCH_READINGS = 5_000
 
 
 class TopicTemplate:
@@ -104,53 +107,97 @@ class MqttSource:
         )
 
     async def run(self, emit: Emit, reject: Reject) -> None:
+        """Messages -> batches. A batch is every message already waiting (up to
+        ``BATCH_MESSAGES`` / ``BATCH_READINGS``), taken without waiting for more: under
+        load the engine, the journal and the PUBACKs work per batch, not per message, and
+        a lone message still goes on at once."""
         self._reject = reject
+        inbox = self._inbox
         while True:
-            msg = await self._inbox.get()
+            msg = await inbox.get()
+            batch: Batch | None = None
+            entries: list[_Unacked] = []
+            while msg is not None and not self._stopped:
+                entry = _Unacked(msg)
+                self._unacked.append(entry)
+                decoded = self._decode(msg, entry, reject)
+                if decoded is not None:
+                    readings, statuses, now = decoded
+                    if batch is not None and statuses:
+                        # a batch's statuses go before all its readings: this message's
+                        # must not overtake the readings of the messages before it
+                        await emit(self._closed(batch, entries))
+                        batch, entries = None, []
+                    if batch is None:
+                        batch = Batch(readings, None, now, statuses=statuses)
+                    else:
+                        batch.readings += readings
+                    entries.append(entry)
+                if (
+                    len(entries) >= BATCH_MESSAGES
+                    or (batch is not None and len(batch.readings) >= BATCH_READINGS)
+                    or inbox.empty()
+                ):
+                    break
+                msg = inbox.get_nowait()
+            if batch is not None:
+                await emit(self._closed(batch, entries))
             if msg is None or self._stopped:
                 return  # what is still in the inbox was never acked: the broker keeps it
-            entry = _Unacked(msg)
-            self._unacked.append(entry)
-            now = time.time()
-            origin = self.origin(msg.topic)
-            if origin is None:
-                reject(
-                    Rejection(
-                        "bad_topic",
-                        "topic does not fit " + self.cfg.topic,
-                        msg.topic,
-                        msg.payload[:1024],
-                    )
+
+    def _closed(self, batch: Batch, entries: list[_Unacked]) -> Batch:
+        # acknowledged by the journal once committed (at-least-once end to end), a
+        # status-only message too: its alarm events are in that commit
+        if len(entries) == 1:
+            batch.done = partial(self._release, entries[0])
+        else:
+            batch.done = partial(self._release_all, entries)
+        return batch
+
+    def _decode(
+        self, msg: Message, entry: _Unacked, reject: Reject
+    ) -> tuple[list[Reading], list[DeviceStatus], float] | None:
+        """A message's readings and statuses; None (and released) when it has none."""
+        now = time.time()
+        origin = self.origin(msg.topic)
+        if origin is None:
+            reject(
+                Rejection(
+                    "bad_topic",
+                    "topic does not fit " + self.cfg.topic,
+                    msg.topic,
+                    msg.payload[:1024],
                 )
-                self._release(entry)
-                continue
-            if msg.retain and not msg.payload:
-                self._release(entry)  # clearing a retained message is not a reading
-                continue
-            decoded = decode(msg.payload, origin, now, self.limits)
-            for rej in decoded.rejections:
-                reject(rej)
-            if decoded.readings or decoded.statuses:
-                # acknowledged by the journal once committed (at-least-once end to end),
-                # a status-only batch too: its alarm events are in that commit
-                await emit(
-                    Batch(
-                        decoded.readings,
-                        partial(self._release, entry),
-                        now,
-                        statuses=decoded.statuses,
-                    )
-                )
-            else:
-                self._release(entry)
+            )
+            self._release(entry)
+            return None
+        if msg.retain and not msg.payload:
+            self._release(entry)  # clearing a retained message is not a reading
+            return None
+        decoded = decode(msg.payload, origin, now, self.limits)
+        for rej in decoded.rejections:
+            reject(rej)
+        if decoded.readings or decoded.statuses:
+            return decoded.readings, decoded.statuses, now
+        self._release(entry)
+        return None
+
+    def _release_all(self, entries: list[_Unacked]) -> None:
+        for entry in entries:
+            entry.done = True
+        self._release(entries[-1])
 
     def _release(self, entry: _Unacked) -> None:
         """Mark a message as done; acknowledge every done message at the head, in order
         (MQTT wants PUBACKs in the order the PUBLISHes came)."""
         entry.done = True
         unacked = self._unacked
+        if not unacked or not unacked[0].done:
+            return
+        ready = []
         while unacked and unacked[0].done:
-            self._client.ack(unacked.popleft().msg)
+            ready.append(unacked.popleft().msg)
+        self._client.ack_many(ready)
 
 
 @dataclass(slots=True)
