@@ -209,8 +209,8 @@ def report(result: dict[str, Any]) -> str:
         "KiB per bed above the 0-bed RSS after each minute of event time:",
         table(["beds", *(f"{m + 1} min" for m in range(width))], curve_rows),
         "",
-        "numpy buffers of one series' window at 1 Hz (KiB; Window doubles its buffer when "
-        "more than half full at compaction):",
+        "numpy buffers of one series' window at 1 Hz (KiB; Window grows its buffer 1.5x when "
+        "more than 7/8 full at compaction):",
         table(
             ["vital", "default span", "after 10 min", "steady, 10-min window",
              "steady, default span"],

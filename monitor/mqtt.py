@@ -75,8 +75,10 @@ class Message:
 
 Deliver = Callable[[Message], None]
 
-#: Bytes read from the broker per system call (see _BufferedSocket).
+#: Bytes read from the broker per system call (see _BufferedSocket), and at most so many
+#: reads per turn of paho's loop.
 RECV_CHUNK = 65_536
+LOOP_READ_CHUNKS = 4
 _PUBACK = 0x40
 
 
@@ -92,14 +94,43 @@ class _BufferedSocket:
     (``send``, ``fileno``, ``close``, ...) is the socket's own.
     """
 
-    __slots__ = ("_buf", "_pos", "_sock")
+    __slots__ = ("_buf", "_eof", "_failed", "_pos", "_sock")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        #: what :meth:`fill` met, kept for paho's next ``recv()`` to meet in turn
+        self._failed: OSError | None = None
+        self._eof = False
+
+    def fill(self) -> int:
+        """Read what the socket has (one call) into the empty buffer; -> bytes read.
+        An error or the end of the stream is kept for the next :meth:`recv`, through
+        which paho reports it as its own (``news``)."""
+        try:
+            data: bytes = self._sock.recv(RECV_CHUNK)
+        except BlockingIOError:
+            return 0  # nothing yet
+        except OSError as exc:  # (TLS alerts, resets, SSLWantRead/Write: paho's)
+            self._failed = exc
+            return 0
+        if not data:
+            self._eof = True
+        self._buf, self._pos = data, 0
+        return len(data)
+
+    @property
+    def news(self) -> bool:
+        """An error or the end of the stream waits to be reported by :meth:`recv`."""
+        return self._failed is not None or self._eof
 
     def recv(self, n: int) -> bytes:
+        if self._failed is not None:
+            exc, self._failed = self._failed, None
+            raise exc
+        if self._eof:
+            return b""
         if self._pos >= len(self._buf):
             data: bytes = self._sock.recv(max(n, RECV_CHUNK))  # BlockingIOError: paho's
             if len(data) <= n:
@@ -111,13 +142,6 @@ class _BufferedSocket:
 
     def buffered(self) -> int:
         return len(self._buf) - self._pos
-
-    def fill(self) -> None:
-        """Read what the socket has (one call) into the empty buffer; the socket's
-        errors as they are (BlockingIOError: nothing to read yet)."""
-        data: bytes = self._sock.recv(RECV_CHUNK)
-        if data:  # (b"": the end of the stream, which the next recv() reports again)
-            self._buf, self._pos = data, 0
 
     def pending(self) -> int:
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
@@ -152,19 +176,19 @@ class _Paho(paho.Client):
     on_publish_received: Callable[[str, bytes, int, bool, int], None] | None = None
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        if not isinstance(self._sock, _BufferedSocket):
+        if not isinstance(self._sock, _BufferedSocket) or self.on_publish_received is None:
             return super().loop_read(max_packets)
         sock: _BufferedSocket = self._sock
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        while True:
-            if self._publishes(sock) and not sock.buffered():
-                break  # everything read was ours: wait for more
-            rc = super().loop_read(max_packets)  # a packet of another kind, or a part
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is not self._sock:
-                break
-            if not sock.buffered():
-                break
-        return rc
+        for _ in range(LOOP_READ_CHUNKS):  # (then writes: PUBACKs wait meanwhile)
+            got = self._publishes(sock)
+            if sock.buffered() or sock.news or self._in_packet["command"]:
+                # another kind of packet, a part of one, an error or the end: paho's
+                rc = super().loop_read(max_packets)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is not self._sock:
+                    return rc
+            elif not got:
+                break  # nothing more to read now
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _publishes(self, sock: _BufferedSocket) -> int:
         """Decode the complete PUBLISH packets at the head of the read buffer and hand
@@ -175,14 +199,11 @@ class _Paho(paho.Client):
         ``MQTTMessage`` and formats a debug line per message; this is the hot path of
         a busy ward."""
         deliver = self.on_publish_received
-        if deliver is None or self._in_packet["command"]:
+        if deliver is None or self._in_packet["command"]:  # (paho is inside a packet)
             return 0
         v5 = self._protocol == paho.MQTTv5
-        if not sock.buffered():
-            try:
-                sock.fill()
-            except OSError:  # (BlockingIOError: nothing yet) paho reports real errors
-                return 0
+        if not sock.buffered() and not sock.fill():
+            return 0
         buf, pos = sock._buf, sock._pos
         end = len(buf)
         n = 0

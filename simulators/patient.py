@@ -83,8 +83,9 @@ always.
 ``simulators serial`` offers every scenario here as well, through :meth:`Patient.sample`:
 artefact spikes show, a probe-off SpO2 is sent as missing (dashes; the sensor-off bits
 are its own ``sensor_off`` scenario's), but ``dropout`` and ``unplug`` are normal
-patients there: a pty is unplugged with its ``--unplug-after``/``--replug-after`` (wall
-seconds: :data:`UNPLUG_AT_S` and :data:`UNPLUG_S` divided by ``--speed``).
+patients there. ``unplug`` unplugs the pty itself on this schedule (wall seconds:
+:data:`UNPLUG_AT_S` and :data:`UNPLUG_S` divided by ``--speed``) unless
+``--unplug-after``/``--replug-after`` say otherwise.
 
 Device groups (:data:`GROUPS`): what one device reports -- ``mon`` (HR, SpO2, RR,
 continuous), ``nibp`` (SBP, DBP, MAP), ``thermo`` (temperature), ``obs`` (the nurse's

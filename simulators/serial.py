@@ -65,7 +65,7 @@ import threading
 import time
 import tty
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Final, TextIO
 
@@ -447,6 +447,14 @@ class SerialSimulator:
             raise ValueError("rate and speed must be positive numbers")
         if opts.replug_after is not None and opts.unplug_after is None:
             raise ValueError("--replug-after needs --unplug-after")
+        if opts.scenario == "unplug" and opts.unplug_after is None:
+            # the scenario's own schedule (simulated seconds), in wall seconds at this speed
+            speed = rate * self.device.interval_s
+            opts = replace(
+                opts,
+                unplug_after=patient_model.UNPLUG_AT_S / speed,
+                replug_after=patient_model.UNPLUG_S / speed,
+            )
         self.opts = opts
         self.rate = rate
         #: Simulated seconds per wall second.

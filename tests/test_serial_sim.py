@@ -402,3 +402,21 @@ def test_unplug_fails_the_reader_and_replug_comes_back_on_the_link(sim, tmp_path
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(timeout=5) == 0
     assert not os.path.lexists(link)
+
+
+def test_unplug_scenario_unplugs_the_pty_on_its_own_schedule():
+    """``--scenario unplug``: the pty is unplugged at the patient model's UNPLUG_AT_S and
+    plugged in again UNPLUG_S later (simulated seconds, so divided by the speed), unless
+    --unplug-after says otherwise; other scenarios are never unplugged by themselves."""
+    from simulators import patient as patient_model
+    from simulators.serial import Options, SerialSimulator
+
+    sim = SerialSimulator(Options(fmt="masimo", scenario="unplug", speed=60.0), out=io.StringIO())
+    assert sim.opts.unplug_after == pytest.approx(patient_model.UNPLUG_AT_S / 60.0)
+    assert sim.opts.replug_after == pytest.approx(patient_model.UNPLUG_S / 60.0)
+    own = SerialSimulator(
+        Options(fmt="hl7", scenario="unplug", unplug_after=3.0), out=io.StringIO()
+    )
+    assert (own.opts.unplug_after, own.opts.replug_after) == (3.0, None)
+    normal = SerialSimulator(Options(fmt="masimo", scenario="normal"), out=io.StringIO())
+    assert normal.opts.unplug_after is None

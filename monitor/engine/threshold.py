@@ -29,7 +29,7 @@ It is stored, and the naive comparison in ``vitalmon replay`` counts what it wou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -54,8 +54,9 @@ class Active:
     patient: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class SeriesKey:
+class SeriesKey(NamedTuple):
+    """One series: a vital of a device at a bed. (A tuple: made and hashed per reading.)"""
+
     ward: str
     bed: str
     device: str

@@ -398,11 +398,13 @@ def _json1() -> bool:
 def insert_readings(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
     """``INSERT OR IGNORE`` reading rows (``_READING_COLS`` order), in one statement."""
     if _json1():
-        conn.execute(_INSERT_JSON, (json.dumps(rows, allow_nan=False),))
-    else:
-        conn.executemany(
-            f"INSERT OR IGNORE INTO readings ({_READING_COLS}) VALUES (?,?,?,?,?,?,?)", rows
-        )
+        text = json.dumps(rows, allow_nan=False)
+        if "\\u0000" not in text:  # (SQLite's JSON strings end at a NUL character)
+            conn.execute(_INSERT_JSON, (text,))
+            return
+    conn.executemany(
+        f"INSERT OR IGNORE INTO readings ({_READING_COLS}) VALUES (?,?,?,?,?,?,?)", rows
+    )
 
 
 def _alert_row(e: AlertEvent) -> tuple[object, ...]:
