@@ -363,6 +363,7 @@ class Engine:
             for sink in self.sinks:
                 done = batch.done if sink is self.durable else None
                 await sink.write(batch.readings, events, done)
+            await asyncio.sleep(0)  # a busy queue never suspends: let the others run
 
     def apply(self, cmd: BedCommand) -> list[AlertEvent]:
         """An admission or discharge, in queue order with the readings."""

@@ -144,6 +144,9 @@ class MqttSource:
                 await emit(self._closed(batch, entries))
             if msg is None or self._stopped:
                 return  # what is still in the inbox was never acked: the broker keeps it
+            # A queue that is never empty or full never suspends: give the other tasks
+            # (engine, sinks, metrics, the watchdog) their turn after each batch.
+            await asyncio.sleep(0)
 
     def _closed(self, batch: Batch, entries: list[_Unacked]) -> Batch:
         # acknowledged by the journal once committed (at-least-once end to end), a
