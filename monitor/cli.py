@@ -1,4 +1,4 @@
-"""``vitalmon`` command line: run, check-config, query, demo."""
+"""``vitalmon`` command line: run, check-config, query, stats, ack, demo, replay."""
 
 from __future__ import annotations
 
@@ -128,6 +128,36 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from monitor.sinks.sqlite import connect
+    from monitor.views import stats
+
+    path = cfg.sqlite_path
+    if path is None:
+        print("vitalmon: the config has no sqlite store to read", file=sys.stderr)
+        return 1
+    if not Path(path).exists():
+        print(f"vitalmon: no store at {path} (has the daemon run yet?)", file=sys.stderr)
+        return 1
+    since = args.since if args.since is not None else parse_since("24h")
+    conn = connect(path, readonly=True)
+    try:
+        rows = stats.compute(conn, cfg, since, bed=args.bed, ward=args.ward, vital=args.vital)
+    finally:
+        conn.close()
+    if args.format == "csv":
+        sys.stdout.write(stats.to_csv(rows))
+    elif args.format == "json":
+        sys.stdout.write(stats.to_json(rows, {"since": iso(since), "until": iso(time.time())}))
+    elif not rows:
+        print(f"no readings since {iso(since)}", file=sys.stderr)
+    else:
+        print(f"since {iso(since)}; out% = share of the measured time beyond the warn limits")
+        sys.stdout.write(stats.table(rows))
+    return 0
+
+
 def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
@@ -206,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", type=parse_since, help="10m, 6h, 2d or an ISO 8601 time")
     sp.add_argument("--format", choices=["csv", "json"], default="csv")
     sp.set_defaults(func=cmd_query)
+
+    sp = sub.add_parser("stats", help="per bed and vital: n, mean, sd, percentiles, out of range")
+    with_config(sp)
+    sp.add_argument("--bed")
+    sp.add_argument("--ward")
+    sp.add_argument("--vital")
+    sp.add_argument("--since", type=parse_since, help="10m, 6h, 2d or ISO 8601 (default 24h)")
+    sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sp.set_defaults(func=cmd_stats)
 
     sp = sub.add_parser("ack", help="acknowledge an alert (as the named operator)")
     with_config(sp)
