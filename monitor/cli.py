@@ -1,4 +1,5 @@
-"""``vitalmon`` command line: run, check-config, query, stats, ack, demo, replay."""
+"""``vitalmon`` command line: run, check-config, query, stats, report, ack, demo,
+replay."""
 
 from __future__ import annotations
 
@@ -158,6 +159,45 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        print(f"vitalmon report: {out}: give a .png, .pdf or .svg file", file=sys.stderr)
+        return 1
+    path = cfg.sqlite_path
+    if path is None or not Path(path).exists():
+        print(f"vitalmon: no store at {path} (has the daemon run yet?)", file=sys.stderr)
+        return 1
+    from monitor.sinks.sqlite import connect
+    from monitor.views import report
+
+    since = args.since if args.since is not None else parse_since("6h")
+    conn = connect(path, readonly=True)
+    try:
+        fresh = cfg.rules.news2.freshness_s
+        data = report.load(conn, args.ward, args.bed, since, time.time(), fresh)
+        if not data.series:
+            print(f"vitalmon report: no readings of bed {args.bed} since {iso(since)}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        fig = report.render(data, cfg, conn)
+    except ValueError as exc:
+        print(f"vitalmon report: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    try:
+        report.write(fig, out)
+    except OSError as exc:
+        print(f"vitalmon report: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    n = sum(len(ts) for ts, _ in data.series.values())
+    panels = len(report.plotted(data))
+    print(f"{out}: {panels} vitals and NEWS2, {n} readings, {len(data.alerts)} alert events")
+    return 0
+
+
 def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
@@ -245,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", type=parse_since, help="10m, 6h, 2d or ISO 8601 (default 24h)")
     sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sp.set_defaults(func=cmd_stats)
+
+    sp = sub.add_parser("report", help="trend plots of a bed: PNG, PDF or SVG")
+    with_config(sp)
+    sp.add_argument("--bed", required=True)
+    sp.add_argument("--ward")
+    sp.add_argument("--since", type=parse_since, help="10m, 6h, 2d or ISO 8601 (default 6h)")
+    sp.add_argument("-o", "--output", required=True, help="FILE.png, .pdf or .svg")
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("ack", help="acknowledge an alert (as the named operator)")
     with_config(sp)

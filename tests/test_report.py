@@ -1,0 +1,141 @@
+"""``vitalmon report``: trend plots of a bed from a real SQLite store, checked for what a
+reader sees (panels, units, limits, alert markers in their colours) and as files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.colors import to_hex
+
+from monitor import config as config_mod
+from monitor.model import AlertEvent, AlertState, Priority
+from monitor.sinks import sqlite as store
+from monitor.sinks.sqlite import _alert_row
+from monitor.views import report
+
+T0 = float(int(time.time()) - 3600)
+
+
+def event(ident: str, vital: str, prio: str, state: str, at: float, value: float,
+          seq: int, extra: dict | None = None) -> AlertEvent:  # fmt: skip
+    return AlertEvent(
+        id=ident, ward="icu", bed="6", device="ox", patient=None, vital=vital,
+        rule=f"{vital}.low", kind="threshold", priority=Priority(prio),
+        state=AlertState(state), value=value, limit=90.0, message="m", started_at=at,
+        at=at, seq=seq, extra=extra or {},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def bed6(tmp_path: Path) -> Path:
+    """Bed 6: 50 min of HR and SpO2 every 5 s, a desaturation to 80 % at minutes 20-30,
+    its alert (medium, then high, then resolved), an escalation on the wall clock, and a
+    full set of NEWS2 inputs at the start."""
+    db = tmp_path / "vitals.db"
+    ts = T0 + 5.0 * np.arange(600)
+    minute = (ts - T0) / 60
+    spo2 = np.where((minute >= 20) & (minute < 30), 80.0, 97.0)
+    hr = 80 + 10 * np.sin(minute / 5)
+    rows = [("icu", "6", "ox", "spo2", float(t), float(v), None)
+            for t, v in zip(ts, spo2, strict=True)]  # fmt: skip
+    rows += [("icu", "6", "mon", "hr", float(t), float(v), None)
+             for t, v in zip(ts, hr, strict=True)]  # fmt: skip
+    obs = {"rr": 16.0, "sbp": 120.0, "temp": 37.0, "o2": 0.0, "avpu": 0.0}
+    rows += [("icu", "6", "obs", k, T0, v, None) for k, v in obs.items()]
+    conn = store.connect(str(db))
+    store.insert_readings(conn, rows)
+    events = [
+        event("d1", "spo2", "medium", "active", T0 + 20 * 60 + 15, 80.0, 1),
+        event("d1", "spo2", "high", "active", T0 + 21 * 60, 80.0, 2),
+        event("d1", "spo2", "high", "resolved", T0 + 30 * 60 + 5, 97.0, 3),
+        event("d1", "spo2", "high", "active", T0 + 40 * 60, 80.0, 4, {"action": "escalate"}),
+    ]
+    conn.executemany(
+        f"INSERT INTO alert_events ({store._ALERT_COLS}) VALUES ({','.join('?' * 17)})",
+        [_alert_row(e) for e in events],
+    )
+    conn.close()
+    cfg = tmp_path / "vitalmon.yaml"
+    cfg.write_text(f"store:\n  - type: sqlite\n    path: {db}\n")
+    return cfg
+
+
+def markers(ax) -> list[tuple[str, str, int]]:
+    """(edge colour, face colour or 'none', points) of each marker set on an axes."""
+    out = []
+    for c in ax.collections:
+        if isinstance(c, PathCollection):
+            faces = c.get_facecolors()
+            face = "none" if len(faces) == 0 else to_hex(faces[0])
+            out.append((to_hex(c.get_edgecolors()[0]), face, len(c.get_offsets())))
+    return out
+
+
+def test_panels_limits_and_alert_markers(bed6: Path):
+    cfg = config_mod.load(str(bed6))
+    conn = store.connect(str(cfg.sqlite_path), readonly=True)
+    data = report.load(conn, None, "6", T0 - 60, time.time(), cfg.rules.news2.freshness_s)
+    fig = report.render(data, cfg, conn)
+    conn.close()
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    # one panel per stored vital (o2 and avpu only feed NEWS2), then NEWS2
+    assert labels == ["HR (/min)", "SpO2 (%)", "RR (/min)", "SBP (mmHg)", "Temp (°C)", "NEWS2"]
+    hr_ax, spo2_ax, news2_ax = fig.axes[0], fig.axes[1], fig.axes[-1]
+    # SpO2: the warn and crit limits as dashed lines, the readings down to 80 %
+    hlines = sorted(round(ln.get_ydata()[0], 1) for ln in spo2_ax.get_lines()
+                    if ln.get_linestyle() == "--")  # fmt: skip
+    spo2_limits = cfg.rules.thresholds["spo2"].low
+    assert spo2_limits is not None
+    assert hlines == sorted([spo2_limits.crit, spo2_limits.warn])
+    assert spo2_ax.get_ylim()[0] < 80 < 97 < spo2_ax.get_ylim()[1]
+    # the alert: medium raise (amber), high (red), resolution hollow red; the wall-clock
+    # escalation is not drawn on the data
+    assert sorted(markers(spo2_ax)) == sorted([
+        (report.COLOURS["medium"], report.COLOURS["medium"], 1),
+        (report.COLOURS["high"], report.COLOURS["high"], 1),
+        (report.COLOURS["high"], "none", 1),
+    ])  # fmt: skip
+    assert markers(hr_ax) == []
+    # NEWS2 recomputed from the inputs: 0 with normal values, 3 for SpO2 80 %
+    (step,) = news2_ax.get_lines()
+    ys = set(np.asarray(step.get_ydata(), dtype=float))
+    assert {0.0, 3.0} <= ys
+    assert fig.get_suptitle().startswith("icu/6 (profile adult)")
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".png", b"\x89PNG"), (".pdf", b"%PDF"),
+                                               (".svg", b"<?xml")])  # fmt: skip
+def test_cli_writes_the_file(bed6: Path, tmp_path: Path, suffix: str, magic: bytes):
+    out = tmp_path / f"bed6{suffix}"
+    p = subprocess.run(
+        [sys.executable, "-m", "monitor", "report", "-c", str(bed6), "--bed", "6",
+         "--since", "2h", "-o", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes().startswith(magic)
+    assert out.stat().st_size > 10_000
+    assert "5 vitals" in p.stdout and "3 alert events" in p.stdout
+    if suffix == ".svg":
+        text = out.read_text()
+        assert "SpO2 (%)" in text and "NEWS2" in text and "time (UTC)" in text
+
+
+def test_cli_refuses_a_bad_suffix_and_a_bed_without_readings(bed6: Path, tmp_path: Path):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "monitor", "report", "-c", str(bed6), *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    p = run("--bed", "6", "-o", str(tmp_path / "x.jpg"))
+    assert p.returncode == 1 and "give a .png, .pdf or .svg file" in p.stderr
+    p = run("--bed", "99", "-o", str(tmp_path / "x.png"))
+    assert p.returncode == 1 and "no readings of bed 99" in p.stderr
+    assert not (tmp_path / "x.png").exists()
