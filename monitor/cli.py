@@ -1,5 +1,5 @@
-"""``vitalmon`` command line: run, check-config, query, stats, report, ack, demo,
-replay."""
+"""``vitalmon`` command line: run, check-config, query, stats, report, watch, ack,
+demo, replay."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -198,6 +199,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if args.host or args.port:
+        mqtt = cfg.mqtt.model_copy(
+            update={k: v for k, v in (("host", args.host), ("port", args.port)) if v}
+        )
+        cfg = cfg.model_copy(update={"mqtt": mqtt})
+    by = args.by or os.environ.get("USER") or os.environ.get("LOGNAME") or "central-station"
+    from monitor.views import watch
+
+    return watch.run(cfg, by)
+
+
 def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
@@ -293,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", type=parse_since, help="10m, 6h, 2d or ISO 8601 (default 6h)")
     sp.add_argument("-o", "--output", required=True, help="FILE.png, .pdf or .svg")
     sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("watch", help="live central station in the terminal (MQTT only)")
+    with_config(sp)
+    sp.add_argument("--by", help="operator named in acknowledgements (default: $USER)")
+    sp.add_argument("--host", help="broker host (default: mqtt.host of the config)")
+    sp.add_argument("--port", type=int, help="broker port (default: mqtt.port)")
+    sp.set_defaults(func=cmd_watch)
 
     sp = sub.add_parser("ack", help="acknowledge an alert (as the named operator)")
     with_config(sp)

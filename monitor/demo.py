@@ -547,6 +547,7 @@ class Demo:
             f"  {beds} simulated bed(s) in ward {WARD}: {normal}bed {sick_bed} desaturates "
             f"(SpO2 down to ~{sick.nadir:.0f} % for 60 s, every {sick.episode_s:.0f} s{speed})\n"
             f"  temp dir {self.workdir} (SQLite store {self.db.name})\n"
+            f"  central station: vitalmon watch -c {self.workdir / 'vitalmon.yaml'}\n"
             f"  alerts (alerts/#) print below as they happen; {until}Ctrl-C to stop"
         )
 

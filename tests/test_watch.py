@@ -1,0 +1,104 @@
+"""``vitalmon watch``: the ward model on literal messages, and the Textual app in an
+80x24 headless terminal against a real mosquitto (retained state for a late start, live
+readings, the ack key publishing the command)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from conftest import Broker, Publisher, Subscriber, wait_for
+
+from monitor import config as config_mod
+from monitor.views.ward import Ward
+from monitor.views.watch import PRIORITY_STYLE, WatchApp, grid, tile
+
+NOW = time.time()
+
+
+def alert(ident: str, bed: str, priority: str, rule: str, kind: str = "threshold",
+          state: str = "active") -> dict[str, object]:  # fmt: skip
+    return {"id": ident, "ward": "icu", "bed": bed, "rule": rule, "kind": kind,
+            "priority": priority, "state": state, "message": f"{rule} message",
+            "vital": rule.partition(".")[0], "at": "2026-11-28T10:00:00Z"}  # fmt: skip
+
+
+def config(tmp_path: Path, port: int) -> config_mod.Config:
+    p = tmp_path / "vitalmon.yaml"
+    p.write_text(f"mqtt: {{host: 127.0.0.1, port: {port}}}\n")
+    return config_mod.load(str(p))
+
+
+def test_ward_model_sorts_by_severity_and_follows_alert_events(tmp_path):
+    w = Ward(config(tmp_path, 1883))
+    assert w.feed("vitals/icu/10/mon", json.dumps({"ts": NOW, "hr": 80}).encode(), NOW)
+    assert w.feed("vitals/icu/2/mon", json.dumps({"ts": NOW, "hr": 70}).encode(), NOW)
+    assert w.feed("vitals/icu/2/mon", json.dumps({"ts": NOW + 60, "hr": 90}).encode(), NOW)
+    state = [alert("s1", "3", "medium", "spo2.low"), alert("t1", "3", "low", "device.stale",
+                                                          kind="technical")]  # fmt: skip
+    assert w.feed("state/icu/3/alerts", json.dumps(state).encode(), NOW)
+    assert w.feed("scores/icu/10", json.dumps({"news2": 6}).encode(), NOW)
+    assert w.feed("alerts/icu/4", json.dumps(alert("h1", "4", "high", "hr.high")).encode(), NOW)
+    assert w.feed("other/topic", b"{}", NOW) is None
+    assert w.feed("vitals/icu/5/mon", b"not json", NOW) is None
+    order = [b.bed for b in w.sorted_beds()]
+    assert order == ["4", "3", "10", "2"]  # high, medium, then NEWS2 6 before none; 2 < 10
+    assert w.beds[("icu", "2")].trend("hr") == "↑" and w.beds[("icu", "10")].trend("hr") == " "
+    assert [a["id"] for a in w.beds[("icu", "3")].technical()] == ["t1"]
+    resolved = alert("h1", "4", "high", "hr.high", state="resolved")
+    w.feed("alerts/icu/4", json.dumps(resolved).encode(), NOW)
+    assert w.beds[("icu", "4")].severity() == 4
+    t = tile(w.beds[("icu", "3")], selected=False)
+    assert t.plain.splitlines()[2].startswith("!MEDIUM spo2.low")
+    assert any(str(s.style) == PRIORITY_STYLE["medium"] for s in t.spans)
+    lines = grid(w.sorted_beds(), 0, 80).plain.splitlines()
+    assert len(lines) == 6 and all(len(ln) <= 80 for ln in lines)  # 3 across, 80 columns
+
+
+def test_watch_in_80x24_shows_the_ward_and_the_ack_key_sends_the_command(
+    broker: Broker, publisher: Publisher, tmp_path: Path
+):
+    # retained before the app starts: what a late start must show at once
+    publisher.client.publish(
+        "state/icu/6/alerts", json.dumps([alert("a6", "6", "high", "spo2.low")]), qos=1,
+        retain=True,
+    ).wait_for_publish(10)  # fmt: skip
+    publisher.client.publish(
+        "scores/icu/6", json.dumps({"news2": 7, "components": {"spo2": 3}}), qos=1, retain=True
+    ).wait_for_publish(10)
+    acks = Subscriber(broker.port, "vitalmon/cmd/#")
+    app = WatchApp(config(tmp_path, broker.port), operator="nurse.kim")
+
+    async def main() -> str:
+        async with app.run_test(size=(80, 24)) as pilot:
+
+            async def until(pred, what: str, timeout: float = 10.0) -> None:
+                deadline = time.monotonic() + timeout
+                while not pred():
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    await pilot.pause(0.05)
+
+            await until(lambda: ("icu", "6") in app.ward.beds, "the retained state")
+            for bed in range(1, 5):
+                body = {"ts": time.time(), "hr": 70 + bed, "spo2": 97}
+                await asyncio.to_thread(publisher.publish, f"vitals/icu/{bed}/mon", body)
+            await until(lambda: len(app.ward.beds) == 5, "the live readings")
+
+            def shown() -> str:
+                return app.export_screenshot().replace("&#160;", " ")
+
+            await until(lambda: "HR 74" in shown(), "the screen to show bed 4")
+            screen = shown()
+            await pilot.press("a")
+            await asyncio.to_thread(wait_for, lambda: acks.json("vitalmon/cmd/ack"), 10, "ack")
+            return screen
+
+    screen = asyncio.run(main())
+    acks.close()
+    assert app.beds()[0].bed == "6"  # the alerting bed first
+    text = screen
+    for needle in ("icu/6", "NEWS2 7", "HIGH spo2.low", "icu/1", "icu/4", "HR 74"):
+        assert needle in text, needle
+    assert acks.json("vitalmon/cmd/ack") == [{"id": "a6", "by": "nurse.kim"}]
