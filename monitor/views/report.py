@@ -135,7 +135,9 @@ def render(data: BedData, cfg: Config, conn: sqlite3.Connection | None = None) -
             ts, values = data.series[vital]
             unit = VITALS.get(vital, ("",))[0]
             ax.set_ylabel(f"{LABELS.get(vital, vital)} ({unit})" if unit else vital)
-            ax.plot(_time(ts), values, color="#1f4e79", lw=1.0, label=vital)
+            few = len(ts) < 60  # spot measurements (NIBP, temperature): show each one
+            ax.plot(_time(ts), values, color="#1f4e79", lw=1.0, label=vital,
+                    marker="o" if few else None, ms=4)  # fmt: skip
             _limits(ax, profile.thresholds.get(vital) if profile else None)
             lo_v, hi_v = float(values.min()), float(values.max())
             pad = max(1.0, 0.1 * (hi_v - lo_v))
@@ -145,16 +147,17 @@ def render(data: BedData, cfg: Config, conn: sqlite3.Connection | None = None) -
         _markers(ax, [a for a in data.alerts if a[0] == vital], ts, values)
         ax.grid(True, alpha=0.3)
     ax = axes[-1]
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))  # type: ignore[no-untyped-call]
+    locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))  # type: ignore[no-untyped-call]
     ax.set_xlabel("time (UTC)")
     when = ""
     if np.isfinite(span[0]):
         start = datetime.fromtimestamp(span[0], UTC).strftime("%Y-%m-%d %H:%M")
         end = datetime.fromtimestamp(span[1], UTC).strftime("%H:%M UTC")
         when = f", {start} - {end}"
-    n_alerts = sum(1 for a in data.alerts if a[4] == "active")
     fig.suptitle(
-        f"{data.ward}/{data.bed} (profile {name}){when}: {n_alerts} alert events",
+        f"{data.ward}/{data.bed} (profile {name}){when}: {len(data.alerts)} alert events",
         fontsize=12,
     )
     return fig
