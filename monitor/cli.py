@@ -104,16 +104,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(cfg: config_mod.Config) -> str | None:
+    """The SQLite store's path, or None after saying why it cannot be read."""
+    path = cfg.sqlite_path
+    if path is None:
+        print("vitalmon: the config has no sqlite store", file=sys.stderr)
+    elif not Path(path).exists():
+        print(f"vitalmon: no store at {path} (has the daemon run yet?)", file=sys.stderr)
+    else:
+        return path
+    return None
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     from monitor.sinks.sqlite import query_readings
 
-    path = cfg.sqlite_path
+    path = _store(cfg)
     if path is None:
-        print("vitalmon: the config has no sqlite store to query", file=sys.stderr)
-        return 1
-    if not Path(path).exists():
-        print(f"vitalmon: no store at {path} (has the daemon run yet?)", file=sys.stderr)
         return 1
     rows = query_readings(path, args.bed, ward=args.ward, vital=args.vital, since=args.since)
     out = sys.stdout
@@ -135,12 +143,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from monitor.sinks.sqlite import connect
     from monitor.views import stats
 
-    path = cfg.sqlite_path
+    path = _store(cfg)
     if path is None:
-        print("vitalmon: the config has no sqlite store to read", file=sys.stderr)
-        return 1
-    if not Path(path).exists():
-        print(f"vitalmon: no store at {path} (has the daemon run yet?)", file=sys.stderr)
         return 1
     since = args.since if args.since is not None else parse_since("24h")
     conn = connect(path, readonly=True)
@@ -166,9 +170,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         print(f"vitalmon report: {out}: give a .png, .pdf or .svg file", file=sys.stderr)
         return 1
-    path = cfg.sqlite_path
-    if path is None or not Path(path).exists():
-        print(f"vitalmon: no store at {path} (has the daemon run yet?)", file=sys.stderr)
+    path = _store(cfg)
+    if path is None:
         return 1
     from monitor.sinks.sqlite import connect
     from monitor.views import report

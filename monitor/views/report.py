@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from monitor.config import Config
 from monitor.engine.news2 import PARAMETERS, News2Tracker
 from monitor.model import AVPU_CODES, LABELS, VITALS
-from monitor.views.stats import _admitted_profiles
+from monitor.views.stats import bed_profiles
 
 ORDER = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "etco2")
 COLOURS = {"high": "#d62728", "medium": "#ffb000", "low": "#17becf"}
@@ -118,7 +118,7 @@ def render(data: BedData, cfg: Config, conn: sqlite3.Connection | None = None) -
     fig = Figure(figsize=(11, 1.9 * len(panels) + 1), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     profiles, _ = cfg.resolve_profiles()
-    assigned = {**cfg.bed_profiles(), **(_admitted_profiles(conn) if conn else {})}
+    assigned = bed_profiles(cfg, conn)
     name = assigned.get((data.ward, data.bed), "adult")
     profile = profiles.get(name)
     span = [np.inf, -np.inf]

@@ -152,7 +152,7 @@ def compute(
     rows = conn.execute(_READINGS_SQL, args).fetchall()
     alerts = conn.execute(_ALERTS_SQL, args).fetchall()
     profiles, _errors = cfg.resolve_profiles()
-    assigned = {**cfg.bed_profiles(), **_admitted_profiles(conn)}
+    assigned = bed_profiles(cfg, conn)
     max_gap = cfg.rules.max_gap_s
 
     series: dict[tuple[str, str, str], tuple[Array, Array]] = {}
@@ -178,12 +178,17 @@ def compute(
     return out
 
 
-def _admitted_profiles(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
-    try:
-        rows = conn.execute("SELECT ward, bed, profile FROM beds WHERE profile IS NOT NULL")
-    except sqlite3.OperationalError:  # a store from before admissions
-        return {}
-    return {(w, b): p for w, b, p in rows}
+def bed_profiles(cfg: Config, conn: sqlite3.Connection | None) -> dict[tuple[str, str], str]:
+    """(ward, bed) -> profile name: the admission's (the store's ``beds``), else
+    ``beds.<ward>/<bed>.profile``; a bed in neither is ``adult``."""
+    admitted: dict[tuple[str, str], str] = {}
+    if conn is not None:
+        try:
+            rows = conn.execute("SELECT ward, bed, profile FROM beds WHERE profile IS NOT NULL")
+            admitted = {(w, b): p for w, b, p in rows}
+        except sqlite3.OperationalError:  # a store from before admissions
+            pass
+    return {**cfg.bed_profiles(), **admitted}
 
 
 def _alert_counts(
