@@ -102,3 +102,30 @@ def test_watch_in_80x24_shows_the_ward_and_the_ack_key_sends_the_command(
     for needle in ("icu/6", "NEWS2 7", "HIGH spo2.low", "icu/1", "icu/4", "HR 74"):
         assert needle in text, needle
     assert acks.json("vitalmon/cmd/ack") == [{"id": "a6", "by": "nurse.kim"}]
+
+
+def test_sixty_beds_scroll_to_the_selected_one(broker: Broker, tmp_path: Path):
+    """64 beds in 80x24 (three across, 22 rows of tiles): moving the selection down to
+    the last bed scrolls it into view, and the detail pane follows it."""
+    app = WatchApp(config(tmp_path, broker.port), operator="nurse.kim")
+
+    async def main() -> tuple[str, str]:
+        async with app.run_test(size=(80, 24)) as pilot:
+            now = time.time()
+            for bed in range(1, 65):
+                body = json.dumps({"ts": now, "hr": 60 + bed % 30, "spo2": 97}).encode()
+                app.ward.feed(f"vitals/icu/{bed}/mon", body, now)
+            app._refresh(force=True)
+            first = app.export_screenshot().replace("&#160;", " ")
+            for _ in range(63):
+                await pilot.press("down")
+            deadline = time.monotonic() + 10
+            while "icu/64 " not in (shot := app.export_screenshot().replace("&#160;", " ")):
+                assert time.monotonic() < deadline, "bed 64 never scrolled into view"
+                await pilot.pause(0.05)
+            return first, shot
+
+    first, last = asyncio.run(main())
+    assert "icu/1 " in first and "icu/64 " not in first  # below the fold at first
+    assert app.current() is not None and app.current().bed == "64"
+    assert "icu/1 " not in last.split("icu/64 ")[0]  # the top rows scrolled away

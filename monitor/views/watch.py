@@ -138,6 +138,8 @@ class WatchApp(App[None]):
         Binding("up,k", "move(-1)", "previous", show=False),
         Binding("right,l", "move(1)", "next", show=False),
         Binding("left,h", "move(-1)", "previous", show=False),
+        Binding("pagedown", "move(9)", "page down", show=False),
+        Binding("pageup", "move(-9)", "page up", show=False),
         Binding("a", "ack", "acknowledge"),
         Binding("p", "pause", "pause 2 min"),
         Binding("q", "quit", "quit"),
@@ -157,7 +159,7 @@ class WatchApp(App[None]):
         self._dirty = False
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="grid"):
+        with VerticalScroll(id="grid", can_focus=False):  # (keys are the app's)
             yield Static(id="tiles")
         yield Static(id="detail")
         yield Footer()
@@ -197,12 +199,23 @@ class WatchApp(App[None]):
         beds = self.beds()
         width = self.size.width or 80
         self.query_one("#tiles", Static).update(grid(beds, self.selected, width))
+        self._keep_in_view(width)
         d = detail(self.current())
         if self.status:
             d.append(self.status, style="italic")
         self.query_one("#detail", Static).update(d)
         up = "connected" if self.client.connected.is_set() else "connecting..."
         self.sub_title = f"{len(beds)} beds, {self.cfg.mqtt.host}:{self.cfg.mqtt.port} {up}"
+
+    def _keep_in_view(self, width: int) -> None:
+        """Scroll the tiles so that the selected bed's row is on screen."""
+        scroller = self.query_one("#grid", VerticalScroll)
+        per_row = max(1, (width + 1) // (TILE_W + 1))
+        top = (self.selected // per_row) * 3
+        height = scroller.size.height
+        if height and not scroller.scroll_y <= top <= scroller.scroll_y + height - 3:
+            scroller.scroll_to(y=max(0, top - height + 3) if top > scroller.scroll_y else top,
+                               animate=False)  # fmt: skip
 
     def action_move(self, step: int) -> None:
         beds = self.beds()
