@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -44,6 +45,25 @@ class ConnectionLog:
             return
         self.log.info("connected to %s:%d", self.opts.host, self.opts.port)
         self.connected.set()
+
+    def _wait_connected(self, client: Any, stop: threading.Event) -> int | None:
+        """Connect ``client`` (paho, its loop in its own thread) and wait up to
+        ``opts.connect_timeout_s``; -> None once connected, else the exit code (0: stopped
+        meanwhile, 1: no connection)."""
+        o = self.opts
+        client.connect_async(o.host, o.port, keepalive=30)
+        client.loop_start()
+        deadline = time.monotonic() + o.connect_timeout_s
+        while not self.connected.is_set():
+            if stop.is_set():
+                return 0
+            if time.monotonic() > deadline:
+                self.log.error(
+                    "cannot connect to %s:%d within %g s", o.host, o.port, o.connect_timeout_s
+                )
+                return 1
+            stop.wait(0.05)
+        return None
 
     def _on_disconnect(self, _c: object, _u: object, _flags: object, reason: object,
                        _props: object) -> None:  # fmt: skip

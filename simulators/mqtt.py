@@ -458,20 +458,10 @@ class Simulator(ConnectionLog):
     def run(self, stop: threading.Event | None = None) -> int:
         """Publish until the duration is over or ``stop`` is set; -> exit code."""
         stop = stop or threading.Event()
-        o = self.opts
-        self._client.connect_async(o.host, o.port, keepalive=30)
-        self._client.loop_start()
         try:
-            deadline = time.monotonic() + o.connect_timeout_s
-            while not self.connected.is_set():
-                if stop.is_set():
-                    return 0
-                if time.monotonic() > deadline:
-                    log.error(
-                        "cannot connect to %s:%d within %g s", o.host, o.port, o.connect_timeout_s
-                    )
-                    return 1
-                stop.wait(0.05)
+            failed = self._wait_connected(self._client, stop)
+            if failed is not None:
+                return failed
             self._publish_loop(stop)
             self._flush()
             return 0

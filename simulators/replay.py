@@ -190,20 +190,10 @@ class Replayer(ConnectionLog):
     def run(self, stop: threading.Event | None = None) -> int:
         """Publish everything (or until ``stop``), wait for the acknowledgements; -> exit code."""
         stop = stop or threading.Event()
-        o = self.opts
-        self._client.connect_async(o.host, o.port, keepalive=30)
-        self._client.loop_start()
         try:
-            deadline = time.monotonic() + o.connect_timeout_s
-            while not self.connected.is_set():
-                if stop.is_set():
-                    return 0
-                if time.monotonic() > deadline:
-                    log.error(
-                        "cannot connect to %s:%d within %g s", o.host, o.port, o.connect_timeout_s
-                    )
-                    return 1
-                stop.wait(0.05)
+            failed = self._wait_connected(self._client, stop)
+            if failed is not None:
+                return failed
             t0 = time.monotonic()
             self._publish_all(stop)
             flushed = self._flush(stop)
