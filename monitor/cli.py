@@ -104,9 +104,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(cfg: config_mod.Config) -> str | None:
-    """The SQLite store's path, or None after saying why it cannot be read."""
-    path = cfg.sqlite_path
+def _store_config(args: argparse.Namespace) -> config_mod.Config:
+    """The config of a command reading a store: with ``--store`` and no config file at the
+    default path, the built-in one (limits and profiles as shipped)."""
+    default = args.config == config_mod.DEFAULT_CONFIG_PATH
+    if args.store and default and not Path(args.config).exists():
+        return config_mod.Config()
+    return _load(args.config)
+
+
+def _store(cfg: config_mod.Config, path: str | None = None) -> str | None:
+    """The SQLite store's path (``--store``, else the config's), or None after saying why
+    it cannot be read."""
+    path = path or cfg.sqlite_path
     if path is None:
         print("vitalmon: the config has no sqlite store", file=sys.stderr)
     elif not Path(path).exists():
@@ -117,10 +127,10 @@ def _store(cfg: config_mod.Config) -> str | None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _store_config(args)
     from monitor.sinks.sqlite import query_readings
 
-    path = _store(cfg)
+    path = _store(cfg, args.store)
     if path is None:
         return 1
     rows = query_readings(path, args.bed, ward=args.ward, vital=args.vital, since=args.since)
@@ -139,11 +149,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _store_config(args)
     from monitor.sinks.sqlite import connect
     from monitor.views import stats
 
-    path = _store(cfg)
+    path = _store(cfg, args.store)
     if path is None:
         return 1
     since = args.since if args.since is not None else parse_since("24h")
@@ -157,7 +167,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
     elif args.format == "json":
         sys.stdout.write(stats.to_json(rows, {"since": iso(since), "until": iso(time.time())}))
     elif not rows:
-        print(f"no readings since {iso(since)}", file=sys.stderr)
+        from monitor.views.report import span_hint
+
+        conn = connect(path, readonly=True)
+        try:
+            hint = span_hint(conn, args.bed)
+        finally:
+            conn.close()
+        print(f"no readings since {iso(since)}{hint}", file=sys.stderr)
     else:
         print(f"since {iso(since)}; out% = share of the measured time beyond the warn limits")
         sys.stdout.write(stats.table(rows))
@@ -165,40 +182,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    out = Path(args.output)
-    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
-        print(f"vitalmon report: {out}: give a .png, .pdf or .svg file", file=sys.stderr)
+    cfg = _store_config(args)
+    from monitor.views import report
+
+    try:
+        out = report.check_output(args.output)
+    except report.ReportError as exc:
+        print(f"vitalmon report: {exc}", file=sys.stderr)
         return 1
-    path = _store(cfg)
+    path = _store(cfg, args.store)
     if path is None:
         return 1
     from monitor.sinks.sqlite import connect
-    from monitor.views import report
 
     since = args.since if args.since is not None else parse_since("6h")
     conn = connect(path, readonly=True)
     try:
-        fresh = cfg.rules.news2.freshness_s
-        data = report.load(conn, args.ward, args.bed, since, time.time(), fresh)
-        if not data.series:
-            print(f"vitalmon report: no readings of bed {args.bed} since {iso(since)}",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-        fig = report.render(data, cfg, conn)
-    except ValueError as exc:
+        print(report.make(conn, cfg, args.ward, args.bed, since, time.time(), out))
+    except report.ReportError as exc:
         print(f"vitalmon report: {exc}", file=sys.stderr)
         return 1
     finally:
         conn.close()
-    try:
-        report.write(fig, out)
-    except OSError as exc:
-        print(f"vitalmon report: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    n = sum(len(ts) for ts, _ in data.series.values())
-    panels = len(report.plotted(data))
-    print(f"{out}: {panels} vitals and NEWS2, {n} readings, {len(data.alerts)} alert events")
     return 0
 
 
@@ -259,6 +264,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         start=args.start,
         maps=args.map,
         fmt=args.format,
+        store=args.store,
+        report_to=args.report,
     )
 
 
@@ -276,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="YAML config file (default: %(default)s)",
         )
 
+    def with_store(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--store",
+            metavar="FILE.db",
+            help="read this SQLite store (e.g. one written by replay --store) instead of"
+            " the config's",
+        )
+
     sp = sub.add_parser("run", help="run the daemon in the foreground")
     with_config(sp)
     sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -287,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("query", help="print stored readings of a bed")
     with_config(sp)
+    with_store(sp)
     sp.add_argument("--bed", required=True)
     sp.add_argument("--ward")
     sp.add_argument("--vital", choices=sorted(VITALS))
@@ -296,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("stats", help="per bed and vital: n, mean, sd, percentiles, out of range")
     with_config(sp)
+    with_store(sp)
     sp.add_argument("--bed")
     sp.add_argument("--ward")
     sp.add_argument("--vital")
@@ -305,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("report", help="trend plots of a bed: PNG, PDF or SVG")
     with_config(sp)
+    with_store(sp)
     sp.add_argument("--bed", required=True)
     sp.add_argument("--ward")
     sp.add_argument("--since", type=parse_since, help="10m, 6h, 2d or ISO 8601 (default 6h)")
@@ -355,6 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="map a column to a vital (COL=none ignores it); repeatable",
     )
     sp.add_argument("--format", choices=["table", "json"], default="table")
+    sp.add_argument(
+        "--store",
+        metavar="FILE.db",
+        help="also write the readings and alert events into this SQLite store (for"
+        " report, stats and query --store)",
+    )
+    sp.add_argument(
+        "--report",
+        metavar="FILE.png|.pdf|.svg",
+        help="also draw vitalmon report's trend plot of the whole recording",
+    )
     sp.set_defaults(func=cmd_replay)
     return p
 

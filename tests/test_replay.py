@@ -323,3 +323,101 @@ def test_implausible_values_are_rejected_and_counted_not_alarmed(tmp_path: Path)
     res = cli(f, "--bed", "1")
     assert res.returncode == 0, res.stderr
     assert "rejected HR: implausible x2" in res.stdout
+
+
+# ----------------------------------------------------- --store and --report: plots
+
+
+def test_store_and_report_from_a_replay(tmp_path: Path) -> None:
+    """The readings and vitalmon's alert events go into a store of the daemon's schema;
+    ``--report`` draws the recording from it; ``report``/``stats --store`` read it; a
+    second replay into the same store adds nothing."""
+    import sqlite3
+
+    db, png = tmp_path / "replay.db", tmp_path / "replay.png"
+    res = cli(S25047, "--bed", "7", "--ward", "icu", "--store", db, "--report", png,
+              "--format", "json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)  # the JSON stays clean: what was kept goes to stderr
+    rec = load_csv(S25047, bed="7", ward="icu")
+    events = replay(rec).vitalmon
+    assert f"store {db}: {len(rec.readings)} readings and {len(events)} alert events" in (
+        res.stderr
+    )
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
+    assert f"report {png}: 6 vitals and NEWS2, {len(rec.readings)} readings" in res.stderr
+
+    conn = sqlite3.connect(db)
+    stored = conn.execute(
+        "SELECT device, vital, ts, value FROM readings WHERE ward = 'icu' AND bed = '7'"
+        " ORDER BY ts, device, vital"
+    ).fetchall()
+    expect = sorted((r.device, r.vital, r.ts, r.value) for r in rec.readings)
+    assert sorted(stored) == expect
+    alerts = conn.execute("SELECT id, seq, rule, state FROM alert_events ORDER BY ev").fetchall()
+    assert alerts == [(e.id, e.seq, e.rule, str(e.state)) for e in events]
+    assert len(doc["vitalmon"]["alerts"]) == len(events)
+    conn.close()
+
+    res = cli(S25047, "--bed", "7", "--ward", "icu", "--store", db)
+    assert res.returncode == 0, res.stderr
+    assert f"store {db}: 0 readings and {len(events)} alert events" in res.stdout
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == len(rec.readings)
+    assert conn.execute("SELECT count(*) FROM alert_events").fetchone()[0] == len(events)
+    conn.close()
+
+    # the store as the other views read it: no config file needed with --store
+    since = "2000-01-01T00:00:00Z"
+    out = tmp_path / "again.svg"
+    p = subprocess.run(
+        [sys.executable, "-m", "monitor", "report", "-c", str(tmp_path / "absent.yaml"),
+         "--store", str(db), "--bed", "7", "--since", since, "-o", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode == 1 and "cannot read config" in p.stderr  # a named config must exist
+    p = subprocess.run(
+        [sys.executable, "-m", "monitor", "report", "--store", str(db), "--bed", "7",
+         "--since", since, "-o", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "SpO2 (%)" in out.read_text()
+    p = subprocess.run(
+        [sys.executable, "-m", "monitor", "stats", "--store", str(db), "--since", since,
+         "--format", "json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    spo2 = [r for r in json.loads(p.stdout)["stats"] if r["vital"] == "spo2"]
+    values = [r.value for r in rec.readings if r.vital == "spo2"]
+    assert [(r["ward"], r["bed"], r["n"], r["max"]) for r in spo2] == [
+        ("icu", "7", len(values), max(values))
+    ]
+    # the default --since (24 h) misses a recording of 2000: say where the data are
+    p = subprocess.run(
+        [sys.executable, "-m", "monitor", "stats", "--store", str(db)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "the store has readings from 2000-01-01T00:00:00" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--report", "plot.jpg"], "give a .png, .pdf or .svg file"),
+        (["--store", "no/such/dir/r.db"], "no directory no/such/dir"),
+        (["--store", "."], "is a directory"),
+    ],
+)
+def test_store_and_report_options_are_checked_before_the_replay(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["replay", str(S25047), "--bed", "1", *args])
+    assert exc.value.code == 1
+    out, err = capsys.readouterr()
+    assert out == "" and message in err
+    assert list(tmp_path.iterdir()) == []

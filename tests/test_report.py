@@ -16,7 +16,7 @@ from matplotlib.colors import to_hex
 from monitor import config as config_mod
 from monitor.model import AlertEvent, AlertState, Priority
 from monitor.sinks import sqlite as store
-from monitor.sinks.sqlite import _alert_row
+from monitor.sinks.sqlite import alert_row
 from monitor.views import report
 
 T0 = float(int(time.time()) - 3600)
@@ -49,17 +49,13 @@ def bed6(tmp_path: Path) -> Path:
     obs = {"rr": 16.0, "sbp": 120.0, "temp": 37.0, "o2": 0.0, "avpu": 0.0}
     rows += [("icu", "6", "obs", k, T0, v, None) for k, v in obs.items()]
     conn = store.connect(str(db))
-    store.insert_readings(conn, rows)
     events = [
         event("d1", "spo2", "medium", "active", T0 + 20 * 60 + 15, 80.0, 1),
         event("d1", "spo2", "high", "active", T0 + 21 * 60, 80.0, 2),
         event("d1", "spo2", "high", "resolved", T0 + 30 * 60 + 5, 97.0, 3),
         event("d1", "spo2", "high", "active", T0 + 40 * 60, 80.0, 4, {"action": "escalate"}),
     ]
-    conn.executemany(
-        f"INSERT INTO alert_events ({store._ALERT_COLS}) VALUES ({','.join('?' * 17)})",
-        [_alert_row(e) for e in events],
-    )
+    store.write_rows(conn, rows, [alert_row(e) for e in events])
     conn.close()
     cfg = tmp_path / "vitalmon.yaml"
     cfg.write_text(f"store:\n  - type: sqlite\n    path: {db}\n")
@@ -107,6 +103,24 @@ def test_panels_limits_and_alert_markers(bed6: Path):
     ys = set(np.asarray(step.get_ydata(), dtype=float))
     assert {0.0, 3.0} <= ys
     assert fig.get_suptitle().startswith("icu/6 (profile adult)")
+
+
+def test_news2_panel_says_why_it_is_empty():
+    ts = T0 + 60.0 * np.arange(30)
+    data = report.BedData("icu", "6", {"hr": (ts, np.full(30, 80.0)),
+                                       "spo2": (ts, np.full(30, 97.0))})  # fmt: skip
+    fig = report.render(data, config_mod.Config())
+    news2_ax = fig.axes[-1]
+    assert news2_ax.get_ylabel() == "NEWS2" and news2_ax.get_lines() == []
+    texts = [t.get_text() for t in news2_ax.texts]
+    assert texts == ["no complete NEWS2: no RR, O2, SBP, ACVPU, Temp readings"]
+    # every input stored but never fresh together (load() found no complete score)
+    one = (ts[:1], np.ones(1))
+    series = dict.fromkeys(("rr", "spo2", "o2", "sbp", "hr", "avpu", "temp"), one)
+    fig = report.render(report.BedData("icu", "6", series), config_mod.Config())
+    assert [t.get_text() for t in fig.axes[-1].texts] == [
+        "no complete NEWS2: the inputs were never all within 1800 s"
+    ]
 
 
 @pytest.mark.parametrize(("suffix", "magic"), [(".png", b"\x89PNG"), (".pdf", b"%PDF"),

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from monitor.config import RulesConfig
 from monitor.model import AlertEvent, AlertState, Priority
 from monitor.sinks import sqlite as store
-from monitor.sinks.sqlite import _alert_row
+from monitor.sinks.sqlite import alert_row
 from monitor.views.stats import held_time, out_of_range_pct
 
 _HR = RulesConfig().thresholds["hr"]
@@ -59,7 +59,6 @@ def ward(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     rows += series("8", "mon", "spo2", ts8, hr8)
     rows += [("icu", "7", "mon", "hr", T0 - 2 * 86400, 250.0, None)]  # before --since
     conn = store.connect(str(db))
-    store.insert_readings(conn, rows)
     events = [
         alert("a1", "7", "spo2", "medium", T0 + 100, 1),
         alert("a1", "7", "spo2", "high", T0 + 200, 2),  # escalated: counts once, high
@@ -67,10 +66,7 @@ def ward(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
         alert("a3", "7", "news2", "low", T0 + 300, 1),
         alert("a0", "7", "spo2", "high", T0 - 2 * 86400, 1),  # before --since
     ]
-    conn.executemany(
-        f"INSERT INTO alert_events ({store._ALERT_COLS}) VALUES ({','.join('?' * 17)})",
-        [_alert_row(e) for e in events],
-    )
+    store.write_rows(conn, rows, [alert_row(e) for e in events])
     conn.execute(
         "INSERT INTO beds (ward, bed, patient, profile, at, by) VALUES"
         " ('icu', '8', 'p-8', 'copd', ?, 'nurse')",

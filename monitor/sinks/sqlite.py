@@ -326,13 +326,9 @@ class SqliteSink:
     # ------------------------------------------------------------- store thread
 
     def _commit(self, conn: sqlite3.Connection, *, batch: list[_Item]) -> int:
-        rows = [
-            (r.ward, r.bed, r.device, r.vital, r.ts, r.value, r.patient)
-            for it in batch
-            for r in it.readings
-        ]
+        rows = [reading_row(r) for it in batch for r in it.readings]
         events = [e for it in batch for e in it.events]
-        alerts = [_alert_row(e) for e in events]
+        alerts = [alert_row(e) for e in events]
         audit: list[tuple[object, ...]] = [
             (e.at, e.extra["action"], str(e.extra.get("ack_by", "vitalmon")), e.id, e.ward, e.bed,
              f"{e.rule} {e.state} {e.priority}: {e.message}")
@@ -340,33 +336,46 @@ class SqliteSink:
             if e.extra.get("action") in AUDITED
         ]  # fmt: skip
         audit += [row for it in batch for row in it.audit]
-        before = conn.total_changes
-        conn.execute("BEGIN")
-        try:
-            if rows:
-                insert_readings(conn, rows)
-            stored = conn.total_changes - before
-            if alerts:
-                conn.executemany(
-                    f"INSERT OR IGNORE INTO alert_events ({_ALERT_COLS})"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    alerts,
-                )
-            if audit:
-                conn.executemany(
-                    "INSERT INTO audit (at, action, by, alert_id, ward, bed, detail)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    audit,
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        stored = write_rows(conn, rows, alerts, audit)
         self.counts["received"] += len(rows)
         self.counts["committed"] += stored
         self.counts["duplicates"] += len(rows) - stored
         self.counts["alert_events"] += len(alerts)
         return journal_head(conn)[0]
+
+
+def write_rows(
+    conn: sqlite3.Connection,
+    rows: Sequence[tuple[object, ...]],
+    alerts: Sequence[tuple[object, ...]] = (),
+    audit: Sequence[tuple[object, ...]] = (),
+) -> int:
+    """Reading rows (``_READING_COLS``), alert rows (:func:`alert_row`) and audit rows in
+    one transaction; a reading or alert event already stored is ignored. -> readings
+    stored."""
+    before = conn.total_changes
+    conn.execute("BEGIN")
+    try:
+        if rows:
+            insert_readings(conn, rows)
+        stored = conn.total_changes - before
+        if alerts:
+            conn.executemany(
+                f"INSERT OR IGNORE INTO alert_events ({_ALERT_COLS})"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                alerts,
+            )
+        if audit:
+            conn.executemany(
+                "INSERT INTO audit (at, action, by, alert_id, ward, bed, detail)"
+                " VALUES (?,?,?,?,?,?,?)",
+                audit,
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return stored
 
 
 #: The rows as one JSON array, unpacked by SQLite itself: one statement for the whole
@@ -407,7 +416,13 @@ def insert_readings(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]
     )
 
 
-def _alert_row(e: AlertEvent) -> tuple[object, ...]:
+def reading_row(r: Reading) -> tuple[object, ...]:
+    """A reading as its ``readings`` row (``_READING_COLS`` order)."""
+    return (r.ward, r.bed, r.device, r.vital, r.ts, r.value, r.patient)
+
+
+def alert_row(e: AlertEvent) -> tuple[object, ...]:
+    """An alert event as its ``alert_events`` row."""
     return (
         e.id, e.seq, e.ward, e.bed, e.device, e.patient, e.vital, e.rule, e.kind,
         str(e.priority), str(e.state), e.value, e.limit, e.message, e.started_at, e.at,

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from monitor.config import Config
 from monitor.engine.news2 import PARAMETERS, News2Tracker
-from monitor.model import AVPU_CODES, LABELS, VITALS
+from monitor.model import AVPU_CODES, LABELS, VITALS, iso
 from monitor.views.stats import bed_profiles
 
 ORDER = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "etco2")
@@ -131,6 +131,12 @@ def render(data: BedData, cfg: Config, conn: sqlite3.Connection | None = None) -
             ax.set_ylim(-0.5, max(10.0, float(values.max()) + 1 if len(values) else 10.0))
             if len(ts):
                 ax.step(_time(ts), values, where="post", color="black", lw=1.2, label="NEWS2")
+            else:
+                missing = [LABELS.get(p, p) for p in PARAMETERS if p not in data.series]
+                ax.text(0.5, 0.5, "no complete NEWS2: " + (
+                    f"no {', '.join(missing)} readings" if missing
+                    else f"the inputs were never all within {cfg.rules.news2.freshness_s:g} s"
+                ), transform=ax.transAxes, ha="center", va="center", color="0.35")  # fmt: skip
         else:
             ts, values = data.series[vital]
             unit = VITALS.get(vital, ("",))[0]
@@ -227,3 +233,55 @@ def write(fig: Figure, path: Path) -> None:
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"{path}: give a .png, .pdf or .svg file")
     fig.savefig(path, dpi=110)
+
+
+class ReportError(Exception):
+    """Nothing to draw, or the file cannot be written: said to the user, exit 1."""
+
+
+def check_output(path: str | Path) -> Path:
+    """The output file, checked before any work: its suffix names a format."""
+    out = Path(path)
+    if out.suffix.lower() not in FORMATS:
+        raise ReportError(f"{out}: give a .png, .pdf or .svg file")
+    return out
+
+
+def make(
+    conn: sqlite3.Connection,
+    cfg: Config,
+    ward: str | None,
+    bed: str,
+    since: float,
+    until: float,
+    out: Path,
+) -> str:
+    """Load, draw and write the report of a bed over [since, until] -> a line saying what
+    was drawn. Raises :class:`ReportError` for an empty span or an unwritable file."""
+    try:
+        data = load(conn, ward, bed, since, until, cfg.rules.news2.freshness_s)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    if not data.series:
+        raise ReportError(f"no readings of bed {bed} since {iso(since)}" + span_hint(conn, bed))
+    fig = render(data, cfg, conn)
+    try:
+        write(fig, out)
+    except OSError as exc:
+        raise ReportError(f"cannot write {out}: {exc.strerror or exc}") from None
+    n = sum(len(ts) for ts, _ in data.series.values())
+    return (
+        f"{out}: {len(plotted(data))} vitals and NEWS2, {n} readings, "
+        f"{len(data.alerts)} alert events"
+    )
+
+
+def span_hint(conn: sqlite3.Connection, bed: str | None = None) -> str:
+    """``" (the store has bed B's readings from A to B)"``: where to point ``--since``."""
+    lo, hi = conn.execute(
+        "SELECT min(ts), max(ts) FROM readings WHERE ? IS NULL OR bed = ?", (bed, bed)
+    ).fetchone()
+    who = f"bed {bed}'s readings" if bed is not None else "readings"
+    if lo is None:
+        return f" (the store has no {who})"
+    return f" (the store has {who} from {iso(lo)} to {iso(hi)})"
