@@ -753,6 +753,11 @@ class News2Config(_Model):
     #: reading (the SpO2 threshold, with its delay and hysteresis, covers it). A partial
     #: score never changes an open score alert either.
     alert_partial: bool = False
+    #: Seconds (event time) a lower trigger must last before the score alert steps down
+    #: or resolves; a higher trigger applies at once. A score wavering at a band edge
+    #: (RR 20/21 adds 2 points) then stays one alert at its highest priority instead of
+    #: a raise-lower-raise storm. 0: follow every score.
+    hold_s: float = Field(60.0, ge=0, le=3600)
 
 
 class FlappingConfig(_Model):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 
 from conftest import wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.config import News2Config
 from monitor.engine.score import News2Scores
-from monitor.model import AlertState, Priority, Reading
+from monitor.model import AVPU_CODES, AlertState, Priority, Reading
 
 T0 = 1764324000.0
 FULL = {"rr": 16, "spo2": 97, "o2": 0, "sbp": 120, "hr": 75, "avpu": 0, "temp": 37.0}
@@ -44,10 +46,42 @@ def test_walk_from_0_to_7_raises_low_medium_high_then_resolves():
         assert event.value == total
         ids.add(event.id)
     assert len(ids) == 1
-    _, (resolved,) = feed(s, {"rr": 16, "hr": 75, "spo2": 97}, 10)
+    # back to 0: the alert holds rules.news2.hold_s (60 s of event time), then resolves
+    assert feed(s, {"rr": 16, "hr": 75, "spo2": 97}, 10)[1] == []
+    assert feed(s, {"hr": 76}, 69)[1] == []
+    _, (resolved,) = feed(s, {"hr": 75}, 70)
     assert resolved.state == AlertState.RESOLVED
+    assert resolved.at == T0 + 70
     assert resolved.id in ids
     assert resolved.seq == 4
+
+
+def test_a_score_wavering_at_a_band_edge_is_one_alert_that_steps_down_after_hold_s():
+    """RR 20/21 (0 or 2 points) with SpO2 91 (3) and HR 95 (1): NEWS2 4 <-> 6. The alert
+    goes up to medium at once and stays there while the score wavers; low once 4 has
+    lasted 60 s; resolved 60 s after the last trigger. With hold_s 0 it follows each."""
+    base = {**FULL, "spo2": 91, "hr": 95}
+
+    def run(cfg: News2Config) -> list[tuple[float, str, str]]:
+        s = News2Scores(cfg)
+        out = feed(s, base, 0)[1]
+        for i in range(1, 13):  # 24 s of wavering, every 2 s
+            out += feed(s, {"rr": 21 if i % 2 else 20}, 2 * i)[1]
+        for t in range(30, 100, 5):  # steady at 4
+            out += feed(s, {"rr": 20}, t)[1]
+        for t in range(100, 200, 5):  # all normal
+            out += feed(s, {"rr": 16, "spo2": 97, "hr": 75}, t)[1]
+        return [(e.at - T0, str(e.priority), str(e.state)) for e in out]
+
+    assert run(News2Config()) == [
+        (0, "low", "active"),  # (the first reading: SpO2 91 scores 3)
+        (2, "medium", "active"),
+        (85, "low", "active"),  # 4 since t=24: first reading at or after 24 + 60
+        (160, "low", "resolved"),  # normal since t=100
+    ]
+    every = run(News2Config(hold_s=0))
+    assert len(every) == 2 + 11 + 1  # raise, 12 changes, resolve
+    assert [p for _, p, _ in every[1:13]] == ["medium", "low"] * 6
 
 
 def test_partial_score_names_what_is_missing_and_stale_inputs_expire():
@@ -69,12 +103,15 @@ def test_scores_and_score_alerts_over_mqtt(daemon, subscribe, publisher):
     scores = subscribe("scores/#")
     now = time.time() - 20
     full = {"rr": 16, "spo2": 97, "o2": False, "sbp": 120, "hr": 75, "avpu": "A", "temp": 37.0}
-    walk = [full, {"rr": 25}, {"hr": 115}, {"spo2": 93}, {"rr": 16, "hr": 75, "spo2": 97}]
-    want_totals = [0, 3, 5, 7, 0]
-    for i, (step, total) in enumerate(zip(walk, want_totals, strict=True)):
-        publisher.publish("vitals/icu/12/mon", {"ts": now + i, **step})
+    walk = [full, {"rr": 25}, {"hr": 115}, {"spo2": 93}, {"rr": 16, "hr": 75, "spo2": 97},
+            {"hr": 76}]  # fmt: skip
+    at = [0, 1, 2, 3, 4, 64]  # the last: the recovery has lasted rules.news2.hold_s
+    want_totals = [0, 3, 5, 7, 0, 0]
+    for t, step, total in zip(at, walk, want_totals, strict=True):
+        publisher.publish("vitals/icu/12/mon", {"ts": now + t, **step})
         wait_for(lambda t=total: scores.json() and scores.json()[-1]["news2"] == t, 5,
                  f"score {total}")  # fmt: skip
+    wait_for(lambda: any(a["state"] == "resolved" for a in alerts.json()), 5, "the resolve")
     score_alerts = [a for a in alerts.json() if a["rule"] == "news2"]
     got = [(a["state"], a["priority"]) for a in score_alerts]
     assert got == [("active", "low"), ("active", "medium"), ("active", "high"),
@@ -113,7 +150,7 @@ def test_an_instant_is_one_change_of_the_score_not_one_per_vital():
     assert update.payload["components"]["rr"] == 0
     assert update.payload["components"]["spo2"] == 3
     # the same two readings fed with settle on each: resolve, then raise again
-    t = News2Scores(News2Config())
+    t = News2Scores(News2Config(hold_s=0))
     feed(t, FULL, 0)
     feed(t, {"rr": 25}, 1)
     _, events = feed(t, {"rr": 16, "spo2": 91}, 2)
@@ -126,7 +163,7 @@ def test_engine_settles_the_score_per_bed_and_instant():
     from monitor.config import RulesConfig
     from monitor.engine import Engine
 
-    eng = Engine(RulesConfig(), sinks=[])
+    eng = Engine(RulesConfig(news2=News2Config(hold_s=0)), sinks=[])  # (resolve at once)
     eng.process(readings(FULL, 0))
     eng.process(readings({"rr": 25}, 1))
     other = [Reading(T0 + 2, "icu", "13", "mon", k, float(v)) for k, v in FULL.items()]
@@ -135,3 +172,67 @@ def test_engine_settles_the_score_per_bed_and_instant():
     assert events == []  # bed 12: rr and spo2 at t=2 are one change; bed 13 scores 0
     (e,) = [e for e in eng.process(readings({"spo2": 97}, 3)) if e.rule == "news2"]
     assert e.state is AlertState.RESOLVED
+
+
+_RANKS = {None: 0, Priority.LOW: 1, Priority.MEDIUM: 2, Priority.HIGH: 3}
+
+
+def _below_since(history: list[tuple[float, Priority | None]], alert: Priority | None):
+    """Start of the trailing run of triggers ranked below ``alert`` (None: no such run)."""
+    start = None
+    for when, trigger in history:
+        start = (start if start is not None else when) if _RANKS[trigger] < _RANKS[alert] else None
+    return start
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hold=st.sampled_from([0.0, 30.0, 60.0]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([1.0, 5.0, 20.0, 29.0, 30.0, 31.0, 59.0, 60.0, 61.0, 120.0]),
+            st.sampled_from([16, 20, 21, 25]),  # rr: 0, 0, 2, 3 points
+            st.sampled_from([75, 95, 115, 135]),  # hr: 0, 1, 2, 3
+            st.sampled_from([97, 94, 93, 91]),  # spo2: 0, 1, 2, 3
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_hold_s_invariants(hold: float, steps: list[tuple[float, int, int, int]]) -> None:
+    """For any walk of the score (one instant at a time): the alert is never below the
+    current trigger (a rise is immediate); a step down or resolve goes to the current
+    trigger, only once the trigger has stayed below the alert's priority for hold_s; and
+    at the end no such run of hold_s is left unserved."""
+    from monitor.engine.news2 import News2Tracker
+
+    s = News2Scores(News2Config(hold_s=hold))
+    ref = News2Tracker()
+    t, alert = 0.0, None
+    history: list[tuple[float, Priority | None]] = []  # (time, trigger) per instant
+    for i, (dt, rr, hr, spo2) in enumerate(steps):
+        t += dt if i else 0.0
+        values = {**FULL, "rr": rr, "hr": hr, "spo2": spo2} if i == 0 else {
+            "rr": rr, "hr": hr, "spo2": spo2}  # fmt: skip
+        rs = readings(values, t)
+        events = []
+        for k, r in enumerate(rs):
+            v = AVPU_CODES[int(r.value)] if r.vital == "avpu" else r.value
+            ref.update(r.vital, bool(v) if r.vital == "o2" else v, r.ts)
+            e = s.observe(r, settle=k == len(rs) - 1)[1]
+            events += [e] if e else []
+        trigger = ref.current(T0 + t, 1800.0).trigger()[0]
+        history.append((t, trigger))
+        assert len(events) <= 1  # one instant, one change of the alert
+        for e in events:
+            new = None if e.state is AlertState.RESOLVED else e.priority
+            assert new == trigger
+            if _RANKS[new] < _RANKS[alert]:  # a step down
+                start = _below_since(history, alert)
+                assert start is not None and t - start >= hold
+            alert = new
+        assert _RANKS[alert] >= _RANKS[trigger]
+        if hold == 0:
+            assert alert == trigger
+    start = _below_since(history, alert)
+    assert start is None or t - start < hold

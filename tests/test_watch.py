@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import Broker, Publisher, Subscriber, wait_for
 
@@ -104,6 +105,60 @@ def test_watch_in_80x24_shows_the_ward_and_the_ack_key_sends_the_command(
     assert acks.json("vitalmon/cmd/ack") == [{"id": "a6", "by": "nurse.kim"}]
 
 
+def test_selection_follows_the_most_severe_bed_until_a_key_moves_it(
+    broker: Broker, publisher: Publisher, tmp_path: Path
+):
+    """Started on a quiet ward, the selection moves to the bed that alarms, so the ack
+    key acknowledges that alert; once a key has moved the selection it stays on the
+    chosen bed; Home follows again."""
+    acks = Subscriber(broker.port, "vitalmon/cmd/#")
+    app = WatchApp(config(tmp_path, broker.port), operator="nurse.kim")
+
+    async def main() -> list[str]:
+        async with app.run_test(size=(80, 24)) as pilot:
+
+            async def until(pred, what: str, timeout: float = 10.0) -> None:
+                deadline = time.monotonic() + timeout
+                while not pred():
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    await pilot.pause(0.05)
+
+            def selected() -> str:
+                b = app.current()
+                return b.bed if b else ""
+
+            def publish(topic: str, body: object) -> Any:
+                return asyncio.to_thread(publisher.publish, topic, body)
+
+            seen = []
+            # retained, so it is there once the app has subscribed: then live readings
+            await asyncio.to_thread(lambda: publisher.client.publish(
+                "scores/icu/1", json.dumps({"news2": 0}), qos=1, retain=True
+            ).wait_for_publish(10))  # fmt: skip
+            await until(lambda: ("icu", "1") in app.ward.beds, "the retained score")
+            for bed in range(1, 7):
+                await publish(f"vitals/icu/{bed}/mon", {"ts": time.time(), "hr": 70, "spo2": 97})
+            await until(lambda: len(app.ward.beds) == 6, "six beds")
+            seen.append(selected())  # bed 1: all quiet, natural order
+            await publish("alerts/icu/6", alert("d6", "6", "high", "spo2.low"))
+            await until(lambda: selected() == "6", "the selection to follow bed 6")
+            await pilot.press("a")
+            await asyncio.to_thread(wait_for, lambda: acks.json("vitalmon/cmd/ack"), 10, "ack")
+            await pilot.press("right")  # -> the second tile; following stops
+            seen.append(selected())
+            await publish("alerts/icu/3", alert("h3", "3", "high", "hr.high"))
+            await until(lambda: app.beds()[0].bed == "3", "bed 3 on top")
+            seen.append(selected())  # still the bed the nurse chose
+            await pilot.press("home")
+            await until(lambda: selected() == "3", "Home to follow again")
+            return seen
+
+    seen = asyncio.run(main())
+    acks.close()
+    assert acks.json("vitalmon/cmd/ack") == [{"id": "d6", "by": "nurse.kim"}]
+    assert seen == ["1", "1", "1"]
+
+
 def test_sixty_beds_scroll_to_the_selected_one(broker: Broker, tmp_path: Path):
     """64 beds in 80x24 (three across, 22 rows of tiles): moving the selection down to
     the last bed scrolls it into view, and the detail pane follows it."""
@@ -117,8 +172,8 @@ def test_sixty_beds_scroll_to_the_selected_one(broker: Broker, tmp_path: Path):
                 app.ward.feed(f"vitals/icu/{bed}/mon", body, now)
             app._refresh(force=True)
             first = app.export_screenshot().replace("&#160;", " ")
-            for _ in range(63):
-                await pilot.press("down")
+            for _ in range(21 + 2):  # a row at a time (three across): bed 64 is 21
+                await pilot.press("down")  # rows down; two more stay on the last bed
             deadline = time.monotonic() + 10
             while "icu/64 " not in (shot := app.export_screenshot().replace("&#160;", " ")):
                 assert time.monotonic() < deadline, "bed 64 never scrolled into view"

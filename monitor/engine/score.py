@@ -11,8 +11,9 @@ alert per bed, rule ``news2``, kind ``score``:
 * aggregate 5-6 -> ``medium``, "urgent response";
 * aggregate >= 7 -> ``high``, "emergency response".
 
-The alert follows the trigger (same id, priority up or down) and resolves when no
-trigger applies. Only complete scores alert unless ``alert_partial`` is set.
+The alert follows the trigger (same id): up at once, down (or resolved when no trigger
+applies) once the lower trigger has lasted ``hold_s`` of event time, re-checked on every
+input reading. Only complete scores alert unless ``alert_partial`` is set.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class _Bed:
     extra: dict[str, Any] = field(default_factory=dict)
     #: an input changed since the score was last computed
     changed: bool = False
+    #: event time since which the trigger has been below the alert's priority
+    lower_since: float | None = None
 
 
 class News2Scores:
@@ -148,7 +151,14 @@ class News2Scores:
             return None
         priority, why = s.trigger()
         if priority == bed.priority:
+            bed.lower_since = None
             return None
+        if _RANK[priority] < _RANK[bed.priority] and self.cfg.hold_s > 0:
+            if bed.lower_since is None:
+                bed.lower_since = at
+            if at - bed.lower_since < self.cfg.hold_s:
+                return None
+        bed.lower_since = None
         if bed.active is None:
             assert priority is not None
             ident = alert_id(ward, bed_name, RULE, RULE, at)

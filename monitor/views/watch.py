@@ -4,8 +4,10 @@ One tile per bed, most severe first: the bed, NEWS2 in its band's colour, the la
 vitals with trend arrows, and its most severe open alert in the priority's colour (high
 red, medium yellow, low cyan); technical alarms (``⚙``) in magenta, apart from them. A
 detail pane shows the selected bed: every vital with its time and every open alert.
-Keys: arrows/j/k select, ``a`` acknowledges the selected bed's most severe alert not yet
-acknowledged (``vitalmon/cmd/ack`` with ``--by``), ``p`` pauses its alarms for 2 minutes
+The selection follows the most severe bed until a key moves it (arrows or h/j/k/l by
+tile and row, PageUp/PageDown by screen); Home or ``g`` goes back to following. ``a``
+acknowledges the selected bed's most severe alert not yet acknowledged
+(``vitalmon/cmd/ack`` with ``--by``), ``p`` pauses its alarms for 2 minutes
 (``vitalmon/cmd/pause``), ``q`` quits. It only subscribes and publishes commands, so it
 runs on any machine that reaches the broker; retained state and score topics make a late
 start complete at once. Tiles are three lines by 26 columns: three across in 80 columns,
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -134,12 +137,13 @@ class WatchApp(App[None]):
     #detail { height: auto; max-height: 8; border-top: solid $accent; }
     """
     BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [
-        Binding("down,j", "move(1)", "next", show=False),
-        Binding("up,k", "move(-1)", "previous", show=False),
         Binding("right,l", "move(1)", "next", show=False),
         Binding("left,h", "move(-1)", "previous", show=False),
-        Binding("pagedown", "move(9)", "page down", show=False),
-        Binding("pageup", "move(-9)", "page up", show=False),
+        Binding("down,j", "move_rows(1)", "row down", show=False),
+        Binding("up,k", "move_rows(-1)", "row up", show=False),
+        Binding("pagedown", "move_page(1)", "page down", show=False),
+        Binding("pageup", "move_page(-1)", "page up", show=False),
+        Binding("home,g", "follow", "most severe"),
         Binding("a", "ack", "acknowledge"),
         Binding("p", "pause", "pause 2 min"),
         Binding("q", "quit", "quit"),
@@ -152,6 +156,8 @@ class WatchApp(App[None]):
         self.ward = Ward(cfg)
         self.selected = 0
         self.selected_key: tuple[str, str] | None = None
+        #: The selection is the most severe bed until a key moves it.
+        self.following = True
         self.status = ""
         self.client = Client(cfg.mqtt, persistent=False, client_id=f"vitalmon-watch-{os.getpid()}")
         for topic in self.ward.topics:
@@ -180,12 +186,15 @@ class WatchApp(App[None]):
         return self.ward.sorted_beds()
 
     def current(self) -> BedView | None:
-        """The selected bed: it stays selected while the order changes under it."""
+        """The selected bed: the most severe one while following, else the bed a key
+        selected, wherever the order moves it."""
         beds = self.beds()
         if not beds:
             return None
         keys = [(b.ward, b.bed) for b in beds]
-        if self.selected_key in keys:
+        if self.following:
+            self.selected = 0
+        elif self.selected_key in keys:
             self.selected = keys.index(self.selected_key)
         self.selected = min(self.selected, len(beds) - 1)
         self.selected_key = keys[self.selected]
@@ -207,10 +216,13 @@ class WatchApp(App[None]):
         up = "connected" if self.client.connected.is_set() else "connecting..."
         self.sub_title = f"{len(beds)} beds, {self.cfg.mqtt.host}:{self.cfg.mqtt.port} {up}"
 
+    def _per_row(self, width: int | None = None) -> int:
+        return max(1, ((width or self.size.width or 80) + 1) // (TILE_W + 1))
+
     def _keep_in_view(self, width: int) -> None:
         """Scroll the tiles so that the selected bed's row is on screen."""
         scroller = self.query_one("#grid", VerticalScroll)
-        per_row = max(1, (width + 1) // (TILE_W + 1))
+        per_row = self._per_row(width)
         top = (self.selected // per_row) * 3
         height = scroller.size.height
         if height and not scroller.scroll_y <= top <= scroller.scroll_y + height - 3:
@@ -218,11 +230,31 @@ class WatchApp(App[None]):
                                animate=False)  # fmt: skip
 
     def action_move(self, step: int) -> None:
+        """The bed ``step`` tiles on, wrapping around the ward."""
+        self._select(lambda i, n: (i + step) % n)
+
+    def action_move_rows(self, rows: int) -> None:
+        """The bed ``rows`` rows down (or up), held at the first and last bed."""
+        step = rows * self._per_row()
+        self._select(lambda i, n: min(max(i + step, 0), n - 1))
+
+    def action_move_page(self, pages: int) -> None:
+        height = self.query_one("#grid", VerticalScroll).size.height or 3
+        step = pages * max(1, height // 3) * self._per_row()
+        self._select(lambda i, n: min(max(i + step, 0), n - 1))
+
+    def _select(self, to: Callable[[int, int], int]) -> None:
+        """Select ``to(selected index, beds)``; the selection stops following."""
         beds = self.beds()
         if beds:
             self.current()
-            self.selected = (self.selected + step) % len(beds)
+            self.following = False
+            self.selected = to(self.selected, len(beds))
             self.selected_key = (beds[self.selected].ward, beds[self.selected].bed)
+        self._refresh(force=True)
+
+    def action_follow(self) -> None:
+        self.following = True
         self._refresh(force=True)
 
     def _command(self, topic: str, body: dict[str, Any], done: str) -> None:
