@@ -5,8 +5,10 @@ readings, the ack key publishing the command)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,14 @@ def alert(ident: str, bed: str, priority: str, rule: str, kind: str = "threshold
     return {"id": ident, "ward": "icu", "bed": bed, "rule": rule, "kind": kind,
             "priority": priority, "state": state, "message": f"{rule} message",
             "vital": rule.partition(".")[0], "at": "2026-11-28T10:00:00Z"}  # fmt: skip
+
+
+async def poll(pilot: Any, pred: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Let the app run until ``pred()`` holds, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.05)
 
 
 def config(tmp_path: Path, port: int) -> config_mod.Config:
@@ -74,12 +84,7 @@ def test_watch_in_80x24_shows_the_ward_and_the_ack_key_sends_the_command(
 
     async def main() -> str:
         async with app.run_test(size=(80, 24)) as pilot:
-
-            async def until(pred, what: str, timeout: float = 10.0) -> None:
-                deadline = time.monotonic() + timeout
-                while not pred():
-                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                    await pilot.pause(0.05)
+            until = functools.partial(poll, pilot)
 
             await until(lambda: ("icu", "6") in app.ward.beds, "the retained state")
             for bed in range(1, 5):
@@ -116,12 +121,7 @@ def test_selection_follows_the_most_severe_bed_until_a_key_moves_it(
 
     async def main() -> list[str]:
         async with app.run_test(size=(80, 24)) as pilot:
-
-            async def until(pred, what: str, timeout: float = 10.0) -> None:
-                deadline = time.monotonic() + timeout
-                while not pred():
-                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                    await pilot.pause(0.05)
+            until = functools.partial(poll, pilot)
 
             def selected() -> str:
                 b = app.current()
