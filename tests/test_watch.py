@@ -12,13 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from conftest import Broker, Publisher, Subscriber, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor import config as config_mod
-from monitor.views.ward import Ward
-from monitor.views.watch import PRIORITY_STYLE, WatchApp, grid, tile
+from monitor.model import iso
+from monitor.views.ward import BUCKET_S, RECENT_BUCKETS, BedView, Ward
+from monitor.views.watch import PRIORITY_STYLE, WatchApp, detail, grid, tile
 
 NOW = time.time()
+T0 = 1764324000.0  # a multiple of BUCKET_S
 
 
 def alert(ident: str, bed: str, priority: str, rule: str, kind: str = "threshold",
@@ -184,3 +189,46 @@ def test_sixty_beds_scroll_to_the_selected_one(broker: Broker, tmp_path: Path):
     assert "icu/1 " in first and "icu/64 " not in first  # below the fold at first
     assert app.current() is not None and app.current().bed == "64"
     assert "icu/1 " not in last.split("icu/64 ")[0]  # the top rows scrolled away
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1500), st.floats(50, 150)), min_size=1, max_size=80))
+def test_recent_values_are_bucket_means_in_any_arrival_order(pts):
+    """Readings in any order (late ones included): the detail pane's recent values are
+    the mean of the readings in each BUCKET_S bucket of the last RECENT_BUCKETS up to
+    the bed's newest reading, and the range their extremes."""
+    b = BedView("icu", "1")
+    for ts, v in pts:
+        b.add("hr", T0 + ts, v)
+    end = (T0 + max(ts for ts, _ in pts)) // BUCKET_S
+    want = []
+    for k in range(RECENT_BUCKETS - 1, -1, -1):
+        vals = [v for ts, v in pts if (T0 + ts) // BUCKET_S == end - k]
+        want.append(float(np.mean(vals)) if vals else None)
+    got = b.recent_values("hr")
+    assert [g is None for g in got] == [w is None for w in want]
+    assert all(g is None or abs(g - w) < 1e-9 for g, w in zip(got, want, strict=True))
+    spark, lo, hi = b.sparkline("hr")
+    in_span = [v for ts, v in pts if (T0 + ts) // BUCKET_S > end - RECENT_BUCKETS]
+    assert (lo, hi) == (min(in_span), max(in_span))
+    assert len(spark) == RECENT_BUCKETS
+    assert [c == " " for c in spark] == [w is None for w in want]
+
+
+def test_detail_pane_shows_each_vital_with_its_last_ten_minutes():
+    b = BedView("icu", "6")
+    for i in range(600):  # 10 min of SpO2 at 1 Hz: 97 %, then a fall to 80 % at 6 min
+        b.add("spo2", T0 + i, 97.0 if i < 360 else 80.0)
+        b.add("hr", T0 + i, 80.0 + i / 60)
+    b.add("sbp", T0 + 100, 121.0)  # one cuff measurement, 8 min before the newest
+    lines = detail(b, 80).plain.splitlines()
+    assert lines[0].startswith("icu/6") and "last 10 min" in lines[0]
+    assert all(len(ln) <= 80 for ln in lines)
+    hr_spo2, sbp = lines[1], lines[2]  # two vitals a line, in SHOWN order
+    assert hr_spo2.startswith("HR") and "SpO2   80→" in hr_spo2
+    spark = hr_spo2.split("SpO2   80→ ")[1][:RECENT_BUCKETS]
+    assert spark == "█" * 12 + "▁" * 8  # 12 buckets of 30 s at 97, 8 at 80
+    assert hr_spo2.endswith("80-97")
+    assert sbp.startswith("SBP   121 ") and sbp.endswith(f"@{iso(T0 + 100)[11:16]}")
+    narrow = detail(b, 50).plain.splitlines()
+    assert [ln[:4] for ln in narrow[1:4]] == ["HR  ", "SpO2", "SBP "]

@@ -27,6 +27,10 @@ TREND_S = 60.0
 TREND_STEP = {"hr": 5.0, "spo2": 2.0, "rr": 3.0, "sbp": 10.0, "dbp": 8.0, "map": 8.0,
               "temp": 0.3, "etco2": 4.0}  # fmt: skip
 SHOWN = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "etco2")
+#: The detail pane's recent values: RECENT_BUCKETS means of BUCKET_S each (10 min).
+BUCKET_S = 30.0
+RECENT_BUCKETS = 20
+SPARK = "▁▂▃▄▅▆▇█"
 
 
 def _pattern(template: str) -> re.Pattern[str]:
@@ -52,9 +56,66 @@ class BedView:
     #: vital -> recent (ts, value), newest last, TREND_S of event time
     history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
     news2: dict[str, Any] | None = None
+    #: vital -> [bucket number, sum, count, min, max] per BUCKET_S of event time, the
+    #: last RECENT_BUCKETS buckets up to the bed's newest reading
+    recent: dict[str, deque[list[float]]] = field(default_factory=dict)
     #: open alerts by id: the latest event of each
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_ts: float = 0.0
+
+    def add(self, vital: str, ts: float, value: float) -> None:
+        """A reading: into the trend history (if not older than what is shown) and into
+        its recent bucket (any order, within the recent span)."""
+        self.last_ts = max(self.last_ts, ts)
+        h = self.history.setdefault(vital, deque())
+        if not h or ts >= h[-1][0]:
+            h.append((ts, value))
+            while h and h[0][0] < ts - TREND_S:
+                h.popleft()
+        n = ts // BUCKET_S
+        oldest = self.last_ts // BUCKET_S - RECENT_BUCKETS + 1
+        if n < oldest:
+            return
+        r = self.recent.setdefault(vital, deque())
+        for b in reversed(r):
+            if b[0] == n:
+                b[1] += value
+                b[2] += 1
+                b[3] = min(b[3], value)
+                b[4] = max(b[4], value)
+                break
+            if b[0] < n:
+                r.insert(r.index(b) + 1, [n, value, 1, value, value])
+                break
+        else:
+            r.appendleft([n, value, 1, value, value])
+        while r and r[0][0] < oldest:
+            r.popleft()
+
+    def recent_values(self, vital: str) -> list[float | None]:
+        """The vital's mean per bucket over the last RECENT_BUCKETS buckets up to the bed's
+        newest reading, oldest first; None where it has none."""
+        end = self.last_ts // BUCKET_S
+        means = {b[0]: b[1] / b[2] for b in self.recent.get(vital, ())}
+        return [means.get(end - k) for k in range(RECENT_BUCKETS - 1, -1, -1)]
+
+    def sparkline(self, vital: str) -> tuple[str, float | None, float | None]:
+        """-> (RECENT_BUCKETS characters, lowest, highest reading): the bucket means
+        scaled between the lowest and highest mean, blank where there is none; the
+        extremes of the readings themselves over the same span."""
+        values = self.recent_values(vital)
+        known = [v for v in values if v is not None]
+        if not known:
+            return " " * len(values), None, None
+        lo, hi = min(known), max(known)
+        top = len(SPARK) - 1
+        chars = [
+            " " if v is None else SPARK[round((v - lo) / (hi - lo) * top) if hi > lo else 3]
+            for v in values
+        ]
+        oldest = self.last_ts // BUCKET_S - RECENT_BUCKETS + 1
+        shown = [b for b in self.recent.get(vital, ()) if b[0] >= oldest]
+        return "".join(chars), min(b[3] for b in shown), max(b[4] for b in shown)
 
     def latest(self, vital: str) -> float | None:
         h = self.history.get(vital)
@@ -149,13 +210,7 @@ class Ward:
                     return None
                 b = self.bed(ward, names["bed"])
                 for r in decoded.readings:
-                    h = b.history.setdefault(r.vital, deque())
-                    if h and r.ts < h[-1][0]:
-                        continue  # older than what is shown
-                    h.append((r.ts, r.value))
-                    while h and h[0][0] < r.ts - TREND_S:
-                        h.popleft()
-                    b.last_ts = max(b.last_ts, r.ts)
+                    b.add(r.vital, r.ts, r.value)
                 return b.ward, b.bed
         return None
 

@@ -3,7 +3,8 @@
 One tile per bed, most severe first: the bed, NEWS2 in its band's colour, the latest
 vitals with trend arrows, and its most severe open alert in the priority's colour (high
 red, medium yellow, low cyan); technical alarms (``⚙``) in magenta, apart from them. A
-detail pane shows the selected bed: every vital with its time and every open alert.
+detail pane shows the selected bed: each vital with its last 10 minutes as a sparkline
+(the time of its latest value when older than a minute), and every open alert.
 The selection follows the most severe bed until a key moves it (arrows or h/j/k/l by
 tile and row, PageUp/PageDown by screen); Home or ``g`` goes back to following. ``a``
 acknowledges the selected bed's most severe alert not yet acknowledged
@@ -32,7 +33,7 @@ from monitor.config import Config
 from monitor.model import LABELS, iso
 from monitor.mqtt import Client, Message
 from monitor.sources.commands import ACK_TOPIC, PAUSE_TOPIC
-from monitor.views.ward import SHOWN, BedView, Ward
+from monitor.views.ward import BUCKET_S, SHOWN, BedView, Ward
 
 PRIORITY_STYLE = {"high": "bold white on red", "medium": "bold black on yellow",
                   "low": "bold black on cyan"}  # fmt: skip
@@ -104,23 +105,48 @@ def grid(beds: list[BedView], selected: int, width: int) -> Text:
     return out
 
 
-def detail(b: BedView | None) -> Text:
+#: Columns of one vital in the detail pane: label, value, arrow, sparkline, range.
+VITAL_W = 39
+
+
+def vital_line(b: BedView, vital: str) -> Text:
+    """``SpO2   80↓ ▇▇▇▆▄▂▁▁▁▁▁▁ 80-99``: the latest value and the last 10 minutes (a
+    bucket per character, scaled to their range); a vital not measured in the last
+    minute gives the time of its latest value instead of the range."""
+    ts, v = b.history[vital][-1]
+    spark, lo, hi = b.sparkline(vital)
+    t = Text(f"{LABELS.get(vital, vital):<5}{_fmt(vital, v):>4}{b.trend(vital)} ")
+    t.append(spark, style="cyan")
+    if b.last_ts - ts > 2 * BUCKET_S:
+        t.append(f" @{iso(ts)[11:16]}", style="dim")
+    elif lo is not None and hi is not None:
+        t.append(f" {_fmt(vital, lo)}-{_fmt(vital, hi)}", style="dim")
+    return t
+
+
+def detail(b: BedView | None, width: int = 80) -> Text:
+    """The selected bed: NEWS2 with its components and the time of the newest reading,
+    each vital with its recent values (two per line in 79 columns), its open alerts."""
     if b is None:
         return Text("no beds yet: waiting for readings, alerts or retained state", style="dim")
     t = Text(f"{b.ward}/{b.bed}  ", style="bold")
     if b.news2:
         t.append(f"NEWS2 {b.news2.get('news2')} ", style=news2_style(b.news2.get("news2")))
         comps = b.news2.get("components") or {}
-        t.append(" ".join(f"{k} {v}" for k, v in comps.items() if v) + "\n")
-    else:
-        t.append("\n")
-    for vital in SHOWN:
-        h = b.history.get(vital)
-        if h:
-            ts, v = h[-1]
-            t.append(f"{LABELS.get(vital, vital)} {_fmt(vital, v)}{b.trend(vital)} ")
-            t.append(f"({iso(ts)[11:19]})  ", style="dim")
+        t.append(" ".join(f"{k} {v}" for k, v in comps.items() if v))
+    if b.last_ts:
+        t.append(f"  latest {iso(b.last_ts)[11:19]}, last 10 min:", style="dim")
     t.append("\n")
+    per_line = 2 if width >= 2 * VITAL_W + 1 else 1
+    shown = [v for v in SHOWN if b.history.get(v)]
+    for i, vital in enumerate(shown):
+        line = vital_line(b, vital)
+        last = i % per_line == per_line - 1 or i == len(shown) - 1
+        if not last:
+            line.pad_right(VITAL_W - len(line) + 1)
+        t.append_text(line)
+        if last:
+            t.append("\n")
     for a in [*b.clinical(), *b.technical()]:
         style = PRIORITY_STYLE.get(str(a.get("priority")), "")
         if a.get("kind") == "technical":
@@ -134,7 +160,7 @@ class WatchApp(App[None]):
     TITLE = "vitalmon watch"
     CSS = """
     #grid { height: 1fr; }
-    #detail { height: auto; max-height: 8; border-top: solid $accent; }
+    #detail { height: auto; max-height: 10; border-top: solid $accent; }
     """
     BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [
         Binding("right,l", "move(1)", "next", show=False),
@@ -209,7 +235,7 @@ class WatchApp(App[None]):
         width = self.size.width or 80
         self.query_one("#tiles", Static).update(grid(beds, self.selected, width))
         self._keep_in_view(width)
-        d = detail(self.current())
+        d = detail(self.current(), width)
         if self.status:
             d.append(self.status, style="italic")
         self.query_one("#detail", Static).update(d)
