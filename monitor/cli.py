@@ -160,6 +160,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     conn = connect(path, readonly=True)
     try:
         rows = stats.compute(conn, cfg, since, bed=args.bed, ward=args.ward, vital=args.vital)
+        hint = "" if rows else stats.span_hint(conn, args.bed)
     finally:
         conn.close()
     if args.format == "csv":
@@ -167,13 +168,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     elif args.format == "json":
         sys.stdout.write(stats.to_json(rows, {"since": iso(since), "until": iso(time.time())}))
     elif not rows:
-        from monitor.views.report import span_hint
-
-        conn = connect(path, readonly=True)
-        try:
-            hint = span_hint(conn, args.bed)
-        finally:
-            conn.close()
         print(f"no readings since {iso(since)}{hint}", file=sys.stderr)
     else:
         print(f"since {iso(since)}; out% = share of the measured time beyond the warn limits")

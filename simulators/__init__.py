@@ -31,12 +31,41 @@ def stop_on_signals(log: logging.Logger) -> threading.Event:
 class ConnectionLog:
     """paho connect/disconnect callbacks shared by the MQTT publishers (paho thread):
     ``connected`` follows the link, failures are logged. Needs ``opts.host``/``opts.port``,
-    ``connected`` (threading.Event) and ``_stopping``."""
+    ``connected`` (threading.Event), ``_stopping`` and ``_on_publish``."""
 
     opts: Any
     connected: threading.Event
     _stopping: bool
     log: logging.Logger
+    #: each publisher's own (paho's thread)
+    _on_publish: Any
+
+    def _new_client(self, client_id: str, inflight: int) -> Any:
+        """The paho client of a publisher: MQTT 5 or 3.1.1 (``opts.protocol``), a clean
+        session, no queue of its own, at most ``inflight`` unacknowledged, reconnecting
+        after 1-5 s; ``_on_connect``, ``_on_disconnect`` and the publisher's
+        ``_on_publish`` as callbacks."""
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        o = self.opts
+        v5 = o.protocol == "5"
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=o.client_id or client_id,
+            clean_session=None if v5 else True,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        )
+        c.enable_logger(logging.getLogger("simulators.mqtt.paho"))
+        c.max_queued_messages_set(0)
+        c.max_inflight_messages_set(inflight)
+        c.reconnect_delay_set(1, 5)
+        if o.username is not None:
+            c.username_pw_set(o.username, o.password)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        return c
 
     def _on_connect(self, _c: object, _u: object, _flags: object, reason: Any,
                     _props: object) -> None:  # fmt: skip

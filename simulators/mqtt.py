@@ -101,7 +101,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
 from simulators import ConnectionLog, stop_on_signals
 from simulators.patient import SCENARIOS, Patient, assign, observation, parse_mix, reading, ward
@@ -432,23 +432,7 @@ class Simulator(ConnectionLog):
         # paho call: paho calls on_publish with its own mutex held (lock-order deadlock).
         self._unconfirmed: list[paho.MQTTMessageInfo] = []
         self._stopping = False
-        v5 = opts.protocol == "5"
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=opts.client_id or f"vitalmon-sim-{opts.ward}-{os.getpid()}",
-            clean_session=None if v5 else True,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        )
-        c = self._client
-        c.enable_logger(logging.getLogger("simulators.mqtt.paho"))
-        c.max_queued_messages_set(0)
-        c.max_inflight_messages_set(1000)
-        c.reconnect_delay_set(1, 5)
-        if opts.username is not None:
-            c.username_pw_set(opts.username, opts.password)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
+        self._client = self._new_client(f"vitalmon-sim-{opts.ward}-{os.getpid()}", 1000)
 
     def topic(self, bed: str, group: str = "mon") -> str:
         return self.feed.topic(bed, group)

@@ -54,7 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
 from monitor.model import Reading, iso
 from monitor.replay import (
@@ -166,23 +166,9 @@ class Replayer(ConnectionLog):
         # lock of ours is held around a paho call (paho calls on_publish under its mutex).
         self._slots = threading.Semaphore(opts.window)
         self._stopping = False
-        v5 = opts.protocol == "5"
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=opts.client_id or f"vitalmon-replay-{opts.ward}-{opts.bed}-{os.getpid()}",
-            clean_session=None if v5 else True,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        self._client = self._new_client(
+            f"vitalmon-replay-{opts.ward}-{opts.bed}-{os.getpid()}", max(opts.window, 20)
         )
-        c = self._client
-        c.enable_logger(logging.getLogger("simulators.mqtt.paho"))
-        c.max_queued_messages_set(0)
-        c.max_inflight_messages_set(max(opts.window, 20))
-        c.reconnect_delay_set(1, 5)
-        if opts.username is not None:
-            c.username_pw_set(opts.username, opts.password)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
 
     def topic(self, device: str) -> str:
         return TOPIC.format(ward=self.opts.ward, bed=self.opts.bed, device=device)

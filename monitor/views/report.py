@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from monitor.config import Config
 from monitor.engine.news2 import PARAMETERS, News2Tracker
 from monitor.model import AVPU_CODES, LABELS, VITALS, iso
-from monitor.views.stats import bed_profiles
+from monitor.views.stats import bed_profiles, span_hint
 
 ORDER = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "etco2")
 COLOURS = {"high": "#d62728", "medium": "#ffb000", "low": "#17becf"}
@@ -274,14 +274,3 @@ def make(
         f"{out}: {len(plotted(data))} vitals and NEWS2, {n} readings, "
         f"{len(data.alerts)} alert events"
     )
-
-
-def span_hint(conn: sqlite3.Connection, bed: str | None = None) -> str:
-    """``" (the store has bed B's readings from A to B)"``: where to point ``--since``."""
-    lo, hi = conn.execute(
-        "SELECT min(ts), max(ts) FROM readings WHERE ? IS NULL OR bed = ?", (bed, bed)
-    ).fetchone()
-    who = f"bed {bed}'s readings" if bed is not None else "readings"
-    if lo is None:
-        return f" (the store has no {who})"
-    return f" (the store has {who} from {iso(lo)} to {iso(hi)})"

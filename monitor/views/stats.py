@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.config import Config, Profile
+from monitor.model import iso
 
 Array = npt.NDArray[np.float64]
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -189,6 +190,17 @@ def bed_profiles(cfg: Config, conn: sqlite3.Connection | None) -> dict[tuple[str
         except sqlite3.OperationalError:  # a store from before admissions
             pass
     return {**cfg.bed_profiles(), **admitted}
+
+
+def span_hint(conn: sqlite3.Connection, bed: str | None = None) -> str:
+    """``" (the store has bed B's readings from A to B)"``: where to point ``--since``."""
+    lo, hi = conn.execute(
+        "SELECT min(ts), max(ts) FROM readings WHERE ? IS NULL OR bed = ?", (bed, bed)
+    ).fetchone()
+    who = f"bed {bed}'s readings" if bed is not None else "readings"
+    if lo is None:
+        return f" (the store has no {who})"
+    return f" (the store has {who} from {iso(lo)} to {iso(hi)})"
 
 
 def _alert_counts(
