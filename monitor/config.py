@@ -322,7 +322,7 @@ class Hl7MllpSourceConfig(_Model):
     timezone: str | None = None  #: zone of HL7 times without an offset; null = local
     #: A message time more than this ahead of now is refused; past times are stored as
     #: history (an interface engine resending its queue after an outage).
-    max_skew_s: float = Field(300.0, gt=0)
+    max_skew_s: float = Field(30.0, gt=0)
     max_message_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
     max_connections: int = Field(64, ge=1, le=10_000)
     #: An idle connection is closed after this long.
@@ -478,10 +478,6 @@ class Levels(_Model):
         return self
 
 
-#: Vitals measured one reading at a time (NIBP cuff, thermometer), not continuously.
-SPOT_VITALS = frozenset({"sbp", "dbp", "temp"})
-
-
 class ThresholdConfig(_Model):
     enabled: bool = True
     low: Levels | None = None
@@ -490,17 +486,16 @@ class ThresholdConfig(_Model):
     delay_s: float = Field(0.0, ge=0, le=3600)
     #: Hysteresis: to clear, the value must come back past the limit by this much.
     clear_band: float = Field(0.0, ge=0)
-    #: Artefact rejection: at least this many consecutive readings must be beyond a limit
-    #: (as well as ``delay_s``), so a single-reading spike between normal neighbours never
-    #: alarms. Default: 2 for continuously measured vitals, 1 for spot measurements (sbp,
-    #: dbp, temp: a cuff or thermometer reading is one validated measurement, and waiting
-    #: for the next cycle would delay a real alarm by minutes).
-    confirm: int | None = Field(None, ge=1, le=100)
+    #: Artefact rejection for continuous series: at least this many consecutive readings
+    #: must be beyond a limit (as well as ``delay_s``), so a single-reading spike between
+    #: normal neighbours never alarms. An intermittent reading (a cuff cycle, a spot
+    #: check, a charted value) is one validated measurement and is judged on its own
+    #: whatever this says (README, "Measurement modes").
+    #: (null: the default, 2)
+    confirm: int | None = Field(2, ge=1, le=100)
 
-    def min_readings(self, vital: str) -> int:
-        if self.confirm is not None:
-            return self.confirm
-        return 1 if vital in SPOT_VITALS else 2
+    def min_readings(self, vital: str) -> int:  # (the same for every vital)
+        return 2 if self.confirm is None else self.confirm
 
     @model_validator(mode="after")
     def _order(self) -> ThresholdConfig:
@@ -784,6 +779,86 @@ class FlappingConfig(_Model):
         return self
 
 
+Mode = Literal["auto", "continuous", "intermittent"]
+
+
+class ModesConfig(_Model):
+    """Continuous (a monitor streaming every few seconds: condition delay and artefact
+    confirmation) or intermittent (a cuff, a spot check, a wearable, a chart: each reading
+    is one validated measurement, judged on its own)."""
+
+    #: ``"device/vital"`` glob pattern -> mode; the first pattern that matches wins, over
+    #: what the source says. E.g. ``{"cuff-*/*": intermittent, "*/temp": intermittent}``.
+    patterns: dict[str, Mode] = Field(default_factory=dict)
+    #: A series with no pattern and no mode from its source (``auto``) is continuous while
+    #: the median of its last five intervals is at most this, else intermittent; its
+    #: first reading (no interval yet) is judged on its own.
+    continuous_max_interval_s: float = Field(120.0, gt=0, le=3600)
+    #: Continuous series: a gap longer than max(rules.max_gap_s, this many of the series'
+    #: own median interval) breaks a condition's delay run.
+    gap_factor: float = Field(1.5, ge=1, le=10)
+
+
+class Range(_Model):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _order(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        return self
+
+
+#: Physiological plausibility (README, "Plausibility", with the sources of each range).
+DEFAULT_PLAUSIBLE: dict[str, dict[str, float]] = {
+    "hr": {"low": 20, "high": 250},
+    "spo2": {"low": 20, "high": 100},
+    "rr": {"low": 1, "high": 100},
+    "sbp": {"low": 30, "high": 300},
+    "dbp": {"low": 10, "high": 250},
+    "map": {"low": 20, "high": 260},
+    "temp": {"low": 25, "high": 44},
+}
+
+
+class PlausibilityConfig(_Model):
+    """Values a patient cannot have, and devices that contradict each other."""
+
+    #: Per vital: a value outside ``[low, high]`` is stored flagged ``implausible``,
+    #: counted, never evaluated; give only what you change, ``null`` to switch one off.
+    ranges: dict[str, Range | None] = Field(default_factory=dict, validate_default=True)
+    #: Implausible values of a series for at least this long (and two readings): technical
+    #: alarm ``<vital>.implausible`` (a probe off sending zeros).
+    persist_s: float = Field(10.0, ge=0, le=86400)
+    #: Two devices of a bed measuring one vital: a value beyond a limit while another
+    #: device's value of it within ``cross_s`` is within all limits and differs by more
+    #: than ``disagree`` is ``disputed`` (stored, not evaluated). E.g. HR 277 from the
+    #: pleth while the ECG says 92.
+    cross_s: float = Field(60.0, ge=0, le=3600)
+    disagree: dict[str, float] = Field(
+        default_factory=lambda: {"hr": 40.0, "spo2": 10.0, "rr": 15.0, "sbp": 40.0,
+                                 "dbp": 30.0, "map": 30.0, "temp": 1.5, "etco2": 15.0}
+    )  # fmt: skip
+
+    @field_validator("ranges", mode="before")
+    @classmethod
+    def _merge(cls, v: Any) -> Any:
+        if v is None:
+            v = {}
+        if not isinstance(v, Mapping):
+            return v
+        return {**DEFAULT_PLAUSIBLE, **v}
+
+    @field_validator("ranges", "disagree")
+    @classmethod
+    def _vitals(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(v) - set(VITALS))
+        if bad:
+            raise ValueError(f"unknown vitals {bad} (known: {sorted(VITALS)})")
+        return v
+
+
 class RulesConfig(_Model):
     #: Per vital; a vital given here replaces only the keys it names (``delay_s`` alone
     #: keeps the default limits). ``enabled: false`` switches a vital's thresholds off.
@@ -795,11 +870,27 @@ class RulesConfig(_Model):
     max_lag_s: float = Field(60.0, ge=0, le=3600)
     #: A gap longer than this between readings breaks a condition's ``delay_s`` run.
     max_gap_s: float = Field(30.0, gt=0, le=3600)
-    #: Readings stamped further than this in the future are rejected.
-    max_future_s: float = Field(300.0, ge=0)
+    #: Clock-skew tolerance: readings stamped further than this ahead of their arrival
+    #: are refused (``future_ts``); within it, the engine evaluates them at their arrival
+    #: time, so one reading can never push a series' present ahead of the wall clock.
+    max_future_s: float = Field(30.0, ge=0)
+    #: A reading older than the newest event time its bed has shown by more than this
+    #: is history: stored (flagged ``history``), never evaluated, so a monitor repeating
+    #: yesterday's NIBP in every message raises no alert dated yesterday.
+    max_age_s: float = Field(900.0, gt=0)
     #: Technical alarm ``device.stale``: no reading from a device (or from a bed listed
-    #: under ``beds``, ever) for this long, on the wall clock of arrival.
+    #: under ``beds``, ever) for this long, on the wall clock of arrival ...
     stale_after_s: float = Field(30.0, ge=1, le=86400)
+    #: ... or for this many of the device's own intervals (the median of its last five,
+    #: event time) when that is longer: a cuff cycling every 15 min is stale after 45 min.
+    stale_factor: float = Field(3.0, ge=1, le=100)
+    #: A device whose readings are intermittent and whose interval is not known yet (one
+    #: reading so far) is stale after this long.
+    stale_unknown_s: float = Field(3600.0, ge=1, le=7 * 86400)
+    #: Measurement modes: how each series is judged (README, "Measurement modes").
+    modes: ModesConfig = Field(default_factory=ModesConfig)
+    #: Physiological plausibility per vital (README, "Plausibility").
+    plausibility: PlausibilityConfig = Field(default_factory=PlausibilityConfig)
     #: Trend rules (slope and baseline deviation); see TrendConfig.
     trends: TrendConfig = Field(default_factory=TrendConfig)
     news2: News2Config = Field(default_factory=News2Config)

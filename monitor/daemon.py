@@ -22,6 +22,7 @@ import logging
 import signal
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +35,7 @@ from monitor.config import (
     load,
 )
 from monitor.engine import Engine
+from monitor.engine.engine import NOT_EVALUATED
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.system import SYSTEM_WARD, SystemAlarms
 from monitor.engine.technical import Staleness
@@ -51,6 +53,7 @@ from monitor.sources.commands import CommandSource
 from monitor.sources.deadletter import DeadLetters
 from monitor.sources.mqtt import MqttSource
 from monitor.sources.serial import SerialSource
+from monitor.sources.unmapped import Unmapped
 
 log = logging.getLogger("vitalmon.daemon")
 
@@ -99,7 +102,8 @@ class Daemon:
                              lifecycle=self.lifecycle, profiles=cfg.resolve_profiles()[0],
                              beds=cfg.bed_profiles())  # fmt: skip
         self.engine.score_sink = self.alert_sink
-        self.staleness = Staleness(cfg.rules.stale_after_s, cfg.expected_beds, time.time())
+        self.staleness = Staleness(cfg.rules.stale_after_s, cfg.expected_beds, time.time(),
+                                   cfg.rules.stale_factor, cfg.rules.stale_unknown_s)  # fmt: skip
         self.engine.staleness = self.staleness
         self.sources: list[Source] = []
         for sc in cfg.sources:
@@ -180,6 +184,9 @@ class Daemon:
                               for r in batch.readings]  # fmt: skip
             batch.statuses = [s if s.patient is None else replace(s, patient=pseudo(s.patient))
                               for s in batch.statuses]  # fmt: skip
+            batch.device_alarms = [a if a.patient is None else
+                                   replace(a, patient=pseudo(a.patient))
+                                   for a in batch.device_alarms]  # fmt: skip
         await self.engine.put(batch)
 
     def handle_reload(self) -> None:
@@ -291,8 +298,14 @@ class Daemon:
                     due.append(self.lifecycle.observe(e))
             else:
                 deaf = True
+            # one batch per heartbeat: the clock tick (NEWS2 holds and input expiry run on
+            # time, see Engine.tick) with the escalations and technical alarms due
+            beat = Batch([], events=due, tick=time.time())
             if due:
-                await self.engine.put(Batch([], events=due))
+                await self.engine.put(beat)
+            else:  # a tick alone never waits: with the queue full, the next one covers it
+                with contextlib.suppress(asyncio.QueueFull):
+                    self.engine.queue.put_nowait(beat)
             if self.client.connected.is_set() and not ready_logged:
                 log.info("ready: connected, subscribed, store open")
                 self.notifier.ready(self.status_line())
@@ -395,14 +408,24 @@ class Daemon:
         ]
         out += [sample("vitalmon_readings_rejected_total", n, cause=cause)
                 for cause, n in sorted(self.deadletters.counts.items())]  # fmt: skip
+        e = self.engine.counts
+        out += [sample("vitalmon_readings_not_evaluated_total", e[why], reason=why)
+                for why in NOT_EVALUATED]  # fmt: skip
+        out.append(sample("vitalmon_readings_clamped_total", e["clamped"]))
         out += [sample("vitalmon_alert_events_total", n, kind=k, priority=p, state=st)
                 for (k, p, st), n in sorted(self.alert_sink.events.items())]  # fmt: skip
         out += [sample("vitalmon_queue_depth", q.qsize(), queue=name)
                 for name, q, _ in self._stages()]  # fmt: skip
+        unmapped: Counter[str] = Counter()  # (summed over the HL7 sources)
         for src in self.sources:
             if isinstance(src, SerialSource):
                 is_open = 1 if src.connected.is_set() else 0
                 out.append(sample("vitalmon_serial_port_open", is_open, port=src.cfg.port))
+            counted = getattr(src, "unmapped", None)
+            if isinstance(counted, Unmapped):
+                unmapped.update(counted.counts)
+        out += [sample("vitalmon_hl7_unmapped_observations_total", n, code=code)
+                for code, n in sorted(unmapped.items())]  # fmt: skip
         for fwd in self.forwarders:
             out += [
                 sample("vitalmon_readings_forwarded_total", fwd.counts["forwarded"],
@@ -423,6 +446,7 @@ class Daemon:
             "duplicates_absorbed": j["duplicates"],
             "readings_rejected": sum(self.deadletters.counts.values()),
             "readings_pruned": j["pruned"],
+            **{f"readings_{why}": self.engine.counts[why] for why in NOT_EVALUATED},
             "store_bytes": self.journal.used_bytes,
             "alerts_active": len(self.lifecycle.active()),
             "series": len(self.engine.series),

@@ -59,6 +59,13 @@ the same table. Labels are in braces.
     Redelivered readings absorbed by the store (already committed).
 ``vitalmon_readings_pruned_total`` counter
     Stored readings pruned by the retention limits (age or space).
+``vitalmon_readings_not_evaluated_total{reason}`` counter
+    Readings stored but not evaluated by the rules: ``late`` (older than their series'
+    present by more than rules.max_lag_s), ``repeated`` (the same measurement again),
+    ``implausible``, ``disputed``, ``history`` (README, "Plausibility", "Event time").
+``vitalmon_readings_clamped_total`` counter
+    Readings stamped ahead of their arrival (within rules.max_future_s), evaluated at
+    their arrival time.
 ``vitalmon_readings_forwarded_total{sink}`` counter
     Readings forwarded to a remote sink.
 ``vitalmon_readings_dropped_total{sink}`` counter
@@ -83,6 +90,8 @@ the same table. Labels are in braces.
     Reconnections to the MQTT broker since the daemon started.
 ``vitalmon_serial_port_open{port}`` gauge
     1 while the serial device port is open, else 0.
+``vitalmon_hl7_unmapped_observations_total{code}`` counter
+    HL7 observations (OBX) that map to no vital, by their code's label and code.
 ``vitalmon_ingest_to_alert_seconds`` histogram
     Seconds from a reading's arrival to the publication of the alert event it caused.
 ``vitalmon_metrics_collect_errors_total`` counter
@@ -94,7 +103,9 @@ The last three are produced here, not by ``collect()``; so are ``process_*`` and
 ``python_*``, and ``collect()`` may not use these names. The rules above are all that the
 scrape checks; ``sample()`` is what ties a sample to the table. Label values: ``cause`` is
 the dead-letter cause, ``queue`` is ``engine`` or a sink's name, ``sink`` a remote sink's
-name, ``port`` the device path; ``kind``/``priority``/``state`` are the alert event's.
+name, ``port`` the device path; ``kind``/``priority``/``state`` are the alert event's;
+``code`` is an HL7 OBX-3 as ``label (code)``, e.g. ``Perf (0002-d006)`` (at most 500
+distinct per source, more under ``(other)``; never a value or a patient's data).
 """
 
 from __future__ import annotations
@@ -176,6 +187,12 @@ SPECS: Mapping[str, Spec] = {
         "counter", "Redelivered readings absorbed by the store (already committed)."),
     "vitalmon_readings_pruned_total": Spec(
         "counter", "Stored readings pruned by the retention limits (age or space)."),
+    "vitalmon_readings_not_evaluated_total": Spec(
+        "counter", "Readings stored but not evaluated by the rules, by reason: late, "
+        "repeated, implausible, disputed, history.", ("reason",)),
+    "vitalmon_readings_clamped_total": Spec(
+        "counter", "Readings stamped ahead of their arrival (within rules.max_future_s), "
+        "evaluated at their arrival time."),
     "vitalmon_readings_forwarded_total": Spec(
         "counter", "Readings forwarded to a remote sink.", ("sink",)),
     "vitalmon_readings_dropped_total": Spec(
@@ -204,6 +221,9 @@ SPECS: Mapping[str, Spec] = {
         "counter", "Reconnections to the MQTT broker since the daemon started."),
     "vitalmon_serial_port_open": Spec(
         "gauge", "1 while the serial device port is open, else 0.", ("port",)),
+    "vitalmon_hl7_unmapped_observations_total": Spec(
+        "counter", "HL7 observations (OBX) that map to no vital, by their code's label and "
+        "code.", ("code",)),
     LATENCY: Spec(
         "histogram", "Seconds from a reading's arrival to the publication of the alert "
         "event it caused."),

@@ -10,8 +10,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final
 
 #: The vitals vitalmon knows, with their unit and the range a real patient can have.
@@ -48,6 +51,22 @@ LABELS: Final[dict[str, str]] = {
     "news2": "NEWS2",
 }
 
+#: Decimals at which clinicians read each vital (temp to 0.1 °C, the rest whole numbers):
+#: alert messages show values at this resolution (:func:`fmt_reading`, :func:`fmt_compare`).
+RESOLUTION: Final[dict[str, int]] = {
+    "hr": 0,
+    "spo2": 0,
+    "rr": 0,
+    "sbp": 0,
+    "dbp": 0,
+    "map": 0,
+    "temp": 1,
+    "etco2": 0,
+    "o2": 0,
+    "avpu": 0,
+    "news2": 0,
+}
+
 
 class Priority(enum.StrEnum):
     """IEC 60601-1-8 alarm priorities."""
@@ -74,6 +93,22 @@ class Reading:
     vital: str
     value: float
     patient: str | None = None
+    #: How the value was measured, where the source knows: :data:`CONTINUOUS` (a monitor
+    #: streaming every few seconds) or :data:`INTERMITTENT` (a cuff cycle, a spot check, a
+    #: wearable, a charted observation). None: unknown, the engine infers it from the
+    #: series' own cadence (README, "Measurement modes").
+    mode: str | None = None
+    #: Why the engine did not evaluate this value (stored with it): ``implausible``
+    #: (outside the vital's physiological range), ``disputed`` (contradicted by another
+    #: device of the bed), ``history`` (arrived too long after it was measured). None: a
+    #: valid reading.
+    flag: str | None = None
+
+
+#: Measurement modes (:attr:`Reading.mode`).
+CONTINUOUS: Final = "continuous"
+INTERMITTENT: Final = "intermittent"
+MODES: Final = (CONTINUOUS, INTERMITTENT)
 
 
 #: Conditions a device reports about its own sensor and signal (``"status"`` of a reading
@@ -105,6 +140,31 @@ class DeviceStatus:
     bed: str
     device: str
     flags: frozenset[str]
+    patient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAlarm:
+    """One alarm or INOP a device reports about the patient or itself, as it says it."""
+
+    key: str  #: identity across reports: the alarm's label without its changing values
+    priority: Priority
+    #: ``device`` (a physiological alarm the device raised) or ``technical`` (an INOP)
+    kind: str
+    text: str  #: the device's own text, e.g. ``***xTachy 160>140``
+    source: str = ""  #: the device's class/code for it, e.g. ``RedAlarm``
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAlarmReport:
+    """Every alarm a device reports at one instant: the full set (an alarm absent from a
+    later report of the same device is over; an empty set means none is active)."""
+
+    ts: float
+    ward: str
+    bed: str
+    device: str
+    alarms: tuple[DeviceAlarm, ...]
     patient: str | None = None
 
 
@@ -178,8 +238,8 @@ class AlertEvent:
             "kind": self.kind,
             "priority": str(self.priority),
             "state": str(self.state),
-            "value": self.value,
-            "limit": self.limit,
+            "value": json_number(self.value),
+            "limit": json_number(self.limit),
             "message": self.message,
             "started_at": iso(self.started_at),
             "at": iso(self.at),
@@ -187,6 +247,12 @@ class AlertEvent:
         }
         out.update(self.extra)
         return out
+
+
+def json_number(value: float | None) -> float | None:
+    """A number for the public JSON: NaN, infinities (and None) become ``null`` (an alert
+    the device raised has no value and no limit)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def alert_id(ward: str, bed: str, device: str, rule: str, started_at: float) -> str:
@@ -203,7 +269,89 @@ def iso(ts: float) -> str:
 
 
 def fmt_value(value: float) -> str:
-    """A value as a clinician writes it: 82, 36.9, 120.5 (no trailing zeros)."""
+    """A number without trailing zeros: 82, 36.9, 120.5 (durations, time units). Not for
+    vitals in alert texts: those use :func:`fmt_reading` and :func:`fmt_compare`, which
+    never round a value onto the limit it is compared with."""
     if math.isfinite(value) and value == int(value):
         return str(int(value))
     return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+#: Decimals a text may carry beyond its vital's resolution before :func:`fmt_compare`
+#: falls back to the value's ``repr``.
+_EXTRA_DECIMALS: Final = 3
+
+_COMPARE: Final[dict[str, Callable[[Decimal, Decimal], bool]]] = {
+    "<": operator.lt,
+    ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+
+
+def fmt_fixed(value: float, decimals: int) -> str:
+    """``value`` with exactly ``decimals`` decimals (never ``-0``)."""
+    text = f"{value:.{max(decimals, 0)}f}"
+    if text.startswith("-") and not text.strip("-0."):
+        return text[1:]  # -0.04 at 1 decimal is 0.0, not -0.0
+    return text
+
+
+def resolution(vital: str) -> int:
+    """Decimals of ``vital`` in messages (:data:`RESOLUTION`; 1 for names it lacks)."""
+    return RESOLUTION.get(vital, 1)
+
+
+def fmt_reading(vital: str, value: float) -> str:
+    """A value at its vital's clinical resolution: temp 38.0 -> "38.0", hr 72.4 -> "72"."""
+    return fmt_fixed(value, resolution(vital))
+
+
+def fmt_limit(vital: str, limit: float) -> str:
+    """A limit (or other configured level) at its vital's resolution, with more decimals
+    when the limit itself has them (spo2 92.5 -> "92.5", never a rounded "92"): the
+    fewest, up to 3 more, that give it back within float noise; else its ``repr``."""
+    if not math.isfinite(limit):
+        return repr(limit)
+    res = resolution(vital)
+    tol = 1e-9 * max(1.0, abs(limit))
+    for d in range(res, res + _EXTRA_DECIMALS + 1):
+        text = fmt_fixed(limit, d)
+        if abs(float(text) - limit) <= tol:
+            return text
+    return repr(limit)
+
+
+def fmt_compare(vital: str, value: float, op: str, limit: float) -> tuple[str, str]:
+    """-> (value text, limit text) for the statement "value op limit" (op ``<``, ``>``,
+    ``<=`` or ``>=``), true when read as decimal numbers.
+
+    The limit as :func:`fmt_limit` writes it; the value at its vital's resolution, with
+    as many more decimals as the statement needs to hold (up to 3, then the value's
+    ``repr``): temp 38.04 > 38.0 -> ("38.04", "38.0"), spo2 89.6 < 90 -> ("89.6", "90"),
+    spo2 84.99 < 85 -> ("84.99", "85"). When the value is not beyond the limit at all,
+    the plain texts (:func:`fmt_reading`, :func:`fmt_limit`).
+    """
+    compare = _COMPARE[op]
+    lim_text = fmt_limit(vital, limit)
+    plain = fmt_reading(vital, value)
+    if not (math.isfinite(value) and math.isfinite(limit)):
+        return plain, lim_text
+    lim = Decimal(lim_text)
+    res = resolution(vital)
+    for d in range(res, res + _EXTRA_DECIMALS + 1):
+        text = fmt_fixed(value, d)
+        if compare(Decimal(text), lim):
+            return text, lim_text
+    text = repr(value)
+    if compare(Decimal(text), lim):
+        return text, lim_text
+    return plain, lim_text
+
+
+def states_truth(value_text: str, op: str, limit_text: str) -> bool:
+    """Whether "value_text op limit_text", read as decimal numbers, is true."""
+    try:
+        return _COMPARE[op](Decimal(value_text), Decimal(limit_text))
+    except ArithmeticError:  # "nan" compared
+        return False

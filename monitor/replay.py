@@ -21,7 +21,7 @@ column                  vital@device  note
 ``SpO2``                spo2@pleth
 ``RESP``                rr@resp       impedance respiration
 ``ABPSys/Dias/Mean``    sbp/dbp/map   invasive arterial pressure, device ``abp``
-``NBPSys/Dias/Mean``    sbp/dbp/map   cuff pressure, device ``nibp``
+``NBPSys/Dias/Mean``    sbp/dbp/map   cuff pressure, device ``nibp``, intermittent
 ======================= ============= =========================================
 
 Column names match case-insensitively. ``--map COL=vital[@device]`` adds or overrides
@@ -34,12 +34,12 @@ never alarmed.
 Event time is ``start + time_s`` (``start`` defaults to :data:`DEFAULT_START`), so the
 alerts and their ids are the same at any playback speed.
 
-Sampling: the engine's ``rules.max_gap_s`` (30 s by default) breaks a ``delay_s`` run
-at any longer gap between readings. Numerics recorded once a minute would then never
-satisfy a delay, and vitalmon would raise nothing but its ``delay_s: 0`` alarms. So a
-replay raises ``max_gap_s`` to 1.5 sampling intervals when it is shorter (one missing
-sample still breaks a run) and says so in the report. At one sample a minute, any
-``delay_s`` from 1 to 60 s then means "two consecutive samples beyond the limit".
+Sampling: nothing is adjusted for the recording. The engine judges each series by its
+measurement mode (:mod:`monitor.engine.modes`): numerics recorded once a minute are
+continuous series (a delay run may span gaps of 1.5 intervals, so at one sample a
+minute any ``delay_s`` from 1 to 60 s means "two consecutive samples beyond the limit"),
+a cuff column is intermittent (each reading judged on its own). So a replay gives
+exactly what the daemon gives on the same readings with the same configuration.
 """
 
 from __future__ import annotations
@@ -59,20 +59,20 @@ from typing import Any, Final, TextIO
 
 from monitor.config import RulesConfig
 from monitor.engine import Engine
-from monitor.model import VITALS, AlertEvent, AlertState, Priority, Reading, iso
+from monitor.model import INTERMITTENT, VITALS, AlertEvent, AlertState, Priority, Reading, iso
 from monitor.sources.codecs import check_value
 
 #: Event time of ``time_s`` 0 unless ``--start`` is given: 2000-01-01T00:00:00Z.
 DEFAULT_START: Final = 946_684_800.0
 TIME_COLUMN: Final = "time_s"
-#: ``max_gap_s`` is raised to this many sampling intervals when it is shorter.
-GAP_FACTOR: Final = 1.5
 
 
 @dataclass(frozen=True, slots=True)
 class Column:
     vital: str
     device: str
+    #: the measurement mode the source knows (a cuff column is intermittent), else None
+    mode: str | None = None
 
     def __str__(self) -> str:
         return f"{self.vital}@{self.device}"
@@ -87,9 +87,9 @@ DEFAULT_MAP: Final[dict[str, Column]] = {
     "abpsys": Column("sbp", "abp"),
     "abpdias": Column("dbp", "abp"),
     "abpmean": Column("map", "abp"),
-    "nbpsys": Column("sbp", "nibp"),
-    "nbpdias": Column("dbp", "nibp"),
-    "nbpmean": Column("map", "nibp"),
+    "nbpsys": Column("sbp", "nibp", INTERMITTENT),
+    "nbpdias": Column("dbp", "nibp", INTERMITTENT),
+    "nbpmean": Column("map", "nibp", INTERMITTENT),
 }
 
 _IGNORE: Final = frozenset({"none", "-", ""})
@@ -268,7 +268,9 @@ def load_csv(
                 if len(rec.examples) < 5:
                     rec.examples.append(f"line {line_no}: {name} {detail}")
                 continue
-            rec.readings.append(Reading(start + t, ward, bed, col.device, col.vital, value))
+            rec.readings.append(
+                Reading(start + t, ward, bed, col.device, col.vital, value, mode=col.mode)
+            )
     if not times:
         raise ReplayError(f"{p}: no data rows")
     rec.rows = len(times)
@@ -282,29 +284,6 @@ def load_csv(
 # -------------------------------------------------------------------------- rules
 
 
-def fit_rules(rules: RulesConfig, interval_s: float) -> tuple[RulesConfig, str | None]:
-    """Raise ``max_gap_s`` (and ``window_s`` if needed) to fit the sampling interval.
-
-    -> (rules to use, a note for the report or None when nothing changed).
-    """
-    need = GAP_FACTOR * interval_s
-    if need <= rules.max_gap_s:
-        return rules, None
-    gap = min(need, 3600.0)
-    longest = max((t.delay_s for t in rules.thresholds.values() if t.enabled), default=0.0)
-    window = min(max(rules.window_s, longest + gap), 24 * 3600.0)
-    fitted = RulesConfig.model_validate(
-        {**rules.model_dump(), "max_gap_s": gap, "window_s": window}
-    )
-    note = (
-        f"rules.max_gap_s {rules.max_gap_s:g} -> {gap:g} s to fit {interval_s:g} s sampling "
-        f"(a delay_s run needs consecutive samples; one missing sample breaks it)"
-    )
-    if window != rules.window_s:
-        note += f"; rules.window_s {rules.window_s:g} -> {window:g} s"
-    return fitted, note
-
-
 def naive_rules(rules: RulesConfig) -> RulesConfig:
     """The same limits with no condition delay, no hysteresis, no artefact rejection, no
     trend rules and no flapping detection: what a plain threshold monitor does."""
@@ -315,6 +294,9 @@ def naive_rules(rules: RulesConfig) -> RulesConfig:
         tc["confirm"] = 1  # no artefact rejection
     data["trends"]["enabled"] = False
     data["flapping"]["enabled"] = False
+    # every value that passes the input check counts, as on a plain monitor
+    data["plausibility"]["ranges"] = {v: None for v in data["plausibility"]["ranges"]}
+    data["plausibility"]["disagree"] = {}
     return RulesConfig.model_validate(data)
 
 
@@ -350,9 +332,13 @@ def play(
             wait = w0 + (ts - t0) / speed - clock()
             if wait > 0:
                 sleep(wait)
-        group = readings[i:j]
         for k, engine in enumerate(engines):
-            events = engine.process(group)
+            group = list(readings[i:j])
+            # the clock's work due by this instant first (NEWS2 holds and expiry of beds
+            # with no reading now), as the daemon's tick; process() does a bed's own
+            events = engine.tick(ts) + engine.process(group)
+            if k == 0 and isinstance(readings, list):
+                readings[i:j] = group  # flagged as vitalmon judged them (stored so)
             if events:
                 out[k].extend(events)
                 if on_events is not None:
@@ -476,7 +462,7 @@ def replay(
 
     ``on_event`` sees each of vitalmon's events as it happens (live printing).
     """
-    fitted, note = fit_rules(rules if rules is not None else RulesConfig(), rec.interval_s)
+    fitted, note = rules if rules is not None else RulesConfig(), None
     engines = [Engine(fitted, sinks=[]), Engine(naive_rules(fitted), sinks=[])]
 
     def forward(k: int, events: list[AlertEvent]) -> None:
@@ -715,8 +701,7 @@ def main(
         json.dump(report.to_json(), out, indent=1)
         out.write("\n")
         return _keep(rec, report, store, figure, sys.stderr)
-    fitted_note = fit_rules(rules if rules is not None else RulesConfig(), rec.interval_s)[1]
-    print_table_header(rec, fitted_note, pace, out)
+    print_table_header(rec, None, pace, out)
 
     def live(e: AlertEvent) -> None:
         print(alert_line(e, rec.start), file=out, flush=True)

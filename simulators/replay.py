@@ -31,11 +31,9 @@ out. Each instant of the recording becomes one QoS 1 message per device, to
 ``time_s / N`` seconds after the first. The daemon evaluates rules on event time, so
 its alerts (ids included, with a pinned start) are the same at any speed.
 
-**Sampling.** MIMIC-II numerics are one sample a minute. The daemon breaks a ``delay_s``
-run at any gap longer than ``rules.max_gap_s`` (30 s), so against such a recording it
-raises only its ``delay_s: 0`` alarms unless ``max_gap_s`` is at least 1.5 sampling
-intervals (90 s). ``vitalmon replay`` adjusts this itself; the daemon takes it from its
-configuration, so set it there (a warning says so when the recording needs it).
+**Sampling.** MIMIC-II numerics are one sample a minute. The daemon judges each series
+by its own cadence (README, "Measurement modes"), as ``vitalmon replay`` does: nothing
+needs adjusting for the recording's sampling.
 
 ``--from-s`` / ``--to-s`` replay a slice: readings with ``from <= time_s < to``.
 """
@@ -59,7 +57,6 @@ from paho.mqtt.enums import MQTTErrorCode
 from monitor.model import Reading, iso
 from monitor.replay import (
     DEFAULT_START,
-    GAP_FACTOR,
     ReplayError,
     load_csv,
     parse_map,
@@ -73,8 +70,6 @@ log = logging.getLogger("simulators.replay")
 
 #: Unacknowledged messages at most at ``--speed max``.
 WINDOW = 100
-#: The daemon's default ``rules.max_gap_s``.
-DAEMON_MAX_GAP_S = 30.0
 FLUSH_TIMEOUT_S = 30.0
 
 
@@ -85,9 +80,13 @@ class Message:
     time_s: float
     device: str
     values: dict[str, float] = field(default_factory=dict)
+    mode: str | None = None  #: the readings' measurement mode (a cuff: intermittent)
 
     def payload(self, start: float) -> str:
-        return json.dumps({"ts": start + self.time_s, **self.values}, separators=(",", ":"))
+        head: dict[str, object] = {"ts": start + self.time_s}
+        if self.mode is not None:
+            head["mode"] = self.mode
+        return json.dumps({**head, **self.values}, separators=(",", ":"))
 
 
 def plan(readings: Sequence[Reading]) -> list[Message]:
@@ -102,7 +101,7 @@ def plan(readings: Sequence[Reading]) -> list[Message]:
             instant, current = r.ts, {}
         m = current.get(r.device)
         if m is None or r.vital in m.values:
-            m = current[r.device] = Message(r.ts, r.device)
+            m = current[r.device] = Message(r.ts, r.device, mode=r.mode)
             out.append(m)
         m.values[r.vital] = r.value
     return out
@@ -328,13 +327,6 @@ def main(args: argparse.Namespace) -> int:
         args.port,
         "max" if speed is None else f"{speed:g}x",
     )
-    if GAP_FACTOR * interval_s > DAEMON_MAX_GAP_S:
-        log.warning(
-            "the recording is sampled every %g s: give the daemon rules.max_gap_s >= %g, or "
-            "its delayed alarms (delay_s > 0) never fire on it",
-            interval_s,
-            GAP_FACTOR * interval_s,
-        )
     opts = Options(
         host=args.host,
         port=args.port,

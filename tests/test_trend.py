@@ -254,7 +254,8 @@ def test_recovery_resolves_with_same_id():
     assert resolved.at == first
     assert resolved.value > -1.5
     lasted = resolved.at - raised.at
-    assert resolved.message.startswith("SpO2 trend eased: falling 1.")
+    # at SpO2's resolution (whole %), below the clear level 1.5 as written
+    assert resolved.message.startswith("SpO2 trend eased: falling 1 % per 10 min;")
     assert resolved.message.endswith(f"per 10 min; alarm lasted {lasted:.0f} s")
     # a later fall is a new alert, with a new id
     again = drive([rule], [*points, *linear(fall[-1][1], -0.5, until=3600, t0=2400)])

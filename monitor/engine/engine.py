@@ -11,6 +11,10 @@ Contract of :class:`Engine`:
 * ``stop()`` is called after every source has stopped; ``run()`` returns once all that
   was queued before it has been processed and handed on.
 * ``process(readings)`` is the synchronous core, used by ``run`` and by replays.
+* ``tick(now)`` does the time-driven rule work due by ``now`` (NEWS2 holds and input
+  expiry); ``run`` calls it for a batch with a ``tick`` (the daemon's clock, once a
+  second), and ``process`` does a bed's due work up to each reading's event time first,
+  so a replay without a clock gets the same events, dated the same.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from dataclasses import replace
 from typing import Protocol
 
 from monitor.config import Profile, RulesConfig
+from monitor.engine.device_alarms import DeviceAlarms
 from monitor.engine.flapping import Flapping
 from monitor.engine.lifecycle import Lifecycle
+from monitor.engine.modes import Cadence, Modes
+from monitor.engine.plausibility import HISTORY, IMPLAUSIBLE, Plausibility
 from monitor.engine.score import RULE as NEWS2_RULE
 from monitor.engine.score import News2Scores, ScoreUpdate
 from monitor.engine.sensor import SensorState
@@ -34,7 +41,15 @@ from monitor.engine.technical import Staleness
 from monitor.engine.threshold import PRIORITY, Active, SeriesKey, ThresholdRule
 from monitor.engine.trend import TrendRule, build_trend_rules
 from monitor.engine.window import Window
-from monitor.model import Admission, AlertEvent, AlertState, BedCommand, Priority, Reading
+from monitor.model import (
+    INTERMITTENT,
+    Admission,
+    AlertEvent,
+    AlertState,
+    BedCommand,
+    Priority,
+    Reading,
+)
 from monitor.queues import put_end
 from monitor.sinks import Sink
 from monitor.sources import Batch
@@ -47,18 +62,35 @@ class ScoreSink(Protocol):
 
 
 Rule = ThresholdRule | TrendRule
+#: Why a stored reading was not evaluated (``counts`` keys, metric label ``reason``):
+#: older than its series' present by more than max_lag_s; the same measurement again;
+#: and the flags a reading is stored with (monitor.engine.plausibility).
+NOT_EVALUATED = ("late", "repeated", "implausible", "disputed", "history")
 #: Profile of a bed nobody assigned one to.
 DEFAULT_PROFILE = "adult"
 
 
 class _Series:
-    __slots__ = ("active", "next_eval", "rules", "window")
+    __slots__ = (
+        "active", "cadence", "configured", "entry", "implausible", "next_eval", "rules",
+        "window",
+    )  # fmt: skip
 
-    def __init__(self, span_s: float, rules: list[Rule]) -> None:
+    def __init__(self, span_s: float, rules: list[Rule], configured: str | None) -> None:
         self.window = Window(span_s)
-        self.rules = rules  #: the rules of the bed's profile for this vital
         self.active: list[Active | None] = [None] * len(rules)
         self.next_eval: list[float] = [float("-inf")] * len(rules)  #: throttled (trend) rules
+        self.cadence = Cadence()  #: the series' own interval (event time)
+        self.configured = configured  #: its mode from rules.modes.patterns (None: auto)
+        self.implausible = False  #: an implausible run or its alarm is open
+        self.set_rules(rules)
+
+    def set_rules(self, rules: list[Rule]) -> None:
+        self.rules = rules  #: the rules of the bed's profile for this vital
+        #: least extreme low and high threshold limits (plausibility: "within limits")
+        lows = [r._entry for r in rules if isinstance(r, ThresholdRule) and r.side == "low"]
+        highs = [r._entry for r in rules if isinstance(r, ThresholdRule) and r.side == "high"]
+        self.entry = (max(lows) if lows else None, min(highs) if highs else None)
 
 
 class Engine:
@@ -82,6 +114,8 @@ class Engine:
         self.flapping = Flapping(rules.flapping)
         #: Device-reported sensor/signal flags -> technical alarms.
         self.sensors = SensorState()
+        #: Alarms and INOPs devices report themselves -> alerts (kind device/technical).
+        self.device_alarms = DeviceAlarms()
         #: Where changed NEWS2 scores go (the MQTT publisher: retained score topic).
         self.score_sink: ScoreSink | None = None
         #: Silence per device (wall clock of arrival); set by the daemon.
@@ -91,6 +125,8 @@ class Engine:
         self._score_updates: list[ScoreUpdate] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
         self.series: dict[SeriesKey, _Series] = {}
+        #: (ward, bed) -> the newest event time the bed has shown (history is older)
+        self._bed_now: dict[tuple[str, str], float] = {}
         self.counts: Counter[str] = Counter()
         #: (ward, bed) -> profile name, for beds not on the default profile.
         self.bed_profile: dict[tuple[str, str], str] = {}
@@ -108,6 +144,14 @@ class Engine:
         """Build every profile's rules from ``rules`` (and ``profiles``: the effective
         limits per profile, see :meth:`Config.resolve_profiles`)."""
         self.cfg = rules
+        self.modes = Modes(rules.modes)
+        plausibility: Plausibility | None = getattr(self, "plausibility", None)
+        if plausibility is None:
+            self.plausibility = Plausibility(rules.plausibility)
+        else:
+            plausibility.configure(rules.plausibility)
+        for key, series in getattr(self, "series", {}).items():
+            series.configured = self.modes.configured(key.device, key.vital)
         if not profiles:
             profiles = {DEFAULT_PROFILE: Profile(DEFAULT_PROFILE, dict(rules.thresholds),
                                                  rules.news2.scale)}  # fmt: skip
@@ -138,7 +182,8 @@ class Engine:
     def _new_series(self, key: SeriesKey) -> _Series:
         rules = self.ruleset(key.ward, key.bed).get(key.vital, [])
         span = self.span_s.get(key.vital, self.cfg.window_s)
-        series = self.series[key] = _Series(span, rules)
+        configured = self.modes.configured(key.device, key.vital)
+        series = self.series[key] = _Series(span, rules, configured)
         return series
 
     def restore(self, alerts: Sequence[AlertEvent]) -> list[AlertEvent]:
@@ -150,8 +195,10 @@ class Engine:
         orphans: list[AlertEvent] = []
         for e in alerts:
             if e.rule == NEWS2_RULE:
-                self.scores.restore(e)
+                self.scores.restore(e, time.time())
                 continue
+            if self.device_alarms.restore(e):
+                continue  # the device's next report goes on with it or ends it
             key = SeriesKey(e.ward, e.bed, e.device, e.vital)
             rules = self.ruleset(e.ward, e.bed).get(e.vital, [])
             index = next((i for i, r in enumerate(rules) if r.name == e.rule), None)
@@ -216,7 +263,7 @@ class Engine:
                 _r, a, n = old.pop(rule.name, (rule, None, float("-inf")))
                 series.active.append(a)
                 series.next_eval.append(n)
-            series.rules = rules
+            series.set_rules(rules)
             when = series.window.newest if at is None else at
             for rule, a, _n in old.values():
                 if a is not None:
@@ -275,6 +322,8 @@ class Engine:
                                               "patient discharged: alarm closed"))  # fmt: skip
         events += self.flapping.reset_bed(ward, bed)
         events += self.sensors.reset_bed(ward, bed)
+        events += self.device_alarms.reset_bed(ward, bed)
+        events += self.plausibility.reset_bed(ward, bed, at)
         update, event = self.scores.discharge(ward, bed, at)
         if update is not None:
             self._score_updates.append(update)
@@ -304,7 +353,7 @@ class Engine:
         acknowledgements) and admissions are kept; the next reading of each series is
         evaluated with the new rules. -> resolutions of alerts whose rule is gone."""
         self._configure(rules, profiles)
-        self.scores.cfg = rules.news2
+        self.scores.reconfigure(rules.news2)
         self.flapping.cfg = rules.flapping
         self.config_beds = dict(beds)
         self.bed_profile = {}
@@ -317,6 +366,8 @@ class Engine:
             self.scores.set_scale(ward, bed, self.profiles[name].news2_scale)
         if self.staleness is not None:
             self.staleness.stale_after_s = rules.stale_after_s
+            self.staleness.factor = rules.stale_factor
+            self.staleness.unknown_s = rules.stale_unknown_s
         return self._rebind(lambda k: True, None)
 
     async def put(self, batch: Batch) -> None:
@@ -333,20 +384,28 @@ class Engine:
                 return
             self.counts["batches"] += 1  # progress, for the watchdog
             raised = list(batch.alarms)
+            if batch.tick is not None:  # the clock: time-driven work due by then first
+                raised += self.tick(batch.tick)
             for cmd in batch.bed_commands:
                 raised += self.apply(cmd)
             for status in batch.statuses:  # before the readings: a reading newer than a
                 raised += self.sensors.observe(status)  # "sensor off" ends it
-            from_rules = self.process(batch.readings)
+            for report in batch.device_alarms:  # the device's own alarms and INOPs
+                raised += self.device_alarms.observe(report)
+            from_rules = self.process(batch.readings, batch.received_at or None)
             if from_rules and batch.received_at and self.on_latency is not None:
                 self.on_latency(time.time() - batch.received_at)  # ingest -> alert
             raised += from_rules
             if self.staleness is not None:
                 arrived = batch.received_at or time.time()
                 for r in batch.readings:
-                    raised += self.staleness.seen(r.ward, r.bed, r.device, arrived)
+                    mode = self.modes.configured(r.device, r.vital) or r.mode
+                    raised += self.staleness.seen(r.ward, r.bed, r.device, arrived, r.ts,
+                                                  mode == INTERMITTENT)  # fmt: skip
                 for st in batch.statuses:  # a status is a sign of life too
                     raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
+                for rep in batch.device_alarms:  # and so is an alarm report
+                    raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived)
             if self._score_updates:
                 # one publication per bed and batch: its latest score (a reading object
                 # carrying all seven parameters is not six partial scores and a full one)
@@ -365,6 +424,22 @@ class Engine:
                 await sink.write(batch.readings, events, done)
             await asyncio.sleep(0)  # a busy queue never suspends: let the others run
 
+    def tick(self, now: float) -> list[AlertEvent]:
+        """Time-driven rule work due at or before ``now`` (the daemon's clock, once a
+        second): NEWS2 holds that have elapsed and inputs that have expired, each dated at
+        the instant it became due. Score updates go out with the batch; -> alert events
+        (through the flapping filter, counted, like other score events)."""
+        updates, events = self.scores.tick(now)
+        return self._score_due(updates, events)
+
+    def _score_due(self, updates: list[ScoreUpdate], events: list[AlertEvent]) -> list[AlertEvent]:
+        self._score_updates += updates
+        if not events:
+            return []
+        for e in events:
+            self.counts[f"alert_{e.state}"] += 1
+        return self.flapping.filter(events)
+
     def apply(self, cmd: BedCommand) -> list[AlertEvent]:
         """An admission or discharge, in queue order with the readings."""
         a = cmd.admission
@@ -379,38 +454,86 @@ class Engine:
     def active_alerts(self) -> int:
         return sum(a is not None for s in self.series.values() for a in s.active)
 
-    def process(self, readings: Sequence[Reading]) -> list[AlertEvent]:
-        """Evaluate readings in order; returns the alert events they cause."""
+    def process(
+        self, readings: list[Reading], received_at: float | None = None
+    ) -> list[AlertEvent]:
+        """Evaluate readings in order; returns the alert events they cause.
+
+        ``received_at`` (the daemon's wall clock of arrival; None in a replay, whose
+        readings are all in the past) guards event time: a reading stamped ahead of it is
+        evaluated at it, and one older than ``rules.max_age_s`` is history. A reading
+        that is not evaluated for a reason of its own (implausible, disputed, history) is
+        replaced in ``readings`` by a copy carrying its flag, so that it is stored so.
+        """
         events: list[AlertEvent] = []
         flapping = self.flapping
+        cfg = self.cfg
+        modes = self.modes
         last = len(readings) - 1
-        for n, r in enumerate(readings):
+        # each bed's present: the newest event time it has shown, this batch included
+        bed_now = self._bed_now
+        for r in readings:
+            at = r.ts if received_at is None else min(r.ts, received_at)
+            if at > bed_now.get((r.ward, r.bed), -math.inf):
+                bed_now[(r.ward, r.bed)] = at
+        for n, arrived in enumerate(readings):
+            r = arrived
             self.counts["readings"] += 1
+            # NEWS2 work due before this reading (holds ending, inputs expiring), as the
+            # daemon's clock tick would have done it: a replay gets the same events
+            due = self.scores.advance(
+                r.ward, r.bed, r.ts if received_at is None else min(r.ts, received_at)
+            )
+            if due is not None:
+                events += self._score_due(*due)
             # NEWS2 is recomputed once per bed and instant (see News2Scores.observe)
             nxt = readings[n + 1] if n < last else None
             settle = nxt is None or nxt.ts != r.ts or nxt.bed != r.bed or nxt.ward != r.ward
             key = SeriesKey(r.ward, r.bed, r.device, r.vital)
             series = self.series.get(key) or self._new_series(key)
-            rules = series.rules
             win = series.window
-            step: list[AlertEvent] = []
-            if r.ts < win.newest - self.cfg.max_lag_s:
-                self.counts["late"] += 1  # stored, too late to change the present
-                if settle:  # (what came before it at this instant still counts)
-                    update, score_event = self.scores.settle(r.ward, r.bed, r.ts)
-                    if update is not None:
-                        self._score_updates.append(update)
-                    if score_event is not None:
-                        self.counts[f"alert_{score_event.state}"] += 1
-                        events += flapping.filter([score_event])
+            flag = None
+            if received_at is not None and r.ts > received_at:
+                # a device clock ahead (within rules.max_future_s, or the source had
+                # refused it): evaluated at its arrival, never ahead of the wall clock
+                self.counts["clamped"] += 1
+                r = replace(r, ts=received_at)
+            if r.ts < bed_now[(r.ward, r.bed)] - cfg.max_age_s:
+                flag = HISTORY  # e.g. yesterday's NIBP repeated in every message
+            if flag is None:
+                if r.ts < win.newest - cfg.max_lag_s:
+                    self.counts["late"] += 1  # stored, too late to change the present
+                    events += self._settle(r, settle)
+                    continue
+                if r.ts == win.newest and r.value == win.values[-1]:
+                    self.counts["repeated"] += 1  # the same measurement again
+                    events += self._settle(r, settle)
+                    continue
+                flag = self.plausibility.check(r, series.entry)
+                if flag is not None or series.implausible:
+                    plaus = self.plausibility.observe(r, flag)
+                    series.implausible = flag == IMPLAUSIBLE or self.plausibility.is_open(key)
+                    for e in plaus:
+                        self.counts[f"alert_{e.state}"] += 1
+                    events += plaus
+            if flag is not None:
+                self.counts[flag] += 1
+                readings[n] = replace(arrived, flag=flag)
+                events += self._settle(r, settle)
                 continue
+            series.cadence.add(r.ts)
             win.add(r.ts, r.value)
             update, score_event = self.scores.observe(r, settle)
             if update is not None:
                 self._score_updates.append(update)
+            step: list[AlertEvent] = []
             if score_event is not None:
                 step.append(score_event)
+            rules = series.rules
             if rules:
+                mode = modes.resolve(series.configured, r.mode, series.cadence)
+                spot = mode == INTERMITTENT
+                gap = cfg.max_gap_s if spot else modes.max_gap(cfg.max_gap_s, series.cadence)
                 ts, vals = win.ts, win.values
                 newest = win.newest
                 for i, rule in enumerate(rules):
@@ -420,7 +543,9 @@ class Engine:
                             continue
                         series.next_eval[i] = newest + every
                     patient = r.patient or self.patients.get((r.ward, r.bed))
-                    active, event = rule.evaluate(key, ts, vals, series.active[i], patient)
+                    active, event = rule.evaluate(
+                        key, ts, vals, series.active[i], patient, spot, gap
+                    )
                     series.active[i] = active
                     if event is not None:
                         step.append(event)
@@ -431,3 +556,16 @@ class Engine:
             events += flapping.tick(r.ward, r.bed, r.ts)  # (a dict lookup when none flaps)
             events += self.sensors.reading(r)  # values again: "sensor off" is over
         return events
+
+    def _settle(self, r: Reading, settle: bool) -> list[AlertEvent]:
+        """A reading that is not evaluated still closes its instant for NEWS2 (what came
+        before it at the same instant counts)."""
+        if not settle:
+            return []
+        update, score_event = self.scores.settle(r.ward, r.bed, r.ts)
+        if update is not None:
+            self._score_updates.append(update)
+        if score_event is None:
+            return []
+        self.counts[f"alert_{score_event.state}"] += 1
+        return self.flapping.filter([score_event])

@@ -326,16 +326,23 @@ class News2Tracker:
         """-> (event time, value) held for ``vital``, or None."""
         return self._latest.get(vital)
 
-    def current(self, at: float, freshness_s: float) -> Score:
+    def current(self, at: float, freshness_s: float, *, strict: bool = False) -> Score:
         """The score at event time ``at`` from values within ``freshness_s`` of it.
 
         A parameter counts when ``abs(at - ts) <= freshness_s`` (either side, so a device
         clock slightly ahead does not drop a value); older or absent ones are
-        ``missing``, and the score is partial.
+        ``missing``, and the score is partial. ``strict``: a past value counts only while
+        ``at < ts + freshness_s`` -- it has expired *at* ``ts + freshness_s`` (the instant
+        :class:`~monitor.engine.score.News2Scores` schedules its expiry at, computed by the
+        same expression, so the clock and the readings agree on it).
         """
         if not freshness_s >= 0:
             raise ValueError(f"freshness_s must be >= 0, not {freshness_s!r}")
-        fresh = {p: v for p, (ts, v) in self._latest.items() if abs(at - ts) <= freshness_s}
+        if strict:
+            fresh = {p: v for p, (ts, v) in self._latest.items()
+                     if at < ts + freshness_s and ts - at <= freshness_s}  # fmt: skip
+        else:
+            fresh = {p: v for p, (ts, v) in self._latest.items() if abs(at - ts) <= freshness_s}
 
         def num(p: str) -> float | None:
             v = fresh.get(p)

@@ -12,12 +12,44 @@ alert per bed, rule ``news2``, kind ``score``:
 * aggregate >= 7 -> ``high``, "emergency response".
 
 The alert follows the trigger (same id): up at once, down (or resolved when no trigger
-applies) once the lower trigger has lasted ``hold_s`` of event time, re-checked on every
-input reading. Only complete scores alert unless ``alert_partial`` is set.
+applies) once the lower trigger has lasted ``hold_s`` of event time. Only complete scores
+alert unless ``alert_partial`` is set.
+
+**Time-driven work.** Two things happen with no reading at all: a pending step-down whose
+``hold_s`` has elapsed (due at ``lower_since + hold_s``), and the expiry of a parameter
+(due at ``ts + freshness_s`` of its value: from that instant on the score is computed
+without it). :meth:`News2Scores.tick` does all such work due at or before ``now``, in time
+order, each event dated at the instant it became due (not at ``now``): the daemon calls it
+once a second on its clock. :meth:`News2Scores.advance` does the same for one bed up to a
+reading's event time, and the engine calls it before each reading, so a replay (no clock)
+produces the same events, at the same instants, as the daemon whose clock ticked in
+between. Each bed keeps its next due instant; a heap of them makes a tick with nothing
+due one comparison, whatever the number of beds.
+
+**Expiry policy: an alert never outlives its evidence.** When an input expires the score
+is recomputed without it and published (dated at the expiry). If a score alert is open and
+the score is now partial (``alert_partial`` false), or no longer triggers at all, the
+alert *resolves at that same instant* with "NEWS2 evidence expired: no fresh temp, avpu
+(older than 1800 s); alert closed" -- at once, not after ``hold_s``: the hold damps a score
+wavering between two *measured* triggers, while here nothing is measured any more. (A
+partial score that still triggers with ``alert_partial`` follows the normal trigger logic.)
+A separate "score expired" technical alert is deliberately not raised: the retained score
+topic already says ``partial`` and names the expired parameters in ``missing``, overdue
+observations are a charting matter (the ward's obs schedule, and device silence is already
+a technical alarm), and a fresh complete set that still triggers raises a new alert at
+once. So the score topic and the alert never disagree: while the alert is active the
+retained score is complete (partial only with ``alert_partial``) and at or above its
+trigger, save for a lower trigger during its hold; when the score turns partial the alert
+resolves at the same instant. A partial score computed on a reading (e.g. the first one
+after a restart, whose inputs were not carried over) resolves an open alert the same way.
+An alert carried over a restart with no input in this run closes at ``freshness_s`` after
+the restart at the latest: its evidence is at most that old.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +58,8 @@ from monitor.config import News2Config
 from monitor.engine.news2 import PARAMETERS, News2Tracker, Scale, Score
 from monitor.engine.threshold import Active
 from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading, alert_id, iso
+
+log = logging.getLogger("vitalmon.engine")
 
 RULE = "news2"
 _RANK = {None: 0, Priority.LOW: 1, Priority.MEDIUM: 2, Priority.HIGH: 3}
@@ -53,6 +87,16 @@ class _Bed:
     changed: bool = False
     #: event time since which the trigger has been below the alert's priority
     lower_since: float | None = None
+    #: the score last computed (None: none in this run yet)
+    score: Score | None = None
+    #: the bed's present: the newest event time its score was computed at
+    clock: float = -math.inf
+    #: the next instant of time-driven work (a hold ending, an input expiring), or None
+    due: float | None = None
+    #: the earliest instant the bed has in the heap of due beds (None: none)
+    queued: float | None = None
+    #: an alert carried over a restart, no input of it in this run: closed by then
+    restored_until: float | None = None
 
 
 class News2Scores:
@@ -61,6 +105,15 @@ class News2Scores:
         self.beds: dict[tuple[str, str], _Bed] = {}
         #: SpO2 scale per bed (from its profile); others use ``cfg.scale``.
         self.scales: dict[tuple[str, str], Scale] = {}
+        #: (due instant, bed): beds with time-driven work, earliest first. An entry is
+        #: live while it equals its bed's ``queued``; others are skipped when popped.
+        self._heap: list[tuple[float, tuple[str, str]]] = []
+
+    def reconfigure(self, cfg: News2Config) -> None:
+        """New settings (SIGHUP): every bed's next due instant is recomputed with them."""
+        self.cfg = cfg
+        for key, bed in self.beds.items():
+            self._schedule(key, bed)
 
     def _bed(self, ward: str, bed: str) -> _Bed:
         b = self.beds.get((ward, bed))
@@ -128,35 +181,186 @@ class News2Scores:
         if bed is None or not bed.changed:
             return None, None
         bed.changed = False
-        s = bed.tracker.current(ts, self.cfg.freshness_s)
-        sig = (s.total, tuple(s.components.items()), s.missing)
-        update = None
-        if sig != bed.last:
-            bed.last = sig
-            update = ScoreUpdate(ward, bed_name, {
-                "news2": s.total, "partial": s.partial, "missing": list(s.missing),
-                "components": dict(s.components), "risk": s.risk, "at": iso(ts),
-            })  # fmt: skip
-        return update, self._trigger(ward, bed_name, ts, bed, s)
+        # the bed's present never goes back: a late reading is scored with the present
+        at = ts if ts > bed.clock else bed.clock
+        bed.clock = at
+        s = bed.tracker.current(at, self.cfg.freshness_s, strict=True)
+        bed.score = s
+        bed.restored_until = None
+        update = self._publish(ward, bed_name, bed, s, at)
+        event = self._trigger(ward, bed_name, at, bed, s)
+        self._schedule((ward, bed_name), bed)
+        return update, event
 
-    def restore(self, e: AlertEvent) -> None:
+    def restore(self, e: AlertEvent, now: float | None = None) -> None:
+        """An alert open at the last stop goes on. Its inputs were not carried over: it
+        closes (evidence expired) ``freshness_s`` after ``max(e.at, now)`` unless a score
+        of this run takes over before (``now``: the restart, on the clock of event time)."""
         bed = self._bed(e.ward, e.bed)
         bed.active = Active(e.id, _RANK[e.priority], e.started_at, e.seq, e.device, e.patient)
         bed.priority = e.priority
+        if bed.score is None:
+            since = e.at if now is None else max(e.at, now)
+            bed.restored_until = since + self.cfg.freshness_s
+            self._schedule((e.ward, e.bed), bed)
+
+    # ------------------------------------------------------------ time-driven work
+
+    def tick(self, now: float) -> tuple[list[ScoreUpdate], list[AlertEvent]]:
+        """All time-driven work due at or before ``now`` (event time), every bed, in time
+        order: holds that have elapsed, inputs that have expired. Each update and event is
+        dated at the instant it became due. Idempotent: a second ``tick(now)`` finds
+        nothing; ``tick(t1)`` then ``tick(t2)`` gives what ``tick(t2)`` alone gives.
+        Cheap: a heap of the beds' next due instants; nothing due costs one comparison."""
+        updates: list[ScoreUpdate] = []
+        events: list[AlertEvent] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            d, key = heapq.heappop(heap)
+            bed = self.beds.get(key)
+            if bed is None or bed.queued != d:
+                continue  # superseded (the bed's due moved, or it was discharged)
+            bed.queued = None
+            if bed.due is not None and bed.due <= now:
+                self._work(key, bed, updates, events)  # (re-queues the bed's next due)
+            else:
+                self._schedule(key, bed)
+        return updates, events
+
+    def advance(
+        self, ward: str, bed_name: str, until: float
+    ) -> tuple[list[ScoreUpdate], list[AlertEvent]] | None:
+        """The bed's time-driven work due before ``until`` (a reading's event time, before
+        the reading is applied), as :meth:`tick` would have done it. None: none due (the
+        common case: one dict lookup and one comparison).
+
+        Work due exactly at ``until`` is left to the reading's own score at that instant:
+        a set charted exactly ``freshness_s`` after the last one replaces it without a
+        moment of partial score in between (and so without closing and reopening the
+        alert), and a hold ending then steps down to the trigger of that instant."""
+        key = (ward, bed_name)
+        bed = self.beds.get(key)
+        if bed is None or bed.due is None or bed.due >= until:
+            return None
+        updates: list[ScoreUpdate] = []
+        events: list[AlertEvent] = []
+        while bed.due is not None and bed.due < until:
+            self._work(key, bed, updates, events)
+        return updates, events
+
+    def _work(
+        self, key: tuple[str, str], bed: _Bed, updates: list[ScoreUpdate],
+        events: list[AlertEvent],
+    ) -> None:  # fmt: skip
+        """Do the bed's work due at ``bed.due``: recompute the score there (inputs older
+        than ``freshness_s`` drop out), then judge the alert (a hold ending, evidence
+        expiring). Every due instant is later than the bed's present, so this moves it on."""
+        ward, name = key
+        assert bed.due is not None
+        at = bed.due if bed.due > bed.clock else bed.clock  # (later only after a reload)
+        bed.clock = at
+        event = None
+        if bed.score is None:  # an alert carried over a restart, no input since
+            if bed.active is not None and bed.priority is not None:
+                event = self._expire(ward, name, at, bed, PARAMETERS, 0,
+                                     "none since the restart")  # fmt: skip
+            bed.restored_until = None
+        else:
+            before = bed.score
+            s = bed.tracker.current(at, self.cfg.freshness_s, strict=True)
+            bed.score = s
+            update = self._publish(ward, name, bed, s, at)
+            if update is not None:
+                updates.append(update)
+            expired = any(p not in s.components for p in before.components)
+            event = self._trigger(ward, name, at, bed, s, expired)
+        if event is not None:
+            events.append(event)
+        self._schedule(key, bed)
+        if bed.due is not None and bed.due <= at:  # (cannot happen: see _schedule)
+            log.error("NEWS2 %s/%s: next due %r not after %r; dropped", ward, name, bed.due, at)
+            bed.due = None
+
+    def _schedule(self, key: tuple[str, str], bed: _Bed) -> None:
+        """Recompute the bed's next due instant and queue it if earlier than its queued one.
+
+        Due: the expiry ``ts + freshness_s`` of each input the last score counted (which
+        it counted because ``at < ts + freshness_s``: always after the bed's present); the
+        end of a pending hold, ``lower_since + hold_s`` (after the present, or the alert
+        would have stepped down); a restored alert's horizon."""
+        due: float | None = None
+        if bed.score is not None:
+            fresh = self.cfg.freshness_s
+            for p in bed.score.components:
+                held = bed.tracker.latest(p)
+                if held is not None and (due is None or held[0] + fresh < due):
+                    due = held[0] + fresh
+        if bed.active is not None:
+            if bed.lower_since is not None:
+                t = bed.lower_since + self.cfg.hold_s
+                due = t if due is None or t < due else due
+            if bed.restored_until is not None:
+                t = bed.restored_until
+                due = t if due is None or t < due else due
+        bed.due = due
+        if due is not None and (bed.queued is None or due < bed.queued):
+            bed.queued = due
+            heapq.heappush(self._heap, (due, key))
+
+    def _publish(
+        self, ward: str, bed_name: str, bed: _Bed, s: Score, at: float
+    ) -> ScoreUpdate | None:
+        sig = (s.total, tuple(s.components.items()), s.missing)
+        if sig == bed.last:
+            return None
+        bed.last = sig
+        return ScoreUpdate(ward, bed_name, {
+            "news2": s.total, "partial": s.partial, "missing": list(s.missing),
+            "components": dict(s.components), "risk": s.risk, "at": iso(at),
+        })  # fmt: skip
+
+    def _expire(
+        self, ward: str, bed_name: str, at: float, bed: _Bed, missing: tuple[str, ...],
+        total: int, note: str = "",
+    ) -> AlertEvent:  # fmt: skip
+        """The open alert resolves: its evidence (these inputs) has expired."""
+        assert bed.active is not None
+        assert bed.priority is not None
+        a, shown = bed.active, bed.priority
+        a.seq += 1
+        older = f"{note}; " if note else ""
+        message = (f"NEWS2 evidence expired: no fresh {', '.join(missing)} "
+                   f"({older}older than {self.cfg.freshness_s:g} s); alert closed")  # fmt: skip
+        bed.active = bed.priority = bed.lower_since = bed.restored_until = None
+        return AlertEvent(
+            id=a.id, ward=ward, bed=bed_name, device=RULE, patient=a.patient, vital=RULE,
+            rule=RULE, kind="score", priority=shown, state=AlertState.RESOLVED,
+            value=float(total), limit=_LIMIT[shown], message=message,
+            started_at=a.started_at, at=at, seq=a.seq,
+        )  # fmt: skip
 
     def _trigger(
-        self, ward: str, bed_name: str, at: float, bed: _Bed, s: Score
+        self, ward: str, bed_name: str, at: float, bed: _Bed, s: Score, expired: bool = False
     ) -> AlertEvent | None:
+        """Judge the alert on score ``s`` at ``at``. ``expired``: ``s`` lost inputs to
+        expiry. No evidence, no alert: an open alert resolves at once (no hold) when the
+        score is partial (``alert_partial`` false) or, on expiry, triggers nothing."""
+        priority, why = s.trigger()
+        if (
+            bed.active is not None
+            and bed.priority is not None
+            and ((s.partial and not self.cfg.alert_partial) or (expired and priority is None))
+        ):
+            return self._expire(ward, bed_name, at, bed, s.missing, s.total)
         if s.partial and not self.cfg.alert_partial:
             return None
-        priority, why = s.trigger()
         if priority == bed.priority:
             bed.lower_since = None
             return None
         if _RANK[priority] < _RANK[bed.priority] and self.cfg.hold_s > 0:
             if bed.lower_since is None:
                 bed.lower_since = at
-            if at - bed.lower_since < self.cfg.hold_s:
+            if at < bed.lower_since + self.cfg.hold_s:  # (the expression _schedule uses)
                 return None
         bed.lower_since = None
         if bed.active is None:

@@ -4,8 +4,13 @@ IEC 60601-1-8 keeps technical alarms apart from physiological ones (``kind:
 "technical"``). Silence is measured on the **wall clock** of arrival (the one place
 event time cannot tell: no reading means no event time), per (ward, bed, device):
 
-* ``device.stale``: no reading from a device for ``rules.stale_after_s``; resolves with
-  the device's next reading;
+* ``device.stale``: no reading from a device for ``rules.stale_after_s``, or for
+  ``rules.stale_factor`` times the device's own interval when that is longer (the
+  median of its last five intervals, on the readings' event time, so a backlog arriving
+  in a burst does not shrink it): a cuff cycling every 15 minutes is stale after 45
+  minutes, a 1 Hz oximeter after 30 s. A device whose interval is not known yet (one
+  reading so far) and whose readings are intermittent waits ``rules.stale_unknown_s``.
+  Resolves with the device's next reading;
 * a bed listed under ``beds:`` that has **never** sent anything is stale too (device
   ``*``) once ``stale_after_s`` has passed since the daemon started: Kapacitor's deadman
   misses exactly this (kapacitor #1951).
@@ -19,6 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
+from monitor.engine.modes import Cadence
 from monitor.model import AlertEvent, AlertState, Priority, alert_id
 
 RULE = "device.stale"
@@ -27,8 +33,16 @@ ANY_DEVICE = "*"
 
 class Staleness:
     def __init__(self, stale_after_s: float, expected_beds: Iterable[tuple[str, str]],
-                 started: float) -> None:  # fmt: skip
+                 started: float, factor: float = 3.0,
+                 unknown_s: float | None = None) -> None:  # fmt: skip
         self.stale_after_s = stale_after_s
+        self.factor = factor
+        #: an intermittent device with no known interval yet is stale after this
+        self.unknown_s = stale_after_s if unknown_s is None else unknown_s
+        #: (ward, bed, device) -> its cadence (event time)
+        self._cadence: dict[tuple[str, str, str], Cadence] = {}
+        #: devices whose readings are intermittent (source or rules.modes say so)
+        self._intermittent: set[tuple[str, str, str]] = set()
         #: (ward, bed, device) -> wall clock of the last reading
         self._seen: dict[tuple[str, str, str], float] = {
             (ward, bed, ANY_DEVICE): started for ward, bed in expected_beds
@@ -40,10 +54,20 @@ class Staleness:
         #: ``hl7.pleth``).
         self.exempt: dict[tuple[str, str], set[str]] = {}
 
-    def seen(self, ward: str, bed: str, device: str, now: float) -> list[AlertEvent]:
-        """A reading arrived: note it; -> the resolutions of alarms it ends."""
+    def seen(self, ward: str, bed: str, device: str, now: float, ts: float | None = None,
+             intermittent: bool = False) -> list[AlertEvent]:  # fmt: skip
+        """A reading (event time ``ts``; None: a status) arrived at ``now``: note it;
+        -> the resolutions of alarms it ends."""
         if not self._exempt(ward, bed, device):
-            self._seen[(ward, bed, device)] = now
+            key = (ward, bed, device)
+            self._seen[key] = now
+            if ts is not None:
+                cadence = self._cadence.get(key)
+                if cadence is None:
+                    cadence = self._cadence[key] = Cadence()
+                cadence.add(ts)
+                if intermittent:
+                    self._intermittent.add(key)
         out = []
         for key in ((ward, bed, device), (ward, bed, ANY_DEVICE)):
             if key[2] == ANY_DEVICE:
@@ -77,6 +101,8 @@ class Staleness:
         out = []
         for key in [k for k in self._seen if k[0] == ward and k[1] == bed]:
             del self._seen[key]
+            self._cadence.pop(key, None)
+            self._intermittent.discard(key)
         for key in [k for k in self._open if k[0] == ward and k[1] == bed]:
             event = self._open.pop(key)
             event.seq += 1
@@ -85,6 +111,16 @@ class Staleness:
             event.message = "patient discharged: alarm closed"
             out.append(event)
         return out
+
+    def limit(self, key: tuple[str, str, str]) -> float:
+        """Seconds of silence after which the device is stale."""
+        cadence = self._cadence.get(key)
+        median = cadence.median if cadence is not None else None
+        if median is not None:
+            return max(self.stale_after_s, self.factor * median)
+        if key in self._intermittent:
+            return max(self.stale_after_s, self.unknown_s)
+        return self.stale_after_s
 
     def grace(self, now: float) -> None:
         """Restart every silence count at ``now``: after the broker was unreachable, the
@@ -96,7 +132,10 @@ class Staleness:
         """Alarms due now (called about once a second)."""
         out = []
         for key, last in self._seen.items():
-            if key in self._open or now - last < self.stale_after_s:
+            if key in self._open:
+                continue
+            limit = self.limit(key)
+            if now - last < limit:
                 continue
             ward, bed, device = key
             what = "bed expected but never sent data" if device == ANY_DEVICE else (
@@ -105,7 +144,7 @@ class Staleness:
             event = AlertEvent(
                 id=ident, ward=ward, bed=bed, device=device, patient=None, vital="",
                 rule=RULE, kind="technical", priority=Priority.MEDIUM, state=AlertState.ACTIVE,
-                value=round(now - last, 1), limit=self.stale_after_s,
+                value=round(now - last, 1), limit=limit,
                 message=f"{what} for {now - last:.0f} s", started_at=now, at=now, seq=1,
             )  # fmt: skip
             self._open[key] = event

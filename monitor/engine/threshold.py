@@ -36,7 +36,17 @@ import numpy.typing as npt
 
 from monitor.config import ThresholdConfig
 from monitor.engine.window import Array
-from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, alert_id, fmt_value
+from monitor.model import (
+    LABELS,
+    VITALS,
+    AlertEvent,
+    AlertState,
+    Priority,
+    alert_id,
+    fmt_compare,
+    fmt_limit,
+    states_truth,
+)
 
 PRIORITY = {1: Priority.MEDIUM, 2: Priority.HIGH}
 _EPS = 1e-6
@@ -114,7 +124,7 @@ class ThresholdRule:
         lim = self.limits[level]
         return value < lim + self.band if self.side == "low" else value > lim - self.band
 
-    def _run_start(self, level: int, ts: Array, vals: Array) -> int | None:
+    def _run_start(self, level: int, ts: Array, vals: Array, max_gap: float) -> int | None:
         """Index where the current run beyond ``level`` started, if it is long enough."""
         n = len(ts)
         if self.delay_s <= 0:
@@ -128,7 +138,7 @@ class ThresholdRule:
             return None
         if not np.all(self.beyond(level, vals[i0:])):
             return None
-        if n - i0 > 1 and np.max(np.diff(ts[i0:])) > self.max_gap_s:
+        if n - i0 > 1 and np.max(np.diff(ts[i0:])) > max_gap:
             return None
         # how far back does the run go? (for started_at and the message)
         within = self.beyond(level, vals[: i0 + 1])
@@ -136,13 +146,24 @@ class ThresholdRule:
         outside = np.flatnonzero(~within)
         if len(outside):
             start = int(outside[-1]) + 1
-        gaps = np.flatnonzero(np.diff(ts[: i0 + 1]) > self.max_gap_s)
+        gaps = np.flatnonzero(np.diff(ts[: i0 + 1]) > max_gap)
         if len(gaps):
             start = max(start, int(gaps[-1]) + 1)
         return start
 
-    def level(self, current: int, ts: Array, vals: Array) -> tuple[int, int | None]:
-        """-> (new level, index where a newly raised level's run started)."""
+    def level(
+        self,
+        current: int,
+        ts: Array,
+        vals: Array,
+        spot: bool = False,
+        max_gap: float | None = None,
+    ) -> tuple[int, int | None]:
+        """-> (new level, index where a newly raised level's run started).
+
+        ``spot``: the newest reading is an intermittent measurement, judged on its own (a
+        level is raised when it alone is beyond the limit). ``max_gap``: the longest gap a
+        continuous run may have (default ``max_gap_s``)."""
         newest = float(vals[-1])
         held = 0
         for lvl in range(current, 0, -1):
@@ -152,10 +173,15 @@ class ThresholdRule:
         entry = self._entry  # plain float comparison: this is the per-reading hot path
         if not (newest < entry if self.side == "low" else newest > entry):
             return held, None
+        gap = self.max_gap_s if max_gap is None else max_gap
         for lvl in self._levels_desc:
             if lvl <= held:
                 break
-            start = self._run_start(lvl, ts, vals)
+            if spot:
+                if self.beyond(lvl, newest):
+                    return lvl, len(ts) - 1
+                continue
+            start = self._run_start(lvl, ts, vals, gap)
             if start is not None:
                 return lvl, start
         return held, None
@@ -169,10 +195,13 @@ class ThresholdRule:
         vals: Array,
         active: Active | None,
         patient: str | None,
+        spot: bool = False,
+        max_gap: float | None = None,
     ) -> tuple[Active | None, AlertEvent | None]:
-        """Evaluate at the newest reading of a series; -> (new active state, event)."""
+        """Evaluate at the newest reading of a series; -> (new active state, event).
+        ``spot`` and ``max_gap`` as in :meth:`level`."""
         current = active.level if active else 0
-        new, start = self.level(current, ts, vals)
+        new, start = self.level(current, ts, vals, spot, max_gap)
         if new == current:
             return active, None
         at = float(ts[-1])
@@ -247,16 +276,22 @@ class ThresholdRule:
         )
 
     def _active_message(self, value: float, limit: float, duration: float) -> str:
+        # values at the vital's resolution, with the decimals each comparison needs to be
+        # true as written (model.fmt_compare): "Temp 38.04 °C > 38.0 °C", never "38 > 38"
         unit = VITALS[self.vital][0]
-        label = f"{LABELS[self.vital]} {fmt_value(value)} {unit}"
+        label = LABELS[self.vital]
         if not self.beyond_value(limit, value):
-            # kept by hysteresis (or stepped down a level): say so, never a false comparison
-            clear = limit + self.band if self.side == "low" else limit - self.band
-            word = "above" if self.side == "low" else "below"
-            return f"{label}, near the {fmt_value(limit)} {unit} limit (clears {word} " \
-                   f"{fmt_value(clear)} {unit})"  # fmt: skip
+            # kept by hysteresis (or stepped down a level): say so, never a false comparison.
+            # It clears once the value is at or past the band edge (holds() is strict).
+            low = self.side == "low"
+            clear = limit + self.band if low else limit - self.band
+            shown, clear_text = fmt_compare(self.vital, value, "<" if low else ">", clear)
+            word = "above" if low else "below"
+            return f"{label} {shown} {unit}, near the {fmt_limit(self.vital, limit)} {unit} " \
+                   f"limit (clears at {clear_text} {unit} or {word})"  # fmt: skip
         op = "<" if self.side == "low" else ">"
-        text = f"{label} {op} {fmt_value(limit)} {unit}"
+        shown, limit_text = fmt_compare(self.vital, value, op, limit)
+        text = f"{label} {shown} {unit} {op} {limit_text} {unit}"
         if duration >= 1:
             text += f" for {duration:.0f} s"
         return text
@@ -266,8 +301,13 @@ class ThresholdRule:
 
     def _resolved_message(self, value: float, limit: float, lasted: float) -> str:
         unit = VITALS[self.vital][0]
-        where = "above" if self.side == "low" else "below"
-        return (
-            f"{LABELS[self.vital]} {fmt_value(value)} {unit} back {where} "
-            f"{fmt_value(limit)} {unit}; alarm lasted {lasted:.0f} s"
-        )
+        low = self.side == "low"
+        op = ">" if low else "<"
+        shown, limit_text = fmt_compare(self.vital, value, op, limit)
+        if states_truth(shown, op, limit_text):
+            back = f"back {'above' if low else 'below'} {limit_text} {unit}"
+        else:
+            # exactly at the limit (a clear band of 0): no longer beyond it, but not "above"
+            shown, limit_text = fmt_compare(self.vital, value, f"{op}=", limit)
+            back = f"back within the {limit_text} {unit} limit"
+        return f"{LABELS[self.vital]} {shown} {unit} {back}; alarm lasted {lasted:.0f} s"

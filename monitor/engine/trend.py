@@ -74,7 +74,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -88,7 +90,20 @@ from monitor.config import (
 )
 from monitor.engine.threshold import Active, SeriesKey
 from monitor.engine.window import Array
-from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, alert_id, fmt_value
+from monitor.model import (
+    LABELS,
+    VITALS,
+    AlertEvent,
+    AlertState,
+    Priority,
+    alert_id,
+    fmt_compare,
+    fmt_fixed,
+    fmt_limit,
+    fmt_reading,
+    fmt_value,
+    resolution,
+)
 
 Direction = Literal["up", "down"]
 
@@ -204,6 +219,8 @@ class _TrendRule(ABC):
         vals: Array,
         active: Active | None,
         patient: str | None,
+        spot: bool = False,  # (the threshold rules' signature)
+        max_gap: float | None = None,
     ) -> tuple[Active | None, AlertEvent | None]:
         """Evaluate at the newest reading of a series; -> (new active state, event).
 
@@ -326,17 +343,26 @@ class SlopeRule(_TrendRule):
             return None
         return Measure(self._sign * s, round(s, 3), self.limits[1])
 
-    def _motion(self, per: float) -> str:
-        shown = fmt_value(round(abs(per), 1))
-        if shown == "0":
+    def _motion(self, per: float, op: str | None = None, bound: float = 0.0) -> str:
+        """ "falling 4 % per 10 min": the rate at the vital's resolution; with ``op``, with
+        the decimals that keep "rate op bound" true (raised: at least the rule's rate;
+        eased: below its clear level), as model.fmt_compare."""
+        if op is None:
+            shown = fmt_reading(self.vital, abs(per))
+        else:
+            shown = fmt_compare(self.vital, abs(per), op, bound)[0]
+        if Decimal(shown) == 0:
             return "steady"
         return f"{'rising' if per > 0 else 'falling'} {shown} {self.unit} per {self._per}"
 
     def _raised(self, m: Measure) -> str:
-        return f"{self.label} {self._motion(m.value)}"
+        return f"{self.label} {self._motion(m.value, '>=', self.threshold)}"
 
     def _resolved(self, m: Measure, lasted: float) -> str:
-        return f"{self.label} trend eased: {self._motion(m.value)}; alarm lasted {lasted:.0f} s"
+        # still moving the rule's way: slower than its clear level; else the other way
+        eased = self._sign * m.value > 0
+        motion = self._motion(m.value, "<", self.clear_at) if eased else self._motion(m.value)
+        return f"{self.label} trend eased: {motion}; alarm lasted {lasted:.0f} s"
 
 
 class BaselineRule(_TrendRule):
@@ -425,21 +451,46 @@ class BaselineRule(_TrendRule):
         recent, base = lv
         return Measure(self._sign * (recent - base), recent, base + self._sign * self.delta, base)
 
-    def _raised(self, m: Measure) -> str:
-        dev = abs(m.value - m.ref)
-        where = "above" if self.direction == "up" else "below"
+    def _offset(
+        self, value: float, ref: float, ok: Callable[[Decimal], bool]
+    ) -> tuple[str, str, str]:
+        """(value, value - ref, ref) texts at the vital's resolution, with the fewest more
+        decimals (up to 3) that make the written difference ``ok`` (else the plain texts).
+        The difference is that of the written texts: "113: 35 above 78" always adds up."""
+        res = resolution(self.vital)
+        texts = []
+        for d in range(res, res + 4):
+            v, r = fmt_fixed(value, d), fmt_fixed(ref, d)
+            diff = Decimal(v) - Decimal(r)
+            texts.append((v, str(diff), r))
+            if ok(diff):
+                return texts[-1]
+        return texts[0]
+
+    def _deviation(self, value: float, ref: float, at_least: float) -> str:
+        """ "HR 113 /min: 35 /min above baseline 78 /min"; the written deviation is at
+        least ``at_least`` when the true one is."""
+        up = value >= ref
+        sign = 1 if up else -1
+        least = Decimal(fmt_limit(self.vital, at_least))
+        v, diff, r = self._offset(value, ref, lambda d: sign * d > 0 and sign * d >= least)
         u = self.unit
-        return (
-            f"{self.label} {fmt_value(m.value)} {u}: {fmt_value(dev)} {u} {where} "
-            f"baseline {fmt_value(m.ref)} {u}"
-        )
+        dev = diff.removeprefix("-")
+        return f"{self.label} {v} {u}: {dev} {u} {'above' if up else 'below'} baseline {r} {u}"
+
+    def _raised(self, m: Measure) -> str:
+        return self._deviation(m.value, m.ref, self.threshold)
 
     def _resolved(self, m: Measure, lasted: float) -> str:
         u = self.unit
-        return (
-            f"{self.label} {fmt_value(m.value)} {u} back within {fmt_value(self.clear_at)} {u} "
-            f"of baseline {fmt_value(m.ref)} {u}; alarm lasted {lasted:.0f} s"
-        )
+        within = fmt_limit(self.vital, self.clear_at)
+        if abs(m.value - m.ref) <= self.clear_at:
+            v, _, r = self._offset(m.value, m.ref, lambda d: abs(d) <= Decimal(within))
+            text = f"{self.label} {v} {u} back within {within} {u} of baseline {r} {u}"
+        else:
+            # past the baseline the other way (a fall after a rise): say where it is
+            text = self._deviation(m.value, m.ref, self.clear_at)
+        return f"{text}; alarm lasted {lasted:.0f} s"
 
 
 TrendRule = SlopeRule | BaselineRule

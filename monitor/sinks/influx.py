@@ -25,7 +25,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
 from monitor.config import InfluxStoreConfig, read_secret
-from monitor.model import AlertEvent
+from monitor.model import AlertEvent, json_number
 from monitor.sinks.forward import Row
 
 log = logging.getLogger("vitalmon.sink.influx")
@@ -72,10 +72,20 @@ def alert_lines(events: Sequence[AlertEvent]) -> list[str]:
     return [
         f"alerts,bed={tag(e.bed)},device={tag(e.device)},kind={tag(e.kind)},"
         f"priority={tag(str(e.priority))},rule={tag(e.rule)},state={tag(str(e.state))},"
-        f"vital={tag(e.vital)},ward={tag(e.ward)} value={float(e.value)!r},"
-        f"limit={float(e.limit)!r},seq={float(e.seq)!r} {ns(e.at)}"
+        f"vital={tag(e.vital)},ward={tag(e.ward)} {_numbers(e)}seq={float(e.seq)!r} {ns(e.at)}"
         for e in events
     ]
+
+
+def _numbers(e: AlertEvent) -> str:
+    """``value=..,limit=..,`` where they are numbers (a device-reported alarm has none:
+    NaN in the event, NULL in the store; line protocol has no NaN)."""
+    out = ""
+    for name, v in (("value", e.value), ("limit", e.limit)):
+        n = json_number(v)
+        if n is not None:
+            out += f"{name}={float(n)!r},"
+    return out
 
 
 class InfluxRemote:

@@ -101,6 +101,7 @@ class Retention:
                 JOIN readings AS r
                   ON r.ward = t.ward AND r.bed = t.bed AND r.device = t.device
                  AND r.vital = t.vital AND r.ts >= t.minute * 60 AND r.ts < (t.minute + 1) * 60
+                WHERE r.flag IS NULL
                 GROUP BY r.ward, r.bed, r.device, r.vital, t.minute
                 """,
                 (done_to, upto),

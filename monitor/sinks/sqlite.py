@@ -20,6 +20,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections import Counter
@@ -37,7 +38,7 @@ from monitor.sinks import retention
 
 log = logging.getLogger("vitalmon.sink.sqlite")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order; cursors of remote sinks
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS readings (
     ts      REAL NOT NULL,   -- event time, epoch seconds UTC
     value   REAL NOT NULL,
     patient TEXT,
+    flag    TEXT,    -- why the engine did not evaluate it (implausible, disputed, history)
     -- the idempotency key, time first: readings arrive in time order, so the index grows
     -- at its end instead of rewriting a page per series in every transaction
     UNIQUE (ts, ward, bed, device, vital)
@@ -115,6 +117,8 @@ CREATE TABLE IF NOT EXISTS beds (           -- admitted patients (vitalmon/cmd/a
 """
 
 _READING_COLS = "ward, bed, device, vital, ts, value, patient"
+#: What a reading row holds when it is written (:func:`reading_row`).
+_INSERT_COLS = _READING_COLS + ", flag"
 _ALERT_COLS_V1 = (
     "id, seq, ward, bed, device, patient, vital, rule, kind, priority, state, value,"
     " limit_value, message, started_at, at"
@@ -148,6 +152,9 @@ def connect(
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 1:
         _migrate_v1(conn)
+    elif version == 2:
+        log.info("migrating store schema 2 -> 3 (readings.flag)")
+        conn.execute("ALTER TABLE readings ADD COLUMN flag TEXT")
     conn.executescript(SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return conn
@@ -350,7 +357,7 @@ def write_rows(
     alerts: Sequence[tuple[object, ...]] = (),
     audit: Sequence[tuple[object, ...]] = (),
 ) -> int:
-    """Reading rows (``_READING_COLS``), alert rows (:func:`alert_row`) and audit rows in
+    """Reading rows (``_INSERT_COLS``), alert rows (:func:`alert_row`) and audit rows in
     one transaction; a reading or alert event already stored is ignored. -> readings
     stored."""
     before = conn.total_changes
@@ -384,8 +391,8 @@ def write_rows(
 #: whole switch interval (5 ms), so a busy daemon stored a few thousand rows a second.
 #: JSON carries every float exactly (``repr``), None as NULL.
 _INSERT_JSON = (
-    f"INSERT OR IGNORE INTO readings ({_READING_COLS}) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(7))
+    f"INSERT OR IGNORE INTO readings ({_INSERT_COLS}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(8))
     + " FROM json_each(?)"
 )
 
@@ -405,20 +412,20 @@ def _json1() -> bool:
 
 
 def insert_readings(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """``INSERT OR IGNORE`` reading rows (``_READING_COLS`` order), in one statement."""
+    """``INSERT OR IGNORE`` reading rows (``_INSERT_COLS`` order), in one statement."""
     if _json1():
         text = json.dumps(rows, allow_nan=False)
         if "\\u0000" not in text:  # (SQLite's JSON strings end at a NUL character)
             conn.execute(_INSERT_JSON, (text,))
             return
     conn.executemany(
-        f"INSERT OR IGNORE INTO readings ({_READING_COLS}) VALUES (?,?,?,?,?,?,?)", rows
+        f"INSERT OR IGNORE INTO readings ({_INSERT_COLS}) VALUES (?,?,?,?,?,?,?,?)", rows
     )
 
 
 def reading_row(r: Reading) -> tuple[object, ...]:
-    """A reading as its ``readings`` row (``_READING_COLS`` order)."""
-    return (r.ward, r.bed, r.device, r.vital, r.ts, r.value, r.patient)
+    """A reading as its ``readings`` row (``_INSERT_COLS`` order)."""
+    return (r.ward, r.bed, r.device, r.vital, r.ts, r.value, r.patient, r.flag)
 
 
 def alert_row(e: AlertEvent) -> tuple[object, ...]:
@@ -433,8 +440,9 @@ def alert_row(e: AlertEvent) -> tuple[object, ...]:
 def _alert_event(r: Sequence[Any]) -> AlertEvent:
     return AlertEvent(
         id=r[0], seq=r[1], ward=r[2], bed=r[3], device=r[4], patient=r[5], vital=r[6],
-        rule=r[7], kind=r[8], priority=Priority(r[9]), state=AlertState(r[10]), value=r[11],
-        limit=r[12], message=r[13], started_at=r[14], at=r[15],
+        rule=r[7], kind=r[8], priority=Priority(r[9]), state=AlertState(r[10]),
+        value=math.nan if r[11] is None else r[11],  # NaN is stored as NULL
+        limit=math.nan if r[12] is None else r[12], message=r[13], started_at=r[14], at=r[15],
         extra=json.loads(r[16]) if r[16] else {},
     )  # fmt: skip
 

@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from monitor.model import AlertEvent, BedCommand, DeviceStatus, Reading, Rejection
+from monitor.model import (
+    AlertEvent,
+    BedCommand,
+    DeviceAlarmReport,
+    DeviceStatus,
+    Reading,
+    Rejection,
+)
 
 
 @dataclass(slots=True)
@@ -39,6 +46,12 @@ class Batch:
     alarms: list[AlertEvent] = field(default_factory=list)
     #: Admissions and discharges, applied before the batch's readings.
     bed_commands: list[BedCommand] = field(default_factory=list)
+    #: Alarms and INOPs a device reports itself (the full set per device and instant):
+    #: -> alerts of kind ``device`` / ``technical`` (:mod:`monitor.engine.device_alarms`).
+    device_alarms: list[DeviceAlarmReport] = field(default_factory=list)
+    #: A clock tick (epoch s): time-driven rule work due by then (NEWS2 holds and
+    #: expiry) is done before the batch's readings. None: no tick.
+    tick: float | None = None
 
 
 Emit = Callable[[Batch], Awaitable[None]]

@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from monitor.model import AVPU_CODES, DEVICE_FLAGS, VITALS, DeviceStatus, Reading, Rejection
+from monitor.model import (
+    AVPU_CODES,
+    DEVICE_FLAGS,
+    MODES,
+    VITALS,
+    DeviceStatus,
+    Reading,
+    Rejection,
+)
 
 #: Every rejection cause, with what it means (README, "Dead letters").
 CAUSES: Final[dict[str, str]] = {
@@ -46,13 +54,13 @@ CAUSES: Final[dict[str, str]] = {
     "bad_shape": "JSON is not a reading object, an array of them, or a SenML pack",
     "bad_topic": "topic does not match the source's template (or a level is empty)",
     "bad_ts": "ts missing its UTC offset, not a number/ISO 8601 string, or out of range",
-    "future_ts": "ts further in the future than rules.max_future_s",
+    "future_ts": "ts further ahead of the receive time than rules.max_future_s (clock skew)",
     "wrong_type": "a vital's value is not a number",
     "not_finite": "a vital's value is NaN or infinite",
     "implausible": "a vital's value is outside what a patient can have",
     "unknown_vital": "a field or SenML name that is not a known vital",
     "bad_unit": "a SenML unit that does not fit the vital",
-    "bad_field": "patient/device is not a string",
+    "bad_field": "patient/device is not a string, or mode is not continuous/intermittent",
     "empty": "a reading object with no vitals (and no status)",
     "bad_status": "a status that is not a string or list of strings, names an unknown flag,"
     " or combines ok with flags",
@@ -62,7 +70,7 @@ CAUSES: Final[dict[str, str]] = {
 }
 
 #: Fields of a reading object that are not vitals.
-_META: Final = frozenset({"ts", "patient", "device", "status"})
+_META: Final = frozenset({"ts", "patient", "device", "status", "mode"})
 
 #: A status meaning "all clear" (as is an empty list).
 _STATUS_OK: Final = "ok"
@@ -121,7 +129,7 @@ class Limits:
     """Decoder settings that come from the config."""
 
     max_payload_bytes: int = 64 * 1024
-    max_future_s: float = 300.0
+    max_future_s: float = 30.0
     aliases: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -272,6 +280,11 @@ def _decode_object(
         out.reject("bad_field", "device is not a non-empty string", origin, payload)
         return
     pid = None if patient is None else str(patient)
+    mode = obj.get("mode")
+    if mode is not None and mode not in MODES:
+        out.reject("bad_field", f"mode {mode!r:.40} is not one of {', '.join(MODES)}", origin,
+                   payload)  # fmt: skip
+        return
     found = "status" in obj  # a status alone is a valid object (a valid status or not)
     blind: list[str] = []  # flags under which the device cannot measure
     if found:
@@ -300,7 +313,7 @@ def _decode_object(
         if value is None:
             out.reject(cause, detail, origin, payload)
             continue
-        out.readings.append(Reading(ts, origin.ward, origin.bed, device, key, value, pid))
+        out.readings.append(Reading(ts, origin.ward, origin.bed, device, key, value, pid, mode))
     if not found:
         out.reject("empty", "no vitals (and no status) in reading object", origin, payload)
 

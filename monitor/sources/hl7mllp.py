@@ -9,8 +9,9 @@ Every message is one :class:`~monitor.sources.Batch`, emitted in order with
 back-pressure (while the engine is busy the connection is not read: TCP holds the
 sender).
 
-**ACK after commit.** A message with readings or device statuses is acknowledged ``AA``
-only once its batch is committed to the journal: the journal calls the batch's ``done``
+**ACK after commit.** A message with readings, device statuses or device alarm reports
+(every valid ORU^R01 has one: the device's alarms and INOPs, possibly none) is
+acknowledged ``AA`` only once its batch is committed to the journal: the journal calls the batch's ``done``
 (in the event loop today; ``done`` hops to the loop with ``call_soon_threadsafe`` all the
 same, so a journal committing in another thread would be safe too). A message with
 nothing to store is acknowledged at once: ``AA`` when it was a valid ORU^R01 (refused
@@ -31,6 +32,10 @@ sent before is emitted and committed as usual.
 else PV1-3; a message with neither goes to ward ``ward`` (config), bed = the sender's IP
 address (stable per monitor, never a mix of monitors behind one name), and a warning is
 logged once per connection.
+
+**Unmapped observations.** OBX segments that map to no vital are counted by code
+(:class:`~monitor.sources.unmapped.Unmapped`: ``unmapped.counts``, exported as
+``vitalmon_hl7_unmapped_observations_total{code}``; a log line at most once a minute).
 
 ``stop()``: no new connection; each connection finishes the message it is emitting, then
 waits for the ACKs of what it emitted (the engine and the journal are still running at
@@ -56,6 +61,7 @@ from monitor.model import Rejection
 from monitor.sources import Batch, Emit, Reject
 from monitor.sources.devices import Clock, DeviceContext, MllpFramer, frame
 from monitor.sources.devices.hl7 import Hl7Parser, ack
+from monitor.sources.unmapped import Unmapped
 
 log = logging.getLogger("vitalmon.source.hl7mllp")
 
@@ -74,8 +80,10 @@ class Hl7MllpSource:
         self.name = cfg.name
         #: messages, acked_aa, acked_ae, ack_lost (peer gone before its ACK), connections,
         #: refused, idle_closed, bytes, garbage (bytes outside frames), too_long, readings,
-        #: statuses, rejected[<cause>], listen_failed
+        #: statuses, alarm_reports, rejected[<cause>], listen_failed
         self.counts: Counter[str] = Counter()
+        #: OBX segments that map to no vital, by code (the metric; logged)
+        self.unmapped = Unmapped(self.name, log)
         self.port: int | None = None  #: the port bound, once listening
         self.listening = asyncio.Event()  #: set while accepting connections
         host, _, port = cfg.listen.rpartition(":")
@@ -103,6 +111,7 @@ class Hl7MllpSource:
             tasks = [c.task for c in self._conns if c.task is not None]
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            self.unmapped.maybe_log(force=True)
             log.info("%s: stopped (%s)", self.name, _summary(self.counts))
         finally:
             server.close()
@@ -250,6 +259,7 @@ class Hl7MllpSource:
             self.cfg.max_skew_s,
         )
         parsed, answer = parser.parse_message(payload, ctx)
+        self.unmapped.add(parsed.unmapped)
         for rej in parsed.rejections:
             self.counts[f"rejected[{rej.cause}]"] += 1
             reject(replace(rej, topic=TOPIC))
@@ -265,7 +275,9 @@ class Hl7MllpSource:
                 answer.code,
                 answer.text,
             )
-        if not conn.warned_unbound and any(r.bed == conn.host for r in parsed.readings):
+        if not conn.warned_unbound and any(
+            r.bed == conn.host for r in (*parsed.readings, *parsed.device_alarms)
+        ):
             conn.warned_unbound = True
             log.warning(
                 "%s: %s sends messages without a bed (no PV1-3 bed, no beds entry for"
@@ -275,12 +287,17 @@ class Hl7MllpSource:
                 conn.host,
             )
         entry = conn.add(frame(ack(answer)), answer.code)
-        if parsed.readings or parsed.statuses:
+        if parsed.readings or parsed.statuses or parsed.device_alarms:
             self.counts["readings"] += len(parsed.readings)
             self.counts["statuses"] += len(parsed.statuses)
+            self.counts["alarm_reports"] += len(parsed.device_alarms)
             loop = asyncio.get_running_loop()
             batch = Batch(
-                parsed.readings, _committed(loop, conn, entry), now, statuses=parsed.statuses
+                parsed.readings,
+                _committed(loop, conn, entry),
+                now,
+                statuses=parsed.statuses,
+                device_alarms=parsed.device_alarms,
             )
             await emit(batch)
         else:

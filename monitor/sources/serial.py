@@ -34,7 +34,7 @@ import serial
 import serial_asyncio_fast
 
 from monitor.config import SerialSourceConfig
-from monitor.model import DeviceStatus, Reading
+from monitor.model import DeviceAlarmReport, DeviceStatus, Reading
 from monitor.sources import Batch, Emit, Reject
 from monitor.sources.devices import (
     FORMATS,
@@ -45,6 +45,7 @@ from monitor.sources.devices import (
     make_parser,
 )
 from monitor.sources.link import DISCONNECTED, SILENT, LinkAlarms
+from monitor.sources.unmapped import Unmapped
 
 log = logging.getLogger("vitalmon.source.serial")
 
@@ -59,6 +60,8 @@ class SerialSource:
         self.device = cfg.device_name
         self.alarms = LinkAlarms(cfg.ward, cfg.bed, self.device)
         self.counts: Counter[str] = Counter()
+        #: observations the format maps to no vital, by code (HL7; the metric)
+        self.unmapped = Unmapped(self.name, log)
         self.connected = asyncio.Event()  #: set while the port is open
         self._tz = zoneinfo.ZoneInfo(cfg.timezone) if cfg.timezone else None
         self._stopping = asyncio.Event()
@@ -168,6 +171,7 @@ class SerialSource:
                             self._tz, self.cfg.max_skew_s)  # fmt: skip
         readings: list[Reading] = []
         statuses: list[DeviceStatus] = []
+        reports: list[DeviceAlarmReport] = []
         # frames read together arrived since the previous read: spread over that interval,
         # never later than now, each distinct (a burst is many readings, not one reading
         # and its duplicates)
@@ -179,12 +183,14 @@ class SerialSource:
             parsed = parser.parse(f, replace(ctx, now=t))
             readings += parsed.readings
             statuses += parsed.statuses
+            reports += parsed.device_alarms
+            self.unmapped.add(parsed.unmapped)
             for rej in parsed.rejections:
                 self.counts[f"rejected[{rej.cause}]"] += 1
                 reject(replace(rej, topic=self.name))
-        if readings or statuses:
+        if readings or statuses or reports:
             self.counts["readings"] += len(readings)
-            await emit(Batch(readings, None, now, statuses=statuses))
+            await emit(Batch(readings, None, now, statuses=statuses, device_alarms=reports))
 
     # ------------------------------------------------------------------ alarms
 

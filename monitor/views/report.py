@@ -60,7 +60,8 @@ def load(
     """The bed's readings and alert events in [since, until], NEWS2 recomputed (complete
     scores only, inputs within ``freshness_s``: ``rules.news2.freshness_s``)."""
     rows = conn.execute(
-        "SELECT ward, vital, ts, value FROM readings WHERE bed = ? AND (? IS NULL OR ward = ?)"
+        "SELECT ward, vital, ts, value FROM readings WHERE flag IS NULL AND bed = ?"
+        " AND (? IS NULL OR ward = ?)"
         " AND ts >= ? AND ts <= ? ORDER BY ts",
         (bed, ward, ward, since, until),
     ).fetchall()

@@ -131,7 +131,7 @@ def warn_limits(profile: Profile | None, vital: str) -> tuple[float | None, floa
 
 
 _READINGS_SQL = """SELECT ward, bed, vital, ts, value FROM readings
-WHERE ts >= ? AND ts <= ? AND (? IS NULL OR bed = ?) AND (? IS NULL OR ward = ?)
+WHERE flag IS NULL AND ts >= ? AND ts <= ? AND (? IS NULL OR bed = ?) AND (? IS NULL OR ward = ?)
 AND (? IS NULL OR vital = ?) ORDER BY ward, bed, vital, ts"""
 _ALERTS_SQL = """SELECT ward, bed, vital, id, priority FROM alert_events
 WHERE at >= ? AND at <= ? AND (? IS NULL OR bed = ?) AND (? IS NULL OR ward = ?)

@@ -30,7 +30,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Static
 
 from monitor.config import Config
-from monitor.model import LABELS, iso
+from monitor.model import LABELS, fmt_reading, iso
 from monitor.mqtt import Client, Message
 from monitor.sources.commands import ACK_TOPIC, PAUSE_TOPIC
 from monitor.views.ward import BUCKET_S, SHOWN, BedView, Ward
@@ -55,7 +55,7 @@ def news2_style(score: int | None) -> str:
 def _fmt(vital: str, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.1f}" if vital == "temp" else f"{value:.0f}"
+    return fmt_reading(vital, value)
 
 
 def tile(b: BedView, selected: bool) -> Text:

@@ -8,8 +8,9 @@ Contract of a device format (see :class:`Parser`):
   resynchronises on the next delimiter, so garbage or a wrong baud rate never grows
   memory or stops the stream.
 * A **parser** (one per format, made by :func:`make_parser`) turns one frame into a
-  :class:`Parsed`: readings, device statuses (sensor/signal flags -> technical alarms)
-  and rejections with a cause. It never raises on any input (property-tested), and keeps
+  :class:`Parsed`: readings, device statuses (sensor/signal flags -> technical alarms),
+  the device's own alarm reports (HL7), counts of observations it could not map to a
+  vital (HL7) and rejections with a cause. It never raises on any input (property-tested), and keeps
   only the state its format needs (a CSV header, a Nellcor header).
 * Where a reading's time comes from is :attr:`DeviceContext.clock`: ``receive`` (the
   default: the moment the frame was read) or ``device`` (the device's own clock, in
@@ -18,11 +19,12 @@ Contract of a device format (see :class:`Parser`):
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Literal, Protocol
 
-from monitor.model import DeviceStatus, Reading, Rejection
+from monitor.model import DeviceAlarmReport, DeviceStatus, Reading, Rejection
 
 Clock = Literal["receive", "device"]
 
@@ -57,6 +59,12 @@ class Parsed:
     readings: list[Reading] = field(default_factory=list)
     statuses: list[DeviceStatus] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    #: The alarms and INOPs each device reports itself: its full set, one report per
+    #: device and frame (HL7 ``MDIL-ALERT`` segments; :mod:`monitor.engine.device_alarms`).
+    device_alarms: list[DeviceAlarmReport] = field(default_factory=list)
+    #: Observations that map to no vital, by a short text of their code (never a value,
+    #: never patient data): counted, exported as a metric, never dropped silently.
+    unmapped: Counter[str] = field(default_factory=Counter)
 
     def reject(self, cause: str, detail: str, frame: bytes = b"") -> None:
         self.rejections.append(Rejection(cause, detail, "", frame[:1024]))

@@ -1,4 +1,5 @@
-"""HL7 v2 ORU^R01 (unsolicited observation results) -> readings, device statuses, an ACK.
+"""HL7 v2 ORU^R01 (unsolicited observation results) -> readings, device statuses, the
+device's own alarms and INOPs, an ACK.
 
 What a central station, a monitor gateway or an integration engine pushes over MLLP
 (:mod:`monitor.sources.hl7mllp`) or a serial line. Parsed with ``python-hl7``; no I/O.
@@ -51,15 +52,66 @@ by mnemonic)
 MDC_AWAY_CO2_ET, MDC_CONC_AWAY_CO2_ET     151708                      etco2    co2
 ========================================  ==========================  =======  =======
 
-Vendor labels (any case): ``HR``, ``Heart Rate`` -> hr/ecg; ``Pulse``, ``PR``,
-``Pulse Rate`` -> hr/pulse; ``SpO2`` -> spo2/pleth; ``RR``, ``Resp``, ``Resp Rate`` ->
-rr/resp; ``awRR`` -> rr/co2; ``NBPs``/``NBPd``/``NBPm`` (also ``NIBPs``..., ``NBP-S``...)
--> sbp/dbp/map nibp; ``ABPs``/``ABPd``/``ABPm``, ``ARTs``/``ARTd``/``ARTm`` ->
-sbp/dbp/map abp; ``Temp``, ``Tcore``, ``Trect``, ``Tesoph``, ``Tnaso``, ``Ttymp``,
-``Toral``, ``Taxil``, ``Tblood``, ``Tvesic``, ``Tart`` -> temp; ``etCO2`` -> etco2/co2.
+Vendor labels (matched normalised: lower case, without spaces, parentheses, hyphens and
+underscores, so ``Pulse (SpO2)``, ``Pulse(SpO2)`` and ``pulse_spo2`` are one label):
+``HR``, ``Heart Rate`` -> hr/ecg; ``Pulse``, ``PR``, ``Pulse Rate`` -> hr/pulse; ``Pulse
+(SpO2)``, ``PlethPulse``, ``PR (SpO2)`` -> hr/pleth; ``Pulse (NBP)``, ``NBP Pulse`` ->
+hr/nibp; ``SpO2`` -> spo2/pleth; ``SpO2T`` (telemetry) -> spo2/tele; ``RR``, ``Resp``,
+``Resp Rate`` -> rr/resp; ``awRR`` -> rr/co2; ``NBPs``/``NBPd``/``NBPm`` (also
+``NIBPs``..., ``NBP-S``...) -> sbp/dbp/map nibp; ``ABPs``/``ABPd``/``ABPm``,
+``ARTs``/``ARTd``/``ARTm`` -> sbp/dbp/map abp; ``Temp``, ``Tcore``, ``Trect``,
+``Tesoph``, ``Tnaso``, ``Ttymp``, ``Toral``, ``Taxil``, ``Tblood``, ``Tvesic``, ``Tart``
+-> temp; ``etCO2`` -> etco2/co2. Philips MDIL codes beyond the MDC numbering:
+``0002-f09c`` -> spo2/tele, ``0002-4822`` -> hr/pleth, ``0002-f0e5`` -> hr/nibp.
 Skin, room and differential temperatures are not body temperature and are not taken.
-Any other OBX (signal quality, height, body position, a CE/ST result) is ignored
-silently.
+
+**Unmapped observations are counted, never dropped silently.** Any other OBX (signal
+quality, height, body position, a CE/ST result, a vendor code vitalmon does not know)
+that is not an alarm segment and not of an ignored result status (below) increments
+:attr:`Parsed.unmapped` under a short text of its OBX-3 alone, label and code
+(``Perf (0002-d006)``, ``MDC_SPO2_SIGNAL_QUALITY_INDEX (160324)``; at most 60
+characters): never its value, never patient data. The sources export the counts
+(``vitalmon_hl7_unmapped_observations_total{code}``) and log the most frequent.
+
+**Measurement mode.** A cuff reading (channel ``nibp``, any vital) or one whose OBX-17
+observation method says ``APERIODIC`` (any case) is :data:`~monitor.model.INTERMITTENT`;
+OBX-17 ``PERIODIC`` or ``CONTINUOUS`` makes it :data:`~monitor.model.CONTINUOUS`
+(OBX-13 is read the same way when OBX-17 is empty: the invalid-values sample puts
+``APERIODIC`` there); otherwise the mode is left to the engine (None).
+
+**Device alarms and INOPs.** A Philips IntelliVue central station (and any sender using
+its convention) carries the monitor's own active alarms as OBX segments (value type TX)
+whose OBX-3 is ``<n>^<class>^MDIL-ALERT`` and OBX-5 the monitor's own text
+(``***xTachy 160>140``, ``SpO2T  No Pulse``). The class (matched by name, any case; by
+its number when the name is absent) gives priority and kind (:data:`ALERT_CLASSES`):
+
+==================  ===  ========  ===========
+class               n    priority  kind
+==================  ===  ========  ===========
+RedAlarm            1    high      device
+YellowAlarm         2    medium    device
+ShortYellowAlarm    3    medium    device
+HardInop            5    medium    technical
+SoftInop            6    low       technical
+==================  ===  ========  ===========
+
+IEC 60601-1-8 has three alarm priorities with their colours: red = high, yellow =
+medium, cyan = low. A *short* yellow is a yellow alarm that clears itself (arrhythmia
+such as a pause), so it stays medium: its shortness is already expressed by its
+disappearing from the next message. An alarm stays in every message while it is active
+and is absent once it ends, so each message is the device's full set: every ORU^R01
+yields one :class:`~monitor.model.DeviceAlarmReport` per device it speaks for (the
+device of each of its OBX segments: OBX-18, else the message's device, MSH-3 or
+``ctx.device``; without the ``.channel`` suffix of vitals; the message's device when
+it has no OBX), with all that device's alarms, possibly none (an empty report ends
+what was active). The report's time is the latest time of the device's observations
+in the message (OBX-14, else OBR-7, else MSH-7, as for vitals and with the same
+``bad_ts`` refusal; an alarm segment whose time is refused withholds its device's
+report, so no alarm is ended by a message that cannot be placed in time), else the
+message's time, else the receive time. An alarm's identity (:func:`alarm_key`) is its
+text without leading asterisks, numbers (and the comparison operators next to them)
+and repeated spaces: ``***xTachy 160>140`` and ``***xTachy 165>140`` are one alarm,
+``xTachy``. An unknown class is not an alarm: it is counted as unmapped.
 
 **Values and units.** OBX-5 (first repetition; NM, or SN ``=^97``) must be an HL7
 number; a known vital that carries something else is refused (``wrong_type``), an empty
@@ -79,7 +131,8 @@ becomes technical state, a :class:`~monitor.model.DeviceStatus` of that channel'
 with the flag ``no_sensor`` ("no sensor connected"), at the latest time of that device in
 the message (so the message's own readings from the device do not clear it; a later
 valid value does, see :mod:`monitor.engine.sensor`). Result statuses ``N`` (not asked),
-``I`` (pending), ``D`` (deleted) and ``W`` (wrong) are ignored. Any other value outside
+``I`` (pending), ``D`` (deleted) and ``W`` (wrong) are ignored (and not counted as
+unmapped). Any other value outside
 :data:`~monitor.model.VITALS` ranges is refused as ``implausible`` (the 384.5 °C of the
 sample).
 
@@ -117,6 +170,7 @@ import math
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -124,7 +178,15 @@ from typing import Final, Literal
 
 import hl7
 
-from monitor.model import DeviceStatus, Reading
+from monitor.model import (
+    CONTINUOUS,
+    INTERMITTENT,
+    DeviceAlarm,
+    DeviceAlarmReport,
+    DeviceStatus,
+    Priority,
+    Reading,
+)
 from monitor.sources.codecs import _UNITS, check_value
 from monitor.sources.devices import DeviceContext, Parsed
 
@@ -212,6 +274,10 @@ MDC_CODES: Final[dict[int, _Target]] = {
         for c in (150344, 150364, 150368, 150392, 188420, 188424, 188428, 188452, 188456)
     },
     151708: ("etco2", "co2"),
+    # Philips MDIL codes (partition 2) beyond the MDC numbering
+    0x2F09C: ("spo2", "tele"),  # 0002-f09c SpO2T, SpO2 from a telemetry transceiver
+    0x24822: ("hr", "pleth"),  # 0002-4822 pulse rate from the pleth
+    0x2F0E5: ("hr", "nibp"),  # 0002-f0e5 pulse rate from the cuff
 }
 
 #: Vendor labels (lower case) -> (vital, channel).
@@ -221,7 +287,14 @@ LABELS: Final[dict[str, _Target]] = {
     "pulse": ("hr", "pulse"),
     "pr": ("hr", "pulse"),
     "pulse rate": ("hr", "pulse"),
+    "pulse (spo2)": ("hr", "pleth"),
+    "pleth pulse": ("hr", "pleth"),
+    "pr (spo2)": ("hr", "pleth"),
+    "pulse (nbp)": ("hr", "nibp"),
+    "pulse (nibp)": ("hr", "nibp"),
+    "nbp pulse": ("hr", "nibp"),
     "spo2": ("spo2", "pleth"),
+    "spo2t": ("spo2", "tele"),
     "rr": ("rr", "resp"),
     "resp": ("rr", "resp"),
     "resp rate": ("rr", "resp"),
@@ -235,6 +308,41 @@ LABELS: Final[dict[str, _Target]] = {
     **{t: ("temp", "temp") for t in _TEMP_LABELS.split()},
     "etco2": ("etco2", "co2"),
 }
+
+_LABEL_NOISE = re.compile(r"[\s()\-_]+")
+
+
+def _norm_label(text: str) -> str:
+    """A vendor label as looked up: lower case, no spaces, parentheses, hyphens or
+    underscores (``Pulse (SpO2)``, ``Pulse(SpO2)``, ``pulse_spo2`` -> ``pulsespo2``)."""
+    return _LABEL_NOISE.sub("", text.lower())
+
+
+#: :data:`LABELS` by normalised label.
+_LABEL_KEYS: Final[dict[str, _Target]] = {_norm_label(k): v for k, v in LABELS.items()}
+
+#: IntelliVue alert classes (OBX-3 ``<n>^<class>^MDIL-ALERT``): class -> (number,
+#: priority, kind). Yellow is IEC 60601-1-8 medium priority; a *short* yellow only
+#: clears itself, so it is medium too.
+ALERT_CLASSES: Final[dict[str, tuple[int, Priority, str]]] = {
+    "RedAlarm": (1, Priority.HIGH, "device"),
+    "YellowAlarm": (2, Priority.MEDIUM, "device"),
+    "ShortYellowAlarm": (3, Priority.MEDIUM, "device"),
+    "HardInop": (5, Priority.MEDIUM, "technical"),
+    "SoftInop": (6, Priority.LOW, "technical"),
+}
+ALERT_SYSTEM: Final = "MDIL-ALERT"
+_ALERT_BY_NAME: Final = {name.lower(): name for name in ALERT_CLASSES}
+_ALERT_BY_NUMBER: Final = {str(entry[0]): name for name, entry in ALERT_CLASSES.items()}
+
+#: OBX-17 observation method -> measurement mode.
+_METHODS: Final = {"APERIODIC": INTERMITTENT, "PERIODIC": CONTINUOUS, "CONTINUOUS": CONTINUOUS}
+#: Channels whose readings are intermittent whatever OBX-17 says (a cuff cycle).
+_INTERMITTENT_CHANNELS: Final = frozenset({"nibp"})
+
+#: An unmapped observation's text for :attr:`Parsed.unmapped`, at most this long.
+UNMAPPED_CODE_CHARS: Final = 60
+_MAX_ALARM_TEXT = 200
 
 #: OBX-6 unit (lower case: MDC mnemonic, UCUM or vendor text) -> vitalmon's unit name
 #: (a key of the conversion table in :mod:`monitor.sources.codecs`).
@@ -291,6 +399,12 @@ _DTM = re.compile(
     r"(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?(?:([+-])(\d{2})(\d{2}))?"
 )
 _UNSAFE = re.compile(r"[/+#\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HL7_ESCAPE = re.compile(r"\\([FSTRE])\\")
+_HL7_ESCAPED = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
+#: A number in an alarm text, with the comparison operators next to it (``160>140``,
+#: ``<90``): not part of the alarm's identity. Digits inside a word (``SpO2``) stay.
+_KEY_NUMBER = re.compile(r"[<>=≤≥]*\s*(?<![\w.])[-+]?\d+(?:[.,:]\d+)*(?!\w)\s*[<>=≤≥]*")
 _MAX_NAME = 64
 
 
@@ -353,6 +467,7 @@ class _Obs:
     vital: str
     value: float | None  #: None: no measurement (a marker)
     label: str
+    mode: str | None = None  #: measurement mode (CONTINUOUS, INTERMITTENT; None: unknown)
 
 
 @dataclass(slots=True)
@@ -439,31 +554,103 @@ class Hl7Parser:
         msh_ts = msg.field(msg.segments[0], 7)
         obr_ts = ""
         observations: list[_Obs] = []
+        #: device (no channel) -> times of its observations: the devices the message
+        #: speaks for (alarm reports), in order
+        spoken: dict[str, list[float]] = {}
+        alarms: dict[str, list[DeviceAlarm]] = {}
+        untimed: set[str] = set()  #: devices with an alarm whose time was refused
         for seg in msg.segments[1:]:
             name = seg[0].strip().upper()
             if name == "OBR":
                 obr_ts = msg.field(seg, 7)
             elif name == "OBX":
                 fallback = (obr_ts, msh_ts)
-                obs = self._obx(msg, seg, ctx, place, fallback, use_message_time, out, frame)
+                code = msg.comps(seg, 3)
+                device = self._device(msg, seg, place.device)
+                times = spoken.setdefault(device, [])
+                if _is_alert(code):
+                    alarm = _alarm(msg, seg, code)
+                    if alarm is None:
+                        if msg.field(seg, 11).strip().upper() not in _IGNORED_STATUS:
+                            out.unmapped[_code_text(code)] += 1  # a class we do not know
+                        continue
+                    ts, refused = self._when(msg, seg, ctx, fallback, use_message_time)
+                    if refused:
+                        self._bad_ts(f"OBX {alarm.source}", ts, ctx, out, frame)
+                        untimed.add(device)
+                        continue
+                    times.append(ts)
+                    alarms.setdefault(device, []).append(alarm)
+                    continue
+                target = resolve_observation(code)
+                if target is None:
+                    if msg.field(seg, 11).strip().upper() not in _IGNORED_STATUS:
+                        out.unmapped[_code_text(code)] += 1  # not a vital vitalmon knows
+                    continue
+                obs = self._obx(msg, seg, target, device, ctx, fallback, use_message_time, out,
+                                frame)  # fmt: skip
                 if obs is not None:
                     observations.append(obs)
+                    times.append(obs.ts)
         self._collect(observations, place, out, frame)
+        if not spoken:
+            spoken[place.device] = []  # a message without OBX speaks for its device
+        for device, times in spoken.items():
+            if device in untimed:
+                continue  # its alarms cannot be placed in time: nothing ends by this message
+            if times:
+                ts: float | None = max(times)
+            elif use_message_time:
+                ts = _first_time((obr_ts, msh_ts), ctx.tz)
+                if ts is None:
+                    ts = ctx.now
+                elif ts - ctx.now > ctx.max_skew_s or ts < _MIN_TS:
+                    continue  # (its observations, if any, were refused as bad_ts)
+            else:
+                ts = ctx.now
+            report = DeviceAlarmReport(ts, place.ward, place.bed, device,
+                                       _distinct(alarms.get(device, ())), place.patient)  # fmt: skip
+            out.device_alarms.append(report)
+
+    def _when(
+        self,
+        msg: _Msg,
+        seg: list[str],
+        ctx: DeviceContext,
+        fallback: tuple[str, str],
+        use_message_time: bool,
+    ) -> tuple[float, bool]:
+        """An OBX's time (OBX-14, else OBR-7, else MSH-7; else, or with the receive clock,
+        ``ctx.now``) and whether it is refused (beyond ``ctx.max_skew_s`` ahead of the
+        receive time, or before 2000)."""
+        if not use_message_time:
+            return ctx.now, False
+        ts = _first_time((msg.field(seg, 14), *fallback), ctx.tz)
+        if ts is None:
+            return ctx.now, False
+        return ts, ts - ctx.now > ctx.max_skew_s or ts < _MIN_TS
+
+    def _bad_ts(self, what: str, ts: float, ctx: DeviceContext, out: Parsed,
+                frame: bytes) -> None:  # fmt: skip
+        out.reject(
+            "bad_ts",
+            f"{what}: message time is {ts - ctx.now:+.0f} s from the receive"
+            f" time (at most {ctx.max_skew_s:g} s ahead, after 2000)",
+            frame,
+        )
 
     def _obx(
         self,
         msg: _Msg,
         seg: list[str],
+        target: _Target,
+        device: str,
         ctx: DeviceContext,
-        place: _Place,
         fallback: tuple[str, str],
         use_message_time: bool,
         out: Parsed,
         frame: bytes,
     ) -> _Obs | None:
-        target = resolve_observation(msg.comps(seg, 3))
-        if target is None:
-            return None  # not a vital vitalmon knows: ignored
         vital, channel = target
         label = _clip(_label(msg.comps(seg, 3)))
         status = msg.field(seg, 11).strip().upper()
@@ -491,22 +678,12 @@ class Hl7Parser:
                 if value is None:
                     out.reject(cause, f"OBX {label}: {detail}", frame)
                     return None
-        if use_message_time:
-            ts = _first_time((msg.field(seg, 14), *fallback), ctx.tz)
-            if ts is None:
-                ts = ctx.now
-            elif ts - ctx.now > ctx.max_skew_s or ts < _MIN_TS:
-                out.reject(
-                    "bad_ts",
-                    f"OBX {label}: message time is {ts - ctx.now:+.0f} s from the receive"
-                    f" time (at most {ctx.max_skew_s:g} s ahead, after 2000)",
-                    frame,
-                )
-                return None
-        else:
-            ts = ctx.now
-        device = self._device(msg, seg, place.device)
-        return _Obs(ts, f"{device}.{channel}", vital, value, label)
+        ts, refused = self._when(msg, seg, ctx, fallback, use_message_time)
+        if refused:
+            self._bad_ts(f"OBX {label}", ts, ctx, out, frame)
+            return None
+        mode = INTERMITTENT if channel in _INTERMITTENT_CHANNELS else _method(msg, seg)
+        return _Obs(ts, f"{device}.{channel}", vital, value, label, mode)
 
     def _collect(self, observations: list[_Obs], place: _Place, out: Parsed, frame: bytes) -> None:
         """Observations -> readings (first value per device, vital and instant wins) and
@@ -523,9 +700,8 @@ class Hl7Parser:
             first = seen.get(key)
             if first is None:
                 seen[key] = obs.value
-                reading = Reading(
-                    obs.ts, place.ward, place.bed, obs.device, obs.vital, obs.value, place.patient
-                )
+                reading = Reading(obs.ts, place.ward, place.bed, obs.device, obs.vital,
+                                  obs.value, place.patient, obs.mode)  # fmt: skip
                 out.readings.append(reading)
             elif first != obs.value:
                 out.reject(
@@ -595,7 +771,7 @@ def resolve_observation(components: list[str]) -> tuple[str, str] | None:
                 return MDC_NAMES[m]
         return None  # an MDC observation, just not a vital
     for n in names:
-        target = LABELS.get(n.lower())
+        target = _LABEL_KEYS.get(_norm_label(n))
         if target is not None:
             return target
     for n in names:
@@ -603,6 +779,84 @@ def resolve_observation(components: list[str]) -> tuple[str, str] | None:
         if code is not None and code in MDC_CODES:
             return MDC_CODES[code]
     return None
+
+
+def _method(msg: _Msg, seg: list[str]) -> str | None:
+    """OBX-17 observation method -> measurement mode (None: it does not say). Some
+    monitors put the same word in OBX-13 (the invalid-values sample's cuff values): it is
+    taken there when OBX-17 says nothing."""
+    for n in (17, 13):
+        for c in msg.comps(seg, n):
+            mode = _METHODS.get(c.strip().upper())
+            if mode is not None:
+                return mode
+    return None
+
+
+def _code_text(components: list[str]) -> str:
+    """OBX-3 as a short, safe text for the unmapped counts: ``label (code)`` from the
+    identifier and text (or the alternate ones), never more than 60 characters."""
+    c = [x.strip() for x in components] + [""] * 5
+    code = c[0] or c[3]
+    label = c[1] or c[4]
+    if label and code and label != code:
+        text = f"{label} ({code})"
+    else:
+        text = label or code or next((x for x in c if x), "(none)")
+    return _clip(text, UNMAPPED_CODE_CHARS)
+
+
+# ------------------------------------------------------------------------- alarms
+
+
+def _is_alert(components: list[str]) -> bool:
+    """OBX-3 of an IntelliVue alarm segment (coding system ``MDIL-ALERT``)."""
+    return any(c.strip().upper() == ALERT_SYSTEM for c in components)
+
+
+def alert_class(components: list[str]) -> str | None:
+    """OBX-3 of an alarm segment -> its class (a key of :data:`ALERT_CLASSES`): by the
+    name (any case), or by the number when there is no name; None when unknown."""
+    number = components[0].strip() if components else ""
+    name = components[1].strip() if len(components) > 1 else ""
+    if name:
+        return _ALERT_BY_NAME.get(name.lower())
+    return _ALERT_BY_NUMBER.get(number) or _ALERT_BY_NAME.get(number.lower())
+
+
+def alarm_key(text: str) -> str:
+    """An alarm's identity across messages: its text without leading asterisks, numbers
+    (with the ``<``, ``>``, ``=`` next to them) and repeated spaces (``***xTachy
+    160>140`` -> ``xTachy``; ``**SpO2   86  <90`` -> ``SpO2``; ``SpO2T  No Pulse`` ->
+    ``SpO2T No Pulse``)."""
+    return " ".join(_KEY_NUMBER.sub(" ", text.lstrip(" *")).split())
+
+
+def _alarm(msg: _Msg, seg: list[str], code: list[str]) -> DeviceAlarm | None:
+    """An alarm segment -> the alarm it reports; None: an unknown class, or a result
+    status that says there is nothing here (``D``, ``W``, ...)."""
+    if msg.field(seg, 11).strip().upper() in _IGNORED_STATUS:
+        return None
+    cls = alert_class(code)
+    if cls is None:
+        return None
+    _n, priority, kind = ALERT_CLASSES[cls]
+    raw = _HL7_ESCAPE.sub(lambda m: _HL7_ESCAPED[m.group(1)], msg.field(seg, 5))
+    text = _CONTROL.sub(" ", raw).strip()[:_MAX_ALARM_TEXT] or cls
+    return DeviceAlarm(alarm_key(text) or cls, priority, kind, text, cls)
+
+
+_RANK: Final = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
+
+
+def _distinct(alarms: Iterable[DeviceAlarm]) -> tuple[DeviceAlarm, ...]:
+    """One alarm per key (the highest priority; the first of equals), in message order."""
+    out: dict[str, DeviceAlarm] = {}
+    for a in alarms:
+        kept = out.get(a.key)
+        if kept is None or _RANK[a.priority] > _RANK[kept.priority]:
+            out[a.key] = a
+    return tuple(out.values())
 
 
 def resolve_unit(components: list[str]) -> str | None:
@@ -819,6 +1073,7 @@ def _escape(text: str) -> str:
 
 
 __all__ = [
+    "ALERT_CLASSES",
     "CAUSES",
     "LABELS",
     "MDC_CODES",
@@ -830,6 +1085,8 @@ __all__ = [
     "AckCode",
     "Hl7Parser",
     "ack",
+    "alarm_key",
+    "alert_class",
     "parse_dtm",
     "resolve_observation",
     "resolve_unit",

@@ -1,0 +1,187 @@
+"""Alarms and INOPs a device reports itself: ``***xTachy 160>140``, ``SpO2T No Pulse``, ...
+
+Pure: no I/O, no clock; every time is the event time of a report.
+
+Contract of :class:`DeviceAlarms`:
+
+* One alert per (ward, bed, device, key) of a :class:`~monitor.model.DeviceAlarm`: kind
+  from the alarm (``device``: a physiological alarm the device raised; ``technical``: an
+  INOP), rule :data:`RULE_ALARM` (``device.alarm``) for kind ``device`` and
+  :data:`RULE_INOP` (``device.inop``) for ``technical``, priority from the alarm,
+  ``vital`` ``""``, ``value`` and ``limit`` NaN (the device gives none: ``null`` in the
+  published JSON), ``message`` the device's own text verbatim, ``extra``
+  ``{"source": <class>, "device_alarm": <key>}``, ``id`` from
+  :func:`~monitor.model.alert_id` with the rule ``device.alarm:<key>`` and the onset (so
+  two alarms of one device never share an id), ``started_at`` = ``at`` = the ts of the
+  report that first carried it, ``seq`` 1.
+* :meth:`~DeviceAlarms.observe`: a :class:`~monitor.model.DeviceAlarmReport` is the
+  device's full set of alarms. A key new to the set raises its alert. A key still
+  present with another priority is one event of the same alert (``active``, the new
+  priority, the new text as message, ``at`` = the report ts, ``seq`` + 1): a yellow
+  alarm turning red escalates the alert it is. The text alone changing (the value in
+  it) is no event, but the latest text is kept for later events. A key whose kind
+  changes (an alarm becoming an INOP) resolves the old alert and raises a new one. A key
+  gone from the set resolves its alert (message: the last text + `` — ended (no longer
+  reported by the device)``, ``at`` = the report ts). Events of one report: resolutions
+  first (by key), then changes and raises in the report's order. A report older than
+  the device's latest processed one is ignored (out of order), and so is one at the same
+  ts (one state per instant, the first wins: a redelivered duplicate must not raise an
+  id again). Two alarms with one key in a report: the first of the highest priority.
+* :meth:`~DeviceAlarms.reset_bed` (discharge): resolves every open alert of the bed at
+  the device's latest report ts (`` — ended (patient discharged)``); that ts stays the
+  device's watermark, so a late or redelivered report from before the discharge raises
+  nothing, while a newer one that still carries an alarm raises a new alert.
+* :meth:`~DeviceAlarms.restore` (restart): an alert open at the last stop is carried on
+  under its id: the next report of its device goes on with it or ends it.
+* :meth:`~DeviceAlarms.active`: open alerts, all devices.
+
+Events returned are the caller's to change (the lifecycle numbers them): a raise or a
+change is a copy of the alert kept here (with its own ``extra``); a resolution is no
+longer kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from monitor.model import (
+    AlertEvent,
+    AlertState,
+    DeviceAlarm,
+    DeviceAlarmReport,
+    Priority,
+    alert_id,
+)
+
+RULE_ALARM = "device.alarm"
+RULE_INOP = "device.inop"
+RULES = (RULE_ALARM, RULE_INOP)
+#: ``kind`` of a DeviceAlarm -> the alert's rule.
+_RULE = {"device": RULE_ALARM, "technical": RULE_INOP}
+ENDED = " — ended (no longer reported by the device)"
+DISCHARGED = " — ended (patient discharged)"
+
+_RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
+
+_Device = tuple[str, str, str]  # (ward, bed, device)
+
+
+def rule_of(kind: str) -> str:
+    """The rule of a device-reported alarm of ``kind`` (``device`` or ``technical``)."""
+    return _RULE.get(kind, RULE_ALARM)
+
+
+class _Open:
+    __slots__ = ("event", "text")
+
+    def __init__(self, event: AlertEvent, text: str) -> None:
+        self.event = event  #: the alert's latest published state
+        self.text = text  #: the device's latest text for it (may be newer than the event's)
+
+
+class DeviceAlarms:
+    def __init__(self) -> None:
+        #: device -> ts of its latest processed report (the out-of-order watermark)
+        self._ts: dict[_Device, float] = {}
+        #: device -> key -> its open alert; a device without open alerts has no entry
+        self._open: dict[_Device, dict[str, _Open]] = {}
+
+    def observe(self, report: DeviceAlarmReport) -> list[AlertEvent]:
+        """A device's full set of alarms: -> resolutions of alarms gone, then changes and
+        raises."""
+        dev = (report.ward, report.bed, report.device)
+        last = self._ts.get(dev)
+        if last is not None and report.ts <= last:
+            return []  # out of order or same instant: what holds was already said
+        self._ts[dev] = report.ts
+        ts = report.ts
+        wanted: dict[str, DeviceAlarm] = {}
+        for a in report.alarms:
+            kept = wanted.get(a.key)
+            if kept is None or _RANK[a.priority] > _RANK[kept.priority]:
+                wanted[a.key] = a
+        alarms = self._open.get(dev, {})
+        out: list[AlertEvent] = []
+        for key in sorted(k for k, o in alarms.items()
+                          if k not in wanted or o.event.kind != wanted[k].kind):  # fmt: skip
+            out.append(self._resolve(dev, key, ts, ENDED))
+        if not wanted:
+            return out
+        alarms = self._open.setdefault(dev, {})
+        for key, a in wanted.items():
+            held = alarms.get(key)
+            if held is None:
+                event = _raise(report, a)
+                alarms[key] = _Open(event, a.text)
+                out.append(_copy(event))
+                continue
+            held.text = a.text
+            if a.priority == held.event.priority:
+                continue  # the same alarm, perhaps with a new value in its text: no event
+            e = held.event
+            e.seq += 1
+            e.priority = a.priority
+            e.state = AlertState.ACTIVE
+            e.message = a.text
+            e.at = ts
+            e.extra = {**e.extra, "source": a.source}
+            out.append(_copy(e))
+        return out
+
+    def reset_bed(self, ward: str, bed: str) -> list[AlertEvent]:
+        """Discharge: -> resolutions of every open alert of the bed."""
+        out: list[AlertEvent] = []
+        for dev in [d for d in self._open if d[0] == ward and d[1] == bed]:
+            at = self._ts.get(dev)
+            for key in sorted(self._open[dev]):
+                out.append(self._resolve(dev, key, at, DISCHARGED))
+        return out
+
+    def restore(self, event: AlertEvent) -> bool:
+        """An alert open at the last stop: kept open under its id until its device says
+        otherwise. False when it is not one of ours (no ``device_alarm`` key)."""
+        key = event.extra.get("device_alarm")
+        if event.rule not in RULES or not isinstance(key, str) or not key:
+            return False
+        e = _copy(event)
+        e.value = math.nan  # (stored as NULL)
+        e.limit = math.nan
+        dev = (e.ward, e.bed, e.device)
+        self._open.setdefault(dev, {})[key] = _Open(e, e.message)
+        return True
+
+    def active(self) -> int:
+        """Open alerts, all devices."""
+        return sum(len(alarms) for alarms in self._open.values())
+
+    def _resolve(self, dev: _Device, key: str, at: float | None, why: str) -> AlertEvent:
+        """Close the device's alert for ``key`` at ``at`` (event time; None: its last)."""
+        alarms = self._open[dev]
+        held = alarms.pop(key)
+        if not alarms:
+            del self._open[dev]
+        e = held.event
+        e.seq += 1
+        e.state = AlertState.RESOLVED
+        e.at = e.at if at is None else max(at, e.at)
+        e.message = held.text + why
+        return e
+
+
+def _raise(report: DeviceAlarmReport, a: DeviceAlarm) -> AlertEvent:
+    rule = rule_of(a.kind)
+    return AlertEvent(
+        id=alert_id(report.ward, report.bed, report.device, f"{RULE_ALARM}:{a.key}", report.ts),
+        ward=report.ward, bed=report.bed, device=report.device, patient=report.patient,
+        vital="", rule=rule, kind=a.kind, priority=a.priority, state=AlertState.ACTIVE,
+        value=math.nan, limit=math.nan, message=a.text, started_at=report.ts, at=report.ts,
+        seq=1, extra={"source": a.source, "device_alarm": a.key},
+    )  # fmt: skip
+
+
+def _copy(e: AlertEvent) -> AlertEvent:
+    """A copy the caller may change, ``extra`` included (the lifecycle writes into it)."""
+    out = copy.copy(e)
+    out.extra = dict(e.extra)
+    return out

@@ -1,0 +1,135 @@
+"""Plausibility: values a patient cannot have never raise a physiological alarm. Pure.
+
+Contract of :class:`Plausibility` (the engine calls it for each reading before the rules,
+in event-time order per series; no clock is read):
+
+* :meth:`~Plausibility.check` -> the reading's flag, or None when it may be evaluated:
+
+  - ``implausible``: the value is outside ``rules.plausibility.ranges[vital]`` (a probe
+    off sending 0, a transducer flushed to 300, a pleth counting 277);
+  - ``disputed``: the value is beyond ``entry`` (the least extreme limit of one of the
+    series' threshold rules, passed in by the engine) while another device of the same
+    bed measured the same vital within ``cross_s`` (event time) at a value within all
+    limits (``normal``) that differs by more than ``disagree[vital]``: two devices
+    contradict each other and the one that says "normal" is believed, for this reading
+    (e.g. HR 150 from the pleth while the ECG says 80). Each device stays its own series:
+    rules never mix values of two devices.
+
+  A flagged reading is stored with its flag and counted, never evaluated by any rule.
+* Implausible values that **persist** (two or more consecutive readings of the series
+  spanning at least ``persist_s``) raise one technical alarm ``<vital>.implausible``
+  (priority medium, kind technical); the series' next plausible reading resolves it.
+  Raised once, resolved once.
+* :meth:`~Plausibility.reset_bed` resolves the bed's alarms (discharge).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from monitor.config import PlausibilityConfig
+from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, Reading, alert_id
+
+IMPLAUSIBLE = "implausible"
+DISPUTED = "disputed"
+HISTORY = "history"
+
+_Key = tuple[str, str, str, str]  # ward, bed, device, vital
+
+
+class Plausibility:
+    def __init__(self, cfg: PlausibilityConfig) -> None:
+        self.configure(cfg)
+        #: series -> (ts of the first implausible reading of the current run, count)
+        self._run: dict[_Key, tuple[float, int]] = {}
+        self._open: dict[_Key, AlertEvent] = {}
+        #: (ward, bed, vital) -> device -> (ts, value, normal) of its latest valid reading
+        self._latest: dict[tuple[str, str, str], dict[str, tuple[float, float, bool]]] = {}
+
+    def configure(self, cfg: PlausibilityConfig) -> None:
+        self.cfg = cfg
+        self.ranges = {v: (r.low, r.high) for v, r in cfg.ranges.items() if r is not None}
+
+    def check(self, r: Reading, entry: tuple[float | None, float | None]) -> str | None:
+        """The flag of ``r`` (None: evaluate it). ``entry``: the series' least extreme
+        low and high limits (None: no such side)."""
+        rng = self.ranges.get(r.vital)
+        if rng is not None and not rng[0] <= r.value <= rng[1]:
+            return IMPLAUSIBLE
+        lo, hi = entry
+        normal = not ((lo is not None and r.value < lo) or (hi is not None and r.value > hi))
+        others = self._latest.setdefault((r.ward, r.bed, r.vital), {})
+        flag = None
+        if not normal and len(others) > (r.device in others):
+            disagree = self.cfg.disagree.get(r.vital)
+            if disagree is not None:
+                for device, (ts, value, ok) in others.items():
+                    if (device != r.device and ok and abs(ts - r.ts) <= self.cfg.cross_s
+                            and abs(value - r.value) > disagree):  # fmt: skip
+                        flag = DISPUTED
+                        break
+        held = others.get(r.device)
+        if flag is None and (held is None or r.ts >= held[0]):
+            others[r.device] = (r.ts, r.value, normal)
+        return flag
+
+    def observe(self, r: Reading, flag: str | None) -> list[AlertEvent]:
+        """After :meth:`check`: -> the ``<vital>.implausible`` alarm raised or resolved."""
+        key = (r.ward, r.bed, r.device, r.vital)
+        if flag != IMPLAUSIBLE:
+            if flag is None:
+                self._run.pop(key, None)
+                return self._resolve(key, r.ts, f"plausible values again ({_text(r)})")
+            return []
+        first, count = self._run.get(key, (r.ts, 0))
+        first = min(first, r.ts)
+        count += 1
+        self._run[key] = (first, count)
+        if key in self._open or count < 2 or r.ts - first < self.cfg.persist_s:
+            return []
+        rule = f"{r.vital}.implausible"
+        lo, hi = self.ranges[r.vital]
+        unit = VITALS[r.vital][0]
+        event = AlertEvent(
+            id=alert_id(r.ward, r.bed, r.device, rule, first), ward=r.ward, bed=r.bed,
+            device=r.device, patient=r.patient, vital=r.vital, rule=rule, kind="technical",
+            priority=Priority.MEDIUM, state=AlertState.ACTIVE, value=r.value,
+            limit=lo if r.value < lo else hi,
+            message=f"{_text(r)} is implausible (outside {lo:g}-{hi:g} {unit}) for "
+                    f"{r.ts - first:.0f} s: check the sensor and the patient",
+            started_at=first, at=r.ts, seq=1,
+        )  # fmt: skip
+        self._open[key] = event
+        return [copy.copy(event)]
+
+    def _resolve(self, key: _Key, at: float, why: str) -> list[AlertEvent]:
+        event = self._open.pop(key, None)
+        if event is None:
+            return []
+        event.seq += 1
+        event.state = AlertState.RESOLVED
+        event.at = at
+        event.message = f"{LABELS.get(key[3], key[3])}: {why}; lasted {at - event.started_at:.0f} s"
+        return [event]
+
+    def reset_bed(self, ward: str, bed: str, at: float) -> list[AlertEvent]:
+        out: list[AlertEvent] = []
+        for key in [k for k in self._open if k[0] == ward and k[1] == bed]:
+            out += self._resolve(key, at, "patient discharged")
+        for key in [k for k in self._run if k[0] == ward and k[1] == bed]:
+            del self._run[key]
+        for where in [k for k in self._latest if k[0] == ward and k[1] == bed]:
+            del self._latest[where]
+        return out
+
+    def active(self) -> int:
+        return len(self._open)
+
+    def is_open(self, key: _Key) -> bool:
+        """Whether the series has an implausible run or alarm going on."""
+        return key in self._run or key in self._open
+
+
+def _text(r: Reading) -> str:
+    unit = VITALS[r.vital][0]
+    return f"{LABELS.get(r.vital, r.vital)} {r.value:g} {unit}".rstrip()
