@@ -38,7 +38,10 @@ Sampling: nothing is adjusted for the recording. The engine judges each series b
 measurement mode (:mod:`monitor.engine.modes`): numerics recorded once a minute are
 continuous series (a delay run may span gaps of 1.5 intervals, so at one sample a
 minute any ``delay_s`` from 1 to 60 s means "two consecutive samples beyond the limit"),
-a cuff column is intermittent (each reading judged on its own). So a replay gives
+a cuff column is intermittent (each reading judged on its own). A file sampled at most
+every ``rules.modes.continuous_max_interval_s`` (120 s) is a monitor's numerics: its
+other columns are continuous from their first sample (the replay simulator says so in
+its messages too); a sparser file (a chart) leaves them to the engine. So a replay gives
 exactly what the daemon gives on the same readings with the same configuration.
 """
 
@@ -52,14 +55,23 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from monitor.config import RulesConfig
+from monitor.config import ModesConfig, RulesConfig
 from monitor.engine import Engine
-from monitor.model import INTERMITTENT, VITALS, AlertEvent, AlertState, Priority, Reading, iso
+from monitor.model import (
+    CONTINUOUS,
+    INTERMITTENT,
+    VITALS,
+    AlertEvent,
+    AlertState,
+    Priority,
+    Reading,
+    iso,
+)
 from monitor.sources.codecs import check_value
 
 #: Event time of ``time_s`` 0 unless ``--start`` is given: 2000-01-01T00:00:00Z.
@@ -277,6 +289,10 @@ def load_csv(
     rec.first_s, rec.last_s = min(times), max(times)
     steps = [b - a for a, b in zip(sorted(times), sorted(times)[1:], strict=False) if b > a]
     rec.interval_s = statistics.median(steps) if steps else 0.0
+    if 0 < rec.interval_s <= ModesConfig().continuous_max_interval_s:
+        # a monitor's numerics (the file's own sampling says so): its columns other than
+        # the cuff's are continuous series from their first sample on
+        rec.readings = [r if r.mode else replace(r, mode=CONTINUOUS) for r in rec.readings]
     rec.readings.sort(key=lambda r: r.ts)  # stable: columns keep their order within a row
     return rec
 

@@ -519,6 +519,8 @@ class Engine:
             if flag is not None:
                 self.counts[flag] += 1
                 readings[n] = replace(arrived, flag=flag)
+                if flag != HISTORY:  # an implausible or disputed value was still measured
+                    series.cadence.add(r.ts)  # then: the series' cadence goes on
                 events += self._settle(r, settle)
                 continue
             series.cadence.add(r.ts)

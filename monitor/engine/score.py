@@ -184,11 +184,14 @@ class News2Scores:
         # the bed's present never goes back: a late reading is scored with the present
         at = ts if ts > bed.clock else bed.clock
         bed.clock = at
+        before = bed.score
         s = bed.tracker.current(at, self.cfg.freshness_s, strict=True)
         bed.score = s
         bed.restored_until = None
         update = self._publish(ward, bed_name, bed, s, at)
-        event = self._trigger(ward, bed_name, at, bed, s)
+        # (an input expiring exactly now, not charted again, is an expiry like any other)
+        expired = before is not None and any(p not in s.components for p in before.components)
+        event = self._trigger(ward, bed_name, at, bed, s, expired)
         self._schedule((ward, bed_name), bed)
         return update, event
 
