@@ -7,9 +7,9 @@ once a second, QoS 1, event time = now; the beds are spread over 100 sends a sec
 a warm-up; then for ``--seconds`` a probe every ``--interval`` on average (jittered),
 alternately:
 
-* ours: ``{"ts": now, "temp": 41.0}`` then ``{"ts": now, "temp": 37.0}`` to
-  ``vitals/probe/1/mon1``. ``temp`` alarms on one reading (``delay_s`` 0, ``confirm``
-  1: the default for this spot measurement), so each probe raises or resolves the
+* ours: ``{"ts": now, "mode": "intermittent", "temp": 41.0}`` then ``37.0`` to
+  ``vitals/probe/1/mon1``. A spot thermometer's reading (``mode`` intermittent) alarms
+  on its own (``delay_s`` 0 for temp), so each probe raises or resolves the
   alert (flapping detection off): the clock runs from the publish until that event
   arrives on ``alerts/probe/1`` (matched by its ``at``);
 * baseline: a message to ``bench/echo`` (not a vitals topic), received by the same
@@ -99,7 +99,9 @@ class Probes:
     def ours(self) -> None:
         ts = round(time.time(), 3)
         self.n_ours += 1  # raise, resolve, raise, ...
-        payload = json.dumps({"ts": ts, "temp": 41.0 if self.n_ours % 2 else 37.0})
+        payload = json.dumps(
+            {"ts": ts, "mode": "intermittent", "temp": 41.0 if self.n_ours % 2 else 37.0}
+        )
         self.sent["alert:" + iso(ts)] = time.perf_counter()
         self.pub.publish(PROBE_TOPIC, payload, qos=1)
 

@@ -23,9 +23,10 @@ leaves Nagle on); the broker has ``set_tcp_nodelay true`` as in the other benchm
    ``vitalmon_readings_committed_total`` reaches the stream's readings. The bare
    ``mosquitto_sub -t 'vitals/#' -q 1`` on the same stream is the broker's ceiling.
 2. Alert latency under a background load of ``--beds`` beds at 1 Hz (six vitals per
-   message, ``common.py load``): ``{"ts": now, "temp": 41.0}`` then ``37.0`` on
-   ``vitals/probe/1/mon1`` (``temp``: ``delay_s`` 0, ``confirm`` 1, so every probe
-   raises or resolves the alert), the clock running from the publish until the event
+   message, ``common.py load``): ``{"ts": now, "mode": "intermittent", "temp": 41.0}``
+   then ``37.0`` on ``vitals/probe/1/mon1`` (a spot thermometer's reading is judged on
+   its own, ``temp`` ``delay_s`` 0, so every probe raises or resolves the alert), the
+   clock running from the publish until the event
    for that ``ts`` arrives on ``alerts/probe/1``, as in ``latency.py`` (vitalmon with
    flapping detection off). A warm-up, then ``--seconds`` of probes for each.
 
@@ -217,6 +218,7 @@ if (typeof ts !== "number") {
     return null;
 }
 let out = null;
+const spot = p.mode === "intermittent";  // a spot reading: judged on its own (README)
 for (const vital in p) {
     const value = p[vital];
     if (vital === "ts" || typeof value !== "number") {
@@ -264,8 +266,8 @@ for (const vital in p) {
             }
             const start = s.start[lvl - 1];
             const n = s.count[lvl - 1];
-            if (start !== null && n >= r.confirm
-                    && (r.delay <= 0 || (n >= 2 && ts - start >= r.delay - 1e-6))) {
+            if (start !== null && (spot || (n >= r.confirm
+                    && (r.delay <= 0 || (n >= 2 && ts - start >= r.delay - 1e-6))))) {
                 level = lvl;
                 if (current === 0) {
                     s.startedAt = start;

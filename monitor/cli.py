@@ -138,11 +138,11 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.format == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["ts", "ward", "bed", "device", "vital", "value"])
-        for ts, ward, bed, device, vital, value in rows:
+        for ts, ward, bed, device, vital, value, _flag in rows:
             w.writerow([iso(ts), ward, bed, device, vital, _num(value)])
     else:
-        keys = ("ts", "ward", "bed", "device", "vital", "value")
-        records = [dict(zip(keys, (iso(r[0]), *r[1:5], r[5]), strict=True)) for r in rows]
+        keys = ("ts", "ward", "bed", "device", "vital", "value", "flag")
+        records = [dict(zip(keys, (iso(r[0]), *r[1:5], r[5], r[6]), strict=True)) for r in rows]
         json.dump(records, out, indent=1)
         out.write("\n")
     return 0

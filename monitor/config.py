@@ -735,8 +735,9 @@ class News2Config(_Model):
     """NEWS2 (RCP 2017): recomputed per bed whenever one of its inputs changes."""
 
     enabled: bool = True
-    #: A parameter counts if its latest value is at most this old (event time) when the
-    #: score is computed; older or absent parameters make the score ``partial``.
+    #: A parameter's latest value counts for this long (event time) after it was
+    #: measured: it expires at ``ts + freshness_s`` (on the clock, with no reading
+    #: needed); older or absent parameters make the score ``partial``.
     freshness_s: float = Field(1800.0, gt=0)
     #: SpO2 scale: 2 only for confirmed hypercapnic respiratory failure (per patient;
     #: profiles will set it per bed).
@@ -745,14 +746,18 @@ class News2Config(_Model):
     topic: str = "scores/{ward}/{bed}"
     #: Alert on a partial score too. Off by default: NEWS2 is defined on all seven
     #: parameters, and a bed streaming SpO2 alone would otherwise alarm on a single
-    #: reading (the SpO2 threshold, with its delay and hysteresis, covers it). A partial
-    #: score never changes an open score alert either.
+    #: reading (the SpO2 threshold, with its delay and hysteresis, covers it). Off, a
+    #: partial score (inputs expired) resolves an open score alert at once: an alert
+    #: never outlives its evidence.
     alert_partial: bool = False
     #: Seconds (event time) a lower trigger must last before the score alert steps down
     #: or resolves; a higher trigger applies at once. A score wavering at a band edge
     #: (RR 20/21 adds 2 points) then stays one alert at its highest priority instead of
     #: a raise-lower-raise storm. 0: follow every score.
     hold_s: float = Field(60.0, ge=0, le=3600)
+    #: Several devices measuring one parameter (ECG HR and pleth pulse): the preferred
+    #: one is the source while its latest value is this recent, else the newest value.
+    source_s: float = Field(300.0, gt=0, le=86400)
 
 
 class FlappingConfig(_Model):
@@ -873,7 +878,9 @@ class RulesConfig(_Model):
     #: Clock-skew tolerance: readings stamped further than this ahead of their arrival
     #: are refused (``future_ts``); within it, the engine evaluates them at their arrival
     #: time, so one reading can never push a series' present ahead of the wall clock.
-    max_future_s: float = Field(30.0, ge=0)
+    #: null: event time may run ahead of the clock without limit, readings evaluated at
+    #: their own time (accelerated simulations only, as ``vitalmon demo --speed``).
+    max_future_s: float | None = Field(30.0, ge=0)
     #: A reading older than the newest event time its bed has shown by more than this
     #: is history: stored (flagged ``history``), never evaluated, so a monitor repeating
     #: yesterday's NIBP in every message raises no alert dated yesterday.

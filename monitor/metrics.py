@@ -60,12 +60,9 @@ the same table. Labels are in braces.
 ``vitalmon_readings_pruned_total`` counter
     Stored readings pruned by the retention limits (age or space).
 ``vitalmon_readings_not_evaluated_total{reason}`` counter
-    Readings stored but not evaluated by the rules: ``late`` (older than their series'
-    present by more than rules.max_lag_s), ``repeated`` (the same measurement again),
-    ``implausible``, ``disputed``, ``history`` (README, "Plausibility", "Event time").
+    Readings stored, not evaluated: late, repeated, implausible, disputed, history.
 ``vitalmon_readings_clamped_total`` counter
-    Readings stamped ahead of their arrival (within rules.max_future_s), evaluated at
-    their arrival time.
+    Readings stamped ahead of their arrival, evaluated at their arrival time.
 ``vitalmon_readings_forwarded_total{sink}`` counter
     Readings forwarded to a remote sink.
 ``vitalmon_readings_dropped_total{sink}`` counter
@@ -188,11 +185,11 @@ SPECS: Mapping[str, Spec] = {
     "vitalmon_readings_pruned_total": Spec(
         "counter", "Stored readings pruned by the retention limits (age or space)."),
     "vitalmon_readings_not_evaluated_total": Spec(
-        "counter", "Readings stored but not evaluated by the rules, by reason: late, "
-        "repeated, implausible, disputed, history.", ("reason",)),
+        "counter", "Readings stored, not evaluated: late, repeated, implausible, disputed, "
+        "history.", ("reason",)),
     "vitalmon_readings_clamped_total": Spec(
-        "counter", "Readings stamped ahead of their arrival (within rules.max_future_s), "
-        "evaluated at their arrival time."),
+        "counter", "Readings stamped ahead of their arrival, evaluated at their arrival "
+        "time."),
     "vitalmon_readings_forwarded_total": Spec(
         "counter", "Readings forwarded to a remote sink.", ("sink",)),
     "vitalmon_readings_dropped_total": Spec(

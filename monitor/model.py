@@ -153,12 +153,18 @@ class DeviceAlarm:
     kind: str
     text: str  #: the device's own text, e.g. ``***xTachy 160>140``
     source: str = ""  #: the device's class/code for it, e.g. ``RedAlarm``
+    #: False: the device says this alarm is over (an IHE PCD-04 alarm state
+    #: ``inactive``); only in a report that is not ``complete``.
+    active: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceAlarmReport:
     """Every alarm a device reports at one instant: the full set (an alarm absent from a
-    later report of the same device is over; an empty set means none is active)."""
+    later report of the same device is over; an empty set means none is active).
+
+    ``complete`` False: only the alarms named change (IHE PCD-04 ORU^R40 speaks of one
+    alarm at a time): each is active or, with ``active`` False, over; others stand."""
 
     ts: float
     ward: str
@@ -166,6 +172,7 @@ class DeviceAlarmReport:
     device: str
     alarms: tuple[DeviceAlarm, ...]
     patient: str | None = None
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -350,9 +350,10 @@ def play(
                 sleep(wait)
         for k, engine in enumerate(engines):
             group = list(readings[i:j])
-            # the clock's work due by this instant first (NEWS2 holds and expiry of beds
-            # with no reading now), as the daemon's tick; process() does a bed's own
-            events = engine.tick(ts) + engine.process(group)
+            # the clock's work due before this instant first (NEWS2 holds and expiry of
+            # beds with no reading now), as the daemon's tick; process() does a bed's own
+            # (what is due at the instant itself is judged with its readings)
+            events = engine.tick(math.nextafter(ts, -math.inf)) + engine.process(group)
             if k == 0 and isinstance(readings, list):
                 readings[i:j] = group  # flagged as vitalmon judged them (stored so)
             if events:

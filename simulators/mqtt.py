@@ -69,7 +69,7 @@ Silent devices send none; SenML cannot carry them.
 ``ts0 = now - start_ago``, and is published ``max(k / speed, k - start_ago)`` wall
 seconds after the start: ``speed`` simulated seconds per wall second, but never before
 its event time has come, so no reading is ever stamped in the future (a daemon rejects
-readings more than ``rules.max_future_s``, 300 s, ahead). ``start_ago``
+readings more than ``rules.max_future_s``, 30 s, ahead). ``start_ago``
 (``--start-ago``) is by default:
 
 * with ``--duration D`` and a speed above 1: ``D * (speed - 1)``, so the whole run is

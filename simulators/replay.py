@@ -206,7 +206,7 @@ class Replayer(ConnectionLog):
         if self.start + last_s > time.time() + 60:
             log.warning(
                 "readings are stamped up to %s, ahead of the clock: the daemon refuses those "
-                "more than rules.max_future_s (300 s) ahead",
+                "more than rules.max_future_s (30 s) ahead",
                 iso(self.start + last_s),
             )
         log.info("event time %s .. %s", iso(self.start + first_s), iso(self.start + last_s))

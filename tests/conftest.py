@@ -22,7 +22,12 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from hypothesis import settings
 from paho.mqtt.enums import CallbackAPIVersion
+
+#: No example database: a run never depends on what an earlier run saved (.hypothesis/).
+settings.register_profile("vitalmon", database=None)
+settings.load_profile("vitalmon")
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

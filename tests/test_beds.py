@@ -142,8 +142,9 @@ def test_discharge_resolves_every_alert_of_the_bed_and_resets_its_windows():
     assert not [k for k in eng.series if k.bed == "4"]
     assert ("icu", "4") not in eng.admissions
     assert [k for k in eng.series if k.bed == "5"]
-    # a new stay starts from an empty window: 10 s of 80 is not yet 15 s
-    assert feed(eng, "4", "spo2", [80] * 10, start=100) == []
+    # a new stay starts from an empty window: after a normal first reading (a new series
+    # judges its first reading on its own), 10 s of 80 is not yet 15 s
+    assert feed(eng, "4", "spo2", [97] + [80] * 10, start=100) == []
 
 
 def test_discharge_resolves_the_score_alert_and_clears_the_score():

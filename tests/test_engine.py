@@ -6,7 +6,7 @@ import itertools
 
 from monitor.config import RulesConfig
 from monitor.engine import Engine
-from monitor.model import AlertEvent, AlertState, Priority, Reading
+from monitor.model import INTERMITTENT, AlertEvent, AlertState, Priority, Reading
 
 T0 = 1764324000.0
 
@@ -75,18 +75,19 @@ def test_system_alarm_raises_once_and_always_resolves():
 
 
 def test_a_storm_through_the_engine_becomes_one_flapping_alert_then_settles():
-    """SBP (a spot measurement: one reading alarms) jumping across 90 every reading for
+    """SBP from a cuff (intermittent: one reading alarms) jumping across 90 every reading for
     10 min, then steady and low: the default flapping rule (6 changes in 600 s) turns the
     storm into one sbp.low.flapping alert, and once settled the rule's state is told."""
     eng = Engine(RulesConfig(), sinks=[])
-    storm = [Reading(T0 + 30 * i, "icu", "7", "nibp", "sbp", 85 if i % 2 else 110)
-             for i in range(20)]  # fmt: skip
+    storm = [Reading(T0 + 30 * i, "icu", "7", "nibp", "sbp", 85 if i % 2 else 110,
+                     mode=INTERMITTENT) for i in range(20)]  # fmt: skip
     events = eng.process(storm)
     raises = [e for e in events if e.rule == "sbp.low" and e.state == AlertState.ACTIVE]
     flap = [e for e in events if e.rule == "sbp.low.flapping"]
     assert len(raises) == 3  # before it was judged flapping (the 6th change)
     assert [(e.state, e.seq) for e in flap] == [(AlertState.ACTIVE, 1)]
-    steady = [Reading(T0 + 600 + 30 * i, "icu", "7", "nibp", "sbp", 85) for i in range(30)]
+    steady = [Reading(T0 + 600 + 30 * i, "icu", "7", "nibp", "sbp", 85, mode=INTERMITTENT)
+              for i in range(30)]  # fmt: skip
     after = eng.process(steady)
     after = [e for e in after if e.kind != "trend"]  # (sbp falling: a trend alert, too)
     assert [(e.rule, e.state) for e in after] == [

@@ -448,7 +448,7 @@ def test_parse_listen_refuses(listen: str) -> None:
 def test_every_documented_metric_renders_under_its_name() -> None:
     labels = {"cause": "bad_json", "sink": "influx", "kind": "threshold", "priority": "high",
               "state": "raised", "queue": "engine", "port": "/dev/ttyUSB0",
-              "code": "Perf (0002-d006)"}  # fmt: skip
+              "code": "Perf (0002-d006)", "reason": "late"}  # fmt: skip
     produced = [
         sample(name, 1, **{k: labels[k] for k in spec.labels})
         for name, spec in SPECS.items()

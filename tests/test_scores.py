@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from monitor.config import News2Config
 from monitor.engine.score import News2Scores
-from monitor.model import AVPU_CODES, AlertState, Priority, Reading
+from monitor.model import AVPU_CODES, AlertState, Priority, Reading, iso
 
 T0 = 1764324000.0
 FULL = {"rr": 16, "spo2": 97, "o2": 0, "sbp": 120, "hr": 75, "avpu": 0, "temp": 37.0}
@@ -96,26 +96,27 @@ def test_partial_score_names_what_is_missing_and_stale_inputs_expire():
 
 def test_scores_and_score_alerts_over_mqtt(daemon, subscribe, publisher):
     """Over real mosquitto: a bed walked from NEWS2 0 to 7 gives the low, medium and high
-    score alerts at the right readings; the retained score topic follows; a dashboard
-    subscribing late gets the current score."""
-    daemon()
+    score alerts at the right readings; the retained score topic follows; the recovery
+    resolves the alert on the daemon's clock tick, no further reading needed, dated when
+    its hold ended; a dashboard subscribing late gets the current score."""
+    daemon("  news2: {hold_s: 3}\n")
     alerts = subscribe("alerts/#")
     scores = subscribe("scores/#")
-    now = time.time() - 20
     full = {"rr": 16, "spo2": 97, "o2": False, "sbp": 120, "hr": 75, "avpu": "A", "temp": 37.0}
-    walk = [full, {"rr": 25}, {"hr": 115}, {"spo2": 93}, {"rr": 16, "hr": 75, "spo2": 97},
-            {"hr": 76}]  # fmt: skip
-    at = [0, 1, 2, 3, 4, 64]  # the last: the recovery has lasted rules.news2.hold_s
-    want_totals = [0, 3, 5, 7, 0, 0]
-    for t, step, total in zip(at, walk, want_totals, strict=True):
-        publisher.publish("vitals/icu/12/mon", {"ts": now + t, **step})
+    walk = [full, {"rr": 25}, {"hr": 115}, {"spo2": 93}, {"rr": 16, "hr": 75, "spo2": 97}]
+    want_totals = [0, 3, 5, 7, 0]
+    for step, total in zip(walk, want_totals, strict=True):
+        now = time.time()
+        publisher.publish("vitals/icu/12/mon", {"ts": now, **step})
         wait_for(lambda t=total: scores.json() and scores.json()[-1]["news2"] == t, 5,
                  f"score {total}")  # fmt: skip
-    wait_for(lambda: any(a["state"] == "resolved" for a in alerts.json()), 5, "the resolve")
+    # no further reading: the daemon's clock ends the hold
+    wait_for(lambda: any(a["state"] == "resolved" for a in alerts.json()), 10, "the resolve")
     score_alerts = [a for a in alerts.json() if a["rule"] == "news2"]
     got = [(a["state"], a["priority"]) for a in score_alerts]
     assert got == [("active", "low"), ("active", "medium"), ("active", "high"),
                    ("resolved", "high")]  # fmt: skip
+    assert score_alerts[-1]["at"] == iso(now + 3)  # when the hold ended, not when noticed
     assert len({a["id"] for a in score_alerts}) == 1
     assert "emergency response" in score_alerts[2]["message"]
     late = subscribe("scores/icu/12")

@@ -143,7 +143,10 @@ def test_start_now_stamps_the_last_reading_when_it_is_sent(
         objs = [(t, json.loads(p)) for t, p in got]
         assert {t for t, _ in objs} == {"vitals/w/3/ecg", "vitals/w/3/pleth", "vitals/w/3/nibp"}
         last = objs[-1][1]["ts"]
-        assert objs[-1] == ("vitals/w/3/nibp", {"ts": last, "sbp": 120, "dbp": 80, "map": 93})
+        # the cuff's readings say they are intermittent, the monitor's numerics continuous
+        assert objs[-1] == ("vitals/w/3/nibp", {"ts": last, "mode": "intermittent", "sbp": 120,
+                                                "dbp": 80, "map": 93})  # fmt: skip
+        assert {o["mode"] for t, o in objs if not t.endswith("/nibp")} == {"continuous"}
         assert max(o["ts"] for _, o in objs) == last
         # the last reading is stamped with the time it is sent: now (max), now + 118 s / 60
         assert before + wall - 0.5 <= last <= after

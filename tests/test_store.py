@@ -18,10 +18,14 @@ from monitor.model import Reading
 from monitor.sinks.sqlite import (
     SCHEMA_VERSION,
     SqliteSink,
+    connect,
     get_cursor,
     journal_head,
+    query_readings,
     read_readings,
+    reading_row,
     set_cursor,
+    write_rows,
 )
 
 T = TypeVar("T")
@@ -276,19 +280,59 @@ def test_disk_bound_prunes_oldest_counts_drops_and_raises_alarm(tmp_path):
 )
 def test_insert_readings_stores_every_float_exactly(tmp_path, monkeypatch, values, json1):
     """The batch insert (one JSON array unpacked by SQLite, or executemany where SQLite
-    has no JSON1) stores each ts and value bit for bit, NULL patients as NULL, and
-    ignores a duplicate key."""
+    has no JSON1) stores each ts and value bit for bit, NULL patients and flags as NULL,
+    and ignores a duplicate key."""
     from monitor.sinks import sqlite as store
 
     monkeypatch.setattr(store, "_json1", lambda: json1)
     db = tmp_path / f"f{json1}.db"
     db.unlink(missing_ok=True)
     conn = store.connect(str(db))
-    rows = [("icu", "7", "mon", f"v{i}", ts, v, p) for i, (ts, v, p) in enumerate(values)]
+    rows = [("icu", "7", "mon", f"v{i}", ts, v, p, None if i % 2 else "implausible")
+            for i, (ts, v, p) in enumerate(values)]  # fmt: skip
     store.insert_readings(conn, rows)
     store.insert_readings(conn, rows[:1])  # a redelivery: absorbed
     got = conn.execute(
-        "SELECT ward, bed, device, vital, ts, value, patient FROM readings ORDER BY seq"
+        "SELECT ward, bed, device, vital, ts, value, patient, flag FROM readings ORDER BY seq"
     ).fetchall()
     conn.close()
     assert got == rows
+
+
+def _schema_v2(db: Path) -> None:
+    """A store as vitalmon wrote it before readings had a flag (schema 2)."""
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        """
+        CREATE TABLE readings (seq INTEGER PRIMARY KEY AUTOINCREMENT, ward TEXT NOT NULL,
+            bed TEXT NOT NULL, device TEXT NOT NULL, vital TEXT NOT NULL, ts REAL NOT NULL,
+            value REAL NOT NULL, patient TEXT, UNIQUE (ts, ward, bed, device, vital));
+        PRAGMA user_version = 2;
+        """
+    )
+    conn.executemany(
+        "INSERT INTO readings (ward, bed, device, vital, ts, value) VALUES (?,?,?,?,?,?)",
+        [("icu", "7", "m", "hr", T0 + i, 60 + i) for i in range(3)],
+    )
+    conn.commit()
+    conn.close()
+
+
+def test_schema_v2_reads_without_flags_and_migrates_keeping_every_row(tmp_path):
+    """1. read-only (query/stats/report before the daemon opened it): no flag column, the
+    readings read as unflagged; 2. the daemon's connect adds the column, rows kept;
+    3. a flagged reading is stored with its flag."""
+    db = tmp_path / "v2.db"
+    _schema_v2(db)
+    got = list(query_readings(str(db), "7"))
+    assert [(r[5], r[6]) for r in got] == [(60, None), (61, None), (62, None)]
+    conn = connect(str(db))
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        write_rows(conn, [reading_row(Reading(T0 + 9, "icu", "7", "m", "hr", 0.0,
+                                              flag="implausible"))])  # fmt: skip
+    finally:
+        conn.close()
+    got = list(query_readings(str(db), "7"))
+    assert [(r[5], r[6]) for r in got] == [
+        (60, None), (61, None), (62, None), (0.0, "implausible")]  # fmt: skip

@@ -37,8 +37,17 @@ def rules(thresholds: dict[str, Any] | None = None, **kw: Any) -> RulesConfig:
     return RulesConfig.model_validate(data)
 
 
-def series(vital: str, points: Sequence[tuple[float, float]], bed: str = "7") -> list[Reading]:
-    return [Reading(T0 + t, "icu", bed, "mon1", vital, float(v), "MRN-1") for t, v in points]
+def series(
+    vital: str, points: Sequence[tuple[float, float]], bed: str = "7", mode: str | None = None
+) -> list[Reading]:
+    """``mode``: as a source gives it (None: the engine infers it from the cadence)."""
+    return [Reading(T0 + t, "icu", bed, "mon1", vital, float(v), "MRN-1", mode) for t, v in points]
+
+
+def spot(vital: str, points: Sequence[tuple[float, float]], bed: str = "7") -> list[Reading]:
+    """Intermittent readings (a cuff cycle, a thermometer), marked so as sources do (HL7
+    ``nibp``, OBX-17 ``APERIODIC``): each is judged on its own, however close in time."""
+    return series(vital, points, bed, "intermittent")
 
 
 def every_second(values: Sequence[float], start: float = 0) -> list[tuple[float, float]]:
@@ -165,19 +174,19 @@ def test_hysteresis_on_crit_level():
 
 
 def test_resolve_is_emitted_even_for_a_short_alert():
-    # sbp has delay 0 and band 5: one low reading raises, one normal reading resolves
-    events = run(series("sbp", [(0, 120), (1, 85), (2, 121)]))
+    # cuff readings (intermittent), band 5: one low reading raises, one normal resolves
+    events = run(spot("sbp", [(0, 120), (1, 85), (2, 121)]))
     assert summary(events) == [(1, "active", "medium", 1), (2, "resolved", "medium", 2)]
     assert events[1].message == "SBP 121 mmHg back above 90 mmHg; alarm lasted 1 s"
 
 
 def test_resolve_from_crit_carries_high_priority():
-    events = run(series("sbp", [(0, 120), (1, 70), (2, 120)]))
+    events = run(spot("sbp", [(0, 120), (1, 70), (2, 120)]))
     assert summary(events) == [(1, "active", "high", 1), (2, "resolved", "high", 2)]
 
 
 def test_band_applies_to_sbp_too():
-    events = run(series("sbp", [(0, 120), (1, 85), (2, 94), (3, 94.9), (4, 95)]))
+    events = run(spot("sbp", [(0, 120), (1, 85), (2, 94), (3, 94.9), (4, 95)]))
     assert summary(events) == [(1, "active", "medium", 1), (4, "resolved", "medium", 2)]
 
 
@@ -243,7 +252,8 @@ def test_gap_does_not_resolve_an_active_alert():
 
 
 def test_delay_zero_fires_on_one_reading():
-    events = run(series("temp", [(0, 37.0), (1, 39.6), (2, 37.0)]))
+    # a thermometer's spot checks (intermittent): one reading beyond raises
+    events = run(spot("temp", [(0, 37.0), (1, 39.6), (2, 37.0)]))
     assert summary(events) == [(1, "active", "high", 1), (2, "resolved", "high", 2)]
     assert events[0].message == "Temp 39.6 °C > 39.5 °C"
     assert events[0].started_at == T0 + 1
@@ -280,8 +290,8 @@ def test_low_and_high_side_of_one_vital_are_separate_alerts():
 
 
 def test_series_are_independent_per_bed():
-    a = series("sbp", [(0, 120), (1, 85)], bed="1")
-    b = series("sbp", [(0, 85), (1, 120)], bed="2")
+    a = spot("sbp", [(0, 120), (1, 85)], bed="1")
+    b = spot("sbp", [(0, 85), (1, 120)], bed="2")
     events = run([a[0], b[0], a[1], b[1]])
     assert [(e.bed, str(e.state)) for e in events] == [
         ("2", "active"),
@@ -315,17 +325,19 @@ def test_single_reading_spike_between_normal_neighbours_never_alarms():
 
 
 def test_spot_measurements_alarm_on_one_reading():
-    # an NIBP cuff reading is one validated measurement: no second cycle awaited
-    got = run(series("sbp", [(0, 120), (900, 75)]))
-    assert summary(got) == [(900, "active", "high", 1)]
-    # readings 15 min apart are intermittent (auto mode: the cadence is beyond
-    # continuous_max_interval_s), and `confirm` is artefact rejection for continuous
-    # series only: an intermittent reading is judged on its own whatever `confirm` says
-    cfg = rules({"sbp": {"confirm": 2}})
-    assert summary(run(series("sbp", [(0, 120), (900, 75)]), cfg)) == [(900, "active", "high", 1)]
+    # an NIBP cuff reading is one validated measurement: no second cycle awaited. Cycles
+    # 15 min apart are intermittent (auto mode: the cadence is beyond
+    # continuous_max_interval_s), and `confirm` (default 2) is artefact rejection for
+    # continuous series only: an intermittent reading is judged on its own whatever it says
+    for confirm in (None, 2, 3):
+        cfg = rules({"sbp": {"confirm": confirm}})
+        got = run(series("sbp", [(0, 120), (900, 75)]), cfg)
+        assert summary(got) == [(900, "active", "high", 1)]
+    # the same when the source says so (HL7 nibp), however close the cycles
+    assert summary(run(spot("sbp", [(0, 120), (60, 75)]))) == [(60, "active", "high", 1)]
     # to await a second cycle, the series is declared continuous: then confirm 2 holds
     # the first 75 back, and the run (gaps of up to 1.5 x 300 s) raises at the second
-    cfg = rules({"sbp": {"confirm": 2}}, modes={"patterns": {"*/sbp": "continuous"}})
+    cfg = rules(modes={"patterns": {"*/sbp": "continuous"}})
     assert run(series("sbp", [(0, 120), (300, 75)]), cfg) == []
     got = run(series("sbp", [(0, 120), (300, 75), (600, 75)]), cfg)
     assert summary(got) == [(600, "active", "high", 1)]
@@ -390,7 +402,7 @@ def test_same_recording_same_ids_in_another_engine():
 
 
 def test_a_new_alert_after_resolution_gets_a_new_id():
-    events = run(series("sbp", [(0, 85), (1, 120), (2, 85), (3, 120)]))
+    events = run(spot("sbp", [(0, 85), (1, 120), (2, 85), (3, 120)]))
     assert [e.seq for e in events] == [1, 2, 1, 2]
     assert events[0].id == events[1].id != events[2].id == events[3].id
 
@@ -508,23 +520,22 @@ class Judged:
 def judged(
     pts: Sequence[tuple[float, float]], max_gap_s: float, declared: str | None
 ) -> list[Judged]:
-    """The readings the rules evaluate (implausible ones are stored, never evaluated, and
-    say nothing about the cadence), each judged in the mode of its series at that reading.
+    """The readings the rules evaluate, each judged in the mode of its series at that
+    reading. An implausible value is stored, never evaluated (not in the window), but it
+    was measured: its time counts for the cadence.
 
     ``declared``: the mode a pattern or the source gives (None: auto). Auto: the cadence
-    is the median of the last five intervals between the evaluated readings so far (this
-    one included; times strictly increase here); continuous while it is at most
+    is the median of the last five intervals between the readings so far (this one
+    included; times strictly increase here); continuous while it is at most
     ``CONTINUOUS_MAX_INTERVAL``, intermittent beyond and while there is no interval yet.
     A continuous run tolerates gaps of max(max_gap_s, GAP_FACTOR x the cadence).
     """
     out: list[Judged] = []
-    intervals: list[float] = []
+    intervals = [b - a for (a, _), (b, _) in itertools.pairwise(pts)]
     for k, (t, v) in enumerate(pts):
         if not HR_PLAUSIBLE[0] <= v <= HR_PLAUSIBLE[1]:
             continue
-        if out:
-            intervals.append(t - out[-1].t)
-        recent = intervals[-CADENCE_INTERVALS:]
+        recent = intervals[max(0, k - CADENCE_INTERVALS) : k]  # up to reading k's own
         cadence = statistics.median(recent) if recent else None
         if declared is not None:
             mode = declared
@@ -543,10 +554,10 @@ def reference(side: Side, seen: Sequence[Judged]) -> list[tuple[Any, ...]]:
 
     Raising level L at reading k, intermittent: reading k is beyond L (the run starts at
     k). Continuous: walking back from k through the window (readings at most ``WINDOW``
-    older than k), every reading is beyond L, no gap between neighbours exceeds k's max
-    gap, the walk reaches a reading at least ``delay`` before k and holds at least
-    ``confirm`` readings. Keeping level L: the newest reading is within L's limit plus
-    the band.
+    older than k, and the newest max(2, confirm) whatever their age), every reading is
+    beyond L, no gap between neighbours exceeds k's max gap, the walk reaches a reading
+    at least ``delay`` before k and holds at least ``confirm`` readings. Keeping level L:
+    the newest reading is within L's limit plus the band.
     """
 
     def run_start(level: int, k: int) -> int | None:
@@ -557,9 +568,10 @@ def reference(side: Side, seen: Sequence[Judged]) -> list[tuple[Any, ...]]:
             return k
         j = k
         reached = side.delay <= 0
+        keep = max(2, side.confirm)  # the window keeps its newest `keep` readings anyway
         while (
             j > 0
-            and seen[j - 1].t >= now.t - WINDOW
+            and (seen[j - 1].t >= now.t - WINDOW or k - j + 2 <= keep)
             and side.beyond(level, seen[j - 1].v)
             and seen[j].t - seen[j - 1].t <= now.max_gap
         ):
@@ -612,7 +624,9 @@ def test_reference_judges_modes_as_documented():
     # the median of the last five intervals: one long gap does not change it
     pts = [*second, (68.0, 80.0), (69.0, 80.0)]
     assert [j.max_gap for j in judged(pts, 30, None)][-2:] == [30, 30]
-    assert [j.index for j in judged([(0, 80), (1, 10), (2, 300), (3, 80)], 30, None)] == [0, 3]
+    # implausible values are not evaluated, but their times make the cadence
+    implausible = [(0, 80), (1, 10), (2, 300), (3, 80)]
+    assert [(j.index, j.spot) for j in judged(implausible, 30, None)] == [(0, True), (3, False)]
     hr_high = Side("high", {1: 120, 2: 140}, 10, 5)
     # hourly 150s: raised on the first (spot) reading; 1 Hz 150s after 10 s and 2 readings
     assert reference(hr_high, judged(hourly, 30, None)) == [

@@ -51,7 +51,7 @@ def test_ward_model_sorts_by_severity_and_follows_alert_events(tmp_path):
     w = Ward(config(tmp_path, 1883))
     assert w.feed("vitals/icu/10/mon", json.dumps({"ts": NOW, "hr": 80}).encode(), NOW)
     assert w.feed("vitals/icu/2/mon", json.dumps({"ts": NOW, "hr": 70}).encode(), NOW)
-    assert w.feed("vitals/icu/2/mon", json.dumps({"ts": NOW + 60, "hr": 90}).encode(), NOW)
+    assert w.feed("vitals/icu/2/mon", json.dumps({"ts": NOW + 60, "hr": 90}).encode(), NOW + 60)
     state = [alert("s1", "3", "medium", "spo2.low"), alert("t1", "3", "low", "device.stale",
                                                           kind="technical")]  # fmt: skip
     assert w.feed("state/icu/3/alerts", json.dumps(state).encode(), NOW)

@@ -27,6 +27,12 @@ Contract of :class:`DeviceAlarms`:
   the device's latest processed one is ignored (out of order), and so is one at the same
   ts (one state per instant, the first wins: a redelivered duplicate must not raise an
   id again). Two alarms with one key in a report: the first of the highest priority.
+* A report that is not ``complete`` (IHE PCD-04: one alarm's news) changes only the
+  alarms it names: an active one raises or changes its alert as above; one marked
+  ``active`` False resolves its alert (message: the last text + `` — ended (reported
+  over by the device)``); the others stand. Its order is per alarm: news of a key older
+  than that key's latest is ignored, and so is a raise at the same instant as the end
+  it would undo; news older than the device's latest complete report is ignored.
 * :meth:`~DeviceAlarms.reset_bed` (discharge): resolves every open alert of the bed at
   the device's latest report ts (`` — ended (patient discharged)``); that ts stays the
   device's watermark, so a late or redelivered report from before the discharge raises
@@ -60,6 +66,7 @@ RULES = (RULE_ALARM, RULE_INOP)
 #: ``kind`` of a DeviceAlarm -> the alert's rule.
 _RULE = {"device": RULE_ALARM, "technical": RULE_INOP}
 ENDED = " — ended (no longer reported by the device)"
+ENDED_BY_DEVICE = " — ended (reported over by the device)"
 DISCHARGED = " — ended (patient discharged)"
 
 _RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
@@ -86,12 +93,18 @@ class DeviceAlarms:
         self._ts: dict[_Device, float] = {}
         #: device -> key -> its open alert; a device without open alerts has no entry
         self._open: dict[_Device, dict[str, _Open]] = {}
+        #: (device, key) -> ts of its latest news in a report that is not complete
+        self._key_ts: dict[tuple[_Device, str], float] = {}
 
     def observe(self, report: DeviceAlarmReport) -> list[AlertEvent]:
         """A device's full set of alarms: -> resolutions of alarms gone, then changes and
         raises."""
         dev = (report.ward, report.bed, report.device)
         last = self._ts.get(dev)
+        if not report.complete:
+            if last is not None and report.ts < last:
+                return []  # older than the device's latest full set
+            return self._news(dev, report)
         if last is not None and report.ts <= last:
             return []  # out of order or same instant: what holds was already said
         self._ts[dev] = report.ts
@@ -99,7 +112,7 @@ class DeviceAlarms:
         wanted: dict[str, DeviceAlarm] = {}
         for a in report.alarms:
             kept = wanted.get(a.key)
-            if kept is None or _RANK[a.priority] > _RANK[kept.priority]:
+            if a.active and (kept is None or _RANK[a.priority] > _RANK[kept.priority]):
                 wanted[a.key] = a
         alarms = self._open.get(dev, {})
         out: list[AlertEvent] = []
@@ -108,32 +121,58 @@ class DeviceAlarms:
             out.append(self._resolve(dev, key, ts, ENDED))
         if not wanted:
             return out
-        alarms = self._open.setdefault(dev, {})
-        for key, a in wanted.items():
-            held = alarms.get(key)
-            if held is None:
-                event = _raise(report, a)
-                alarms[key] = _Open(event, a.text)
-                out.append(_copy(event))
-                continue
-            held.text = a.text
-            if a.priority == held.event.priority:
-                continue  # the same alarm, perhaps with a new value in its text: no event
-            e = held.event
-            e.seq += 1
-            e.priority = a.priority
-            e.state = AlertState.ACTIVE
-            e.message = a.text
-            e.at = ts
-            e.extra = {**e.extra, "source": a.source}
-            out.append(_copy(e))
+        for a in wanted.values():
+            out += self._active(dev, report, a)
         return out
+
+    def _news(self, dev: _Device, report: DeviceAlarmReport) -> list[AlertEvent]:
+        """A report that is not complete: only the alarms it names change."""
+        out: list[AlertEvent] = []
+        for a in report.alarms:
+            key = (dev, a.key)
+            last = self._key_ts.get(key)
+            is_open = a.key in self._open.get(dev, {})
+            if last is not None and (report.ts < last or (report.ts == last and a.active
+                                                          and not is_open)):  # fmt: skip
+                continue  # older news of this alarm, or a raise undoing its end
+            self._key_ts[key] = report.ts
+            if a.active:
+                if is_open and self._open[dev][a.key].event.kind != a.kind:
+                    out.append(self._resolve(dev, a.key, report.ts, ENDED))
+                out += self._active(dev, report, a)
+            elif is_open:
+                self._open[dev][a.key].text = a.text or self._open[dev][a.key].text
+                out.append(self._resolve(dev, a.key, report.ts, ENDED_BY_DEVICE))
+        return out
+
+    def _active(self, dev: _Device, report: DeviceAlarmReport, a: DeviceAlarm) -> list[AlertEvent]:
+        """``a`` is active: -> its raise, its priority change, or nothing."""
+        alarms = self._open.setdefault(dev, {})
+        held = alarms.get(a.key)
+        if held is None:
+            event = _raise(report, a)
+            alarms[a.key] = _Open(event, a.text)
+            return [_copy(event)]
+        held.text = a.text
+        if a.priority == held.event.priority:
+            return []  # the same alarm, perhaps with a new value in its text: no event
+        e = held.event
+        e.seq += 1
+        e.priority = a.priority
+        e.state = AlertState.ACTIVE
+        e.message = a.text
+        e.at = report.ts
+        e.extra = {**e.extra, "source": a.source}
+        return [_copy(e)]
 
     def reset_bed(self, ward: str, bed: str) -> list[AlertEvent]:
         """Discharge: -> resolutions of every open alert of the bed."""
         out: list[AlertEvent] = []
         for dev in [d for d in self._open if d[0] == ward and d[1] == bed]:
-            at = self._ts.get(dev)
+            times = [t for (d, _k), t in self._key_ts.items() if d == dev]
+            if dev in self._ts:
+                times.append(self._ts[dev])
+            at = max(times, default=None)  # the device's latest word (None: restored)
             for key in sorted(self._open[dev]):
                 out.append(self._resolve(dev, key, at, DISCHARGED))
         return out

@@ -47,6 +47,7 @@ from monitor.model import (
     AlertEvent,
     AlertState,
     BedCommand,
+    DeviceAlarmReport,
     Priority,
     Reading,
 )
@@ -91,6 +92,8 @@ class _Series:
         lows = [r._entry for r in rules if isinstance(r, ThresholdRule) and r.side == "low"]
         highs = [r._entry for r in rules if isinstance(r, ThresholdRule) and r.side == "high"]
         self.entry = (max(lows) if lows else None, min(highs) if highs else None)
+        #: a continuous series sampled less often than its window keeps what a run needs
+        self.window.min_keep = max([2, *(r.confirm for r in rules if isinstance(r, ThresholdRule))])
 
 
 class Engine:
@@ -392,7 +395,7 @@ class Engine:
                 raised += self.sensors.observe(status)  # "sensor off" ends it
             for report in batch.device_alarms:  # the device's own alarms and INOPs
                 raised += self.device_alarms.observe(report)
-            from_rules = self.process(batch.readings, batch.received_at or None)
+            from_rules = self.process(batch.readings, batch.received_at or None, batch.snapshot)
             if from_rules and batch.received_at and self.on_latency is not None:
                 self.on_latency(time.time() - batch.received_at)  # ingest -> alert
             raised += from_rules
@@ -404,8 +407,10 @@ class Engine:
                                                   mode == INTERMITTENT)  # fmt: skip
                 for st in batch.statuses:  # a status is a sign of life too
                     raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
-                for rep in batch.device_alarms:  # and so is an alarm report
-                    raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived)
+                for rep in batch.device_alarms:  # and so is a device's full alarm set
+                    if rep.complete:  # (PCD-04 news comes when alarms change: no cadence)
+                        raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived,
+                                                      rep.ts, self._spot(batch, rep))  # fmt: skip
             if self._score_updates:
                 # one publication per bed and batch: its latest score (a reading object
                 # carrying all seven parameters is not six partial scores and a full one)
@@ -440,6 +445,14 @@ class Engine:
             self.counts[f"alert_{e.state}"] += 1
         return self.flapping.filter(events)
 
+    def _spot(self, batch: Batch, rep: DeviceAlarmReport) -> bool:
+        """Whether the device of an alarm report is intermittent: all its readings in the
+        batch (its channels, ``<device>.<channel>``) are, so its silence is judged alike."""
+        modes = [self.modes.configured(r.device, r.vital) or r.mode for r in batch.readings
+                 if r.bed == rep.bed and r.ward == rep.ward
+                 and r.device.partition(".")[0] == rep.device]  # fmt: skip
+        return bool(modes) and all(m == INTERMITTENT for m in modes)
+
     def apply(self, cmd: BedCommand) -> list[AlertEvent]:
         """An admission or discharge, in queue order with the readings."""
         a = cmd.admission
@@ -455,25 +468,32 @@ class Engine:
         return sum(a is not None for s in self.series.values() for a in s.active)
 
     def process(
-        self, readings: list[Reading], received_at: float | None = None
+        self, readings: list[Reading], received_at: float | None = None, snapshot: bool = False
     ) -> list[AlertEvent]:
         """Evaluate readings in order; returns the alert events they cause.
 
         ``received_at`` (the daemon's wall clock of arrival; None in a replay, whose
         readings are all in the past) guards event time: a reading stamped ahead of it is
-        evaluated at it, and one older than ``rules.max_age_s`` is history. A reading
+        evaluated at it. A reading older than its bed's present by more than
+        ``rules.max_age_s`` is history; the present is the newest event time the bed has
+        shown, advancing reading by reading (a stream, a backlog, a replay: the same at
+        any batching), or, for a ``snapshot`` (one HL7 message: a monitor's view at one
+        moment), the newest of the whole batch, whatever order its observations come in.
+        A reading
         that is not evaluated for a reason of its own (implausible, disputed, history) is
         replaced in ``readings`` by a copy carrying its flag, so that it is stored so.
         """
         events: list[AlertEvent] = []
+        self.scores.arrival = received_at  # (NEWS2: how far each bed lags the clock)
         flapping = self.flapping
         cfg = self.cfg
         modes = self.modes
         last = len(readings) - 1
-        # each bed's present: the newest event time it has shown, this batch included
+        clamp = cfg.max_future_s is not None  # (None: event time runs free, a simulation)
+        # each bed's present: the newest event time it has shown (a snapshot: all of it)
         bed_now = self._bed_now
-        for r in readings:
-            at = r.ts if received_at is None else min(r.ts, received_at)
+        for r in readings if snapshot else ():
+            at = r.ts if received_at is None or not clamp else min(r.ts, received_at)
             if at > bed_now.get((r.ward, r.bed), -math.inf):
                 bed_now[(r.ward, r.bed)] = at
         for n, arrived in enumerate(readings):
@@ -482,7 +502,7 @@ class Engine:
             # NEWS2 work due before this reading (holds ending, inputs expiring), as the
             # daemon's clock tick would have done it: a replay gets the same events
             due = self.scores.advance(
-                r.ward, r.bed, r.ts if received_at is None else min(r.ts, received_at)
+                r.ward, r.bed, r.ts if received_at is None or not clamp else min(r.ts, received_at)
             )
             if due is not None:
                 events += self._score_due(*due)
@@ -493,12 +513,15 @@ class Engine:
             series = self.series.get(key) or self._new_series(key)
             win = series.window
             flag = None
-            if received_at is not None and r.ts > received_at:
+            if received_at is not None and r.ts > received_at and clamp:
                 # a device clock ahead (within rules.max_future_s, or the source had
                 # refused it): evaluated at its arrival, never ahead of the wall clock
                 self.counts["clamped"] += 1
                 r = replace(r, ts=received_at)
-            if r.ts < bed_now[(r.ward, r.bed)] - cfg.max_age_s:
+            present = bed_now.get((r.ward, r.bed), -math.inf)
+            if r.ts > present:
+                present = bed_now[(r.ward, r.bed)] = r.ts
+            elif r.ts < present - cfg.max_age_s:
                 flag = HISTORY  # e.g. yesterday's NIBP repeated in every message
             if flag is None:
                 if r.ts < win.newest - cfg.max_lag_s:

@@ -322,6 +322,17 @@ class News2Tracker:
         self._latest[vital] = (ts, norm)
         return True
 
+    def set(self, vital: str, value: float | bool | str, ts: float) -> bool:
+        """Hold ``value`` of ``vital`` from ``ts`` whatever was held (another device's
+        value taking over, :mod:`monitor.engine.score`); -> whether anything changed."""
+        if vital not in PARAMETERS:
+            return False
+        norm = _normalise(vital, value)
+        if self._latest.get(vital) == (ts, norm):
+            return False
+        self._latest[vital] = (ts, norm)
+        return True
+
     def latest(self, vital: str) -> tuple[float, float | bool | str] | None:
         """-> (event time, value) held for ``vital``, or None."""
         return self._latest.get(vital)

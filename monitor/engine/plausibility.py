@@ -28,7 +28,17 @@ from __future__ import annotations
 import copy
 
 from monitor.config import PlausibilityConfig
-from monitor.model import LABELS, VITALS, AlertEvent, AlertState, Priority, Reading, alert_id
+from monitor.model import (
+    LABELS,
+    VITALS,
+    AlertEvent,
+    AlertState,
+    Priority,
+    Reading,
+    alert_id,
+    fmt_compare,
+    fmt_reading,
+)
 
 IMPLAUSIBLE = "implausible"
 DISPUTED = "disputed"
@@ -90,13 +100,16 @@ class Plausibility:
         rule = f"{r.vital}.implausible"
         lo, hi = self.ranges[r.vital]
         unit = VITALS[r.vital][0]
+        op, edge = ("<", lo) if r.value < lo else (">", hi)
+        shown, limit = fmt_compare(r.vital, r.value, op, edge)
         event = AlertEvent(
             id=alert_id(r.ward, r.bed, r.device, rule, first), ward=r.ward, bed=r.bed,
             device=r.device, patient=r.patient, vital=r.vital, rule=rule, kind="technical",
             priority=Priority.MEDIUM, state=AlertState.ACTIVE, value=r.value,
             limit=lo if r.value < lo else hi,
-            message=f"{_text(r)} is implausible (outside {lo:g}-{hi:g} {unit}) for "
-                    f"{r.ts - first:.0f} s: check the sensor and the patient",
+            message=f"{LABELS.get(r.vital, r.vital)} {shown} {unit} {op} {limit} {unit}: "
+                    f"implausible (plausible {lo:g}-{hi:g} {unit}) for {r.ts - first:.0f} s;"
+                    " check the sensor and the patient",
             started_at=first, at=r.ts, seq=1,
         )  # fmt: skip
         self._open[key] = event
@@ -132,4 +145,4 @@ class Plausibility:
 
 def _text(r: Reading) -> str:
     unit = VITALS[r.vital][0]
-    return f"{LABELS.get(r.vital, r.vital)} {r.value:g} {unit}".rstrip()
+    return f"{LABELS.get(r.vital, r.vital)} {fmt_reading(r.vital, r.value)} {unit}".rstrip()

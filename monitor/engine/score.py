@@ -2,10 +2,10 @@
 
 For each bed a :class:`~monitor.engine.news2.News2Tracker` keeps the latest value of
 each parameter (whichever device sent it). When a reading of an input arrives, the
-score at that reading's event time is recomputed from the values within
-``rules.news2.freshness_s``. A changed score is published (retained) as
-``{"news2", "partial", "missing", "components", "at"}``; the RCP triggers raise one
-alert per bed, rule ``news2``, kind ``score``:
+score at that reading's event time is recomputed from the values measured less than
+``rules.news2.freshness_s`` before it (a value expires at ``ts + freshness_s``). A
+changed score is published (retained) as ``{"news2", "partial", "missing", "components",
+"at"}``; the RCP triggers raise one alert per bed, rule ``news2``, kind ``score``:
 
 * any single parameter scoring 3 -> priority ``low``, "urgent ward review";
 * aggregate 5-6 -> ``medium``, "urgent response";
@@ -20,16 +20,18 @@ alert unless ``alert_partial`` is set.
 (due at ``ts + freshness_s`` of its value: from that instant on the score is computed
 without it). :meth:`News2Scores.tick` does all such work due at or before ``now``, in time
 order, each event dated at the instant it became due (not at ``now``): the daemon calls it
-once a second on its clock. :meth:`News2Scores.advance` does the same for one bed up to a
-reading's event time, and the engine calls it before each reading, so a replay (no clock)
+once a second on its clock. :meth:`News2Scores.advance` does the same for one bed, for work due
+before a reading's event time, and the engine calls it before each reading, so a replay (no clock)
 produces the same events, at the same instants, as the daemon whose clock ticked in
 between. Each bed keeps its next due instant; a heap of them makes a tick with nothing
-due one comparison, whatever the number of beds.
+due one comparison, whatever the number of beds. On the daemon's clock a bed is judged at
+its own present, ``now`` minus how late its latest reading arrived (``lag``): a backlog
+being caught up never has its inputs expired under it by the wall clock.
 
 **Expiry policy: an alert never outlives its evidence.** When an input expires the score
 is recomputed without it and published (dated at the expiry). If a score alert is open and
 the score is now partial (``alert_partial`` false), or no longer triggers at all, the
-alert *resolves at that same instant* with "NEWS2 evidence expired: no fresh temp, avpu
+alert *resolves at that same instant* with "NEWS2 evidence expired: no fresh avpu, temp
 (older than 1800 s); alert closed" -- at once, not after ``hold_s``: the hold damps a score
 wavering between two *measured* triggers, while here nothing is measured any more. (A
 partial score that still triggers with ``alert_partial`` follows the normal trigger logic.)
@@ -62,6 +64,23 @@ from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading,
 log = logging.getLogger("vitalmon.engine")
 
 RULE = "news2"
+
+#: Which device a NEWS2 parameter prefers when several measure it (README, "NEWS2"),
+#: by the device's kind: its name's last dotted part (``MON1.ecg``) or the name itself.
+#: ECG and arterial line first, then any other device (a chart, a thermometer), then
+#: the pulse oximeter's pulse, then the cuff's.
+SOURCE_RANK: dict[str, int] = {
+    "ecg": 0, "abp": 0, "art": 0,
+    "pleth": 2, "spo2": 2, "pulse": 2, "tele": 2, "spo2t": 2,
+    "nibp": 3, "cuff": 3,
+}  # fmt: skip
+
+
+def source_rank(device: str) -> int:
+    """Lower is preferred (:data:`SOURCE_RANK`; any other kind 1)."""
+    return SOURCE_RANK.get(device.rsplit(".", 1)[-1].lower(), 1)
+
+
 _RANK = {None: 0, Priority.LOW: 1, Priority.MEDIUM: 2, Priority.HIGH: 3}
 _LIMIT = {Priority.LOW: 3.0, Priority.MEDIUM: 5.0, Priority.HIGH: 7.0}
 
@@ -93,10 +112,19 @@ class _Bed:
     clock: float = -math.inf
     #: the next instant of time-driven work (a hold ending, an input expiring), or None
     due: float | None = None
-    #: the earliest instant the bed has in the heap of due beds (None: none)
+    #: the earliest key (``due + lag``) the bed has in the heap of due beds (None: none)
     queued: float | None = None
+    #: how far the bed's input lags the wall clock (arrival - event time of its latest
+    #: scored reading; 0 with no arrival time, as in a replay): on the daemon's clock the
+    #: bed's present is ``now - lag``, so a tick never overtakes readings still on their
+    #: way (a backlog after an outage, a simulation catching up, charting done late)
+    lag: float = 0.0
     #: an alert carried over a restart, no input of it in this run: closed by then
     restored_until: float | None = None
+    #: parameter -> device -> (ts, value) of its latest value: the parameter's source
+    sources: dict[str, dict[str, tuple[float, float | bool | str]]] = field(default_factory=dict)
+    #: parameter -> the device whose value the score uses
+    source: dict[str, str] = field(default_factory=dict)
 
 
 class News2Scores:
@@ -105,9 +133,12 @@ class News2Scores:
         self.beds: dict[tuple[str, str], _Bed] = {}
         #: SpO2 scale per bed (from its profile); others use ``cfg.scale``.
         self.scales: dict[tuple[str, str], Scale] = {}
-        #: (due instant, bed): beds with time-driven work, earliest first. An entry is
+        #: (due + lag, bed): beds with time-driven work, earliest first. An entry is
         #: live while it equals its bed's ``queued``; others are skipped when popped.
         self._heap: list[tuple[float, tuple[str, str]]] = []
+        #: Wall-clock arrival of the readings being fed (set by the engine for each batch;
+        #: None in a replay): a bed's ``lag`` is taken from it when its score is settled.
+        self.arrival: float | None = None
 
     def reconfigure(self, cfg: News2Config) -> None:
         """New settings (SIGHUP): every bed's next due instant is recomputed with them."""
@@ -165,13 +196,41 @@ class News2Scores:
                 value = AVPU_CODES[int(r.value)]
             elif r.vital == "o2":
                 value = bool(r.value)
-            if bed.tracker.update(r.vital, value, r.ts):
+            if self._take(bed, r.vital, r.device, value, r.ts):
                 bed.changed = True
                 if r.patient is not None:
                     bed.patient = r.patient
         if not settle:
             return None, None
         return self.settle(r.ward, r.bed, r.ts)
+
+    def _take(self, bed: _Bed, vital: str, device: str, value: float | bool | str,
+              ts: float) -> bool:  # fmt: skip
+        """A parameter's value from ``device``; -> whether the score's input changed.
+
+        One device at a time is a parameter's source, never a mix that alternates: among
+        the devices whose latest value is within ``source_s`` of ``ts``, the preferred
+        kind (:func:`source_rank`), then the current source, then the name; when none is
+        that recent, the newest value."""
+        seen = bed.sources.setdefault(vital, {})
+        held = seen.get(device)
+        if held is not None and ts < held[0]:
+            return False  # older than what this device said already
+        seen[device] = (ts, value)
+        current = bed.source.get(vital)
+        if len(seen) == 1:
+            best = device
+        else:
+            recent = [d for d, (t, _v) in seen.items() if t >= ts - self.cfg.source_s]
+            if recent:
+                best = min(recent, key=lambda d: (source_rank(d), d != current, d))
+            else:
+                best = max(seen, key=lambda d: seen[d][0])
+        if best != device and best == current:
+            return False  # the preferred source stays; this value is kept aside
+        bed.source[vital] = best
+        t, v = seen[best]
+        return bed.tracker.set(vital, v, t)
 
     def settle(
         self, ward: str, bed_name: str, ts: float
@@ -184,6 +243,8 @@ class News2Scores:
         # the bed's present never goes back: a late reading is scored with the present
         at = ts if ts > bed.clock else bed.clock
         bed.clock = at
+        if self.arrival is not None:
+            bed.lag = self.arrival - at
         before = bed.score
         s = bed.tracker.current(at, self.cfg.freshness_s, strict=True)
         bed.score = s
@@ -214,7 +275,10 @@ class News2Scores:
         order: holds that have elapsed, inputs that have expired. Each update and event is
         dated at the instant it became due. Idempotent: a second ``tick(now)`` finds
         nothing; ``tick(t1)`` then ``tick(t2)`` gives what ``tick(t2)`` alone gives.
-        Cheap: a heap of the beds' next due instants; nothing due costs one comparison."""
+        Cheap: a heap of the beds' next due instants; nothing due costs one comparison.
+
+        A bed whose readings arrive late (``lag``, from :attr:`arrival`) is judged at its
+        own present, ``now - lag``: work due later waits for its readings or the clock."""
         updates: list[ScoreUpdate] = []
         events: list[AlertEvent] = []
         heap = self._heap
@@ -224,7 +288,7 @@ class News2Scores:
             if bed is None or bed.queued != d:
                 continue  # superseded (the bed's due moved, or it was discharged)
             bed.queued = None
-            if bed.due is not None and bed.due <= now:
+            if bed.due is not None and bed.due + bed.lag <= now:
                 self._work(key, bed, updates, events)  # (re-queues the bed's next due)
             else:
                 self._schedule(key, bed)
@@ -282,7 +346,7 @@ class News2Scores:
         self._schedule(key, bed)
         if bed.due is not None and bed.due <= at:  # (cannot happen: see _schedule)
             log.error("NEWS2 %s/%s: next due %r not after %r; dropped", ward, name, bed.due, at)
-            bed.due = None
+            bed.due, bed.queued = None, math.inf  # (its heap entry is stale: never looped)
 
     def _schedule(self, key: tuple[str, str], bed: _Bed) -> None:
         """Recompute the bed's next due instant and queue it if earlier than its queued one.
@@ -306,9 +370,9 @@ class News2Scores:
                 t = bed.restored_until
                 due = t if due is None or t < due else due
         bed.due = due
-        if due is not None and (bed.queued is None or due < bed.queued):
-            bed.queued = due
-            heapq.heappush(self._heap, (due, key))
+        if due is not None and (bed.queued is None or due + bed.lag < bed.queued):
+            bed.queued = due + bed.lag
+            heapq.heappush(self._heap, (bed.queued, key))
 
     def _publish(
         self, ward: str, bed_name: str, bed: _Bed, s: Score, at: float

@@ -13,17 +13,21 @@ reading a second::
     t=41     91   < 90+2              level 1 (hysteresis: not cleared yet)
     t=42     97   >= 92               level 0: resolved (recovery is always emitted)
 
-Raising to level L needs every reading in the last ``delay_s`` of event time to be
-beyond L's limit, the run reaching back at least ``delay_s`` and no gap in it longer
-than ``max_gap_s``. Keeping level L needs only the newest reading within L's limit
-plus the clear band. The level is the higher of the two, so escalation waits for its
-own delay while de-escalation and recovery follow the newest reading.
+A continuous series (:mod:`monitor.engine.modes`): raising to level L needs every
+reading in the last ``delay_s`` of event time to be beyond L's limit, the run reaching
+back at least ``delay_s`` and no gap in it longer than ``max_gap`` (the engine passes
+max(``rules.max_gap_s``, 1.5 x the series' own interval)). An intermittent reading
+(``spot``: a cuff cycle, a spot check, a charted value) is one validated measurement:
+it alone raises the level it is beyond. Keeping level L needs only the newest reading
+within L's limit plus the clear band. The level is the higher of the two, so
+escalation waits for its own delay while de-escalation and recovery follow the newest
+reading.
 
-**Artefact rejection** (documented rule): raising also needs the run to hold at least
-``confirm`` consecutive readings (default 2; 1 for the spot measurements sbp, dbp and
-temp). A single reading beyond a limit between normal neighbours (a probe knocked, a
-transducer flushed) therefore never raises a physiological alarm, whatever ``delay_s``.
-It is stored, and the naive comparison in ``vitalmon replay`` counts what it would cost.
+**Artefact rejection** (documented rule, continuous series): raising also needs the
+run to hold at least ``confirm`` consecutive readings (default 2). A single reading
+beyond a limit between normal neighbours (a probe knocked, a transducer flushed)
+therefore never raises a physiological alarm, whatever ``delay_s``. It is stored, and
+the naive comparison in ``vitalmon replay`` counts what it would cost.
 """
 
 from __future__ import annotations

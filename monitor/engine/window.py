@@ -9,7 +9,8 @@ Array = npt.NDArray[np.float64]
 
 
 class Window:
-    """The readings of one series (bed, device, vital) over the last ``span_s`` of event time.
+    """The readings of one series (bed, device, vital) over the last ``span_s`` of event time,
+    and at least its ``min_keep`` newest readings.
 
     Appending in time order is amortised O(1) (the live region slides along a buffer at
     most about 1.7 times its size and is compacted when it reaches the end, see
@@ -18,11 +19,16 @@ class Window:
     time: valid until the next insert.
     """
 
-    __slots__ = ("_end", "_start", "_ts", "_v", "max_samples", "span_s")
+    __slots__ = ("_end", "_start", "_ts", "_v", "max_samples", "min_keep", "span_s")
 
-    def __init__(self, span_s: float, max_samples: int = 100_000, initial: int = 64) -> None:
+    def __init__(
+        self, span_s: float, max_samples: int = 100_000, initial: int = 64, min_keep: int = 0
+    ) -> None:
         self.span_s = span_s
         self.max_samples = max_samples
+        #: the newest readings kept whatever their age: a continuous series sampled less
+        #: often than ``span_s`` still has the readings a confirmed run needs
+        self.min_keep = min_keep
         self._ts: Array = np.empty(initial, dtype=np.float64)
         self._v: Array = np.empty(initial, dtype=np.float64)
         self._start = 0
@@ -72,7 +78,8 @@ class Window:
         if self._ts[start] < horizon:
             live = self._ts[start : self._end]
             start += int(np.searchsorted(live, horizon, side="left"))
-        start = max(start, self._end - self.max_samples)
+            start = min(start, self._end - self.min_keep)
+        start = max(start, self._start, self._end - self.max_samples)
         dropped = start - self._start
         self._start = start
         return dropped

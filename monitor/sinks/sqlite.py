@@ -145,7 +145,11 @@ def connect(
     path: str, *, readonly: bool = False, synchronous: str = "normal"
 ) -> sqlite3.Connection:
     if readonly:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        cols = {row[1] for row in ro.execute("PRAGMA table_info(readings)")}
+        if cols and "flag" not in cols:  # a store of schema 2 not yet opened by the daemon
+            ro.execute("CREATE TEMP VIEW readings AS SELECT *, NULL AS flag FROM main.readings")
+        return ro
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
@@ -512,9 +516,10 @@ def query_readings(
     ward: str | None = None,
     vital: str | None = None,
     since: float | None = None,
-) -> Iterator[tuple[float, str, str, str, str, float]]:
-    """Stored readings of one bed, oldest first: (ts, ward, bed, device, vital, value)."""
-    sql = "SELECT ts, ward, bed, device, vital, value FROM readings WHERE bed = ?"
+) -> Iterator[tuple[float, str, str, str, str, float, str | None]]:
+    """Stored readings of one bed, oldest first: (ts, ward, bed, device, vital, value,
+    flag)."""
+    sql = "SELECT ts, ward, bed, device, vital, value, flag FROM readings WHERE bed = ?"
     args: list[object] = [bed]
     if ward is not None:
         sql += " AND ward = ?"

@@ -49,6 +49,9 @@ class Batch:
     #: Alarms and INOPs a device reports itself (the full set per device and instant):
     #: -> alerts of kind ``device`` / ``technical`` (:mod:`monitor.engine.device_alarms`).
     device_alarms: list[DeviceAlarmReport] = field(default_factory=list)
+    #: The readings are one snapshot (an HL7 message: a monitor's view at one moment):
+    #: its newest observation is the bed's present for all of them (README, "Event time").
+    snapshot: bool = False
     #: A clock tick (epoch s): time-driven rule work due by then (NEWS2 holds and
     #: expiry) is done before the batch's readings. None: no tick.
     tick: float | None = None

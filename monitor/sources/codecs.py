@@ -129,7 +129,7 @@ class Limits:
     """Decoder settings that come from the config."""
 
     max_payload_bytes: int = 64 * 1024
-    max_future_s: float = 30.0
+    max_future_s: float | None = 30.0  #: None: no limit (event time runs free)
     aliases: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -199,7 +199,7 @@ def parse_ts(raw: Any, now: float, limits: Limits) -> tuple[float | None, str, s
         return None, "bad_ts", f"ts is a {type(raw).__name__}"
     if not math.isfinite(ts) or not _MIN_TS <= ts < _MAX_TS:
         return None, "bad_ts", f"ts {raw!r} out of range (epoch seconds expected)"
-    if ts > now + limits.max_future_s:
+    if limits.max_future_s is not None and ts > now + limits.max_future_s:
         return None, "future_ts", f"ts {ts:.3f} is {ts - now:.0f} s in the future"
     return ts, "", ""
 

@@ -1,4 +1,5 @@
-"""HL7 v2 over MLLP: a central station or an integration engine pushes ORU^R01 here.
+"""HL7 v2 over MLLP: a central station or an integration engine pushes ORU^R01 (and
+IHE PCD-04 ORU^R40 alarms) here.
 
 Contract (see :mod:`monitor.sources`): ``run(emit, reject)`` listens on ``listen``
 (``asyncio.start_server``; ``port`` is the port actually bound, so ``...:0`` works where
@@ -11,13 +12,14 @@ sender).
 
 **ACK after commit.** A message with readings, device statuses or device alarm reports
 (every valid ORU^R01 has one: the device's alarms and INOPs, possibly none) is
-acknowledged ``AA`` only once its batch is committed to the journal: the journal calls the batch's ``done``
-(in the event loop today; ``done`` hops to the loop with ``call_soon_threadsafe`` all the
-same, so a journal committing in another thread would be safe too). A message with
-nothing to store is acknowledged at once: ``AA`` when it was a valid ORU^R01 (refused
-values go to the dead letters, the ACK text counts them), ``AE`` with the reason when it
-was not a usable ORU^R01 (another message type, not HL7). ACKs leave a connection in
-the order its messages came, whatever the order of commits. A message not committed
+acknowledged ``AA`` only once its batch is committed to the journal: the journal calls
+the batch's ``done`` (in the event loop today; ``done`` hops to the loop with
+``call_soon_threadsafe`` all the same, so a journal committing in another thread would
+be safe too). A message with nothing to store is acknowledged at once: ``AA`` when it
+was a valid ORU^R01 (refused values go to the dead letters, the ACK text counts them),
+``AE`` with the reason when it was not a usable ORU^R01 (another message type, not
+HL7). ACKs leave a connection in the order its messages came, whatever the order of
+commits. A message not committed
 (the daemon dies, or is stopped past its budget) is never acknowledged: the sender
 resends it, and the store absorbs what it already has.
 
@@ -275,8 +277,9 @@ class Hl7MllpSource:
                 answer.code,
                 answer.text,
             )
-        if not conn.warned_unbound and any(
-            r.bed == conn.host for r in (*parsed.readings, *parsed.device_alarms)
+        if not conn.warned_unbound and (
+            any(r.bed == conn.host for r in parsed.readings)
+            or any(r.bed == conn.host for r in parsed.device_alarms)
         ):
             conn.warned_unbound = True
             log.warning(
@@ -298,6 +301,7 @@ class Hl7MllpSource:
                 now,
                 statuses=parsed.statuses,
                 device_alarms=parsed.device_alarms,
+                snapshot=True,
             )
             await emit(batch)
         else:

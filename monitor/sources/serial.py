@@ -190,7 +190,8 @@ class SerialSource:
                 reject(replace(rej, topic=self.name))
         if readings or statuses or reports:
             self.counts["readings"] += len(readings)
-            await emit(Batch(readings, None, now, statuses=statuses, device_alarms=reports))
+            await emit(Batch(readings, None, now, statuses=statuses, device_alarms=reports,
+                             snapshot=self.cfg.format == "hl7"))  # fmt: skip
 
     # ------------------------------------------------------------------ alarms
 

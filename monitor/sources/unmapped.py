@@ -50,10 +50,10 @@ class Unmapped:
         if not unmapped:
             return
         for code, n in unmapped.items():
-            if code not in self.counts and len(self.counts) >= self.max_codes:
-                code = OTHER
-            self.counts[code] += n
-            self._since[code] += n
+            known = code in self.counts or len(self.counts) < self.max_codes
+            kept = code if known else OTHER
+            self.counts[kept] += n
+            self._since[kept] += n
         self.maybe_log()
 
     def maybe_log(self, force: bool = False) -> None:

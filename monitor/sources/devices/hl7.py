@@ -6,11 +6,12 @@ What a central station, a monitor gateway or an integration engine pushes over M
 :meth:`Hl7Parser.parse_message` returns the :class:`~monitor.sources.devices.Parsed`
 content and the :class:`Ack` the sender is owed; :func:`ack` renders it.
 
-**Message.** Segments may end in CR (the standard), LF or CRLF. Only ``ORU^R01`` is taken
-(MSH-9); anything else is refused (``unsupported_message``, ACK ``AE``), and so is a frame
-that is not an HL7 v2 message at all (``malformed_hl7``, ACK ``AE``). A parsed ORU^R01 is
-acknowledged ``AA`` even when some of its values are refused (those go to the dead
-letters; a sender told ``AE`` would only resend the same values).
+**Message.** Segments may end in CR (the standard), LF or CRLF. ``ORU^R01`` (IHE PCD-01
+observations) and ``ORU^R40`` (IHE PCD-04 alarms, below) are taken (MSH-9); anything else
+is refused (``unsupported_message``, ACK ``AE``), and so is a frame that is not an HL7 v2
+message at all (``malformed_hl7``, ACK ``AE``). A parsed message is acknowledged ``AA``
+(``ACK^R01^ACK``, ``ACK^R40^ACK``) even when some of its values are refused (those go to
+the dead letters; a sender told ``AE`` would only resend the same values).
 
 **Which OBX is which vital.** OBX-3 is matched, in this order of precedence, by:
 
@@ -113,6 +114,23 @@ text without leading asterisks, numbers (and the comparison operators next to th
 and repeated spaces: ``***xTachy 160>140`` and ``***xTachy 165>140`` are one alarm,
 ``xTachy``. An unknown class is not an alarm: it is counted as unmapped.
 
+**IHE PCD-04 (ORU^R40).** An alarm communication message speaks of one alarm at a time
+(start, continue, end), not of the device's full set, so each alarm becomes a report of
+that alarm alone (``complete`` False: the device's other alarms stand). An alarm is an
+identification OBX whose OBX-3 is an ``MDC_EVT_*`` mnemonic (``MDC_EVT_LO``, or
+``MDC_EVT_ALARM`` with the event in OBX-5) and the ``MDC_ATTR_*`` OBX after it (up to the
+next identification or OBR). Priority: OBX-8 abnormal flags ``PH`` high, ``PM`` medium,
+``PL`` (and ``PN``) low (else ``MDC_ATTR_ALARM_PRIORITY``; else medium); kind: flag ``ST``
+technical, ``SP``/``SA`` device (else ``MDC_ATTR_ALERT_TYPE``). Active or over:
+``MDC_ATTR_ALARM_STATE`` ``active``/``latched`` or ``inactive``; without it, an
+``MDC_ATTR_EVENT_PHASE`` of ``end``, ``stop``, ``reset`` or ``inactivate`` is over.
+Text: ``MDC_ATTR_ALERT_TEXT``, else OBX-5's text (original text of a coded OBX-5), else
+the event mnemonic. Key: the event mnemonic and the source (``MDC_ATTR_ALERT_SOURCE``,
+else the first vital OBX of the group, else the text), e.g. ``MDC_EVT_LO
+MDC_PULS_OXIM_SAT_O2``. Device and time as for an alarm segment of ORU^R01 (OBX-18,
+OBX-14 of the identification OBX). Vital OBX in the message are readings as in ORU^R01;
+other OBX are counted unmapped.
+
 **Values and units.** OBX-5 (first repetition; NM, or SN ``=^97``) must be an HL7
 number; a known vital that carries something else is refused (``wrong_type``), an empty
 OBX-5 is ignored. OBX-6 is matched by MDC mnemonic, UCUM/vendor text, MDC code or MDIL
@@ -170,9 +188,8 @@ import math
 import re
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Final, Literal
 
@@ -471,6 +488,17 @@ class _Obs:
 
 
 @dataclass(slots=True)
+class _Pcd04:
+    """One alarm of an ORU^R40: its identification OBX and the attributes after it."""
+
+    seg: list[str]  #: the identification OBX (``MDC_EVT_*`` in OBX-3)
+    fallback: tuple[str, str]  #: (OBR-7, MSH-7)
+    event: str  #: the OBX-3 mnemonic
+    source: str = ""  #: the first vital observed with it (when no MDC_ATTR_ALERT_SOURCE)
+    attrs: dict[str, str] = field(default_factory=dict)  #: MDC_ATTR_* -> value
+
+
+@dataclass(slots=True)
 class _Place:
     ward: str
     bed: str
@@ -540,11 +568,15 @@ class Hl7Parser:
             trigger=_clip(mtype[1]) if len(mtype) > 1 and mtype[1].isalnum() else "R01",
         )
         kind = "^".join(mtype[:2])
-        if kind != "ORU^R01":
+        if kind not in ("ORU^R01", "ORU^R40"):
             shown = _clip(kind.replace("\\", "")) or "(empty)"
-            out.reject("unsupported_message", f"MSH-9 {shown}: only ORU^R01 is taken", frame)
+            detail = f"MSH-9 {shown}: only ORU^R01 and ORU^R40 are taken"
+            out.reject("unsupported_message", detail, frame)
             return out, _with(header, "AE", f"unsupported message type {shown}", "200")
-        self._observations(msg, ctx, out, frame)
+        if kind == "ORU^R40":
+            self._alarm_events(msg, ctx, out, frame)
+        else:
+            self._observations(msg, ctx, out, frame)
         note = f"{len(out.rejections)} value(s) refused" if out.rejections else ""
         return out, _with(header, "AA", note, "")
 
@@ -598,18 +630,70 @@ class Hl7Parser:
         for device, times in spoken.items():
             if device in untimed:
                 continue  # its alarms cannot be placed in time: nothing ends by this message
-            if times:
-                ts: float | None = max(times)
-            elif use_message_time:
-                ts = _first_time((obr_ts, msh_ts), ctx.tz)
-                if ts is None:
-                    ts = ctx.now
-                elif ts - ctx.now > ctx.max_skew_s or ts < _MIN_TS:
+            at = max(times) if times else ctx.now
+            if not times and use_message_time:
+                told = _first_time((obr_ts, msh_ts), ctx.tz)
+                at = ctx.now if told is None else told
+                if at - ctx.now > ctx.max_skew_s or at < _MIN_TS:
                     continue  # (its observations, if any, were refused as bad_ts)
-            else:
-                ts = ctx.now
-            report = DeviceAlarmReport(ts, place.ward, place.bed, device,
-                                       _distinct(alarms.get(device, ())), place.patient)  # fmt: skip
+            found = _distinct(alarms.get(device, ()))
+            report = DeviceAlarmReport(at, place.ward, place.bed, device, found, place.patient)
+            out.device_alarms.append(report)
+
+    def _alarm_events(self, msg: _Msg, ctx: DeviceContext, out: Parsed, frame: bytes) -> None:
+        """ORU^R40 (IHE PCD-04): each alarm identification OBX (``MDC_EVT_*``) and the
+        ``MDC_ATTR_*`` OBX after it -> one report of that alarm alone (not complete);
+        numeric OBX among them are readings as in ORU^R01."""
+        place = self._place(msg, ctx)
+        use_message_time = self.clock == "message" and ctx.clock == "device"
+        msh_ts = msg.field(msg.segments[0], 7)
+        obr_ts = ""
+        observations: list[_Obs] = []
+        groups: list[_Pcd04] = []
+        current: _Pcd04 | None = None
+        for seg in msg.segments[1:]:
+            name = seg[0].strip().upper()
+            if name == "OBR":
+                obr_ts = msg.field(seg, 7)
+                current = None  # an alarm's OBX follow its own OBR
+                continue
+            if name != "OBX":
+                continue
+            code = msg.comps(seg, 3)
+            mnemonic = _mnemonic(code)
+            ignored = msg.field(seg, 11).strip().upper() in _IGNORED_STATUS
+            if mnemonic.startswith("MDC_EVT_"):
+                current = _Pcd04(seg, (obr_ts, msh_ts), mnemonic)
+                groups.append(current)
+                continue
+            if mnemonic.startswith("MDC_ATTR_") and current is not None:
+                current.attrs[mnemonic] = _coded(msg, seg)
+                continue
+            target = resolve_observation(code)
+            if target is None:
+                if not ignored:
+                    out.unmapped[_code_text(code)] += 1
+                continue
+            if current is not None and not current.source:
+                current.source = mnemonic or _clip(_label(code))
+            fallback = (obr_ts, msh_ts)
+            device = self._device(msg, seg, place.device)
+            obs = self._obx(msg, seg, target, device, ctx, fallback, use_message_time, out,
+                            frame)  # fmt: skip
+            if obs is not None:
+                observations.append(obs)
+        self._collect(observations, place, out, frame)
+        for g in groups:
+            alarm = _pcd04_alarm(msg, g)
+            if alarm is None:
+                continue
+            ts, refused = self._when(msg, g.seg, ctx, g.fallback, use_message_time)
+            if refused:
+                self._bad_ts(f"OBX {alarm.source}", ts, ctx, out, frame)
+                continue
+            device = self._device(msg, g.seg, place.device)
+            report = DeviceAlarmReport(ts, place.ward, place.bed, device, (alarm,),
+                                       place.patient, complete=False)  # fmt: skip
             out.device_alarms.append(report)
 
     def _when(
@@ -857,6 +941,68 @@ def _distinct(alarms: Iterable[DeviceAlarm]) -> tuple[DeviceAlarm, ...]:
         if kept is None or _RANK[a.priority] > _RANK[kept.priority]:
             out[a.key] = a
     return tuple(out.values())
+
+
+#: IHE PCD-04 alert priority (OBX-8 abnormal flags, or MDC_ATTR_ALARM_PRIORITY).
+PCD04_PRIORITIES: Final = {
+    "PH": Priority.HIGH,
+    "PM": Priority.MEDIUM,
+    "PL": Priority.LOW,
+    "PN": Priority.LOW,  # no priority: a notification
+}
+#: IHE PCD-04 alert type (OBX-8, or MDC_ATTR_ALERT_TYPE): technical, else physiological.
+_TECHNICAL_TYPE: Final = "ST"
+_ALERT_TYPES: Final = frozenset({"SP", "ST", "SA"})
+#: MDC_ATTR_ALARM_STATE values of an alarm that is over; MDC_ATTR_EVENT_PHASE likewise.
+_INACTIVE_STATES: Final = frozenset({"inactive", "off"})
+_ACTIVE_STATES: Final = frozenset({"active", "latched"})
+_ENDED_PHASES: Final = frozenset({"end", "stop", "reset", "inactivate"})
+
+
+def _mnemonic(components: list[str]) -> str:
+    """The first MDC mnemonic among components (upper case), or ""."""
+    return next((c.strip().upper() for c in components if c.strip().upper().startswith("MDC_")),
+                "")  # fmt: skip
+
+
+def _coded(msg: _Msg, seg: list[str]) -> str:
+    """OBX-5 of an attribute: its MDC mnemonic, else its first non-empty component."""
+    comps = msg.comps(seg, 5)
+    return _mnemonic(comps) or _first_nonempty(comps)
+
+
+def _pcd04_alarm(msg: _Msg, g: _Pcd04) -> DeviceAlarm | None:
+    """An ORU^R40 alarm group -> the alarm; None when its result status says "nothing"."""
+    if msg.field(g.seg, 11).strip().upper() in _IGNORED_STATUS:
+        return None
+    event = g.event
+    value = msg.comps(g.seg, 5)
+    specific = _mnemonic(value)
+    if specific.startswith("MDC_EVT_"):  # MDC_EVT_ALARM with the event in OBX-5 (CWE)
+        event = specific
+        # CWE original text (component 9), else its text (2) when that is not the mnemonic
+        texts = [value[i].strip() for i in (8, 1) if i < len(value)]
+        text = next((t for t in texts if t and not t.upper().startswith("MDC_")), "")
+    else:
+        text = _HL7_ESCAPE.sub(lambda m: _HL7_ESCAPED[m.group(1)], msg.field(g.seg, 5))
+    text = g.attrs.get("MDC_ATTR_ALERT_TEXT") or text
+    text = _CONTROL.sub(" ", text).strip()[:_MAX_ALARM_TEXT] or event
+    source = g.attrs.get("MDC_ATTR_ALERT_SOURCE") or g.source
+    flags = [r.split(msg.comp)[0].strip().upper()
+             for r in (g.seg[8] if len(g.seg) > 8 else "").split(msg.rep)]  # fmt: skip
+    flags.append(g.attrs.get("MDC_ATTR_ALARM_PRIORITY", "").upper())
+    flags.append(g.attrs.get("MDC_ATTR_ALERT_TYPE", "").upper())
+    priority = next((PCD04_PRIORITIES[f] for f in flags if f in PCD04_PRIORITIES),
+                    Priority.MEDIUM)  # fmt: skip
+    kind_flag = next((f for f in flags if f in _ALERT_TYPES), "SP")
+    kind = "technical" if kind_flag == _TECHNICAL_TYPE else "device"
+    state = g.attrs.get("MDC_ATTR_ALARM_STATE", "").lower()
+    phase = (g.attrs.get("MDC_ATTR_EVENT_PHASE") or g.attrs.get("MDC_ATTR_EVT_PHASE", "")).lower()
+    active = state in _ACTIVE_STATES or (state not in _INACTIVE_STATES
+                                         and phase not in _ENDED_PHASES)  # fmt: skip
+    said = alarm_key(text)
+    key = f"{event} {source or said}" if (source or said) not in ("", event) else event
+    return DeviceAlarm(_clip(key, 120), priority, kind, text, event, active)
 
 
 def resolve_unit(components: list[str]) -> str | None:
