@@ -858,9 +858,7 @@ class PlausibilityConfig(_Model):
     @field_validator("ranges", "disagree")
     @classmethod
     def _vitals(cls, v: dict[str, Any]) -> dict[str, Any]:
-        bad = sorted(set(v) - set(VITALS))
-        if bad:
-            raise ValueError(f"unknown vitals {bad} (known: {sorted(VITALS)})")
+        _known_vitals(v)
         return v
 
 
@@ -891,8 +889,8 @@ class RulesConfig(_Model):
     #: ... or for this many of the device's own intervals (the median of its last five,
     #: event time) when that is longer: a cuff cycling every 15 min is stale after 45 min.
     stale_factor: float = Field(3.0, ge=1, le=100)
-    #: A device whose readings are intermittent and whose interval is not known yet (one
-    #: reading so far) is stale after this long.
+    #: A device whose interval is not known yet (one reading so far) is stale after this
+    #: long, unless its readings are declared continuous (then ``stale_after_s``).
     stale_unknown_s: float = Field(3600.0, ge=1, le=7 * 86400)
     #: Measurement modes: how each series is judged (README, "Measurement modes").
     modes: ModesConfig = Field(default_factory=ModesConfig)
@@ -923,9 +921,7 @@ class RulesConfig(_Model):
     @field_validator("thresholds")
     @classmethod
     def _known(cls, v: dict[str, ThresholdConfig]) -> dict[str, ThresholdConfig]:
-        bad = sorted(set(v) - set(VITALS))
-        if bad:
-            raise ValueError(f"unknown vitals {bad} (known: {sorted(VITALS)})")
+        _known_vitals(v)
         return v
 
     @model_validator(mode="after")

@@ -46,19 +46,22 @@ def test_a_1_hz_device_is_stale_after_stale_after_s():
     assert stale(s, 9 + 30) == [(BED, "ox", "device.stale")]
 
 
-def test_an_intermittent_device_seen_once_waits_stale_unknown_s():
+def test_a_device_seen_once_waits_stale_unknown_s_unless_it_is_a_stream():
+    """One reading tells no interval: a spot check or a charting system is not stale
+    30 s later; a device declared continuous (a stream that stopped) is."""
     s = staleness()
-    s.seen(WARD, BED, "spot", 0.0, 0.0, intermittent=True)
-    s.seen(WARD, BED, "mon", 0.0, 0.0)  # seen once, not intermittent: stale_after_s
-    assert stale(s, 30) == [(BED, "mon", "device.stale")]
+    s.seen(WARD, BED, "spot", 0.0, 0.0)
+    s.seen(WARD, BED, "mon", 0.0, 0.0, "continuous")
+    s.seen(WARD, BED, "status-only", 0.0)  # statuses only (no reading): stale_after_s
+    assert stale(s, 30) == [(BED, "mon", "device.stale"), (BED, "status-only", "device.stale")]
     assert stale(s, 3599) == []
     assert stale(s, 3600) == [(BED, "spot", "device.stale")]
 
 
 def test_once_its_interval_is_known_an_intermittent_device_follows_it():
     s = staleness()
-    s.seen(WARD, BED, "spot", 0.0, 0.0, intermittent=True)
-    s.seen(WARD, BED, "spot", 600.0, 600.0, intermittent=True)
+    s.seen(WARD, BED, "spot", 0.0, 0.0, "intermittent")
+    s.seen(WARD, BED, "spot", 600.0, 600.0, "intermittent")
     assert s.limit((WARD, BED, "spot")) == 1800
     assert stale(s, 600 + 1799) == []
     assert stale(s, 600 + 1800) == [(BED, "spot", "device.stale")]

@@ -121,6 +121,37 @@ def test_daemon_alerts_are_the_same_at_max_and_600x(
     assert walls["max"] < walls["600"]
 
 
+def test_daemon_equals_replay_on_an_hourly_chart(
+    tmp_path: Path,
+    broker: Broker,
+    daemon: Callable[..., DaemonProc],
+    subscribe: Callable[[str], Subscriber],
+) -> None:
+    """s25047 charted once every 5 min (a wearable's cadence: every series intermittent
+    by its own interval, the cuff by the simulator's word): the daemon's alerts over MQTT
+    equal what ``vitalmon replay``'s engine raises offline on the same readings."""
+    chart = tmp_path / "chart.csv"
+    head, *rows = S25047.read_text().splitlines()
+    kept = [ln for ln in rows if int(float(ln.split(",")[0])) % 300 == 0]
+    chart.write_text("\n".join([head, *kept]) + "\n")
+    start = float(int(time.time()) - 6000)
+    rec = load_csv(chart, "8", "icu", start)
+    assert rec.interval_s == 300
+    expected = [e.to_json() for e in Engine(RulesConfig(), sinks=[]).process(list(rec.readings))]
+    assert {"spo2.low", "map.low"} <= {e["rule"] for e in expected}
+    alerts = subscribe("alerts/#")
+    db = tmp_path / "chart.db"
+    d = daemon(RULES, db=db)
+    proc, _ = sim(broker.port, str(chart), "--bed", "8", "--ward", "icu", "--start-ts",
+                  f"{start:.0f}", "--speed", "max")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    wait_for(partial(all_stored, db, len(rec.readings)), 20, "every reading stored")
+    with contextlib.suppress(AssertionError):  # compared below, the difference shown
+        wait_for(partial(all_alerts, alerts, 0, len(expected)), 10, "the alerts")
+    assert d.terminate()[0] == 0
+    assert sorted(physiological(alerts), key=key) == sorted(expected, key=key)
+
+
 def test_start_now_stamps_the_last_reading_when_it_is_sent(
     tmp_path: Path, broker: Broker, subscribe: Callable[[str], Subscriber]
 ) -> None:

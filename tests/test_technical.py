@@ -37,7 +37,8 @@ def test_expected_bed_that_never_sent_anything_is_stale():
 
 def test_silent_bed_and_device_over_mqtt(daemon, subscribe, publisher):
     """stale_after_s 2 and an expected bed icu/20: 1. the bed never sends -> alarm;
-    2. a device sends, then stops -> alarm; 3. it sends again -> resolved (same id)."""
+    2. a device streams (two readings a second apart: its interval is known), then stops
+    -> alarm; 3. it sends again -> resolved (same id)."""
     d = daemon(start=False)
     d.config.write_text(
         d.config.read_text().replace(
@@ -49,6 +50,7 @@ def test_silent_bed_and_device_over_mqtt(daemon, subscribe, publisher):
     never = wait_for(lambda: [a for a in alerts.json() if a["bed"] == "20"], 10, "bed 20 stale")
     assert (never[0]["rule"], never[0]["device"], never[0]["kind"]) == (
         "device.stale", "*", "technical")  # fmt: skip
+    publisher.publish("vitals/icu/21/mon", {"ts": time.time() - 1, "hr": 70})
     publisher.publish("vitals/icu/21/mon", {"ts": time.time(), "hr": 70})
     silent = wait_for(
         lambda: [a for a in alerts.json() if a["bed"] == "21" and a["state"] == "active"],

@@ -33,7 +33,7 @@ from monitor.engine.device_alarms import DeviceAlarms
 from monitor.engine.flapping import Flapping
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.modes import Cadence, Modes
-from monitor.engine.plausibility import HISTORY, IMPLAUSIBLE, Plausibility
+from monitor.engine.plausibility import HISTORY, IMPLAUSIBLE, Peer, Plausibility
 from monitor.engine.score import RULE as NEWS2_RULE
 from monitor.engine.score import News2Scores, ScoreUpdate
 from monitor.engine.sensor import SensorState
@@ -42,6 +42,7 @@ from monitor.engine.threshold import PRIORITY, Active, SeriesKey, ThresholdRule
 from monitor.engine.trend import TrendRule, build_trend_rules
 from monitor.engine.window import Window
 from monitor.model import (
+    CONTINUOUS,
     INTERMITTENT,
     Admission,
     AlertEvent,
@@ -73,8 +74,8 @@ DEFAULT_PROFILE = "adult"
 
 class _Series:
     __slots__ = (
-        "active", "cadence", "configured", "entry", "implausible", "next_eval", "rules",
-        "window",
+        "active", "auto_spot", "cadence", "configured", "entry", "gap", "implausible",
+        "next_eval", "rules", "window",
     )  # fmt: skip
 
     def __init__(self, span_s: float, rules: list[Rule], configured: str | None) -> None:
@@ -84,7 +85,21 @@ class _Series:
         self.cadence = Cadence()  #: the series' own interval (event time)
         self.configured = configured  #: its mode from rules.modes.patterns (None: auto)
         self.implausible = False  #: an implausible run or its alarm is open
+        #: from the cadence (kept up to date by retune): auto mode says intermittent, and
+        #: the longest gap a continuous run may have
+        self.auto_spot = True
+        self.gap = 0.0
         self.set_rules(rules)
+
+    def beyond(self, value: float) -> bool:
+        """Whether ``value`` is beyond the least extreme limit of a threshold rule."""
+        lo, hi = self.entry
+        return (lo is not None and value < lo) or (hi is not None and value > hi)
+
+    def retune(self, modes: Modes, max_gap_s: float) -> None:
+        """The cadence changed (or the config): what the mode and the gap follow from it."""
+        self.auto_spot = modes.resolve(None, None, self.cadence) == INTERMITTENT
+        self.gap = modes.max_gap(max_gap_s, self.cadence)
 
     def set_rules(self, rules: list[Rule]) -> None:
         self.rules = rules  #: the rules of the bed's profile for this vital
@@ -130,6 +145,8 @@ class Engine:
         self.series: dict[SeriesKey, _Series] = {}
         #: (ward, bed) -> the newest event time the bed has shown (history is older)
         self._bed_now: dict[tuple[str, str], float] = {}
+        #: (ward, bed, vital) -> its series, one per device (plausibility: disputes)
+        self._peers: dict[tuple[str, str, str], list[_Series]] = {}
         self.counts: Counter[str] = Counter()
         #: (ward, bed) -> profile name, for beds not on the default profile.
         self.bed_profile: dict[tuple[str, str], str] = {}
@@ -155,6 +172,7 @@ class Engine:
             plausibility.configure(rules.plausibility)
         for key, series in getattr(self, "series", {}).items():
             series.configured = self.modes.configured(key.device, key.vital)
+            series.retune(self.modes, rules.max_gap_s)
         if not profiles:
             profiles = {DEFAULT_PROFILE: Profile(DEFAULT_PROFILE, dict(rules.thresholds),
                                                  rules.news2.scale)}  # fmt: skip
@@ -187,7 +205,15 @@ class Engine:
         span = self.span_s.get(key.vital, self.cfg.window_s)
         configured = self.modes.configured(key.device, key.vital)
         series = self.series[key] = _Series(span, rules, configured)
+        series.retune(self.modes, self.cfg.max_gap_s)
+        self._peers.setdefault((key.ward, key.bed, key.vital), []).append(series)
         return series
+
+    def _others(self, key: SeriesKey, series: _Series) -> list[Peer]:
+        """The latest valid value of the vital from the bed's other devices."""
+        return [(o.window.newest, float(o.window.values[-1]), o.entry)
+                for o in self._peers.get((key.ward, key.bed, key.vital), ())
+                if o is not series and len(o.window)]  # fmt: skip
 
     def restore(self, alerts: Sequence[AlertEvent]) -> list[AlertEvent]:
         """Carry alerts that were active at the last stop into this run.
@@ -319,6 +345,7 @@ class Engine:
         self.patients.pop((ward, bed), None)
         for key in [k for k in self.series if k.ward == ward and k.bed == bed]:
             series = self.series.pop(key)
+            self._peers.pop((ward, bed, key.vital), None)
             for rule, a in zip(series.rules, series.active, strict=True):
                 if a is not None:
                     events.append(self._close(key, rule, a, series, at,
@@ -404,13 +431,13 @@ class Engine:
                 for r in batch.readings:
                     mode = self.modes.configured(r.device, r.vital) or r.mode
                     raised += self.staleness.seen(r.ward, r.bed, r.device, arrived, r.ts,
-                                                  mode == INTERMITTENT)  # fmt: skip
+                                                  mode)  # fmt: skip
                 for st in batch.statuses:  # a status is a sign of life too
                     raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
                 for rep in batch.device_alarms:  # and so is a device's full alarm set
                     if rep.complete:  # (PCD-04 news comes when alarms change: no cadence)
                         raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived,
-                                                      rep.ts, self._spot(batch, rep))  # fmt: skip
+                                                      rep.ts, self._mode(batch, rep))  # fmt: skip
             if self._score_updates:
                 # one publication per bed and batch: its latest score (a reading object
                 # carrying all seven parameters is not six partial scores and a full one)
@@ -445,13 +472,19 @@ class Engine:
             self.counts[f"alert_{e.state}"] += 1
         return self.flapping.filter(events)
 
-    def _spot(self, batch: Batch, rep: DeviceAlarmReport) -> bool:
-        """Whether the device of an alarm report is intermittent: all its readings in the
-        batch (its channels, ``<device>.<channel>``) are, so its silence is judged alike."""
-        modes = [self.modes.configured(r.device, r.vital) or r.mode for r in batch.readings
-                 if r.bed == rep.bed and r.ward == rep.ward
-                 and r.device.partition(".")[0] == rep.device]  # fmt: skip
-        return bool(modes) and all(m == INTERMITTENT for m in modes)
+    def _mode(self, batch: Batch, rep: DeviceAlarmReport) -> str | None:
+        """The declared mode of an alarm report's device: continuous when any of its
+        readings in the batch (its channels, ``<device>.<channel>``) is, so its silence is
+        judged alike; else None."""
+        for r in batch.readings:
+            if (
+                r.bed == rep.bed
+                and r.ward == rep.ward
+                and r.device.partition(".")[0] == rep.device
+                and (self.modes.configured(r.device, r.vital) or r.mode) == CONTINUOUS
+            ):
+                return CONTINUOUS
+        return None  # fmt: skip
 
     def apply(self, cmd: BedCommand) -> list[AlertEvent]:
         """An admission or discharge, in queue order with the readings."""
@@ -479,9 +512,9 @@ class Engine:
         shown, advancing reading by reading (a stream, a backlog, a replay: the same at
         any batching), or, for a ``snapshot`` (one HL7 message: a monitor's view at one
         moment), the newest of the whole batch, whatever order its observations come in.
-        A reading
-        that is not evaluated for a reason of its own (implausible, disputed, history) is
-        replaced in ``readings`` by a copy carrying its flag, so that it is stored so.
+        A reading that is not evaluated for a reason of its own (implausible, disputed,
+        history) is replaced in ``readings`` by a copy carrying its flag, so that it is
+        stored so.
         """
         events: list[AlertEvent] = []
         self.scores.arrival = received_at  # (NEWS2: how far each bed lags the clock)
@@ -490,6 +523,7 @@ class Engine:
         modes = self.modes
         last = len(readings) - 1
         clamp = cfg.max_future_s is not None  # (None: event time runs free, a simulation)
+        ranges = self.plausibility.ranges
         # each bed's present: the newest event time it has shown (a snapshot: all of it)
         bed_now = self._bed_now
         for r in readings if snapshot else ():
@@ -499,11 +533,14 @@ class Engine:
         for n, arrived in enumerate(readings):
             r = arrived
             self.counts["readings"] += 1
+            if received_at is not None and r.ts > received_at and clamp:
+                # a device clock ahead (within rules.max_future_s, or the source had
+                # refused it): evaluated at its arrival, never ahead of the wall clock
+                self.counts["clamped"] += 1
+                r = replace(r, ts=received_at)
             # NEWS2 work due before this reading (holds ending, inputs expiring), as the
             # daemon's clock tick would have done it: a replay gets the same events
-            due = self.scores.advance(
-                r.ward, r.bed, r.ts if received_at is None or not clamp else min(r.ts, received_at)
-            )
+            due = self.scores.advance(r.ward, r.bed, r.ts)
             if due is not None:
                 events += self._score_due(*due)
             # NEWS2 is recomputed once per bed and instant (see News2Scores.observe)
@@ -513,26 +550,27 @@ class Engine:
             series = self.series.get(key) or self._new_series(key)
             win = series.window
             flag = None
-            if received_at is not None and r.ts > received_at and clamp:
-                # a device clock ahead (within rules.max_future_s, or the source had
-                # refused it): evaluated at its arrival, never ahead of the wall clock
-                self.counts["clamped"] += 1
-                r = replace(r, ts=received_at)
-            present = bed_now.get((r.ward, r.bed), -math.inf)
+            where = (r.ward, r.bed)
+            present = bed_now.get(where, -math.inf)
             if r.ts > present:
-                present = bed_now[(r.ward, r.bed)] = r.ts
+                bed_now[where] = r.ts
             elif r.ts < present - cfg.max_age_s:
                 flag = HISTORY  # e.g. yesterday's NIBP repeated in every message
             if flag is None:
-                if r.ts < win.newest - cfg.max_lag_s:
+                newest = win.newest
+                if r.ts < newest - cfg.max_lag_s:
                     self.counts["late"] += 1  # stored, too late to change the present
                     events += self._settle(r, settle)
                     continue
-                if r.ts == win.newest and r.value == win.values[-1]:
+                if r.ts == newest and r.value == win.values[-1]:
                     self.counts["repeated"] += 1  # the same measurement again
                     events += self._settle(r, settle)
                     continue
-                flag = self.plausibility.check(r, series.entry)
+                rng = ranges.get(r.vital)
+                if rng is not None and not rng[0] <= r.value <= rng[1]:
+                    flag = IMPLAUSIBLE
+                elif series.beyond(r.value) and len(self._peers[(r.ward, r.bed, r.vital)]) > 1:
+                    flag = self.plausibility.dispute(r, self._others(key, series))
                 if flag is not None or series.implausible:
                     plaus = self.plausibility.observe(r, flag)
                     series.implausible = flag == IMPLAUSIBLE or self.plausibility.is_open(key)
@@ -542,11 +580,14 @@ class Engine:
             if flag is not None:
                 self.counts[flag] += 1
                 readings[n] = replace(arrived, flag=flag)
-                if flag != HISTORY:  # an implausible or disputed value was still measured
-                    series.cadence.add(r.ts)  # then: the series' cadence goes on
+                # an implausible or disputed value was still measured then: the series'
+                # cadence goes on
+                if flag != HISTORY and series.cadence.add(r.ts):
+                    series.retune(modes, cfg.max_gap_s)
                 events += self._settle(r, settle)
                 continue
-            series.cadence.add(r.ts)
+            if series.cadence.add(r.ts):
+                series.retune(modes, cfg.max_gap_s)
             win.add(r.ts, r.value)
             update, score_event = self.scores.observe(r, settle)
             if update is not None:
@@ -556,9 +597,9 @@ class Engine:
                 step.append(score_event)
             rules = series.rules
             if rules:
-                mode = modes.resolve(series.configured, r.mode, series.cadence)
-                spot = mode == INTERMITTENT
-                gap = cfg.max_gap_s if spot else modes.max_gap(cfg.max_gap_s, series.cadence)
+                mode = series.configured or r.mode  # the operator's word, then the source's
+                spot = series.auto_spot if mode is None else mode == INTERMITTENT
+                gap = cfg.max_gap_s if spot else series.gap
                 ts, vals = win.ts, win.values
                 newest = win.newest
                 for i, rule in enumerate(rules):

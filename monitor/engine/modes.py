@@ -49,23 +49,33 @@ class Cadence:
         self.last = float("-inf")  #: newest event time seen
         self.median: float | None = None  #: None until there is an interval
 
-    def add(self, ts: float) -> None:
+    def add(self, ts: float) -> bool:
         """A reading at ``ts``: only a newer one makes an interval (a repeat or an
-        out-of-order reading says nothing about the cadence)."""
+        out-of-order reading says nothing about the cadence). -> whether the median
+        changed."""
         last = self.last
         if ts <= last:
-            return
+            return False
         self.last = ts
         if last == float("-inf"):
-            return
+            return False
         ivs = self._ivs
-        ivs.append(ts - last)
+        iv = ts - last
+        if len(ivs) == KEEP and ivs[0] == iv:  # a steady device: nothing moves
+            del ivs[0]
+            ivs.append(iv)
+            return False
+        ivs.append(iv)
         if len(ivs) > KEEP:
             del ivs[0]
         ordered = sorted(ivs)
         n = len(ordered)
         mid = n // 2
-        self.median = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        median = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        if median == self.median:
+            return False
+        self.median = median
+        return True
 
 
 class Modes:

@@ -7,13 +7,15 @@ in event-time order per series; no clock is read):
 
   - ``implausible``: the value is outside ``rules.plausibility.ranges[vital]`` (a probe
     off sending 0, a transducer flushed to 300, a pleth counting 277);
-  - ``disputed``: the value is beyond ``entry`` (the least extreme limit of one of the
+  - ``disputed``: the value is beyond ``entry`` (the least extreme limits of the
     series' threshold rules, passed in by the engine) while another device of the same
     bed measured the same vital within ``cross_s`` (event time) at a value within all
-    limits (``normal``) that differs by more than ``disagree[vital]``: two devices
-    contradict each other and the one that says "normal" is believed, for this reading
-    (e.g. HR 150 from the pleth while the ECG says 80). Each device stays its own series:
-    rules never mix values of two devices.
+    of its limits that differs by more than ``disagree[vital]``: two devices contradict
+    each other and the one that says "normal" is believed, for this reading (e.g. HR 150
+    from the pleth while the ECG says 80). The engine passes the other devices' latest
+    valid readings (``peers``: their windows' newest) only when the value is beyond
+    ``entry``, so a normal reading costs a range check. Each device stays its own
+    series: rules never mix values of two devices.
 
   A flagged reading is stored with its flag and counted, never evaluated by any rule.
 * Implausible values that **persist** (two or more consecutive readings of the series
@@ -26,6 +28,7 @@ in event-time order per series; no clock is read):
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 from monitor.config import PlausibilityConfig
 from monitor.model import (
@@ -45,6 +48,8 @@ DISPUTED = "disputed"
 HISTORY = "history"
 
 _Key = tuple[str, str, str, str]  # ward, bed, device, vital
+#: another device's latest valid value of the vital: (ts, value, its (low, high) entry)
+Peer = tuple[float, float, tuple[float | None, float | None]]
 
 
 class Plausibility:
@@ -53,35 +58,38 @@ class Plausibility:
         #: series -> (ts of the first implausible reading of the current run, count)
         self._run: dict[_Key, tuple[float, int]] = {}
         self._open: dict[_Key, AlertEvent] = {}
-        #: (ward, bed, vital) -> device -> (ts, value, normal) of its latest valid reading
-        self._latest: dict[tuple[str, str, str], dict[str, tuple[float, float, bool]]] = {}
 
     def configure(self, cfg: PlausibilityConfig) -> None:
         self.cfg = cfg
         self.ranges = {v: (r.low, r.high) for v, r in cfg.ranges.items() if r is not None}
 
-    def check(self, r: Reading, entry: tuple[float | None, float | None]) -> str | None:
+    def check(
+        self, r: Reading, entry: tuple[float | None, float | None], peers: Iterable[Peer] = ()
+    ) -> str | None:
         """The flag of ``r`` (None: evaluate it). ``entry``: the series' least extreme
-        low and high limits (None: no such side)."""
+        low and high limits (None: no such side); ``peers``: the other devices of the bed
+        measuring the vital (the engine passes them only when ``r`` is beyond ``entry``,
+        see :meth:`dispute`)."""
         rng = self.ranges.get(r.vital)
         if rng is not None and not rng[0] <= r.value <= rng[1]:
             return IMPLAUSIBLE
         lo, hi = entry
-        normal = not ((lo is not None and r.value < lo) or (hi is not None and r.value > hi))
-        others = self._latest.setdefault((r.ward, r.bed, r.vital), {})
-        flag = None
-        if not normal and len(others) > (r.device in others):
-            disagree = self.cfg.disagree.get(r.vital)
-            if disagree is not None:
-                for device, (ts, value, ok) in others.items():
-                    if (device != r.device and ok and abs(ts - r.ts) <= self.cfg.cross_s
-                            and abs(value - r.value) > disagree):  # fmt: skip
-                        flag = DISPUTED
-                        break
-        held = others.get(r.device)
-        if flag is None and (held is None or r.ts >= held[0]):
-            others[r.device] = (r.ts, r.value, normal)
-        return flag
+        if (lo is not None and r.value < lo) or (hi is not None and r.value > hi):
+            return self.dispute(r, peers)
+        return None
+
+    def dispute(self, r: Reading, peers: Iterable[Peer]) -> str | None:
+        """``disputed`` when a peer within ``cross_s`` is within all of its limits and
+        differs from ``r`` by more than ``disagree[vital]``, else None. (``r`` is beyond
+        a limit of its series; the caller checked.)"""
+        disagree = self.cfg.disagree.get(r.vital)
+        if disagree is None:
+            return None
+        for ts, other, (lo, hi) in peers:
+            normal = not ((lo is not None and other < lo) or (hi is not None and other > hi))
+            if normal and abs(ts - r.ts) <= self.cfg.cross_s and abs(other - r.value) > disagree:
+                return DISPUTED
+        return None
 
     def observe(self, r: Reading, flag: str | None) -> list[AlertEvent]:
         """After :meth:`check`: -> the ``<vital>.implausible`` alarm raised or resolved."""
@@ -131,8 +139,6 @@ class Plausibility:
             out += self._resolve(key, at, "patient discharged")
         for key in [k for k in self._run if k[0] == ward and k[1] == bed]:
             del self._run[key]
-        for where in [k for k in self._latest if k[0] == ward and k[1] == bed]:
-            del self._latest[where]
         return out
 
     def active(self) -> int:

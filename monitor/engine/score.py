@@ -212,20 +212,22 @@ class News2Scores:
         the devices whose latest value is within ``source_s`` of ``ts``, the preferred
         kind (:func:`source_rank`), then the current source, then the name; when none is
         that recent, the newest value."""
-        seen = bed.sources.setdefault(vital, {})
+        seen = bed.sources.get(vital)
+        if seen is None:
+            seen = bed.sources[vital] = {}
         held = seen.get(device)
         if held is not None and ts < held[0]:
             return False  # older than what this device said already
         seen[device] = (ts, value)
+        if len(seen) == 1:  # the common case: one device measures it
+            bed.source[vital] = device
+            return bed.tracker.set(vital, value, ts)
         current = bed.source.get(vital)
-        if len(seen) == 1:
-            best = device
+        recent = [d for d, (t, _v) in seen.items() if t >= ts - self.cfg.source_s]
+        if recent:
+            best = min(recent, key=lambda d: (source_rank(d), d != current, d))
         else:
-            recent = [d for d, (t, _v) in seen.items() if t >= ts - self.cfg.source_s]
-            if recent:
-                best = min(recent, key=lambda d: (source_rank(d), d != current, d))
-            else:
-                best = max(seen, key=lambda d: seen[d][0])
+            best = max(seen, key=lambda d: seen[d][0])
         if best != device and best == current:
             return False  # the preferred source stays; this value is kept aside
         bed.source[vital] = best

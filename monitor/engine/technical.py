@@ -9,7 +9,10 @@ event time cannot tell: no reading means no event time), per (ward, bed, device)
   median of its last five intervals, on the readings' event time, so a backlog arriving
   in a burst does not shrink it): a cuff cycling every 15 minutes is stale after 45
   minutes, a 1 Hz oximeter after 30 s. A device whose interval is not known yet (one
-  reading so far) and whose readings are intermittent waits ``rules.stale_unknown_s``.
+  reading so far: a spot check, a charting system, a cuff's first cycle) waits
+  ``rules.stale_unknown_s``, unless its readings are declared continuous (source or
+  ``rules.modes``): a stream that stops after one reading is stale after
+  ``stale_after_s``. A device known only by statuses (no reading) also.
   Resolves with the device's next reading;
 * a bed listed under ``beds:`` that has **never** sent anything is stale too (device
   ``*``) once ``stale_after_s`` has passed since the daemon started: Kapacitor's deadman
@@ -25,7 +28,7 @@ import copy
 from collections.abc import Iterable
 
 from monitor.engine.modes import Cadence
-from monitor.model import AlertEvent, AlertState, Priority, alert_id
+from monitor.model import CONTINUOUS, AlertEvent, AlertState, Priority, alert_id
 
 RULE = "device.stale"
 ANY_DEVICE = "*"
@@ -37,12 +40,12 @@ class Staleness:
                  unknown_s: float | None = None) -> None:  # fmt: skip
         self.stale_after_s = stale_after_s
         self.factor = factor
-        #: an intermittent device with no known interval yet is stale after this
+        #: a device with one reading so far (no interval yet) is stale after this
         self.unknown_s = stale_after_s if unknown_s is None else unknown_s
         #: (ward, bed, device) -> its cadence (event time)
         self._cadence: dict[tuple[str, str, str], Cadence] = {}
-        #: devices whose readings are intermittent (source or rules.modes say so)
-        self._intermittent: set[tuple[str, str, str]] = set()
+        #: devices whose readings are declared continuous (source or rules.modes)
+        self._continuous: set[tuple[str, str, str]] = set()
         #: (ward, bed, device) -> wall clock of the last reading
         self._seen: dict[tuple[str, str, str], float] = {
             (ward, bed, ANY_DEVICE): started for ward, bed in expected_beds
@@ -55,7 +58,7 @@ class Staleness:
         self.exempt: dict[tuple[str, str], set[str]] = {}
 
     def seen(self, ward: str, bed: str, device: str, now: float, ts: float | None = None,
-             intermittent: bool = False) -> list[AlertEvent]:  # fmt: skip
+             mode: str | None = None) -> list[AlertEvent]:  # fmt: skip
         """A reading (event time ``ts``; None: a status) arrived at ``now``: note it;
         -> the resolutions of alarms it ends."""
         if not self._exempt(ward, bed, device):
@@ -66,8 +69,8 @@ class Staleness:
                 if cadence is None:
                     cadence = self._cadence[key] = Cadence()
                 cadence.add(ts)
-                if intermittent:
-                    self._intermittent.add(key)
+                if mode == CONTINUOUS:
+                    self._continuous.add(key)
         out = []
         for key in ((ward, bed, device), (ward, bed, ANY_DEVICE)):
             if key[2] == ANY_DEVICE:
@@ -102,7 +105,7 @@ class Staleness:
         for key in [k for k in self._seen if k[0] == ward and k[1] == bed]:
             del self._seen[key]
             self._cadence.pop(key, None)
-            self._intermittent.discard(key)
+            self._continuous.discard(key)
         for key in [k for k in self._open if k[0] == ward and k[1] == bed]:
             event = self._open.pop(key)
             event.seq += 1
@@ -115,12 +118,13 @@ class Staleness:
     def limit(self, key: tuple[str, str, str]) -> float:
         """Seconds of silence after which the device is stale."""
         cadence = self._cadence.get(key)
-        median = cadence.median if cadence is not None else None
-        if median is not None:
-            return max(self.stale_after_s, self.factor * median)
-        if key in self._intermittent:
-            return max(self.stale_after_s, self.unknown_s)
-        return self.stale_after_s
+        if cadence is None or key in self._continuous:  # statuses only, or a stream
+            median = None if cadence is None else cadence.median
+            return self.stale_after_s if median is None else max(
+                self.stale_after_s, self.factor * median)  # fmt: skip
+        if cadence.median is not None:
+            return max(self.stale_after_s, self.factor * cadence.median)
+        return max(self.stale_after_s, self.unknown_s)
 
     def grace(self, now: float) -> None:
         """Restart every silence count at ``now``: after the broker was unreachable, the
