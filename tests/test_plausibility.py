@@ -320,3 +320,21 @@ def test_implausible_sbp_over_mqtt_is_stored_flagged_and_counted(daemon, subscri
 
     assert metric("vitalmon_readings_not_evaluated_total", reason="implausible") == 1
     assert metric("vitalmon_readings_not_evaluated_total", reason="history") == 0
+
+
+def test_flagged_readings_reach_influxdb_apart_from_the_vitals(daemon, victoria, publisher):
+    """HR 72, 0, 74 over MQTT with an InfluxDB sink (a real VictoriaMetrics): the two
+    plausible values are ``vitals_hr``, the probe-off 0 is ``flagged_vitals_hr`` with its
+    flag, so a dashboard on ``vitals`` never plots it, and nothing is lost."""
+    from test_zero_loss import influx_sink
+
+    daemon(store_extra=influx_sink(victoria))
+    now = time.time()
+    for i, hr in enumerate((72, 0, 74)):
+        publisher.publish("vitals/icu/40/mon", {"ts": now - 3 + i, "hr": hr})
+    vitals = victoria.wait_for_count(2, '{__name__="vitals_hr"}', timeout=15)
+    assert sorted(p.value for p in vitals) == [72.0, 74.0]
+    (flagged,) = victoria.wait_for_count(1, '{__name__=~"flagged_vitals_.*"}', timeout=15)
+    assert (flagged.name, flagged.value, flagged.labels["flag"]) == (
+        "flagged_vitals_hr", 0.0, "implausible")  # fmt: skip
+    assert flagged.labels["bed"] == "40"

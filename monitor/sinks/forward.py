@@ -39,7 +39,8 @@ from monitor.sinks.sqlite import SqliteSink, get_cursor, read_alerts, read_readi
 
 log = logging.getLogger("vitalmon.sink.forward")
 
-Row = tuple[int, str, str, str, str, float, float, str | None]
+#: (seq, ward, bed, device, vital, ts, value, patient, flag)
+Row = tuple[int, str, str, str, str, float, float, str | None, str | None]
 
 #: After failing this long, a remote sink raises the technical alarm ``sink.down``.
 DOWN_ALARM_AFTER_S = 30.0

@@ -6,7 +6,10 @@ batcher (which drops what it cannot write) is not used.
 
 * measurement ``vitals``: tags ``ward``, ``bed``, ``device`` (and a pseudonymous
   ``patient`` when ``patient_key_file`` is set), one float field per vital; the readings
-  of one device at one instant share a line.
+  of one device at one instant share a line. Readings the engine did not evaluate
+  (README, "Plausibility", "Event time") go to ``flagged_vitals`` instead, with the same
+  tags and ``flag`` (``implausible``, ``disputed``, ``history``): a dashboard on
+  ``vitals`` never plots a probe's zeros.
 * measurement ``alerts``: tags ``ward``, ``bed``, ``device``, ``vital``, ``rule``,
   ``priority``, ``state``, ``kind``; numeric fields ``value``, ``limit``, ``seq``. Text
   lives in tags only: InfluxDB-protocol stores such as VictoriaMetrics turn string
@@ -54,17 +57,21 @@ class Pseudonyms:
 
 
 def reading_lines(rows: Sequence[Row], pseudonym: Pseudonyms | None = None) -> list[str]:
-    """Journal rows -> ``vitals`` lines, one per (ward, bed, device, patient, ts)."""
-    grouped: dict[tuple[str, str, str, str | None, float], list[str]] = {}
-    for _seq, ward, bed, device, vital, ts, value, patient in rows:
-        key = (ward, bed, device, patient if pseudonym else None, ts)
+    """Journal rows -> ``vitals`` lines, one per (ward, bed, device, patient, ts); flagged
+    readings -> ``flagged_vitals`` lines, one per flag too."""
+    grouped: dict[tuple[str, str, str, str | None, float, str | None], list[str]] = {}
+    for _seq, ward, bed, device, vital, ts, value, patient, flag in rows:
+        key = (ward, bed, device, patient if pseudonym else None, ts, flag)
         grouped.setdefault(key, []).append(f"{vital}={float(value)!r}")
     lines = []
-    for (ward, bed, device, patient, ts), fields in grouped.items():
+    for (ward, bed, device, patient, ts, flag), fields in grouped.items():
         tags = f"bed={tag(bed)},device={tag(device)}"
+        if flag is not None:
+            tags += f",flag={tag(flag)}"
         if patient is not None and pseudonym is not None:
             tags += f",patient={pseudonym(patient)}"
-        lines.append(f"vitals,{tags},ward={tag(ward)} {','.join(fields)} {ns(ts)}")
+        name = "vitals" if flag is None else "flagged_vitals"
+        lines.append(f"{name},{tags},ward={tag(ward)} {','.join(fields)} {ns(ts)}")
     return lines
 
 

@@ -493,10 +493,11 @@ def set_cursor(conn: sqlite3.Connection, sink: str, readings: int, alerts: int) 
 
 def read_readings(
     conn: sqlite3.Connection, after: int, limit: int
-) -> list[tuple[int, str, str, str, str, float, float, str | None]]:
-    """Journal entries after ``after``: (seq, ward, bed, device, vital, ts, value, patient)."""
+) -> list[tuple[int, str, str, str, str, float, float, str | None, str | None]]:
+    """Journal entries after ``after``: (seq, ward, bed, device, vital, ts, value, patient,
+    flag)."""
     return conn.execute(
-        f"SELECT seq, {_READING_COLS} FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
+        f"SELECT seq, {_INSERT_COLS} FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
         (after, limit),
     ).fetchall()
 
