@@ -793,7 +793,8 @@ class ModesConfig(_Model):
     is one validated measurement, judged on its own)."""
 
     #: ``"device/vital"`` glob pattern -> mode; the first pattern that matches wins, over
-    #: what the source says. E.g. ``{"cuff-*/*": intermittent, "*/temp": intermittent}``.
+    #: what the source says (``auto``: the cadence decides, whatever the source says).
+    #: E.g. ``{"cuff-*/*": intermittent, "*/temp": intermittent}``.
     patterns: dict[str, Mode] = Field(default_factory=dict)
     #: A series with no pattern and no mode from its source (``auto``) is continuous while
     #: the median of its last five intervals is at most this, else intermittent; its

@@ -205,8 +205,13 @@ def load_csv(
     ward: str = "default",
     start: float = DEFAULT_START,
     overrides: dict[str, Column | None] | None = None,
+    continuous_max_interval_s: float | None = None,
 ) -> Recording:
-    """Read a numerics CSV; raise :class:`ReplayError` for anything a user must fix."""
+    """Read a numerics CSV; raise :class:`ReplayError` for anything a user must fix.
+
+    A file sampled at most every ``continuous_max_interval_s`` (None: the default of
+    ``rules.modes``) is a monitor's numerics: its readings other than a cuff's are marked
+    continuous, as the replay simulator then says in its messages."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig")
@@ -289,7 +294,9 @@ def load_csv(
     rec.first_s, rec.last_s = min(times), max(times)
     steps = [b - a for a, b in zip(sorted(times), sorted(times)[1:], strict=False) if b > a]
     rec.interval_s = statistics.median(steps) if steps else 0.0
-    if 0 < rec.interval_s <= ModesConfig().continuous_max_interval_s:
+    if continuous_max_interval_s is None:
+        continuous_max_interval_s = ModesConfig().continuous_max_interval_s
+    if 0 < rec.interval_s <= continuous_max_interval_s:
         # a monitor's numerics (the file's own sampling says so): its columns other than
         # the cuff's are continuous series from their first sample on
         rec.readings = [r if r.mode else replace(r, mode=CONTINUOUS) for r in rec.readings]
@@ -354,6 +361,7 @@ def play(
             # beds with no reading now), as the daemon's tick; process() does a bed's own
             # (what is due at the instant itself is judged with its readings)
             events = engine.tick(math.nextafter(ts, -math.inf)) + engine.process(group)
+            engine.take_score_updates()  # (a replay publishes no scores: none pile up)
             if k == 0 and isinstance(readings, list):
                 readings[i:j] = group  # flagged as vitalmon judged them (stored so)
             if events:
@@ -709,7 +717,8 @@ def main(
                 raise ReplayError(f"--report {exc}") from None
         if store is not None:
             check_store(store)
-        rec = load_csv(path, bed, ward or "default", t0, parse_map(maps))
+        rec = load_csv(path, bed, ward or "default", t0, parse_map(maps),
+                       (rules or RulesConfig()).modes.continuous_max_interval_s)  # fmt: skip
     except ReplayError as exc:
         print(f"vitalmon replay: {exc}", file=sys.stderr)
         return 1

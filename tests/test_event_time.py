@@ -131,18 +131,23 @@ def test_yesterdays_nibp_repeated_in_every_message_is_history_then_a_fresh_one_a
     assert eng.counts["history"] == 20
 
 
-def test_history_is_measured_against_the_bed_not_the_series():
-    """max_age_s (900 s) from the newest event time the bed has shown: 899 s old is
-    evaluated, 901 s old is history."""
+def test_history_is_measured_against_the_device_not_the_series():
+    """max_age_s (900 s) from the newest event time the device has shown (a monitor's
+    channels share its clock): 899 s old is evaluated, 901 s old is history. Another
+    device of the bed keeps its own present: a thermometer whose clock is 20 min behind
+    the monitor is never history for it (it would be blind otherwise)."""
     eng = Engine(rules(), sinks=[])
-    arrive(eng, [reading(T0, "hr", 80)], T0)
-    _, stored = arrive(eng, [reading(T0 - 899, "sbp", 120, "cuff")], T0 + 1)
+    arrive(eng, [reading(T0, "hr", 80, "mon.ecg")], T0)
+    _, stored = arrive(eng, [reading(T0 - 899, "sbp", 120, "mon.nibp")], T0 + 1)
     assert stored[0].flag is None
-    _, stored = arrive(eng, [reading(T0 - 901, "temp", 36.8, "thermo")], T0 + 1)
+    _, stored = arrive(eng, [reading(T0 - 901, "temp", 36.8, "mon.temp")], T0 + 1)
     assert stored[0].flag == "history"
+    events, stored = arrive(eng, [reading(T0 - 1200, "temp", 39.9, "thermo")], T0 + 1)
+    assert stored[0].flag is None
+    assert [e.rule for e in events] == ["temp.high"]
     eng = Engine(rules(max_age_s=3600), sinks=[])
-    arrive(eng, [reading(T0, "hr", 80)], T0)
-    _, stored = arrive(eng, [reading(T0 - 901, "temp", 36.8, "thermo")], T0 + 1)
+    arrive(eng, [reading(T0, "hr", 80, "mon.ecg")], T0)
+    _, stored = arrive(eng, [reading(T0 - 901, "temp", 36.8, "mon.temp")], T0 + 1)
     assert stored[0].flag is None
 
 
@@ -179,7 +184,7 @@ def test_readings_older_than_max_lag_are_late():
     # 70 s older than the series' newest (max_lag_s 60), with a value that would alarm
     events, stored = arrive(eng, [reading(T0 + 39, "spo2", 60)], T0 + 110)
     assert events == []
-    assert stored[0].flag is None
+    assert stored[0].flag == "late"  # stored flagged: left out of stats and reports
     assert eng.counts["late"] == 1
     # within max_lag_s it is evaluated (out of order but not late)
     arrive(eng, [reading(T0 + 60, "spo2", 97)], T0 + 110)
@@ -187,6 +192,44 @@ def test_readings_older_than_max_lag_are_late():
     # a late reading of another series is judged against its own series, not the bed
     arrive(eng, [reading(T0 + 30, "hr", 80)], T0 + 111)
     assert eng.counts["late"] == 1
+
+
+def test_a_device_clock_that_went_back_is_rebased_a_resent_backlog_is_not():
+    """1. A monitor streams SpO2 97 at 1 Hz; its clock steps back 1 h (an NTP step, a
+    time zone change) and it goes on, live, now reading 80: the first readings are
+    history, and from the third advancing one arriving live its new time is the present
+    and the alarm follows as for any stream (delay 15 s). Nothing is blind for an hour.
+    2. A backlog of the same old readings arriving in one burst is not a clock: it stays
+    history (no alert dated an hour ago). 3. A replay (no arrival time) never rebases."""
+    eng = Engine(rules(), sinks=[])
+    for t in range(60):
+        arrive(eng, [reading(T0 + t, "spo2", 97)], T0 + t)
+    events: list[AlertEvent] = []
+    flags = []
+    for i in range(40):  # live: arrival T0 + 60 + i, stamped an hour earlier
+        got, stored = arrive(eng, [reading(T0 + 60 + i - 3600, "spo2", 80)], T0 + 60 + i)
+        events += got
+        flags.append(stored[0].flag)
+    assert flags[:2] == ["history", "history"]
+    assert set(flags[2:]) == {None}
+    assert eng.counts["clock_rebased"] == 1
+    (raised,) = [e for e in events if e.rule == "spo2.low"]
+    assert raised.started_at == T0 + 62 - 3600  # its run starts at the rebase
+    assert raised.at == T0 + 62 - 3600 + 15
+    # 2. a backlog: the same, all arriving at once
+    eng = Engine(rules(), sinks=[])
+    for t in range(60):
+        arrive(eng, [reading(T0 + t, "spo2", 97)], T0 + t)
+    backlog = [reading(T0 + 60 + i - 3600, "spo2", 80) for i in range(40)]
+    got, stored = arrive(eng, backlog, T0 + 61)
+    assert got == [] and {r.flag for r in stored} == {"history"}
+    assert eng.counts["clock_rebased"] == 0
+    # 3. a replay has no arrival time: the same readings stay history
+    eng = Engine(rules(), sinks=[])
+    eng.process([reading(T0 + t, "spo2", 97) for t in range(60)])
+    replayed = [reading(T0 + 60 + i - 3600, "spo2", 80) for i in range(40)]
+    assert eng.process(replayed) == []
+    assert {r.flag for r in replayed} == {"history"}
 
 
 # ------------------------------------------------------------------ the MQTT codec

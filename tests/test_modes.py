@@ -186,15 +186,18 @@ def test_a_one_hz_stream_declared_intermittent_alarms_on_one_reading():
         assert one_by_one(stream("hr", points), cfg) == []
 
 
-def test_the_operator_s_pattern_wins_over_the_source_and_auto_defers_to_it():
+def test_the_operator_s_pattern_wins_over_the_source_auto_included():
     points = every(1, [80] * 10 + [150] + [80] * 5)
     declared = stream("hr", points, mode="intermittent")
     # the first matching pattern wins: continuous, over the source's "intermittent"
     cfg = rules(modes={"patterns": {"mon1/*": "continuous", "*": "intermittent"}})
     assert one_by_one(declared, cfg) == []
-    # a pattern saying "auto" is no word at all: the source's word applies
-    cfg = rules(modes={"patterns": {"mon1/hr": "auto", "*": "continuous"}})
-    assert [i for i, e in one_by_one(declared, cfg) if e.kind == "physiological"] == [10, 11]
+    # a pattern saying "auto" overrules a source that mislabels itself: the cadence (1 s:
+    # continuous) decides, so the single 150 is an artefact, not an alarm
+    cfg = rules(modes={"patterns": {"mon1/hr": "auto", "*": "intermittent"}})
+    assert [e for _i, e in one_by_one(declared, cfg) if e.kind == "physiological"] == []
+    # without the pattern the source's word applies: one reading alarms
+    assert [i for i, e in one_by_one(declared, rules()) if e.kind == "physiological"] == [10, 11]
 
 
 def test_an_hourly_stream_declared_continuous_does_not_alarm_on_its_first_reading():
@@ -362,3 +365,17 @@ def test_property_one_reading_at_a_time_or_all_at_once_gives_the_same_events(
     one = [e.to_json() for _, e in one_by_one(rs, cfg)]
     batch = [e.to_json() for e in Engine(cfg, sinks=[]).process(list(rs))]
     assert batch == one
+
+
+def test_a_cuff_after_stat_cycles_is_not_blind() -> None:
+    """A cuff over MQTT (auto mode): four STAT cycles a minute apart make its median
+    interval 60 s (continuous), then it goes back to every 15 min. A reading that long
+    after the one before it is judged on its own: MAP 48 alarms at its own cycle, not
+    only once the median has caught up half an hour later."""
+    eng = Engine(rules(), sinks=[])
+    stat = [Reading(T0 + 60 * i, "icu", "7", "cuff", "map", 85.0) for i in range(5)]
+    assert eng.process(stat) == []
+    later = [Reading(T0 + 240 + 900 * i, "icu", "7", "cuff", "map", 48.0) for i in (1, 2, 3)]
+    events = eng.process(later)
+    assert [(e.rule, str(e.priority), e.at - T0) for e in events] == [
+        ("map.low", "high", 240 + 900)]  # fmt: skip

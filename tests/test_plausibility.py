@@ -82,8 +82,9 @@ def test_persisting_implausible_values_raise_once_and_resolve_on_the_next_plausi
     assert events == []  # two readings, but only 5 s
     events, stored = feed(eng, [reading(t, "hr", 0) for t in (10, 11, 12, 20, 30)])
     (raised,) = events  # exactly one: at t=10, never again while it lasts
+    # HR 0 is beyond hr's crit limit (40): the technical alarm is high ("check the patient")
     assert (raised.rule, raised.kind, raised.priority, raised.state) == (
-        "hr.implausible", "technical", Priority.MEDIUM, AlertState.ACTIVE)  # fmt: skip
+        "hr.implausible", "technical", Priority.HIGH, AlertState.ACTIVE)  # fmt: skip
     assert (raised.device, raised.vital, raised.seq) == ("mon", "hr", 1)
     assert (raised.started_at, raised.at) == (T0, T0 + 10)
     assert {r.flag for r in stored} == {"implausible"}
@@ -96,6 +97,9 @@ def test_persisting_implausible_values_raise_once_and_resolve_on_the_next_plausi
     # resolved once: more plausible readings say nothing more
     assert feed(eng, [reading(t, "hr", 80) for t in range(32, 40)])[0] == []
     assert eng.plausibility.active() == 0
+    # a vital with no crit limit (dbp has no default limits): medium
+    events, _ = feed(eng, [reading(t, "dbp", 5) for t in range(40, 52)])
+    assert [(e.rule, e.priority) for e in events] == [("dbp.implausible", Priority.MEDIUM)]
 
 
 def test_charted_sbp_25_between_92_and_103_raises_nothing_and_is_flagged():
@@ -123,7 +127,12 @@ def test_pleth_hr_150_while_the_ecg_says_80_is_disputed():
     for t in range(60):
         both += [reading(t, "hr", 80, device="ecg"), reading(t + 0.5, "hr", 150, device="pleth")]
     events, stored = feed(eng, both)
-    assert events == []  # no hr.high from the pleth
+    # no hr.high from the pleth; the disagreement itself is one technical alarm (high: 150
+    # is beyond hr's crit limit), raised at the pleth's first reading (no cadence yet:
+    # one measurement, nobody would hear of it otherwise) and kept while it lasts
+    assert [(e.rule, e.kind, e.device, e.priority, e.state, e.at) for e in events] == [
+        ("hr.disputed", "technical", "pleth", Priority.HIGH, AlertState.ACTIVE, T0 + 0.5)
+    ]
     assert {r.flag for r in stored if r.device == "pleth"} == {"disputed"}
     assert {r.flag for r in stored if r.device == "ecg"} == {None}
     assert eng.counts["disputed"] == 60
@@ -152,12 +161,16 @@ def test_each_device_stays_its_own_series():
     stream = []
     for t in range(60):
         stream += [reading(t, "hr", 80, device="ecg"), reading(t + 0.5, "hr", 150, device="pleth")]
-    assert feed(eng, stream)[0] == []
+    (disputed,) = feed(eng, stream)[0]  # the disagreement: one technical alarm
+    assert (disputed.rule, disputed.device) == ("hr.disputed", "pleth")
     stream = []
     for t in range(60, 90):
         stream += [reading(t, "hr", 130, device="ecg"), reading(t + 0.5, "hr", 150, device="pleth")]
     events, stored = feed(eng, stream)
     assert {r.flag for r in stored} == {None}
+    (agreed,) = [e for e in events if e.kind == "technical"]
+    assert (agreed.id, agreed.state, agreed.at) == (disputed.id, AlertState.RESOLVED, T0 + 60.5)
+    events = [e for e in events if e.kind != "technical"]
     by_device = {e.device: e for e in events}
     assert sorted(by_device) == ["ecg", "pleth"]
     assert len(events) == 2
@@ -170,6 +183,23 @@ def test_each_device_stays_its_own_series():
     assert (pleth.rule, pleth.value, pleth.priority) == ("hr.high", 150, Priority.HIGH)
     assert pleth.started_at == T0 + 60.5 and pleth.at == T0 + 70.5
     assert ecg.id != pleth.id
+
+
+def test_a_change_both_devices_see_costs_at_most_one_reading():
+    """ECG and pleth at 1 Hz both go from 80 to 180 at t=100 (SVT): the ECG's first 180
+    finds the pleth at 80 (disputed), the pleth's first 180 finds the ECG already at 180
+    (evaluated), and the ECG is evaluated from its next reading on. Each raises hr.high
+    10 s (its delay) after its first evaluated 180: 111 and 110.5, not a minute later."""
+    eng = Engine(rules(), sinks=[])
+    stream = []
+    for t in range(160):
+        v = 80 if t < 100 else 180
+        stream += [reading(t, "hr", v, device="ecg"), reading(t + 0.5, "hr", v, device="pleth")]
+    events, stored = feed(eng, stream)
+    raised = {e.device: e.at - T0 for e in events if e.rule == "hr.high"}
+    assert raised == {"ecg": 111, "pleth": 110.5}
+    assert [(r.device, r.ts - T0) for r in stored if r.flag == "disputed"] == [("ecg", 100)]
+    assert not [e for e in events if e.kind == "technical"]  # one reading: not a dispute
 
 
 def test_a_probe_off_run_still_tells_the_cadence_a_lone_artefact_after_it_never_alarms():
@@ -190,11 +220,12 @@ def test_a_probe_off_run_still_tells_the_cadence_a_lone_artefact_after_it_never_
     stream = []
     for t in range(30):
         stream += [reading(t, "hr", 80, device="ecg"), reading(t + 0.5, "hr", 150, device="pleth")]
-    assert feed(eng, stream)[0] == []
+    assert rules_of(feed(eng, stream)[0]) == [("hr.disputed", "technical", "active")]
     eng.process([reading(40, "hr", 130, device="ecg")])  # the ECG no longer says normal
     events, _ = feed(eng, [reading(40.5, "hr", 150, device="pleth"),
                            reading(41.5, "hr", 90, device="pleth")])  # fmt: skip
-    assert events == []  # one undisputed 150 between others: not an alarm on its own
+    # one undisputed 150 between others: not an alarm on its own (the dispute is over)
+    assert rules_of(events) == [("hr.disputed", "technical", "resolved")]
 
 
 # ------------------------------------------------------------------ configuration

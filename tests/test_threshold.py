@@ -527,8 +527,10 @@ def judged(
     ``declared``: the mode a pattern or the source gives (None: auto). Auto: the cadence
     is the median of the last five intervals between the readings so far (this one
     included; times strictly increase here); continuous while it is at most
-    ``CONTINUOUS_MAX_INTERVAL``, intermittent beyond and while there is no interval yet.
-    A continuous run tolerates gaps of max(max_gap_s, GAP_FACTOR x the cadence).
+    ``CONTINUOUS_MAX_INTERVAL``, intermittent beyond and while there is no interval yet;
+    and a reading more than ``CONTINUOUS_MAX_INTERVAL`` after the one before it is
+    intermittent whatever the cadence (a cuff's regular cycle after a burst of STAT
+    cycles). A continuous run tolerates gaps of max(max_gap_s, GAP_FACTOR x the cadence).
     """
     out: list[Judged] = []
     intervals = [b - a for (a, _), (b, _) in itertools.pairwise(pts)]
@@ -539,7 +541,8 @@ def judged(
         cadence = statistics.median(recent) if recent else None
         if declared is not None:
             mode = declared
-        elif cadence is not None and cadence <= CONTINUOUS_MAX_INTERVAL:
+        elif (cadence is not None and cadence <= CONTINUOUS_MAX_INTERVAL
+              and intervals[k - 1] <= CONTINUOUS_MAX_INTERVAL):  # fmt: skip
             mode = "continuous"
         else:
             mode = "intermittent"
@@ -757,8 +760,9 @@ def test_engine_matches_reference(
     modes = {"patterns": {"mon1/hr": pattern}} if pattern else {}
     config = hr_rules(cfg, max_gap_s=max_gap, modes=modes)
     got = one_by_one(readings, config)
-    # the operator's pattern first, then the source's word, then the cadence
-    declared = pattern if pattern in ("continuous", "intermittent") else hint
+    # the operator's pattern first ("auto": the cadence, whatever the source says), then
+    # the source's word, then the cadence
+    declared = hint if pattern is None else (None if pattern == "auto" else pattern)
     seen = judged(pts, max_gap, declared)
     for rule, side in sides(cfg).items():
         expected = [

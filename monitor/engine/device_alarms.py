@@ -22,11 +22,16 @@ Contract of :class:`DeviceAlarms`:
   it) is no event, but the latest text is kept for later events. A key whose kind
   changes (an alarm becoming an INOP) resolves the old alert and raises a new one. A key
   gone from the set resolves its alert (message: the last text + `` — ended (no longer
-  reported by the device)``, ``at`` = the report ts). Events of one report: resolutions
-  first (by key), then changes and raises in the report's order. A report older than
-  the device's latest processed one is ignored (out of order), and so is one at the same
-  ts (one state per instant, the first wins: a redelivered duplicate must not raise an
-  id again). Two alarms with one key in a report: the first of the highest priority.
+  reported by the device)``, ``at`` = the report ts). A complete report speaks only for
+  the alarms complete reports raised: an alarm raised by a report that is not complete
+  (below: PCD-04 news, a separate transaction from the numerics) ends only by such news.
+  Events of one report: resolutions first (by key), then changes and raises in the
+  report's order. A report older than the device's latest processed one is ignored (out
+  of order). One at the same ts is the later word and is applied (HL7 times have whole
+  seconds: numerics and then an alarm in the same second must not lose the alarm); a
+  redelivered duplicate changes nothing, and an alarm ended at that instant is not
+  raised again within it (its id would repeat). Two alarms with one key in a report:
+  the first of the highest priority.
 * A report that is not ``complete`` (IHE PCD-04: one alarm's news) changes only the
   alarms it names: an active one raises or changes its alert as above; one marked
   ``active`` False resolves its alert (message: the last text + `` — ended (reported
@@ -80,11 +85,13 @@ def rule_of(kind: str) -> str:
 
 
 class _Open:
-    __slots__ = ("event", "text")
+    __slots__ = ("complete", "event", "text")
 
-    def __init__(self, event: AlertEvent, text: str) -> None:
+    def __init__(self, event: AlertEvent, text: str, complete: bool = True) -> None:
         self.event = event  #: the alert's latest published state
         self.text = text  #: the device's latest text for it (may be newer than the event's)
+        #: raised by a complete report (a full set ends it), or by news (only news does)
+        self.complete = complete
 
 
 class DeviceAlarms:
@@ -95,6 +102,8 @@ class DeviceAlarms:
         self._open: dict[_Device, dict[str, _Open]] = {}
         #: (device, key) -> ts of its latest news in a report that is not complete
         self._key_ts: dict[tuple[_Device, str], float] = {}
+        #: (device, key) -> ts a complete report last ended it at
+        self._ended: dict[tuple[_Device, str], float] = {}
 
     def observe(self, report: DeviceAlarmReport) -> list[AlertEvent]:
         """A device's full set of alarms: -> resolutions of alarms gone, then changes and
@@ -105,8 +114,8 @@ class DeviceAlarms:
             if last is not None and report.ts < last:
                 return []  # older than the device's latest full set
             return self._news(dev, report)
-        if last is not None and report.ts <= last:
-            return []  # out of order or same instant: what holds was already said
+        if last is not None and report.ts < last:
+            return []  # out of order: what holds was already said
         self._ts[dev] = report.ts
         ts = report.ts
         wanted: dict[str, DeviceAlarm] = {}
@@ -116,12 +125,16 @@ class DeviceAlarms:
                 wanted[a.key] = a
         alarms = self._open.get(dev, {})
         out: list[AlertEvent] = []
-        for key in sorted(k for k, o in alarms.items()
-                          if k not in wanted or o.event.kind != wanted[k].kind):  # fmt: skip
+        for key in sorted(k for k, o in alarms.items() if o.complete and
+                          (k not in wanted or o.event.kind != wanted[k].kind)):  # fmt: skip
             out.append(self._resolve(dev, key, ts, ENDED))
+            if key not in wanted:  # (a kind change raises it anew below)
+                self._ended[(dev, key)] = ts
         if not wanted:
             return out
         for a in wanted.values():
+            if self._ended.get((dev, a.key)) == ts and a.key not in self._open.get(dev, {}):
+                continue  # ended at this very instant: not raised again within it
             out += self._active(dev, report, a)
         return out
 
@@ -151,7 +164,7 @@ class DeviceAlarms:
         held = alarms.get(a.key)
         if held is None:
             event = _raise(report, a)
-            alarms[a.key] = _Open(event, a.text)
+            alarms[a.key] = _Open(event, a.text, report.complete)
             return [_copy(event)]
         held.text = a.text
         if a.priority == held.event.priority:
@@ -175,6 +188,11 @@ class DeviceAlarms:
             at = max(times, default=None)  # the device's latest word (None: restored)
             for key in sorted(self._open[dev]):
                 out.append(self._resolve(dev, key, at, DISCHARGED))
+                if at is not None:  # a redelivered report of that instant raises nothing
+                    self._ended[(dev, key)] = at
+        for ended in [k for k in self._ended if k[0][0] == ward and k[0][1] == bed]:
+            if ended[0] not in self._ts:
+                del self._ended[ended]
         return out
 
     def restore(self, event: AlertEvent) -> bool:

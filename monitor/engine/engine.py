@@ -33,7 +33,7 @@ from monitor.engine.device_alarms import DeviceAlarms
 from monitor.engine.flapping import Flapping
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.modes import Cadence, Modes
-from monitor.engine.plausibility import HISTORY, IMPLAUSIBLE, Peer, Plausibility
+from monitor.engine.plausibility import HISTORY, IMPLAUSIBLE, LATE, Peer, Plausibility
 from monitor.engine.score import RULE as NEWS2_RULE
 from monitor.engine.score import News2Scores, ScoreUpdate
 from monitor.engine.sensor import SensorState
@@ -42,13 +42,11 @@ from monitor.engine.threshold import PRIORITY, Active, SeriesKey, ThresholdRule
 from monitor.engine.trend import TrendRule, build_trend_rules
 from monitor.engine.window import Window
 from monitor.model import (
-    CONTINUOUS,
     INTERMITTENT,
     Admission,
     AlertEvent,
     AlertState,
     BedCommand,
-    DeviceAlarmReport,
     Priority,
     Reading,
 )
@@ -68,14 +66,17 @@ Rule = ThresholdRule | TrendRule
 #: older than its series' present by more than max_lag_s; the same measurement again;
 #: and the flags a reading is stored with (monitor.engine.plausibility).
 NOT_EVALUATED = ("late", "repeated", "implausible", "disputed", "history")
+#: Readings behind their device's present, advancing, arriving live, in a row: the
+#: device's clock went back; its new time becomes the present (Engine._rebase).
+REBASE_AFTER = 3
 #: Profile of a bed nobody assigned one to.
 DEFAULT_PROFILE = "adult"
 
 
 class _Series:
     __slots__ = (
-        "active", "auto_spot", "cadence", "configured", "entry", "gap", "implausible",
-        "next_eval", "rules", "window",
+        "active", "auto_spot", "behind", "cadence", "configured", "entry", "flagged", "gap",
+        "last", "next_eval", "rules", "window",
     )  # fmt: skip
 
     def __init__(self, span_s: float, rules: list[Rule], configured: str | None) -> None:
@@ -83,8 +84,14 @@ class _Series:
         self.active: list[Active | None] = [None] * len(rules)
         self.next_eval: list[float] = [float("-inf")] * len(rules)  #: throttled (trend) rules
         self.cadence = Cadence()  #: the series' own interval (event time)
-        self.configured = configured  #: its mode from rules.modes.patterns (None: auto)
-        self.implausible = False  #: an implausible run or its alarm is open
+        self.configured = configured  #: its mode from rules.modes.patterns (None: none)
+        self.flagged = False  #: an implausible or disputed run, or its alarm, is open
+        #: the newest value measured (evaluated or disputed): what another device of the
+        #: bed measuring the vital is compared with; (-inf, nan) before any
+        self.last: tuple[float, float] = (float("-inf"), math.nan)
+        #: readings behind the device's present, advancing, in a row: (count, first ts,
+        #: first arrival, latest ts) -> the device's clock went back (Engine._rebase)
+        self.behind: tuple[int, float, float, float] = (0, 0.0, 0.0, float("-inf"))
         #: from the cadence (kept up to date by retune): auto mode says intermittent, and
         #: the longest gap a continuous run may have
         self.auto_spot = True
@@ -109,6 +116,14 @@ class _Series:
         self.entry = (max(lows) if lows else None, min(highs) if highs else None)
         #: a continuous series sampled less often than its window keeps what a run needs
         self.window.min_keep = max([2, *(r.confirm for r in rules if isinstance(r, ThresholdRule))])
+
+    def reset_window(self) -> None:
+        """A new timeline (the device's clock went back): what the window held is from
+        another time; the cadence's intervals stay (the device's rate did not change)."""
+        old = self.window
+        self.window = Window(old.span_s, min_keep=old.min_keep)
+        self.next_eval = [float("-inf")] * len(self.rules)
+        self.cadence.last = float("-inf")
 
 
 class Engine:
@@ -143,8 +158,10 @@ class Engine:
         self._score_updates: list[ScoreUpdate] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=queue_size)
         self.series: dict[SeriesKey, _Series] = {}
-        #: (ward, bed) -> the newest event time the bed has shown (history is older)
-        self._bed_now: dict[tuple[str, str], float] = {}
+        #: (ward, bed, device) -> the newest event time the device has shown (history is
+        #: older); the device is a series' device before its ".channel": a monitor's
+        #: channels share its clock, another device keeps its own
+        self._dev_now: dict[tuple[str, str, str], float] = {}
         #: (ward, bed, vital) -> its series, one per device (plausibility: disputes)
         self._peers: dict[tuple[str, str, str], list[_Series]] = {}
         self.counts: Counter[str] = Counter()
@@ -211,9 +228,8 @@ class Engine:
 
     def _others(self, key: SeriesKey, series: _Series) -> list[Peer]:
         """The latest valid value of the vital from the bed's other devices."""
-        return [(o.window.newest, float(o.window.values[-1]), o.entry)
-                for o in self._peers.get((key.ward, key.bed, key.vital), ())
-                if o is not series and len(o.window)]  # fmt: skip
+        return [(*o.last, o.entry) for o in self._peers.get((key.ward, key.bed, key.vital), ())
+                if o is not series and o.last[0] > -math.inf]  # fmt: skip
 
     def restore(self, alerts: Sequence[AlertEvent]) -> list[AlertEvent]:
         """Carry alerts that were active at the last stop into this run.
@@ -429,15 +445,15 @@ class Engine:
             if self.staleness is not None:
                 arrived = batch.received_at or time.time()
                 for r in batch.readings:
-                    mode = self.modes.configured(r.device, r.vital) or r.mode
+                    mode = Modes.declared(self.modes.configured(r.device, r.vital), r.mode)
                     raised += self.staleness.seen(r.ward, r.bed, r.device, arrived, r.ts,
                                                   mode)  # fmt: skip
                 for st in batch.statuses:  # a status is a sign of life too
                     raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
-                for rep in batch.device_alarms:  # and so is a device's full alarm set
-                    if rep.complete:  # (PCD-04 news comes when alarms change: no cadence)
+                for rep in batch.device_alarms:  # a device's full alarm set: the bed spoke
+                    if rep.complete:  # (PCD-04 news comes when alarms change)
                         raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived,
-                                                      rep.ts, self._mode(batch, rep))  # fmt: skip
+                                                      watch=False)  # fmt: skip
             if self._score_updates:
                 # one publication per bed and batch: its latest score (a reading object
                 # carrying all seven parameters is not six partial scores and a full one)
@@ -456,6 +472,12 @@ class Engine:
                 await sink.write(batch.readings, events, done)
             await asyncio.sleep(0)  # a busy queue never suspends: let the others run
 
+    def take_score_updates(self) -> list[ScoreUpdate]:
+        """The NEWS2 score changes since the last call (``run`` publishes them; a replay,
+        which publishes none, takes them so that they do not pile up)."""
+        updates, self._score_updates = self._score_updates, []
+        return updates
+
     def tick(self, now: float) -> list[AlertEvent]:
         """Time-driven rule work due at or before ``now`` (the daemon's clock, once a
         second): NEWS2 holds that have elapsed and inputs that have expired, each dated at
@@ -471,20 +493,6 @@ class Engine:
         for e in events:
             self.counts[f"alert_{e.state}"] += 1
         return self.flapping.filter(events)
-
-    def _mode(self, batch: Batch, rep: DeviceAlarmReport) -> str | None:
-        """The declared mode of an alarm report's device: continuous when any of its
-        readings in the batch (its channels, ``<device>.<channel>``) is, so its silence is
-        judged alike; else None."""
-        for r in batch.readings:
-            if (
-                r.bed == rep.bed
-                and r.ward == rep.ward
-                and r.device.partition(".")[0] == rep.device
-                and (self.modes.configured(r.device, r.vital) or r.mode) == CONTINUOUS
-            ):
-                return CONTINUOUS
-        return None  # fmt: skip
 
     def apply(self, cmd: BedCommand) -> list[AlertEvent]:
         """An admission or discharge, in queue order with the readings."""
@@ -524,12 +532,13 @@ class Engine:
         last = len(readings) - 1
         clamp = cfg.max_future_s is not None  # (None: event time runs free, a simulation)
         ranges = self.plausibility.ranges
-        # each bed's present: the newest event time it has shown (a snapshot: all of it)
-        bed_now = self._bed_now
+        # each device's present: the newest event time it has shown (a snapshot: all of it)
+        dev_now = self._dev_now
         for r in readings if snapshot else ():
             at = r.ts if received_at is None or not clamp else min(r.ts, received_at)
-            if at > bed_now.get((r.ward, r.bed), -math.inf):
-                bed_now[(r.ward, r.bed)] = at
+            where = (r.ward, r.bed, r.device.partition(".")[0])
+            if at > dev_now.get(where, -math.inf):
+                dev_now[where] = at
         for n, arrived in enumerate(readings):
             r = arrived
             self.counts["readings"] += 1
@@ -550,18 +559,20 @@ class Engine:
             series = self.series.get(key) or self._new_series(key)
             win = series.window
             flag = None
-            where = (r.ward, r.bed)
-            present = bed_now.get(where, -math.inf)
+            where = (r.ward, r.bed, r.device.partition(".")[0])
+            present = dev_now.get(where, -math.inf)
             if r.ts > present:
-                bed_now[where] = r.ts
-            elif r.ts < present - cfg.max_age_s:
+                dev_now[where] = r.ts
+            newest = win.newest
+            if r.ts < present - cfg.max_age_s:
                 flag = HISTORY  # e.g. yesterday's NIBP repeated in every message
+            elif r.ts < newest - cfg.max_lag_s:
+                flag = LATE  # too late to change the present
+            if flag is not None and self._rebase(key, series, r, received_at, where):
+                flag, win, newest = None, series.window, -math.inf  # the device's new time
+            elif flag is None:
+                series.behind = (0, 0.0, 0.0, -math.inf)
             if flag is None:
-                newest = win.newest
-                if r.ts < newest - cfg.max_lag_s:
-                    self.counts["late"] += 1  # stored, too late to change the present
-                    events += self._settle(r, settle)
-                    continue
                 if r.ts == newest and r.value == win.values[-1]:
                     self.counts["repeated"] += 1  # the same measurement again
                     events += self._settle(r, settle)
@@ -569,11 +580,16 @@ class Engine:
                 rng = ranges.get(r.vital)
                 if rng is not None and not rng[0] <= r.value <= rng[1]:
                     flag = IMPLAUSIBLE
-                elif series.beyond(r.value) and len(self._peers[(r.ward, r.bed, r.vital)]) > 1:
-                    flag = self.plausibility.dispute(r, self._others(key, series))
-                if flag is not None or series.implausible:
-                    plaus = self.plausibility.observe(r, flag)
-                    series.implausible = flag == IMPLAUSIBLE or self.plausibility.is_open(key)
+                else:
+                    if series.beyond(r.value) and len(self._peers[(r.ward, r.bed, r.vital)]) > 1:
+                        flag = self.plausibility.dispute(r, self._others(key, series))
+                    if r.ts >= series.last[0]:
+                        series.last = (r.ts, r.value)  # measured (a disputed value too)
+                if flag is not None or series.flagged:
+                    declared = Modes.declared(series.configured, r.mode)
+                    spot = series.auto_spot if declared is None else declared == INTERMITTENT
+                    plaus = self.plausibility.observe(r, flag, spot, self._crit(series, r.value))
+                    series.flagged = flag is not None or self.plausibility.is_open(key)
                     for e in plaus:
                         self.counts[f"alert_{e.state}"] += 1
                     events += plaus
@@ -582,10 +598,11 @@ class Engine:
                 readings[n] = replace(arrived, flag=flag)
                 # an implausible or disputed value was still measured then: the series'
                 # cadence goes on
-                if flag != HISTORY and series.cadence.add(r.ts):
+                if flag not in (HISTORY, LATE) and series.cadence.add(r.ts):
                     series.retune(modes, cfg.max_gap_s)
                 events += self._settle(r, settle)
                 continue
+            previous = series.cadence.last
             if series.cadence.add(r.ts):
                 series.retune(modes, cfg.max_gap_s)
             win.add(r.ts, r.value)
@@ -597,8 +614,13 @@ class Engine:
                 step.append(score_event)
             rules = series.rules
             if rules:
-                mode = series.configured or r.mode  # the operator's word, then the source's
-                spot = series.auto_spot if mode is None else mode == INTERMITTENT
+                mode = Modes.declared(series.configured, r.mode)  # the operator's, the source's
+                if mode is None:  # auto: the cadence, and a reading long after the last one
+                    # is judged on its own whatever came before (a cuff after STAT cycles)
+                    long_after = r.ts - previous > modes.cfg.continuous_max_interval_s
+                    spot = series.auto_spot or (long_after and previous > -math.inf)
+                else:
+                    spot = mode == INTERMITTENT
                 gap = cfg.max_gap_s if spot else series.gap
                 ts, vals = win.ts, win.values
                 newest = win.newest
@@ -622,6 +644,42 @@ class Engine:
             events += flapping.tick(r.ward, r.bed, r.ts)  # (a dict lookup when none flaps)
             events += self.sensors.reading(r)  # values again: "sensor off" is over
         return events
+
+    def _rebase(self, key: SeriesKey, series: _Series, r: Reading, received_at: float | None,
+                where: tuple[str, str, str]) -> bool:  # fmt: skip
+        """``r`` is behind its device's present (history) or its series' (late). When
+        :data:`REBASE_AFTER` such readings in a row advance and arrive live (spread over
+        at least half their event-time span: a resent backlog arrives in a burst), the
+        device's clock went back (a step, a time zone change): its new time becomes the
+        present, the series' window starts again, and this reading is evaluated. A repeat
+        of an old value never advances, and stays history. -> whether rebased.
+
+        The daemon only: a replay (no arrival time) cannot tell a clock from a backlog."""
+        if received_at is None:
+            return False
+        count, first_ts, first_rx, latest = series.behind
+        if r.ts <= latest:
+            return False  # not advancing: a repeat, or an older value resent
+        if count == 0:
+            first_ts, first_rx = r.ts, received_at
+        count += 1
+        series.behind = (count, first_ts, first_rx, r.ts)
+        if count < REBASE_AFTER or received_at - first_rx < 0.5 * (r.ts - first_ts):
+            return False
+        ahead = max(self._dev_now.get(where, r.ts), series.window.newest) - r.ts
+        self._dev_now[where] = r.ts
+        series.reset_window()
+        series.behind = (0, 0.0, 0.0, -math.inf)
+        self.counts["clock_rebased"] += 1
+        log.warning("%s/%s %s: %d readings in a row %.0f s behind the device's own present, "
+                    "arriving live: its clock went back; judged on its new time from now",
+                    key.ward, key.bed, key.device, count, ahead)  # fmt: skip
+        return True
+
+    def _crit(self, series: _Series, value: float) -> bool:
+        """Whether ``value`` is beyond a crit limit of the series' threshold rules."""
+        return any(2 in rule.limits and bool(rule.beyond(2, value))
+                   for rule in series.rules if isinstance(rule, ThresholdRule))  # fmt: skip
 
     def _settle(self, r: Reading, settle: bool) -> list[AlertEvent]:
         """A reading that is not evaluated still closes its instant for NEWS2 (what came

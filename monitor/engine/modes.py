@@ -37,6 +37,8 @@ from monitor.model import CONTINUOUS, INTERMITTENT
 
 #: Intervals the cadence estimate keeps.
 KEEP = 5
+#: A pattern's mode: the cadence decides.
+AUTO = "auto"
 
 
 class Cadence:
@@ -89,16 +91,25 @@ class Modes:
 
     @functools.lru_cache(maxsize=65536)  # noqa: B019 - one Modes per config, kept for the run
     def configured(self, device: str, vital: str) -> str | None:
-        """The mode ``rules.modes.patterns`` gives ``device/vital``, None for auto."""
+        """The mode ``rules.modes.patterns`` gives ``device/vital`` (``auto`` included: the
+        cadence decides, whatever the source says), None when no pattern matches."""
         name = f"{device}/{vital}"
         for rx, mode in self._patterns:
             if rx.match(name):
-                return None if mode == "auto" else mode
+                return mode
         return None
+
+    @staticmethod
+    def declared(configured: str | None, hint: str | None) -> str | None:
+        """The mode a series is declared to have: the operator's pattern, else the
+        source's word; None: the cadence decides (a pattern's ``auto`` overrules a source
+        that mislabels itself)."""
+        mode = hint if configured is None else configured
+        return None if mode == AUTO else mode
 
     def resolve(self, configured: str | None, hint: str | None, cadence: Cadence) -> str:
         """The mode of a series now: pattern, else the source's hint, else its cadence."""
-        mode = configured or hint
+        mode = self.declared(configured, hint)
         if mode is not None:
             return mode
         median = cadence.median

@@ -58,10 +58,12 @@ class Staleness:
         self.exempt: dict[tuple[str, str], set[str]] = {}
 
     def seen(self, ward: str, bed: str, device: str, now: float, ts: float | None = None,
-             mode: str | None = None) -> list[AlertEvent]:  # fmt: skip
+             mode: str | None = None, watch: bool = True) -> list[AlertEvent]:  # fmt: skip
         """A reading (event time ``ts``; None: a status) arrived at ``now``: note it;
-        -> the resolutions of alarms it ends."""
-        if not self._exempt(ward, bed, device):
+        -> the resolutions of alarms it ends. ``watch`` False: a sign of life of the bed
+        (a device's alarm report), not a device to watch for silence by that name (a
+        monitor's channels are watched, ``MX800.ecg``, ...)."""
+        if watch and not self._exempt(ward, bed, device):
             key = (ward, bed, device)
             self._seen[key] = now
             if ts is not None:

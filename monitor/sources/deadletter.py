@@ -1,11 +1,18 @@
 """Dead letters: every refused input is counted by cause, logged at most once per
-10 s per cause, and published to ``vitalmon/deadletter`` with its reason."""
+10 s per cause, and published to ``vitalmon/deadletter`` with its reason.
+
+The payload echoed (its first KiB, for whoever integrates a device) never carries a
+patient identifier (:func:`redact`): a dead letter is a side channel, read by people and
+tools that have no business with identities. HL7 segments that identify a person (PID,
+PD1, NK1, GT1, IN1, IN2, MRG) keep only their name; a JSON ``"patient"`` value becomes
+``"<redacted>"``, in valid and broken JSON alike."""
 
 from __future__ import annotations
 
 import base64
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +26,22 @@ LOG_EVERY_S = 10.0
 MAX_PAYLOAD_ECHO = 1024
 
 Publish = Callable[[str, bytes], object]
+
+REDACTED = "<redacted>"
+#: HL7 segments about a person: only their name is echoed.
+_PERSON_SEGMENTS = ("PID", "PD1", "NK1", "GT1", "IN1", "IN2", "MRG")
+_HL7_PERSON = re.compile(rb"(^|[\r\n\x0b])(" + b"|".join(s.encode() for s in _PERSON_SEGMENTS)
+                         + rb")([|^~\\&])[^\r\n\x1c]*")  # fmt: skip
+#: ``"patient": <string or number>`` in any JSON, valid or not (any case, any spacing).
+_JSON_PATIENT = re.compile(rb'("patient"\s*:\s*)("(?:[^"\\]|\\.)*"?|-?[0-9][0-9.eE+-]*)',
+                           re.IGNORECASE)  # fmt: skip
+
+
+def redact(payload: bytes) -> bytes:
+    """``payload`` without patient identifiers (module docstring)."""
+    out = _HL7_PERSON.sub(lambda m: m.group(1) + m.group(2) + m.group(3) + REDACTED.encode(),
+                          payload)  # fmt: skip
+    return _JSON_PATIENT.sub(lambda m: m.group(1) + b'"' + REDACTED.encode() + b'"', out)
 
 
 class DeadLetters:
@@ -59,7 +82,7 @@ class DeadLetters:
             "topic": rej.topic,
             "at": iso(time.time()),
         }
-        raw = rej.payload[:MAX_PAYLOAD_ECHO]
+        raw = redact(rej.payload)[:MAX_PAYLOAD_ECHO]
         try:
             out["payload"] = raw.decode("utf-8")
         except UnicodeDecodeError:
