@@ -63,6 +63,8 @@ the same table. Labels are in braces.
     Readings stored, not evaluated: late, repeated, implausible, disputed, history.
 ``vitalmon_readings_clamped_total`` counter
     Readings stamped ahead of their arrival, evaluated at their arrival time.
+``vitalmon_clock_rebases_total`` counter
+    Series whose device clock went back, judged on its new time from then on.
 ``vitalmon_readings_forwarded_total{sink}`` counter
     Readings forwarded to a remote sink.
 ``vitalmon_readings_dropped_total{sink}`` counter
@@ -187,6 +189,8 @@ SPECS: Mapping[str, Spec] = {
     "vitalmon_readings_not_evaluated_total": Spec(
         "counter", "Readings stored, not evaluated: late, repeated, implausible, disputed, "
         "history.", ("reason",)),
+    "vitalmon_clock_rebases_total": Spec(
+        "counter", "Series whose device clock went back, judged on its new time from then on."),
     "vitalmon_readings_clamped_total": Spec(
         "counter", "Readings stamped ahead of their arrival, evaluated at their arrival "
         "time."),
