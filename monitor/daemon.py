@@ -413,6 +413,7 @@ class Daemon:
                 for why in NOT_EVALUATED]  # fmt: skip
         out.append(sample("vitalmon_readings_clamped_total", e["clamped"]))
         out.append(sample("vitalmon_clock_rebases_total", e["clock_rebased"]))
+        out.append(sample("vitalmon_engine_errors_total", e["engine_errors"]))
         out += [sample("vitalmon_alert_events_total", n, kind=k, priority=p, state=st)
                 for (k, p, st), n in sorted(self.alert_sink.events.items())]  # fmt: skip
         out += [sample("vitalmon_queue_depth", q.qsize(), queue=name)

@@ -301,7 +301,7 @@ def format_alert(payload: bytes) -> str:
             f"{e['ward']}/{e['bed']:<4} {e['rule']:<10} {str(e['state']).upper():<12} "
             f"{e['message']}   (id {ident[:8]}…)"
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return f"(unreadable alert) {payload[:200]!r}"
 
 

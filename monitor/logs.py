@@ -181,6 +181,17 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 # -------------------------------------------------------------------------- formatters
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def escape_controls(text: str) -> str:
+    """Control characters (line breaks, NUL, ESC, ...) written as escapes: ``\\n``,
+    ``\\x00``. Input text (device names, topics, payload fragments) never makes a log
+    line of its own or a terminal sequence."""
+    return text.translate(_CONTROLS)
+
+
 class HumanFormatter(logging.Formatter):
     """``2026-11-28 12:00:00,123 INFO    vitalmon.engine: message [k=v]``."""
 
@@ -192,7 +203,9 @@ class HumanFormatter(logging.Formatter):
         msg = record.getMessage()
         if fields := _fields(record):
             msg += " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]"
-        msg += _suffix(_suppressed(record))
+        # one record, one line: a device name "a\nb" from a payload must not forge a line
+        # (control characters as escapes; a traceback below is vitalmon's own text)
+        msg = escape_controls(msg) + _suffix(_suppressed(record))
         text = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {msg}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

@@ -63,6 +63,8 @@ the same table. Labels are in braces.
     Readings stored, not evaluated: late, repeated, implausible, disputed, history.
 ``vitalmon_readings_clamped_total`` counter
     Readings stamped ahead of their arrival, evaluated at their arrival time.
+``vitalmon_engine_errors_total`` counter
+    Batches the engine could not evaluate (stored, acknowledged, logged once a minute).
 ``vitalmon_clock_rebases_total`` counter
     Series whose device clock went back, judged on its new time from then on.
 ``vitalmon_readings_forwarded_total{sink}`` counter
@@ -189,6 +191,9 @@ SPECS: Mapping[str, Spec] = {
     "vitalmon_readings_not_evaluated_total": Spec(
         "counter", "Readings stored, not evaluated: late, repeated, implausible, disputed, "
         "history.", ("reason",)),
+    "vitalmon_engine_errors_total": Spec(
+        "counter", "Batches the engine could not evaluate (stored, acknowledged, logged once a "
+        "minute)."),
     "vitalmon_clock_rebases_total": Spec(
         "counter", "Series whose device clock went back, judged on its new time from then on."),
     "vitalmon_readings_clamped_total": Spec(

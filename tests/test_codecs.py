@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import DEFAULT_ALIASES
@@ -657,8 +657,19 @@ def _plausible_number(vital: str, raw: Any) -> bool:
     return lo <= raw <= hi  # False for NaN; exact for huge integers
 
 
+#: Fields of a reading object that are not vitals (README, "Readings").
+META = {"ts", "patient", "device", "status", "mode"}
+
+
 @PROPS
 @given(objects)
+# the meta fields a generated key can hit ("status" and "mode" are short enough): each
+# was a falsifying example of this property once (issue 15, C19)
+@example({"status": "ok"})
+@example({"status": ["sensor_off"], "hr": 70})
+@example({"status": 5, "hr": 70, "x": 1})
+@example({"mode": "continuous", "hr": 70})
+@example({"mode": "sometimes", "hr": 70})
 def test_every_vital_field_is_accounted_for(obj: dict[str, Any]):
     d = dec(json.dumps(obj))
     _check_invariants(d)
@@ -669,19 +680,26 @@ def test_every_vital_field_is_accounted_for(obj: dict[str, Any]):
         assert len(d.rejections) == 1
         return
     vital_fields = [k for k in obj if k in VITALS]
-    unknown = [k for k in obj if k not in VITALS and k not in {"ts", "patient", "device"}]
-    per_field = [c for c in causes(d) if c in {"wrong_type", "not_finite", "implausible"}]
+    unknown = [k for k in obj if k not in VITALS and k not in META]
+    # a status the device sends: refused as a whole when bad; when it says the device
+    # cannot measure, every vital of the object is refused as sensor_flag
+    flags = parse_status(obj["status"])[0] if "status" in obj else frozenset()
+    bad_status = flags is None
+    blind = bool(flags) and any(DEVICE_FLAGS[f][3] for f in flags)
+    per_field = [c for c in causes(d)
+                 if c in {"wrong_type", "not_finite", "implausible", "sensor_flag"}]  # fmt: skip
     assert len(d.readings) + len(per_field) == len(vital_fields)
     assert sorted(r.vital for r in d.readings) == sorted(
-        k for k in vital_fields if _plausible_number(k, obj[k])
+        k for k in vital_fields if not blind and _plausible_number(k, obj[k])
     )
     for r in d.readings:
         assert r.value == as_value(r.vital, obj[r.vital].strip().upper()
                                    if r.vital == "avpu" else obj[r.vital])  # fmt: skip
     assert causes(d).count("unknown_vital") == len(unknown)
     has_empty = "empty" in causes(d)
-    assert has_empty == (not vital_fields)
-    assert len(d.rejections) == len(per_field) + len(unknown) + has_empty
+    assert has_empty == (not vital_fields and "status" not in obj)
+    assert causes(d).count("bad_status") == bad_status
+    assert len(d.rejections) == len(per_field) + len(unknown) + has_empty + bad_status
 
 
 # ------------------------------------------------------------ device-reported status

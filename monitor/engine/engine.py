@@ -165,6 +165,7 @@ class Engine:
         #: (ward, bed, vital) -> its series, one per device (plausibility: disputes)
         self._peers: dict[tuple[str, str, str], list[_Series]] = {}
         self.counts: Counter[str] = Counter()
+        self._last_failure_log = -math.inf  #: monotonic time of the last failure logged
         #: (ward, bed) -> profile name, for beds not on the default profile.
         self.bed_profile: dict[tuple[str, str], str] = {}
         #: (ward, bed) -> profile from the config's ``beds``.
@@ -430,30 +431,10 @@ class Engine:
                 return
             self.counts["batches"] += 1  # progress, for the watchdog
             raised = list(batch.alarms)
-            if batch.tick is not None:  # the clock: time-driven work due by then first
-                raised += self.tick(batch.tick)
-            for cmd in batch.bed_commands:
-                raised += self.apply(cmd)
-            for status in batch.statuses:  # before the readings: a reading newer than a
-                raised += self.sensors.observe(status)  # "sensor off" ends it
-            for report in batch.device_alarms:  # the device's own alarms and INOPs
-                raised += self.device_alarms.observe(report)
-            from_rules = self.process(batch.readings, batch.received_at or None, batch.snapshot)
-            if from_rules and batch.received_at and self.on_latency is not None:
-                self.on_latency(time.time() - batch.received_at)  # ingest -> alert
-            raised += from_rules
-            if self.staleness is not None:
-                arrived = batch.received_at or time.time()
-                for r in batch.readings:
-                    mode = Modes.declared(self.modes.configured(r.device, r.vital), r.mode)
-                    raised += self.staleness.seen(r.ward, r.bed, r.device, arrived, r.ts,
-                                                  mode)  # fmt: skip
-                for st in batch.statuses:  # a status is a sign of life too
-                    raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
-                for rep in batch.device_alarms:  # a device's full alarm set: the bed spoke
-                    if rep.complete:  # (PCD-04 news comes when alarms change)
-                        raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived,
-                                                      watch=False)  # fmt: skip
+            try:
+                raised += self._evaluate(batch)
+            except Exception:  # noqa: BLE001 - one bad batch never stops the ward's alarms
+                self._failed(batch)
             if self._score_updates:
                 # one publication per bed and batch: its latest score (a reading object
                 # carrying all seven parameters is not six partial scores and a full one)
@@ -471,6 +452,48 @@ class Engine:
                 done = batch.done if sink is self.durable else None
                 await sink.write(batch.readings, events, done)
             await asyncio.sleep(0)  # a busy queue never suspends: let the others run
+
+    def _evaluate(self, batch: Batch) -> list[AlertEvent]:
+        """Everything a batch makes the rules say (``run``, one batch at a time)."""
+        raised: list[AlertEvent] = []
+        if batch.tick is not None:  # the clock: time-driven work due by then first
+            raised += self.tick(batch.tick)
+        for cmd in batch.bed_commands:
+            raised += self.apply(cmd)
+        for status in batch.statuses:  # before the readings: a reading newer than a
+            raised += self.sensors.observe(status)  # "sensor off" ends it
+        for report in batch.device_alarms:  # the device's own alarms and INOPs
+            raised += self.device_alarms.observe(report)
+        from_rules = self.process(batch.readings, batch.received_at or None, batch.snapshot)
+        if from_rules and batch.received_at and self.on_latency is not None:
+            self.on_latency(time.time() - batch.received_at)  # ingest -> alert
+        raised += from_rules
+        if self.staleness is not None:
+            arrived = batch.received_at or time.time()
+            for r in batch.readings:
+                mode = Modes.declared(self.modes.configured(r.device, r.vital), r.mode)
+                raised += self.staleness.seen(r.ward, r.bed, r.device, arrived, r.ts,
+                                              mode)  # fmt: skip
+            for st in batch.statuses:  # a status is a sign of life too
+                raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
+            for rep in batch.device_alarms:  # a device's full alarm set: the bed spoke
+                if rep.complete:  # (PCD-04 news comes when alarms change)
+                    raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived,
+                                                  watch=False)  # fmt: skip
+        return raised
+
+    def _failed(self, batch: Batch) -> None:
+        """A batch made the engine raise (a defect, or input no check foresaw): its
+        readings are still stored and acknowledged, the next batch is evaluated as usual,
+        the failure is counted (``vitalmon_engine_errors_total``) and logged with its
+        traceback at most once a minute (never its readings: they may name a patient)."""
+        self.counts["engine_errors"] += 1
+        now = time.monotonic()
+        if now - self._last_failure_log >= 60.0:
+            self._last_failure_log = now
+            log.exception("engine: a batch of %d reading(s) could not be evaluated (%d so "
+                          "far); stored, not evaluated", len(batch.readings),
+                          self.counts["engine_errors"])  # fmt: skip
 
     def take_score_updates(self) -> list[ScoreUpdate]:
         """The NEWS2 score changes since the last call (``run`` publishes them; a replay,

@@ -17,10 +17,12 @@ except through the sink's bounded queue. What it guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -141,6 +143,26 @@ class _Item:
     audit: Sequence[tuple[object, ...]] = ()
 
 
+def private_dir(directory: Path) -> None:
+    """Create ``directory`` (and its parents) readable by vitalmon alone (0700), whatever
+    the umask; a directory that exists is left as it is (it may be /var/lib or /tmp)."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    for d in missing:
+        os.chmod(d, 0o700)
+
+
+def private_file(path: str) -> None:
+    """The store holds patient ids: the file and its WAL and shared-memory files are
+    0600 whatever the umask (SQLite gives the last two the database file's mode)."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for p in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(p, 0o600)
+
+
 def connect(
     path: str, *, readonly: bool = False, synchronous: str = "normal"
 ) -> sqlite3.Connection:
@@ -150,6 +172,7 @@ def connect(
         if cols and "flag" not in cols:  # a store of schema 2 not yet opened by the daemon
             ro.execute("CREATE TEMP VIEW readings AS SELECT *, NULL AS flag FROM main.readings")
         return ro
+    private_file(path)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
@@ -201,7 +224,7 @@ class SqliteSink:
 
     async def open(self) -> None:
         path = Path(self.cfg.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(
             self._executor, lambda: connect(str(path), synchronous=self.cfg.synchronous)

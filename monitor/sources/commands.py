@@ -52,6 +52,8 @@ def _command(
         doc: Any = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:  # '[' * 100000: nested beyond what any command needs
+        raise ValueError("not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError(f"expected {shape}")
     texts = []
@@ -166,30 +168,41 @@ class CommandSource:
 
     async def run(self, emit: Emit, reject: Reject) -> None:
         while (msg := await self._inbox.get()) is not None:
-            if msg.topic == PAUSE_TOPIC:
-                await self._pause(msg, reject)
-                self._client.ack(msg)
-                continue
-            if msg.topic in (ADMIT_TOPIC, DISCHARGE_TOPIC):
-                await self._bed(msg, emit, reject)
-                self._client.ack(msg)
-                continue
             try:
-                ident, by = parse_ack(msg.payload)
-                event = self.lifecycle.ack(ident, by)
-            except ValueError as exc:
-                reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
-            except UnknownAlert as exc:
-                reject(Rejection("unknown_alert", f"no open alert {exc}", msg.topic,
-                                 msg.payload[:1024]))  # fmt: skip
+                await self._handle(msg, emit, reject)
+            except Exception as exc:  # noqa: BLE001 - one command never stops the daemon
+                # (a defect, or input no check foresaw): refused, acknowledged, the next
+                # one handled; otherwise the broker would redeliver it after every restart
+                reject(Rejection("bad_command", f"could not be handled ({type(exc).__name__})",
+                                 msg.topic, msg.payload[:1024]))  # fmt: skip
+                self._client.ack(msg)
+
+    async def _handle(self, msg: Message, emit: Emit, reject: Reject) -> None:
+        """One command message: applied or refused, then acknowledged."""
+        if msg.topic == PAUSE_TOPIC:
+            await self._pause(msg, reject)
+        elif msg.topic in (ADMIT_TOPIC, DISCHARGE_TOPIC):
+            await self._bed(msg, emit, reject)
+        else:
+            await self._ack(msg, emit, reject)
+        self._client.ack(msg)
+
+    async def _ack(self, msg: Message, emit: Emit, reject: Reject) -> None:
+        try:
+            ident, by = parse_ack(msg.payload)
+            event = self.lifecycle.ack(ident, by)
+        except ValueError as exc:
+            reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
+        except UnknownAlert as exc:
+            reject(Rejection("unknown_alert", f"no open alert {exc}", msg.topic,
+                             msg.payload[:1024]))  # fmt: skip
+        else:
+            if event is None:
+                reject(Rejection("already_acknowledged", f"alert {ident} was acknowledged"
+                                 " before", msg.topic, msg.payload[:1024]))  # fmt: skip
             else:
-                if event is None:
-                    reject(Rejection("already_acknowledged", f"alert {ident} was acknowledged"
-                                     " before", msg.topic, msg.payload[:1024]))  # fmt: skip
-                else:
-                    log.info("alert %s acknowledged by %s", ident, by)
-                    await emit(Batch([], events=[event]))
-            self._client.ack(msg)
+                log.info("alert %s acknowledged by %s", ident, by)
+                await emit(Batch([], events=[event]))
 
     async def _pause(self, msg: Message, reject: Reject) -> None:
         assert self.pauses is not None
@@ -257,7 +270,7 @@ async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0) ->
 
     def on_alert(msg: Message) -> None:
         client.ack(msg)
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             doc = json.loads(msg.payload)
             mine = doc.get("id") == alert_id and doc.get("state") == "acknowledged"
             if mine and not answer.done():
@@ -265,7 +278,7 @@ async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0) ->
 
     def on_dead_letter(msg: Message) -> None:
         client.ack(msg)
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             doc = json.loads(msg.payload)
             mine = doc.get("topic") == ACK_TOPIC and alert_id in str(doc.get("payload", ""))
             if mine and not answer.done():

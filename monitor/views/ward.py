@@ -243,5 +243,5 @@ def _news2(b: BedView) -> int:
 def _json(payload: bytes) -> Any:
     try:
         return json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (any broker client's payload)
         return None
