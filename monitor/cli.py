@@ -263,10 +263,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when run from a tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from monitor import __version__
+
+    try:
+        return version("vitalmon")
+    except PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vitalmon", description="Real-time vital-sign monitoring daemon."
     )
+    p.add_argument("--version", action="version", version=f"vitalmon {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sp: argparse.ArgumentParser) -> None:

@@ -175,3 +175,19 @@ def test_an_alert_without_a_value_does_not_stop_influxdb_forwarding(
     resolved = victoria.wait_for_count(1, '{__name__="alerts_seq",rule="news2",state="resolved"}',
                                        timeout=15)  # fmt: skip
     assert resolved[0].labels["bed"] == "50"
+
+
+# ---------------------------------------------------------------- C22: --version
+
+
+def test_version_is_printed() -> None:
+    """``vitalmon --version`` (CONTRACT): before, "the following arguments are required"."""
+    import subprocess
+    import sys
+
+    from monitor import __version__
+
+    out = subprocess.run([sys.executable, "-m", "monitor", "--version"], capture_output=True,
+                         text=True, timeout=30, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"vitalmon {__version__}"
