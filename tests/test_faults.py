@@ -108,17 +108,19 @@ def test_a_batch_the_engine_cannot_evaluate_is_stored_and_the_next_one_evaluated
 
 
 def test_a_device_name_cannot_forge_a_log_line(daemon: Any, publisher: Any) -> None:
-    """A reading object naming its device ``"mon\\n2026-01-01 00:00:00,000 INFO forged"``
-    with a status under which its value is refused: the refusal names the device in
-    the log. Before, the newline went out raw and forged a line; now it is ``\\n``."""
+    """A reading object naming its device ``"mon\\n2026-01-01 forged\\x00\\x1b[2J"`` (short
+    enough that the refusal's detail names all of it) with a status under which its value
+    is refused: the refusal names the device in the log. Before, the newline went out raw
+    and forged a line; now it is ``\\n``, and NUL and ESC are escaped too."""
     d = daemon()
-    forged = "mon\n2026-01-01 00:00:00,000 INFO    vitalmon.daemon: forged\x00\x1b[2J"
+    forged = "mon\n2026-01-01 forged\x00\x1b[2J"
     publisher.publish("vitals/icu/4/x", {"ts": time.time(), "device": forged,
                                           "status": "sensor_off", "spo2": 97})  # fmt: skip
-    wait_for(lambda: "sensor_flag" in d.log(), 10, "the refusal logged")
+    wait_for(lambda: "rejected input (sensor_flag)" in d.log(), 10, "the refusal logged")
     lines = d.log().splitlines()
     assert not [ln for ln in lines if ln.startswith("2026-01-01")]
-    assert any("mon\\n2026-01-01" in ln and "\\x00\\x1b[2J" in ln for ln in lines)
+    (refused,) = [ln for ln in lines if "rejected input (sensor_flag)" in ln]
+    assert "mon\\n2026-01-01 forged\\x00\\x1b[2J" in refused
 
 
 # ------------------------------------------------------ B16: the store is private
