@@ -581,6 +581,19 @@ class Recorder:
         return None
 
 
+def run_batches(engine: Engine, *batches: Batch) -> None:
+    """``engine.run()`` over ``batches``, then stopped (each batch goes through it whole)."""
+
+    async def main() -> None:
+        task = asyncio.create_task(engine.run())
+        for b in batches:
+            await engine.put(b)
+        engine.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+
 def test_engine_passes_device_alarms_through_the_lifecycle() -> None:
     """Raise, acknowledge, worsen (a new acknowledgement is needed), escalate, discharge,
     restart: the lifecycle numbers every event and treats them as any other alert."""
@@ -590,14 +603,7 @@ def test_engine_passes_device_alarms_through_the_lifecycle() -> None:
     eng = Engine(RulesConfig(), [sink], lifecycle=lifecycle)
 
     def feed(*batches: Batch, engine: Engine = eng) -> None:
-        async def main() -> None:
-            task = asyncio.create_task(engine.run())
-            for b in batches:
-                await engine.put(b)
-            engine.stop()
-            await asyncio.wait_for(task, 5)
-
-        asyncio.run(main())
+        run_batches(engine, *batches)
 
     feed(Batch([], device_alarms=[report(T0, YELLOW, INOP)]))
     alarm_ev, inop_ev = sink.events
@@ -646,14 +652,7 @@ def test_engine_counts_a_report_as_a_sign_of_life_at_its_cadence() -> None:
     assert [e.rule for e in eng.staleness.check(200.0)] == ["device.stale"]  # never heard of
 
     def feed(*batches: Batch) -> None:
-        async def main() -> None:
-            task = asyncio.create_task(eng.run())
-            for b in batches:
-                await eng.put(b)
-            eng.stop()
-            await asyncio.wait_for(task, 5)
-
-        asyncio.run(main())
+        run_batches(eng, *batches)
 
     feed(Batch([], received_at=201.0, device_alarms=[report(T0)]))
     assert eng.staleness.check(210.0) == []  # the bed spoke: the "*" alarm resolved, none new
