@@ -7,6 +7,11 @@ accepted, pending alerts are confirmed by the broker, then the client says ``off
 and disconnects. Signal handlers only set an event; a second SIGINT/SIGTERM forces
 the exit.
 
+A task that fails (a bug, or a source whose device is gone for good) does not tear the
+process down mid-flight: it is logged with its cause, the daemon goes through the same
+orderly shutdown (drain, ``offline``) within its deadline, logs a ``fatal:`` line naming
+the root cause, and exits 1 so that systemd restarts it.
+
 SIGHUP reloads the configuration file: it is validated completely first, and an invalid
 one is refused with every error logged, the running one kept. A valid one applies its
 rules, profiles, beds and alert settings at once, keeping windows, active alerts,
@@ -20,9 +25,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sqlite3
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +40,7 @@ from monitor.config import (
     load,
 )
 from monitor.engine import Engine
+from monitor.engine.capacity import Capacity
 from monitor.engine.engine import NOT_EVALUATED
 from monitor.engine.lifecycle import Lifecycle
 from monitor.engine.system import SYSTEM_WARD, SystemAlarms
@@ -103,7 +109,8 @@ class Daemon:
                              beds=cfg.bed_profiles())  # fmt: skip
         self.engine.score_sink = self.alert_sink
         self.staleness = Staleness(cfg.rules.stale_after_s, cfg.expected_beds, time.time(),
-                                   cfg.rules.stale_factor, cfg.rules.stale_unknown_s)  # fmt: skip
+                                   cfg.rules.stale_factor, cfg.rules.stale_unknown_s,
+                                   cfg.rules.stale_expire_s)  # fmt: skip
         self.engine.staleness = self.staleness
         self.sources: list[Source] = []
         for sc in cfg.sources:
@@ -124,7 +131,10 @@ class Daemon:
         )  # fmt: skip
         self.sources.append(self.commands)
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
+        #: engine.max_* / new_*: what publishers can make the engine keep (engine.capacity)
+        self.engine.capacity = Capacity(cfg.engine, self.system_alarms)
         self.journal.on_condition = self._condition
+        self.client.on_condition = self._condition  # mqtt.session_lost
         for fwd in self.forwarders:
             fwd.on_condition = self._condition
         #: systemd: READY=1 / WATCHDOG=1 / RELOADING=1 / STOPPING=1 (a no-op elsewhere).
@@ -146,6 +156,10 @@ class Daemon:
         self._signals = 0
         self._background: set[asyncio.Task[None]] = set()
         self._engine_stopped = False
+        #: Why the daemon is ending on its own (a task failed): the ``fatal:`` lines.
+        self.fatal: list[str] = []
+        #: The degraded-mode connection while the store refuses commits (``_degrade``).
+        self._shadow: Client | None = None
 
     def _condition(self, rule: str, component: str, active: bool, detail: str) -> None:
         """A store or sink condition changed: raise or resolve its technical alarm."""
@@ -155,6 +169,8 @@ class Daemon:
         event = self.lifecycle.observe(event)
         (log.warning if active else log.info)("technical alarm %s %s: %s", rule, event.state,
                                               detail)  # fmt: skip
+        if rule in ("store.full", "store.failed") and component == "disk":
+            self._degrade(active)
         if self._engine_stopped:
             return  # shutting down: logged; an active one carries over from the store
         task = asyncio.get_running_loop().create_task(
@@ -162,6 +178,34 @@ class Daemon:
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _degrade(self, on: bool) -> None:
+        """The store refuses commits (``on``) or takes them again. Nothing is acknowledged
+        meanwhile, so the broker's window of unacknowledged messages fills and it stops
+        sending: a second, clean-session connection takes QoS 0 copies for the alarms
+        (evaluated, never stored; see :meth:`MqttSource.shadow`)."""
+        sources = [s for s in self.sources if isinstance(s, MqttSource)]
+        if not sources or self._engine_stopped:
+            return
+        if on and self._shadow is None:
+            shadow = Client(self.cfg.mqtt, persistent=False,
+                            client_id=f"{self.cfg.mqtt.client_id}-degraded")  # fmt: skip
+            for src in sources:
+                src.shadow(shadow)
+            shadow.start()
+            self._shadow = shadow
+            log.warning("store refusing commits: alarms go on from QoS 0 copies on a second "
+                        "connection (%s); the broker keeps the durable ones",
+                        shadow.client_id)  # fmt: skip
+        elif not on and self._shadow is not None:
+            shadow, self._shadow = self._shadow, None
+            for src in sources:
+                src.shadow(None)
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(shadow.stop(timeout=2.0), name="vitalmon.degraded-stop")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            log.info("store commits again: the degraded-mode connection is closed")
 
     # ------------------------------------------------------------------- signals
 
@@ -206,8 +250,10 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = await self.startup(tg)
-                await self.main_loop()
-                await self.shutdown(tasks)
+                try:
+                    await self.main_loop()
+                finally:  # (main_loop itself failing still drains and says offline)
+                    await self.shutdown(tasks)
         finally:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -231,32 +277,51 @@ class Daemon:
             log.info("%d admitted bed(s) carried over", len(admissions))
         still_open = await self.journal.active_alerts()
         closed = self.engine.restore(still_open)
-        carried = [e for e in still_open if e not in closed and e.ward != SYSTEM_WARD]
+        gone = {id(e) for e in closed}  # (identity: a linear start-up however many alerts)
+        carried = [e for e in still_open if id(e) not in gone and e.ward != SYSTEM_WARD]
         self.lifecycle.restore(carried)
         self.alert_sink.seed(carried)
-        for sink in self.sinks:
-            await sink.write([], closed)
         tasks: dict[str, list[asyncio.Task[None]]] = {"sinks": [], "sources": [], "forwarders": []}
-        for sink in self.sinks:
-            tasks["sinks"].append(tg.create_task(sink.run(), name=f"vitalmon.sink[{sink.name}]"))
-        for fwd in self.forwarders:
-            tasks["forwarders"].append(
-                tg.create_task(fwd.run(), name=f"vitalmon.forward[{fwd.name}]")
+
+        def start(group: str, coro: Coroutine[Any, Any, None], name: str) -> None:
+            tasks.setdefault(group, []).append(
+                tg.create_task(self._supervised(coro, name), name=name)
             )
-        tasks["engine"] = [tg.create_task(self.engine.run(), name="vitalmon.engine")]
+
+        for sink in self.sinks:
+            start("sinks", sink.run(), f"vitalmon.sink[{sink.name}]")
+        for fwd in self.forwarders:
+            start("forwarders", fwd.run(), f"vitalmon.forward[{fwd.name}]")
+        start("engine", self.engine.run(), "vitalmon.engine")
         tasks["metrics"] = []
         if self.metrics_server is not None and self.cfg.metrics.listen:
-            serve = self.metrics_server.serve(self.cfg.metrics.listen)
-            tasks["metrics"].append(tg.create_task(serve, name="vitalmon.metrics"))
+            start("metrics", self.metrics_server.serve(self.cfg.metrics.listen),
+                  "vitalmon.metrics")  # fmt: skip
         self.client.start()
+        # the alerts closed by the restart go out through the running sinks: their queues
+        # are bounded, and a put before their consumer runs would wait for ever
+        for sink in self.sinks:
+            await sink.write([], closed)
         for src in self.sources:
-            tasks["sources"].append(
-                tg.create_task(
-                    src.run(self._take_in, self.deadletters), name=f"vitalmon.source[{src.name}]"
-                )
-            )
+            start("sources", src.run(self._take_in, self.deadletters),
+                  f"vitalmon.source[{src.name}]")  # fmt: skip
         self.started.set()
         return tasks
+
+    async def _supervised(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run one of the daemon's tasks; if it fails, the daemon shuts down in order."""
+        try:
+            await coro
+        except Exception as exc:  # noqa: BLE001 - any failure ends the daemon, named
+            self.fail(name, exc)
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        """A task failed: log it with its traceback, and end the daemon through the
+        orderly shutdown; ``run`` logs the ``fatal:`` line and exits 1."""
+        cause = root_cause(exc)
+        self.fatal.append(f"{where}: {cause}")
+        log.error("%s failed: %s; shutting down", where, cause, exc_info=exc)
+        self.should_exit.set()
 
     async def main_loop(self) -> None:
         ready_logged = False
@@ -288,6 +353,8 @@ class Daemon:
                 last_status = time.monotonic()
                 self.notifier.status(self.status_line())
             self.alert_sink.tick(time.time())  # pauses that have ended
+            for fwd in self.forwarders:  # sink.down on time, not on the next retry
+                fwd.check()
             due = self.lifecycle.tick()  # escalations, re-notifications
             if self.client.connected.is_set():
                 if deaf:
@@ -295,6 +362,9 @@ class Daemon:
                     deaf = False
                 for e in self.staleness.check(time.time()):
                     e.patient = self.engine.patients.get((e.ward, e.bed))
+                    due.append(self.lifecycle.observe(e))
+                # devices of beds nobody expects, stale for rules.stale_expire_s: forgotten
+                for e in self.engine.sweep(time.time()):
                     due.append(self.lifecycle.observe(e))
             else:
                 deaf = True
@@ -363,6 +433,8 @@ class Daemon:
         ask.)"""
         stuck = []
         for name, queue, progress in self._stages():
+            if name == "store" and self.journal.failure is not None:
+                continue  # retrying a refusing disk, alarmed (store.full/failed): not stuck
             waiting = queue.qsize()
             # stuck: work was waiting at the last check already, is still waiting, and
             # nothing got through since (a burst that just arrived is not a stall)
@@ -402,6 +474,8 @@ class Daemon:
             sample("vitalmon_readings_pruned_total", j["pruned"]),
             sample("vitalmon_alerts_active", len(self.lifecycle.active())),
             sample("vitalmon_series", len(self.engine.series)),
+            sample("vitalmon_beds", self.engine.capacity.bed_count if self.engine.capacity else 0),
+            sample("vitalmon_devices_expired_total", self.engine.counts["devices_expired"]),
             sample("vitalmon_store_bytes", self.journal.used_bytes),
             sample("vitalmon_mqtt_connected", 1 if self.client.connected.is_set() else 0),
             sample("vitalmon_mqtt_reconnects_total", self.client.reconnects),
@@ -452,6 +526,7 @@ class Daemon:
             "store_bytes": self.journal.used_bytes,
             "alerts_active": len(self.lifecycle.active()),
             "series": len(self.engine.series),
+            "beds": self.engine.capacity.bed_count if self.engine.capacity else 0,
         }
         for src in self.sources:  # device links: frames, losses, refusals by cause
             counts = getattr(src, "counts", None)
@@ -490,6 +565,8 @@ class Daemon:
             await self._join(tasks.get("metrics", []), deadline, "metrics")
         finally:
             remaining = max(0.2, deadline - time.monotonic())
+            if self._shadow is not None:
+                await self._shadow.stop(timeout=min(remaining, 1.0))
             await self.client.stop(timeout=min(remaining, 2.0))
             await self.journal.release()
             log.info("stopped: %s", self.summary())
@@ -519,15 +596,35 @@ class Daemon:
             await asyncio.wait(pending)
 
 
+def root_cause(exc: BaseException) -> str:
+    """What went wrong, named: the innermost exception of groups and chains, with its type
+    (``OperationalError: database or disk is full``), not "unhandled errors in a
+    TaskGroup"."""
+    while True:
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            break
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
 def run(cfg: Config, config_path: str | None = None, log_level: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT (SIGHUP reloads ``config_path``); returns the
-    process exit code."""
+    process exit code: 0 after a stop by signal, 1 when something failed (each cause on
+    a ``fatal:`` line)."""
     daemon = Daemon(cfg, config_path, log_level)
-    failed: list[BaseException] = []
+    failed: list[str] = []
     try:
         asyncio.run(daemon.serve())
-    except* (OSError, sqlite3.Error) as eg:
-        failed.extend(eg.exceptions)
-    for exc in failed:
-        log.error("fatal: %s", exc)
-    return 1 if failed else 0
+    except (Exception, BaseExceptionGroup) as exc:  # named below, exit 1
+        if isinstance(exc, BaseExceptionGroup):
+            failed += [root_cause(e) for e in exc.exceptions]
+        else:
+            failed.append(root_cause(exc))
+        log.debug("what ended the daemon", exc_info=exc)
+    for why in [*daemon.fatal, *failed]:
+        log.error("fatal: %s", why)
+    return 1 if daemon.fatal or failed else 0

@@ -6,12 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import matplotlib.dates as mdates
 import numpy as np
 import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
 from monitor import config as config_mod
 from monitor.model import AlertEvent, AlertState, Priority
@@ -26,7 +29,7 @@ def event(ident: str, vital: str, prio: str, state: str, at: float, value: float
           seq: int, extra: dict | None = None) -> AlertEvent:  # fmt: skip
     return AlertEvent(
         id=ident, ward="icu", bed="6", device="ox", patient=None, vital=vital,
-        rule=f"{vital}.low", kind="threshold", priority=Priority(prio),
+        rule=f"{vital}.low", kind="physiological", priority=Priority(prio),
         state=AlertState(state), value=value, limit=90.0, message="m", started_at=at,
         at=at, seq=seq, extra=extra or {},
     )  # fmt: skip
@@ -153,3 +156,133 @@ def test_cli_refuses_a_bad_suffix_and_a_bed_without_readings(bed6: Path, tmp_pat
     p = run("--bed", "99", "-o", str(tmp_path / "x.png"))
     assert p.returncode == 1 and "no readings of bed 99" in p.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------- devices and alert kinds (issue 15, C21)
+
+
+def alert_event(ident: str, vital: str, rule: str, kind: str, prio: str, at: float,
+                value: float | None, device: str, state: str = "active",
+                limit: float | None = None, seq: int = 1) -> AlertEvent:  # fmt: skip
+    return AlertEvent(
+        id=ident, ward="icu", bed="7", device=device, patient=None, vital=vital, rule=rule,
+        kind=kind, priority=Priority(prio), state=AlertState(state), value=value,
+        limit=limit, message=f"{rule} message", started_at=at, at=at, seq=seq,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def bed7(tmp_path: Path) -> Path:
+    """Bed 7: HR from two devices every 5 s for 50 min -- the monitor's ECG (``mon``,
+    80 rising to 90) and the oximeter's pulse rate (``ox``, 100 to 110) -- SpO2 from
+    ``ox``, and alerts whose ``value`` is not a reading of their vital: a slope and a
+    median (``trend``), a count (``.flapping``), a reading the device doubts
+    (``technical``), NEWS2 points (``score``), beside a threshold alert whose value is
+    the reading."""
+    db = tmp_path / "vitals.db"
+    ts = T0 + 5.0 * np.arange(600)
+    minute = (ts - T0) / 60
+    rows = [("icu", "7", "mon", "hr", float(t), float(80 + m / 5), None)
+            for t, m in zip(ts, minute, strict=True)]  # fmt: skip
+    rows += [("icu", "7", "ox", "hr", float(t) + 2.5, float(100 + m / 5), None)
+             for t, m in zip(ts, minute, strict=True)]  # fmt: skip
+    rows += [("icu", "7", "ox", "spo2", float(t), 97.0 if m < 20 else 88.0, None)
+             for t, m in zip(ts, minute, strict=True)]  # fmt: skip
+    obs = {"rr": 16.0, "sbp": 120.0, "temp": 37.0, "o2": 0.0, "avpu": 0.0}
+    rows += [("icu", "7", "obs", k, T0, v, None) for k, v in obs.items()]
+    conn = store.connect(str(db))
+    trend, phys = ("trend", "medium"), ("physiological", "medium")
+    events = [
+        # HR rising 25 /min per 30 min on the ECG: a slope, not a heart rate
+        alert_event("t1", "hr", "hr.trend_up", *trend, T0 + 30 * 60, 25.0, "mon", limit=25.0),
+        alert_event("t1", "hr", "hr.trend_up", *trend, T0 + 45 * 60, 9.0, "mon",
+                    state="resolved", limit=25.0, seq=2),
+        # SpO2 below 90 %: the reading, on the axis
+        alert_event("s1", "spo2", "spo2.low", *phys, T0 + 21 * 60, 88.0, "ox", limit=90.0),
+        # the same rule flapping: its value is the count of changes
+        alert_event("f1", "spo2", "spo2.low.flapping", *phys, T0 + 25 * 60, 6.0, "ox",
+                    limit=6.0),
+        # the slope rule flapping: 6 changes
+        alert_event("t2", "hr", "hr.trend_up.flapping", *trend, T0 + 35 * 60, 6.0, "mon",
+                    limit=6.0),
+        # HR's 5-min median 112 against the oximeter's own baseline 80 (limit 80 + 30)
+        alert_event("b1", "hr", "hr.baseline_up", *trend, T0 + 40 * 60, 112.0, "ox",
+                    limit=110.0),
+        # a technical alarm on a reading the oximeter cannot have measured
+        alert_event("p1", "spo2", "spo2.implausible", "technical", "high", T0 + 10 * 60,
+                    300.0, "ox", limit=100.0),
+        # NEWS2 5: points on the NEWS2 axis
+        alert_event("n1", "news2", "news2", "score", "medium", T0 + 21 * 60, 5.0, "news2"),
+    ]  # fmt: skip
+    store.write_rows(conn, rows, [alert_row(e) for e in events])
+    conn.close()
+    cfg = tmp_path / "vitalmon.yaml"
+    cfg.write_text(f"store:\n  - type: sqlite\n    path: {db}\n")
+    return cfg
+
+
+def data_lines(ax) -> list:
+    """The readings' lines of a panel (the limits are dashed lines)."""
+    return [ln for ln in ax.get_lines() if ln.get_linestyle() != "--"]
+
+
+def marker_at(ax, at: float) -> list[float]:
+    """The y of every alert marker drawn at event time ``at``."""
+    x = mdates.date2num(datetime.fromtimestamp(at, UTC))
+    return [float(y) for c in ax.collections if isinstance(c, PathCollection)
+            for cx, y in c.get_offsets() if abs(cx - x) < 1e-9]  # fmt: skip
+
+
+def bed7_figure(cfg_path: Path) -> Figure:
+    cfg = config_mod.load(str(cfg_path))
+    conn = store.connect(str(cfg.sqlite_path), readonly=True)
+    data = report.load(conn, None, "7", T0 - 60, time.time(), cfg.rules.news2.freshness_s)
+    fig = report.render(data, cfg, conn)
+    conn.close()
+    assert (fig.axes[0].get_ylabel(), fig.axes[1].get_ylabel()) == ("HR (/min)", "SpO2 (%)")
+    return fig
+
+
+def test_a_line_per_device_named_in_the_legend(bed7: Path):
+    fig = bed7_figure(bed7)
+    hr_ax, spo2_ax = fig.axes[0], fig.axes[1]
+    # HR: a line per device, each with that device's readings only (no sawtooth
+    # between them), named in the legend
+    lines = {ln.get_label(): np.asarray(ln.get_ydata(), dtype=float) for ln in data_lines(hr_ax)}
+    assert sorted(lines) == ["HR mon", "HR ox"]
+    assert np.allclose(lines["HR mon"], 80 + np.arange(600) / 60)
+    assert np.allclose(lines["HR ox"], 100 + np.arange(600) / 60)
+    legend = hr_ax.get_legend()
+    assert legend is not None
+    assert sorted(t.get_text() for t in legend.get_texts()) == ["HR mon", "HR ox"]
+    # one device: one line, no legend needed
+    assert [ln.get_label() for ln in data_lines(spo2_ax)] == ["SpO2"]
+
+
+def test_alert_values_only_on_the_axis_of_their_unit(bed7: Path):
+    """A trend alert's value is a slope, a flapping alert's a count: they are marked at
+    their time on their device's line; a threshold alert's value is the reading and a
+    score alert's NEWS2 points: at their value."""
+    fig = bed7_figure(bed7)
+    hr_ax, spo2_ax, news2_ax = fig.axes[0], fig.axes[1], fig.axes[-1]
+    # the trend alert: at its time on the ECG's line (HR 86 at minute 30), its slope as
+    # text with its unit, never a point at "HR 25" on the heart-rate axis
+    assert marker_at(hr_ax, T0 + 30 * 60) == pytest.approx([86.0])
+    assert marker_at(hr_ax, T0 + 45 * 60) == pytest.approx([89.0])  # its resolution
+    assert marker_at(hr_ax, T0 + 35 * 60) == pytest.approx([87.0])  # flapping: 6 changes
+    # the baseline alert: on the oximeter's line (HR 108 at minute 40), its move from
+    # the baseline written beside
+    assert marker_at(hr_ax, T0 + 40 * 60) == pytest.approx([108.0], abs=0.05)
+    texts = sorted(t.get_text() for t in hr_ax.texts)
+    assert texts == ["+25 /min per 30 min", "+32 /min from baseline"]
+    lo, hi = hr_ax.get_ylim()
+    assert lo > 25 and lo < 80 and hi > 110
+
+    # SpO2: the threshold alert at its value; the flapping alert (a count: 6) on the line
+    assert marker_at(spo2_ax, T0 + 21 * 60) == [88.0]
+    assert marker_at(spo2_ax, T0 + 25 * 60) == [88.0]
+    # the technical alarm: on the line (97 %), not at the 300 % it doubts
+    assert marker_at(spo2_ax, T0 + 10 * 60) == [97.0]
+    assert [t.get_text() for t in spo2_ax.texts] == []
+    # NEWS2: the score alert at its points
+    assert marker_at(news2_ax, T0 + 21 * 60) == [5.0]

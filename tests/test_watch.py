@@ -7,20 +7,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from conftest import Broker, Publisher, Subscriber, wait_for
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from rich.cells import cell_len
 
 from monitor import config as config_mod
 from monitor.model import iso
 from monitor.views.ward import BUCKET_S, RECENT_BUCKETS, BedView, Ward
-from monitor.views.watch import PRIORITY_STYLE, WatchApp, detail, grid, tile
+from monitor.views.watch import PRIORITY_STYLE, TILE_W, WatchApp, detail, grid, tile
 
 NOW = time.time()
 T0 = 1764324000.0  # a multiple of BUCKET_S
@@ -232,3 +235,198 @@ def test_detail_pane_shows_each_vital_with_its_last_ten_minutes():
     assert sbp.startswith("SBP   121 ") and sbp.endswith(f"@{iso(T0 + 100)[11:16]}")
     narrow = detail(b, 50).plain.splitlines()
     assert [ln[:4] for ln in narrow[1:4]] == ["HR  ", "SpO2", "SBP "]
+
+
+# --------------------------------------------------------------- layout (issue 15, C18)
+
+LONG_WARD = "intensive-care-north-wing"
+#: The tiles across each terminal width: the columns beside the scrollbar (2) hold them.
+ACROSS = {80: 3, 60: 2, 120: 4}
+
+
+def long_bed(i: int) -> str:
+    """Bed names, every third one longer than any tile."""
+    return f"bed-{i:03d}" + ("-in-the-side-room-by-the-nurses-station" if i % 3 == 0 else "")
+
+
+def screen_text(app: WatchApp) -> list[str]:
+    """The terminal's lines as a user sees them (the compositor's output, as in a
+    screenshot)."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+def tile_lines(app: WatchApp) -> list[str]:
+    """The lines of the screen the tiles cover (scrollbar columns and the space below
+    the last row left off)."""
+    area = app.query_one("#grid").scrollable_content_region
+    area = area.intersection(app.query_one("#tiles").region)
+    return [ln[area.x : area.right] for ln in screen_text(app)[area.y : area.bottom]]
+
+
+def check_tiles(app: WatchApp, width: int) -> list[list[str]]:
+    """Assert that the tile area is whole tiles of three lines -- a head line per row of
+    tiles (``bed-NNN ... NEWS2``), the vitals (``HR``), the alert line -- and no wrapped
+    fragment between them; -> the bed numbers of each head line on screen."""
+    lines = tile_lines(app)
+    kinds = ["head" if "NEWS2" in ln else "vitals" if ln.startswith("HR ") else "alert"
+             for ln in lines]  # fmt: skip
+    cycle = ["head", "vitals", "alert"]
+    assert "head" in kinds, "\n".join(lines)
+    for i in range(1, len(kinds)):
+        want = cycle[(cycle.index(kinds[i - 1]) + 1) % 3]
+        assert kinds[i] == want, f"line {i} is not a tile's {want} line:\n" + "\n".join(lines)
+    rows = []
+    for ln, kind in zip(lines, kinds, strict=True):
+        if kind == "head":
+            beds = re.findall(r"bed-(\d{3})", ln)
+            assert len(beds) == ln.count("NEWS2 -"), ln  # every tile's head, whole
+            rows.append(beds)
+    n = len(app.ward.beds)
+    across = min(ACROSS[width], n)
+    assert all(len(r) == across for r in rows[:-1]) and 1 <= len(rows[-1]) <= across, rows
+    return rows
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20), (120, 40)])
+def test_tiles_fit_beside_the_scrollbar_and_every_bed_can_be_reached(
+    broker: Broker, publisher: Publisher, tmp_path: Path, size: tuple[int, int]
+):
+    """1, then 10, then 100 beds with long ward and bed names and long alert texts: the
+    tiles are laid out for the columns left beside the scrollbar, so every tile keeps
+    its three lines (no line wraps into a stray fragment), as many across as fit; paging
+    down reaches every bed with its tile whole on screen."""
+    width = size[0]
+    app = WatchApp(config(tmp_path, broker.port), operator="nurse.kim")
+
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            until = functools.partial(poll, pilot)
+            await until(app.client.connected.is_set, "the app's subscriptions")
+            published = 0
+            for n in (1, 10, 100):
+                for i in range(published + 1, n + 1):
+                    ward_bed = f"{LONG_WARD}/{long_bed(i)}"
+                    body = {"ts": time.time(), "hr": 60 + i % 40, "spo2": 97, "rr": 18,
+                            "sbp": 120 + i % 10, "temp": 37.2}  # fmt: skip
+                    await asyncio.to_thread(publisher.publish, f"vitals/{ward_bed}/mon", body)
+                    if i % 4 == 1:  # a long alert text on every fourth bed
+                        a = {"id": f"a{i}", "ward": LONG_WARD, "bed": long_bed(i),
+                             "rule": "spo2.low.sustained-desaturation-despite-oxygen",
+                             "kind": "physiological", "priority": "high", "state": "active",
+                             "message": "SpO2 84 % < 85 % for 15 s " * 4}  # fmt: skip
+                        await asyncio.to_thread(publisher.publish, f"alerts/{ward_bed}", a)
+                published = n
+                await until(lambda n=n: len(app.ward.beds) == n, f"{n} beds")
+                await until(lambda n=n: sum(len(b.alerts) for b in app.beds()) == (n + 3) // 4,
+                            "their alerts")  # fmt: skip
+                app._refresh(force=True)
+                await pilot.pause()
+                check_tiles(app, width)
+            # page down to the last bed: each page shows the selected bed's tile, whole
+            names = [b.bed[4:7] for b in app.beds()]
+            seen: set[str] = set()
+            for _ in range(100):
+                await pilot.press("pagedown")
+                selected = app.current()
+                assert selected is not None
+                await until(
+                    lambda sel=selected: sel.bed[4:7] in re.findall(r"bed-(\d{3})",
+                                                                   " ".join(tile_lines(app))),
+                    f"{selected.bed} on screen",
+                )  # fmt: skip
+                for row in check_tiles(app, width):
+                    seen.update(row)
+                if selected.bed == app.beds()[-1].bed:
+                    break
+            await pilot.press("home")
+            await until(lambda: app.query_one("#grid").scroll_y == 0, "Home to scroll back")
+            seen.update(b for row in check_tiles(app, width) for b in row)
+            assert seen == set(names)
+
+    asyncio.run(main())
+
+
+def test_a_resized_terminal_lays_the_tiles_out_again_around_the_selected_bed(
+    broker: Broker, publisher: Publisher, tmp_path: Path
+):
+    """40 beds, the last one selected; the terminal resized from 120x40 to 60x20 and to
+    80x24: each time the tiles are whole for the new width, as many across as fit, and
+    the selected bed's tile stays on screen."""
+    app = WatchApp(config(tmp_path, broker.port), operator="nurse.kim")
+
+    async def main() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            until = functools.partial(poll, pilot)
+            await until(app.client.connected.is_set, "the app's subscriptions")
+            for i in range(1, 41):
+                body = {"ts": time.time(), "hr": 70, "spo2": 97}
+                topic = f"vitals/{LONG_WARD}/{long_bed(i)}/mon"
+                await asyncio.to_thread(publisher.publish, topic, body)
+            await until(lambda: len(app.ward.beds) == 40, "40 beds")
+            for _ in range(20):
+                await pilot.press("pagedown")
+            await until(lambda: app.current() is app.beds()[-1], "the last bed selected")
+            for width, height in ((120, 40), (60, 20), (80, 24)):
+                await pilot.resize_terminal(width, height)
+                await until(lambda w=width: app.size.width == w and app.query_one("#tiles").size
+                            .width == app.query_one("#grid").scrollable_content_region.width,
+                            f"the tiles laid out in {width} columns")  # fmt: skip
+                await until(lambda: "040" in " ".join(tile_lines(app)), "bed 40 on screen")
+                rows = check_tiles(app, width)
+                assert rows[-1][-1] == "040", rows
+
+    asyncio.run(main())
+
+
+def test_tiles_at_80x24_have_three_lines_each_and_fit_the_screen(
+    broker: Broker, publisher: Publisher, tmp_path: Path
+):
+    """The issue's screen: 80x24 with more beds than fit. Every tile three lines, three
+    across in the 78 columns beside the scrollbar, no tile line reaching past them."""
+    app = WatchApp(config(tmp_path, broker.port), operator="nurse.kim")
+
+    async def main() -> tuple[list[str], list[list[str]], int]:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await poll(pilot, app.client.connected.is_set, "the app's subscriptions")
+            for i in range(1, 31):
+                body = {"ts": time.time(), "hr": 70, "spo2": 97, "rr": 18, "sbp": 120}
+                await asyncio.to_thread(publisher.publish, f"vitals/icu/bed-{i:03d}/mon", body)
+            await poll(pilot, lambda: len(app.ward.beds) == 30, "30 beds")
+            app._refresh(force=True)
+            await pilot.pause()
+            scroller = app.query_one("#grid")
+            return tile_lines(app), check_tiles(app, 80), scroller.scrollable_content_region.width
+
+    lines, rows, room = asyncio.run(main())
+    assert room == 78  # the scrollbar took its two columns
+    assert [len(r) for r in rows] == [3] * len(rows)
+    assert rows[0] == ["001", "002", "003"] and rows[1] == ["004", "005", "006"]
+    assert all(ln.startswith("icu/bed-") for ln in lines[::3])
+    assert all(len(ln.rstrip()) <= 78 for ln in lines)
+
+
+#: Names and rule texts as MQTT topics and payloads may carry them: any characters, wide
+#: ones (CJK, emoji) and control characters (a newline in a bed name) included.
+TEXTS = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 220), st.lists(st.tuples(TEXTS, TEXTS, TEXTS), min_size=1, max_size=12),
+       st.integers(0, 11))  # fmt: skip
+@example(80, [("病棟", "床三", "spo2.low"), ("icu", "bed\n7", "hr.high")], 1)  # wide, newline
+def test_grid_lines_never_exceed_the_width(width, beds, selected):
+    """Any width, any names and rule texts: every grid line fits ``width`` cells, and
+    the grid is whole tiles of three lines."""
+    views = []
+    for i, (ward, bed, rule) in enumerate(beds):
+        b = BedView(ward, bed)
+        b.add("hr", T0, 60.0 + i)
+        b.add("spo2", T0, 97.0)
+        b.alerts["a"] = {"id": "a", "priority": "high", "rule": rule}
+        views.append(b)
+    lines = grid(views, selected, width).plain.split("\n")
+    lines = lines[:-1] if lines[-1] == "" else lines  # (a newline ending the last line)
+    assert all(cell_len(ln) <= width for ln in lines), (width, lines)
+    assert len(lines) % 3 == 0 and len(lines) <= 3 * len(views)
+    if width >= TILE_W:  # every tile's NEWS2, whole, however long or wide its name
+        assert sum(ln.count(" NEWS2 -") for ln in lines) >= len(views), lines

@@ -49,6 +49,17 @@ class Window:
     def newest(self) -> float:
         return float(self._ts[self._end - 1]) if self._end > self._start else float("-inf")
 
+    def holds(self, ts: float, value: float) -> bool:
+        """Whether this exact reading (time and value) is in the window already."""
+        live = self._ts[self._start : self._end]
+        i = int(np.searchsorted(live, ts, side="left"))
+        vals = self._v[self._start : self._end]
+        while i < len(live) and live[i] == ts:
+            if vals[i] == value:
+                return True
+            i += 1
+        return False
+
     def add(self, ts: float, value: float) -> int:
         """Insert one reading; returns its index in :attr:`ts` (``len - 1`` when newest)."""
         if self._end == len(self._ts):

@@ -15,6 +15,11 @@ Contract of :class:`Forwarder`:
   (bounded by the shutdown budget), or at once while the remote is failing: the backlog
   waits in the journal for the next run.
 
+A remote that fails (or a send that hangs) for ``DOWN_ALARM_AFTER_S`` raises the
+technical alarm ``sink.down``: the daemon calls ``check()`` every second, so the alarm
+does not wait for the next retry, however far the backoff has grown. ``lag_s`` is the
+event-time age of the oldest reading not yet forwarded, as of now.
+
 Delivery is at least once: a crash between the remote's acceptance and the cursor's
 commit re-sends that batch. InfluxDB overwrites a point with the same series and time,
 so the re-send changes nothing; VictoriaMetrics needs ``-dedup.minScrapeInterval=1ms``.
@@ -35,7 +40,14 @@ from functools import partial
 from typing import Protocol
 
 from monitor.model import AlertEvent
-from monitor.sinks.sqlite import SqliteSink, get_cursor, read_alerts, read_readings, set_cursor
+from monitor.sinks.sqlite import (
+    SqliteSink,
+    get_cursor,
+    read_alerts,
+    read_readings,
+    set_cursor,
+    storage_error,
+)
 
 log = logging.getLogger("vitalmon.sink.forward")
 
@@ -78,14 +90,38 @@ class Forwarder:
         self.flush_interval_s = flush_interval_s
         self.counts: Counter[str] = Counter()
         self.cursor = (0, 0)
-        self.lag_s = 0.0  #: event-time age of the oldest reading not yet forwarded
+        #: event time of the oldest reading not yet forwarded (None: caught up)
+        self._oldest: float | None = None
         self.failing_since: float | None = None
+        #: monotonic start of the send in progress (None: not sending)
+        self._sending_since: float | None = None
+        self._last_error = ""
         #: (condition, component, active, detail) -> technical alarm; set by the daemon.
         self.on_condition: Callable[[str, str, bool, str], None] | None = None
         self._closing = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-fwd")
         self._alarmed = False
         self._attempt = 0
+        self._loaded = False  #: the cursor has been read from the journal
+
+    @property
+    def lag_s(self) -> float:
+        """Event-time age of the oldest reading not yet forwarded, now (0: caught up)."""
+        return 0.0 if self._oldest is None else max(0.0, time.time() - self._oldest)
+
+    def check(self, now: float | None = None) -> None:
+        """Raise ``sink.down`` once the remote has failed, or a send has hung, for
+        ``DOWN_ALARM_AFTER_S`` (called on the daemon's heartbeat, whatever the backoff)."""
+        t = time.monotonic() if now is None else now
+        since = self.failing_since if self.failing_since is not None else self._sending_since
+        if self._alarmed or since is None or t - since < DOWN_ALARM_AFTER_S:
+            return
+        self._alarmed = True
+        if self.on_condition is not None:
+            why = self._last_error or f"a send has not returned for {t - since:.0f} s"
+            self.on_condition("sink.down", self.name, True,
+                              f"{self.name} failing for {t - since:.0f} s: {why}; "
+                              f"{self.lag} readings waiting in the journal")  # fmt: skip
 
     @property
     def lag(self) -> int:
@@ -93,7 +129,16 @@ class Forwarder:
         return max(0, self.journal.head - self.cursor[0])
 
     async def open(self) -> None:
+        try:
+            await self._load_cursor()
+        except Exception as exc:
+            if not storage_error(exc):
+                raise
+            log.warning("%s: cannot read its cursor yet (%s); tried again", self.name, exc)
+
+    async def _load_cursor(self) -> None:
         self.cursor = await self.journal.call(lambda c: get_cursor(c, self.name, self.start_from))
+        self._loaded = True
         log.info("%s: forwarding from journal position %d", self.name, self.cursor[0])
 
     def close(self) -> None:
@@ -103,13 +148,22 @@ class Forwarder:
         try:
             while True:
                 self.journal.committed.clear()  # any commit from here on wakes the wait below
-                readings, alerts = await self.journal.call(self._read)
+                try:
+                    if not self._loaded:
+                        await self._load_cursor()
+                    readings, alerts = await self.journal.call(self._read)
+                except Exception as exc:
+                    if not storage_error(exc) or self._closing.is_set():
+                        raise
+                    log.warning("%s: cannot read the journal (%s); retrying", self.name, exc)
+                    await self._sleep(self.retry_max_s / 10)
+                    continue
                 if readings or alerts:
                     await self._forward(readings, alerts)
                 elif self._closing.is_set():
                     return
                 else:
-                    self.lag_s = 0.0
+                    self._oldest = None
                     await self._wait_for_commit()
                     if self.lag < self.batch_size:  # gather a fuller batch (Telegraf's flush)
                         await self._sleep(self.flush_interval_s)
@@ -131,13 +185,15 @@ class Forwarder:
 
     async def _forward(self, readings: list[Row], alerts: list[tuple[int, AlertEvent]]) -> None:
         """Send one batch; move the cursor only once the remote has accepted it."""
-        self.lag_s = max(0.0, time.time() - readings[0][5]) if readings else 0.0
+        self._oldest = min(r[5] for r in readings) if readings else None
         loop = asyncio.get_running_loop()
+        self._sending_since = time.monotonic()
         try:
             await loop.run_in_executor(
                 self._executor, self.remote.send, readings, [e for _, e in alerts]
             )
         except Exception as exc:  # noqa: BLE001 - any failure of the remote is retried
+            self._sending_since = None
             self._failing(exc)
             if self._closing.is_set():
                 return
@@ -148,13 +204,22 @@ class Forwarder:
                         self.name, exc, self.lag, delay)  # fmt: skip
             await self._sleep(delay)
             return
+        self._sending_since = None
         self._recovered()
         new = (
             readings[-1][0] if readings else self.cursor[0],
             alerts[-1][0] if alerts else self.cursor[1],
         )
-        await self.journal.call(partial(set_cursor, sink=self.name, readings=new[0], alerts=new[1]))
         self.cursor = new
+        try:
+            await self.journal.call(partial(set_cursor, sink=self.name, readings=new[0],
+                                            alerts=new[1]))  # fmt: skip
+        except Exception as exc:
+            if not storage_error(exc):
+                raise
+            # the local disk refuses (alarmed by the store): the cursor is kept here and
+            # saved with the next batch; a crash meanwhile re-sends, which is harmless
+            self.counts["cursor_save_errors"] += 1
         self.counts["forwarded"] += len(readings)
         self.counts["forwarded_alerts"] += len(alerts)
 
@@ -178,23 +243,15 @@ class Forwarder:
         self._attempt += 1
         if self.failing_since is None:
             self.failing_since = now
+        self._last_error = str(exc) or type(exc).__name__
         self.counts["send_errors"] += 1
-        if (
-            not self._alarmed
-            and now - self.failing_since >= DOWN_ALARM_AFTER_S
-            and self.on_condition is not None
-        ):
-            self._alarmed = True
-            self.on_condition(
-                "sink.down",
-                self.name,
-                True,
-                f"{self.name} failing for {self._attempt} tries: {exc}",
-            )
+        self.check(now)
 
     def _recovered(self) -> None:
         self.failing_since = None
         self._attempt = 0
-        if self._alarmed and self.on_condition is not None:
+        if self._alarmed:
             self._alarmed = False
-            self.on_condition("sink.down", self.name, False, f"{self.name} accepts writes again")
+            if self.on_condition is not None:
+                self.on_condition("sink.down", self.name, False,
+                                  f"{self.name} accepts writes again")  # fmt: skip

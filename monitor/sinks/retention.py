@@ -44,6 +44,12 @@ class Report:
     used_bytes: int = 0
 
 
+def rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction unless SQLite already has (full disk, I/O error)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 def used_bytes(conn: sqlite3.Connection) -> int:
     page = conn.execute("PRAGMA page_size").fetchone()[0]
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -109,7 +115,7 @@ class Retention:
             _set_meta(conn, "aggregated_seq", upto)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         report.aggregated += upto - done_to
         return True
@@ -140,7 +146,7 @@ class Retention:
             deleted = conn.total_changes - before
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         for sink, n in dropped.items():
             log.warning("%d readings pruned before sink %s forwarded them", n, sink)

@@ -12,12 +12,26 @@ except through the sink's bounded queue. What it guarantees:
   never reused; remote sinks forward from their own cursor on it (``cursors`` table).
 * **Retention and a disk bound** (:mod:`monitor.sinks.retention`), applied in the
   background between commits.
+* **A failing disk degrades, never stops.** A commit the disk refuses (full, I/O error,
+  read-only) is retried every few seconds; meanwhile what the engine hands in is held in
+  memory (up to ``HOLD_MAX`` items, then the engine waits: back-pressure), nothing of it
+  is acknowledged, and the technical alarm ``store.full`` (no space) or ``store.failed``
+  (any other storage error) names the cause. The engine goes on evaluating and
+  publishing alerts. The first commit that succeeds writes everything held, in order,
+  acknowledges it and resolves the alarm. A batch that fails for any other reason (a row
+  the store cannot take) is committed item by item and the item that fails alone is
+  quarantined: counted, logged, acknowledged (it would fail on every redelivery).
+* **One instance per store.** ``open()`` takes an exclusive lock (``<path>.lock``,
+  holding the owner's pid); a second daemon on the same store is refused with a clear
+  message instead of resolving the first one's alerts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import functools
 import json
 import logging
@@ -104,7 +118,8 @@ CREATE TABLE IF NOT EXISTS audit (          -- who did what to which alert, and 
     alert_id TEXT,
     ward     TEXT NOT NULL,
     bed      TEXT NOT NULL,
-    detail   TEXT NOT NULL
+    detail   TEXT NOT NULL,
+    identity TEXT       -- broker-verified user (vitalmon/cmd/<action>/<user>); null: only claimed
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE TABLE IF NOT EXISTS beds (           -- admitted patients (vitalmon/cmd/admit)
@@ -132,6 +147,53 @@ AUDITED = ("acknowledge", "escalate")
 Done = Callable[[], None]
 T = TypeVar("T")
 
+#: Items (batches) waiting for a commit: the queue's bound, and again what is held while
+#: the disk refuses commits; beyond, the engine waits (back-pressure). Large enough that a
+#: slow or stalled commit does not hold up the engine (and so the alerts) for a while:
+#: MQTT QoS 1 input is bounded before that by the window of unacknowledged messages.
+HOLD_MAX = 20_000
+#: A failing commit is retried after RETRY_MIN_S, backing off to RETRY_MAX_S.
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 5.0
+
+
+class StoreInUse(RuntimeError):
+    """Another process holds the store's lock."""
+
+
+def storage_error(exc: BaseException) -> bool:
+    """A failure of the disk or the file (retried), not of the data (quarantined)."""
+    return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(exc)
+
+
+def lock_store(path: str) -> int | None:
+    """Take ``<path>.lock`` exclusively (released when the process ends, however it ends);
+    -> its descriptor. :class:`StoreInUse` naming the holder's pid when another has it."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    lock = f"{path}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreInUse(
+            f"store {path} is in use by another vitalmon (pid {holder}): two instances on "
+            "one store would resolve each other's alerts and share a client id; stop the "
+            "other one, or give this one its own store path and mqtt.client_id"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
 
 @dataclass(slots=True)
 class _Item:
@@ -141,6 +203,10 @@ class _Item:
     #: Operator actions that are not alert events (pause): (at, action, by, alert_id,
     #: ward, bed, detail)
     audit: Sequence[tuple[object, ...]] = ()
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
 
 
 def private_dir(directory: Path) -> None:
@@ -174,6 +240,15 @@ def connect(
         return ro
     private_file(path)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    try:
+        _prepare(conn, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -183,8 +258,10 @@ def connect(
         log.info("migrating store schema 2 -> 3 (readings.flag)")
         conn.execute("ALTER TABLE readings ADD COLUMN flag TEXT")
     conn.executescript(SCHEMA)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    return conn
+    if "identity" not in {row[1] for row in conn.execute("PRAGMA table_info(audit)")}:
+        conn.execute("ALTER TABLE audit ADD COLUMN identity TEXT")  # (a store before it)
+    if version != SCHEMA_VERSION:  # (a store up to date is not written to at all)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _migrate_v1(conn: sqlite3.Connection) -> None:
@@ -206,7 +283,7 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
 
 
 class SqliteSink:
-    def __init__(self, cfg: SqliteStoreConfig, queue_size: int = 1000) -> None:
+    def __init__(self, cfg: SqliteStoreConfig, queue_size: int = HOLD_MAX) -> None:
         self.cfg = cfg
         self.name = "sqlite"
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=queue_size)
@@ -221,31 +298,64 @@ class SqliteSink:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._retention = retention.Retention(cfg)
+        self._lock: int | None = None
+        #: The storage error commits fail with now (None: the store takes writes).
+        self.failure: BaseException | None = None
+        #: Items accepted and not yet committed (nothing of them acknowledged).
+        self.held = 0
+        self._alarm: str | None = None
 
     async def open(self) -> None:
+        """Open (and migrate) the store. A disk that refuses (full, I/O error) does not
+        stop the daemon: the store starts failing, alarmed, and is opened by the first
+        commit that succeeds; what start-up reads comes from the file as it is."""
         path = Path(self.cfg.path)
         private_dir(path.parent)
-        loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(
-            self._executor, lambda: connect(str(path), synchronous=self.cfg.synchronous)
-        )
+        if self._lock is None:
+            self._lock = lock_store(str(path))
+        existed = _exists(path)
+        try:
+            await self.call(lambda c: None)  # (connects)
+        except Exception as exc:
+            if not storage_error(exc) or not existed:  # (a new store must be creatable)
+                raise
+            self._failing(exc, 0)
+            return
         self.head = await self.call(lambda c: journal_head(c)[0])
         self.used_bytes = await self.call(retention.used_bytes)
         log.info("store open: %s (journal at %d)", path, self.head)
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` in the store's thread (between commits)."""
+        """Run ``fn(connection)`` in the store's thread (between commits), connecting
+        first if the store is not open yet."""
         loop = asyncio.get_running_loop()
 
         def job() -> T:
-            assert self._conn is not None, "store not open"
+            if self._conn is None:
+                self._conn = connect(self.cfg.path, synchronous=self.cfg.synchronous)
             return fn(self._conn)
+
+        return await loop.run_in_executor(self._executor, job)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Like :meth:`call` for a query; while the store cannot be opened for writing
+        (a full disk), from the file as it stands, read-only."""
+        if self._conn is not None or self.failure is None:
+            return await self.call(fn)
+        loop = asyncio.get_running_loop()
+
+        def job() -> T:
+            ro = sqlite3.connect(f"file:{self.cfg.path}?mode=ro&immutable=1", uri=True)
+            try:
+                return fn(ro)
+            finally:
+                ro.close()
 
         return await loop.run_in_executor(self._executor, job)
 
     async def active_alerts(self) -> list[AlertEvent]:
         """The last event of every alert not resolved yet (to carry alerts over a restart)."""
-        return await self.call(_active_alerts)
+        return await self.read(_active_alerts)
 
     async def write(
         self,
@@ -258,7 +368,7 @@ class SqliteSink:
 
     async def admissions(self) -> list[Admission]:
         """The beds admitted at the last stop."""
-        rows = await self.call(
+        rows = await self.read(
             lambda c: c.execute("SELECT ward, bed, patient, profile, at, by FROM beds").fetchall()
         )
         return [Admission(*r) for r in rows]
@@ -277,7 +387,7 @@ class SqliteSink:
                         (a.ward, a.bed, a.patient, a.profile, a.at, a.by),
                     )
             except BaseException:
-                c.execute("ROLLBACK")
+                rollback(c)
                 raise
             c.execute("COMMIT")
 
@@ -301,34 +411,129 @@ class SqliteSink:
     async def release(self) -> None:
         """Close the database; after ``run()`` and every forwarder reading from it."""
         if self._conn is not None:
-            await self.call(lambda c: c.close())
-            self._conn = None
+            conn, self._conn = self._conn, None
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=False)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     async def _commit_loop(self) -> None:
-        closing = False
-        while not closing:
-            item = await self.queue.get()
-            batch: list[_Item] = []
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= self.cfg.batch_size or self.queue.empty():
-                    break
-                item = self.queue.get_nowait()
-            closing = item is None
-            if not batch:
+        pending: list[_Item] = []
+        try:
+            await self._commit_pending(pending)
+        finally:
+            if pending:  # cancelled at the shutdown deadline while the disk refused
+                log.warning("store: %d batch(es) not committed nor acknowledged at the stop "
+                            "(MQTT redelivers them to the next run)", len(pending))  # fmt: skip
+
+    async def _commit_pending(self, pending: list[_Item]) -> None:
+        closing = False  # (pending: taken from the queue, not committed yet)
+        retry_at = 0.0
+        attempt = 0
+        while True:
+            # take what is queued: one transaction's worth, or while the disk refuses
+            # commits, everything up to HOLD_MAX (the engine goes on meanwhile)
+            limit = self.cfg.batch_size if self.failure is None else HOLD_MAX
+            while not closing and len(pending) < limit:
+                if pending and self.queue.empty():
+                    if self.failure is None:
+                        break
+                    wait = retry_at - time.monotonic()
+                    if wait <= 0:
+                        break
+                    try:  # new items until the retry is due
+                        item = await asyncio.wait_for(self.queue.get(), wait)
+                    except TimeoutError:
+                        break
+                else:
+                    item = self.queue.get_nowait() if pending else await self.queue.get()
+                if item is None:
+                    closing = True
+                else:
+                    pending.append(item)
+            self.held = len(pending)
+            if not pending:
+                return
+            if self.failure is not None and time.monotonic() < retry_at:
+                await asyncio.sleep(retry_at - time.monotonic())  # (held items at HOLD_MAX)
+            # (a copy: ``pending`` loses these items below, their release must not)
+            batch = pending[: self.cfg.batch_size if self.failure is None else len(pending)]
+            try:
+                committed = await self._commit_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - storage errors only (see _commit_batch)
+                attempt += 1
+                self._failing(exc, len(pending))
+                retry_at = time.monotonic() + min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (attempt - 1))
                 continue
-            self.head = await self.call(partial(self._commit, batch=batch))
+            attempt = 0
+            del pending[: len(batch)]
+            self.held = len(pending)
+            self._recovered()
             self.counts["commits"] += 1  # progress, for the watchdog
             self.committed.set()
-            for it in batch:  # only now is it durable: release it at its origin
+            for it in committed:  # only now is it durable: release it at its origin
                 if it.done is not None:
                     it.done()
+
+    async def _commit_batch(self, batch: list[_Item]) -> list[_Item]:
+        """Commit ``batch`` in one transaction; -> the items to release. A storage error
+        is raised (the caller retries); any other failure is narrowed down to the items
+        that cause it, which are quarantined (counted, logged, released)."""
+        try:
+            self.head = await self.call(partial(self._commit, batch=batch))
+        except Exception as exc:
+            if storage_error(exc):
+                raise
+            if len(batch) == 1:
+                self._quarantine(batch[0], exc)
+                return batch
+            for it in batch:  # one by one: the bad item alone is set aside
+                await self._commit_batch([it])
+        return batch
+
+    def _quarantine(self, item: _Item, exc: Exception) -> None:
+        self.counts["quarantined"] += len(item.readings) + len(item.events)
+        log.error("store: %d reading(s) and %d alert event(s) the store cannot take were set "
+                  "aside (%s: %s)", len(item.readings), len(item.events),
+                  type(exc).__name__, exc)  # fmt: skip
+
+    def _failing(self, exc: BaseException, held: int) -> None:
+        first = self.failure is None
+        self.failure = exc
+        self.counts["commit_errors"] += 1
+        rule = "store.full" if disk_full(exc) else "store.failed"  # (component "disk")
+        detail = (f"cannot commit to {self.cfg.path}: {exc}; {held} batch(es) held in memory, "
+                  "not acknowledged; alerts still evaluated and published")  # fmt: skip
+        if first:
+            log.error("store: %s", detail)
+        if self._alarm != rule and self.on_condition is not None:
+            if self._alarm is not None:
+                self.on_condition(self._alarm, "disk", False, "store: another error now")
+            self._alarm = rule
+            self.on_condition(rule, "disk", True, detail)
+
+    def _recovered(self) -> None:
+        if self.failure is None:
+            return
+        log.warning("store: commits succeed again (%s)", self.cfg.path)
+        self.failure = None
+        if self._alarm is not None and self.on_condition is not None:
+            self.on_condition(self._alarm, "disk", False, "store commits again; what was "
+                              "held is committed and acknowledged")  # fmt: skip
+        self._alarm = None
 
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.maintenance_interval_s)
-            await self.maintain()
+            try:
+                await self.maintain()
+            except Exception as exc:
+                if not storage_error(exc):
+                    raise
+                log.warning("store maintenance failed (%s); tried again in %g s", exc,
+                            self.cfg.maintenance_interval_s)  # fmt: skip
 
     async def maintain(self, now: float | None = None) -> retention.Report:
         """Aggregate, apply retention and the disk bound, a chunk per store-thread call."""
@@ -365,7 +570,7 @@ class SqliteSink:
         alerts = [alert_row(e) for e in events]
         audit: list[tuple[object, ...]] = [
             (e.at, e.extra["action"], str(e.extra.get("ack_by", "vitalmon")), e.id, e.ward, e.bed,
-             f"{e.rule} {e.state} {e.priority}: {e.message}")
+             f"{e.rule} {e.state} {e.priority}: {e.message}", e.extra.get("ack_identity"))
             for e in events
             if e.extra.get("action") in AUDITED
         ]  # fmt: skip
@@ -376,6 +581,13 @@ class SqliteSink:
         self.counts["duplicates"] += len(rows) - stored
         self.counts["alert_events"] += len(alerts)
         return journal_head(conn)[0]
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction. SQLite may have rolled it back itself (a full disk, an
+    I/O error): a ROLLBACK then would raise and hide the error that matters."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def write_rows(
@@ -400,14 +612,14 @@ def write_rows(
                 alerts,
             )
         if audit:
-            conn.executemany(
-                "INSERT INTO audit (at, action, by, alert_id, ward, bed, detail)"
-                " VALUES (?,?,?,?,?,?,?)",
-                audit,
+            conn.executemany(  # (identity, the 8th, may be left out: null)
+                "INSERT INTO audit (at, action, by, alert_id, ward, bed, detail, identity)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [(*r, None) if len(r) == 7 else r for r in audit],
             )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     return stored
 

@@ -55,6 +55,10 @@ class Batch:
     #: A clock tick (epoch s): time-driven rule work due by then (NEWS2 holds and
     #: expiry) is done before the batch's readings. None: no tick.
     tick: float | None = None
+    #: Readings taken in for evaluation only, never stored: the degraded-mode copy of
+    #: messages whose durable copy the broker keeps for the persistent session while the
+    #: store refuses commits (:meth:`monitor.sources.mqtt.MqttSource.shadow`).
+    transient: bool = False
 
 
 Emit = Callable[[Batch], Awaitable[None]]

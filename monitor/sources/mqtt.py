@@ -10,6 +10,14 @@ unacknowledged: the persistent session redelivers it to the next run, and the st
 absorbs what was already committed. A message with nothing to commit (refused
 entirely) is released at once, still acknowledged in arrival order behind the ones
 before it.
+
+While the store refuses commits (a full disk) nothing is acknowledged, so the broker
+stops sending once its window of unacknowledged messages is full, and the ward's alarms
+would stop with it. The daemon then opens a second, clean-session connection
+(:meth:`MqttSource.shadow`) subscribed at QoS 0: its copies are evaluated for alerts and
+never stored (``Batch.transient``), while the durable copies wait at the broker for the
+persistent session and are stored once the store is back (the engine knows them as
+repeats and does not evaluate them twice).
 """
 
 from __future__ import annotations
@@ -76,6 +84,43 @@ class MqttSource:
         self._unacked: deque[_Unacked] = deque()
         self._stopped = False
         client.subscribe(self.template.filter, cfg.qos, self._deliver)
+        #: the degraded-mode copies (QoS 0, clean session); None: not degraded
+        self._shadow_inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._shadowing = False
+        self.shadow_dropped = 0
+
+    def shadow(self, client: Client | None) -> None:
+        """Evaluate (never store) what ``client``, a clean-session connection not yet
+        started, receives at QoS 0 on this source's topics; None ends it."""
+        if client is not None:
+            client.subscribe(self.template.filter, 0, self._deliver_shadow)
+        self._shadowing = client is not None
+        if client is None:
+            while not self._shadow_inbox.empty():
+                self._shadow_inbox.get_nowait()
+
+    def _deliver_shadow(self, msg: Message) -> None:
+        if not self._shadowing or self._shadow_inbox.qsize() >= INBOX_QOS0_LIMIT:
+            self.shadow_dropped += 1  # (a copy: the durable one waits at the broker)
+            return
+        self._shadow_inbox.put_nowait(msg)
+
+    async def _run_shadow(self, emit: Emit) -> None:
+        inbox = self._shadow_inbox
+        while True:
+            msg: Message | None = await inbox.get()
+            batch = Batch([], None, time.time(), transient=True)
+            while msg is not None:
+                origin = self.origin(msg.topic)
+                if origin is not None and msg.payload:
+                    decoded = decode(msg.payload, origin, batch.received_at, self.limits)
+                    batch.readings += decoded.readings
+                    batch.statuses += decoded.statuses
+                if len(batch.readings) >= BATCH_READINGS or inbox.empty():
+                    break
+                msg = inbox.get_nowait()
+            if (batch.readings or batch.statuses) and self._shadowing:
+                await emit(batch)
 
     def _deliver(self, msg: Message) -> None:
         if msg.qos == 0 and self._inbox.qsize() >= INBOX_QOS0_LIMIT:
@@ -107,6 +152,15 @@ class MqttSource:
         )
 
     async def run(self, emit: Emit, reject: Reject) -> None:
+        async with asyncio.TaskGroup() as tg:
+            shadow = tg.create_task(self._run_shadow(emit),
+                                    name=f"vitalmon.source[{self.name}].degraded")  # fmt: skip
+            try:
+                await self._run(emit, reject)
+            finally:
+                shadow.cancel()
+
+    async def _run(self, emit: Emit, reject: Reject) -> None:
         """Messages -> batches. A batch is every message already waiting (up to
         ``BATCH_MESSAGES`` / ``BATCH_READINGS``), taken without waiting for more: under
         load the engine, the journal and the PUBACKs work per batch, not per message, and

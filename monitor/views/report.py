@@ -1,10 +1,16 @@
 """``vitalmon report``: trend plots of one bed from the store (matplotlib, PNG/PDF/SVG).
 
-One panel per stored vital (in :data:`ORDER`, every device of the bed together), sharing
-the time axis (UTC): the readings as a line, the bed's limits as bands (warn pale,
-crit stronger, on the side they apply; from its profile as ``vitalmon stats`` resolves
-it), and each alert event of that vital as a marker at its time and value in its
+One panel per stored vital (in :data:`ORDER`), sharing the time axis (UTC): the readings
+as a line per device (a vital measured by several devices -- HR from the ECG and from
+the oximeter -- gets a line each, named in the panel's legend), the bed's limits as
+bands (warn pale, crit stronger, on the side they apply; from its profile as ``vitalmon
+stats`` resolves it), and each alert event of that vital as a marker at its time in its
 priority's colour (high red, medium amber, low cyan; a resolution as a hollow marker).
+Only an alert whose ``value`` is in the panel's unit is drawn at that value: a threshold
+(``physiological``) alert's reading, a ``score`` alert's NEWS2 points. Any other (a
+trend alert's slope, a flapping alert's count of changes, a technical alarm) is drawn on
+its device's line at its time, and a trend alert's rise or fall is written beside it
+with its unit (``+25 /min per 30 min``, ``-6 % from baseline``).
 A last panel gives NEWS2 recomputed from the stored inputs (the daemon's own scoring,
 on event time) with its bands 0-4, 5-6 and >= 7, and the NEWS2 alerts.
 
@@ -14,10 +20,12 @@ is the file's suffix.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -29,24 +37,55 @@ from matplotlib.figure import Figure
 
 from monitor.config import Config
 from monitor.engine.news2 import PARAMETERS, News2Tracker
-from monitor.model import AVPU_CODES, LABELS, VITALS, iso
+from monitor.engine.trend import _fmt_per as fmt_per
+from monitor.model import AVPU_CODES, LABELS, VITALS, fmt_reading, iso
 from monitor.views.stats import bed_profiles, span_hint
 
 ORDER = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "etco2")
 COLOURS = {"high": "#d62728", "medium": "#ffb000", "low": "#17becf"}
+#: The devices' lines of a panel, in the order of their names (none an alert colour).
+LINE_COLOURS = ("#1f4e79", "#7b3f99", "#2e7d32", "#8d5524", "#555555")
 FORMATS = (".png", ".pdf", ".svg")
+#: Alert kinds whose ``value`` is in the unit of their panel: a threshold alert's
+#: reading, a NEWS2 alert's score (its flapping alert's excepted: a count). A trend
+#: alert's is a slope (or a median), a technical alarm's a reading it doubts or a time.
+VALUE_ON_AXIS = ("physiological", "score")
+
+
+class Alert(NamedTuple):
+    """An alert event as the report draws it."""
+
+    vital: str
+    at: float
+    value: float | None
+    priority: str
+    state: str
+    kind: str = "physiological"
+    rule: str = ""
+    device: str = ""
+    limit: float | None = None
+    message: str = ""
 
 
 @dataclass
 class BedData:
     ward: str
     bed: str
-    #: vital -> (ts, values), sorted by time
+    #: vital -> (ts, values), sorted by time, all devices together
     series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    #: (vital, at, value, priority, state) of each alert event
-    alerts: list[tuple[str, float, float | None, str, str]] = field(default_factory=list)
+    #: vital -> device -> (ts, values), sorted by time (empty: ``series`` as one device)
+    devices: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    #: each alert event, by time
+    alerts: list[Alert] = field(default_factory=list)
     #: NEWS2 (ts, score) at each change of an input; only complete scores
     news2: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
+
+    def lines(self, vital: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """device -> (ts, values) of ``vital``, by device name."""
+        by_device = self.devices.get(vital)
+        if by_device:
+            return dict(sorted(by_device.items()))
+        return {"": self.series[vital]} if vital in self.series else {}
 
 
 def load(
@@ -60,7 +99,7 @@ def load(
     """The bed's readings and alert events in [since, until], NEWS2 recomputed (complete
     scores only, inputs within ``freshness_s``: ``rules.news2.freshness_s``)."""
     rows = conn.execute(
-        "SELECT ward, vital, ts, value FROM readings WHERE flag IS NULL AND bed = ?"
+        "SELECT ward, device, vital, ts, value FROM readings WHERE flag IS NULL AND bed = ?"
         " AND (? IS NULL OR ward = ?)"
         " AND ts >= ? AND ts <= ? ORDER BY ts",
         (bed, ward, ward, since, until),
@@ -70,11 +109,13 @@ def load(
         raise ValueError(f"bed {bed} is in several wards ({', '.join(sorted(wards))}): --ward")
     data = BedData(ward or (next(iter(wards)) if wards else "?"), bed)
     by_vital: dict[str, list[tuple[float, float]]] = {}
+    by_device: dict[str, dict[str, list[tuple[float, float]]]] = {}
     tracker = News2Tracker()
     n2_t: list[float] = []
     n2_v: list[float] = []
-    for _w, vital, ts, value in rows:
+    for _w, device, vital, ts, value in rows:
         by_vital.setdefault(vital, []).append((ts, value))
+        by_device.setdefault(vital, {}).setdefault(device, []).append((ts, value))
         if vital in PARAMETERS:
             v: float | bool | str = value
             if vital == "avpu":
@@ -87,13 +128,14 @@ def load(
                     n2_t.append(ts)
                     n2_v.append(float(s.total))
     for vital, pts in by_vital.items():
-        a = np.array(pts, dtype=np.float64)
-        data.series[vital] = (a[:, 0], a[:, 1])
+        data.series[vital] = _arrays(pts)
+        data.devices[vital] = {d: _arrays(p) for d, p in by_device[vital].items()}
     data.news2 = (np.array(n2_t), np.array(n2_v))
     data.alerts = [
-        (r[0], r[1], r[2], r[3], r[4])
+        Alert(*r)
         for r in conn.execute(
-            "SELECT vital, at, value, priority, state FROM alert_events WHERE bed = ?"
+            "SELECT vital, at, value, priority, state, kind, rule, device, limit_value, message"
+            " FROM alert_events WHERE bed = ?"
             " AND ward = ? AND at >= ? AND at <= ?"
             # escalations and re-notifications happen on the wall clock, not to the data
             " AND (extra IS NULL OR json_extract(extra, '$.action') IS NULL) ORDER BY at",
@@ -101,6 +143,11 @@ def load(
         )
     ]
     return data
+
+
+def _arrays(pts: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    a = np.array(pts, dtype=np.float64)
+    return a[:, 0], a[:, 1]
 
 
 def _time(ts: np.ndarray) -> np.ndarray:
@@ -141,17 +188,27 @@ def render(data: BedData, cfg: Config, conn: sqlite3.Connection | None = None) -
         else:
             ts, values = data.series[vital]
             unit = VITALS.get(vital, ("",))[0]
-            ax.set_ylabel(f"{LABELS.get(vital, vital)} ({unit})" if unit else vital)
-            few = len(ts) < 60  # spot measurements (NIBP, temperature): show each one
-            ax.plot(_time(ts), values, color="#1f4e79", lw=1.0, label=vital,
-                    marker="o" if few else None, ms=4)  # fmt: skip
+            label = LABELS.get(vital, vital)
+            ax.set_ylabel(f"{label} ({unit})" if unit else vital)
+            lines = data.lines(vital)
+            drawn = []
+            for i, (device, (d_ts, d_values)) in enumerate(lines.items()):
+                few = len(d_ts) < 60  # spot measurements (NIBP, temperature): show each one
+                colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+                (line,) = ax.plot(_time(d_ts), d_values, color=colour, lw=1.0,
+                                  label=f"{label} {device}" if len(lines) > 1 else label,
+                                  marker="o" if few else None, ms=4)  # fmt: skip
+                drawn.append(line)
+            if len(drawn) > 1:
+                ax.legend(handles=drawn, loc="upper left", fontsize="small")
             _limits(ax, profile.thresholds.get(vital) if profile else None)
             lo_v, hi_v = float(values.min()), float(values.max())
             pad = max(1.0, 0.1 * (hi_v - lo_v))
             ax.set_ylim(lo_v - pad, hi_v + pad)
         if len(ts):
             span = [min(span[0], float(ts[0])), max(span[1], float(ts[-1]))]
-        _markers(ax, [a for a in data.alerts if a[0] == vital], ts, values)
+        lines = {"": (ts, values)} if vital == "news2" else data.lines(vital)
+        _markers(ax, [a for a in data.alerts if a.vital == vital], lines, cfg)
         ax.grid(True, alpha=0.3)
     ax = axes[-1]
     locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
@@ -196,31 +253,78 @@ def _limits(ax: object, tc: object) -> None:
             ax.axhline(crit, color="#d62728", lw=0.8, ls="--")
 
 
+def on_axis(a: Alert) -> bool:
+    """Whether the alert's ``value`` is in the unit of its vital's panel (a flapping
+    alert's value is its count of changes, whatever its kind)."""
+    return (a.kind in VALUE_ON_AXIS and not a.rule.endswith(".flapping")
+            and a.value is not None and bool(np.isfinite(a.value)))  # fmt: skip
+
+
+def _on_line(a: Alert, lines: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """The value of the alert's device's line (else the first line's) at the alert's time."""
+    ts, values = lines.get(a.device) or next(iter(lines.values()), (np.empty(0), np.empty(0)))
+    if not len(ts):
+        return 0.0
+    return float(np.interp(a.at, ts, values))
+
+
+def trend_text(a: Alert, cfg: Config) -> str | None:
+    """What a trend alert measured, with its unit: a slope rule's rate (``+25 /min per 30
+    min``: its ``per_s`` from the config, else from its message), a baseline rule's move
+    from the bed's baseline (``-6 % from baseline``); None for a resolution (its value
+    is the slope that let it clear, or the reading when an operator closed it)."""
+    if a.kind != "trend" or a.state == "resolved" or a.value is None:
+        return None
+    vital, _, name = a.rule.partition(".")  # hr.trend_up, spo2.baseline_down
+    kind, _, direction = name.rpartition("_")
+    if direction not in ("up", "down"):
+        return None  # (hr.trend_up.flapping: a count of changes)
+    unit = VITALS.get(vital, ("",))[0]
+    sign = "+" if a.value > 0 else "-" if a.value < 0 else ""
+    if kind == "trend":
+        slope = cfg.rules.trends.slope.get(vital)
+        limit = getattr(slope, direction, None) if slope is not None else None
+        if limit is not None:
+            per = fmt_per(limit.per_s)  # (the engine's words: as in the alert's message)
+        else:  # a rule no longer configured: its message says ("... per 10 min")
+            m = re.search(r" per ([\d.]+ (?:s|min|h))\b", a.message)
+            per = m.group(1) if m else "?"
+        return f"{sign}{fmt_reading(vital, abs(a.value))} {unit} per {per}"
+    if kind == "baseline":
+        base = cfg.rules.trends.baseline.get(vital)
+        limit_b = getattr(base, direction, None) if base is not None else None
+        if limit_b is None or a.limit is None:
+            return "from baseline"
+        baseline = a.limit - (limit_b.delta if direction == "up" else -limit_b.delta)
+        move = a.value - baseline
+        sign = "+" if move > 0 else "-" if move < 0 else ""
+        return f"{sign}{fmt_reading(vital, abs(move))} {unit} from baseline"
+    return None
+
+
 def _markers(
     ax: object,
-    alerts: list[tuple[str, float, float | None, str, str]],
-    ts: np.ndarray,
-    values: np.ndarray,
+    alerts: list[Alert],
+    lines: dict[str, tuple[np.ndarray, np.ndarray]],
+    cfg: Config,
 ) -> None:
-    """Alert events at their time and value (where the event has none: the reading's)."""
+    """Alert events at their time: at their value when it is in the panel's unit
+    (:func:`on_axis`), else on their device's line, a trend's measure written beside."""
     from matplotlib.axes import Axes
 
     if not isinstance(ax, Axes):
         return
     for priority in ("low", "medium", "high"):
         for resolved in (False, True):
-            pts = [a for a in alerts if a[3] == priority and (a[4] == "resolved") == resolved]
+            pts = [a for a in alerts
+                   if a.priority == priority and (a.state == "resolved") == resolved]  # fmt: skip
             if not pts:
                 continue
             x: list[float] = []
             y: list[float] = []
-            for _v, at, given, _p, _s in pts:
-                value = given
-                if value is None or not np.isfinite(value):
-                    i = int(np.searchsorted(ts, at)) if len(ts) else -1
-                    value = float(values[min(max(i, 0), len(values) - 1)]) if len(ts) else 0.0
-                x.append(at)
-                y.append(value)
+            for a in pts:
+                x.append(a.at)
+                y.append(a.value if on_axis(a) and a.value is not None else _on_line(a, lines))
             colour = COLOURS[priority]
             when = mdates.date2num(_time(np.array(x)))  # type: ignore[no-untyped-call]
             ax.scatter(
@@ -228,6 +332,11 @@ def _markers(
                 facecolors="none" if resolved else colour, edgecolors=colour,
                 label=f"{priority} {'resolved' if resolved else 'alert'}",
             )  # fmt: skip
+            for a, at, value in zip(pts, when, y, strict=True):
+                text = trend_text(a, cfg)
+                if text is not None:
+                    ax.annotate(text, (at, value), xytext=(6, 6), textcoords="offset points",
+                                fontsize="small", color="0.2", zorder=6)  # fmt: skip
 
 
 def write(fig: Figure, path: Path) -> None:

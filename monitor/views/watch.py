@@ -11,8 +11,12 @@ acknowledges the selected bed's most severe alert not yet acknowledged
 (``vitalmon/cmd/ack`` with ``--by``), ``p`` pauses its alarms for 2 minutes
 (``vitalmon/cmd/pause``), ``q`` quits. It only subscribes and publishes commands, so it
 runs on any machine that reaches the broker; retained state and score topics make a late
-start complete at once. Tiles are three lines by 26 columns: three across in 80 columns,
-scrolling for more beds.
+start complete at once. Tiles are three lines high and laid out for the columns the
+tile area has beside its scrollbar (always reserved, so the layout does not jump when
+the ward outgrows the screen): as many across as fit at least TILE_W columns each
+(three in 80 columns, two in 60, four in 120), sharing the spare columns; a name, vitals
+or alert text longer than its tile is cut at the tile's edge, never wrapped, and the
+tiles scroll (the keys above) to reach every bed.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.geometry import Size
+from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from monitor.config import Config
@@ -38,7 +45,12 @@ from monitor.views.ward import BUCKET_S, SHOWN, BedView, Ward
 PRIORITY_STYLE = {"high": "bold white on red", "medium": "bold black on yellow",
                   "low": "bold black on cyan"}  # fmt: skip
 TECHNICAL_STYLE = "bold magenta"
-TILE_W = 26
+#: The narrowest tile: three across in the 78 columns 80 leave beside the scrollbar.
+TILE_W = 25
+#: Lines of a tile: the bed and NEWS2, the vitals, the most severe alert.
+TILE_H = 3
+#: Columns of a tile's NEWS2 label (`` NEWS2 12``).
+NEWS2_W = 10
 PAUSE_S = 120
 
 
@@ -58,51 +70,138 @@ def _fmt(vital: str, value: float | None) -> str:
     return fmt_reading(vital, value)
 
 
-def tile(b: BedView, selected: bool) -> Text:
-    """A bed in three lines of TILE_W columns."""
-    t = Text(no_wrap=True, overflow="crop")
+def layout(width: int) -> tuple[int, int]:
+    """-> (tiles across, columns of each) in ``width`` columns: as many as fit TILE_W
+    columns and a space between, sharing the spare columns; one tile, cut to ``width``,
+    when not even one fits."""
+    per_row = max(1, (width + 1) // (TILE_W + 1))
+    return per_row, max(1, (width + 1) // per_row - 1)
+
+
+def _printable(s: str) -> str:
+    """``s`` with control and other unprintable characters (a newline in a bed name) as
+    spaces: a tile's line is one terminal line."""
+    return "".join(c if c.isprintable() else " " for c in s)
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` cells, ``…`` ending it where it was cut."""
+    if cell_len(text) <= width:
+        return text
+    t = Text(text)
+    t.truncate(width, overflow="ellipsis")
+    return t.plain
+
+
+def bed_name(ward: str, bed: str, width: int) -> str:
+    """``ward/bed`` in ``width`` cells: the ward shortened first (``intens…/bed-12``), the
+    bed name only when it alone does not fit."""
+    ward, bed = _printable(ward), _printable(bed)
+    full = f"{ward}/{bed}"
+    if cell_len(full) <= width:
+        return full
+    room = width - cell_len(bed) - 2  # the ward's cells, beside "…/" and the bed
+    if room >= 1:
+        return f"{_cut(ward, room + 1)}/{bed}"
+    return _cut(bed, width)
+
+
+def _line(text: Text, width: int) -> Text:
+    """``text`` as exactly ``width`` cells: cut or padded with spaces."""
+    text.no_wrap, text.overflow = True, "crop"
+    text.truncate(width, overflow="crop", pad=True)
+    return text
+
+
+def tile_lines(b: BedView, selected: bool, width: int = TILE_W) -> list[Text]:
+    """A bed in TILE_H lines of exactly ``width`` cells."""
     score = b.news2.get("news2") if b.news2 else None
-    head = Text(f"{b.ward}/{b.bed}"[: TILE_W - 10].ljust(TILE_W - 10),
+    name_w = max(0, width - NEWS2_W)
+    name = bed_name(b.ward, b.bed, name_w)
+    head = Text(name + " " * max(0, name_w - cell_len(name)),  # (cells: wide characters)
                 style="reverse" if selected else "bold")  # fmt: skip
-    t.append_text(head)
     label = f" NEWS2 {score if score is not None else '-'}"
-    t.append(label.ljust(10), style=news2_style(score if isinstance(score, int) else None))
-    t.append("\n")
-    parts = []
+    head.append(label.ljust(NEWS2_W), style=news2_style(score if isinstance(score, int) else None))
+    vitals = ""
     for vital in ("hr", "spo2", "rr", "sbp"):
         v = b.latest(vital)
-        if v is not None:
-            parts.append(f"{LABELS.get(vital, vital)} {_fmt(vital, v)}{b.trend(vital)}")
-    t.append(" ".join(parts)[:TILE_W].ljust(TILE_W))
-    t.append("\n")
+        if v is None:
+            continue
+        part = f"{LABELS.get(vital, vital)} {_fmt(vital, v)}{b.trend(vital)}"
+        if vitals and cell_len(f"{vitals} {part}") > width:
+            break  # whole vitals only: no label without its value
+        vitals = f"{vitals} {part}" if vitals else part
     clinical, technical = b.clinical(), b.technical()
     if clinical:
         a = clinical[0]
         mark = "✓" if a.get("state") == "acknowledged" else "!"
         more = f" +{len(clinical) - 1}" if len(clinical) > 1 else ""
-        text = f"{mark}{str(a.get('priority', '')).upper()} {a.get('rule', '')}{more}"
-        t.append(text[:TILE_W].ljust(TILE_W), style=PRIORITY_STYLE.get(str(a.get("priority"))))
+        # the count of further alerts stays when the rule's name is cut
+        room = max(0, width - cell_len(more))
+        text = _cut(_printable(f"{mark}{str(a.get('priority', '')).upper()} {a.get('rule', '')}"),
+                    room)  # fmt: skip
+        alert = Text(text + more, style=PRIORITY_STYLE.get(str(a.get("priority")), ""))
     elif technical:
-        t.append(f"⚙ {technical[0].get('rule', '')}"[:TILE_W].ljust(TILE_W), style=TECHNICAL_STYLE)
+        alert = Text(_printable(f"⚙ {technical[0].get('rule', '')}"), style=TECHNICAL_STYLE)
     else:
-        t.append("".ljust(TILE_W))
-    return t
+        alert = Text()
+    return [_line(head, width), _line(Text(vitals), width), _line(alert, width)]
+
+
+def tile(b: BedView, selected: bool, width: int = TILE_W) -> Text:
+    """A bed in TILE_H lines of ``width`` columns."""
+    return Text("\n", no_wrap=True, overflow="crop").join(tile_lines(b, selected, width))
 
 
 def grid(beds: list[BedView], selected: int, width: int) -> Text:
-    """Tiles three (or as many as fit) across."""
-    per_row = max(1, (width + 1) // (TILE_W + 1))
-    out = Text(no_wrap=True, overflow="crop")
+    """The tiles, as many across as fit ``width`` (:func:`layout`): no line is wider."""
+    per_row, tile_w = layout(width)
+    lines: list[Text] = []
     for start in range(0, len(beds), per_row):
-        row = [tile(b, start + i == selected) for i, b in enumerate(beds[start : start + per_row])]
-        lines = [r.split("\n") for r in row]
-        for n in range(3):
-            for i, r in enumerate(lines):
-                if i:
-                    out.append(" ")
-                out.append_text(r[n] if n < len(r) else Text(" " * TILE_W))
-            out.append("\n")
-    return out
+        row = [tile_lines(b, start + i == selected, tile_w)
+               for i, b in enumerate(beds[start : start + per_row])]  # fmt: skip
+        for n in range(TILE_H):
+            lines.append(Text(" ").join(t[n] for t in row))
+    return Text("\n", no_wrap=True, overflow="crop").join(lines)
+
+
+class Tiles(Widget):
+    """The tiles, laid out when drawn for the widget's own width: the columns the
+    scroller leaves beside its scrollbar, whatever the terminal's size."""
+
+    DEFAULT_CSS = """
+    Tiles { height: auto; text-wrap: nowrap; text-overflow: clip; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.beds: list[BedView] = []
+        self.selected = 0
+
+    def show(self, beds: list[BedView], selected: int) -> None:
+        self.beds, self.selected = beds, selected
+        self.refresh(layout=True)
+
+    def per_row(self) -> int:
+        return layout(self.content_size.width)[0] if self.content_size.width else 0
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return TILE_H * -(-len(self.beds) // layout(width)[0])
+
+    def render(self) -> Text:
+        return grid(self.beds, self.selected, self.content_size.width)
+
+
+class TileScroll(VerticalScroll):
+    """The tiles' scroller: when its size changes (a resized terminal), once the tiles
+    are laid out again, it calls ``relaid`` (the app keeps the selected bed in view)."""
+
+    def __init__(self, relaid: Callable[[], None], *, id: str | None = None) -> None:
+        super().__init__(id=id, can_focus=False)  # (keys are the app's)
+        self._relaid = relaid
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._relaid)
 
 
 #: Columns of one vital in the detail pane: label, value, arrow, sparkline, range.
@@ -159,7 +258,7 @@ def detail(b: BedView | None, width: int = 80) -> Text:
 class WatchApp(App[None]):
     TITLE = "vitalmon watch"
     CSS = """
-    #grid { height: 1fr; }
+    #grid { height: 1fr; scrollbar-gutter: stable; }
     #detail { height: auto; max-height: 10; border-top: solid $accent; }
     """
     BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [
@@ -189,10 +288,11 @@ class WatchApp(App[None]):
         for topic in self.ward.topics:
             self.client.subscribe(topic, 0, self._deliver)
         self._dirty = False
+        self._shown = False
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="grid", can_focus=False):  # (keys are the app's)
-            yield Static(id="tiles")
+        with TileScroll(self._keep_in_view, id="grid"):
+            yield Tiles(id="tiles")
         yield Static(id="detail")
         yield Footer()
 
@@ -200,6 +300,7 @@ class WatchApp(App[None]):
         self.client.start()
         self.set_interval(0.25, self._refresh)
         self._refresh(force=True)
+        self._shown = True
 
     async def on_unmount(self) -> None:
         await self.client.stop(timeout=1.0)
@@ -233,8 +334,8 @@ class WatchApp(App[None]):
         self.current()  # (follows the selected bed to its new place)
         beds = self.beds()
         width = self.size.width or 80
-        self.query_one("#tiles", Static).update(grid(beds, self.selected, width))
-        self._keep_in_view(width)
+        self.query_one(Tiles).show(beds, self.selected)
+        self.call_after_refresh(self._keep_in_view)  # (once the tiles are laid out)
         d = detail(self.current(), width)
         if self.status:
             d.append(self.status, style="italic")
@@ -242,17 +343,22 @@ class WatchApp(App[None]):
         up = "connected" if self.client.connected.is_set() else "connecting..."
         self.sub_title = f"{len(beds)} beds, {self.cfg.mqtt.host}:{self.cfg.mqtt.port} {up}"
 
-    def _per_row(self, width: int | None = None) -> int:
-        return max(1, ((width or self.size.width or 80) + 1) // (TILE_W + 1))
+    def on_resize(self) -> None:
+        if self._shown:  # (not the first size, before on_mount)
+            self._refresh(force=True)  # (the detail pane's vitals a line)
 
-    def _keep_in_view(self, width: int) -> None:
+    def _per_row(self) -> int:
+        """Tiles across, as laid out (before the first layout: as they will be)."""
+        grid_w = self.query_one("#grid", VerticalScroll).scrollable_content_region.width
+        return self.query_one(Tiles).per_row() or layout(grid_w or self.size.width or 80)[0]
+
+    def _keep_in_view(self) -> None:
         """Scroll the tiles so that the selected bed's row is on screen."""
         scroller = self.query_one("#grid", VerticalScroll)
-        per_row = self._per_row(width)
-        top = (self.selected // per_row) * 3
-        height = scroller.size.height
-        if height and not scroller.scroll_y <= top <= scroller.scroll_y + height - 3:
-            scroller.scroll_to(y=max(0, top - height + 3) if top > scroller.scroll_y else top,
+        top = (self.selected // self._per_row()) * TILE_H
+        height = scroller.scrollable_content_region.height
+        if height and not scroller.scroll_y <= top <= scroller.scroll_y + height - TILE_H:
+            scroller.scroll_to(y=max(0, top - height + TILE_H) if top > scroller.scroll_y else top,
                                animate=False)  # fmt: skip
 
     def action_move(self, step: int) -> None:
@@ -265,8 +371,8 @@ class WatchApp(App[None]):
         self._select(lambda i, n: min(max(i + step, 0), n - 1))
 
     def action_move_page(self, pages: int) -> None:
-        height = self.query_one("#grid", VerticalScroll).size.height or 3
-        step = pages * max(1, height // 3) * self._per_row()
+        height = self.query_one("#grid", VerticalScroll).scrollable_content_region.height
+        step = pages * max(1, height // TILE_H) * self._per_row()
         self._select(lambda i, n: min(max(i + step, 0), n - 1))
 
     def _select(self, to: Callable[[int, int], int]) -> None:
