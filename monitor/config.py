@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -97,7 +98,12 @@ class MqttConfig(_Model):
     #: while the daemon is away.
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
     reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    #: Backoff cap: back within about this long of the broker (a broker restart loses
+    #: the readings devices publish before vitalmon's session is back on it).
+    reconnect_max_s: float = Field(2.0, gt=0)
+    #: QoS 1 publishes (alerts, bed state, scores) kept waiting for the broker; when full,
+    #: superseded retained messages are dropped first, alert events last (monitor.mqtt).
+    max_queued: int = Field(10_000, ge=10, le=60_000)
     tls: TLSConfig | None = None
 
     @field_validator("protocol", mode="before")
@@ -143,24 +149,25 @@ def parse_topic_template(template: str, required: tuple[str, ...] = ("bed",)) ->
         raise ValueError("topic template must be non-empty and not start with '$'")
     levels: list[str | None] = []
     names: list[str] = []
+    problems: list[str] = []  # all of them, not just the first
     for level in template.split("/"):
         m = _SEGMENT.match(level)
         if m:
             name = m.group(1)
             if name in names:
-                raise ValueError(f"placeholder {{{name}}} appears twice")
+                problems.append(f"placeholder {{{name}}} appears twice")
             names.append(name)
             levels.append("{" + name + "}")
         elif any(c in level for c in "{}+#"):
-            raise ValueError(
+            problems.append(
                 f"level {level!r}: a level is either literal text or one whole {{name}}; "
                 "MQTT wildcards are derived from the placeholders"
             )
         else:
             levels.append(level)
-    for name in required:
-        if name not in names:
-            raise ValueError(f"placeholder {{{name}}} is required")
+    problems += [f"placeholder {{{name}}} is required" for name in required if name not in names]
+    if problems:
+        raise ValueError("; ".join(problems))
     return levels
 
 
@@ -325,7 +332,13 @@ class Hl7MllpSourceConfig(_Model):
     max_skew_s: float = Field(30.0, gt=0)
     max_message_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
     max_connections: int = Field(64, ge=1, le=10_000)
-    #: An idle connection is closed after this long.
+    #: Open connections from one peer address, at most: one peer (a sender leaking
+    #: connections, a scanner) cannot take all of ``max_connections`` from the others.
+    max_connections_per_peer: int = Field(8, ge=1, le=10_000)
+    #: A connection that has not sent a complete message this long after it was accepted
+    #: is closed (a port scan, a half-open client, bytes trickled without an end).
+    first_message_timeout_s: float = Field(30.0, gt=0)
+    #: A connection that has sent a message and then nothing for this long is closed.
     idle_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("listen")
@@ -500,15 +513,18 @@ class ThresholdConfig(_Model):
     @model_validator(mode="after")
     def _order(self) -> ThresholdConfig:
         lo, hi = self.low, self.high
+        problems = []  # all of them, not just the first
         if lo and lo.warn is not None and lo.crit is not None and lo.crit > lo.warn:
-            raise ValueError(f"low.crit ({lo.crit}) must be <= low.warn ({lo.warn})")
+            problems.append(f"low.crit ({lo.crit}) must be <= low.warn ({lo.warn})")
         if hi and hi.warn is not None and hi.crit is not None and hi.crit < hi.warn:
-            raise ValueError(f"high.crit ({hi.crit}) must be >= high.warn ({hi.warn})")
+            problems.append(f"high.crit ({hi.crit}) must be >= high.warn ({hi.warn})")
         if lo and hi:
             top_low = max(x for x in (lo.warn, lo.crit) if x is not None)
             bottom_high = min(x for x in (hi.warn, hi.crit) if x is not None)
             if top_low >= bottom_high:
-                raise ValueError("low limits must be below high limits")
+                problems.append("low limits must be below high limits")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -673,10 +689,15 @@ def _merge(defaults: dict[str, dict[str, Any]], given: Any) -> Any:
     return merged
 
 
-def _known_vitals(v: Mapping[str, Any]) -> None:
-    bad = sorted(set(v) - set(VITALS))
-    if bad:
-        raise ValueError(f"unknown vitals {bad} (known: {sorted(VITALS)})")
+def _vital_key(v: str) -> str:
+    if v not in VITALS:
+        raise ValueError(f"unknown vital {v!r} (known: {', '.join(sorted(VITALS))})")
+    return v
+
+
+#: A key naming a vital: an unknown one is an error at its own key path
+#: (``rules.thresholds.spo3``), next to the errors of the other keys' values.
+VitalKey = Annotated[str, AfterValidator(_vital_key)]
 
 
 class TrendConfig(_Model):
@@ -695,8 +716,8 @@ class TrendConfig(_Model):
     """
 
     enabled: bool = True
-    slope: dict[str, SlopeConfig] = Field(default_factory=dict, validate_default=True)
-    baseline: dict[str, BaselineConfig] = Field(default_factory=dict, validate_default=True)
+    slope: dict[VitalKey, SlopeConfig] = Field(default_factory=dict, validate_default=True)
+    baseline: dict[VitalKey, BaselineConfig] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("slope", mode="before")
     @classmethod
@@ -707,12 +728,6 @@ class TrendConfig(_Model):
     @classmethod
     def _baseline_defaults(cls, v: Any) -> Any:
         return _merge(DEFAULT_BASELINES, v)
-
-    @field_validator("slope", "baseline")
-    @classmethod
-    def _known(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _known_vitals(v)
-        return v
 
     def needs_s(self, vital: str | None = None) -> float:
         """Event time of history the enabled rules read (of ``vital``, or of any): the
@@ -833,7 +848,7 @@ class PlausibilityConfig(_Model):
 
     #: Per vital: a value outside ``[low, high]`` is stored flagged ``implausible``,
     #: counted, never evaluated; give only what you change, ``null`` to switch one off.
-    ranges: dict[str, Range | None] = Field(default_factory=dict, validate_default=True)
+    ranges: dict[VitalKey, Range | None] = Field(default_factory=dict, validate_default=True)
     #: Implausible values of a series for at least this long (and two readings): technical
     #: alarm ``<vital>.implausible`` (a probe off sending zeros).
     persist_s: float = Field(10.0, ge=0, le=86400)
@@ -842,7 +857,7 @@ class PlausibilityConfig(_Model):
     #: than ``disagree`` is ``disputed`` (stored, not evaluated). E.g. HR 277 from the
     #: pleth while the ECG says 92.
     cross_s: float = Field(60.0, ge=0, le=3600)
-    disagree: dict[str, float] = Field(
+    disagree: dict[VitalKey, float] = Field(
         default_factory=lambda: {"hr": 40.0, "spo2": 10.0, "rr": 15.0, "sbp": 40.0,
                                  "dbp": 30.0, "map": 30.0, "temp": 1.5, "etco2": 15.0}
     )  # fmt: skip
@@ -856,17 +871,11 @@ class PlausibilityConfig(_Model):
             return v
         return {**DEFAULT_PLAUSIBLE, **v}
 
-    @field_validator("ranges", "disagree")
-    @classmethod
-    def _vitals(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _known_vitals(v)
-        return v
-
 
 class RulesConfig(_Model):
     #: Per vital; a vital given here replaces only the keys it names (``delay_s`` alone
     #: keeps the default limits). ``enabled: false`` switches a vital's thresholds off.
-    thresholds: dict[str, ThresholdConfig] = Field(default_factory=dict, validate_default=True)
+    thresholds: dict[VitalKey, ThresholdConfig] = Field(default_factory=dict, validate_default=True)
     #: Event-time window kept per bed and vital.
     window_s: float = Field(600.0, ge=10, le=24 * 3600)
     #: Out-of-order tolerance: a reading older than the newest of its series by more
@@ -893,6 +902,11 @@ class RulesConfig(_Model):
     #: A device whose interval is not known yet (one reading so far) is stale after this
     #: long, unless its readings are declared continuous (then ``stale_after_s``).
     stale_unknown_s: float = Field(3600.0, ge=1, le=7 * 86400)
+    #: A device of a bed nobody expects (not under ``beds``, not admitted) whose
+    #: ``device.stale`` has lasted this long is forgotten: its alarm resolves, its windows
+    #: and state are freed, and the bed with its last device (README, "Capacity"). null:
+    #: never. Expected beds never expire.
+    stale_expire_s: float | None = Field(86400.0, ge=1)
     #: Measurement modes: how each series is judged (README, "Measurement modes").
     modes: ModesConfig = Field(default_factory=ModesConfig)
     #: Physiological plausibility per vital (README, "Plausibility").
@@ -919,12 +933,6 @@ class RulesConfig(_Model):
                 merged[vital] = over
         return merged
 
-    @field_validator("thresholds")
-    @classmethod
-    def _known(cls, v: dict[str, ThresholdConfig]) -> dict[str, ThresholdConfig]:
-        _known_vitals(v)
-        return v
-
     @model_validator(mode="after")
     def _window_covers_delays(self) -> RulesConfig:
         longest = max((t.delay_s for t in self.thresholds.values() if t.enabled), default=0.0)
@@ -946,6 +954,19 @@ class EngineConfig(_Model):
     #: what is left is logged and the process exits (keep it below systemd's
     #: TimeoutStopSec).
     shutdown_timeout_s: float = Field(4.5, gt=0, le=600)
+    #: What publishers can make the engine keep (README, "Capacity"): beds, series (bed,
+    #: device, vital), devices per bed. Input beyond is stored, not evaluated, and raises
+    #: ``engine.capacity``. Beds under ``beds`` and admitted beds (at most max_beds) pass
+    #: max_beds and the rates, and have a reserve of max_series more series.
+    max_beds: int = Field(2000, ge=1, le=1_000_000)
+    max_series: int = Field(50_000, ge=1, le=10_000_000)
+    max_devices_per_bed: int = Field(32, ge=1, le=10_000)
+    #: New beds / series of beds nobody expects taken in a minute (token buckets) ...
+    new_beds_per_minute: float = Field(60.0, gt=0)
+    new_series_per_minute: float = Field(1500.0, gt=0)
+    #: ... and at once (null: max_beds / max_series, so a restart is never slowed).
+    new_beds_burst: int | None = Field(None, ge=1)
+    new_series_burst: int | None = Field(None, ge=1)
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -1044,15 +1065,9 @@ class ProfileConfig(_Model):
     ``rules.thresholds`` overrides the defaults (``null`` switches a vital off).
     """
 
-    thresholds: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    thresholds: dict[VitalKey, dict[str, Any] | None] = Field(default_factory=dict)
     #: NEWS2 SpO2 scale of beds with this profile (null: ``rules.news2.scale``).
     news2_scale: Literal[1, 2] | None = None
-
-    @field_validator("thresholds")
-    @classmethod
-    def _known(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _known_vitals(v)
-        return v
 
 
 @dataclass(frozen=True)
@@ -1062,6 +1077,16 @@ class Profile:
     name: str
     thresholds: dict[str, ThresholdConfig]
     news2_scale: Literal[1, 2]
+
+
+def _bed_key(v: str) -> str:
+    if v.count("/") != 1 or "" in v.split("/"):
+        raise ValueError("a bed key is ward/bed, e.g. icu/7")
+    return v
+
+
+#: ``ward/bed``: a bad one is an error at its own key path, the other beds still checked.
+BedKey = Annotated[str, AfterValidator(_bed_key)]
 
 
 class BedConfig(_Model):
@@ -1093,7 +1118,7 @@ class Config(_Model):
     #: Beds expected to send data, keyed ``ward/bed`` (``icu/7``), with their profile: a
     #: bed listed here that never sends anything raises ``device.stale`` after
     #: ``rules.stale_after_s``.
-    beds: dict[str, BedConfig] = Field(default_factory=dict)
+    beds: dict[BedKey, BedConfig] = Field(default_factory=dict)
     #: Spool for store-and-forward when ``store`` has no sqlite sink.
     spool_path: str = "/var/lib/vitalmon/spool.db"
 
@@ -1112,14 +1137,6 @@ class Config(_Model):
     def _some_source(cls, v: list[SourceConfig]) -> list[SourceConfig]:
         if not v:
             raise ValueError("at least one source is needed")
-        return v
-
-    @field_validator("beds")
-    @classmethod
-    def _bed_keys(cls, v: dict[str, BedConfig]) -> dict[str, BedConfig]:
-        bad = [k for k in v if k.count("/") != 1 or "" in k.split("/")]
-        if bad:
-            raise ValueError(f"bed keys are ward/bed, e.g. icu/7: not {bad}")
         return v
 
     @model_validator(mode="after")
@@ -1193,13 +1210,16 @@ class Config(_Model):
     @field_validator("store")
     @classmethod
     def _one_journal(cls, v: list[StoreConfig]) -> list[StoreConfig]:
+        problems = []
         if sum(1 for s in v if s.type == "sqlite") > 1:
-            raise ValueError(
+            problems.append(
                 "at most one sqlite store (it is the journal remote sinks forward from)"
             )
         names = [s.sink_name for s in v if isinstance(s, InfluxStoreConfig)]
         if len(names) != len(set(names)):
-            raise ValueError("two influxdb sinks with the same url and bucket need distinct names")
+            problems.append("two influxdb sinks with the same url and bucket need distinct names")
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
     @property
@@ -1264,16 +1284,126 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
+#: Discriminator tags pydantic inserts into an error's location after a list index.
+_TAGS = frozenset({"mqtt", "sqlite", "serial", "hl7-mllp", "influxdb"})
+
+KeyPath = tuple[int | str, ...]
+
+
+def _key_path(loc: KeyPath) -> KeyPath:
+    """An error's location as the user's keys (without the discriminator tags)."""
+    out: list[int | str] = []
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in {"mqtt", "sqlite", "serial", "hl7-mllp", "influxdb"} and out.endswith("]"):
+        if isinstance(part, str) and part in _TAGS and out and isinstance(out[-1], int):
             continue  # discriminator tag inserted by pydantic, not a user key
-        else:
-            out = _join(out, part)
+        if part == "[key]":
+            continue  # the key itself is wrong: its path is the error's
+        out.append(part)
+    return tuple(out)
+
+
+def _loc(loc: KeyPath) -> str:
+    out = ""
+    for part in _key_path(loc):
+        out = out + f"[{part}]" if isinstance(part, int) else _join(out, part)
     return out or "<root>"
+
+
+def _target(data: dict[str, Any], path: KeyPath) -> tuple[KeyPath, KeyPath, bool] | None:
+    """Where the value an error is about sits in ``data`` (or the deepest part of its
+    path the document has), and the error path at or under which later errors are
+    consequences of taking it out, and whether it is a list item (the list's later items
+    move up: their errors would be misplaced); None when the error is about the whole
+    document."""
+    node: Any = data
+    where: list[int | str] = []
+    in_list = False
+    end = 0
+    for i, part in enumerate(path):
+        if isinstance(node, Mapping) and isinstance(part, int):
+            continue  # `store: {...}` is the list `[{...}]` to pydantic
+        if isinstance(node, list):
+            if not (isinstance(part, int) and 0 <= part < len(node)):
+                break
+        elif not (isinstance(node, Mapping) and part in node):
+            break
+        in_list = isinstance(node, list)
+        node, end = node[part], i + 1
+        where.append(part)
+    if not where:
+        return None
+    return tuple(where), path[: end - 1] if in_list else path[:end], in_list
+
+
+def _take_out(data: dict[str, Any], where: KeyPath) -> bool:
+    """Remove the value at ``where`` from ``data`` (in place), so that its default
+    applies; -> whether that emptied a list, which then goes as well (its default)."""
+    parents: list[Any] = [data]
+    for part in where[:-1]:
+        parents.append(parents[-1][part])
+    if where[0] == "profiles" and len(where) == 2:
+        parents[-1][where[-1]] = {}  # keep the name: `beds` may refer to it
+        return False
+    del parents[-1][where[-1]]
+    if isinstance(parents[-1], list) and not parents[-1] and len(where) >= 2:
+        del parents[-2][where[-2]]
+        return True
+    return False
+
+
+def _order(where: KeyPath) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, p) if isinstance(p, int) else (1, str(p)) for p in where)
+
+
+def _messages(err: Any) -> list[str]:
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not err["loc"] and msg.startswith(("profiles.", "beds.")):
+        return msg.splitlines()  # cross-section checks name their own paths
+    return [f"{_loc(err['loc'])}: {msg}"]
+
+
+#: Validation passes at most (each one removes at least one invalid value).
+_MAX_PASSES = 25
+
+
+def _validate(data: dict[str, Any]) -> tuple[Config | None, list[str]]:
+    """-> (the config, []) or (None, every error).
+
+    A model's own checks across its fields (``reconnect_max_s >= reconnect_min_s``, a
+    window covering the delays, beds naming known profiles) run only once all of its
+    fields are valid, so a single bad value (an unknown vital, a port out of range)
+    would hide every such check around it. So each invalid value is taken out (its
+    default applies) and the document validated again, until nothing more is found.
+    Errors under a value taken out are its consequences, and are not reported.
+    """
+    errors: list[str] = []
+    removed: list[tuple[KeyPath, bool]] = []  # (path, errors only strictly under it)
+
+    def consequence(path: KeyPath) -> bool:
+        return any(path[: len(p)] == p and not (strict and path == p) for p, strict in removed)
+
+    for _ in range(_MAX_PASSES):
+        try:
+            cfg = Config.model_validate(data)
+        except ValidationError as exc:
+            found = exc.errors()
+        else:
+            return (None, errors) if errors else (cfg, [])
+        paths = [_key_path(err["loc"]) for err in found]
+        for path, err in zip(paths, found, strict=True):
+            if consequence(path):
+                continue
+            errors += [m for m in _messages(err) if m not in errors]
+        targets = {t[0]: t[1:] for t in (_target(data, path) for path in paths) if t}
+        outer = [w for w in targets if not any(w[: len(o)] == o != w for o in targets)]
+        for where in sorted(outer, key=_order, reverse=True):  # list indices stay right
+            emptied = _take_out(data, where)
+            prefix, item = targets[where]
+            # a list item: errors of the list itself still count, unless it is gone
+            removed.append((prefix, item and not emptied))
+        if not outer:
+            break
+    return None, errors
 
 
 def parse(data: Any, env: Mapping[str, str] | None = None) -> Config:
@@ -1293,17 +1423,9 @@ def parse(data: Any, env: Mapping[str, str] | None = None) -> Config:
             "password_file, or password: ${MQTT_PASSWORD} from the environment"
         )
     data = substitute(data, os.environ if env is None else env, "", errors)
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if not err["loc"] and msg.startswith(("profiles.", "beds.")):
-                errors.extend(msg.splitlines())  # cross-section checks name their own paths
-                continue
-            errors.append(f"{_loc(err['loc'])}: {msg}")
-        raise ConfigError(errors) from None
-    if errors:
+    cfg, invalid = _validate(data)
+    errors += invalid
+    if errors or cfg is None:
         raise ConfigError(errors)
     return cfg
 

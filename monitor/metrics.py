@@ -60,7 +60,7 @@ the same table. Labels are in braces.
 ``vitalmon_readings_pruned_total`` counter
     Stored readings pruned by the retention limits (age or space).
 ``vitalmon_readings_not_evaluated_total{reason}`` counter
-    Readings stored, not evaluated: late, repeated, implausible, disputed, history.
+    Readings stored, not evaluated, by reason (see the label values below).
 ``vitalmon_readings_clamped_total`` counter
     Readings stamped ahead of their arrival, evaluated at their arrival time.
 ``vitalmon_engine_errors_total`` counter
@@ -77,6 +77,10 @@ the same table. Labels are in braces.
     Alerts active now (raised and not yet resolved).
 ``vitalmon_series`` gauge
     Bed/vital series the engine keeps a window for.
+``vitalmon_beds`` gauge
+    Beds the engine keeps state for (at most engine.max_beds, expected beds aside).
+``vitalmon_devices_expired_total`` counter
+    Devices of beds nobody expects forgotten after rules.stale_expire_s of silence.
 ``vitalmon_queue_depth{queue}`` gauge
     Items waiting in an internal queue (the engine's, each sink's).
 ``vitalmon_store_lag_readings{sink}`` gauge
@@ -105,8 +109,11 @@ The last three are produced here, not by ``collect()``; so are ``process_*`` and
 scrape checks; ``sample()`` is what ties a sample to the table. Label values: ``cause`` is
 the dead-letter cause, ``queue`` is ``engine`` or a sink's name, ``sink`` a remote sink's
 name, ``port`` the device path; ``kind``/``priority``/``state`` are the alert event's;
-``code`` is an HL7 OBX-3 as ``label (code)``, e.g. ``Perf (0002-d006)`` (at most 500
-distinct per source, more under ``(other)``; never a value or a patient's data).
+``reason`` is ``late``, ``repeated``, ``implausible``, ``disputed``, ``history`` (README,
+"Event time", "Plausibility"), ``capacity`` or ``rate_limited`` (beyond ``engine.max_*``
+or ``engine.new_*``, README "Capacity"); ``code`` is an HL7 OBX-3 as ``label (code)``,
+e.g. ``Perf (0002-d006)`` (at most 500 distinct per source, more under ``(other)``; never
+a value or a patient's data).
 """
 
 from __future__ import annotations
@@ -189,8 +196,8 @@ SPECS: Mapping[str, Spec] = {
     "vitalmon_readings_pruned_total": Spec(
         "counter", "Stored readings pruned by the retention limits (age or space)."),
     "vitalmon_readings_not_evaluated_total": Spec(
-        "counter", "Readings stored, not evaluated: late, repeated, implausible, disputed, "
-        "history.", ("reason",)),
+        "counter", "Readings stored, not evaluated, by reason (see the label values below).",
+        ("reason",)),
     "vitalmon_engine_errors_total": Spec(
         "counter", "Batches the engine could not evaluate (stored, acknowledged, logged once a "
         "minute)."),
@@ -211,6 +218,12 @@ SPECS: Mapping[str, Spec] = {
         "gauge", "Alerts active now (raised and not yet resolved)."),
     "vitalmon_series": Spec(
         "gauge", "Bed/vital series the engine keeps a window for."),
+    "vitalmon_beds": Spec(
+        "gauge", "Beds the engine keeps state for (at most engine.max_beds, expected beds "
+        "aside)."),
+    "vitalmon_devices_expired_total": Spec(
+        "counter", "Devices of beds nobody expects forgotten after rules.stale_expire_s of "
+        "silence."),
     "vitalmon_queue_depth": Spec(
         "gauge", "Items waiting in an internal queue (the engine's, each sink's).",
         ("queue",)),

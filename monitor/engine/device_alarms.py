@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Collection
 
 from monitor.model import (
     AlertEvent,
@@ -73,6 +74,7 @@ _RULE = {"device": RULE_ALARM, "technical": RULE_INOP}
 ENDED = " — ended (no longer reported by the device)"
 ENDED_BY_DEVICE = " — ended (reported over by the device)"
 DISCHARGED = " — ended (patient discharged)"
+FORGOTTEN = " — ended (device forgotten after rules.stale_expire_s of silence)"
 
 _RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
 
@@ -193,6 +195,26 @@ class DeviceAlarms:
         for ended in [k for k in self._ended if k[0][0] == ward and k[0][1] == bed]:
             if ended[0] not in self._ts:
                 del self._ended[ended]
+        return out
+
+    def forget(self, devices: Collection[_Device], beds: Collection[tuple[str, str]],
+               at: float) -> list[AlertEvent]:  # fmt: skip
+        """These devices, and every device of these beds, are forgotten (``rules.
+        stale_expire_s``): -> resolutions of their open alerts; nothing is kept of them."""
+
+        def gone(d: _Device) -> bool:
+            return d in devices or (d[0], d[1]) in beds
+
+        out: list[AlertEvent] = []
+        for dev in [d for d in self._open if gone(d)]:
+            for key in sorted(self._open[dev]):
+                out.append(self._resolve(dev, key, at, FORGOTTEN))
+        for dev in [d for d in self._ts if gone(d)]:
+            del self._ts[dev]
+        for k in [k for k in self._key_ts if gone(k[0])]:
+            del self._key_ts[k]
+        for k in [k for k in self._ended if gone(k[0])]:
+            del self._ended[k]
         return out
 
     def restore(self, event: AlertEvent) -> bool:

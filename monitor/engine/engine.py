@@ -6,8 +6,9 @@ Contract of :class:`Engine`:
   bounded queue is full (back-pressure).
 * ``run()`` takes batches in arrival order. For each reading it updates its series'
   window, evaluates that series' rules at the series' newest reading, then hands the
-  batch's readings and any alert events to every sink (awaiting their back-pressure);
-  the batch's ``done`` goes to the durable sink, which calls it after its commit.
+  batch's readings and any alert events to every sink (awaiting their back-pressure),
+  the durable sink last so that alerts never wait behind storage; the batch's ``done``
+  goes to the durable sink, which calls it after its commit.
 * ``stop()`` is called after every source has stopped; ``run()`` returns once all that
   was queued before it has been processed and handed on.
 * ``process(readings)`` is the synchronous core, used by ``run`` and by replays.
@@ -15,6 +16,11 @@ Contract of :class:`Engine`:
   expiry); ``run`` calls it for a batch with a ``tick`` (the daemon's clock, once a
   second), and ``process`` does a bed's due work up to each reading's event time first,
   so a replay without a clock gets the same events, dated the same.
+* ``capacity`` (set by the daemon; None in a replay) bounds what input can make the
+  engine keep: a reading of a bed, device or series beyond ``engine.max_*`` or the
+  ``engine.new_*`` rates is stored flagged, not evaluated, and raises ``engine.capacity``
+  (:mod:`monitor.engine.capacity`). ``sweep(now)``, the daemon's wall-clock housekeeping,
+  forgets the devices of beds nobody expects once stale for ``rules.stale_expire_s``.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from monitor.config import Profile, RulesConfig
+from monitor.engine.capacity import CAPACITY, RATE_LIMITED, Capacity
 from monitor.engine.device_alarms import DeviceAlarms
 from monitor.engine.flapping import Flapping
 from monitor.engine.lifecycle import Lifecycle
@@ -47,6 +54,8 @@ from monitor.model import (
     AlertEvent,
     AlertState,
     BedCommand,
+    DeviceAlarmReport,
+    DeviceStatus,
     Priority,
     Reading,
 )
@@ -64,11 +73,18 @@ class ScoreSink(Protocol):
 Rule = ThresholdRule | TrendRule
 #: Why a stored reading was not evaluated (``counts`` keys, metric label ``reason``):
 #: older than its series' present by more than max_lag_s; the same measurement again;
-#: and the flags a reading is stored with (monitor.engine.plausibility).
-NOT_EVALUATED = ("late", "repeated", "implausible", "disputed", "history")
+#: and the flags a reading is stored with (monitor.engine.plausibility); beyond the
+#: engine's bounds or rates (monitor.engine.capacity: stored flagged so, never watched).
+NOT_EVALUATED = ("late", "repeated", "implausible", "disputed", "history", CAPACITY,
+                 RATE_LIMITED)  # fmt: skip
+#: A device (or bed) forgotten after rules.stale_expire_s: what its alarms say.
+FORGOTTEN = "forgotten after rules.stale_expire_s of silence (a bed neither listed under beds "\
+            "nor admitted); alarm closed"  # fmt: skip
 #: Readings behind their device's present, advancing, arriving live, in a row: the
 #: device's clock went back; its new time becomes the present (Engine._rebase).
 REBASE_AFTER = 3
+#: What the engine gates besides readings (monitor.engine.capacity).
+_Item = TypeVar("_Item", DeviceStatus, DeviceAlarmReport)
 #: Profile of a bed nobody assigned one to.
 DEFAULT_PROFILE = "adult"
 
@@ -153,6 +169,9 @@ class Engine:
         self.score_sink: ScoreSink | None = None
         #: Silence per device (wall clock of arrival); set by the daemon.
         self.staleness: Staleness | None = None
+        #: Bounds and rates on new beds, devices and series; set by the daemon (None: none,
+        #: as in a replay, whose input is bounded by its recording).
+        self.capacity: Capacity | None = None
         #: Called with the seconds from a batch's arrival to the alert events it raised.
         self.on_latency: Callable[[float], None] | None = None
         self._score_updates: list[ScoreUpdate] = []
@@ -225,7 +244,43 @@ class Engine:
         series = self.series[key] = _Series(span, rules, configured)
         series.retune(self.modes, self.cfg.max_gap_s)
         self._peers.setdefault((key.ward, key.bed, key.vital), []).append(series)
+        if self.capacity is not None:  # (counted: an alert carried over keeps its series)
+            self.capacity.keep(key.ward, key.bed, key.device)
         return series
+
+    def expected(self, ward: str, bed: str) -> bool:
+        """Listed under ``beds:`` or admitted: always evaluated, never expires."""
+        return (ward, bed) in self.config_beds or (ward, bed) in self.admissions
+
+    def _admit(self, ward: str, bed: str, device: str, new_series: bool,
+               now: float | None) -> str | None:  # fmt: skip
+        """None: the engine may keep the device (and a new series); else why not."""
+        if self.capacity is None:
+            return None
+        at = time.time() if now is None else now
+        return self.capacity.admit(ward, bed, device, new_series, self.expected(ward, bed),
+                                   len(self.series), at)  # fmt: skip
+
+    def _refuse(self, why: str, ward: str, bed: str, now: float | None,
+                reading: bool = True) -> list[AlertEvent]:  # fmt: skip
+        """Count a refusal; -> the capacity alarm when it raises it."""
+        assert self.capacity is not None
+        if reading:
+            self.counts[why] += 1
+        event = self.capacity.refuse(why, ward, bed, time.time() if now is None else now,
+                                     len(self.series), reading)  # fmt: skip
+        return [] if event is None else [event]
+
+    def _gate(self, items: list[_Item], now: float, raised: list[AlertEvent]) -> list[_Item]:
+        """Statuses or device alarm reports: those of devices the engine may keep."""
+        kept = []
+        for it in items:
+            why = self._admit(it.ward, it.bed, it.device, False, now)
+            if why is None:
+                kept.append(it)
+            else:
+                raised += self._refuse(why, it.ward, it.bed, now, reading=False)
+        return kept
 
     def _others(self, key: SeriesKey, series: _Series) -> list[Peer]:
         """The latest valid value of the vital from the bed's other devices."""
@@ -345,6 +400,11 @@ class Engine:
             raise ValueError(
                 f"bed {a.ward}/{a.bed} is occupied by another patient: discharge it first"
             )
+        limit = None if self.capacity is None else self.capacity.cfg.max_beds
+        if current is None and limit is not None and len(self.admissions) >= limit:
+            # admitted beds are always evaluated and never expire: bounded too
+            raise ValueError(f"{limit} beds admitted already (engine.max_beds): discharge "
+                             "one first")  # fmt: skip
 
     def admit(self, a: Admission) -> list[AlertEvent]:
         """A patient is in the bed (re-admitting the same patient changes the profile)."""
@@ -358,6 +418,8 @@ class Engine:
     def discharge(self, ward: str, bed: str, at: float) -> list[AlertEvent]:
         """The bed is empty: its alerts resolve, its windows and scores reset."""
         events: list[AlertEvent] = []
+        if self.capacity is not None:
+            self.capacity.forget_bed(ward, bed)
         self.admissions.pop((ward, bed), None)
         self.patients.pop((ward, bed), None)
         for key in [k for k in self.series if k.ward == ward and k.bed == bed]:
@@ -415,6 +477,7 @@ class Engine:
             self.staleness.stale_after_s = rules.stale_after_s
             self.staleness.factor = rules.stale_factor
             self.staleness.unknown_s = rules.stale_unknown_s
+            self.staleness.expire_s = rules.stale_expire_s
         return self._rebind(lambda k: True, None)
 
     async def put(self, batch: Batch) -> None:
@@ -448,9 +511,14 @@ class Engine:
             if self.lifecycle is not None:
                 raised = [self.lifecycle.observe(e) for e in raised]
             events = [*batch.events, *raised]  # batch.events went through the lifecycle
-            for sink in self.sinks:
-                done = batch.done if sink is self.durable else None
-                await sink.write(batch.readings, events, done)
+            # alerts first: their publication never queues behind bulk storage (a slow or
+            # refusing disk delays the journal, not the ward's alarms)
+            for sink in sorted(self.sinks, key=lambda s: s is self.durable):
+                if sink is self.durable:  # (a transient batch's readings come again, durably)
+                    await sink.write([] if batch.transient else batch.readings, events,
+                                     batch.done)  # fmt: skip
+                else:
+                    await sink.write(batch.readings, events)
             await asyncio.sleep(0)  # a busy queue never suspends: let the others run
 
     def _evaluate(self, batch: Batch) -> list[AlertEvent]:
@@ -460,9 +528,16 @@ class Engine:
             raised += self.tick(batch.tick)
         for cmd in batch.bed_commands:
             raised += self.apply(cmd)
-        for status in batch.statuses:  # before the readings: a reading newer than a
+        statuses, reports = batch.statuses, batch.device_alarms
+        refused = 0
+        if self.capacity is not None:  # devices beyond the bounds: stored, not evaluated
+            now = batch.received_at or time.time()
+            statuses = self._gate(statuses, now, raised) if statuses else statuses
+            reports = self._gate(reports, now, raised) if reports else reports
+            refused = self.counts[CAPACITY] + self.counts[RATE_LIMITED]
+        for status in statuses:  # before the readings: a reading newer than a
             raised += self.sensors.observe(status)  # "sensor off" ends it
-        for report in batch.device_alarms:  # the device's own alarms and INOPs
+        for report in reports:  # the device's own alarms and INOPs
             raised += self.device_alarms.observe(report)
         from_rules = self.process(batch.readings, batch.received_at or None, batch.snapshot)
         if from_rules and batch.received_at and self.on_latency is not None:
@@ -470,13 +545,16 @@ class Engine:
         raised += from_rules
         if self.staleness is not None:
             arrived = batch.received_at or time.time()
+            checked = refused != self.counts[CAPACITY] + self.counts[RATE_LIMITED]
             for r in batch.readings:
+                if checked and r.flag in (CAPACITY, RATE_LIMITED):
+                    continue  # not kept: never watched for silence
                 mode = Modes.declared(self.modes.configured(r.device, r.vital), r.mode)
                 raised += self.staleness.seen(r.ward, r.bed, r.device, arrived, r.ts,
                                               mode)  # fmt: skip
-            for st in batch.statuses:  # a status is a sign of life too
+            for st in statuses:  # a status is a sign of life too
                 raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
-            for rep in batch.device_alarms:  # a device's full alarm set: the bed spoke
+            for rep in reports:  # a device's full alarm set: the bed spoke
                 if rep.complete:  # (PCD-04 news comes when alarms change)
                     raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived,
                                                   watch=False)  # fmt: skip
@@ -508,6 +586,73 @@ class Engine:
         (through the flapping filter, counted, like other score events)."""
         updates, events = self.scores.tick(now)
         return self._score_due(updates, events)
+
+    def sweep(self, now: float) -> list[AlertEvent]:
+        """Wall-clock housekeeping (the daemon's, once a second while connected to the
+        broker: a deaf daemon forgets nothing): devices of beds nobody expects that have
+        been stale for ``rules.stale_expire_s`` are forgotten with all the engine keeps of
+        them (and their bed with its last device), their alarms resolved; the capacity
+        alarm resolves after a quiet minute. -> the alert events (not yet through the
+        lifecycle)."""
+        events: list[AlertEvent] = []
+        if self.staleness is not None:
+            resolved, devices, beds = self.staleness.expire(now, self.expected)
+            if devices:
+                events += resolved
+                events += self._forget(devices, beds, now)
+                self.counts["devices_expired"] += len(devices)
+                log.info("%d device(s) of beds neither listed nor admitted forgotten after "
+                         "rules.stale_expire_s of silence (%d bed(s) with them)",
+                         len(devices), len(beds))  # fmt: skip
+        if self.capacity is not None:
+            events += self.capacity.sweep(now, len(self.series))
+        return events
+
+    def _forget(self, devices: list[tuple[str, str, str]], beds: set[tuple[str, str]],
+                at: float) -> list[AlertEvent]:  # fmt: skip
+        """Free what the engine keeps of ``devices`` (ward, bed, device) and of whole
+        ``beds``: windows, peers, device presents, sensor and device-alarm state,
+        plausibility runs, NEWS2 sources (a bed's score too), flapping, the capacity
+        count. Their open alerts resolve (``at``: the wall clock). -> those events."""
+        gone = set(devices)
+        events: list[AlertEvent] = []
+        for key in [k for k in self.series
+                    if (k.ward, k.bed) in beds or (k.ward, k.bed, k.device) in gone]:  # fmt: skip
+            series = self.series.pop(key)
+            where = (key.ward, key.bed, key.vital)
+            peers = [p for p in self._peers.get(where, ()) if p is not series]
+            if peers:
+                self._peers[where] = peers
+            else:
+                self._peers.pop(where, None)
+            for rule, a in zip(series.rules, series.active, strict=True):
+                if a is not None:
+                    events.append(self._close(key, rule, a, series, at, FORGOTTEN))
+        touched = {(w, b) for w, b, _d in gone} | beds
+        used = {(k.ward, k.bed, k.device.partition(".")[0]) for k in self.series
+                if (k.ward, k.bed) in touched}  # fmt: skip
+        for where in [w for w in self._dev_now if (w[0], w[1]) in touched and w not in used]:
+            del self._dev_now[where]
+        events += self.sensors.forget(gone, beds, at)
+        events += self.device_alarms.forget(gone, beds, at)
+        events += self.plausibility.forget(gone, beds, at)
+        for ward, bed, device in gone:
+            if (ward, bed) not in beds:
+                self.scores.forget_device(ward, bed, device)
+                if self.capacity is not None:
+                    self.capacity.forget_device(ward, bed, device)
+        for ward, bed in beds:
+            events += self.flapping.reset_bed(ward, bed, why="bed forgotten")
+            update, event = self.scores.discharge(ward, bed, at)
+            if update is not None:
+                self._score_updates.append(update)  # (clears its retained score)
+            if event is not None:
+                event.message = f"NEWS2: {FORGOTTEN}"
+                events.append(event)
+            self.bed_profile.pop((ward, bed), None)
+            if self.capacity is not None:
+                self.capacity.forget_bed(ward, bed)
+        return events
 
     def _score_due(self, updates: list[ScoreUpdate], events: list[AlertEvent]) -> list[AlertEvent]:
         self._score_updates += updates
@@ -579,7 +724,17 @@ class Engine:
             nxt = readings[n + 1] if n < last else None
             settle = nxt is None or nxt.ts != r.ts or nxt.bed != r.bed or nxt.ward != r.ward
             key = SeriesKey(r.ward, r.bed, r.device, r.vital)
-            series = self.series.get(key) or self._new_series(key)
+            series = self.series.get(key)
+            if series is None:
+                why = self._admit(r.ward, r.bed, r.device, True, received_at)
+                if why is not None:  # beyond a bound or a rate: stored so, not evaluated
+                    readings[n] = replace(arrived, flag=why)
+                    events += self._refuse(why, r.ward, r.bed, received_at)
+                    if snapshot:
+                        self._unpresent(r)
+                    events += self._settle(r, settle)
+                    continue
+                series = self._new_series(key)
             win = series.window
             flag = None
             where = (r.ward, r.bed, r.device.partition(".")[0])
@@ -596,8 +751,10 @@ class Engine:
             elif flag is None:
                 series.behind = (0, 0.0, 0.0, -math.inf)
             if flag is None:
-                if r.ts == newest and r.value == win.values[-1]:
-                    self.counts["repeated"] += 1  # the same measurement again
+                if (r.ts == newest and r.value == win.values[-1]) or (
+                    r.ts < newest and win.holds(r.ts, r.value)
+                ):  # the same measurement again (a redelivery, or its degraded-mode copy)
+                    self.counts["repeated"] += 1
                     events += self._settle(r, settle)
                     continue
                 rng = ranges.get(r.vital)
@@ -716,3 +873,13 @@ class Engine:
             return []
         self.counts[f"alert_{score_event.state}"] += 1
         return self.flapping.filter([score_event])
+
+    def _unpresent(self, r: Reading) -> None:
+        """A refused reading of a snapshot set its device's present: forgotten unless the
+        engine keeps a device of the bed by that name (the present is the engine's)."""
+        where = (r.ward, r.bed, r.device.partition(".")[0])
+        if where not in self._dev_now or self.capacity is None:
+            return
+        devices = self.capacity.beds.get((r.ward, r.bed), {})
+        if not any(d.partition(".")[0] == where[2] for d in devices):
+            del self._dev_now[where]

@@ -127,15 +127,15 @@ class Flapping:
         """Number of keys currently flapping."""
         return sum(len(keys) for keys in self._flapping.values())
 
-    def reset_bed(self, ward: str, bed: str) -> list[AlertEvent]:
-        """Bed discharged: forget its history; resolve its open flapping alerts (events
-        returned, at = the episode's latest event time)."""
+    def reset_bed(self, ward: str, bed: str, why: str = "bed discharged") -> list[AlertEvent]:
+        """Bed discharged (or forgotten: ``why``): forget its history; resolve its open
+        flapping alerts (events returned, at = the episode's latest event time)."""
         out: list[AlertEvent] = []
         for key in [k for k in self._keys if k.ward == ward and k.bed == bed]:
             st = self._keys.pop(key)
             if st.episode is not None:
                 self._prune(st)
-                out.append(self._resolve_alert(key, st.episode, st, st.now, discharged=True))
+                out.append(self._resolve_alert(key, st.episode, st, st.now, ended=why))
         self._flapping.pop((ward, bed), None)
         return out
 
@@ -281,12 +281,12 @@ class Flapping:
         )
 
     def _resolve_alert(
-        self, key: _Key, ep: _Episode, st: _State, at: float, *, discharged: bool = False
+        self, key: _Key, ep: _Episode, st: _State, at: float, *, ended: str | None = None
     ) -> AlertEvent:
         n = len(st.changes)
         what = _describe(key.rule, ep.alert.vital)
-        if discharged:
-            message = f"{what} alarm flapping ended: bed discharged"
+        if ended:
+            message = f"{what} alarm flapping ended: {ended}"
         else:
             message = f"{what} alarm settled: {_changes(n)} in the last {_span(self.cfg.window_s)}"
         return dataclasses.replace(

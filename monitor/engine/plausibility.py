@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from monitor.config import PlausibilityConfig
 from monitor.model import (
@@ -166,6 +166,21 @@ class Plausibility:
         for run in [k for k in self._open if k[0] == ward and k[1] == bed]:
             out += self._resolve(run, at, "patient discharged")
         for run in [k for k in self._run if k[0] == ward and k[1] == bed]:
+            del self._run[run]
+        return out
+
+    def forget(self, devices: Collection[tuple[str, str, str]],
+               beds: Collection[tuple[str, str]], at: float) -> list[AlertEvent]:  # fmt: skip
+        """These devices, and every device of these beds, are forgotten (``rules.
+        stale_expire_s``): -> resolutions of their alarms; their runs dropped."""
+
+        def gone(k: _Run) -> bool:
+            return (k[0], k[1], k[2]) in devices or (k[0], k[1]) in beds
+
+        out: list[AlertEvent] = []
+        for run in [k for k in self._open if gone(k)]:
+            out += self._resolve(run, max(at, self._open[run].at), "device forgotten")
+        for run in [k for k in self._run if gone(k)]:
             del self._run[run]
         return out
 

@@ -180,6 +180,17 @@ class News2Scores:
             )  # fmt: skip
         return ScoreUpdate(ward, bed, None), event
 
+    def forget_device(self, ward: str, bed: str, device: str) -> None:
+        """The device is forgotten (``rules.stale_expire_s``): no longer a source of any
+        parameter of the bed (its values expired from the score long before)."""
+        b = self.beds.get((ward, bed))
+        if b is None:
+            return
+        for seen in b.sources.values():
+            seen.pop(device, None)
+        for vital in [v for v, d in b.source.items() if d == device]:
+            del b.source[vital]
+
     def observe(
         self, r: Reading, settle: bool = True
     ) -> tuple[ScoreUpdate | None, AlertEvent | None]:

@@ -30,6 +30,8 @@ Contract of :class:`SensorState`:
   watermark: a late or redelivered status from before the discharge raises nothing; a
   newer one still carrying a flag raises a new alarm (keeping empty beds quiet is the
   caller's decision).
+* :meth:`~SensorState.forget` (a device or bed forgotten, ``rules.stale_expire_s``):
+  resolves their open alarms and drops everything kept of them, watermarks included.
 
 Events returned are the caller's to change (the lifecycle numbers them): a raise is a
 copy of the alarm kept here; a resolution is no longer kept.
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Collection
 
 from monitor.model import (
     DEVICE_FLAGS,
@@ -116,6 +119,27 @@ class SensorState:
                 out.append(self._resolve(key, flag, at, "bed discharged"))
             self._status_ts[key] = at  # a status up to ``at`` is from before the discharge
         return out
+
+    def forget(self, devices: Collection[_Device], beds: Collection[tuple[str, str]],
+               at: float) -> list[AlertEvent]:  # fmt: skip
+        """These devices, and every device of these beds, are forgotten: -> resolutions of
+        their open alarms (``at``, or later: never before their last word)."""
+
+        def gone(k: _Device) -> bool:
+            return k in devices or (k[0], k[1]) in beds
+
+        out: list[AlertEvent] = []
+        for key in [k for k in self._open if gone(k)]:
+            last = max(self._status_ts.get(key, -math.inf), self._seen.get(key, -math.inf))
+            for flag in sorted(self._open[key]):
+                out.append(self._resolve(key, flag, max(at, last), "device forgotten"))
+        for key in [k for k in self._status_ts if gone(k)]:
+            del self._status_ts[key]
+        return out
+
+    def __len__(self) -> int:
+        """Devices with a status watermark (the largest map here)."""
+        return len(self._status_ts)
 
     def active(self) -> int:
         """Open alarms, all devices."""

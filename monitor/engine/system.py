@@ -15,7 +15,11 @@ from monitor.model import AlertEvent, AlertState, Priority, alert_id
 SYSTEM_WARD = "_system"
 
 #: Losing data is a high-priority technical alarm; a sink merely down is medium.
-PRIORITIES = {"store.full": Priority.HIGH, "sink.dropped": Priority.HIGH}
+PRIORITIES = {"store.full": Priority.HIGH, "store.failed": Priority.HIGH,
+              "sink.dropped": Priority.HIGH,
+              # the broker lost vitalmon's persistent session (what it had queued is gone;
+              # nothing more is at risk once reconnected): monitor.mqtt
+              "mqtt.session_lost": Priority.MEDIUM}  # fmt: skip
 
 
 class SystemAlarms:

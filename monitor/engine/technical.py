@@ -20,25 +20,37 @@ event time cannot tell: no reading means no event time), per (ward, bed, device)
 
 One alert per silence: raised once, resolved once (never re-sent every interval,
 kapacitor #2075).
+
+**Expiry** (:meth:`Staleness.expire`, ``rules.stale_expire_s``): a device of a bed
+nobody expects (not under ``beds:``, not admitted) whose ``device.stale`` has lasted
+``stale_expire_s`` (silent for its stale limit plus ``stale_expire_s``) is forgotten: its
+alarm resolves (the recovery is always emitted) and the engine frees what it keeps of
+the device, and of the bed with its last watched device. A device is never forgotten
+before it could be stale, so every silence still raises its alarm once; an expected bed
+never expires. The clock is the same wall clock (and restarts with :meth:`grace`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from monitor.engine.modes import Cadence
 from monitor.model import CONTINUOUS, AlertEvent, AlertState, Priority, alert_id
 
 RULE = "device.stale"
+_Device = tuple[str, str, str]  # (ward, bed, device)
 ANY_DEVICE = "*"
 
 
 class Staleness:
     def __init__(self, stale_after_s: float, expected_beds: Iterable[tuple[str, str]],
                  started: float, factor: float = 3.0,
-                 unknown_s: float | None = None) -> None:  # fmt: skip
+                 unknown_s: float | None = None,
+                 expire_s: float | None = None) -> None:  # fmt: skip
         self.stale_after_s = stale_after_s
+        #: a device of a bed nobody expects, stale this long, is forgotten (None: never)
+        self.expire_s = expire_s
         self.factor = factor
         #: a device with one reading so far (no interval yet) is stale after this
         self.unknown_s = stale_after_s if unknown_s is None else unknown_s
@@ -156,3 +168,49 @@ class Staleness:
             self._open[key] = event
             out.append(event)
         return [copy.copy(e) for e in out]  # the open alarm is ours to update later
+
+    def expire(self, now: float, expected: Callable[[str, str], bool]
+               ) -> tuple[list[AlertEvent], list[_Device], set[tuple[str, str]]]:  # fmt: skip
+        """Devices of beds not ``expected`` (ward, bed) that have been stale for
+        ``expire_s`` at ``now``: forgotten here. -> (the resolutions of their alarms, the
+        devices, the beds left without any device watched). Only stale devices can expire,
+        so this looks at the open alarms alone."""
+        if self.expire_s is None or not self._open:
+            return [], [], set()
+        gone = []
+        for key in self._open:
+            last = self._seen.get(key)
+            if last is None or now - last < self.limit(key) + self.expire_s:
+                continue
+            if not expected(key[0], key[1]):
+                gone.append(key)
+        if not gone:
+            return [], [], set()
+        out = []
+        for key in gone:
+            silent = now - self._seen.pop(key)
+            self._cadence.pop(key, None)
+            self._continuous.discard(key)
+            event = self._open.pop(key)
+            event.seq += 1
+            event.state = AlertState.RESOLVED
+            event.at = now
+            what = "the bed never sent data" if key[2] == ANY_DEVICE else f"no data from {key[2]}"
+            event.message = (f"{what} for {_duration(silent)}: a bed neither listed under beds "
+                             "nor admitted; forgotten (rules.stale_expire_s)")  # fmt: skip
+            out.append(event)
+        touched = {(k[0], k[1]) for k in gone}
+        alive = {(k[0], k[1]) for k in self._seen if (k[0], k[1]) in touched}
+        return out, gone, touched - alive
+
+    def __len__(self) -> int:
+        """Devices (and expected beds) watched."""
+        return len(self._seen)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"

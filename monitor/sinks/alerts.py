@@ -31,6 +31,8 @@ from monitor.queues import put_end
 log = logging.getLogger("vitalmon.sink.alerts")
 
 _RANK = {"high": 0, "medium": 1, "low": 2}
+#: Give the other tasks their turn after this many publications in a row.
+YIELD_EVERY = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +99,16 @@ class AlertPublisher:
 
     async def run(self) -> None:
         pending: set[asyncio.Future[None]] = set()
-        for ward, bed in list(self._open):
+        for n, (ward, bed) in enumerate(list(self._open)):
             self._publish_state(ward, bed, pending)
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
         while (item := await self.queue.get()) is not None:
             self.counts["handled"] += 1  # progress, for the watchdog
+            if self.counts["handled"] % YIELD_EVERY == 0:
+                # a queue that is never empty never suspends: thousands of events (the
+                # alerts closed at a restart) must not keep the engine from its turn
+                await asyncio.sleep(0)
             if isinstance(item, ScoreUpdate):
                 topic = self.score_topic.format(ward=item.ward, bed=item.bed)
                 body = (
@@ -123,6 +131,8 @@ class AlertPublisher:
         else:
             beds[event.id] = event.to_json()
         self._publish_state(event.ward, event.bed, pending)  # the truth, paused or not
+        if not beds:
+            del self._open[key]  # (a bed with no open alert keeps nothing here)
         if key in self._paused and event.priority not in self.cfg.pause_breakthrough:
             self._held.setdefault(key, {})[event.id] = event  # stored; published at release
             return

@@ -6,7 +6,14 @@ What a central station, a monitor gateway or an integration engine pushes over M
 :meth:`Hl7Parser.parse_message` returns the :class:`~monitor.sources.devices.Parsed`
 content and the :class:`Ack` the sender is owed; :func:`ack` renders it.
 
-**Message.** Segments may end in CR (the standard), LF or CRLF. ``ORU^R01`` (IHE PCD-01
+**Message.** Segments may end in CR (the standard), LF or CRLF. The separators and the
+escape character are the message's own (MSH-1, MSH-2: ``MSH#$*!@`` works as ``MSH|^~\\&``),
+and every text field used (OBX-3 and OBX-6 codes and labels, OBX-5 values and alarm texts,
+OBX-18, MSH-3, PID-3, PV1-3) is read through python-hl7 and unescaped by
+:meth:`hl7.Message.unescape` (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, ``\\.br\\`` and the other
+formatting sequences, ``\\Xhh..\\`` as bytes in the message's character set; highlighting
+and unknown sequences are dropped). ``beds`` keys and the fields echoed in the ACK are
+in standard encoding whatever the message's. ``ORU^R01`` (IHE PCD-01
 observations) and ``ORU^R40`` (IHE PCD-04 alarms, below) are taken (MSH-9); anything else
 is refused (``unsupported_message``, ACK ``AE``), and so is a frame that is not an HL7 v2
 message at all (``malformed_hl7``, ACK ``AE``). A parsed message is acknowledged ``AA``
@@ -191,7 +198,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import hl7
 
@@ -209,11 +216,17 @@ from monitor.sources.devices import DeviceContext, Parsed
 
 _MIN_TS = 946_684_800.0  #: 2000-01-01: earlier HL7 times are a clock never set
 
+# python-hl7 logs the whole field it cannot unescape (an empty ``\\`` sequence): patient
+# identifiers, in a log that must carry none. Its logger says nothing else.
+hl7.util.logger.addFilter(lambda _record: False)
+
 #: Rejection causes of this format, beyond :data:`monitor.sources.codecs.CAUSES`.
 CAUSES: Final[dict[str, str]] = {
     "malformed_hl7": "a frame that is not an HL7 v2 message (no MSH segment, or unparsable)",
     "unsupported_message": "an HL7 message other than ORU^R01",
     "duplicate": "a second, different value of one vital from one device at one instant",
+    "truncated_frame": "an MLLP frame cut short by the start of the next one (no end bytes):"
+    " discarded, never acknowledged (the MLLP listener)",
 }
 
 AckCode = Literal["AA", "AE", "AR"]
@@ -417,8 +430,6 @@ _DTM = re.compile(
 )
 _UNSAFE = re.compile(r"[/+#\x00-\x1f\x7f]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_HL7_ESCAPE = re.compile(r"\\([FSTRE])\\")
-_HL7_ESCAPED = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
 #: A number in an alarm text, with the comparison operators next to it (``160>140``,
 #: ``<90``): not part of the alarm's identity. Digits inside a word (``SpO2``) stay.
 _KEY_NUMBER = re.compile(r"[<>=≤≥]*\s*(?<![\w.])[-+]?\d+(?:[.,:]\d+)*(?!\w)\s*[<>=≤≥]*")
@@ -447,32 +458,140 @@ class Ack:
     encoding: str = "utf-8"  #: how the message was decoded (the ACK is encoded alike)
 
 
+#: A segment as python-hl7 parses it (``hl7.Segment``; the library is untyped).
+_Seg = Any
+
+
 @dataclass(slots=True)
 class _Msg:
-    """A parsed message: raw fields per segment (``[0]`` the name; for MSH ``[1]`` is the
-    field separator, so indices are HL7 field numbers) and the separators."""
+    """A message parsed by python-hl7, whose separators and escape character are those of
+    its MSH-1 and MSH-2 (any encoding characters, not only ``|^~\\&``).
 
-    segments: list[list[str]]
-    rep: str
-    comp: str
-    sub: str
+    Fields go by their HL7 number (``seg[0]`` is the name; for MSH, 1 is the field
+    separator and 2 the encoding characters, as python-hl7 numbers them). Every text read
+    through here is unescaped by :meth:`hl7.Message.unescape` with the message's own
+    encoding characters (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, ``\\.br\\`` and the other
+    formatting sequences, ``\\Xhh..\\``; see :class:`_Unescapes`): nothing is split or
+    unescaped by hand.
+    """
 
-    def field(self, seg: list[str], n: int) -> str:
-        """Field ``n`` of a segment, first repetition."""
-        return seg[n].split(self.rep, 1)[0] if n < len(seg) else ""
+    message: Any  #: the ``hl7.Message``
+    segments: list[_Seg]  #: its segments, MSH first
+    standard_encoding: bool  #: MSH-1 and MSH-2 are ``|`` and ``^~\\&``
+    unescapes: _Unescapes
+    #: (id of the segment, field) -> :meth:`comps` (fields are read several times)
+    _comps: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
-    def comps(self, seg: list[str], n: int) -> list[str]:
-        return self.field(seg, n).split(self.comp)
+    @staticmethod
+    def name(seg: _Seg) -> str:
+        return str(seg[0]).strip().upper()
 
-    def first_sub(self, comp: str) -> str:
-        """The first non-empty subcomponent of a component."""
-        return next((s.strip() for s in comp.split(self.sub) if s.strip()), "")
+    def tree(self, seg: _Seg, n: int) -> list[list[list[str]]]:
+        """Field ``n`` as python-hl7 parsed it: repetitions -> components -> escaped
+        subcomponents (one empty repetition when the field is absent)."""
+        if n >= len(seg):
+            return [[[""]]]
+        return [[[str(s) for s in _parts(c)] for c in _parts(r)] for r in _parts(seg[n])]
 
-    def standard(self, text: str) -> str:
-        """A raw field re-encoded with the standard separators ``^`` and ``&``."""
-        return "^".join(
-            "&".join(_escape(s) for s in c.split(self.sub)) for c in text.split(self.comp)
-        )
+    def unescape(self, raw: str) -> str:
+        """One subcomponent's text: :meth:`hl7.Message.unescape`."""
+        return str(self.message.unescape(raw, self.unescapes))
+
+    def comps(self, seg: _Seg, n: int) -> list[str]:
+        """The components of field ``n`` (first repetition), each unescaped (its
+        subcomponents, if any, joined by ``&``)."""
+        key = (id(seg), n)
+        got = self._comps.get(key)
+        if got is None:
+            got = self._comps[key] = [self._comp(c) for c in self.tree(seg, n)[0]]
+        return list(got)
+
+    def value(self, seg: _Seg, n: int) -> str:
+        """The first component of field ``n`` (first repetition), unescaped."""
+        return self.comps(seg, n)[0]
+
+    def firsts(self, seg: _Seg, n: int) -> list[str]:
+        """The first component of every repetition of field ``n``, unescaped."""
+        return [self._comp(r[0]) for r in self.tree(seg, n)]
+
+    def text(self, seg: _Seg, n: int) -> str:
+        """Field ``n`` (first repetition) as text: a TX/ST/FT value. Its components (a
+        sender that did not escape ``^``) are joined by ``^``."""
+        return "^".join(self.comps(seg, n))
+
+    def first_sub(self, subs: list[str]) -> str:
+        """The first non-empty subcomponent of a component (escaped, from :meth:`tree`)."""
+        return next((t for t in (self.unescape(s).strip() for s in subs) if t), "")
+
+    def standard(self, seg: _Seg, n: int) -> str:
+        """Field ``n`` (first repetition) in standard encoding (``^``, ``&``, ``\\``): to
+        echo it in the ACK, or to look it up in ``beds``. A message in standard encoding is
+        echoed as it came; another one is unescaped and escaped again."""
+        comps = self.tree(seg, n)[0]
+        if self.standard_encoding:
+            return "^".join("&".join(c) for c in comps)
+        return "^".join("&".join(_escape(self.unescape(s)) for s in c) for c in comps)
+
+    def segment(self, name: str) -> _Seg | None:
+        """The first segment called ``name``."""
+        return next((s for s in self.segments if self.name(s) == name), None)
+
+    def _comp(self, subs: list[str]) -> str:
+        return "&".join(self.unescape(s) for s in subs)
+
+
+def _parts(node: Any) -> list[Any]:
+    """A python-hl7 container's parts. python-hl7 does not nest a text without a deeper
+    separator (``Field(["x"])`` rather than a repetition of a component): a bare string
+    is its own only part."""
+    if isinstance(node, str):
+        return [node]
+    return list(node) or [""]
+
+
+class _Unescapes:
+    """The ``app_map`` given to :meth:`hl7.Message.unescape`: the escape sequences its
+    defaults get wrong. It keeps ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` (the message's own
+    separators and escape character), ``\\.br\\ \\.sp\\ \\.ce\\`` (line breaks),
+    ``\\.in\\ \\.ti\\ \\.sk\\`` (spaces), ``\\.fi\\ \\.nf\\`` (nothing), and ``\\.sp\\``,
+    ``\\.in\\``, ``\\.ti\\``, ``\\.sk\\`` with a count of at most 999; here:
+
+    * ``\\H\\``, ``\\N\\`` (highlighting on and off) are nothing (python-hl7: ``_``);
+    * ``\\Xhhhh..\\`` is bytes in the message's character set (how its frame decoded:
+      UTF-8, else ISO 8859-1), not one character per byte;
+    * anything else (another formatting command, a count over 999 that would make
+      megabytes of a few bytes, ``\\C..\\``/``\\M..\\`` character set switches, ``\\Z..\\``
+      local escapes, malformed hex) is dropped (a formatting command becomes one space),
+      where python-hl7 would log the field (patient data) or raise.
+    """
+
+    __slots__ = ("encoding",)
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, seq: object) -> bool:
+        return isinstance(seq, str) and seq not in _LIB_ESCAPES and _LIB_COUNTED.fullmatch(
+            seq) is None  # fmt: skip
+
+    def __getitem__(self, seq: str) -> str:
+        if seq[:1] == "X" and _HEX.fullmatch(seq[1:]):
+            data = bytes.fromhex(seq[1:])
+            try:
+                return data.decode(self.encoding)
+            except UnicodeDecodeError:
+                return data.decode("latin-1")
+        return " " if seq.startswith(".") else ""
+
+
+#: Escape sequences python-hl7 unescapes well by itself.
+_LIB_ESCAPES: Final = frozenset({"F", "S", "T", "R", "E", ".br", ".sp", ".fi", ".nf", ".in",
+                                 ".ti", ".sk", ".ce"})  # fmt: skip
+_LIB_COUNTED: Final = re.compile(r"\.(?:sp|in|ti|sk) ?[+-]?[0-9]{1,3}")
+_HEX: Final = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 
 
 @dataclass(slots=True)
@@ -491,7 +610,7 @@ class _Obs:
 class _Pcd04:
     """One alarm of an ORU^R40: its identification OBX and the attributes after it."""
 
-    seg: list[str]  #: the identification OBX (``MDC_EVT_*`` in OBX-3)
+    seg: _Seg  #: the identification OBX (``MDC_EVT_*`` in OBX-3)
     fallback: tuple[str, str]  #: (OBR-7, MSH-7)
     event: str  #: the OBX-3 mnemonic
     source: str = ""  #: the first vital observed with it (when no MDC_ATTR_ALERT_SOURCE)
@@ -549,7 +668,7 @@ class Hl7Parser:
     def _parse(self, frame: bytes, ctx: DeviceContext) -> tuple[Parsed, Ack]:
         out = Parsed()
         text, encoding = _decode(frame)
-        msg = _split(text)
+        msg = _split(text, encoding)
         if msg is None:
             out.reject("malformed_hl7", "no parsable MSH segment", frame)
             return out, Ack("AE", text="not an HL7 v2 message", error="100", encoding=encoding)
@@ -557,13 +676,13 @@ class Hl7Parser:
         mtype = [c.strip().upper() for c in msg.comps(msh, 9)]
         header = Ack(
             "AA",
-            control_id=msg.standard(msg.field(msh, 10).strip()),
-            sending_app=msg.standard(msg.field(msh, 3)),
-            sending_facility=msg.standard(msg.field(msh, 4)),
-            receiving_app=msg.standard(msg.field(msh, 5)),
-            receiving_facility=msg.standard(msg.field(msh, 6)),
-            processing_id=msg.comps(msh, 11)[0].strip() or "P",
-            version=msg.comps(msh, 12)[0].strip() or "2.5",
+            control_id=msg.standard(msh, 10).strip(),
+            sending_app=msg.standard(msh, 3),
+            sending_facility=msg.standard(msh, 4),
+            receiving_app=msg.standard(msh, 5),
+            receiving_facility=msg.standard(msh, 6),
+            processing_id=msg.value(msh, 11).strip() or "P",
+            version=msg.value(msh, 12).strip() or "2.5",
             encoding=encoding,
             trigger=_clip(mtype[1]) if len(mtype) > 1 and mtype[1].isalnum() else "R01",
         )
@@ -583,7 +702,7 @@ class Hl7Parser:
     def _observations(self, msg: _Msg, ctx: DeviceContext, out: Parsed, frame: bytes) -> None:
         place = self._place(msg, ctx)
         use_message_time = self.clock == "message" and ctx.clock == "device"
-        msh_ts = msg.field(msg.segments[0], 7)
+        msh_ts = msg.value(msg.segments[0], 7)
         obr_ts = ""
         observations: list[_Obs] = []
         #: device (no channel) -> times of its observations: the devices the message
@@ -592,9 +711,9 @@ class Hl7Parser:
         alarms: dict[str, list[DeviceAlarm]] = {}
         untimed: set[str] = set()  #: devices with an alarm whose time was refused
         for seg in msg.segments[1:]:
-            name = seg[0].strip().upper()
+            name = msg.name(seg)
             if name == "OBR":
-                obr_ts = msg.field(seg, 7)
+                obr_ts = msg.value(seg, 7)
             elif name == "OBX":
                 fallback = (obr_ts, msh_ts)
                 code = msg.comps(seg, 3)
@@ -603,7 +722,7 @@ class Hl7Parser:
                 if _is_alert(code):
                     alarm = _alarm(msg, seg, code)
                     if alarm is None:
-                        if msg.field(seg, 11).strip().upper() not in _IGNORED_STATUS:
+                        if msg.value(seg, 11).strip().upper() not in _IGNORED_STATUS:
                             out.unmapped[_code_text(code)] += 1  # a class we do not know
                         continue
                     ts, refused = self._when(msg, seg, ctx, fallback, use_message_time)
@@ -616,7 +735,7 @@ class Hl7Parser:
                     continue
                 target = resolve_observation(code)
                 if target is None:
-                    if msg.field(seg, 11).strip().upper() not in _IGNORED_STATUS:
+                    if msg.value(seg, 11).strip().upper() not in _IGNORED_STATUS:
                         out.unmapped[_code_text(code)] += 1  # not a vital vitalmon knows
                     continue
                 obs = self._obx(msg, seg, target, device, ctx, fallback, use_message_time, out,
@@ -646,22 +765,22 @@ class Hl7Parser:
         numeric OBX among them are readings as in ORU^R01."""
         place = self._place(msg, ctx)
         use_message_time = self.clock == "message" and ctx.clock == "device"
-        msh_ts = msg.field(msg.segments[0], 7)
+        msh_ts = msg.value(msg.segments[0], 7)
         obr_ts = ""
         observations: list[_Obs] = []
         groups: list[_Pcd04] = []
         current: _Pcd04 | None = None
         for seg in msg.segments[1:]:
-            name = seg[0].strip().upper()
+            name = msg.name(seg)
             if name == "OBR":
-                obr_ts = msg.field(seg, 7)
+                obr_ts = msg.value(seg, 7)
                 current = None  # an alarm's OBX follow its own OBR
                 continue
             if name != "OBX":
                 continue
             code = msg.comps(seg, 3)
             mnemonic = _mnemonic(code)
-            ignored = msg.field(seg, 11).strip().upper() in _IGNORED_STATUS
+            ignored = msg.value(seg, 11).strip().upper() in _IGNORED_STATUS
             if mnemonic.startswith("MDC_EVT_"):
                 current = _Pcd04(seg, (obr_ts, msh_ts), mnemonic)
                 groups.append(current)
@@ -699,7 +818,7 @@ class Hl7Parser:
     def _when(
         self,
         msg: _Msg,
-        seg: list[str],
+        seg: _Seg,
         ctx: DeviceContext,
         fallback: tuple[str, str],
         use_message_time: bool,
@@ -709,7 +828,7 @@ class Hl7Parser:
         receive time, or before 2000)."""
         if not use_message_time:
             return ctx.now, False
-        ts = _first_time((msg.field(seg, 14), *fallback), ctx.tz)
+        ts = _first_time((msg.value(seg, 14), *fallback), ctx.tz)
         if ts is None:
             return ctx.now, False
         return ts, ts - ctx.now > ctx.max_skew_s or ts < _MIN_TS
@@ -726,7 +845,7 @@ class Hl7Parser:
     def _obx(
         self,
         msg: _Msg,
-        seg: list[str],
+        seg: _Seg,
         target: _Target,
         device: str,
         ctx: DeviceContext,
@@ -737,7 +856,7 @@ class Hl7Parser:
     ) -> _Obs | None:
         vital, channel = target
         label = _clip(_label(msg.comps(seg, 3)))
-        status = msg.field(seg, 11).strip().upper()
+        status = msg.value(seg, 11).strip().upper()
         if status in _IGNORED_STATUS:
             return None
         raw = _value_text(msg, seg)
@@ -755,7 +874,7 @@ class Hl7Parser:
             if not marker:
                 converted = _convert(vital, number, msg.comps(seg, 6))
                 if converted is None:
-                    unit = _clip(msg.standard(msg.field(seg, 6)))
+                    unit = _clip(msg.text(seg, 6))
                     out.reject("bad_unit", f"OBX {label}: {vital} in {unit!r}", frame)
                     return None
                 value, cause, detail = check_value(vital, converted)
@@ -805,7 +924,7 @@ class Hl7Parser:
 
     def _place(self, msg: _Msg, ctx: DeviceContext) -> _Place:
         msh = msg.segments[0]
-        pid = _segment(msg, "PID")
+        pid = msg.segment("PID")
         patient = ctx.patient
         if pid is not None:
             patient = _clean(msg.comps(pid, 3)[0]) or ctx.patient
@@ -818,26 +937,22 @@ class Hl7Parser:
         return _Place(ward, bed, device, patient)
 
     def _bed(self, msg: _Msg, ctx: DeviceContext) -> tuple[str, str]:
-        pv1 = _segment(msg, "PV1")
-        location = msg.field(pv1, 3) if pv1 is not None else ""
-        facility = msg.field(msg.segments[0], 4)
-        keys = (
-            location,
-            location.rstrip(msg.comp + msg.sub),
-            facility,
-            facility.split(msg.comp)[0],
-        )
+        pv1 = msg.segment("PV1")
+        # looked up in standard encoding, as the config writes them (ICU^^7)
+        location = msg.standard(pv1, 3) if pv1 is not None else ""
+        facility = msg.standard(msg.segments[0], 4)
+        keys = (location, location.rstrip("^&"), facility, facility.split("^")[0])
         for key in keys:
             if key and key in self.beds:
                 return self.beds[key]
-        parts = location.split(msg.comp)
-        parts += [""] * (3 - len(parts))
+        parts = msg.tree(pv1, 3)[0] if pv1 is not None else []
+        parts += [[""]] * (3 - len(parts))
         bed = _clean(msg.first_sub(parts[2]) or msg.first_sub(parts[1]))
         if not bed:
             return ctx.ward, ctx.bed
         return _clean(msg.first_sub(parts[0])) or ctx.ward, bed
 
-    def _device(self, msg: _Msg, seg: list[str], default: str) -> str:
+    def _device(self, msg: _Msg, seg: _Seg, default: str) -> str:
         """OBX-18 equipment instance identifier, else the message's device."""
         return _clean(_first_nonempty(msg.comps(seg, 18))) or default
 
@@ -865,7 +980,7 @@ def resolve_observation(components: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def _method(msg: _Msg, seg: list[str]) -> str | None:
+def _method(msg: _Msg, seg: _Seg) -> str | None:
     """OBX-17 observation method -> measurement mode (None: it does not say). Some
     monitors put the same word in OBX-13 (the invalid-values sample's cuff values): it is
     taken there when OBX-17 says nothing."""
@@ -916,16 +1031,16 @@ def alarm_key(text: str) -> str:
     return " ".join(_KEY_NUMBER.sub(" ", text.lstrip(" *")).split())
 
 
-def _alarm(msg: _Msg, seg: list[str], code: list[str]) -> DeviceAlarm | None:
+def _alarm(msg: _Msg, seg: _Seg, code: list[str]) -> DeviceAlarm | None:
     """An alarm segment -> the alarm it reports; None: an unknown class, or a result
     status that says there is nothing here (``D``, ``W``, ...)."""
-    if msg.field(seg, 11).strip().upper() in _IGNORED_STATUS:
+    if msg.value(seg, 11).strip().upper() in _IGNORED_STATUS:
         return None
     cls = alert_class(code)
     if cls is None:
         return None
     _n, priority, kind = ALERT_CLASSES[cls]
-    raw = _HL7_ESCAPE.sub(lambda m: _HL7_ESCAPED[m.group(1)], msg.field(seg, 5))
+    raw = msg.text(seg, 5)
     text = _CONTROL.sub(" ", raw).strip()[:_MAX_ALARM_TEXT] or cls
     return DeviceAlarm(alarm_key(text) or cls, priority, kind, text, cls)
 
@@ -965,7 +1080,7 @@ def _mnemonic(components: list[str]) -> str:
                 "")  # fmt: skip
 
 
-def _coded(msg: _Msg, seg: list[str]) -> str:
+def _coded(msg: _Msg, seg: _Seg) -> str:
     """OBX-5 of an attribute: its MDC mnemonic, else its first non-empty component."""
     comps = msg.comps(seg, 5)
     return _mnemonic(comps) or _first_nonempty(comps)
@@ -973,7 +1088,7 @@ def _coded(msg: _Msg, seg: list[str]) -> str:
 
 def _pcd04_alarm(msg: _Msg, g: _Pcd04) -> DeviceAlarm | None:
     """An ORU^R40 alarm group -> the alarm; None when its result status says "nothing"."""
-    if msg.field(g.seg, 11).strip().upper() in _IGNORED_STATUS:
+    if msg.value(g.seg, 11).strip().upper() in _IGNORED_STATUS:
         return None
     event = g.event
     value = msg.comps(g.seg, 5)
@@ -984,12 +1099,11 @@ def _pcd04_alarm(msg: _Msg, g: _Pcd04) -> DeviceAlarm | None:
         texts = [value[i].strip() for i in (8, 1) if i < len(value)]
         text = next((t for t in texts if t and not t.upper().startswith("MDC_")), "")
     else:
-        text = _HL7_ESCAPE.sub(lambda m: _HL7_ESCAPED[m.group(1)], msg.field(g.seg, 5))
+        text = msg.text(g.seg, 5)
     text = g.attrs.get("MDC_ATTR_ALERT_TEXT") or text
     text = _CONTROL.sub(" ", text).strip()[:_MAX_ALARM_TEXT] or event
     source = g.attrs.get("MDC_ATTR_ALERT_SOURCE") or g.source
-    flags = [r.split(msg.comp)[0].strip().upper()
-             for r in (g.seg[8] if len(g.seg) > 8 else "").split(msg.rep)]  # fmt: skip
+    flags = [f.strip().upper() for f in msg.firsts(g.seg, 8)]
     flags.append(g.attrs.get("MDC_ATTR_ALARM_PRIORITY", "").upper())
     flags.append(g.attrs.get("MDC_ATTR_ALERT_TYPE", "").upper())
     priority = next((PCD04_PRIORITIES[f] for f in flags if f in PCD04_PRIORITIES),
@@ -1023,7 +1137,7 @@ def resolve_unit(components: list[str]) -> str | None:
 
 def _code(text: str) -> int | None:
     """A numeric MDC code, or a Philips MDIL ``PPPP-HHHH`` code, as partition*65536+term."""
-    if text.isdigit() and len(text) <= 9:
+    if text.isascii() and text.isdigit() and len(text) <= 9:  # not "¹": int() refuses it
         return int(text)
     m = _MDIL.fullmatch(text)
     if m is None:
@@ -1053,15 +1167,12 @@ def _label(components: list[str]) -> str:
 # ------------------------------------------------------------------------- values
 
 
-def _value_text(msg: _Msg, seg: list[str]) -> str:
+def _value_text(msg: _Msg, seg: _Seg) -> str:
     """OBX-5 as a number's text: NM as is; SN ``[comparator]^num`` when it is exact."""
-    raw = msg.field(seg, 5).strip()
-    kind = msg.field(seg, 2).strip().upper()
-    if kind == "SN" or msg.comp in raw:
-        parts = raw.split(msg.comp)
-        if len(parts) >= 2 and parts[0].strip() in ("", "=") and not "".join(parts[2:]).strip():
-            return parts[1].strip()
-    return raw
+    parts = msg.comps(seg, 5)
+    if len(parts) >= 2 and parts[0].strip() in ("", "=") and not "".join(parts[2:]).strip():
+        return parts[1].strip()
+    return "^".join(parts).strip()
 
 
 def _number(raw: str) -> float | None:
@@ -1174,8 +1285,9 @@ def _decode(frame: bytes) -> tuple[str, str]:
         return frame.decode("latin-1"), "latin-1"  # ISO 8859-1 (Philips 8859/1)
 
 
-def _split(text: str) -> _Msg | None:
-    """Text -> segments with CR, LF or CRLF ends, parsed by python-hl7; None: no MSH."""
+def _split(text: str, encoding: str) -> _Msg | None:
+    """Text -> segments with CR, LF or CRLF ends, parsed by python-hl7 (separators and
+    escape character from MSH-1 and MSH-2); None: no MSH."""
     text = text.lstrip("\ufeff \t\r\n")
     if not text.startswith("MSH") or len(text) < 8:
         return None
@@ -1184,17 +1296,13 @@ def _split(text: str) -> _Msg | None:
         parsed = hl7.parse("\r".join(lines))
     except (hl7.ParseException, IndexError, ValueError):
         return None
-    seps = str(parsed.separators)
-    if len(seps) < 5:
+    if len(str(parsed.separators)) < 5:
         return None
-    segments = [[str(f) for f in seg] for seg in parsed]
-    if not segments or not segments[0] or segments[0][0] != "MSH":
+    segments = list(parsed)
+    if not segments or _Msg.name(segments[0]) != "MSH" or len(segments[0]) < 3:
         return None
-    return _Msg(segments, seps[2], seps[3], seps[4])
-
-
-def _segment(msg: _Msg, name: str) -> list[str] | None:
-    return next((s for s in msg.segments if s and s[0].strip().upper() == name), None)
+    standard = str(segments[0][1]) == "|" and str(segments[0][2]) == "^~\\&"
+    return _Msg(parsed, segments, standard, _Unescapes(encoding))
 
 
 def _first_nonempty(components: list[str]) -> str:
