@@ -158,8 +158,10 @@ class Daemon:
         self._engine_stopped = False
         #: Why the daemon is ending on its own (a task failed): the ``fatal:`` lines.
         self.fatal: list[str] = []
-        #: The degraded-mode connection while the store refuses commits (``_degrade``).
+        #: The degraded-mode connection while the store refuses commits (``_degrade``),
+        #: and the store alarms active that call for it.
         self._shadow: Client | None = None
+        self._store_faults: set[str] = set()
 
     def _condition(self, rule: str, component: str, active: bool, detail: str) -> None:
         """A store or sink condition changed: raise or resolve its technical alarm."""
@@ -169,8 +171,9 @@ class Daemon:
         event = self.lifecycle.observe(event)
         (log.warning if active else log.info)("technical alarm %s %s: %s", rule, event.state,
                                               detail)  # fmt: skip
-        if rule in ("store.full", "store.failed") and component == "disk":
-            self._degrade(active)
+        if rule in ("store.full", "store.failed", "store.stalled") and component == "disk":
+            (self._store_faults.add if active else self._store_faults.discard)(rule)
+            self._degrade(bool(self._store_faults))
         if self._engine_stopped:
             return  # shutting down: logged; an active one carries over from the store
         task = asyncio.get_running_loop().create_task(
@@ -298,10 +301,18 @@ class Daemon:
             start("metrics", self.metrics_server.serve(self.cfg.metrics.listen),
                   "vitalmon.metrics")  # fmt: skip
         self.client.start()
-        # the alerts closed by the restart go out through the running sinks: their queues
-        # are bounded, and a put before their consumer runs would wait for ever
+        # the alerts closed by the restart go out through the running sinks (their queues
+        # are bounded: a put before their consumer runs would wait for ever): the journal
+        # now, in one item; the publisher in the background, so that start-up (and a
+        # SIGTERM) never waits on tens of thousands of publications
+        await self.journal.write([], closed)
         for sink in self.sinks:
-            await sink.write([], closed)
+            if sink is not self.journal and closed:
+                task = asyncio.get_running_loop().create_task(
+                    sink.write([], closed), name=f"vitalmon.closed-at-restart[{sink.name}]"
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         for src in self.sources:
             start("sources", src.run(self._take_in, self.deadletters),
                   f"vitalmon.source[{src.name}]")  # fmt: skip
@@ -355,6 +366,7 @@ class Daemon:
             self.alert_sink.tick(time.time())  # pauses that have ended
             for fwd in self.forwarders:  # sink.down on time, not on the next retry
                 fwd.check()
+            self.journal.check()  # store.stalled: a commit that does not return
             due = self.lifecycle.tick()  # escalations, re-notifications
             if self.client.connected.is_set():
                 if deaf:
@@ -433,7 +445,7 @@ class Daemon:
         ask.)"""
         stuck = []
         for name, queue, progress in self._stages():
-            if name == "store" and self.journal.failure is not None:
+            if name == "store" and (self.journal.failure is not None or self.journal.stalled):
                 continue  # retrying a refusing disk, alarmed (store.full/failed): not stuck
             waiting = queue.qsize()
             # stuck: work was waiting at the last check already, is still waiting, and

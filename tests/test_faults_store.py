@@ -253,10 +253,13 @@ class StoreLock:
 def test_alerts_are_published_while_the_store_cannot_commit(
     daemon: Any, subscribe: Any, publisher: Any, tmp_path: Path
 ) -> None:
-    """The store's commits blocked (its write lock held by another connection) while the
-    ward keeps sending (1,500 QoS 0 messages: no window of unacknowledged messages holds
-    them back). Before: the engine awaited the journal first, whose 1,000-slot queue was
-    full, so the desaturation that came next waited behind the disk, unevaluated."""
+    """The store's commits hang (its write lock held by another connection: a disk that
+    does not answer) while the ward keeps sending, past the 1,000 unacknowledged messages
+    after which the broker stops sending to the persistent session. ``store.stalled`` is
+    raised within seconds and the desaturation that comes next is still alarmed; once
+    the store answers, everything is stored and the alarm resolves. Before: the alarms
+    stopped with the window, for as long as the disk hung (30 s busy timeout, then the
+    daemon exited)."""
     db = tmp_path / "vitals.db"
     d = daemon(db=db)
     alerts = subscribe("alerts/#")
@@ -265,17 +268,21 @@ def test_alerts_are_published_while_the_store_cannot_commit(
     lock = StoreLock(db)
     try:
         now = time.time()
-        for i in range(1500):  # the ward keeps sending meanwhile
-            publisher.publish(f"vitals/icu/b{i % 50}/mon", {"ts": now - 30 + i / 100, "hr": 70},
-                              qos=0)  # fmt: skip
+        for i in range(1200):  # the ward keeps sending meanwhile
+            publisher.publish(f"vitals/icu/b{i % 40}/mon", {"ts": now - 60 + i / 40, "hr": 70})
+        stalled = wait_for(lambda: system_alarms(alerts, "store.stalled"), 15, "store.stalled")
+        assert stalled[0]["priority"] == "high"
         for i in range(20):
-            publisher.publish("vitals/icu/2/mon", {"ts": now - 20 + i, "spo2": 80}, qos=0)
+            publisher.publish("vitals/icu/2/mon", {"ts": now - 20 + i, "spo2": 80})
         wait_for(lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"],
-                 20, "the alarm while the store is blocked")  # fmt: skip
+                 20, "the alarm while the store hangs")  # fmt: skip
         assert committed(db, "2") == 0
     finally:
         lock.release()
     wait_for(lambda: committed(db, "2") == 20, 40, "committed once the store answers")
+    assert sum(committed(db, f"b{b}") for b in range(40)) == 1200
+    wait_for(lambda: [a for a in system_alarms(alerts, "store.stalled")
+                      if a["state"] == "resolved"], 15, "store.stalled resolved")  # fmt: skip
     assert d.terminate()[0] == 0
 
 

@@ -16,6 +16,7 @@ SYSTEM_WARD = "_system"
 
 #: Losing data is a high-priority technical alarm; a sink merely down is medium.
 PRIORITIES = {"store.full": Priority.HIGH, "store.failed": Priority.HIGH,
+              "store.stalled": Priority.HIGH,
               "sink.dropped": Priority.HIGH,
               # the broker lost vitalmon's persistent session (what it had queued is gone;
               # nothing more is at risk once reconnected): monitor.mqtt

@@ -155,6 +155,9 @@ HOLD_MAX = 20_000
 #: A failing commit is retried after RETRY_MIN_S, backing off to RETRY_MAX_S.
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
+#: A commit that has not returned after this long (a disk that hangs, a lock held by
+#: another process) raises ``store.stalled``: the alarms go on as for a failing disk.
+STALL_S = 3.0
 
 
 class StoreInUse(RuntimeError):
@@ -304,6 +307,9 @@ class SqliteSink:
         #: Items accepted and not yet committed (nothing of them acknowledged).
         self.held = 0
         self._alarm: str | None = None
+        #: monotonic start of the commit in progress (None: none); ``stalled``: alarmed
+        self._committing_since: float | None = None
+        self.stalled = False
 
     async def open(self) -> None:
         """Open (and migrate) the store. A disk that refuses (full, I/O error) does not
@@ -481,6 +487,7 @@ class SqliteSink:
         """Commit ``batch`` in one transaction; -> the items to release. A storage error
         is raised (the caller retries); any other failure is narrowed down to the items
         that cause it, which are quarantined (counted, logged, released)."""
+        self._committing_since = time.monotonic()
         try:
             self.head = await self.call(partial(self._commit, batch=batch))
         except Exception as exc:
@@ -491,7 +498,36 @@ class SqliteSink:
                 return batch
             for it in batch:  # one by one: the bad item alone is set aside
                 await self._commit_batch([it])
+        finally:
+            self._committing_since = None
+            self._unstalled()
         return batch
+
+    def check(self, now: float | None = None) -> None:
+        """Called every second: a commit that has not returned for ``STALL_S`` raises
+        ``store.stalled`` (resolved when it returns, however it returns)."""
+        since = self._committing_since
+        t = time.monotonic() if now is None else now
+        if since is None or self.stalled or t - since < STALL_S:
+            return
+        self.stalled = True
+        log.error("store: a commit has not returned for %.0f s (%s); alerts still "
+                  "evaluated and published, nothing acknowledged meanwhile", t - since,
+                  self.cfg.path)  # fmt: skip
+        if self.on_condition is not None:
+            self.on_condition("store.stalled", "disk", True,
+                              f"a commit to {self.cfg.path} has not returned for "
+                              f"{t - since:.0f} s (a disk that hangs, or a lock held by another "
+                              "process); nothing acknowledged meanwhile, alerts still evaluated "
+                              "and published")  # fmt: skip
+
+    def _unstalled(self) -> None:
+        if not self.stalled:
+            return
+        self.stalled = False
+        log.warning("store: the stalled commit returned")
+        if self.on_condition is not None:
+            self.on_condition("store.stalled", "disk", False, "the stalled commit returned")
 
     def _quarantine(self, item: _Item, exc: Exception) -> None:
         self.counts["quarantined"] += len(item.readings) + len(item.events)
