@@ -4,6 +4,7 @@ demo, replay."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -82,7 +83,45 @@ def secret_warnings(cfg: config_mod.Config) -> list[str]:
     return out
 
 
+PROCESS_NAME = "vitalmon"
+
+
+def set_process_name(name: str = PROCESS_NAME) -> bool:
+    """Make ``pidof vitalmon`` (and ``ps -C``, ``pkill -x``, ``top``) find this process;
+    -> whether the command line could be rewritten.
+
+    An installed daemon runs as ``python3 /usr/local/bin/vitalmon run ...``. Debian's
+    ``pidof`` (sysvinit-utils) compares the name with argv[0] and its basename, and looks
+    at the kernel's process name (``comm``) only when argv[0] is empty or has a space, so
+    setting ``comm`` (PR_SET_NAME) alone does not do. argv[0] is therefore replaced in
+    place by ``name``, the rest kept (``ps`` shows ``vitalmon run -c FILE``), and ``comm``
+    set as well. Linux only, best effort: where /proc does not allow it, nothing changes.
+    """
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(name[:15])  # the kernel's limit (TASK_COMM_LEN)
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (proc(5))
+        old = Path("/proc/self/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False
+    # The interpreter, then the script (or -m monitor), then the arguments: keep those.
+    tail = b"".join(os.fsencode(arg) + b"\0" for arg in sys.argv[1:])
+    new = os.fsencode(name) + b"\0" + tail
+    if end - start != len(old) or not old.endswith(tail) or len(new) > len(old):
+        return False  # not the layout expected (already rewritten?): leave it
+    try:
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(new.ljust(len(old), b"\0"))
+    except OSError:
+        return False
+    return True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    set_process_name()
     cfg = _load(args.config, EXIT_CONFIG)
     logs.setup(cfg.log, level_override=args.log_level)
     for warning in secret_warnings(cfg):
@@ -201,13 +240,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    if args.host or args.port:
-        mqtt = cfg.mqtt.model_copy(
-            update={k: v for k, v in (("host", args.host), ("port", args.port)) if v}
+_BROKER_OPTIONS = ("host", "port", "username", "password_file")
+
+
+def broker_config(args: argparse.Namespace) -> config_mod.Config:
+    """The configuration of a command that only talks to the broker (watch, ack): the
+    config file; with no file at the default path and the broker named by options, the
+    built-in defaults (vitalmon's default topics). ``--host``, ``--port``, ``--username``
+    and ``--password-file`` apply over its ``mqtt`` section."""
+    given = {k: getattr(args, k) for k in _BROKER_OPTIONS if getattr(args, k) is not None}
+    path = args.config
+    if path == config_mod.DEFAULT_CONFIG_PATH and not Path(path).exists():
+        if not given:
+            print(f"vitalmon {args.command}: no config at {path}: give -c FILE, or the "
+                  "broker with --host/--port", file=sys.stderr)  # fmt: skip
+            raise SystemExit(1)
+        cfg = config_mod.Config()
+    else:
+        cfg = _load(path)
+    if not given:
+        return cfg
+    from pydantic import ValidationError
+
+    try:
+        mqtt = config_mod.MqttConfig.model_validate(
+            {**cfg.mqtt.model_dump(exclude_defaults=True), **given}
         )
-        cfg = cfg.model_copy(update={"mqtt": mqtt})
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else "mqtt"
+            msg = err["msg"].removeprefix("Value error, ")
+            print(f"vitalmon {args.command}: --{key.replace('_', '-')}: {msg}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return cfg.model_copy(update={"mqtt": mqtt})
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    cfg = broker_config(args)
     by = args.by or os.environ.get("USER") or os.environ.get("LOGNAME") or "central-station"
     from monitor.views import watch
 
@@ -219,7 +288,7 @@ def _num(value: float) -> str:
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = broker_config(args)
     setup_logging("warning")
     import asyncio
 
@@ -290,6 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="YAML config file (default: %(default)s)",
         )
 
+    def with_broker(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", help="broker host (default: mqtt.host of the config)")
+        sp.add_argument("--port", type=int, help="broker port (default: mqtt.port)")
+        sp.add_argument("--username", help="broker login (default: mqtt.username)")
+        sp.add_argument(
+            "--password-file",
+            metavar="FILE",
+            help="file whose first line is the password (default: mqtt.password_file)",
+        )
+
     def with_store(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--store",
@@ -338,13 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("watch", help="live central station in the terminal (MQTT only)")
     with_config(sp)
+    with_broker(sp)
     sp.add_argument("--by", help="operator named in acknowledgements (default: $USER)")
-    sp.add_argument("--host", help="broker host (default: mqtt.host of the config)")
-    sp.add_argument("--port", type=int, help="broker port (default: mqtt.port)")
     sp.set_defaults(func=cmd_watch)
 
     sp = sub.add_parser("ack", help="acknowledge an alert (as the named operator)")
     with_config(sp)
+    with_broker(sp)
     sp.add_argument("id", help="the alert's id")
     sp.add_argument("--by", required=True, help="who acknowledges (recorded in the audit trail)")
     sp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")

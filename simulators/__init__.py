@@ -15,6 +15,22 @@ from types import FrameType
 from typing import Any
 
 
+class _NoSocketNoise(logging.Filter):
+    """Drops paho's ERROR "Client is not connected" (its network loop ran once more with no
+    socket). paho logs it after our own disconnect at a clean stop, when its thread
+    loops again before ``loop_stop`` tells it to end (a race), and on each failed
+    reconnect attempt, which "connection lost (...); reconnecting" already reports."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (isinstance(msg, str) and msg.startswith("Client is not connected"))
+
+
+#: The logger of the publishers' paho clients (``ConnectionLog._new_client``).
+PAHO_LOG = logging.getLogger("simulators.mqtt.paho")
+PAHO_LOG.addFilter(_NoSocketNoise())
+
+
 def stop_on_signals(log: logging.Logger) -> threading.Event:
     """An event set by SIGINT or SIGTERM (the handlers only set it)."""
     stop = threading.Event()
@@ -56,7 +72,7 @@ class ConnectionLog:
             clean_session=None if v5 else True,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         )
-        c.enable_logger(logging.getLogger("simulators.mqtt.paho"))
+        c.enable_logger(PAHO_LOG)
         c.max_queued_messages_set(0)
         c.max_inflight_messages_set(inflight)
         c.reconnect_delay_set(1, 5)

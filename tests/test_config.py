@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from monitor.config import (
     DEFAULT_ALIASES,
@@ -436,8 +439,8 @@ def test_bad_thresholds(spec: dict[str, Any], fragment: str):
 
 def test_unknown_vital_in_thresholds():
     errs = errors_of({"rules": {"thresholds": {"glucose": {"low": {"warn": 4}}}}})
-    assert paths(errs) == ["rules.thresholds"]
-    assert "glucose" in errs[0]
+    assert paths(errs) == ["rules.thresholds.glucose"]
+    assert "unknown vital 'glucose'" in errs[0]
 
 
 def test_reconnect_backoff_order():
@@ -513,6 +516,88 @@ def test_cli_check_config_lists_every_error(tmp_path: Path):
     assert "Traceback" not in proc.stderr
 
 
+def test_check_config_lists_every_error_after_an_unknown_vital(tmp_path: Path):
+    """An unknown vital (or any bad value) must not hide the other errors: those of the
+    other keys, nor the checks across keys that need valid values (backoff order, window,
+    profiles, beds naming profiles)."""
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        textwrap.dedent(
+            """
+            mqtt: {port: 0, reconnect_min_s: 10, reconnect_max_s: 1}
+            sources:
+              - topic: "vitals/{ward}/{device}"
+            rules:
+              window_s: 20
+              thresholds:
+                spo3: {low: {warn: 90}}
+                spo2: {low: {warn: 90, crit: 95}, high: {warn: 99, crit: 98}}
+              trends: {slope: {pulse: {up: {rate: 1}}}}
+            alerts: {qos: 3}
+            profiles:
+              cardiac:
+                thresholds:
+                  hr: {low: {warn: 40, crit: 45}}
+            beds:
+              icu/7: {profile: nosuch}
+              bad: {}
+            """
+        )
+    )
+    proc = check_config(f)
+    assert proc.returncode == 1
+    listed = [line.strip() for line in proc.stderr.splitlines()[1:]]
+    assert sorted(paths(listed)) == sorted([
+        "mqtt.port",
+        "mqtt",  # reconnect_max_s < reconnect_min_s
+        "sources[0].topic",
+        "rules.thresholds.spo3",
+        "rules.thresholds.spo2",
+        "rules.trends.slope.pulse",
+        "rules",  # window_s does not cover delay_s + max_gap_s
+        "alerts.qos",
+        "profiles.cardiac.thresholds.hr",
+        "beds.icu/7.profile",
+        "beds.bad",
+    ]), proc.stderr  # fmt: skip
+    by_path = dict(line.split(": ", 1) for line in listed)
+    assert by_path["rules.thresholds.spo3"].startswith("unknown vital 'spo3'")
+    assert by_path["rules.trends.slope.pulse"].startswith("unknown vital 'pulse'")
+    assert "low.crit (95.0)" in by_path["rules.thresholds.spo2"]
+    assert "high.crit (98.0)" in by_path["rules.thresholds.spo2"]  # both sides, not the first
+    assert "reconnect_max_s must be >= reconnect_min_s" in by_path["mqtt"]
+    assert "window_s (20)" in by_path["rules"]
+    assert "low.crit (45.0)" in by_path["profiles.cardiac.thresholds.hr"]
+    assert "unknown profile 'nosuch'" in by_path["beds.icu/7.profile"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # a bad list item: no error about the list it was taken out of
+        ({"sources": [{"type": "modbus"}, {"topic": "x/{ward}"}]},
+         ["sources[0]", "sources[1].topic"]),
+        # a required key with a bad value: not also "missing"
+        ({"rules": {"plausibility": {"ranges": {"hr": {"low": "x", "high": 10}}}}},
+         ["rules.plausibility.ranges.hr.low"]),
+        # a profile that is not a mapping: beds naming it get no "unknown profile"
+        ({"profiles": {"cardiac": 5}, "beds": {"icu/7": {"profile": "cardiac"}}},
+         ["profiles.cardiac"]),
+        ({"store": {"type": "sqlite", "batch_size": 0}, "mqtt": {"port": 0}},
+         ["mqtt.port", "store[0].batch_size"]),
+        # the only source is bad: no "at least one source", and the beds are still checked
+        ({"sources": [{"type": "modbus"}], "beds": {"icu/1": {"profile": "zz"}}},
+         ["sources[0]", "beds.icu/1.profile"]),
+        # a bad item does not hide the check of the whole list
+        ({"store": [{"type": "sqlite"}, {"type": "sqlite"}, {"type": "influxdb", "url": "x",
+                                                             "bucket": "b"}]},
+         ["store[2].url", "store"]),
+    ],
+)  # fmt: skip
+def test_no_error_is_a_consequence_of_another(data: dict[str, Any], expected: list[str]):
+    assert paths(errors_of(data)) == expected
+
+
 def test_cli_check_config_missing_file(tmp_path: Path):
     proc = check_config(tmp_path / "nope.yaml")
     assert proc.returncode == 1
@@ -551,3 +636,111 @@ def test_a_literal_password_is_refused_one_from_the_environment_is_not():
                 env={"MQTT_PASSWORD": "hunter2"})  # fmt: skip
     assert cfg.mqtt.password == "hunter2"
     assert "hunter2" not in repr(cfg)
+
+
+# ------------------------------------------------------- the README's key table
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+#: A key path: segments, with ``[]`` for a list item and ``<>`` for any dict key.
+KeyPath = tuple[str, ...]
+
+
+def _types(annotation: Any) -> list[Any]:
+    """The alternatives of an annotation, without None and Annotated metadata."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [t for a in get_args(annotation) if a is not type(None) for t in _types(a)]
+    return [annotation]
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    found = _types(annotation)
+    if all(isinstance(t, type) and issubclass(t, BaseModel) for t in found):
+        return found
+    return []
+
+
+def model_keys(model: type[BaseModel], prefix: KeyPath = (),
+               variant: str | None = None) -> list[tuple[KeyPath, str | None]]:  # fmt: skip
+    """Every leaf key of the configuration model -> (path, list-item type or None)."""
+    out: list[tuple[KeyPath, str | None]] = []
+    for name, field in model.model_fields.items():
+        path = (*prefix, name)
+        nested: list[tuple[KeyPath, str | None]] = []
+        for t in _types(field.annotation):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                nested += model_keys(t, path, variant)
+            elif get_origin(t) is list and (items := _models(get_args(t)[0])):
+                for item in items:
+                    tag = get_args(item.model_fields["type"].annotation)[0]
+                    nested += model_keys(item, (*path, "[]"), tag if len(items) > 1 else None)
+            elif get_origin(t) is dict and (values := _models(get_args(t)[1])):
+                for value in values:
+                    nested += model_keys(value, (*path, "<>"), variant)
+        out += nested or [(path, variant)]
+    return out
+
+
+def _split(key: str) -> KeyPath:
+    parts: list[str] = []
+    for seg in key.split("."):
+        if seg.endswith("[]"):
+            parts += [seg[:-2], "[]"]
+        else:
+            parts.append("<>" if "<" in seg else seg)
+    return tuple(parts)
+
+
+def readme_keys() -> list[tuple[KeyPath, str | None, set[str]]]:
+    """The README's configuration table -> per key: (path, list-item type or None, the
+    names in backticks in its row). ``.name`` in a row is a key of the row's first key's
+    section; ``X[].type: T`` documents the items of type T (and their ``type``)."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("| key | default | meaning |")
+    rows = text[start:].split("\n\n", 1)[0].splitlines()[2:]
+    out = []
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(re.findall(r"`([^`]+)`", row))))
+        section: KeyPath = ()
+        for i, cell_key in enumerate(re.findall(r"`([^`]+)`", cells[0])):
+            key, variant = cell_key, None
+            if m := re.fullmatch(r"(.+)\.type: (\S+)", cell_key):
+                key, variant = m.group(1), m.group(2)
+            path = (*section, *_split(key[1:])) if key.startswith(".") else _split(key)
+            if i == 0:
+                section = path[:-1]
+            out.append((path, variant, names | {"type"} if variant else names))
+    return out
+
+
+def test_readme_key_table_is_the_configuration_model():
+    """Every key of the model is in the README's table (as a row, or named in the row of
+    the section or list item it belongs to), and every key of the table exists."""
+    model = model_keys(Config)
+    readme = readme_keys()
+
+    def documented(path: KeyPath, variant: str | None) -> bool:
+        for key, v, names in readme:
+            if v not in (None, variant):
+                continue
+            if path[: len(key)] == key and all(s in names for s in path[len(key) :] if s != "<>"):
+                return True
+            if key[: len(path)] == path:  # the row names entries of a mapping
+                return True
+        return False
+
+    def exists(key: KeyPath, variant: str | None) -> bool:
+        return any(
+            (path[: len(key)] == key or key[: len(path)] == path) and variant in (None, v)
+            for path, v in model
+        )
+
+    missing = sorted(".".join(p) + (f" ({v})" if v else "") for p, v in model
+                     if not documented(p, v))  # fmt: skip
+    unknown = sorted(".".join(k) for k, v, _ in readme if not exists(k, v))
+    assert (missing, unknown) == ([], [])
+    assert len(model) > 150  # the walk reached into sources, store, rules and profiles

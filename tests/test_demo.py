@@ -7,6 +7,7 @@ demo's hidden ``VITALMON_DEMO_SPEED`` makes that a few wall seconds here.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -28,12 +29,14 @@ from monitor.config import MqttConfig
 from monitor.mqtt import Client, Message
 
 BEDS = 3
-#: An alert line for the desaturating (last) bed, e.g.
-#: ``10:41:06  HIGH    icu/3    spo2.low   ACTIVE       SpO2 82 % < 85 % for 15 s   (id 90917ca3…)``
+#: An alert line for the desaturating (last) bed, e.g. ``10:41:06  HIGH    icu/3    spo2.low
+#: ACTIVE       SpO2 82 % < 85 % for 15 s   (id 90917ca312586d3d)`` (on one line)
 ALERT = re.compile(
     rf"^\d\d:\d\d:\d\d  (MEDIUM|HIGH)\s+icu/{BEDS}\s+spo2\.low\s+ACTIVE\s+SpO2 \d+ % < (90|85) % "
-    r"for \d+ s\s+\(id [0-9a-f]{8}…\)$"
+    r"for \d+ s\s+\(id [0-9a-f]{16}\)$"
 )
+#: The desaturating bed's SpO2 alert, with the id as printed, whatever it looks like.
+PRINTED = re.compile(rf"icu/{BEDS}\s+spo2\.low\s+ACTIVE .*\(id (\S+)\)$")
 
 
 @dataclass
@@ -148,6 +151,34 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_printed_alert_id_is_what_vitalmon_ack_takes(tmp_path: Path) -> None:
+    """A user copies the id from a line the demo prints into ``vitalmon ack``, with the
+    demo's config (the command the header gives for ``watch``): it is acknowledged."""
+    d = DemoProc([], {demo_mod.ENV_SPEED: "5", "TMPDIR": str(tmp_path)})
+    try:
+        m = wait_for(lambda: next(filter(None, map(PRINTED.search, d.lines)), None)
+                     or d.proc.poll() is not None, 40, "the first alert")  # fmt: skip
+        assert isinstance(m, re.Match), d.text
+        printed = m.group(1)
+        config = d.header_value(r"vitalmon watch -c (\S+)")
+        out = subprocess.run(
+            [sys.executable, "-m", "monitor", "ack", printed, "--by", "nurse.kim", "-c", config],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, f"ack {printed}: {out.stderr}"
+        event = json.loads(out.stdout)
+        assert (event["state"], event["ack_by"], event["id"]) == ("acknowledged", "nurse.kim",
+                                                                  printed)  # fmt: skip
+        # and the demo prints the acknowledgement under the same id
+        wait_for(lambda: any("ACKNOWLEDGED" in ln and ln.endswith(f"(id {printed})")
+                             for ln in d.lines), 10, "the acknowledgement printed")  # fmt: skip
+    finally:
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGINT)
+        code, err = d.wait(timeout=20)
+    check_clean_exit(d, code, err)
+
+
 # ------------------------------------------------------------------- in-process
 
 
@@ -193,7 +224,7 @@ def test_format_alert() -> None:
     line = demo_mod.format_alert(payload)
     assert re.fullmatch(
         r"\d\d:\d\d:06  HIGH    icu/6    spo2\.low   ACTIVE       SpO2 82 % < 85 % for 15 s"
-        r"   \(id 90917ca3…\)",
+        r"   \(id 90917ca3e1f2a4b5\)",
         line,
     ), line
     assert demo_mod.format_alert(b"not json").startswith("(unreadable alert)")

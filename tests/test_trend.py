@@ -154,7 +154,7 @@ def test_config_overrides_merge_per_vital_and_direction():
 @pytest.mark.parametrize(
     ("data", "fragment"),
     [
-        ({"slope": {"pulse": {"up": {"rate": 1}}}}, "unknown vitals ['pulse']"),
+        ({"slope": {"pulse": {"up": {"rate": 1}}}}, "unknown vital 'pulse'"),
         ({"slope": {"hr": {"up": {"rate": 0}}}}, "greater than 0"),
         ({"slope": {"hr": {"sideways": {"rate": 1}}}}, "Extra inputs"),
         ({"slope": {"hr": {"up": {"rate": 1, "clear_fraction": 1}}}}, "less than 1"),
