@@ -134,6 +134,7 @@ class Daemon:
         #: engine.max_* / new_*: what publishers can make the engine keep (engine.capacity)
         self.engine.capacity = Capacity(cfg.engine, self.system_alarms)
         self.journal.on_condition = self._condition
+        self.journal.on_slow = self._slow_commit
         self.client.on_condition = self._condition  # mqtt.session_lost
         for fwd in self.forwarders:
             fwd.on_condition = self._condition
@@ -181,6 +182,12 @@ class Daemon:
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _slow_commit(self, slow: bool) -> None:
+        """A commit has been running for a second (no alarm yet: ``store.stalled`` comes
+        at 3 s): the degraded mode starts already, before the broker's window is full."""
+        (self._store_faults.add if slow else self._store_faults.discard)("commit.slow")
+        self._degrade(bool(self._store_faults))
 
     def _degrade(self, on: bool) -> None:
         """The store refuses commits (``on``) or takes them again. Nothing is acknowledged

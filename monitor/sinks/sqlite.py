@@ -158,6 +158,10 @@ RETRY_MAX_S = 5.0
 #: A commit that has not returned after this long (a disk that hangs, a lock held by
 #: another process) raises ``store.stalled``: the alarms go on as for a failing disk.
 STALL_S = 3.0
+#: ... and one that has not returned after this long already starts the degraded mode
+#: (``on_slow``; no alarm yet): at 6,000 readings/s the broker's window of 1,000
+#: unacknowledged messages is full within a second.
+SLOW_S = 1.0
 
 
 class StoreInUse(RuntimeError):
@@ -310,6 +314,9 @@ class SqliteSink:
         #: monotonic start of the commit in progress (None: none); ``stalled``: alarmed
         self._committing_since: float | None = None
         self.stalled = False
+        #: Called with True when a commit has been running for SLOW_S, False when it ends.
+        self.on_slow: Callable[[bool], None] | None = None
+        self._slow = False
 
     async def open(self) -> None:
         """Open (and migrate) the store. A disk that refuses (full, I/O error) does not
@@ -488,6 +495,8 @@ class SqliteSink:
         is raised (the caller retries); any other failure is narrowed down to the items
         that cause it, which are quarantined (counted, logged, released)."""
         self._committing_since = time.monotonic()
+        loop = asyncio.get_running_loop()  # (on time, not on the daemon's next heartbeat)
+        timers = [loop.call_later(d + 0.01, self.check) for d in (SLOW_S, STALL_S)]
         try:
             self.head = await self.call(partial(self._commit, batch=batch))
         except Exception as exc:
@@ -499,6 +508,8 @@ class SqliteSink:
             for it in batch:  # one by one: the bad item alone is set aside
                 await self._commit_batch([it])
         finally:
+            for timer in timers:
+                timer.cancel()
             self._committing_since = None
             self._unstalled()
         return batch
@@ -508,6 +519,10 @@ class SqliteSink:
         ``store.stalled`` (resolved when it returns, however it returns)."""
         since = self._committing_since
         t = time.monotonic() if now is None else now
+        if since is not None and not self._slow and t - since >= SLOW_S:
+            self._slow = True
+            if self.on_slow is not None:
+                self.on_slow(True)
         if since is None or self.stalled or t - since < STALL_S:
             return
         self.stalled = True
@@ -522,6 +537,10 @@ class SqliteSink:
                               "and published")  # fmt: skip
 
     def _unstalled(self) -> None:
+        if self._slow:
+            self._slow = False
+            if self.on_slow is not None:
+                self.on_slow(False)
         if not self.stalled:
             return
         self.stalled = False
