@@ -4,7 +4,11 @@ Everything runs in this process except mosquitto:
 
 * the broker is ``mosquitto`` (a subprocess on a free loopback port) when it is
   installed, otherwise an embedded amqtt broker in this event loop (MQTT 3.1.1 only,
-  so the daemon and the simulator speak 3.1.1 to it);
+  so the daemon and the simulator speak 3.1.1 to it). mosquitto runs the settings of
+  ``config/mosquitto/vitalmon.conf``: sessions saved within ~2 s, logins (a random
+  password per run) and the ACL ``config/mosquitto/acl``, so the daemon logs in as
+  ``vitalmon``, the simulated monitors as a device (``vitals/#`` only) and the alert
+  printer as a staff station;
 * the daemon is :class:`monitor.daemon.Daemon` in this event loop, with SQLite in a
   temporary folder;
 * the simulator publishes beds ``1``..``N`` from its own thread: the last bed
@@ -25,11 +29,14 @@ Environment:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -106,8 +113,14 @@ class DemoBroker(Protocol):
     name: str
     port: int
     protocol: str  #: MQTT protocol clients must speak: "5" or "3.1.1"
-    #: Username every client presents (None: anonymous is fine).
+    #: Username the daemon presents (None: anonymous is fine).
     username: str | None
+    #: File holding the daemon's password (None: no password).
+    password_file: str | None
+
+    def login(self, role: str) -> tuple[str | None, str | None]:
+        """(user name, password) of the ``staff`` station or a ``device``."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -116,30 +129,110 @@ class DemoBroker(Protocol):
     def describe(self) -> str: ...
 
 
+#: The example broker configuration (config/mosquitto/) the demo's mosquitto runs.
+SHIPPED_MOSQUITTO = Path(__file__).resolve().parent.parent / "config" / "mosquitto"
+#: Logins of the demo, as in config/mosquitto/acl: role -> user name.
+DEMO_USERS = {"daemon": "vitalmon", "device": "monitor-icu-1", "staff": "nurse.kim"}
+#: The ACL when config/mosquitto/acl is not there (an installed package): the same rules.
+DEMO_ACL = """user vitalmon
+topic read vitals/#
+topic read vitalmon/cmd/#
+topic write alerts/#
+topic write state/#
+topic write scores/#
+topic write vitalmon/status/#
+topic write vitalmon/deadletter
+topic write vitalmon/cmd/ack
+topic write vitalmon/cmd/pause
+topic write vitalmon/cmd/admit
+topic write vitalmon/cmd/discharge
+topic read alerts/#
+topic read state/#
+topic read scores/#
+topic read vitalmon/deadletter
+user monitor-icu-1
+topic deny vitalmon/cmd/#
+topic write vitals/#
+user nurse.kim
+topic write vitalmon/cmd/ack
+topic write vitalmon/cmd/pause
+topic write vitalmon/cmd/admit
+topic write vitalmon/cmd/discharge
+topic read alerts/#
+topic read state/#
+topic read scores/#
+topic read vitalmon/status/#
+topic read vitalmon/deadletter
+pattern write vitalmon/cmd/+/%u
+"""
+
+
+def mosquitto_password(user: str, password: str) -> str:
+    """A password file line as ``mosquitto_passwd`` writes it (PBKDF2-SHA512, 101 rounds)."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+    b64 = base64.b64encode
+    return f"{user}:$7$101${b64(salt).decode()}${b64(digest).decode()}\n"
+
+
 class MosquittoBroker:
-    """mosquitto as a subprocess on a free loopback port, configured in ``workdir``."""
+    """mosquitto as a subprocess on a free loopback port, configured in ``workdir`` as
+    ``config/mosquitto/vitalmon.conf`` is: persistence saved every second, logins with a
+    password made up for this run, and the ACL."""
 
     name = "mosquitto"
     protocol = "5"
-    username: str | None = None
+    username: str | None = DEMO_USERS["daemon"]
 
     def __init__(self, exe: str, workdir: Path) -> None:
         self.exe = exe
         self.workdir = workdir
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.passwords = {user: secrets.token_urlsafe(16) for user in DEMO_USERS.values()}
+        self.password_file: str | None = str(workdir / "vitalmon.password")
+
+    def login(self, role: str) -> tuple[str | None, str | None]:
+        user = DEMO_USERS[role]
+        return user, self.passwords[user]
 
     @property
     def logfile(self) -> Path:
         return self.workdir / "mosquitto.log"
 
+    def _files(self) -> tuple[Path, Path]:
+        """The password file and the ACL of the broker, and the daemon's password file."""
+
+        def private(path: Path, text: str) -> Path:
+            path.write_text(text)
+            path.chmod(0o600)
+            return path
+
+        assert self.password_file is not None
+        private(Path(self.password_file), self.passwords[DEMO_USERS["daemon"]] + "\n")
+        shipped = SHIPPED_MOSQUITTO / "acl"
+        acl = shipped.read_text() if shipped.is_file() else DEMO_ACL
+        return (
+            private(self.workdir / "mosquitto.passwd",
+                    "".join(mosquitto_password(u, p) for u, p in self.passwords.items())),
+            private(self.workdir / "mosquitto.acl", acl),
+        )  # fmt: skip
+
     def _spawn(self) -> None:
         self.port = free_port()
+        passwd, acl = self._files()
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            "allow_anonymous false\n"
+            f"password_file {passwd}\n"
+            f"acl_file {acl}\n"
+            # sessions on disk within ~2 s, as config/mosquitto/vitalmon.conf keeps them
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_interval 1\n"
             "set_tcp_nodelay true\n"
+            "max_inflight_messages 1000\n"
             "max_queued_messages 100000\n" + ("user root\n" if os.geteuid() == 0 else "")
         )
         with self.logfile.open("ab") as out:
@@ -197,11 +290,15 @@ class EmbeddedBroker:
     name = "embedded amqtt"
     protocol = "3.1.1"
     username: str | None = "vitalmon-demo"
+    password_file: str | None = None
 
     def __init__(self) -> None:
         self.port = 0
         self.broker: Any = None
         self.version = ""
+
+    def login(self, role: str) -> tuple[str | None, str | None]:
+        return f"{self.username}-{'alerts' if role == 'staff' else 'sim'}", None
 
     async def start(self) -> None:
         from importlib.metadata import version
@@ -299,7 +396,7 @@ def format_alert(payload: bytes) -> str:
         return (
             f"{at:%H:%M:%S}  {str(e['priority']).upper():<6}  "
             f"{e['ward']}/{e['bed']:<4} {e['rule']:<10} {str(e['state']).upper():<12} "
-            f"{e['message']}   (id {ident[:8]}…)"
+            f"{e['message']}   (id {ident})"  # whole: what `vitalmon ack` takes
         )
     except (ValueError, KeyError, TypeError, RecursionError):
         return f"(unreadable alert) {payload[:200]!r}"
@@ -328,8 +425,9 @@ class AlertPrinter:
             clean_session=None if v5 else True,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         )
-        if broker.username is not None:
-            self.client.username_pw_set(broker.username + "-alerts")
+        user, password = broker.login("staff")
+        if user is not None:
+            self.client.username_pw_set(user, password)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -412,6 +510,8 @@ def daemon_config(
     }
     if broker.username is not None:
         mqtt["username"] = broker.username
+    if broker.password_file is not None:
+        mqtt["password_file"] = broker.password_file
     rules: dict[str, Any] = {}
     if speed > 1 and duration is None:
         # Event time runs ahead of the clock without end: accept it.
@@ -520,6 +620,7 @@ class Demo:
 
     def start_simulator(self, broker: DemoBroker) -> None:
         left = self.left()
+        device = broker.login("device")
         opts = Options(
             host="127.0.0.1",
             port=broker.port,
@@ -529,7 +630,8 @@ class Demo:
             speed=self.speed,
             duration=None if left is None else max(left, 0.1),
             client_id=f"vitalmon-demo-sim-{os.getpid()}",
-            username=None if broker.username is None else broker.username + "-sim",
+            username=device[0],
+            password=device[1],
         )
         sim = Simulator(opts, self.patients)
         self.sim_task = asyncio.ensure_future(asyncio.to_thread(sim.run, self.sim_stop))

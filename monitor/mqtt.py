@@ -9,7 +9,41 @@ and keepalive never block the event loop. Everything crosses into asyncio throug
   called (paho ``manual_ack``), so a message the daemon has not taken in is redelivered
   by the broker from the persistent session;
 * :meth:`Client.publish` returns a future resolved when the broker has the message
-  (PUBACK for QoS 1), or failed if the client is stopped first.
+  (PUBACK for QoS 1), or failed if the client is stopped first, the broker refuses it
+  (an MQTT 5 PUBACK with a failure reason, e.g. not authorized by its ACL) or it is
+  dropped from the outgoing queue (below).
+
+**Connections are numbered** (``generation``, one more at every connection attempt). A
+message received carries the generation it came on, and :meth:`Client.ack` sends its
+PUBACK only on that same connection: a packet id belongs to one connection of one
+session, and after a reconnect (all the more a session the broker lost) the same id
+names another message, which a late PUBACK would acknowledge before it is committed.
+A message whose connection is gone is not acknowledged: the broker redelivers it if it
+kept the session (the store absorbs the duplicate), and it is committed anyway. Our own
+publishes: paho re-sends every publish not yet acknowledged on each new connection
+(same packet id, DUP), so nothing waits for a PUBACK on a connection that is gone; a
+PUBACK completes the future of exactly the message paho matched it to (the same
+``MQTTMessageInfo``), never another one that reused its id.
+
+**The persistent session** is expected back at every reconnect of this process once the
+broker has accepted one (``clean_start``/``clean_session`` false; with MQTT 5 a
+``session_expiry_s`` above 0). When the broker answers "session present: false" then,
+it lost the session (a crash before it saved it, or the session expired): what it had
+queued for vitalmon, and the subscriptions, are gone. That is logged as a WARNING and
+raised as the technical alarm ``mqtt.session_lost`` (priority medium, through
+``on_condition``). It resolves at the next connect that finds the session, or after
+``session_lost_hold_s`` (15 min) connected. The first connection of a process has no
+earlier session to expect: finding none then (the first start, or a broker that lost it
+while vitalmon was stopped) is logged at INFO.
+
+**The outgoing queue is bounded** (``mqtt.max_queued`` QoS 1 publishes not yet
+acknowledged by the broker; the daemon keeps publishing while the broker is away). When
+it is full, one waiting publish is dropped to make room, never one in flight, in this
+order: a retained message superseded by a newer one on the same topic (the broker would
+overwrite it anyway: bed state, NEWS2 score); else the oldest retained message; else the
+oldest event (alert events are the last to go). Each drop fails that publish's future
+and is counted in :attr:`Client.dropped` by kind; the first one of an outage is logged,
+and a summary when the broker is back.
 
 Reconnects use jittered exponential backoff. Every failed attempt is logged as exactly
 one WARNING line that names the cause: the broker refusing the connection (its CONNACK
@@ -40,9 +74,9 @@ import ssl
 import struct
 import sys
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -62,6 +96,13 @@ STATUS_TOPIC = "vitalmon/status/{client_id}"
 RECEIVE_MAXIMUM = 1000
 #: Topics whose subscriber is remembered (one per device: a ward has a few hundred).
 ROUTES_CACHED = 10_000
+#: The technical alarm raised when the broker lost the persistent session.
+SESSION_LOST = "mqtt.session_lost"
+#: Connected this long after a lost session, its alarm resolves (if no reconnect found the
+#: session before): the loss is in the past, the alarm is there to be seen and acted on.
+SESSION_LOST_HOLD_S = 900.0
+#: Publishes paho may have on the wire unacknowledged (the rest wait, ``queued``).
+MAX_INFLIGHT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +112,23 @@ class Message:
     qos: int
     retain: bool
     mid: int
+    #: The connection it came on (:attr:`Client.generation`): acknowledged only on it.
+    gen: int = 0
+
+
+@dataclass(slots=True)
+class _Out:
+    """A QoS > 0 publish waiting for the broker's PUBACK."""
+
+    mid: int
+    fut: asyncio.Future[None]
+    #: paho's handle of this very message: a PUBACK completes ``fut`` only when paho
+    #: matched it to this message (not merely to its packet id)
+    info: paho.MQTTMessageInfo
+    topic: str
+    retain: bool
+    #: a newer retained publish to the same topic waits too
+    superseded: bool = field(default=False)
 
 
 Deliver = Callable[[Message], None]
@@ -174,6 +232,16 @@ class _Paho(paho.Client):
     #: Set by the owner: takes (topic, payload, qos, retain, mid) of each PUBLISH that
     #: :meth:`_publishes` decodes itself (QoS 0 and 1, no MQTT 5 properties).
     on_publish_received: Callable[[str, bytes, int, bool, int], None] | None = None
+    #: Set by the owner: called in paho's thread at the start of every connection attempt
+    #: (the first one too), before the old connection's unsent packets are discarded and
+    #: the new socket is made.
+    on_new_connection: Callable[[], None] | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        hook = self.on_new_connection
+        if hook is not None:
+            hook()
+        return super().reconnect()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         if not isinstance(self._sock, _BufferedSocket) or self.on_publish_received is None:
@@ -386,7 +454,12 @@ class Client:
       connect, and messages matching them go to their ``deliver`` in the event loop.
     * ``start()`` returns at once; the client connects (and keeps reconnecting) in the
       background. ``connected`` is set while connected with every subscription acknowledged.
-    * ``ack(msg)`` may be called once per QoS>0 message, from the event loop, in any order.
+    * ``ack(msg)`` may be called once per QoS>0 message, from the event loop, in any order;
+      it does nothing for a message that came on an earlier connection.
+    * ``publish()`` keeps at most ``cfg.max_queued`` QoS 1 publishes waiting (see the
+      module's documentation for what is dropped when it is full).
+    * ``on_condition(rule, component, active, detail)``, when set, is called in the event
+      loop when ``mqtt.session_lost`` is raised or resolved.
     * ``stop()`` publishes ``offline``, waits (bounded) for outstanding publishes and
       disconnects. After it, publish() fails.
     """
@@ -406,7 +479,33 @@ class Client:
         #: topic -> its subscriber's deliver (the subscriptions are fixed before start)
         self._routes: dict[str, Deliver] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, asyncio.Future[None]] = {}
+        #: QoS > 0 publishes not yet acknowledged, by packet id, oldest first
+        self._pending: dict[int, _Out] = {}
+        #: ... and, for the overflow policy, by kind in publish order (pruned lazily: one
+        #: no longer in ``_pending`` is skipped)
+        self._superseded: deque[_Out] = deque()
+        self._retained: deque[_Out] = deque()
+        self._events: deque[_Out] = deque()
+        #: topic -> the newest retained publish waiting for it
+        self._retained_latest: dict[str, _Out] = {}
+        self.max_queued: int = cfg.max_queued
+        #: publishes dropped from the full outgoing queue, by kind (``superseded``
+        #: retained, ``retained``, ``event``; ``qos0``: QoS 0 sent while disconnected)
+        self.dropped: Counter[str] = Counter()
+        self._dropped_reported: Counter[str] = Counter()
+        self._overflowing = False  #: a drop was logged since the last connect
+        #: PUBACKs not sent because the message came on an earlier connection
+        self.stale_acks = 0
+        #: connection attempts so far (paho's thread writes it, under the lock)
+        self.generation = 0
+        self._gen_lock = threading.Lock()
+        #: (rule, component, active, detail): the daemon's technical alarms
+        self.on_condition: Callable[[str, str, bool, str], None] | None = None
+        self.session_lost_hold_s = SESSION_LOST_HOLD_S
+        #: a session was accepted on an earlier connection of this process (paho thread)
+        self._had_session = False
+        self._session_alarm = False
+        self._session_timer: asyncio.TimerHandle | None = None
         self._suback_mids: set[int] = set()
         self._attempt = 0
         #: failed attempts since the last successful connection
@@ -430,8 +529,10 @@ class Client:
         )
         p = self._paho
         p.enable_logger(paho_log)
-        p.max_queued_messages_set(0)  # outgoing QoS 1 alerts wait in memory across reconnects
-        p.max_inflight_messages_set(100)
+        # outgoing QoS 1 alerts wait in memory across reconnects, bounded by ``max_queued``
+        # here (paho's own bound would refuse the newest publish, an alert included)
+        p.max_queued_messages_set(0)
+        p.max_inflight_messages_set(MAX_INFLIGHT)
         if persistent:
             p.will_set(self.status_topic, b"offline", qos=1, retain=True)
         p.on_connect = self._on_connect
@@ -439,6 +540,7 @@ class Client:
         p.on_disconnect = self._on_disconnect
         p.on_message = self._on_message
         p.on_publish_received = self._on_publish_received
+        p.on_new_connection = self._new_connection
         p.on_publish = self._on_publish
         p.on_subscribe = self._on_subscribe  # type: ignore[assignment]
         self._next_backoff()
@@ -506,32 +608,116 @@ class Client:
         if self._stopping.is_set():
             fut.set_exception(PublishError("client stopped"))
             return fut
+        previous = self._retained_latest.get(topic) if retain and qos > 0 else None
+        if qos > 0 and len(self._pending) >= self.max_queued:
+            self._make_room(previous)
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             fut.set_exception(PublishError(paho.error_string(info.rc)))
         elif qos == 0:
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                self.dropped["qos0"] += 1  # at most once: not kept while disconnected
             fut.set_result(None)  # at most once: nothing to wait for
-        elif info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published():
-            fut.set_result(None)  # (with NO_CONN paho keeps it and sends it on reconnect)
         else:
-            self._pending[info.mid] = fut
+            # (with NO_CONN paho keeps it and sends it on reconnect). Registered even when
+            # already acknowledged: _published, scheduled by paho's thread, runs after this
+            # and completes it with the broker's reason code.
+            out = self._pending[info.mid] = _Out(info.mid, fut, info, topic, retain)
+            if retain:
+                self._retained_latest[topic] = out
+                self._retained.append(out)
+                if previous is not None and self._live(previous):
+                    previous.superseded = True
+                    self._superseded.append(previous)
+            else:
+                self._events.append(out)
         return fut
 
+    # ------------------------------------------------------- outgoing queue bound
+
+    def _live(self, out: _Out) -> bool:
+        return self._pending.get(out.mid) is out
+
+    def _make_room(self, previous: _Out | None) -> None:
+        """The queue is full: drop one waiting publish (the module's policy)."""
+        if previous is not None and self._live(previous) and self._drop(previous, "superseded"):
+            return  # the retained message the one coming replaces
+        if self._drop_first(self._superseded, "superseded"):
+            return
+        if self._drop_first(self._retained, "retained"):
+            return
+        self._drop_first(self._events, "event")
+
+    def _drop_first(self, order: deque[_Out], kind: str) -> bool:
+        """Drop the oldest droppable publish in ``order``. Only publishes on the wire
+        (at most paho's in-flight window) can be ahead of it."""
+        while order and not self._live(order[0]):
+            order.popleft()  # acknowledged or dropped since
+        for i, out in enumerate(order):
+            if not self._live(out) or (kind == "retained" and out.superseded):
+                continue  # (a superseded one is dropped, and counted, as such)
+            if self._drop(out, kind):
+                del order[i]
+                return True
+        return False
+
+    def _drop(self, out: _Out, kind: str) -> bool:
+        """Take a publish out of paho's store unless it is on the wire; fail its future."""
+        p = self._paho
+        with p._out_message_mutex:
+            m = p._out_messages.get(out.mid)
+            if m is None or m.info is not out.info:
+                return False  # acknowledged just now: _published is on its way
+            if m.state not in (paho.mqtt_ms_publish, paho.mqtt_ms_queued):
+                return False  # sent on this connection: its PUBACK is coming
+            del p._out_messages[out.mid]
+            m.info.rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+            m.info._set_as_published()  # (anyone waiting on it wakes up)
+        self._forget(out)
+        if not self._overflowing:
+            self._overflowing = True
+            log.warning(
+                "outgoing queue full (mqtt.max_queued %d publishes waiting for the broker): "
+                "dropping superseded retained messages first, then the oldest retained, "
+                "then the oldest events (counted; a summary when the broker is back)",
+                self.max_queued,
+            )
+        self.dropped[kind] += 1
+        if not out.fut.done():
+            out.fut.set_exception(PublishError(f"dropped: outgoing queue full ({kind})"))
+        return True
+
+    def _forget(self, out: _Out) -> None:
+        del self._pending[out.mid]
+        if self._retained_latest.get(out.topic) is out:
+            del self._retained_latest[out.topic]
+
     def ack(self, msg: Message) -> None:
+        """Acknowledge a QoS > 0 message, on the connection it came on only."""
         if msg.qos > 0:
-            self._paho.ack(msg.mid, msg.qos)
+            with self._gen_lock:
+                if msg.gen != self.generation:
+                    self.stale_acks += 1
+                    return
+                self._paho.ack(msg.mid, msg.qos)
 
     def ack_many(self, msgs: Iterable[Message]) -> None:
         """``ack`` for each, in order; the QoS 1 ones go out as one write."""
         run: list[int] = []
-        for msg in msgs:
-            if msg.qos == 1:
-                run.append(msg.mid)
-            elif msg.qos > 1:
-                self._paho.puback_many(run)
-                run = []
-                self._paho.ack(msg.mid, msg.qos)
-        self._paho.puback_many(run)
+        with self._gen_lock:  # (no reconnect in between: all on this connection or none)
+            gen = self.generation
+            for msg in msgs:
+                if msg.qos == 0:
+                    continue
+                if msg.gen != gen:
+                    self.stale_acks += 1
+                elif msg.qos == 1:
+                    run.append(msg.mid)
+                else:
+                    self._paho.puback_many(run)
+                    run = []
+                    self._paho.ack(msg.mid, msg.qos)
+            self._paho.puback_many(run)
 
     @property
     def outstanding(self) -> int:
@@ -541,8 +727,10 @@ class Client:
         """Publish ``offline``, wait for outstanding publishes (bounded), disconnect."""
         if self._loop is None:
             return
+        if self._session_timer is not None:
+            self._session_timer.cancel()
         if self.connected.is_set():
-            waiting = list(self._pending.values())
+            waiting = [out.fut for out in self._pending.values()]
             if self.persistent:
                 waiting.append(self.publish(self.status_topic, b"offline", qos=1, retain=True))
             done, not_done = (
@@ -554,9 +742,9 @@ class Client:
                 log.warning("%d publishes not confirmed by the broker at shutdown", len(not_done))
         self._stopping.set()
         await asyncio.to_thread(self._disconnect)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(PublishError("client stopped"))
+        for out in self._pending.values():
+            if not out.fut.done():
+                out.fut.set_exception(PublishError("client stopped"))
         self._pending.clear()
         self.connected.clear()
 
@@ -614,13 +802,25 @@ class Client:
         present = bool(getattr(flags, "session_present", False))
         after = f" after {self._failures} failed attempt(s)" if self._failures else ""
         self._failures = 0
-        log.info(
-            "connected to %s:%d (session present: %s)%s",
-            self.cfg.host,
-            self.cfg.port,
-            present,
-            after,
-        )
+        # a session the broker should have kept: it accepted one on an earlier connection
+        # of this process, and it outlives a disconnect (MQTT 5: an expiry above 0)
+        keeps = self.persistent and not (self._v5 and self.cfg.session_expiry_s == 0)
+        lost = keeps and self._had_session and not present
+        self._had_session = self._had_session or keeps
+        where = (self.cfg.host, self.cfg.port, present, after)
+        if lost:
+            log.warning("connected to %s:%d (session present: %s)%s: the broker lost "
+                        "vitalmon's persistent session; what it had queued for vitalmon is "
+                        "gone. Check the broker's persistence (persistence true, "
+                        "autosave_interval 1) and its session expiry", *where)  # fmt: skip
+        elif keeps and not present:
+            log.info("connected to %s:%d (session present: %s)%s: a new session (the first "
+                     "connection of this process)", *where)  # fmt: skip
+        else:
+            log.info("connected to %s:%d (session present: %s)%s", *where)
+        if keeps:
+            self._call(self._session_checked, lost, present)
+        self._call(self._report_drops)
         if self.persistent:
             client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._suback_mids.clear()
@@ -701,13 +901,21 @@ class Client:
             extra=_EVERY_TIME,
         )
 
+    def _new_connection(self) -> None:
+        """paho's thread, before each connection attempt: what was received until now can
+        no longer be acknowledged (see :meth:`ack`)."""
+        with self._gen_lock:
+            self.generation += 1
+
     def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:
-        self._route(Message(m.topic, bytes(m.payload), m.qos, bool(m.retain), m.mid))
+        self._route(
+            Message(m.topic, bytes(m.payload), m.qos, bool(m.retain), m.mid, self.generation)
+        )
 
     def _on_publish_received(
         self, topic: str, payload: bytes, qos: int, retain: bool, mid: int
     ) -> None:
-        self._route(Message(topic, payload, qos, retain, mid))
+        self._route(Message(topic, payload, qos, retain, mid, self.generation))
 
     def _route(self, msg: Message) -> None:
         target = self._routes.get(msg.topic)
@@ -737,11 +945,66 @@ class Client:
             deliver(msg)
 
     def _on_publish(
-        self, _c: object, _u: object, mid: int, _reason: object, _props: object
+        self, client: paho.Client, _u: object, mid: int, reason: object, _props: object
     ) -> None:
-        self._call(self._published, mid)
+        # paho calls this before it forgets the message: which one this PUBACK completes
+        m = client._out_messages.get(mid)
+        refused = str(reason).lower() if getattr(reason, "is_failure", False) else None
+        self._call(self._published, mid, None if m is None else m.info, refused)
 
-    def _published(self, mid: int) -> None:
-        fut = self._pending.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+    def _published(self, mid: int, info: paho.MQTTMessageInfo | None, refused: str | None) -> None:
+        out = self._pending.get(mid)
+        if out is None or out.info is not info:
+            return  # not one of ours (QoS 0, the status topic), or no longer waiting
+        self._forget(out)
+        for order in (self._events, self._retained, self._superseded):
+            while order and not self._live(order[0]):
+                order.popleft()  # (PUBACKs come in publish order: this keeps them short)
+        if out.fut.done():
+            return
+        if refused is not None:
+            log.warning("the broker refused a publish to %s: %s", out.topic, refused)
+            out.fut.set_exception(PublishError(f"refused by the broker: {refused}"))
+        else:
+            out.fut.set_result(None)
+
+    # ------------------------------------------------------ event loop: conditions
+
+    def _session_checked(self, lost: bool, present: bool) -> None:
+        if lost:
+            if self._session_timer is not None:
+                self._session_timer.cancel()
+            assert self._loop is not None
+            self._session_timer = self._loop.call_later(
+                self.session_lost_hold_s, self._session_resolved,
+                f"connected for {self.session_lost_hold_s:g} s since the session was lost",
+            )  # fmt: skip
+            self._session_alarm = True
+            self._condition(True, f"the broker {self.cfg.host}:{self.cfg.port} lost vitalmon's "
+                            "persistent session: readings it had queued for vitalmon are lost; "
+                            "check its persistence")  # fmt: skip
+        elif present:
+            self._session_resolved("the broker kept the session over a reconnect")
+
+    def _session_resolved(self, detail: str) -> None:
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
+        if self._session_alarm:
+            self._session_alarm = False
+            self._condition(False, detail)
+
+    def _condition(self, active: bool, detail: str) -> None:
+        if self.on_condition is not None:
+            self.on_condition(SESSION_LOST, "mqtt", active, detail)
+
+    def _report_drops(self) -> None:
+        """Connected: what the full queue dropped since the last report, in one line."""
+        self._overflowing = False
+        new = self.dropped - self._dropped_reported
+        if new:
+            self._dropped_reported = Counter(self.dropped)
+            log.warning("%d publish(es) dropped while the broker was away or slow (QoS 1: "
+                        "mqtt.max_queued %d full; QoS 0: never kept while disconnected): %s",
+                        sum(new.values()), self.max_queued,
+                        ", ".join(f"{n} {k}" for k, n in sorted(new.items())))  # fmt: skip

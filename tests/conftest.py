@@ -6,6 +6,8 @@ Waiting is always on an event or a poll with a deadline, never a bare sleep.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +32,8 @@ settings.register_profile("vitalmon", database=None)
 settings.load_profile("vitalmon")
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+#: The example broker configuration shipped in config/ (tests run it: SecureBroker).
+SHIPPED_MOSQUITTO = Path(__file__).resolve().parent.parent / "config" / "mosquitto"
 
 #: The real VictoriaMetrics fixture (`victoria`) lives in tests/tsdb.py.
 pytest_plugins = ["tsdb"]
@@ -63,8 +67,10 @@ class Broker:
     def conf(self) -> Path:
         return self.workdir / "mosquitto.conf"
 
-    def start(self) -> None:
-        self.conf.write_text(
+    def config_text(self) -> str:
+        # sessions kept as config/mosquitto/vitalmon.conf keeps them: on disk within ~2 s
+        # (autosave_interval 1; mosquitto's default of 1800 s loses them to a kill -9)
+        return (
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "set_tcp_nodelay true\n"
@@ -72,8 +78,12 @@ class Broker:
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
+            "autosave_on_changes false\n"
             "user root\n"
         )
+
+    def start(self) -> None:
+        self.conf.write_text(self.config_text())
         log = (self.workdir / "mosquitto.log").open("ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
         wait_for(self._accepting, 10, f"mosquitto on port {self.port}")
@@ -96,6 +106,48 @@ class Broker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """``kill -9``: no save of its database on the way out."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+def mosquitto_password(user: str, password: str, salt: bytes | None = None) -> str:
+    """A password file line as ``mosquitto_passwd`` writes it (PBKDF2-SHA512, 101 rounds)."""
+    salt = salt or os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+    b64 = base64.b64encode
+    return f"{user}:$7$101${b64(salt).decode()}${b64(digest).decode()}\n"
+
+
+@dataclass
+class SecureBroker(Broker):
+    """mosquitto running ``config/mosquitto/vitalmon.conf`` as shipped (logins, the ACL
+    ``config/mosquitto/acl``, persistence), with only what is site-specific rewritten:
+    the listener (``port`` on loopback), the files (in ``workdir``), ``user root``.
+    ``users``: login -> password."""
+
+    users: dict[str, str] = field(default_factory=dict)
+
+    def config_text(self) -> str:
+        acl = self.workdir / "acl"
+        acl.write_text((SHIPPED_MOSQUITTO / "acl").read_text())
+        passwd = self.workdir / "passwd"
+        passwd.write_text("".join(mosquitto_password(u, p) for u, p in self.users.items()))
+        site = {
+            "listener": f"{self.port} 127.0.0.1",
+            "password_file": str(passwd),
+            "acl_file": str(acl),
+            "persistence_location": f"{self.workdir}/",
+        }
+        lines = []
+        for line in (SHIPPED_MOSQUITTO / "vitalmon.conf").read_text().splitlines():
+            key = line.split(" ", 1)[0]
+            lines.append(f"{key} {site[key]}" if key in site else line)
+        return "\n".join([*lines, "user root", ""])
 
 
 @pytest.fixture

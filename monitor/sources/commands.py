@@ -8,6 +8,15 @@ then go through the engine's queue, in order with the readings. A discharge nami
 patient other than the one admitted is refused (``wrong_patient``): nobody resets the
 wrong bed by a typo.
 
+**Who sent it.** MQTT does not tell a subscriber who published a message, so the ``by``
+of a command is only what the sender claims. Each command is also taken on
+``vitalmon/cmd/<action>/<username>`` (e.g. ``vitalmon/cmd/ack/kim``): with the broker's
+ACL line ``pattern write vitalmon/cmd/+/%u``, only the client logged in as ``kim`` can
+publish there, so the user name is broker-verified. ``by`` is optional there (default:
+the user name). The audit row records both, ``by`` (claimed) and ``identity`` (the
+verified user name, null on the plain topics), and so does the ``acknowledged`` event
+(``ack_by``, ``ack_identity``). The plain topics stay as they are (a fixed contract).
+
 A command changes the alert lifecycle (owned by the engine) at once; the resulting
 event (``acknowledged``) goes down the pipeline like any other, so it is stored (audit
 trail) and published in order. A command that cannot apply is refused to the dead-letter
@@ -43,6 +52,27 @@ DISCHARGE_TOPIC = "vitalmon/cmd/discharge"
 MAX_NAME = 128
 
 
+def verified_topic(action_topic: str, username: str) -> str:
+    """``vitalmon/cmd/ack`` + ``kim`` -> ``vitalmon/cmd/ack/kim``: the form whose user name
+    the broker verifies (ACL ``pattern write vitalmon/cmd/+/%u``)."""
+    return f"{action_topic}/{username}"
+
+
+def split_topic(topic: str) -> tuple[str, str | None]:
+    """A command topic -> (its plain form, the verified user name or None); ValueError
+    for a user name level that is empty or too long."""
+    for base in (ACK_TOPIC, PAUSE_TOPIC, ADMIT_TOPIC, DISCHARGE_TOPIC):
+        if topic == base:
+            return base, None
+        if topic.startswith(base + "/"):
+            user = topic[len(base) + 1 :]
+            if not user or len(user) > MAX_NAME or "/" in user:
+                raise ValueError(f"the user name level of {base}/<username> must be a "
+                                 f"non-empty name of at most {MAX_NAME} chars")  # fmt: skip
+            return base, user
+    return topic, None
+
+
 def _command(
     payload: bytes, names: tuple[str, ...], shape: str
 ) -> tuple[dict[str, Any], list[str]]:
@@ -65,17 +95,27 @@ def _command(
     return doc, texts
 
 
-def parse_ack(payload: bytes) -> tuple[str, str]:
-    """``{"id": ..., "by": ...}`` -> (id, by); ValueError with the reason."""
-    _doc, (ident, by) = _command(payload, ("id", "by"), '{"id": ..., "by": ...}')
-    return ident, by
+def parse_ack(payload: bytes, identity: str | None = None) -> tuple[str, str]:
+    """``{"id": ..., "by": ...}`` -> (id, by); ValueError with the reason. With a verified
+    ``identity``, ``by`` may be left out (it is then the identity)."""
+    if identity is None:
+        _doc, (ident, by) = _command(payload, ("id", "by"), '{"id": ..., "by": ...}')
+        return ident, by
+    doc, (ident,) = _command(payload, ("id",), '{"id": ..., "by": ...}')
+    return ident, _optional(doc, "by") or identity
 
 
-def parse_pause(payload: bytes, max_s: float) -> tuple[str, str, float, str]:
-    """``{"ward", "bed", "seconds", "by"}`` -> (ward, bed, seconds capped at max_s, by)."""
-    doc, (ward, bed, by) = _command(
-        payload, ("ward", "bed", "by"), '{"ward": ..., "bed": ..., "seconds": ..., "by": ...}'
-    )
+def parse_pause(
+    payload: bytes, max_s: float, identity: str | None = None
+) -> tuple[str, str, float, str]:
+    """``{"ward", "bed", "seconds", "by"}`` -> (ward, bed, seconds capped at max_s, by);
+    ``by`` optional with a verified ``identity``."""
+    shape = '{"ward": ..., "bed": ..., "seconds": ..., "by": ...}'
+    if identity is None:
+        doc, (ward, bed, by) = _command(payload, ("ward", "bed", "by"), shape)
+    else:
+        doc, (ward, bed) = _command(payload, ("ward", "bed"), shape)
+        by = _optional(doc, "by") or identity
     seconds = doc.get("seconds")
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
         raise ValueError("'seconds' must be a number > 0")
@@ -92,20 +132,22 @@ def _optional(doc: dict[str, Any], key: str) -> str | None:
     return value.strip()
 
 
-def parse_admit(payload: bytes, now: float) -> Admission:
+def parse_admit(payload: bytes, now: float, identity: str | None = None) -> Admission:
     """``{"ward", "bed", "patient", "profile"?, "by"?}`` -> Admission; ValueError."""
     doc, (ward, bed, patient) = _command(
         payload, ("ward", "bed", "patient"),
         '{"ward": ..., "bed": ..., "patient": ..., "profile": ...}',
     )  # fmt: skip
     return Admission(ward, bed, patient, _optional(doc, "profile"), now,
-                     _optional(doc, "by") or "mqtt")  # fmt: skip
+                     _optional(doc, "by") or identity or "mqtt")  # fmt: skip
 
 
-def parse_discharge(payload: bytes) -> tuple[str, str, str | None, str]:
+def parse_discharge(
+    payload: bytes, identity: str | None = None
+) -> tuple[str, str, str | None, str]:
     """``{"ward", "bed", "patient"?, "by"?}`` -> (ward, bed, patient, by); ValueError."""
     doc, (ward, bed) = _command(payload, ("ward", "bed"), '{"ward": ..., "bed": ...}')
-    return ward, bed, _optional(doc, "patient"), _optional(doc, "by") or "mqtt"
+    return ward, bed, _optional(doc, "patient"), _optional(doc, "by") or identity or "mqtt"
 
 
 def _check_vacant(admitted: dict[tuple[str, str], Admission], a: Admission) -> None:
@@ -156,12 +198,14 @@ class CommandSource:
         self.pause_max_s = pause_max_s
         self._client = client
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
-        client.subscribe(ACK_TOPIC, 1, self._inbox.put_nowait)
+        topics = [ACK_TOPIC]
         if pauses is not None:
-            client.subscribe(PAUSE_TOPIC, 1, self._inbox.put_nowait)
+            topics.append(PAUSE_TOPIC)
         if beds is not None:
-            client.subscribe(ADMIT_TOPIC, 1, self._inbox.put_nowait)
-            client.subscribe(DISCHARGE_TOPIC, 1, self._inbox.put_nowait)
+            topics += [ADMIT_TOPIC, DISCHARGE_TOPIC]
+        for topic in topics:  # claimed (plain) and broker-verified (/<username>) forms
+            client.subscribe(topic, 1, self._inbox.put_nowait)
+            client.subscribe(verified_topic(topic, "+"), 1, self._inbox.put_nowait)
 
     def stop(self) -> None:
         self._inbox.put_nowait(None)
@@ -179,17 +223,22 @@ class CommandSource:
 
     async def _handle(self, msg: Message, emit: Emit, reject: Reject) -> None:
         """One command message: applied or refused, then acknowledged."""
-        if msg.topic == PAUSE_TOPIC:
-            await self._pause(msg, reject)
-        elif msg.topic in (ADMIT_TOPIC, DISCHARGE_TOPIC):
-            await self._bed(msg, emit, reject)
+        try:
+            topic, identity = split_topic(msg.topic)
+        except ValueError as exc:
+            reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
         else:
-            await self._ack(msg, emit, reject)
+            if topic == PAUSE_TOPIC:
+                await self._pause(msg, reject, identity)
+            elif topic in (ADMIT_TOPIC, DISCHARGE_TOPIC):
+                await self._bed(msg, emit, reject, topic, identity)
+            else:
+                await self._ack(msg, emit, reject, identity)
         self._client.ack(msg)
 
-    async def _ack(self, msg: Message, emit: Emit, reject: Reject) -> None:
+    async def _ack(self, msg: Message, emit: Emit, reject: Reject, identity: str | None) -> None:
         try:
-            ident, by = parse_ack(msg.payload)
+            ident, by = parse_ack(msg.payload, identity)
             event = self.lifecycle.ack(ident, by)
         except ValueError as exc:
             reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
@@ -201,23 +250,27 @@ class CommandSource:
                 reject(Rejection("already_acknowledged", f"alert {ident} was acknowledged"
                                  " before", msg.topic, msg.payload[:1024]))  # fmt: skip
             else:
-                log.info("alert %s acknowledged by %s", ident, by)
+                # who: claimed (ack_by) and broker-verified (ack_identity, null if unknown)
+                event.extra = {**event.extra, "ack_identity": identity}
+                log.info("alert %s acknowledged by %s%s", ident, by, _verified(identity))
                 await emit(Batch([], events=[event]))
 
-    async def _pause(self, msg: Message, reject: Reject) -> None:
+    async def _pause(self, msg: Message, reject: Reject, identity: str | None) -> None:
         assert self.pauses is not None
         try:
-            ward, bed, seconds, by = parse_pause(msg.payload, self.pause_max_s)
+            ward, bed, seconds, by = parse_pause(msg.payload, self.pause_max_s, identity)
         except ValueError as exc:
             reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
             return
         now = time.time()
         until = self.pauses.pause(ward, bed, seconds, now)
-        log.info("alerts of %s/%s paused for %.0f s by %s", ward, bed, until - now, by)
+        log.info("alerts of %s/%s paused for %.0f s by %s%s", ward, bed, until - now, by,
+                 _verified(identity))  # fmt: skip
         if self.audit is not None:
-            await self.audit([(now, "pause", by, None, ward, bed, f"{seconds:g} s")])
+            await self.audit([(now, "pause", by, None, ward, bed, f"{seconds:g} s", identity)])
 
-    async def _bed(self, msg: Message, emit: Emit, reject: Reject) -> None:
+    async def _bed(self, msg: Message, emit: Emit, reject: Reject, topic: str,
+                   identity: str | None) -> None:  # fmt: skip
         assert self.beds is not None
         now = time.time()
         try:
@@ -225,15 +278,15 @@ class CommandSource:
             # the engine: two commands in a row are judged in order
             if self._admitted is None:
                 self._admitted = dict(self.beds.admissions)
-            if msg.topic == ADMIT_TOPIC:
-                a = parse_admit(msg.payload, now)
+            if topic == ADMIT_TOPIC:
+                a = parse_admit(msg.payload, now, identity)
                 if self._pseudo is not None:
                     a = replace(a, patient=self._pseudo(a.patient) or a.patient)
                 self.beds.check_admit(a)  # the profile
                 _check_vacant(self._admitted, a)
                 action, saved, detail = "admit", a, f"profile {a.profile or 'of the bed'}"
             else:
-                ward, bed, patient, by = parse_discharge(msg.payload)
+                ward, bed, patient, by = parse_discharge(msg.payload, identity)
                 if self._pseudo is not None and patient is not None:
                     patient = self._pseudo(patient)
                 current = self._admitted.get((ward, bed))
@@ -252,18 +305,31 @@ class CommandSource:
             self._admitted[(a.ward, a.bed)] = saved
         if self.store is not None:
             await self.store.save_admission(saved, a.ward, a.bed)
-        log.info("bed %s/%s: %s by %s %s", a.ward, a.bed, action, a.by, detail)
+        log.info("bed %s/%s: %s by %s%s %s", a.ward, a.bed, action, a.by, _verified(identity),
+                 detail)  # fmt: skip
         if self.audit is not None:
-            await self.audit([(now, action, a.by, None, a.ward, a.bed, detail)])
+            await self.audit([(now, action, a.by, None, a.ward, a.bed, detail, identity)])
         await emit(Batch([], bed_commands=[BedCommand(action, a)]))
 
 
-async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0) -> dict[str, Any]:
+def _verified(identity: str | None) -> str:
+    return "" if identity is None else f" (verified: user {identity!r})"
+
+
+async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0,
+                   verified: bool = False) -> dict[str, Any]:  # fmt: skip
     """``vitalmon ack``: publish the command, wait for the daemon's answer.
 
-    Returns the ``acknowledged`` alert event; raises LookupError with the daemon's reason
-    (dead letter) or TimeoutError when no answer comes.
+    ``verified``: on ``vitalmon/cmd/ack/<mqtt.username>``, so that the daemon records the
+    broker-verified user name (the broker's ACL must allow it: ``pattern write
+    vitalmon/cmd/+/%u``). Returns the ``acknowledged`` alert event; raises LookupError
+    with the daemon's reason (dead letter) or TimeoutError when no answer comes.
     """
+    topic = ACK_TOPIC
+    if verified:
+        if not cfg.mqtt.username:
+            raise LookupError("a verified acknowledgement needs mqtt.username")
+        topic = verified_topic(ACK_TOPIC, cfg.mqtt.username)
     client = Client(cfg.mqtt, persistent=False, client_id=f"{cfg.mqtt.client_id}-ack-{os.getpid()}")
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -280,7 +346,7 @@ async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0) ->
         client.ack(msg)
         with contextlib.suppress(ValueError, RecursionError):
             doc = json.loads(msg.payload)
-            mine = doc.get("topic") == ACK_TOPIC and alert_id in str(doc.get("payload", ""))
+            mine = doc.get("topic") == topic and alert_id in str(doc.get("payload", ""))
             if mine and not answer.done():
                 answer.set_exception(LookupError(f"{doc['reason']}: {doc['detail']}"))
 
@@ -291,7 +357,7 @@ async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0) ->
     try:
         await asyncio.wait_for(client.connected.wait(), timeout)
         await asyncio.wait_for(
-            client.publish(ACK_TOPIC, json.dumps({"id": alert_id, "by": by}), qos=1), timeout
+            client.publish(topic, json.dumps({"id": alert_id, "by": by}), qos=1), timeout
         )
         return await asyncio.wait_for(answer, timeout)
     finally:
