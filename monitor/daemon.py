@@ -498,7 +498,10 @@ class Daemon:
             sample("vitalmon_store_bytes", self.journal.used_bytes),
             sample("vitalmon_mqtt_connected", 1 if self.client.connected.is_set() else 0),
             sample("vitalmon_mqtt_reconnects_total", self.client.reconnects),
+            sample("vitalmon_mqtt_queued", self.client.outstanding),
         ]
+        out += [sample("vitalmon_mqtt_dropped_total", n, kind=kind)
+                for kind, n in sorted(self.client.dropped.items())]  # fmt: skip
         out += [sample("vitalmon_readings_rejected_total", n, cause=cause)
                 for cause, n in sorted(self.deadletters.counts.items())]  # fmt: skip
         e = self.engine.counts

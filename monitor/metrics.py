@@ -93,6 +93,10 @@ the same table. Labels are in braces.
     1 while connected to the MQTT broker, else 0.
 ``vitalmon_mqtt_reconnects_total`` counter
     Reconnections to the MQTT broker since the daemon started.
+``vitalmon_mqtt_queued`` gauge
+    QoS 1 publishes waiting for the broker's acknowledgement (at most mqtt.max_queued).
+``vitalmon_mqtt_dropped_total{kind}`` counter
+    Outgoing publishes dropped while the broker was away or slow, by kind.
 ``vitalmon_serial_port_open{port}`` gauge
     1 while the serial device port is open, else 0.
 ``vitalmon_hl7_unmapped_observations_total{code}`` counter
@@ -238,6 +242,12 @@ SPECS: Mapping[str, Spec] = {
         "gauge", "1 while connected to the MQTT broker, else 0."),
     "vitalmon_mqtt_reconnects_total": Spec(
         "counter", "Reconnections to the MQTT broker since the daemon started."),
+    "vitalmon_mqtt_queued": Spec(
+        "gauge", "QoS 1 publishes waiting for the broker's acknowledgement (at most "
+        "mqtt.max_queued)."),
+    "vitalmon_mqtt_dropped_total": Spec(
+        "counter", "Outgoing publishes dropped while the broker was away or slow, by kind.",
+        ("kind",)),
     "vitalmon_serial_port_open": Spec(
         "gauge", "1 while the serial device port is open, else 0.", ("port",)),
     "vitalmon_hl7_unmapped_observations_total": Spec(
