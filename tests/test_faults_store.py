@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -119,6 +120,36 @@ def test_a_full_disk_degrades_alerting_goes_on_and_resumes_by_itself(
     wait_for(lambda: committed(db, "1") == 2, 10, "commits go on")
     code, _ = d.terminate()
     assert code == 0
+
+
+def test_an_admission_the_store_cannot_save_changes_nothing(
+    daemon: Any, subscribe: Any, publisher: Any, small_disk: SmallDisk
+) -> None:
+    """An admission while the disk is full is refused as ``store_failing`` and changes
+    nothing: sent again once there is space, it is applied. Before: dead-lettered as
+    "could not be handled (OperationalError)" while the command source already counted
+    the bed as occupied, so the second admission was refused as well."""
+    db = small_disk.path / "vitals.db"
+    daemon(db=db)
+    dead = subscribe("vitalmon/deadletter")
+    small_disk.fill()
+    admit = {"ward": "icu", "bed": "4", "patient": "p-4", "by": "nurse.kim"}
+    publisher.publish("vitalmon/cmd/admit", admit)
+    letter = wait_for(dead.json, 15, "the refusal")[0]
+    assert letter["reason"] == "store_failing", letter
+    assert "p-4" not in json.dumps(letter)
+    small_disk.free()
+
+    def admitted() -> bool:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute("SELECT count(*) FROM beds WHERE bed = '4'").fetchone()[0] == 1
+        finally:
+            conn.close()
+
+    publisher.publish("vitalmon/cmd/admit", admit)
+    wait_for(admitted, 15, "the admission applied once there is space")
+    assert len(dead.json()) == 1
 
 
 def test_alarms_go_on_past_the_window_of_unacknowledged_messages(

@@ -39,6 +39,7 @@ from monitor.config import Config
 from monitor.engine.lifecycle import Lifecycle, UnknownAlert
 from monitor.model import Admission, BedCommand, Rejection
 from monitor.mqtt import Client, Message
+from monitor.sinks.sqlite import storage_error
 from monitor.sources import Batch, Emit, Reject
 from monitor.sources.deadletter import TOPIC as DEADLETTER_TOPIC
 from monitor.sources.mqtt import TopicTemplate
@@ -299,12 +300,22 @@ class CommandSource:
         except ValueError as exc:
             reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
             return
+        if self.store is not None:  # durable first: a refused save changes nothing
+            try:
+                await self.store.save_admission(saved, a.ward, a.bed)
+            except Exception as exc:
+                if not storage_error(exc):
+                    raise
+                why = (
+                    f"{action} of {a.ward}/{a.bed} not applied: the store cannot commit "
+                    f"({exc}); send it again once the store alarm has resolved"
+                )
+                reject(Rejection("store_failing", why, msg.topic, msg.payload[:1024]))
+                return
         if saved is None:
             self._admitted.pop((a.ward, a.bed), None)
         else:
             self._admitted[(a.ward, a.bed)] = saved
-        if self.store is not None:
-            await self.store.save_admission(saved, a.ward, a.bed)
         log.info("bed %s/%s: %s by %s%s %s", a.ward, a.bed, action, a.by, _verified(identity),
                  detail)  # fmt: skip
         if self.audit is not None:
