@@ -4,8 +4,8 @@ IHE PCD-04 ORU^R40 alarms) here.
 Contract (see :mod:`monitor.sources`): ``run(emit, reject)`` listens on ``listen``
 (``asyncio.start_server``; ``port`` is the port actually bound, so ``...:0`` works where
 the config allows it) and serves each connection with its own
-:class:`~monitor.sources.devices.MllpFramer` and
-:class:`~monitor.sources.devices.hl7.Hl7Parser` (``bind="pv1"``, the configured clock).
+:class:`~monitor.sources.devices.MllpFramer` (the serial source's, for ``format: hl7``)
+and :class:`~monitor.sources.devices.hl7.Hl7Parser` (``bind="pv1"``, the configured clock).
 Every message is one :class:`~monitor.sources.Batch`, emitted in order with
 back-pressure (while the engine is busy the connection is not read: TCP holds the
 sender).
@@ -23,12 +23,25 @@ commits. A message not committed
 (the daemon dies, or is stopped past its budget) is never acknowledged: the sender
 resends it, and the store absorbs what it already has.
 
-**Bounded.** At most ``max_connections`` connections (one more is closed at once and
-counted ``refused``); a frame over ``max_message_bytes`` is dropped (``too_long``, dead
-letter ``too_large``; it gets no ACK); bytes outside frames are skipped (``garbage``); a
-connection with no data for ``idle_timeout_s`` and no ACK outstanding is closed. A peer
-that disconnects mid-message loses only that message (never ACKed, so resent); what it
-sent before is emitted and committed as usual.
+**Bounded.** At most ``max_connections`` connections, and at most
+``max_connections_per_peer`` from one peer address (so one peer holding connections open
+cannot lock the other senders out): one more is closed at once and counted ``refused``
+(``refused_peer`` when the peer's own bound refused it), logged once a minute per peer
+with how many were refused since. A connection that has not sent a complete message
+``first_message_timeout_s`` after it was accepted is closed (``no_message_closed``:
+a port scan, a client that connects and says nothing, bytes trickled without an end);
+one that has sent a message and then no data for ``idle_timeout_s``, with no ACK
+outstanding, is closed (``idle_closed``). A frame over ``max_message_bytes`` is dropped
+(``too_long``, dead letter ``too_large``; it gets no ACK); bytes outside frames are
+skipped (``garbage``). A peer that disconnects mid-message loses only that message (never
+ACKed, so resent); what it sent before is emitted and committed as usual.
+
+**A frame cut short.** A start byte (``0x0B``) always starts a new frame: a frame that
+never got its end (``0x1C 0x0D``; a sender that gave up on a message mid-way and sent the
+next) is discarded, counted ``truncated`` and dead-lettered ``truncated_frame`` (its size
+and control id, never its content), logged once per connection; the message after it is
+taken in and ACKed with its own control id. The discarded one is never ACKed: its sender
+resends it.
 
 **Where a message without location goes.** ``beds`` (PV1-3 or MSH-4 -> ``ward/bed``),
 else PV1-3; a message with neither goes to ward ``ward`` (config), bed = the sender's IP
@@ -61,7 +74,13 @@ from functools import partial
 from monitor.config import Hl7MllpSourceConfig
 from monitor.model import Rejection
 from monitor.sources import Batch, Emit, Reject
-from monitor.sources.devices import Clock, DeviceContext, MllpFramer, frame
+from monitor.sources.devices import (
+    Clock,
+    DeviceContext,
+    RestartingMllpFramer,
+    frame,
+    mllp_control_id,
+)
 from monitor.sources.devices.hl7 import Hl7Parser, ack
 from monitor.sources.unmapped import Unmapped
 
@@ -74,6 +93,11 @@ DEFAULT_DEVICE = "hl7"
 READ_CHUNK = 65536
 LISTEN_RETRY_MIN_S = 1.0
 LISTEN_RETRY_MAX_S = 30.0
+#: Refused connections (and connections closed without a message) are logged at most
+#: once per peer in this long.
+PEER_LOG_EVERY_S = 60.0
+#: Peers whose log is throttled, remembered at most (beyond, the quiet ones are forgotten).
+PEER_LOG_MAX = 4096
 
 
 class Hl7MllpSource:
@@ -81,8 +105,9 @@ class Hl7MllpSource:
         self.cfg = cfg
         self.name = cfg.name
         #: messages, acked_aa, acked_ae, ack_lost (peer gone before its ACK), connections,
-        #: refused, idle_closed, bytes, garbage (bytes outside frames), too_long, readings,
-        #: statuses, alarm_reports, rejected[<cause>], listen_failed
+        #: refused (refused_peer: by max_connections_per_peer), idle_closed,
+        #: no_message_closed, bytes, garbage (bytes outside frames), too_long, truncated,
+        #: readings, statuses, alarm_reports, rejected[<cause>], listen_failed
         self.counts: Counter[str] = Counter()
         #: OBX segments that map to no vital, by code (the metric; logged)
         self.unmapped = Unmapped(self.name, log)
@@ -96,6 +121,8 @@ class Hl7MllpSource:
         self._clock: Clock = "device" if cfg.clock == "message" else "receive"
         self._stopping = asyncio.Event()
         self._conns: set[_Conn] = set()
+        self._per_peer: Counter[str] = Counter()  #: open connections by peer address
+        self._peer_log = _PeerLog()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -154,21 +181,13 @@ class Hl7MllpSource:
         peer = writer.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         where = f"{host}:{peer[1]}" if isinstance(peer, tuple) and len(peer) > 1 else host
-        if self._stopping.is_set() or len(self._conns) >= self.cfg.max_connections:
-            self.counts["refused"] += 1
-            refused = self.counts["refused"]
-            log.log(
-                logging.WARNING if refused == 1 or refused % 100 == 0 else logging.DEBUG,
-                "%s: connection from %s refused (%d open, max_connections %d)",
-                self.name,
-                where,
-                len(self._conns),
-                self.cfg.max_connections,
-            )
-            await _close(writer)
+        refusal = self._refusal(host)
+        if refusal is not None:
+            await self._refuse(writer, host, *refusal)
             return
         conn = _Conn(writer, host, where, self.counts, asyncio.current_task())
         self._conns.add(conn)
+        self._per_peer[host] += 1
         self.counts["connections"] += 1
         log.info("%s: connection from %s", self.name, where)
         try:
@@ -178,24 +197,63 @@ class Hl7MllpSource:
         finally:
             conn.closed = True
             self._conns.discard(conn)
+            self._per_peer[host] -= 1
+            if self._per_peer[host] <= 0:
+                del self._per_peer[host]
             await _close(writer)
             log.info("%s: %s closed (%d message(s))", self.name, where, conn.messages)
+
+    def _refusal(self, host: str) -> tuple[bool, str] | None:
+        """Whether a new connection from ``host`` is refused: (by the peer's own bound,
+        why); None: it is served."""
+        if self._stopping.is_set():
+            return False, "stopping"
+        if len(self._conns) >= self.cfg.max_connections:
+            return False, f"{len(self._conns)} open, max_connections {self.cfg.max_connections}"
+        if self._per_peer[host] >= self.cfg.max_connections_per_peer:
+            return True, (
+                f"{self._per_peer[host]} open from it,"
+                f" max_connections_per_peer {self.cfg.max_connections_per_peer}"
+            )
+        return None
+
+    async def _refuse(
+        self, writer: asyncio.StreamWriter, host: str, by_peer: bool, why: str
+    ) -> None:
+        """Close at once; counted every time, logged once a minute per peer."""
+        self.counts["refused"] += 1
+        if by_peer:
+            self.counts["refused_peer"] += 1
+        more = self._peer_log.due(("refused", host))
+        if more is not None:
+            log.warning(
+                "%s: connection from %s refused (%s)%s",
+                self.name,
+                host,
+                why,
+                f"; {more} more from it refused in the last {PEER_LOG_EVERY_S:g} s" if more else "",
+            )
+        await _close(writer)
 
     async def _read(
         self, conn: _Conn, reader: asyncio.StreamReader, emit: Emit, reject: Reject
     ) -> bool:
         """Read and take in messages until EOF, idleness, stop() (-> True: the ACKs can
         still be written) or a broken connection (-> False)."""
-        framer = MllpFramer(self.cfg.max_message_bytes)
+        framer = RestartingMllpFramer(self.cfg.max_message_bytes)
         parser = Hl7Parser(self.cfg.beds, bind="pv1", clock=self.cfg.clock)
         stopping = asyncio.ensure_future(self._stopping.wait())
+        loop = asyncio.get_running_loop()
+        #: until its first complete message, a connection is on this deadline
+        first_by = loop.time() + self.cfg.first_message_timeout_s
         try:
             while True:
                 read = asyncio.ensure_future(reader.read(READ_CHUNK))
+                timeout = (
+                    self.cfg.idle_timeout_s if conn.messages else max(0.0, first_by - loop.time())
+                )
                 done, _ = await asyncio.wait(
-                    {read, stopping},
-                    timeout=self.cfg.idle_timeout_s,
-                    return_when=asyncio.FIRST_COMPLETED,
+                    {read, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if read not in done:
                     read.cancel()
@@ -205,6 +263,20 @@ class Hl7MllpSource:
                         return True
                     if conn.pending:
                         continue  # waiting for commits is not idleness
+                    if not conn.messages:
+                        self.counts["no_message_closed"] += 1
+                        more = self._peer_log.due(("no_message", conn.host))
+                        log.log(
+                            logging.INFO if more is not None else logging.DEBUG,
+                            "%s: %s sent no complete message in %g s; closing%s",
+                            self.name,
+                            conn.where,
+                            self.cfg.first_message_timeout_s,
+                            f" ({more} more from {conn.host} in the last {PEER_LOG_EVERY_S:g} s)"
+                            if more
+                            else "",
+                        )
+                        return True
                     self.counts["idle_closed"] += 1
                     log.info(
                         "%s: %s idle for %g s; closing",
@@ -221,7 +293,7 @@ class Hl7MllpSource:
                 if not data:
                     return True  # a message cut short was never ACKed: the sender resends it
                 self.counts["bytes"] += len(data)
-                frames = self._feed(framer, data, reject)
+                frames = self._feed(conn, framer, data, reject)
                 for f in frames:
                     if self._stopping.is_set():
                         return True  # not taken in, not ACKed: the sender resends it
@@ -232,10 +304,14 @@ class Hl7MllpSource:
         finally:
             stopping.cancel()
 
-    def _feed(self, framer: MllpFramer, data: bytes, reject: Reject) -> list[bytes]:
+    def _feed(
+        self, conn: _Conn, framer: RestartingMllpFramer, data: bytes, reject: Reject
+    ) -> list[bytes]:
         garbage, too_long = framer.garbage, framer.too_long
         frames = framer.feed(data)
         self.counts["garbage"] += framer.garbage - garbage
+        for cut in framer.take_truncated():
+            self._truncated(conn, cut, reject)
         # the framer drops what outgrows its buffer while waiting for the end; a long frame
         # that arrives whole in one read is dropped here
         kept = [f for f in frames if len(f) <= framer.max_bytes]
@@ -244,6 +320,20 @@ class Hl7MllpSource:
         for _ in range(n):
             reject(Rejection("too_large", f"MLLP frame over {framer.max_bytes} bytes", TOPIC))
         return kept
+
+    def _truncated(self, conn: _Conn, cut: bytes, reject: Reject) -> None:
+        """A frame cut short by the next start byte: discarded, never ACKed (resent)."""
+        self.counts["truncated"] += 1
+        control = mllp_control_id(cut)
+        said = f", control id {control}" if control else ""
+        detail = (
+            f"MLLP frame of {len(cut)} bytes{said} cut short by the next start byte (no end"
+            " 0x1C 0x0D): discarded, not acknowledged"
+        )
+        reject(Rejection("truncated_frame", detail, TOPIC))  # no payload: patient data
+        level = logging.WARNING if not conn.warned_truncated else logging.DEBUG
+        conn.warned_truncated = True
+        log.log(level, "%s: %s sent an %s", self.name, conn.where, detail)
 
     async def _message(
         self, conn: _Conn, payload: bytes, parser: Hl7Parser, emit: Emit, reject: Reject
@@ -334,6 +424,7 @@ class _Conn:
         self.closed = False
         self.warned_ae = False
         self.warned_unbound = False
+        self.warned_truncated = False
         self.pending: deque[_Pending] = deque()
         self.flushed = asyncio.Event()  #: set while no ACK is outstanding
         self.flushed.set()
@@ -377,6 +468,28 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError, OSError):
         await writer.wait_closed()
+
+
+class _PeerLog:
+    """Log throttling per (event, peer): :meth:`due` says whether to log now, and how
+    many were not logged since the last time."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def due(self, key: tuple[str, str]) -> int | None:
+        """None: not now (counted); else log, with this many left unlogged before."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < PEER_LOG_EVERY_S:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) >= PEER_LOG_MAX:  # forget the quiet ones (all, if too few are)
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < PEER_LOG_EVERY_S}
+            if len(self._last) > PEER_LOG_MAX // 2:
+                self._last.clear()
+        self._last[key] = (now, 0)
+        return last[1] if last is not None else 0
 
 
 def _summary(counts: Counter[str]) -> str:

@@ -16,7 +16,12 @@ The port is the weak link, so it never stops the daemon:
 * open but quiet for ``silent_after_s`` (a writer that stopped raises no error at all):
   ``device.silent``, resolved by the next bytes;
 * garbage, wrong-baud noise, over-long lines and duplicates are refused by cause
-  (dead letters, counted), never raised.
+  (dead letters, counted), never raised;
+* with ``format: hl7`` (MLLP framing), a frame cut short (a start byte ``0x0B`` before
+  its end ``0x1C 0x0D``: the device gave up on a message mid-way and sent the next) is
+  discarded, counted ``truncated`` and dead-lettered ``truncated_frame`` (its size and
+  control id, never its content), logged once per opening of the port; the message after
+  it is read on its own, as on the MLLP listener (:mod:`monitor.sources.hl7mllp`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import serial
 import serial_asyncio_fast
 
 from monitor.config import SerialSourceConfig
-from monitor.model import DeviceAlarmReport, DeviceStatus, Reading
+from monitor.model import DeviceAlarmReport, DeviceStatus, Reading, Rejection
 from monitor.sources import Batch, Emit, Reject
 from monitor.sources.devices import (
     FORMATS,
@@ -43,6 +48,7 @@ from monitor.sources.devices import (
     MllpFramer,
     Parser,
     make_parser,
+    mllp_control_id,
 )
 from monitor.sources.link import DISCONNECTED, SILENT, LinkAlarms
 from monitor.sources.unmapped import Unmapped
@@ -59,6 +65,8 @@ class SerialSource:
         self.silent_after_s = cfg.silent_after_s or silent_after_s
         self.device = cfg.device_name
         self.alarms = LinkAlarms(cfg.ward, cfg.bed, self.device)
+        #: opened, lost, bytes, frames, readings, too_long, garbage and truncated (MLLP),
+        #: rejected[<cause>]: totals over every opening of the port
         self.counts: Counter[str] = Counter()
         #: observations the format maps to no vital, by code (HL7; the metric)
         self.unmapped = Unmapped(self.name, log)
@@ -127,6 +135,7 @@ class SerialSource:
         framer = (MllpFramer() if framing == "mllp" else
                   LineFramer(self.cfg.max_line_bytes))  # fmt: skip
         parser = make_parser(self.cfg.format)
+        warned = False  #: a frame cut short was logged since the port opened
         stopping = asyncio.ensure_future(self._stopping.wait())
         last_data = time.monotonic()
         try:
@@ -157,10 +166,32 @@ class SerialSource:
                 self.counts["bytes"] += len(data)
                 await self._clear(emit, DISCONNECTED, "data again")
                 await self._clear(emit, SILENT, "data again")
-                await self._frames(framer.feed(data), parser, emit, reject)
-                self.counts["too_long"] = framer.too_long
+                too_long = framer.too_long
+                if isinstance(framer, MllpFramer):
+                    garbage = framer.garbage
+                    frames = framer.feed(data)
+                    self.counts["garbage"] += framer.garbage - garbage
+                    for cut in framer.take_truncated():
+                        self._truncated(cut, reject, warned)
+                        warned = True
+                else:
+                    frames = framer.feed(data)
+                self.counts["too_long"] += framer.too_long - too_long
+                await self._frames(frames, parser, emit, reject)
         finally:
             stopping.cancel()
+
+    def _truncated(self, cut: bytes, reject: Reject, warned: bool) -> None:
+        """An MLLP frame cut short by the next start byte: discarded, dead-lettered without
+        its content (patient data), never merged into the next message."""
+        self.counts["truncated"] += 1
+        control = mllp_control_id(cut)
+        said = f", control id {control}" if control else ""
+        detail = (f"MLLP frame of {len(cut)} bytes{said} cut short by the next start byte"
+                  " (no end 0x1C 0x0D): discarded")  # fmt: skip
+        reject(Rejection("truncated_frame", detail, self.name))  # no payload: patient data
+        log.log(logging.DEBUG if warned else logging.WARNING, "%s: the device sent an %s",
+                self.name, detail)  # fmt: skip
 
     async def _frames(self, frames: list[bytes], parser: Parser, emit: Emit,
                       reject: Reject) -> None:  # fmt: skip

@@ -3,10 +3,12 @@
 Contract of a device format (see :class:`Parser`):
 
 * A **framer** cuts the byte stream into frames: :class:`LineFramer` (CR/LF lines) for the
-  ASCII formats, :class:`MllpFramer` (``0x0B`` ... ``0x1C 0x0D``) for HL7. Both keep a
-  bounded buffer: an over-long frame is dropped (counted ``too_long``) and framing
-  resynchronises on the next delimiter, so garbage or a wrong baud rate never grows
-  memory or stops the stream.
+  ASCII formats, :class:`MllpFramer` (``0x0B`` ... ``0x1C 0x0D``) for HL7, on a serial
+  line and on the MLLP listener alike. Both keep a bounded buffer: an over-long frame is
+  dropped (counted ``too_long``) and framing resynchronises on the next delimiter, so
+  garbage or a wrong baud rate never grows memory or stops the stream. An MLLP start byte
+  always starts a new frame: a frame cut short (no end before the next start) is set
+  aside, counted ``truncated``, never merged into the next message.
 * A **parser** (one per format, made by :func:`make_parser`) turns one frame into a
   :class:`Parsed`: readings, device statuses (sensor/signal flags -> technical alarms),
   the device's own alarm reports (HL7), counts of observations it could not map to a
@@ -19,6 +21,7 @@ Contract of a device format (see :class:`Parser`):
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -139,8 +142,18 @@ class LineFramer:
 
 
 class MllpFramer:
-    """Bytes -> HL7 messages framed ``0x0B <message> 0x1C 0x0D``. Bytes outside a frame
-    are skipped (counted ``garbage``); a frame over ``max_bytes`` is dropped."""
+    """Bytes -> HL7 messages framed ``0x0B <message> 0x1C 0x0D``.
+
+    * Bytes outside a frame are skipped (counted ``garbage``); a frame over ``max_bytes``
+      is dropped (``too_long``), and the bytes after it up to the next start byte are part
+      of it, not garbage.
+    * A start byte (``0x0B``, which HL7 text never contains) always starts a new frame. A
+      frame still open when the next one starts was cut short (its sender gave up on it
+      mid-way and sent the next): it is never merged into the next message (whose readings
+      would be lost, and whose control id would go unanswered), but set aside for
+      :meth:`take_truncated` (counted ``truncated``) and the next frame read on its own. A
+      stray start byte (nothing but blanks after it before the next) is only ``garbage``.
+    """
 
     START = 0x0B
     END = b"\x1c\x0d"
@@ -150,24 +163,46 @@ class MllpFramer:
         self._buf = bytearray()
         self.too_long = 0
         self.garbage = 0
+        self.truncated = 0
+        self._cut: list[bytes] = []
+        self._dropping = False  #: inside a frame dropped as too long
+
+    def take_truncated(self) -> list[bytes]:
+        """The frames cut short since the last call (each at most ``max_bytes``): for the
+        caller to count and dead-letter (their size and control id, never their content)."""
+        cut, self._cut = self._cut, []
+        return cut
 
     def feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
         buf = self._buf
         buf += data
+        start = bytes([self.START])
         while buf:
             if buf[0] != self.START:
-                i = buf.find(bytes([self.START]))
+                i = buf.find(start)
                 skipped = len(buf) if i < 0 else i
-                self.garbage += skipped
+                if not self._dropping:
+                    self.garbage += skipped
                 del buf[:skipped]
                 continue
-            end = buf.find(self.END)
+            self._dropping = False
+            end = buf.find(self.END, 1)
+            nxt = buf.find(start, 1, len(buf) if end < 0 else end)
+            if nxt >= 0:  # the next frame starts before this one ended: cut short
+                payload = bytes(buf[1:nxt])
+                if payload.strip(b"\x1c\r\n\t "):
+                    self.truncated += 1
+                    self._cut.append(payload[: self.max_bytes])
+                else:
+                    self.garbage += nxt  # a stray start byte
+                del buf[:nxt]
+                continue
             if end < 0:
-                if len(buf) > self.max_bytes:
-                    self.too_long += 1
-                    del buf[:1]  # resynchronise on the next start byte
-                    continue
+                if len(buf) - 1 > self.max_bytes:
+                    self.too_long += 1  # dropped while it grows; the rest of it too
+                    self._dropping = True
+                    del buf[:]
                 break
             if end - 1 > self.max_bytes:
                 self.too_long += 1  # complete, but over the bound: dropped all the same
@@ -175,6 +210,23 @@ class MllpFramer:
                 out.append(bytes(buf[1:end]))
             del buf[: end + 2]
         return out
+
+
+#: The name the MLLP listener's fix introduced: :class:`MllpFramer` itself now.
+RestartingMllpFramer = MllpFramer
+
+
+def mllp_control_id(payload: bytes) -> str:
+    """MSH-10 of a message cut short, when its MSH segment came whole (its own field
+    separator, MSH-1); for a log line or a dead letter's detail: letters, digits and
+    ``.-_`` only, at most 40 characters; else ""."""
+    parts = re.split(rb"[\r\n]", payload.lstrip(), maxsplit=1)
+    head = parts[0]
+    if len(parts) < 2 or not head.startswith(b"MSH") or len(head) < 4:
+        return ""
+    fields = head.split(head[3:4])
+    raw = fields[9] if len(fields) > 9 else b""
+    return re.sub(r"[^0-9A-Za-z._-]", "", raw.decode("latin-1"))[:40]
 
 
 def _first(buf: bytearray, start: int, seps: tuple[bytes, ...]) -> int:
