@@ -452,7 +452,7 @@ class Daemon:
         ask.)"""
         stuck = []
         for name, queue, progress in self._stages():
-            if name == "store" and (self.journal.failure is not None or self.journal.stalled):
+            if name == "store" and (self.journal.failure is not None or self.journal.committing):
                 continue  # retrying a refusing disk, alarmed (store.full/failed): not stuck
             waiting = queue.qsize()
             # stuck: work was waiting at the last check already, is still waiting, and
@@ -467,6 +467,9 @@ class Daemon:
         """``/healthz``: connected to the broker and the pipeline moving."""
         if not self.client.connected.is_set():
             return False, "not connected to the broker"
+        if self.journal.failure is not None or self.journal.stalled:
+            why = "a commit does not return" if self.journal.stalled else self.journal.failure
+            return False, f"store failing: {why} (alerts go on; see the store alarm)"
         if not self._moving[0]:
             return False, f"pipeline stuck: {self._moving[1]}"
         return True, "ok"

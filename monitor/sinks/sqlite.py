@@ -514,6 +514,11 @@ class SqliteSink:
             self._unstalled()
         return batch
 
+    @property
+    def committing(self) -> bool:
+        """A commit is in progress (busy, not stuck: ``check`` alarms one that hangs)."""
+        return self._committing_since is not None
+
     def check(self, now: float | None = None) -> None:
         """Called every second: a commit that has not returned for ``STALL_S`` raises
         ``store.stalled`` (resolved when it returns, however it returns)."""
