@@ -7,6 +7,12 @@ A line (Rad-8 "ASCII 1" mode; Radical-5 lines lack SN, SPCO, SPMET, DESAT, PIDEL
 
 * ``MM/DD/YY HH:MM:SS`` starts every line; a line without it, or without any of SPO2,
   BPM and EXC, is not a Masimo line: one ``bad_line``.
+* Two lines merged: a line has no start marker, so a line cut short (cable glitch, device
+  reset, buffer overrun) runs into the next one. A line with a second date or time after
+  its stamp (or a stamp mid-line), a key twice (``SPO2=`` ... ``SPO2=``, any case), or more
+  than :data:`MAX_FIELDS` ``KEY=value`` fields is refused as a whole: one ``bad_line``
+  ("two lines merged (a line cut short?)"), no reading, no status. Its values would mix
+  two samples (the cut line's stamp and SpO2 with the next line's pulse rate).
 * ``SPO2`` -> ``spo2``, ``BPM`` -> ``hr``. Dashes mean "no value" (no reading, no
   rejection). A value outside :data:`~monitor.model.VITALS` is ``implausible``, one that is
   not a number ``wrong_type``.
@@ -96,9 +102,16 @@ ALARM_SILENCED: Final = 0x0020
 #: Line field -> vital, in the order readings are emitted.
 FIELDS: Final[dict[str, str]] = {"SPO2": "spo2", "BPM": "hr"}
 
+#: The most ``KEY=value`` fields a line may have. The widest line known (Radical-7 with
+#: PVI) has 11; a firmware printing a few more parameters still fits. More: two lines.
+MAX_FIELDS: Final = 16
+
 _STAMP: Final = re.compile(
     r"([0-9]{2})/([0-9]{2})/([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})(?=\s|$)"
 )
+#: A date or a time anywhere after a line's stamp: the next line's (no value has / or :).
+_ANOTHER_STAMP: Final = re.compile(r"[0-9]{2}/[0-9]{2}/[0-9]{2}|[0-9]{2}:[0-9]{2}:[0-9]{2}")
+_KEY: Final = re.compile(r"[A-Z][A-Z0-9]{0,11}")  # a key shown in a detail (never a value)
 _HEX: Final = re.compile(r"[0-9A-Fa-f]{1,8}")
 _SN: Final = re.compile(rb"SN=\S*")
 
@@ -117,11 +130,31 @@ class MasimoParser:
         text = frame.decode("latin-1").strip(" \t\r\n\x00")
         m = _STAMP.match(text)
         fields: dict[str, str] = {}
-        if m:
-            for token in text[m.end() :].split():
+        merged = ""
+        if not m:
+            if _STAMP.search(text):  # the next line's date and time, after a cut one
+                merged = "a date and time mid-line"
+        else:
+            rest = text[m.end() :]
+            if _ANOTHER_STAMP.search(rest):
+                merged = "a second date/time"
+            for token in rest.split():
                 key, eq, value = token.partition("=")
-                if eq:
-                    fields.setdefault(key.upper(), value.removesuffix("%"))
+                if not eq:
+                    continue
+                key = key.upper()
+                if key in fields and not merged:
+                    merged = f"{key if _KEY.fullmatch(key) else 'a key'}= twice"
+                fields.setdefault(key, value.removesuffix("%"))
+            if len(fields) > MAX_FIELDS and not merged:
+                merged = f"more than {MAX_FIELDS} fields"
+        if merged:
+            out.reject(
+                "bad_line",
+                f"two lines merged (a line cut short?): {merged} ({len(frame)} bytes; not used)",
+                shown,
+            )
+            return out
         if not m or not fields.keys() & {"SPO2", "BPM", "EXC"}:
             out.reject(
                 "bad_line",

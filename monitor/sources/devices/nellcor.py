@@ -9,11 +9,17 @@ What the data port prints (a sample, ``tests/data/device_messages/nellcor_serial
 
 * Header lines (model/version/limits, mode and SatSeconds, the column headings; printed
   at start and again now and then) are skipped silently. The column heading line is kept:
-  its column positions place the values of a data line that leaves one blank.
+  its column positions, counted from ``TIME``, place the values of a data line that leaves
+  one blank, counted from the line's date (so leading blanks shift nothing).
 * A data line is ``DD-Mon-YY HH:MM:SS`` (month in English, any case), ``%SpO2`` -> ``spo2``,
   ``BPM`` -> ``hr``, ``PA`` (pulse amplitude, not a vital: ignored), then up to four
   two-letter status codes. Dashes or a blank mean "no value". Anything else is
   ``bad_line`` (a damaged status column could hide "sensor off": the line is not used).
+* Two lines merged (a line has no start marker: one cut short runs into the next): a line
+  with a date or time after its own date, or a header line with one, is ``bad_line``
+  ("two lines merged (a line cut short?)"), never a reading nor a skipped header. A cut
+  data line followed by any whole line is refused anyway (its next token is no value or
+  status code); a cut header followed by a data line used to be skipped as a header.
 * Time: as :mod:`.masimo` (clock ``receive`` / ``device`` with ``max_skew_s``).
 
 Each data line -> a :class:`~monitor.model.DeviceStatus` with the full set of its flags.
@@ -71,12 +77,18 @@ MONTHS: Final = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN",
 
 #: The value columns, in order: (heading, vital or None when ignored).
 COLUMNS: Final = (("%SPO2", "spo2"), ("BPM", "hr"), ("PA", None))
-#: Where the headings start on the N-560 (used until a heading line is seen).
+#: Where the headings start on the N-560, counted from ``TIME`` / a data line's date
+#: (used until a heading line is seen).
 DEFAULT_STARTS: Final = (21, 29, 37)
 
 _STAMP: Final = re.compile(
     rf"([0-9]{{2}})-({'|'.join(MONTHS)})-([0-9]{{2}})"
     r" ([0-9]{2}):([0-9]{2}):([0-9]{2})(?=\s|$)",
+    re.IGNORECASE,
+)
+#: A date or a time after a line's date: the next line's (no value has one).
+_ANOTHER_STAMP: Final = re.compile(
+    rf"[0-9]{{2}}-(?:{'|'.join(MONTHS)})-[0-9]{{2}}|[0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}",
     re.IGNORECASE,
 )
 _VALUE: Final = re.compile(r"[0-9]+|-+")
@@ -86,20 +98,28 @@ _MODEL: Final = re.compile(r"(?:N|NPB)-[0-9]+[A-Z]*", re.IGNORECASE)
 _MODE: Final = re.compile(
     r"ADULT|NEONATE|NEONATAL|PEDIATRIC|PEDI|INFANT|TREND|OFF|[0-9]*SAT-S", re.IGNORECASE
 )
+#: The ``bad_line`` detail of a line that runs into the next.
+MERGED: Final = "two lines merged (a line cut short?)"
 
 
 class NellcorParser:
     """N-560 data port lines -> readings, one status per data line, rejections."""
 
     def __init__(self) -> None:
-        #: Start columns of %SpO2, BPM, PA (from the last heading line).
+        #: Start columns of %SpO2, BPM, PA from TIME (from the last heading line).
         self._starts: tuple[int, int, int] = DEFAULT_STARTS
 
     def parse(self, frame: bytes, ctx: DeviceContext) -> Parsed:
         out = Parsed()
         text = frame.decode("latin-1").rstrip(" \t\r\n\x00")
-        m = _STAMP.match(text.lstrip(" \x00"))
+        body = text.lstrip(" \x00")  # positions are counted from the date
+        m = _STAMP.match(body)
         if not m:
+            if _STAMP.search(body):  # the next line's date and time, after a cut one
+                out.reject(
+                    "bad_line", f"{MERGED}: a date and time mid-line ({len(frame)} bytes)", frame
+                )
+                return out
             if not self._header(text):
                 out.reject(
                     "bad_line",
@@ -108,8 +128,10 @@ class NellcorParser:
                     frame,
                 )
             return out
-        offset = len(text) - len(text.lstrip(" \x00")) + m.end()
-        tokens = [(t.start() + offset, t.group()) for t in _TOKEN.finditer(text[offset:])]
+        if _ANOTHER_STAMP.search(body, m.end()):
+            out.reject("bad_line", f"{MERGED}: a second date/time ({len(frame)} bytes)", frame)
+            return out
+        tokens = [(t.start(), t.group()) for t in _TOKEN.finditer(body, m.end())]
         n = 0
         while n < len(tokens) and _VALUE.fullmatch(tokens[n][1]):
             n += 1
@@ -153,7 +175,8 @@ class NellcorParser:
             return True
         upper = text.upper()
         if tokens[0].upper() == "TIME":
-            starts = [upper.find(f" {h}") + 1 for h, _ in COLUMNS]
+            time_col = upper.find("TIME")
+            starts = [upper.find(f" {h}") + 1 - time_col for h, _ in COLUMNS]
             if all(s > 0 for s in starts) and starts == sorted(starts):
                 self._starts = (starts[0], starts[1], starts[2])
             return True
