@@ -131,7 +131,10 @@ class Probes:
         at = json.loads(m.payload).get("at")
         if not isinstance(at, str):
             return
-        at_ms = round(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() * 1000)
+        self.take(round(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() * 1000), now)
+
+    def take(self, at_ms: int, now: float) -> None:
+        """An alert event whose ``at`` is ``at_ms`` (epoch ms) arrived at ``now``."""
         with self._lock:
             # the event's ``at`` is the probe's ts, or earlier when the daemon clamped it
             # to its receive time (a batch's, which began before the probe arrived)

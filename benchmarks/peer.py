@@ -53,6 +53,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,6 @@ from latency import ALERT_TOPIC, GRACE_S, RULES, Probes, stats
 from paho.mqtt.enums import CallbackAPIVersion
 
 from monitor.config import RulesConfig
-from monitor.model import iso
 
 NODE_RED_SPEC = "node-red@4"  # 5.x needs Node 22
 NPM_TIMEOUT_S = 300
@@ -525,10 +525,12 @@ class AlertProbes(Probes):
         now = time.perf_counter()
         if m.topic != ALERT_TOPIC:
             return
-        at = json.loads(m.payload)["at"]
-        key = "alert:" + (iso(at) if isinstance(at, int | float) else str(at))
-        with self._lock:
-            self.got.setdefault(key, now)
+        at = json.loads(m.payload).get("at")
+        if isinstance(at, int | float):
+            self.take(round(at * 1000), now)
+        elif isinstance(at, str):
+            self.take(round(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() * 1000),
+                      now)  # fmt: skip
 
 
 def probe_under_load(
