@@ -640,8 +640,12 @@ def run(cfg: Config, config_path: str | None = None, log_level: str | None = Non
     """Run the daemon until SIGTERM/SIGINT (SIGHUP reloads ``config_path``); returns the
     process exit code: 0 after a stop by signal, 1 when something failed (each cause on
     a ``fatal:`` line)."""
-    daemon = Daemon(cfg, config_path, log_level)
     failed: list[str] = []
+    try:
+        daemon = Daemon(cfg, config_path, log_level)
+    except Exception as exc:  # noqa: BLE001 - (paho not the release tested, ...): named
+        log.error("fatal: %s", root_cause(exc))
+        return 1
     try:
         asyncio.run(daemon.serve())
     except (Exception, BaseExceptionGroup) as exc:  # named below, exit 1

@@ -209,6 +209,37 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+#: The paho-mqtt releases :class:`_Paho`'s fast path was tested with. It reads and writes
+#: paho internals that change between minor releases (2.1 keeps its keepalive clock in
+#: ``_last_msg_in``, 2.2 in ``_last_bytes_received``: the fast path on 2.1 would never
+#: refresh it, and the broker would be pinged as if nothing arrived). pyproject.toml pins
+#: the same versions.
+TESTED_PAHO = ("2.2.0",)
+#: The paho internals the fast path uses (checked at start-up, with the version).
+_PAHO_INTERNALS = ("_create_socket", "_packet_queue", "_in_packet", "_protocol",
+                   "_msgtime_mutex", "_last_bytes_received", "_sock")  # fmt: skip
+
+
+def check_paho(version: str | None = None, client: object | None = None) -> None:
+    """Refuse to run on a paho-mqtt the fast path was not tested with: RuntimeError naming
+    the installed and the tested versions (the daemon exits 1 with it, before anything
+    connects)."""
+    import paho.mqtt as paho_pkg
+
+    found = version if version is not None else str(getattr(paho_pkg, "__version__", "?"))
+    if found not in TESTED_PAHO:
+        raise RuntimeError(
+            f"paho-mqtt {found} is installed, but vitalmon's MQTT path reads paho internals "
+            f"and was tested only with {', '.join(TESTED_PAHO)}: install that "
+            f"(pip install 'paho-mqtt=={TESTED_PAHO[-1]}')"
+        )
+    if client is not None:
+        missing = [a for a in _PAHO_INTERNALS if not hasattr(client, a)]
+        if missing:
+            raise RuntimeError(f"paho-mqtt {found} lacks {', '.join(missing)}: not the release "
+                               "vitalmon was tested with")  # fmt: skip
+
+
 class _Paho(paho.Client):
     """paho's client with three changes to its network path, all below its public API:
 
@@ -528,6 +559,7 @@ class Client:
             manual_ack=True,
         )
         p = self._paho
+        check_paho(client=p)  # the fast path's internals are where it expects them
         p.enable_logger(paho_log)
         # outgoing QoS 1 alerts wait in memory across reconnects, bounded by ``max_queued``
         # here (paho's own bound would refuse the newest publish, an alert included)

@@ -20,12 +20,13 @@ import sqlite3
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from conftest import free_port, wait_for
+from engine_sinks import Recorder, run_batches
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,7 +44,6 @@ from monitor.model import (
     DeviceAlarm,
     DeviceAlarmReport,
     Priority,
-    Reading,
     alert_id,
 )
 from monitor.sources import Batch
@@ -555,43 +555,6 @@ def test_restore_carries_an_alert_on_under_its_id() -> None:
 
 
 # ------------------------------------------------------------------------ the engine
-
-
-class Recorder:
-    """A sink that keeps what the engine hands it."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.events: list[AlertEvent] = []
-
-    async def open(self) -> None:
-        return None
-
-    async def write(self, readings: Sequence[Reading], events: Sequence[AlertEvent],
-                    done: Callable[[], None] | None = None) -> None:  # fmt: skip
-        self.events += events
-        if done is not None:
-            done()
-
-    async def run(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-def run_batches(engine: Engine, *batches: Batch) -> None:
-    """``engine.run()`` over ``batches``, then stopped (each batch goes through it whole)."""
-
-    async def main() -> None:
-        task = asyncio.create_task(engine.run())
-        for b in batches:
-            await engine.put(b)
-        engine.stop()
-        await asyncio.wait_for(task, 5)
-
-    asyncio.run(main())
 
 
 def test_engine_passes_device_alarms_through_the_lifecycle() -> None:

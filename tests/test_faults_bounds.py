@@ -11,7 +11,6 @@ mosquitto.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import sqlite3
@@ -24,55 +23,17 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from conftest import DaemonProc, wait_for
+from engine_sinks import Recorder, run_batches
 from paho.mqtt.enums import CallbackAPIVersion
 
 from monitor.config import EngineConfig, RulesConfig
 from monitor.engine import Engine
 from monitor.engine.capacity import CAPACITY, RATE_LIMITED, RULE, Capacity, TokenBucket
 from monitor.engine.technical import Staleness
-from monitor.model import Admission, AlertEvent, AlertState, DeviceStatus, Reading
+from monitor.model import Admission, AlertState, DeviceStatus, Reading
 from monitor.sources import Batch
 
 T0 = 1_764_324_000.0
-
-
-class Recorder:
-    """A sink that keeps what the engine hands it (the journal's view)."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-        self.events: list[AlertEvent] = []
-
-    async def open(self) -> None:
-        return None
-
-    async def write(self, readings: Sequence[Reading], events: Sequence[AlertEvent],
-                    done: Callable[[], None] | None = None) -> None:  # fmt: skip
-        self.readings += readings
-        self.events += events
-        if done is not None:
-            done()
-
-    async def run(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-def run_batches(engine: Engine, *batches: Batch) -> None:
-    """``engine.run()`` over ``batches`` (the daemon's path), then stopped."""
-
-    async def main() -> None:
-        task = asyncio.create_task(engine.run())
-        for b in batches:
-            await engine.put(b)
-        engine.stop()
-        await asyncio.wait_for(task, 5)
-
-    asyncio.run(main())
 
 
 def bounded_engine(beds: Sequence[tuple[str, str]] = (), expire_s: float | None = 600.0,

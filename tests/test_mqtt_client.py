@@ -205,3 +205,22 @@ def test_publishes_decoded_in_the_fast_path_or_by_paho_arrive_whole_and_in_order
     finally:
         a.close()
         b.close()
+
+
+def test_paho_outside_the_tested_releases_is_refused_at_start() -> None:
+    """The fast path reads paho internals that move between minor releases (2.1 kept its
+    keepalive clock in another attribute, so under load it was never refreshed): any
+    release but the tested ones is refused by name, and the installed one passes with
+    every internal the fast path uses where it expects it."""
+    import paho.mqtt as paho_pkg
+    import pytest
+
+    from monitor.config import MqttConfig
+    from monitor.mqtt import TESTED_PAHO, Client, check_paho
+
+    with pytest.raises(RuntimeError, match=r"paho-mqtt 2\.1\.0 is installed.*tested only with"):
+        check_paho("2.1.0")
+    with pytest.raises(RuntimeError, match=r"lacks .*_last_bytes_received"):
+        check_paho(TESTED_PAHO[0], client=object())
+    assert paho_pkg.__version__ in TESTED_PAHO
+    Client(MqttConfig())  # (checks the installed release and its internals)
