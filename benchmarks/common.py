@@ -504,10 +504,20 @@ class Load:
         if beds <= 0:
             return
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__)), "load", "--port", str(port),
-             "--beds", str(beds), "--ward", ward],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(Path(__file__)),
+                "load",
+                "--port",
+                str(port),
+                "--beds",
+                str(beds),
+                "--ward",
+                ward,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the load generator did not start")

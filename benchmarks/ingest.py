@@ -156,10 +156,22 @@ def ours(
             profile.mkdir(parents=True, exist_ok=True)
             raw = profile / f"ingest-{name}.txt"
             spy = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(d.pid), "--rate", "200", "--format", "raw",
-                 "--output", str(raw), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(d.pid),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1.0)  # py-spy attaches
         pub = RawPublisher(port, "bench-pub")
         cpu0, t0 = cpu_s(d.pid), time.perf_counter()
@@ -189,9 +201,19 @@ def ours(
 
 
 #: Frames that only carry the others (event loop, threads, entry points): not listed.
-SCAFFOLDING = ("asyncio/", "threading.py", "runpy", "concurrent/futures", "selectors.py",
-               "monitor/cli.py", "monitor/daemon.py", "monitor/__main__.py",
-               "Client._thread_main", "Client.loop_forever", "Client._loop ")  # fmt: skip
+SCAFFOLDING = (
+    "asyncio/",
+    "threading.py",
+    "runpy",
+    "concurrent/futures",
+    "selectors.py",
+    "monitor/cli.py",
+    "monitor/daemon.py",
+    "monitor/__main__.py",
+    "Client._thread_main",
+    "Client.loop_forever",
+    "Client._loop ",
+)
 
 
 def thread_of(frames: list[str]) -> str:
@@ -229,17 +251,28 @@ def top_functions(raw: Path, n: int = 15) -> dict[str, Any]:
     return {
         "samples": samples,
         "threads": {t: 100 * c / samples for t, c in threads.most_common()},
-        "functions": [{"function": f, "total_pct": 100 * total[f] / samples,
-                       "self_pct": 100 * own[f] / samples} for f in ranked[:n]],
-    }  # fmt: skip
+        "functions": [
+            {
+                "function": f,
+                "total_pct": 100 * total[f] / samples,
+                "self_pct": 100 * own[f] / samples,
+            }
+            for f in ranked[:n]
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, "ingest")
     p.add_argument("--beds", type=int, default=BEDS, help="beds in the stream")
-    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="record the daemon with py-spy (collapsed stacks in DIR) and print "
-                        "its top functions; slows ours down")  # fmt: skip
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record the daemon with py-spy (collapsed stacks in DIR) and print "
+        "its top functions; slows ours down",
+    )
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else MESSAGES
     result: dict[str, Any] = {"machine": machine(), "beds": args.beds, "variants": []}
@@ -284,32 +317,59 @@ def report(result: dict[str, Any]) -> str:
         "vitalmon run until vitalmon_readings_committed_total = readings",
         "",
         table(
-            ["variant", "rd/msg", "messages", "readings", "publisher msg/s",
-             "mosquitto_sub msg/s", "ours msg/s", "ours readings/s", "ours % of sub",
-             "sub CPU %", "ours CPU %"],
-            [[r["variant"], f"{r['readings_per_message']:g}", f"{r['messages']:,}",
-              f"{r['readings']:,}", f"{r['publisher_msgs_per_s']:,.0f}",
-              f"{r['baseline_msgs_per_s']:,.0f}", f"{r['ours_msgs_per_s']:,.0f}",
-              f"{r['ours_readings_per_s']:,.0f}", f"{r['ours_pct_of_baseline']:.1f}",
-              f"{r['baseline_cpu_pct']:.0f}", f"{r['ours_cpu_pct']:.0f}"]
-             for r in result["variants"]],
+            [
+                "variant",
+                "rd/msg",
+                "messages",
+                "readings",
+                "publisher msg/s",
+                "mosquitto_sub msg/s",
+                "ours msg/s",
+                "ours readings/s",
+                "ours % of sub",
+                "sub CPU %",
+                "ours CPU %",
+            ],
+            [
+                [
+                    r["variant"],
+                    f"{r['readings_per_message']:g}",
+                    f"{r['messages']:,}",
+                    f"{r['readings']:,}",
+                    f"{r['publisher_msgs_per_s']:,.0f}",
+                    f"{r['baseline_msgs_per_s']:,.0f}",
+                    f"{r['ours_msgs_per_s']:,.0f}",
+                    f"{r['ours_readings_per_s']:,.0f}",
+                    f"{r['ours_pct_of_baseline']:.1f}",
+                    f"{r['baseline_cpu_pct']:.0f}",
+                    f"{r['ours_cpu_pct']:.0f}",
+                ]
+                for r in result["variants"]
+            ],
         ),
         "",
         "ours % of sub: messages/s of ours as a percentage of mosquitto_sub's on the same stream. "
         "CPU %: the subscriber process (100 = one core).",
-    ]  # fmt: skip
+    ]
     for r in result["variants"]:
         top = r.get("top")
         if not top:
             continue
         shares = ", ".join(f"{t} {pct:.0f} %" for t, pct in top["threads"].items())
-        out += ["", f"py-spy, ours, {r['variant']}: {top['samples']} samples ({r['profile']}); "
-                f"by thread: {shares}"]  # fmt: skip
-        out.append(table(
-            ["function (with callees)", "total %", "self %"],
-            [[t["function"], f"{t['total_pct']:.1f}", f"{t['self_pct']:.1f}"]
-             for t in top["functions"]],
-        ))  # fmt: skip
+        out += [
+            "",
+            f"py-spy, ours, {r['variant']}: {top['samples']} samples ({r['profile']}); "
+            f"by thread: {shares}",
+        ]
+        out.append(
+            table(
+                ["function (with callees)", "total %", "self %"],
+                [
+                    [t["function"], f"{t['total_pct']:.1f}", f"{t['self_pct']:.1f}"]
+                    for t in top["functions"]
+                ],
+            )
+        )
     return "\n".join(out)
 
 

@@ -225,8 +225,7 @@ class JournalBlocker:
         return self
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self.db, timeout=10, isolation_level=None,
-                               check_same_thread=False)  # fmt: skip
+        conn = sqlite3.connect(self.db, timeout=10, isolation_level=None, check_same_thread=False)
         try:
             while not self._stop.is_set():
                 asked = time.monotonic()
@@ -258,9 +257,13 @@ class JournalBlocker:
             self._thread = None
         out: dict[str, Any] = {"mode": self.mode}
         if self.mode != "normal":
-            out.update(cycles=self.cycles, held_s=round(self.held_s, 3), error=self.error,
-                       hold_s=self.hold_s if self.mode == "slow" else None,
-                       gap_s=self.gap_s if self.mode == "slow" else None)  # fmt: skip
+            out.update(
+                cycles=self.cycles,
+                held_s=round(self.held_s, 3),
+                error=self.error,
+                hold_s=self.hold_s if self.mode == "slow" else None,
+                gap_s=self.gap_s if self.mode == "slow" else None,
+            )
             if self.waits:
                 out["lock_wait_ms"] = {
                     "p50": round(1000 * percentile(self.waits, 50), 1),
@@ -315,9 +318,18 @@ def stats(ms: list[float], missing: int) -> dict[str, Any]:
     }
 
 
-def run_beds(work: Path, port: int, beds: int, warmup: float, seconds: float,
-             interval: float, journal: str = "normal", hold_s: float = 0.2,
-             gap_s: float = 0.05, grace_s: float = GRACE_S) -> dict[str, Any]:  # fmt: skip
+def run_beds(
+    work: Path,
+    port: int,
+    beds: int,
+    warmup: float,
+    seconds: float,
+    interval: float,
+    journal: str = "normal",
+    hold_s: float = 0.2,
+    gap_s: float = 0.05,
+    grace_s: float = GRACE_S,
+) -> dict[str, Any]:
     name = f"beds-{beds}" if journal == "normal" else f"beds-{beds}-{journal}"
     client_id = f"bench-lat-{beds}" if journal == "normal" else f"bench-lat-{beds}-{journal}"
     daemon = Daemon(work / name, port, client_id=client_id, rules=RULES)
@@ -353,10 +365,14 @@ def run_beds(work: Path, port: int, beds: int, warmup: float, seconds: float,
                 ours_ms, ours_missing = probes.latencies("alert:")
                 clamped = probes.clamped
                 echo_ms, echo_missing = probes.latencies("echo:")
-                silent = {"ours_s": probes.silence("alert:", p0, p1),
-                          "baseline_s": probes.silence("echo:", p0, p1)}  # fmt: skip
-                timeline = {"ours": probes.timeline("alert:", p0),
-                            "baseline": probes.timeline("echo:", p0)}  # fmt: skip
+                silent = {
+                    "ours_s": probes.silence("alert:", p0, p1),
+                    "baseline_s": probes.silence("echo:", p0, p1),
+                }
+                timeline = {
+                    "ours": probes.timeline("alert:", p0),
+                    "baseline": probes.timeline("echo:", p0),
+                }
             finally:
                 probes.close()
         finally:
@@ -413,17 +429,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="measurement per bed count")
     p.add_argument("--warmup", type=float, default=5.0, help="load before measuring")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between probes")
-    p.add_argument("--journal", default="normal",
-                   help="journal modes, comma-separated: normal, slow (write lock held "
-                   "--slow-hold s, free --slow-gap s, again), stalled (held throughout)",
-                   )  # fmt: skip
+    p.add_argument(
+        "--journal",
+        default="normal",
+        help="journal modes, comma-separated: normal, slow (write lock held "
+        "--slow-hold s, free --slow-gap s, again), stalled (held throughout)",
+    )
     p.add_argument("--slow-hold", type=float, default=0.2, help="slow: s the lock is held")
     p.add_argument("--slow-gap", type=float, default=0.05, help="slow: s it is free between")
-    p.add_argument("--grace", type=float, default=GRACE_S,
-                   help="s after the probes in which late answers still count")  # fmt: skip
-    p.add_argument("--stall-max", type=float, default=20.0,
-                   help="stalled: measure at most this long (the daemon's commits fail "
-                   f"after its {BUSY_TIMEOUT_S:g} s busy timeout)")  # fmt: skip
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=GRACE_S,
+        help="s after the probes in which late answers still count",
+    )
+    p.add_argument(
+        "--stall-max",
+        type=float,
+        default=20.0,
+        help="stalled: measure at most this long (the daemon's commits fail "
+        f"after its {BUSY_TIMEOUT_S:g} s busy timeout)",
+    )
     args = p.parse_args(argv)
     beds = [int(b) for b in args.beds.split(",")]
     modes = [m.strip() for m in args.journal.split(",") if m.strip()]
@@ -433,20 +459,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         beds, seconds, warmup = [20, 200], 2.0, 1.0
     result: dict[str, Any] = {
-        "machine": machine(), "seconds": seconds, "warmup_s": warmup,
-        "interval_s": args.interval, "journal": modes, "slow_hold_s": args.slow_hold,
-        "slow_gap_s": args.slow_gap, "stall_max_s": args.stall_max,
-        "busy_timeout_s": BUSY_TIMEOUT_S, "grace_s": args.grace, "runs": [],
-    }  # fmt: skip
+        "machine": machine(),
+        "seconds": seconds,
+        "warmup_s": warmup,
+        "interval_s": args.interval,
+        "journal": modes,
+        "slow_hold_s": args.slow_hold,
+        "slow_gap_s": args.slow_gap,
+        "stall_max_s": args.stall_max,
+        "busy_timeout_s": BUSY_TIMEOUT_S,
+        "grace_s": args.grace,
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory(prefix="vitalmon-latency-") as tmp:
         work = Path(tmp)
         with Broker(work / "broker") as broker:
             for n in beds:
                 for mode in modes:
                     secs = min(seconds, args.stall_max) if mode == "stalled" else seconds
-                    result["runs"].append(run_beds(work, broker.port, n, warmup, secs,
-                                                   args.interval, mode, args.slow_hold,
-                                                   args.slow_gap, args.grace))  # fmt: skip
+                    result["runs"].append(
+                        run_beds(
+                            work,
+                            broker.port,
+                            n,
+                            warmup,
+                            secs,
+                            args.interval,
+                            mode,
+                            args.slow_hold,
+                            args.slow_gap,
+                            args.grace,
+                        )
+                    )
                     print(f"{n} beds, journal {mode}: done", file=sys.stderr, flush=True)
     print(report(result))
     write_json(args.json, result)
@@ -466,15 +510,27 @@ def report(result: dict[str, Any]) -> str:
     modes = result.get("journal", ["normal"])
     for r in result["runs"]:
         o, b = r["ours"], r["baseline"]
-        rows.append([
-            f"{r['beds']:,}", r.get("journal", "normal"), f"{r['offered_readings_per_s']:,}",
-            f"{r['kept_up_pct']:.0f}",
-            f"{o['n']}/{o['missing']}", _ms(o, "p50_ms"), _ms(o, "p95_ms"), _ms(o, "p99_ms"),
-            _ms(o, "max_ms"), f"{r['silent']['ours_s']:.2f}",
-            _ms(r["daemon_ingest_to_alert"], "mean_ms"),
-            f"{b['n']}/{b['missing']}", _ms(b, "p50_ms"), _ms(b, "p95_ms"),
-            _ms(b, "p99_ms"), _ms(b, "max_ms"), f"{r['silent']['baseline_s']:.2f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"{r['beds']:,}",
+                r.get("journal", "normal"),
+                f"{r['offered_readings_per_s']:,}",
+                f"{r['kept_up_pct']:.0f}",
+                f"{o['n']}/{o['missing']}",
+                _ms(o, "p50_ms"),
+                _ms(o, "p95_ms"),
+                _ms(o, "p99_ms"),
+                _ms(o, "max_ms"),
+                f"{r['silent']['ours_s']:.2f}",
+                _ms(r["daemon_ingest_to_alert"], "mean_ms"),
+                f"{b['n']}/{b['missing']}",
+                _ms(b, "p50_ms"),
+                _ms(b, "p95_ms"),
+                _ms(b, "p99_ms"),
+                _ms(b, "max_ms"),
+                f"{r['silent']['baseline_s']:.2f}",
+            ]
+        )
     lines = [
         machine_line(result["machine"]),
         f"background load: beds at 1 Hz, six vitals per message, QoS 1; {result['warmup_s']:g} s "
@@ -497,23 +553,43 @@ def report(result: dict[str, Any]) -> str:
     lines += [
         "",
         table(
-            ["beds", "journal", "readings/s", "kept up %", "ours n/lost", "p50", "p95", "p99",
-             "max", "silent s", "in-daemon mean", "base n/lost", "p50", "p95", "p99", "max",
-             "silent s"],
+            [
+                "beds",
+                "journal",
+                "readings/s",
+                "kept up %",
+                "ours n/lost",
+                "p50",
+                "p95",
+                "p99",
+                "max",
+                "silent s",
+                "in-daemon mean",
+                "base n/lost",
+                "p50",
+                "p95",
+                "p99",
+                "max",
+                "silent s",
+            ],
             rows,
         ),
-    ]  # fmt: skip
+    ]
     for r in result["runs"]:
         lock, logs = r.get("lock", {}), r.get("daemon_log", [])
         if r.get("journal", "normal") == "normal" and not logs and r.get("daemon_exited") is None:
             continue
         head = f"\n{r['beds']:,} beds, journal {r.get('journal', 'normal')}:"
         if lock.get("cycles"):
-            head += (f" lock taken {lock['cycles']} time(s), held {lock['held_s']:.1f} s of "
-                     f"{r['measured_s']:.1f} s")  # fmt: skip
+            head += (
+                f" lock taken {lock['cycles']} time(s), held {lock['held_s']:.1f} s of "
+                f"{r['measured_s']:.1f} s"
+            )
             if "lock_wait_ms" in lock:
-                head += (f"; taking it waited for the daemon p50 {lock['lock_wait_ms']['p50']} "
-                         f"ms, max {lock['lock_wait_ms']['max']} ms")  # fmt: skip
+                head += (
+                    f"; taking it waited for the daemon p50 {lock['lock_wait_ms']['p50']} "
+                    f"ms, max {lock['lock_wait_ms']['max']} ms"
+                )
         if lock.get("error"):
             head += f"; blocker failed: {lock['error']}"
         if r.get("daemon_exited") is not None:

@@ -65,13 +65,15 @@ def window_table(vitals: tuple[str, ...]) -> list[dict[str, Any]]:
     out = []
     for vital in vitals:
         span = max(rules.window_s, rules.trends.needs_s(vital))
-        out.append({
-            "vital": vital,
-            "default_span_s": span,
-            "after_10_min_bytes": window_bytes(span, 600),
-            "steady_10_min_window_bytes": window_bytes(600.0, 3 * 600),
-            "steady_default_span_bytes": window_bytes(span, int(2 * span) + 1),
-        })  # fmt: skip
+        out.append(
+            {
+                "vital": vital,
+                "default_span_s": span,
+                "after_10_min_bytes": window_bytes(span, 600),
+                "steady_10_min_window_bytes": window_bytes(600.0, 3 * 600),
+                "steady_default_span_bytes": window_bytes(span, int(2 * span) + 1),
+            }
+        )
     return out
 
 
@@ -85,8 +87,9 @@ def rss_parts(pid: int) -> dict[str, int]:
     return out
 
 
-def run_beds(work: Path, port: int, beds: int, minutes: int,
-             vitals: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+def run_beds(
+    work: Path, port: int, beds: int, minutes: int, vitals: tuple[str, ...]
+) -> dict[str, Any]:
     names = [str(b) for b in range(1, beds + 1)]
     t0 = float(int(time.time()) - (minutes + 1) * 60)
     chunks = []
@@ -95,8 +98,9 @@ def run_beds(work: Path, port: int, beds: int, minutes: int,
         msgs, n = bed_messages(names, 60, t0 + 60 * m, "array10", vitals=vitals, seed=m)
         chunks.append(encode_all(msgs))
         total += n
-    with Daemon(work / f"beds-{beds}", port, client_id=f"bench-mem-{beds}",
-                rules="  window_s: 600\n").start() as d:  # fmt: skip
+    with Daemon(
+        work / f"beds-{beds}", port, client_id=f"bench-mem-{beds}", rules="  window_s: 600\n"
+    ).start() as d:
         time.sleep(IDLE_S)
         rss0 = d.rss_kib()
         curve = []
@@ -115,11 +119,16 @@ def run_beds(work: Path, port: int, beds: int, minutes: int,
                 part = packets[i : i + SLICE]
                 pub.send(part)
                 done += len(part) * per_msg
-                wait_for(partial(handled, done - 2 * SLICE * per_msg), 600,
-                         f"minute {m + 1} committed", every=0.05)  # fmt: skip
+                wait_for(
+                    partial(handled, done - 2 * SLICE * per_msg),
+                    600,
+                    f"minute {m + 1} committed",
+                    every=0.05,
+                )
             wait_for(partial(handled, done), 600, f"minute {m + 1} committed", every=0.05)
-            curve.append({"minute": m + 1, "rss_kib": d.rss_kib(),
-                          "seconds": time.perf_counter() - start})  # fmt: skip
+            curve.append(
+                {"minute": m + 1, "rss_kib": d.rss_kib(), "seconds": time.perf_counter() - start}
+            )
         seconds = time.perf_counter() - start
         pub.drain()
         pub.close()
@@ -130,8 +139,10 @@ def run_beds(work: Path, port: int, beds: int, minutes: int,
     series = int(metrics.get("vitalmon_series", 0))
     committed = int(metrics.get("vitalmon_readings_committed_total", 0))
     if series != beds * len(vitals) or committed != total:
-        raise RuntimeError(f"expected {beds * len(vitals)} series and {total} readings, "
-                           f"got {series} and {committed}")  # fmt: skip
+        raise RuntimeError(
+            f"expected {beds * len(vitals)} series and {total} readings, "
+            f"got {series} and {committed}"
+        )
     return {
         "beds": beds,
         "vitals": list(vitals),
@@ -160,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     vitals = tuple(v.strip() for v in args.vitals.split(",") if v.strip())
     if args.quick:
         beds, minutes = [20, 50], 2
-    result: dict[str, Any] = {"machine": machine(), "runs": [],
-                              "windows": window_table(vitals)}  # fmt: skip
+    result: dict[str, Any] = {"machine": machine(), "runs": [], "windows": window_table(vitals)}
     with tempfile.TemporaryDirectory(prefix="vitalmon-memory-") as tmp:
         work = Path(tmp)
         with Broker(work / "broker") as broker:
@@ -183,43 +193,77 @@ def report(result: dict[str, Any]) -> str:
     curve_rows = []
     for r in runs:
         points = r["curve"]
-        curve_rows.append([f"{r['beds']:,}"] + [
-            f"{(c['rss_kib'] - r['rss_0_beds_kib']) / r['beds']:.1f}" for c in points
-        ])  # fmt: skip
+        curve_rows.append(
+            [f"{r['beds']:,}"]
+            + [f"{(c['rss_kib'] - r['rss_0_beds_kib']) / r['beds']:.1f}" for c in points]
+        )
     width = max(len(r["curve"]) for r in runs)
     curve_rows = [row + [""] * (width + 1 - len(row)) for row in curve_rows]
-    return "\n".join([
-        machine_line(result["machine"]),
-        f"each bed: {', '.join(runs[0]['vitals'])} at 1 Hz for {runs[0]['minutes']} min of "
-        "event time, fed as JSON arrays of 10 s; RSS = VmRSS of the daemon; baseline: the "
-        "same daemon started and idle, 0 beds",
-        "",
-        table(
-            ["beds", "series", "readings", "RSS 0 beds MiB", "RSS after MiB", "KiB per bed",
-             "KiB per series", "marginal KiB per bed", "feed s", "readings/s"],
-            [[f"{r['beds']:,}", f"{r['series']:,}", f"{r['readings']:,}",
-              f"{r['rss_0_beds_kib'] / 1024:.1f}", f"{r['rss_kib'] / 1024:.1f}",
-              f"{r['kib_per_bed']:.1f}", f"{r['kib_per_series']:.1f}",
-              f"{r['marginal_kib_per_bed']:.1f}" if "marginal_kib_per_bed" in r else "-",
-              f"{r['feed_seconds']:.0f}", f"{r['readings_per_s']:,.0f}"] for r in runs],
-        ),
-        "KiB per bed: (RSS after - RSS with 0 beds) / beds. marginal: (RSS after - the "
-        "previous row's RSS after) / (beds - its beds): what one more bed costs.",
-        "",
-        "KiB per bed above the 0-bed RSS after each minute of event time:",
-        table(["beds", *(f"{m + 1} min" for m in range(width))], curve_rows),
-        "",
-        "numpy buffers of one series' window at 1 Hz (KiB; Window grows its buffer 1.5x when "
-        "more than 7/8 full at compaction):",
-        table(
-            ["vital", "default span", "after 10 min", "steady, 10-min window",
-             "steady, default span"],
-            [[w["vital"], f"{w['default_span_s'] / 60:g} min",
-              f"{w['after_10_min_bytes'] / 1024:.1f}",
-              f"{w['steady_10_min_window_bytes'] / 1024:.1f}",
-              f"{w['steady_default_span_bytes'] / 1024:.1f}"] for w in result["windows"]],
-        ),
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            machine_line(result["machine"]),
+            f"each bed: {', '.join(runs[0]['vitals'])} at 1 Hz for {runs[0]['minutes']} min of "
+            "event time, fed as JSON arrays of 10 s; RSS = VmRSS of the daemon; baseline: the "
+            "same daemon started and idle, 0 beds",
+            "",
+            table(
+                [
+                    "beds",
+                    "series",
+                    "readings",
+                    "RSS 0 beds MiB",
+                    "RSS after MiB",
+                    "KiB per bed",
+                    "KiB per series",
+                    "marginal KiB per bed",
+                    "feed s",
+                    "readings/s",
+                ],
+                [
+                    [
+                        f"{r['beds']:,}",
+                        f"{r['series']:,}",
+                        f"{r['readings']:,}",
+                        f"{r['rss_0_beds_kib'] / 1024:.1f}",
+                        f"{r['rss_kib'] / 1024:.1f}",
+                        f"{r['kib_per_bed']:.1f}",
+                        f"{r['kib_per_series']:.1f}",
+                        f"{r['marginal_kib_per_bed']:.1f}" if "marginal_kib_per_bed" in r else "-",
+                        f"{r['feed_seconds']:.0f}",
+                        f"{r['readings_per_s']:,.0f}",
+                    ]
+                    for r in runs
+                ],
+            ),
+            "KiB per bed: (RSS after - RSS with 0 beds) / beds. marginal: (RSS after - the "
+            "previous row's RSS after) / (beds - its beds): what one more bed costs.",
+            "",
+            "KiB per bed above the 0-bed RSS after each minute of event time:",
+            table(["beds", *(f"{m + 1} min" for m in range(width))], curve_rows),
+            "",
+            "numpy buffers of one series' window at 1 Hz (KiB; Window grows its buffer 1.5x when "
+            "more than 7/8 full at compaction):",
+            table(
+                [
+                    "vital",
+                    "default span",
+                    "after 10 min",
+                    "steady, 10-min window",
+                    "steady, default span",
+                ],
+                [
+                    [
+                        w["vital"],
+                        f"{w['default_span_s'] / 60:g} min",
+                        f"{w['after_10_min_bytes'] / 1024:.1f}",
+                        f"{w['steady_10_min_window_bytes'] / 1024:.1f}",
+                        f"{w['steady_default_span_bytes'] / 1024:.1f}",
+                    ]
+                    for w in result["windows"]
+                ],
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":

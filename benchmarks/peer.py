@@ -109,16 +109,30 @@ def node_red_install() -> dict[str, Any]:
     installed_s = None
     if _version(INSTALL) is None:
         CACHE.mkdir(parents=True, exist_ok=True)
-        print(f"installing {NODE_RED_SPEC} into {INSTALL} (first run only)", file=sys.stderr,
-              flush=True)  # fmt: skip
+        print(
+            f"installing {NODE_RED_SPEC} into {INSTALL} (first run only)",
+            file=sys.stderr,
+            flush=True,
+        )
         with tempfile.TemporaryDirectory(prefix="install-", dir=CACHE) as tmp:
             t0 = time.perf_counter()
             try:
                 proc = subprocess.run(
-                    [npm, "install", "--no-audit", "--no-fund", "--loglevel", "error",
-                     NODE_RED_SPEC],
-                    cwd=tmp, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False,
-                )  # fmt: skip
+                    [
+                        npm,
+                        "install",
+                        "--no-audit",
+                        "--no-fund",
+                        "--loglevel",
+                        "error",
+                        NODE_RED_SPEC,
+                    ],
+                    cwd=tmp,
+                    capture_output=True,
+                    text=True,
+                    timeout=NPM_TIMEOUT_S,
+                    check=False,
+                )
             except subprocess.TimeoutExpired:
                 raise Unavailable(
                     f"npm install {NODE_RED_SPEC} timed out after {NPM_TIMEOUT_S} s"
@@ -175,12 +189,17 @@ def threshold_rules() -> tuple[dict[str, list[dict[str, Any]]], float]:
             if lv is None:
                 continue
             limits = {lvl: lim for lvl, lim in ((1, lv.warn), (2, lv.crit)) if lim is not None}
-            out.setdefault(vital, []).append({
-                "name": f"{vital}.{side}", "low": side == "low",
-                "limits": [limits.get(1), limits.get(2)],  # by level - 1
-                "levels": sorted(limits, reverse=True), "band": tc.clear_band,
-                "delay": tc.delay_s, "confirm": tc.min_readings(vital),
-            })  # fmt: skip
+            out.setdefault(vital, []).append(
+                {
+                    "name": f"{vital}.{side}",
+                    "low": side == "low",
+                    "limits": [limits.get(1), limits.get(2)],  # by level - 1
+                    "levels": sorted(limits, reverse=True),
+                    "band": tc.clear_band,
+                    "delay": tc.delay_s,
+                    "confirm": tc.min_readings(vital),
+                }
+            )
     return out, cfg.max_gap_s
 
 
@@ -327,21 +346,77 @@ def flows(broker_port: int) -> list[dict[str, Any]]:
     init = init.replace("MAX_GAP_S", json.dumps(max_gap))
     return [
         {"id": "bench", "type": "tab", "label": "vitalmon peer benchmark"},
-        {"id": "broker", "type": "mqtt-broker", "name": "bench broker", "broker": "127.0.0.1",
-         "port": str(broker_port), "clientid": "node-red-bench", "autoConnect": True,
-         "usetls": False, "protocolVersion": "4", "keepalive": "60", "cleansession": True,
-         "autoUnsubscribe": True, "birthTopic": "", "closeTopic": "", "willTopic": "",
-         "userProps": "", "sessionExpiry": ""},
-        {"id": "in", "type": "mqtt in", "z": "bench", "name": "vitals", "topic": "vitals/#",
-         "qos": "1", "datatype": "json", "broker": "broker", "nl": False, "rap": True,
-         "rh": 0, "inputs": 0, "x": 100, "y": 60, "wires": [["thresholds"]]},
-        {"id": "thresholds", "type": "function", "z": "bench", "name": "thresholds",
-         "func": FUNCTION_BODY, "outputs": 1, "timeout": 0, "noerr": 0, "initialize": init,
-         "finalize": "", "libs": [], "x": 300, "y": 60, "wires": [["out"]]},
-        {"id": "out", "type": "mqtt out", "z": "bench", "name": "alerts", "topic": "",
-         "qos": "1", "retain": "false", "respTopic": "", "contentType": "", "userProps": "",
-         "correl": "", "expiry": "", "broker": "broker", "x": 500, "y": 60, "wires": []},
-    ]  # fmt: skip
+        {
+            "id": "broker",
+            "type": "mqtt-broker",
+            "name": "bench broker",
+            "broker": "127.0.0.1",
+            "port": str(broker_port),
+            "clientid": "node-red-bench",
+            "autoConnect": True,
+            "usetls": False,
+            "protocolVersion": "4",
+            "keepalive": "60",
+            "cleansession": True,
+            "autoUnsubscribe": True,
+            "birthTopic": "",
+            "closeTopic": "",
+            "willTopic": "",
+            "userProps": "",
+            "sessionExpiry": "",
+        },
+        {
+            "id": "in",
+            "type": "mqtt in",
+            "z": "bench",
+            "name": "vitals",
+            "topic": "vitals/#",
+            "qos": "1",
+            "datatype": "json",
+            "broker": "broker",
+            "nl": False,
+            "rap": True,
+            "rh": 0,
+            "inputs": 0,
+            "x": 100,
+            "y": 60,
+            "wires": [["thresholds"]],
+        },
+        {
+            "id": "thresholds",
+            "type": "function",
+            "z": "bench",
+            "name": "thresholds",
+            "func": FUNCTION_BODY,
+            "outputs": 1,
+            "timeout": 0,
+            "noerr": 0,
+            "initialize": init,
+            "finalize": "",
+            "libs": [],
+            "x": 300,
+            "y": 60,
+            "wires": [["out"]],
+        },
+        {
+            "id": "out",
+            "type": "mqtt out",
+            "z": "bench",
+            "name": "alerts",
+            "topic": "",
+            "qos": "1",
+            "retain": "false",
+            "respTopic": "",
+            "contentType": "",
+            "userProps": "",
+            "correl": "",
+            "expiry": "",
+            "broker": "broker",
+            "x": 500,
+            "y": 60,
+            "wires": [],
+        },
+    ]
 
 
 class Control:
@@ -411,10 +486,18 @@ class NodeRed:
         node = shutil.which("node") or "node"
         with self.logfile.open("ab") as log:
             self.proc = subprocess.Popen(
-                [node, self.red_js, "--settings", str(self.settings), "--userDir",
-                 str(self.workdir)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-            )  # fmt: skip
+                [
+                    node,
+                    self.red_js,
+                    "--settings",
+                    str(self.settings),
+                    "--userDir",
+                    str(self.workdir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
         try:
             self.control = Control(self.port)
             wait_for(self._answers, timeout, "Node-RED's flow (a control message round trip)")
@@ -461,8 +544,9 @@ def forget_session(port: int, client_id: str) -> None:
 def node_red_throughput(
     install: dict[str, Any], work: Path, port: int, packets: list[bytes], readings: int
 ) -> dict[str, Any]:
-    end = publish_packet(CTL_TOPIC, json.dumps({"bench": "end", "seq": END_SEQ}).encode(),
-                         len(packets) % 65535 + 1)  # fmt: skip
+    end = publish_packet(
+        CTL_TOPIC, json.dumps({"bench": "end", "seq": END_SEQ}).encode(), len(packets) % 65535 + 1
+    )
     with NodeRed(install, work, port).start() as nr:
         assert nr.control is not None
         nr.control.ask("reset")
@@ -478,8 +562,10 @@ def node_red_throughput(
         raise RuntimeError("Node-RED did not answer the end marker within 600 s")
     at, counts = answer
     if (counts["messages"], counts["readings"]) != (len(packets), readings):
-        raise RuntimeError(f"Node-RED evaluated {counts}, the stream had {len(packets)} "
-                           f"messages and {readings} readings")  # fmt: skip
+        raise RuntimeError(
+            f"Node-RED evaluated {counts}, the stream had {len(packets)} "
+            f"messages and {readings} readings"
+        )
     seconds = at - t0
     return {"seconds": seconds, "cpu_pct": 100 * cpu / seconds}
 
@@ -498,8 +584,12 @@ def throughput(
     print(f"{shape}: vitalmon done", file=sys.stderr, flush=True)
 
     def rates(r: dict[str, Any]) -> dict[str, Any]:
-        return {"seconds": r["seconds"], "msgs_per_s": msgs / r["seconds"],
-                "readings_per_s": readings / r["seconds"], "cpu_pct": r["cpu_pct"]}  # fmt: skip
+        return {
+            "seconds": r["seconds"],
+            "msgs_per_s": msgs / r["seconds"],
+            "readings_per_s": readings / r["seconds"],
+            "cpu_pct": r["cpu_pct"],
+        }
 
     return {
         "variant": shape,
@@ -529,14 +619,20 @@ class AlertProbes(Probes):
         if isinstance(at, int | float):
             self.take(round(at * 1000), now)
         elif isinstance(at, str):
-            self.take(round(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() * 1000),
-                      now)  # fmt: skip
+            self.take(
+                round(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() * 1000), now
+            )
 
 
 def probe_under_load(
-    port: int, pid: int, processed: Callable[[], int], beds: int, warmup: float,
-    seconds: float, interval: float,
-) -> dict[str, Any]:  # fmt: skip
+    port: int,
+    pid: int,
+    processed: Callable[[], int],
+    beds: int,
+    warmup: float,
+    seconds: float,
+    interval: float,
+) -> dict[str, Any]:
     """Background load, warm-up, then probes; ``processed()`` -> readings evaluated so far."""
     load = Load(port, beds)
     try:
@@ -569,14 +665,26 @@ def probe_under_load(
 
 
 def latency(
-    install: dict[str, Any], work: Path, port: int, beds: int, warmup: float, seconds: float,
+    install: dict[str, Any],
+    work: Path,
+    port: int,
+    beds: int,
+    warmup: float,
+    seconds: float,
     interval: float,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     with NodeRed(install, work / "node-red-latency", port).start() as nr:
         control = nr.control
         assert control is not None
-        nr_run = probe_under_load(port, nr.pid, lambda: int(control.ask("count")["readings"]),
-                                  beds, warmup, seconds, interval)  # fmt: skip
+        nr_run = probe_under_load(
+            port,
+            nr.pid,
+            lambda: int(control.ask("count")["readings"]),
+            beds,
+            warmup,
+            seconds,
+            interval,
+        )
     print("latency: Node-RED done", file=sys.stderr, flush=True)
     client_id = "bench-peer-latency"
     with Daemon(work / "latency", port, client_id=client_id, rules=RULES).start() as d:
@@ -617,18 +725,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t_start = time.perf_counter()
     result: dict[str, Any] = {
-        "machine": machine(), "node": install["node"], "node_red": install["version"],
-        "node_red_install_s": install["install_s"], "node_red_dir": str(INSTALL),
-        "stream_beds": BEDS, "seconds": seconds, "warmup_s": warmup,
-        "interval_s": args.interval, "throughput": [],
-    }  # fmt: skip
+        "machine": machine(),
+        "node": install["node"],
+        "node_red": install["version"],
+        "node_red_install_s": install["install_s"],
+        "node_red_dir": str(INSTALL),
+        "stream_beds": BEDS,
+        "seconds": seconds,
+        "warmup_s": warmup,
+        "interval_s": args.interval,
+        "throughput": [],
+    }
     with tempfile.TemporaryDirectory(prefix="vitalmon-peer-") as tmp:
         work = Path(tmp)
         with Broker(work / "broker") as broker:
             for shape, n in sizes.items():
                 result["throughput"].append(throughput(install, work, broker.port, shape, n))
-            result["latency"] = latency(install, work, broker.port, beds, warmup, seconds,
-                                        args.interval)  # fmt: skip
+            result["latency"] = latency(
+                install, work, broker.port, beds, warmup, seconds, args.interval
+            )
     result["run_s"] = time.perf_counter() - t_start
     print(report(result))
     write_json(args.json, result)
@@ -648,68 +763,99 @@ def report(result: dict[str, Any]) -> str:
     lat = result["latency"]
     single, obj = tp.get("single"), tp.get("object")
     rows = []
-    for key, name in (("mosquitto_sub", "mosquitto_sub"), ("node_red", "Node-RED"),
-                      ("vitalmon", "vitalmon")):  # fmt: skip
+    for key, name in (
+        ("mosquitto_sub", "mosquitto_sub"),
+        ("node_red", "Node-RED"),
+        ("vitalmon", "vitalmon"),
+    ):
         s = single[key] if single else {}
         o = obj[key] if obj else {}
         la = lat.get(key, {})
-        rows.append([
-            name,
-            f"{s['msgs_per_s']:,.0f}" if s else "-", f"{s['cpu_pct']:.0f}" if s else "-",
-            f"{o['msgs_per_s']:,.0f}" if o else "-", f"{o['readings_per_s']:,.0f}" if o else "-",
-            f"{o['cpu_pct']:.0f}" if o else "-",
-            f"{la['n']}/{la['missing']}" if la else "-", _ms(la, "p50_ms"), _ms(la, "p95_ms"),
-            _ms(la, "p99_ms"), _ms(la, "max_ms"),
-            f"{la['kept_up_pct']:.0f}" if la else "-", f"{la['cpu_pct']:.0f}" if la else "-",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{s['msgs_per_s']:,.0f}" if s else "-",
+                f"{s['cpu_pct']:.0f}" if s else "-",
+                f"{o['msgs_per_s']:,.0f}" if o else "-",
+                f"{o['readings_per_s']:,.0f}" if o else "-",
+                f"{o['cpu_pct']:.0f}" if o else "-",
+                f"{la['n']}/{la['missing']}" if la else "-",
+                _ms(la, "p50_ms"),
+                _ms(la, "p95_ms"),
+                _ms(la, "p99_ms"),
+                _ms(la, "max_ms"),
+                f"{la['kept_up_pct']:.0f}" if la else "-",
+                f"{la['cpu_pct']:.0f}" if la else "-",
+            ]
+        )
 
     def get(r: dict[str, Any] | None, who: str, k: str) -> float | None:
         return r[who][k] if r is not None and k in r[who] else None
 
     nr, vm = lat["node_red"], lat["vitalmon"]
-    rows.append([
-        "vitalmon/Node-RED",
-        _ratio(get(single, "vitalmon", "msgs_per_s"), get(single, "node_red", "msgs_per_s")),
-        _ratio(get(single, "vitalmon", "cpu_pct"), get(single, "node_red", "cpu_pct")),
-        _ratio(get(obj, "vitalmon", "msgs_per_s"), get(obj, "node_red", "msgs_per_s")),
-        _ratio(get(obj, "vitalmon", "readings_per_s"), get(obj, "node_red", "readings_per_s")),
-        _ratio(get(obj, "vitalmon", "cpu_pct"), get(obj, "node_red", "cpu_pct")),
-        "",
-        *(_ratio(vm.get(k), nr.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
-        _ratio(vm["kept_up_pct"], nr["kept_up_pct"]), _ratio(vm["cpu_pct"], nr["cpu_pct"]),
-    ])  # fmt: skip
+    rows.append(
+        [
+            "vitalmon/Node-RED",
+            _ratio(get(single, "vitalmon", "msgs_per_s"), get(single, "node_red", "msgs_per_s")),
+            _ratio(get(single, "vitalmon", "cpu_pct"), get(single, "node_red", "cpu_pct")),
+            _ratio(get(obj, "vitalmon", "msgs_per_s"), get(obj, "node_red", "msgs_per_s")),
+            _ratio(get(obj, "vitalmon", "readings_per_s"), get(obj, "node_red", "readings_per_s")),
+            _ratio(get(obj, "vitalmon", "cpu_pct"), get(obj, "node_red", "cpu_pct")),
+            "",
+            *(_ratio(vm.get(k), nr.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+            _ratio(vm["kept_up_pct"], nr["kept_up_pct"]),
+            _ratio(vm["cpu_pct"], nr["cpu_pct"]),
+        ]
+    )
     n_single = f"{single['messages']:,}" if single else "-"
     n_obj = f"{obj['messages']:,}" if obj else "-"
     if result["node_red_install_s"] is None:
         installed = f"from the cache {result['node_red_dir']}"
     else:
-        installed = (f"installed by npm in {result['node_red_install_s']:.0f} s (first run; "
-                     f"cached in {result['node_red_dir']})")  # fmt: skip
-    return "\n".join([
-        machine_line(result["machine"]),
-        f"node-red {result['node_red']} on node {result['node']}: {installed}",
-        f"throughput: {result['stream_beds']} beds, normal values, QoS 1, one raw publisher "
-        f"(<= 1000 unacknowledged); single: {n_single} messages of one reading, object: "
-        f"{n_obj} messages of six; until every message is evaluated (Node-RED: the answer "
-        "to an end marker; vitalmon: vitalmon_readings_committed_total = readings)",
-        f"alert latency: {lat['beds']:,} beds at 1 Hz ({lat['offered_readings_per_s']:,} "
-        f"readings/s) in the background, {result['warmup_s']:g} s warm-up, then "
-        f"{result['seconds']:g} s of temp probes every {result['interval_s']:g} s: publish -> "
-        "alert received on alerts/probe/1, milliseconds",
-        "",
-        table(
-            ["system", "single msg/s", "CPU %", "object msg/s", "readings/s", "CPU %",
-             "alerts n/lost", "p50", "p95", "p99", "max", "kept up %", "CPU %"],
-            rows,
-        ),
-        "",
-        "Node-RED: mqtt in -> function (vitalmon's default threshold rules) -> mqtt out; "
-        "vitalmon: python -m monitor run (all rules, SQLite). mosquitto_sub: the bare "
-        "subscriber, the broker's ceiling. CPU %: the subscriber process (100 = one core), "
-        "during the stream / during the probes. Ratios: vitalmon / Node-RED (msg/s: higher "
-        "is better for vitalmon; ms and CPU: lower).",
-        f"total {result['run_s']:.0f} s",
-    ])  # fmt: skip
+        installed = (
+            f"installed by npm in {result['node_red_install_s']:.0f} s (first run; "
+            f"cached in {result['node_red_dir']})"
+        )
+    return "\n".join(
+        [
+            machine_line(result["machine"]),
+            f"node-red {result['node_red']} on node {result['node']}: {installed}",
+            f"throughput: {result['stream_beds']} beds, normal values, QoS 1, one raw publisher "
+            f"(<= 1000 unacknowledged); single: {n_single} messages of one reading, object: "
+            f"{n_obj} messages of six; until every message is evaluated (Node-RED: the answer "
+            "to an end marker; vitalmon: vitalmon_readings_committed_total = readings)",
+            f"alert latency: {lat['beds']:,} beds at 1 Hz ({lat['offered_readings_per_s']:,} "
+            f"readings/s) in the background, {result['warmup_s']:g} s warm-up, then "
+            f"{result['seconds']:g} s of temp probes every {result['interval_s']:g} s: publish -> "
+            "alert received on alerts/probe/1, milliseconds",
+            "",
+            table(
+                [
+                    "system",
+                    "single msg/s",
+                    "CPU %",
+                    "object msg/s",
+                    "readings/s",
+                    "CPU %",
+                    "alerts n/lost",
+                    "p50",
+                    "p95",
+                    "p99",
+                    "max",
+                    "kept up %",
+                    "CPU %",
+                ],
+                rows,
+            ),
+            "",
+            "Node-RED: mqtt in -> function (vitalmon's default threshold rules) -> mqtt out; "
+            "vitalmon: python -m monitor run (all rules, SQLite). mosquitto_sub: the bare "
+            "subscriber, the broker's ceiling. CPU %: the subscriber process (100 = one core), "
+            "during the stream / during the probes. Ratios: vitalmon / Node-RED (msg/s: higher "
+            "is better for vitalmon; ms and CPU: lower).",
+            f"total {result['run_s']:.0f} s",
+        ]
+    )
 
 
 if __name__ == "__main__":

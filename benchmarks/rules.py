@@ -49,8 +49,9 @@ def make_batches(beds: int, seconds: int, start: float, seed: int = 1) -> list[B
     for s in range(seconds):
         ts = start + s
         for bed in names:
-            out.append([Reading(ts, "icu", bed, "mon1", v, float(normal_value(rng, v)))
-                        for v in SIX])  # fmt: skip
+            out.append(
+                [Reading(ts, "icu", bed, "mon1", v, float(normal_value(rng, v))) for v in SIX]
+            )
     return out
 
 
@@ -104,8 +105,9 @@ def naive_runner() -> Callable[[list[Batch]], None]:
     return run
 
 
-def measure(fresh: Callable[[], Callable[[list[Batch]], None]], warm: list[Batch],
-            timed: list[Batch]) -> float:  # fmt: skip
+def measure(
+    fresh: Callable[[], Callable[[list[Batch]], None]], warm: list[Batch], timed: list[Batch]
+) -> float:
     """Warm up (untimed), then time ``timed`` -> seconds."""
     run = fresh()
     run(warm)
@@ -129,16 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         timed = make_batches(beds, timed_s, T0 + warm_s)
         n = sum(len(b) for b in timed)
         rate = {key: n / measure(fresh, warm, timed) for key, fresh in runners.items()}
-        result["cases"].append({
-            "case": name,
-            "beds": beds,
-            "warmup_s": warm_s,
-            "timed_s": timed_s,
-            "samples": n,
-            "samples_per_s": rate,
-            "ours_pct_of_window_append": 100 * rate["ours"] / rate["window_append"],
-            "ours_pct_of_naive_loop": 100 * rate["ours"] / rate["naive_loop"],
-        })  # fmt: skip
+        result["cases"].append(
+            {
+                "case": name,
+                "beds": beds,
+                "warmup_s": warm_s,
+                "timed_s": timed_s,
+                "samples": n,
+                "samples_per_s": rate,
+                "ours_pct_of_window_append": 100 * rate["ours"] / rate["window_append"],
+                "ours_pct_of_naive_loop": 100 * rate["ours"] / rate["naive_loop"],
+            }
+        )
         print(f"{name}: done", file=sys.stderr, flush=True)
     print(report(result))
     write_json(args.json, result)
@@ -146,28 +150,47 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(result: dict[str, Any]) -> str:
-    return "\n".join([
-        machine_line(result["machine"]),
-        "vital samples/s through Engine.process alone (six vitals per bed per second, normal "
-        "values, one process() per bed-second, after a warm-up); baselines: Window.add into "
-        "per-series windows (bare numpy window), and a plain loop comparing values to the "
-        "warn limits (naive monitor)",
-        "",
-        table(
-            ["case", "samples", "ours", "ours, no trends", "window append", "naive loop",
-             "ours % of window", "ours % of naive"],
-            [[c["case"], f"{c['samples']:,}", f"{c['samples_per_s']['ours']:,.0f}",
-              f"{c['samples_per_s']['ours_no_trends']:,.0f}",
-              f"{c['samples_per_s']['window_append']:,.0f}",
-              f"{c['samples_per_s']['naive_loop']:,.0f}",
-              f"{c['ours_pct_of_window_append']:.1f}", f"{c['ours_pct_of_naive_loop']:.2f}"]
-             for c in result["cases"]],
-        ),
-        "",
-        "warm-up before the timed samples: " + "; ".join(
-            f"{c['case']}: {c['warmup_s']} s of event time, then {c['timed_s']} s timed"
-            for c in result["cases"]),
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            machine_line(result["machine"]),
+            "vital samples/s through Engine.process alone (six vitals per bed per second, normal "
+            "values, one process() per bed-second, after a warm-up); baselines: Window.add into "
+            "per-series windows (bare numpy window), and a plain loop comparing values to the "
+            "warn limits (naive monitor)",
+            "",
+            table(
+                [
+                    "case",
+                    "samples",
+                    "ours",
+                    "ours, no trends",
+                    "window append",
+                    "naive loop",
+                    "ours % of window",
+                    "ours % of naive",
+                ],
+                [
+                    [
+                        c["case"],
+                        f"{c['samples']:,}",
+                        f"{c['samples_per_s']['ours']:,.0f}",
+                        f"{c['samples_per_s']['ours_no_trends']:,.0f}",
+                        f"{c['samples_per_s']['window_append']:,.0f}",
+                        f"{c['samples_per_s']['naive_loop']:,.0f}",
+                        f"{c['ours_pct_of_window_append']:.1f}",
+                        f"{c['ours_pct_of_naive_loop']:.2f}",
+                    ]
+                    for c in result["cases"]
+                ],
+            ),
+            "",
+            "warm-up before the timed samples: "
+            + "; ".join(
+                f"{c['case']}: {c['warmup_s']} s of event time, then {c['timed_s']} s timed"
+                for c in result["cases"]
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":

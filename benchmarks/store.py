@@ -187,26 +187,32 @@ def bench_sqlite(work: Path, readings: list[Reading], repeat: int) -> list[dict[
             seconds, txns = ours_commit(work / f"ours-{per_write}-{i}.db", readings, per_write)
             runs["ours"].append(seconds)
             for table in ("bare", "unique"):
-                runs[table].append(baseline_commit(
-                    work / f"{table}-{per_write}-{i}.db", readings, per_write, table
-                ))  # fmt: skip
-            runs["journal"].append(baseline_commit(
-                work / f"journal-{per_write}-{i}.db", readings, -(-n // txns), "journal"
-            ))  # fmt: skip
+                runs[table].append(
+                    baseline_commit(
+                        work / f"{table}-{per_write}-{i}.db", readings, per_write, table
+                    )
+                )
+            runs["journal"].append(
+                baseline_commit(
+                    work / f"journal-{per_write}-{i}.db", readings, -(-n // txns), "journal"
+                )
+            )
         best = {name: n / min(seconds) for name, seconds in runs.items()}
-        results.append({
-            "readings_per_write": per_write,
-            "ours_rps": best["ours"],
-            "ours_transactions": txns,
-            "bare_rps": best["bare"],
-            "unique_rps": best["unique"],
-            "baseline_transactions": -(-n // per_write),
-            "journal_rps": best["journal"],
-            "ours_vs_bare": best["ours"] / best["bare"],
-            "ours_vs_unique": best["ours"] / best["unique"],
-            "ours_vs_journal": best["ours"] / best["journal"],
-            "seconds": runs,
-        })  # fmt: skip
+        results.append(
+            {
+                "readings_per_write": per_write,
+                "ours_rps": best["ours"],
+                "ours_transactions": txns,
+                "bare_rps": best["bare"],
+                "unique_rps": best["unique"],
+                "baseline_transactions": -(-n // per_write),
+                "journal_rps": best["journal"],
+                "ours_vs_bare": best["ours"] / best["bare"],
+                "ours_vs_unique": best["ours"] / best["unique"],
+                "ours_vs_journal": best["ours"] / best["journal"],
+                "seconds": runs,
+            }
+        )
     return results
 
 
@@ -305,8 +311,15 @@ async def _ours_forward(journal: Path, url: str, batch: int, gzip_on: bool) -> f
     await sink.open()
     try:
         cfg = InfluxStoreConfig(url=url, org="bench", bucket="bench", gzip=gzip_on)
-        fwd = Forwarder(f"bench:{url}", sink, InfluxRemote(cfg), batch_size=batch,
-                        start_from="beginning", retry_min_s=0.1, retry_max_s=1.0)  # fmt: skip
+        fwd = Forwarder(
+            f"bench:{url}",
+            sink,
+            InfluxRemote(cfg),
+            batch_size=batch,
+            start_from="beginning",
+            retry_min_s=0.1,
+            retry_max_s=1.0,
+        )
         await fwd.open()
         start = time.perf_counter()
         task = asyncio.create_task(fwd.run())
@@ -382,27 +395,35 @@ def bench_forward(work: Path, readings: list[Reading], repeat: int) -> list[dict
         for gzip_on in (False, True):
             runs: dict[str, list[float]] = {"ours": [], "raw": []}
             for _ in range(repeat):
-                runs["ours"].append(on_fresh_vm(
-                    work, n, lambda url, b=batch, g=gzip_on: asyncio.run(
-                        _ours_forward(journal, url, b, g)
+                runs["ours"].append(
+                    on_fresh_vm(
+                        work,
+                        n,
+                        lambda url, b=batch, g=gzip_on: asyncio.run(
+                            _ours_forward(journal, url, b, g)
+                        ),
                     )
-                ))  # fmt: skip
-                runs["raw"].append(on_fresh_vm(
-                    work, n, lambda url, b=bodies, g=gzip_on: baseline_forward(url, b, g)
-                ))  # fmt: skip
+                )
+                runs["raw"].append(
+                    on_fresh_vm(
+                        work, n, lambda url, b=bodies, g=gzip_on: baseline_forward(url, b, g)
+                    )
+                )
             ours, raw = n / min(runs["ours"]), n / min(runs["raw"])
-            results.append({
-                "batch": batch,
-                "gzip": gzip_on,
-                "ours_rps": ours,
-                "raw_post_rps": raw,
-                "ours_vs_raw": ours / raw,
-                "journal_read_rps": n / read_s,
-                "reading_lines_rps": n / lines_s,
-                "bytes_per_reading": (gzipped if gzip_on else sum(map(len, bodies))) / n,
-                "verified_samples": n,
-                "seconds": runs,
-            })  # fmt: skip
+            results.append(
+                {
+                    "batch": batch,
+                    "gzip": gzip_on,
+                    "ours_rps": ours,
+                    "raw_post_rps": raw,
+                    "ours_vs_raw": ours / raw,
+                    "journal_read_rps": n / read_s,
+                    "reading_lines_rps": n / lines_s,
+                    "bytes_per_reading": (gzipped if gzip_on else sum(map(len, bodies))) / n,
+                    "verified_samples": n,
+                    "seconds": runs,
+                }
+            )
     return results
 
 
@@ -417,8 +438,12 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     try:
-        vm = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "victoria-metrics"],
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+        vm = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "victoria-metrics"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         vm = "?"  # not Debian's package: the binary reports no version of its own
     return {
@@ -456,13 +481,33 @@ def report(result: dict[str, Any]) -> str:
         "   with the UNIQUE key. journal: executemany into SqliteSink's own schema in as many",
         "   transactions as ours made (what is left of ours/journal is the sink's machinery).",
         table(
-            ["per write", "ours", "txns", "bare", "unique", "txns", "journal",
-             "ours/bare", "ours/unique", "ours/journal"],
-            [[str(r["readings_per_write"]), f"{r['ours_rps']:,.0f}", str(r["ours_transactions"]),
-              f"{r['bare_rps']:,.0f}", f"{r['unique_rps']:,.0f}",
-              str(r["baseline_transactions"]), f"{r['journal_rps']:,.0f}",
-              f"{r['ours_vs_bare']:.2f}", f"{r['ours_vs_unique']:.2f}",
-              f"{r['ours_vs_journal']:.2f}"] for r in result["sqlite"]],
+            [
+                "per write",
+                "ours",
+                "txns",
+                "bare",
+                "unique",
+                "txns",
+                "journal",
+                "ours/bare",
+                "ours/unique",
+                "ours/journal",
+            ],
+            [
+                [
+                    str(r["readings_per_write"]),
+                    f"{r['ours_rps']:,.0f}",
+                    str(r["ours_transactions"]),
+                    f"{r['bare_rps']:,.0f}",
+                    f"{r['unique_rps']:,.0f}",
+                    str(r["baseline_transactions"]),
+                    f"{r['journal_rps']:,.0f}",
+                    f"{r['ours_vs_bare']:.2f}",
+                    f"{r['ours_vs_unique']:.2f}",
+                    f"{r['ours_vs_journal']:.2f}",
+                ]
+                for r in result["sqlite"]
+            ],
         ),
         "",
         "2. Forwarding to a fresh VictoriaMetrics (sample count verified after every run).",
@@ -472,12 +517,21 @@ def report(result: dict[str, Any]) -> str:
         "   reading_lines() timed alone. B/reading: body bytes per reading (gzip level 9).",
         table(
             ["batch", "gzip", "ours", "raw POST", "ours/raw", "read", "lines", "B/reading"],
-            [[str(r["batch"]), "on" if r["gzip"] else "off", f"{r['ours_rps']:,.0f}",
-              f"{r['raw_post_rps']:,.0f}", f"{r['ours_vs_raw']:.2f}",
-              f"{r['journal_read_rps']:,.0f}", f"{r['reading_lines_rps']:,.0f}",
-              f"{r['bytes_per_reading']:.1f}"] for r in result["forward"]],
+            [
+                [
+                    str(r["batch"]),
+                    "on" if r["gzip"] else "off",
+                    f"{r['ours_rps']:,.0f}",
+                    f"{r['raw_post_rps']:,.0f}",
+                    f"{r['ours_vs_raw']:.2f}",
+                    f"{r['journal_read_rps']:,.0f}",
+                    f"{r['reading_lines_rps']:,.0f}",
+                    f"{r['bytes_per_reading']:.1f}",
+                ]
+                for r in result["forward"]
+            ],
         ),
-    ]  # fmt: skip
+    ]
     return "\n".join(out)
 
 
@@ -493,8 +547,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("victoria-metrics is not installed (apt-get install victoria-metrics)")
     readings = make_readings(args.readings)
     result: dict[str, Any] = {
-        "machine": machine(), "readings": args.readings, "repeat": args.repeat
-    }  # fmt: skip
+        "machine": machine(),
+        "readings": args.readings,
+        "repeat": args.repeat,
+    }
     with tempfile.TemporaryDirectory(prefix="vitalmon-bench-") as tmp:
         work = Path(tmp)
         result["sqlite"] = bench_sqlite(work, readings, args.repeat)

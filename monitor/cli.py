@@ -67,13 +67,17 @@ def secret_warnings(cfg: config_mod.Config) -> list[str]:
     """Secret files readable by group or others (check-config warns, run logs)."""
     from monitor.privacy import check_secret_file
 
-    paths = [("mqtt.password_file", cfg.mqtt.password_file),
-             ("mqtt.tls.key_file", cfg.mqtt.tls.key_file if cfg.mqtt.tls else None),
-             ("privacy.key_file", cfg.privacy.key_file)]  # fmt: skip
+    paths = [
+        ("mqtt.password_file", cfg.mqtt.password_file),
+        ("mqtt.tls.key_file", cfg.mqtt.tls.key_file if cfg.mqtt.tls else None),
+        ("privacy.key_file", cfg.privacy.key_file),
+    ]
     for i, sink in enumerate(cfg.store):
         if isinstance(sink, config_mod.InfluxStoreConfig):
-            paths += [(f"store[{i}].token_file", sink.token_file),
-                      (f"store[{i}].patient_key_file", sink.patient_key_file)]  # fmt: skip
+            paths += [
+                (f"store[{i}].token_file", sink.token_file),
+                (f"store[{i}].patient_key_file", sink.patient_key_file),
+            ]
     out = []
     for key, path in paths:
         if path:
@@ -252,8 +256,11 @@ def broker_config(args: argparse.Namespace) -> config_mod.Config:
     path = args.config
     if path == config_mod.DEFAULT_CONFIG_PATH and not Path(path).exists():
         if not given:
-            print(f"vitalmon {args.command}: no config at {path}: give -c FILE, or the "
-                  "broker with --host/--port", file=sys.stderr)  # fmt: skip
+            print(
+                f"vitalmon {args.command}: no config at {path}: give -c FILE, or the "
+                "broker with --host/--port",
+                file=sys.stderr,
+            )
             raise SystemExit(1)
         cfg = config_mod.Config()
     else:
@@ -300,8 +307,11 @@ def cmd_ack(args: argparse.Namespace) -> int:
         print(f"vitalmon ack: refused: {exc}", file=sys.stderr)
         return 1
     except TimeoutError:
-        print(f"vitalmon ack: no answer from the daemon within {args.timeout:g} s "
-              f"(broker {cfg.mqtt.host}:{cfg.mqtt.port})", file=sys.stderr)  # fmt: skip
+        print(
+            f"vitalmon ack: no answer from the daemon within {args.timeout:g} s "
+            f"(broker {cfg.mqtt.host}:{cfg.mqtt.port})",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps(event))
     return 0

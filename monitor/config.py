@@ -858,9 +858,17 @@ class PlausibilityConfig(_Model):
     #: pleth while the ECG says 92.
     cross_s: float = Field(60.0, ge=0, le=3600)
     disagree: dict[VitalKey, float] = Field(
-        default_factory=lambda: {"hr": 40.0, "spo2": 10.0, "rr": 15.0, "sbp": 40.0,
-                                 "dbp": 30.0, "map": 30.0, "temp": 1.5, "etco2": 15.0}
-    )  # fmt: skip
+        default_factory=lambda: {
+            "hr": 40.0,
+            "spo2": 10.0,
+            "rr": 15.0,
+            "sbp": 40.0,
+            "dbp": 30.0,
+            "map": 30.0,
+            "temp": 1.5,
+            "etco2": 15.0,
+        }
+    )
 
     @field_validator("ranges", mode="before")
     @classmethod

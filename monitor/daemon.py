@@ -74,8 +74,9 @@ RESTART_SECTIONS = ("mqtt", "sources", "store", "engine", "spool_path")
 
 
 class Daemon:
-    def __init__(self, cfg: Config, config_path: str | None = None,
-                 log_level: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: Config, config_path: str | None = None, log_level: str | None = None
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self._log_override = log_level
@@ -94,23 +95,40 @@ class Daemon:
             else None
         )
         self.journal = SqliteSink(cfg.journal)
-        self.alert_sink = AlertPublisher(cfg.alerts, self.client,
-                                         score_topic=cfg.rules.news2.topic)  # fmt: skip
+        self.alert_sink = AlertPublisher(cfg.alerts, self.client, score_topic=cfg.rules.news2.topic)
         self.sinks: list[Sink] = [self.journal, self.alert_sink]
         self.forwarders = [
-            Forwarder(r.sink_name, self.journal, InfluxRemote(r), batch_size=r.batch_size,
-                      start_from=r.start_from, retry_min_s=r.retry_min_s,
-                      retry_max_s=r.retry_max_s, flush_interval_s=r.flush_interval_s)
+            Forwarder(
+                r.sink_name,
+                self.journal,
+                InfluxRemote(r),
+                batch_size=r.batch_size,
+                start_from=r.start_from,
+                retry_min_s=r.retry_min_s,
+                retry_max_s=r.retry_max_s,
+                flush_interval_s=r.flush_interval_s,
+            )
             for r in cfg.remote_sinks
-        ]  # fmt: skip
+        ]
         self.lifecycle = Lifecycle(cfg.alerts)
-        self.engine = Engine(cfg.rules, self.sinks, cfg.engine.queue_size, durable=self.journal,
-                             lifecycle=self.lifecycle, profiles=cfg.resolve_profiles()[0],
-                             beds=cfg.bed_profiles())  # fmt: skip
+        self.engine = Engine(
+            cfg.rules,
+            self.sinks,
+            cfg.engine.queue_size,
+            durable=self.journal,
+            lifecycle=self.lifecycle,
+            profiles=cfg.resolve_profiles()[0],
+            beds=cfg.bed_profiles(),
+        )
         self.engine.score_sink = self.alert_sink
-        self.staleness = Staleness(cfg.rules.stale_after_s, cfg.expected_beds, time.time(),
-                                   cfg.rules.stale_factor, cfg.rules.stale_unknown_s,
-                                   cfg.rules.stale_expire_s)  # fmt: skip
+        self.staleness = Staleness(
+            cfg.rules.stale_after_s,
+            cfg.expected_beds,
+            time.time(),
+            cfg.rules.stale_factor,
+            cfg.rules.stale_unknown_s,
+            cfg.rules.stale_expire_s,
+        )
         self.engine.staleness = self.staleness
         self.sources: list[Source] = []
         for sc in cfg.sources:
@@ -125,10 +143,15 @@ class Daemon:
             else:
                 self.sources.append(MqttSource(sc, cfg.rules, self.client))
         self.commands = CommandSource(
-            self.client, self.lifecycle, pauses=self.alert_sink, audit=self.journal.write_audit,
-            pause_max_s=cfg.alerts.pause_max_s, beds=self.engine, store=self.journal,
+            self.client,
+            self.lifecycle,
+            pauses=self.alert_sink,
+            audit=self.journal.write_audit,
+            pause_max_s=cfg.alerts.pause_max_s,
+            beds=self.engine,
+            store=self.journal,
             pseudonymize=self.pseudonymizer,
-        )  # fmt: skip
+        )
         self.sources.append(self.commands)
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
         #: engine.max_* / new_*: what publishers can make the engine keep (engine.capacity)
@@ -170,8 +193,9 @@ class Daemon:
         if event is None:
             return
         event = self.lifecycle.observe(event)
-        (log.warning if active else log.info)("technical alarm %s %s: %s", rule, event.state,
-                                              detail)  # fmt: skip
+        (log.warning if active else log.info)(
+            "technical alarm %s %s: %s", rule, event.state, detail
+        )
         if rule in ("store.full", "store.failed", "store.stalled") and component == "disk":
             (self._store_faults.add if active else self._store_faults.discard)(rule)
             self._degrade(bool(self._store_faults))
@@ -198,15 +222,18 @@ class Daemon:
         if not sources or self._engine_stopped:
             return
         if on and self._shadow is None:
-            shadow = Client(self.cfg.mqtt, persistent=False,
-                            client_id=f"{self.cfg.mqtt.client_id}-degraded")  # fmt: skip
+            shadow = Client(
+                self.cfg.mqtt, persistent=False, client_id=f"{self.cfg.mqtt.client_id}-degraded"
+            )
             for src in sources:
                 src.shadow(shadow)
             shadow.start()
             self._shadow = shadow
-            log.warning("store refusing commits: alarms go on from QoS 0 copies on a second "
-                        "connection (%s); the broker keeps the durable ones",
-                        shadow.client_id)  # fmt: skip
+            log.warning(
+                "store refusing commits: alarms go on from QoS 0 copies on a second "
+                "connection (%s); the broker keeps the durable ones",
+                shadow.client_id,
+            )
         elif not on and self._shadow is not None:
             shadow, self._shadow = self._shadow, None
             for src in sources:
@@ -234,13 +261,18 @@ class Daemon:
         so no raw patient id reaches the store, the alerts or the logs."""
         pseudo = self.pseudonymizer
         if pseudo is not None:
-            batch.readings = [r if r.patient is None else replace(r, patient=pseudo(r.patient))
-                              for r in batch.readings]  # fmt: skip
-            batch.statuses = [s if s.patient is None else replace(s, patient=pseudo(s.patient))
-                              for s in batch.statuses]  # fmt: skip
-            batch.device_alarms = [a if a.patient is None else
-                                   replace(a, patient=pseudo(a.patient))
-                                   for a in batch.device_alarms]  # fmt: skip
+            batch.readings = [
+                r if r.patient is None else replace(r, patient=pseudo(r.patient))
+                for r in batch.readings
+            ]
+            batch.statuses = [
+                s if s.patient is None else replace(s, patient=pseudo(s.patient))
+                for s in batch.statuses
+            ]
+            batch.device_alarms = [
+                a if a.patient is None else replace(a, patient=pseudo(a.patient))
+                for a in batch.device_alarms
+            ]
         await self.engine.put(batch)
 
     def handle_reload(self) -> None:
@@ -305,8 +337,7 @@ class Daemon:
         start("engine", self.engine.run(), "vitalmon.engine")
         tasks["metrics"] = []
         if self.metrics_server is not None and self.cfg.metrics.listen:
-            start("metrics", self.metrics_server.serve(self.cfg.metrics.listen),
-                  "vitalmon.metrics")  # fmt: skip
+            start("metrics", self.metrics_server.serve(self.cfg.metrics.listen), "vitalmon.metrics")
         self.client.start()
         # the alerts closed by the restart go out through the running sinks (their queues
         # are bounded: a put before their consumer runs would wait for ever): the journal
@@ -321,8 +352,9 @@ class Daemon:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         for src in self.sources:
-            start("sources", src.run(self._take_in, self.deadletters),
-                  f"vitalmon.source[{src.name}]")  # fmt: skip
+            start(
+                "sources", src.run(self._take_in, self.deadletters), f"vitalmon.source[{src.name}]"
+            )
         self.started.set()
         return tasks
 
@@ -348,8 +380,11 @@ class Daemon:
         last_summary = last_status = last_check = time.monotonic()
         # the pipeline is judged (and systemd's watchdog pinged) twice per WatchdogSec
         # (minus a heartbeat, so a ping is never later than WatchdogSec/2)
-        check_every = (max(HEARTBEAT_S, self.watchdog_s / 2 - HEARTBEAT_S) if self.watchdog_s
-                       else STATUS_EVERY_S)  # fmt: skip
+        check_every = (
+            max(HEARTBEAT_S, self.watchdog_s / 2 - HEARTBEAT_S)
+            if self.watchdog_s
+            else STATUS_EVERY_S
+        )
         while not self.should_exit.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_S)
@@ -411,16 +446,20 @@ class Daemon:
         try:
             new = load(self.config_path)
         except ConfigError as exc:
-            log.error("reload refused, the running configuration is kept; %d error(s) in %s:",
-                      len(exc.errors), self.config_path)  # fmt: skip
+            log.error(
+                "reload refused, the running configuration is kept; %d error(s) in %s:",
+                len(exc.errors),
+                self.config_path,
+            )
             for err in exc.errors:
                 log.error("  %s", err)
             return False
         old = self.cfg
         stuck = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(old, s)]
         if stuck:
-            log.warning("reload: %s changed; that takes a restart (kept as running)",
-                        ", ".join(stuck))  # fmt: skip
+            log.warning(
+                "reload: %s changed; that takes a restart (kept as running)", ", ".join(stuck)
+            )
         applied = new.model_copy(update={s: getattr(old, s) for s in RESTART_SECTIONS})
         profiles, _errors = applied.resolve_profiles()
         events = self.engine.reconfigure(applied.rules, profiles, applied.bed_profiles())
@@ -435,8 +474,12 @@ class Daemon:
         self.cfg = applied
         if events:
             await self.engine.put(Batch([], events=[self.lifecycle.observe(e) for e in events]))
-        log.info("reloaded %s: rules, profiles, beds and alerts applied (%d alert(s) closed "
-                 "by the change)", self.config_path, len(events))  # fmt: skip
+        log.info(
+            "reloaded %s: rules, profiles, beds and alerts applied (%d alert(s) closed "
+            "by the change)",
+            self.config_path,
+            len(events),
+        )
         return True
 
     def _stages(self) -> list[tuple[str, asyncio.Queue[Any], float]]:
@@ -483,8 +526,10 @@ class Daemon:
         self._rate_mark = (now, received)
         beds = len({(k.ward, k.bed) for k in self.engine.series})
         connected = "" if self.client.connected.is_set() else "; broker not connected"
-        return (f"{beds} beds, {rate:.0f} readings/s, {len(self.lifecycle.active())} active "
-                f"alerts{connected}")  # fmt: skip
+        return (
+            f"{beds} beds, {rate:.0f} readings/s, {len(self.lifecycle.active())} active "
+            f"alerts{connected}"
+        )
 
     def samples(self) -> list[Sample]:
         """What ``/metrics`` shows (called at each scrape, in the event loop)."""
@@ -503,20 +548,29 @@ class Daemon:
             sample("vitalmon_mqtt_reconnects_total", self.client.reconnects),
             sample("vitalmon_mqtt_queued", self.client.outstanding),
         ]
-        out += [sample("vitalmon_mqtt_dropped_total", n, kind=kind)
-                for kind, n in sorted(self.client.dropped.items())]  # fmt: skip
-        out += [sample("vitalmon_readings_rejected_total", n, cause=cause)
-                for cause, n in sorted(self.deadletters.counts.items())]  # fmt: skip
+        out += [
+            sample("vitalmon_mqtt_dropped_total", n, kind=kind)
+            for kind, n in sorted(self.client.dropped.items())
+        ]
+        out += [
+            sample("vitalmon_readings_rejected_total", n, cause=cause)
+            for cause, n in sorted(self.deadletters.counts.items())
+        ]
         e = self.engine.counts
-        out += [sample("vitalmon_readings_not_evaluated_total", e[why], reason=why)
-                for why in NOT_EVALUATED]  # fmt: skip
+        out += [
+            sample("vitalmon_readings_not_evaluated_total", e[why], reason=why)
+            for why in NOT_EVALUATED
+        ]
         out.append(sample("vitalmon_readings_clamped_total", e["clamped"]))
         out.append(sample("vitalmon_clock_rebases_total", e["clock_rebased"]))
         out.append(sample("vitalmon_engine_errors_total", e["engine_errors"]))
-        out += [sample("vitalmon_alert_events_total", n, kind=k, priority=p, state=st)
-                for (k, p, st), n in sorted(self.alert_sink.events.items())]  # fmt: skip
-        out += [sample("vitalmon_queue_depth", q.qsize(), queue=name)
-                for name, q, _ in self._stages()]  # fmt: skip
+        out += [
+            sample("vitalmon_alert_events_total", n, kind=k, priority=p, state=st)
+            for (k, p, st), n in sorted(self.alert_sink.events.items())
+        ]
+        out += [
+            sample("vitalmon_queue_depth", q.qsize(), queue=name) for name, q, _ in self._stages()
+        ]
         unmapped: Counter[str] = Counter()  # (summed over the HL7 sources)
         for src in self.sources:
             if isinstance(src, SerialSource):
@@ -525,17 +579,17 @@ class Daemon:
             counted = getattr(src, "unmapped", None)
             if isinstance(counted, Unmapped):
                 unmapped.update(counted.counts)
-        out += [sample("vitalmon_hl7_unmapped_observations_total", n, code=code)
-                for code, n in sorted(unmapped.items())]  # fmt: skip
+        out += [
+            sample("vitalmon_hl7_unmapped_observations_total", n, code=code)
+            for code, n in sorted(unmapped.items())
+        ]
         for fwd in self.forwarders:
             out += [
-                sample("vitalmon_readings_forwarded_total", fwd.counts["forwarded"],
-                       sink=fwd.name),
-                sample("vitalmon_readings_dropped_total", j[f"dropped[{fwd.name}]"],
-                       sink=fwd.name),
+                sample("vitalmon_readings_forwarded_total", fwd.counts["forwarded"], sink=fwd.name),
+                sample("vitalmon_readings_dropped_total", j[f"dropped[{fwd.name}]"], sink=fwd.name),
                 sample("vitalmon_store_lag_readings", fwd.lag, sink=fwd.name),
                 sample("vitalmon_store_lag_seconds", fwd.lag_s, sink=fwd.name),
-            ]  # fmt: skip
+            ]
         return out
 
     def metrics(self) -> dict[str, float]:

@@ -213,10 +213,12 @@ class MosquittoBroker:
         shipped = SHIPPED_MOSQUITTO / "acl"
         acl = shipped.read_text() if shipped.is_file() else DEMO_ACL
         return (
-            private(self.workdir / "mosquitto.passwd",
-                    "".join(mosquitto_password(u, p) for u, p in self.passwords.items())),
+            private(
+                self.workdir / "mosquitto.passwd",
+                "".join(mosquitto_password(u, p) for u, p in self.passwords.items()),
+            ),
             private(self.workdir / "mosquitto.acl", acl),
-        )  # fmt: skip
+        )
 
     def _spawn(self) -> None:
         self.port = free_port()

@@ -147,8 +147,23 @@ log = logging.getLogger("vitalmon.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Seconds, 1 ms .. 60 s (and +Inf).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 MAX_REQUEST_BYTES = 8192
 MAX_CONNECTIONS = 64
 READ_TIMEOUT_S = 5.0
@@ -189,78 +204,94 @@ class Spec:
 #: The metrics vitalmon exposes (the table in the module docstring).
 SPECS: Mapping[str, Spec] = {
     "vitalmon_readings_received_total": Spec(
-        "counter", "Readings handed to the store by the sources (before deduplication)."),
+        "counter", "Readings handed to the store by the sources (before deduplication)."
+    ),
     "vitalmon_readings_committed_total": Spec(
-        "counter", "Readings accepted: committed to the SQLite journal."),
+        "counter", "Readings accepted: committed to the SQLite journal."
+    ),
     "vitalmon_readings_rejected_total": Spec(
-        "counter", "Readings refused before the store and dead-lettered, by cause.",
-        ("cause",)),
+        "counter", "Readings refused before the store and dead-lettered, by cause.", ("cause",)
+    ),
     "vitalmon_readings_duplicates_total": Spec(
-        "counter", "Redelivered readings absorbed by the store (already committed)."),
+        "counter", "Redelivered readings absorbed by the store (already committed)."
+    ),
     "vitalmon_readings_pruned_total": Spec(
-        "counter", "Stored readings pruned by the retention limits (age or space)."),
+        "counter", "Stored readings pruned by the retention limits (age or space)."
+    ),
     "vitalmon_readings_not_evaluated_total": Spec(
-        "counter", "Readings stored, not evaluated, by reason (see the label values below).",
-        ("reason",)),
+        "counter",
+        "Readings stored, not evaluated, by reason (see the label values below).",
+        ("reason",),
+    ),
     "vitalmon_engine_errors_total": Spec(
-        "counter", "Batches the engine could not evaluate (stored, acknowledged, logged once a "
-        "minute)."),
+        "counter",
+        "Batches the engine could not evaluate (stored, acknowledged, logged once a minute).",
+    ),
     "vitalmon_clock_rebases_total": Spec(
-        "counter", "Series whose device clock went back, judged on its new time from then on."),
+        "counter", "Series whose device clock went back, judged on its new time from then on."
+    ),
     "vitalmon_readings_clamped_total": Spec(
-        "counter", "Readings stamped ahead of their arrival, evaluated at their arrival "
-        "time."),
+        "counter", "Readings stamped ahead of their arrival, evaluated at their arrival time."
+    ),
     "vitalmon_readings_forwarded_total": Spec(
-        "counter", "Readings forwarded to a remote sink.", ("sink",)),
+        "counter", "Readings forwarded to a remote sink.", ("sink",)
+    ),
     "vitalmon_readings_dropped_total": Spec(
-        "counter", "Readings pruned from the store before a remote sink had them.",
-        ("sink",)),
+        "counter", "Readings pruned from the store before a remote sink had them.", ("sink",)
+    ),
     "vitalmon_alert_events_total": Spec(
-        "counter", "Alert events (state changes), by rule kind, priority and state.",
-        ("kind", "priority", "state")),
-    "vitalmon_alerts_active": Spec(
-        "gauge", "Alerts active now (raised and not yet resolved)."),
-    "vitalmon_series": Spec(
-        "gauge", "Bed/vital series the engine keeps a window for."),
+        "counter",
+        "Alert events (state changes), by rule kind, priority and state.",
+        ("kind", "priority", "state"),
+    ),
+    "vitalmon_alerts_active": Spec("gauge", "Alerts active now (raised and not yet resolved)."),
+    "vitalmon_series": Spec("gauge", "Bed/vital series the engine keeps a window for."),
     "vitalmon_beds": Spec(
-        "gauge", "Beds the engine keeps state for (at most engine.max_beds, expected beds "
-        "aside)."),
+        "gauge", "Beds the engine keeps state for (at most engine.max_beds, expected beds aside)."
+    ),
     "vitalmon_devices_expired_total": Spec(
-        "counter", "Devices of beds nobody expects forgotten after rules.stale_expire_s of "
-        "silence."),
+        "counter", "Devices of beds nobody expects forgotten after rules.stale_expire_s of silence."
+    ),
     "vitalmon_queue_depth": Spec(
-        "gauge", "Items waiting in an internal queue (the engine's, each sink's).",
-        ("queue",)),
+        "gauge", "Items waiting in an internal queue (the engine's, each sink's).", ("queue",)
+    ),
     "vitalmon_store_lag_readings": Spec(
-        "gauge", "Committed readings a remote sink has not received yet.", ("sink",)),
+        "gauge", "Committed readings a remote sink has not received yet.", ("sink",)
+    ),
     "vitalmon_store_lag_seconds": Spec(
-        "gauge", "Age in seconds of the oldest reading a remote sink has not received yet.",
-        ("sink",)),
-    "vitalmon_store_bytes": Spec(
-        "gauge", "Bytes used by the SQLite store."),
-    "vitalmon_mqtt_connected": Spec(
-        "gauge", "1 while connected to the MQTT broker, else 0."),
+        "gauge",
+        "Age in seconds of the oldest reading a remote sink has not received yet.",
+        ("sink",),
+    ),
+    "vitalmon_store_bytes": Spec("gauge", "Bytes used by the SQLite store."),
+    "vitalmon_mqtt_connected": Spec("gauge", "1 while connected to the MQTT broker, else 0."),
     "vitalmon_mqtt_reconnects_total": Spec(
-        "counter", "Reconnections to the MQTT broker since the daemon started."),
+        "counter", "Reconnections to the MQTT broker since the daemon started."
+    ),
     "vitalmon_mqtt_queued": Spec(
-        "gauge", "QoS 1 publishes waiting for the broker's acknowledgement (at most "
-        "mqtt.max_queued)."),
+        "gauge",
+        "QoS 1 publishes waiting for the broker's acknowledgement (at most mqtt.max_queued).",
+    ),
     "vitalmon_mqtt_dropped_total": Spec(
-        "counter", "Outgoing publishes dropped while the broker was away or slow, by kind.",
-        ("kind",)),
+        "counter",
+        "Outgoing publishes dropped while the broker was away or slow, by kind.",
+        ("kind",),
+    ),
     "vitalmon_serial_port_open": Spec(
-        "gauge", "1 while the serial device port is open, else 0.", ("port",)),
+        "gauge", "1 while the serial device port is open, else 0.", ("port",)
+    ),
     "vitalmon_hl7_unmapped_observations_total": Spec(
-        "counter", "HL7 observations (OBX) that map to no vital, by their code's label and "
-        "code.", ("code",)),
+        "counter",
+        "HL7 observations (OBX) that map to no vital, by their code's label and code.",
+        ("code",),
+    ),
     LATENCY: Spec(
-        "histogram", "Seconds from a reading's arrival to the publication of the alert "
-        "event it caused."),
-    COLLECT_ERRORS: Spec(
-        "counter", "Scrapes whose collection of the daemon's metrics failed."),
-    SAMPLES_SKIPPED: Spec(
-        "counter", "Samples left out of a scrape because they were invalid."),
-}  # fmt: skip
+        "histogram",
+        "Seconds from a reading's arrival to the publication of the alert event it caused.",
+    ),
+    COLLECT_ERRORS: Spec("counter", "Scrapes whose collection of the daemon's metrics failed."),
+    SAMPLES_SKIPPED: Spec("counter", "Samples left out of a scrape because they were invalid."),
+}
 
 
 def sample(name: str, value: float, **labels: str) -> Sample:
@@ -325,8 +356,9 @@ class _Once:
 
 
 class _Family:
-    def __init__(self, metric: CounterMetricFamily | GaugeMetricFamily, kind: Kind,
-                 labels: tuple[str, ...]) -> None:  # fmt: skip
+    def __init__(
+        self, metric: CounterMetricFamily | GaugeMetricFamily, kind: Kind, labels: tuple[str, ...]
+    ) -> None:
         self.metric = metric
         self.kind = kind
         self.labels = labels
@@ -360,8 +392,9 @@ class _DaemonCollector:
     def _skip(self, s: object, key: str, why: str) -> None:
         self.skipped += 1
         name = getattr(s, "name", "?")
-        self._skip_log.warning(f"{name!s:.200}\0{key}", "metrics: sample %.200r skipped: %s",
-                               name, why)  # fmt: skip
+        self._skip_log.warning(
+            f"{name!s:.200}\0{key}", "metrics: sample %.200r skipped: %s", name, why
+        )
 
     def _add(self, families: dict[str, _Family], s: Sample) -> None:
         if not isinstance(s, Sample):
@@ -430,15 +463,20 @@ class _DaemonCollector:
 class Metrics:
     """The registry, its collectors, the latency histogram and the HTTP endpoint."""
 
-    def __init__(self, collect: Callable[[], Iterable[Sample]],
-                 health: Callable[[], tuple[bool, str]], *,
-                 read_timeout: float = READ_TIMEOUT_S) -> None:  # fmt: skip
+    def __init__(
+        self,
+        collect: Callable[[], Iterable[Sample]],
+        health: Callable[[], tuple[bool, str]],
+        *,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.latency = Histogram(LATENCY, SPECS[LATENCY].help, buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)  # fmt: skip
+        self.latency = Histogram(
+            LATENCY, SPECS[LATENCY].help, buckets=LATENCY_BUCKETS, registry=self.registry
+        )
         self._daemon = _DaemonCollector(collect)
         self.registry.register(self._daemon)
         self._health = health
@@ -485,13 +523,11 @@ class Metrics:
         host, port = parse_listen(listen)
         self._serving = True
         try:
-            server = await asyncio.start_server(self._handle, host, port,
-                                                limit=MAX_REQUEST_BYTES)  # fmt: skip
+            server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_BYTES)
             try:
                 self.port = int(server.sockets[0].getsockname()[1])
                 self.listening.set()
-                log.info("metrics on http://%s:%d/metrics", listen.rpartition(":")[0],
-                         self.port)  # fmt: skip
+                log.info("metrics on http://%s:%d/metrics", listen.rpartition(":")[0], self.port)
                 await self._closed.wait()
             finally:
                 self.listening.clear()
@@ -574,13 +610,26 @@ class Metrics:
         return _response(404, b"not found\n", head_only=head_only)
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
-def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", *,
-              head_only: bool = False, extra: Iterable[tuple[str, str]] = ()) -> bytes:  # fmt: skip
+def _response(
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    *,
+    head_only: bool = False,
+    extra: Iterable[tuple[str, str]] = (),
+) -> bytes:
     headers = [
         f"HTTP/1.1 {status} {_REASONS[status]}",
         f"Content-Type: {content_type}",

@@ -216,8 +216,15 @@ class _BufferedSocket:
 #: the same versions.
 TESTED_PAHO = ("2.2.0",)
 #: The paho internals the fast path uses (checked at start-up, with the version).
-_PAHO_INTERNALS = ("_create_socket", "_packet_queue", "_in_packet", "_protocol",
-                   "_msgtime_mutex", "_last_bytes_received", "_sock")  # fmt: skip
+_PAHO_INTERNALS = (
+    "_create_socket",
+    "_packet_queue",
+    "_in_packet",
+    "_protocol",
+    "_msgtime_mutex",
+    "_last_bytes_received",
+    "_sock",
+)
 
 
 def check_paho(version: str | None = None, client: object | None = None) -> None:
@@ -236,8 +243,10 @@ def check_paho(version: str | None = None, client: object | None = None) -> None
     if client is not None:
         missing = [a for a in _PAHO_INTERNALS if not hasattr(client, a)]
         if missing:
-            raise RuntimeError(f"paho-mqtt {found} lacks {', '.join(missing)}: not the release "
-                               "vitalmon was tested with")  # fmt: skip
+            raise RuntimeError(
+                f"paho-mqtt {found} lacks {', '.join(missing)}: not the release "
+                "vitalmon was tested with"
+            )
 
 
 class _Paho(paho.Client):
@@ -409,8 +418,10 @@ def tls_context(tls: TLSConfig) -> ssl.SSLContext:
 
         def no_passphrase() -> str:
             # OpenSSL would otherwise prompt on the terminal, and a daemon has none
-            raise OSError(f"mqtt.tls.key_file {key_file}: the key is encrypted; vitalmon "
-                          "needs an unencrypted key (readable only by its user)")  # fmt: skip
+            raise OSError(
+                f"mqtt.tls.key_file {key_file}: the key is encrypted; vitalmon "
+                "needs an unencrypted key (readable only by its user)"
+            )
 
         try:
             ctx.load_cert_chain(tls.cert_file, key_file, password=no_passphrase)
@@ -418,10 +429,14 @@ def tls_context(tls: TLSConfig) -> ssl.SSLContext:
             if str(exc).startswith("mqtt.tls."):
                 raise OSError(str(exc)) from None
             if not _readable_certs(tls.cert_file):
-                raise OSError(f"mqtt.tls.cert_file {tls.cert_file}: no PEM certificate in it "
-                              f"({_ssl_text(exc)})") from None  # fmt: skip
-            raise OSError(f"mqtt.tls.key_file {key_file}: not the PEM private key of "
-                          f"cert_file {tls.cert_file} ({_ssl_text(exc)})") from None  # fmt: skip
+                raise OSError(
+                    f"mqtt.tls.cert_file {tls.cert_file}: no PEM certificate in it "
+                    f"({_ssl_text(exc)})"
+                ) from None
+            raise OSError(
+                f"mqtt.tls.key_file {key_file}: not the PEM private key of "
+                f"cert_file {tls.cert_file} ({_ssl_text(exc)})"
+            ) from None
     return ctx
 
 
@@ -841,13 +856,19 @@ class Client:
         self._had_session = self._had_session or keeps
         where = (self.cfg.host, self.cfg.port, present, after)
         if lost:
-            log.warning("connected to %s:%d (session present: %s)%s: the broker lost "
-                        "vitalmon's persistent session; what it had queued for vitalmon is "
-                        "gone. Check the broker's persistence (persistence true, "
-                        "autosave_interval 1) and its session expiry", *where)  # fmt: skip
+            log.warning(
+                "connected to %s:%d (session present: %s)%s: the broker lost "
+                "vitalmon's persistent session; what it had queued for vitalmon is "
+                "gone. Check the broker's persistence (persistence true, "
+                "autosave_interval 1) and its session expiry",
+                *where,
+            )
         elif keeps and not present:
-            log.info("connected to %s:%d (session present: %s)%s: a new session (the first "
-                     "connection of this process)", *where)  # fmt: skip
+            log.info(
+                "connected to %s:%d (session present: %s)%s: a new session (the first "
+                "connection of this process)",
+                *where,
+            )
         else:
             log.info("connected to %s:%d (session present: %s)%s", *where)
         if keeps:
@@ -889,11 +910,21 @@ class Client:
         self._failures += 1
         where = f"{self.cfg.host}:{self.cfg.port}"
         if in_tls:
-            log.warning("TLS handshake with %s failed: %s (retrying in %.1f s)", where, why, delay,
-                        extra=_EVERY_TIME)  # fmt: skip
+            log.warning(
+                "TLS handshake with %s failed: %s (retrying in %.1f s)",
+                where,
+                why,
+                delay,
+                extra=_EVERY_TIME,
+            )
         else:
-            log.warning("cannot connect to %s: %s (retrying in %.1f s)", where, why, delay,
-                        extra=_EVERY_TIME)  # fmt: skip
+            log.warning(
+                "cannot connect to %s: %s (retrying in %.1f s)",
+                where,
+                why,
+                delay,
+                extra=_EVERY_TIME,
+            )
 
     def _on_disconnect(
         self, _c: object, _u: object, flags: object, reason: object, _props: object
@@ -1008,13 +1039,17 @@ class Client:
                 self._session_timer.cancel()
             assert self._loop is not None
             self._session_timer = self._loop.call_later(
-                self.session_lost_hold_s, self._session_resolved,
+                self.session_lost_hold_s,
+                self._session_resolved,
                 f"connected for {self.session_lost_hold_s:g} s since the session was lost",
-            )  # fmt: skip
+            )
             self._session_alarm = True
-            self._condition(True, f"the broker {self.cfg.host}:{self.cfg.port} lost vitalmon's "
-                            "persistent session: readings it had queued for vitalmon are lost; "
-                            "check its persistence")  # fmt: skip
+            self._condition(
+                True,
+                f"the broker {self.cfg.host}:{self.cfg.port} lost vitalmon's "
+                "persistent session: readings it had queued for vitalmon are lost; "
+                "check its persistence",
+            )
         elif present:
             self._session_resolved("the broker kept the session over a reconnect")
 
@@ -1036,7 +1071,10 @@ class Client:
         new = self.dropped - self._dropped_reported
         if new:
             self._dropped_reported = Counter(self.dropped)
-            log.warning("%d publish(es) dropped while the broker was away or slow (QoS 1: "
-                        "mqtt.max_queued %d full; QoS 0: never kept while disconnected): %s",
-                        sum(new.values()), self.max_queued,
-                        ", ".join(f"{n} {k}" for k, n in sorted(new.items())))  # fmt: skip
+            log.warning(
+                "%d publish(es) dropped while the broker was away or slow (QoS 1: "
+                "mqtt.max_queued %d full; QoS 0: never kept while disconnected): %s",
+                sum(new.values()),
+                self.max_queued,
+                ", ".join(f"{n} {k}" for k, n in sorted(new.items())),
+            )

@@ -125,8 +125,7 @@ class Notifier:
         except OSError as exc:
             if not self._failed:
                 self._failed = True
-                log.warning("cannot notify the service manager (%s): %s", _show(self.address),
-                            exc)  # fmt: skip
+                log.warning("cannot notify the service manager (%s): %s", _show(self.address), exc)
             else:
                 log.debug("notify %s failed: %s", fields[0], exc)
             return False

@@ -669,9 +669,12 @@ def keep(
     report drawn from it (a temporary one when only ``--report`` is given)."""
     if store is not None:
         n = save(rec, report.vitalmon, store)
-        print(f"store {store}: {n} readings and {len(report.vitalmon)} alert events of "
-              f"ward {rec.ward}, bed {rec.bed} (vitalmon report|stats --store {store} "
-              f"--since {iso(rec.start)})", file=out)  # fmt: skip
+        print(
+            f"store {store}: {n} readings and {len(report.vitalmon)} alert events of "
+            f"ward {rec.ward}, bed {rec.bed} (vitalmon report|stats --store {store} "
+            f"--since {iso(rec.start)})",
+            file=out,
+        )
     if report_to is None:
         return
     if store is not None:
@@ -717,8 +720,14 @@ def main(
                 raise ReplayError(f"--report {exc}") from None
         if store is not None:
             check_store(store)
-        rec = load_csv(path, bed, ward or "default", t0, parse_map(maps),
-                       (rules or RulesConfig()).modes.continuous_max_interval_s)  # fmt: skip
+        rec = load_csv(
+            path,
+            bed,
+            ward or "default",
+            t0,
+            parse_map(maps),
+            (rules or RulesConfig()).modes.continuous_max_interval_s,
+        )
     except ReplayError as exc:
         print(f"vitalmon replay: {exc}", file=sys.stderr)
         return 1

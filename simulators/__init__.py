@@ -83,8 +83,9 @@ class ConnectionLog:
         c.on_publish = self._on_publish
         return c
 
-    def _on_connect(self, _c: object, _u: object, _flags: object, reason: Any,
-                    _props: object) -> None:  # fmt: skip
+    def _on_connect(
+        self, _c: object, _u: object, _flags: object, reason: Any, _props: object
+    ) -> None:
         if getattr(reason, "is_failure", False):
             self.log.error("broker refused the connection: %s", reason)
             return
@@ -110,8 +111,9 @@ class ConnectionLog:
             stop.wait(0.05)
         return None
 
-    def _on_disconnect(self, _c: object, _u: object, _flags: object, reason: object,
-                       _props: object) -> None:  # fmt: skip
+    def _on_disconnect(
+        self, _c: object, _u: object, _flags: object, reason: object, _props: object
+    ) -> None:
         self.connected.clear()
         if not self._stopping:
             self.log.warning("connection lost (%s); reconnecting", reason)

@@ -108,9 +108,13 @@ def plan(readings: Sequence[Reading]) -> list[Message]:
 
 
 def event_start(
-    start: str, start_ts: float | None, first_s: float, last_s: float, speed: float | None,
+    start: str,
+    start_ts: float | None,
+    first_s: float,
+    last_s: float,
+    speed: float | None,
     now: float,
-) -> float:  # fmt: skip
+) -> float:
     """Event time of ``time_s`` 0 (see the module docstring)."""
     if start_ts is not None:
         return start_ts
@@ -225,8 +229,9 @@ class Replayer(ConnectionLog):
             info = self._client.publish(self.topic(m.device), m.payload(self.start), qos=1)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 self._slots.release()
-                log.warning("publish to %s failed: %s", self.topic(m.device),
-                            paho.error_string(info.rc))  # fmt: skip
+                log.warning(
+                    "publish to %s failed: %s", self.topic(m.device), paho.error_string(info.rc)
+                )
                 continue
             self.published += 1
 
@@ -235,8 +240,9 @@ class Replayer(ConnectionLog):
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
         while self.confirmed < self.published:
             if time.monotonic() > deadline or stop.is_set():
-                log.warning("%d messages not acknowledged by the broker",
-                            self.published - self.confirmed)  # fmt: skip
+                log.warning(
+                    "%d messages not acknowledged by the broker", self.published - self.confirmed
+                )
                 return False
             time.sleep(0.01)
         return True
@@ -257,29 +263,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE.csv", help="CSV with time_s and one column per numeric")
     p.add_argument("--bed", required=True)
     p.add_argument("--ward", default="icu", help="(default: %(default)s)")
-    p.add_argument("--speed", default="max",
-                   help="max (default: as fast as the broker acknowledges) or N: N times real "
-                        "time")  # fmt: skip
+    p.add_argument(
+        "--speed",
+        default="max",
+        help="max (default: as fast as the broker acknowledges) or N: N times real time",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument(
-        "--map", action="append", default=[], metavar="COL=VITAL[@DEVICE]",
+        "--map",
+        action="append",
+        default=[],
+        metavar="COL=VITAL[@DEVICE]",
         help="map a column to a vital (COL=none ignores it); repeatable",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--start", default="now", metavar="now|recorded|ISO",
+        "--start",
+        default="now",
+        metavar="now|recorded|ISO",
         help="event time of time_s 0: now (default: the last reading is stamped when it is "
-             "sent), recorded (2000-01-01T00:00:00Z, as vitalmon replay) or an ISO 8601 time",
-    )  # fmt: skip
-    p.add_argument("--start-ts", type=float, default=None, metavar="EPOCH",
-                   help="event time of time_s 0 in epoch seconds (pins the alert ids; "
-                        "overrides --start)")  # fmt: skip
-    p.add_argument("--from-s", type=float, default=None, metavar="S",
-                   help="replay only readings with time_s >= S")  # fmt: skip
-    p.add_argument("--to-s", type=float, default=None, metavar="S",
-                   help="replay only readings with time_s < S")  # fmt: skip
-    p.add_argument("--window", type=int, default=WINDOW, metavar="N",
-                   help="unacknowledged messages at most (default: %(default)s)")  # fmt: skip
+        "sent), recorded (2000-01-01T00:00:00Z, as vitalmon replay) or an ISO 8601 time",
+    )
+    p.add_argument(
+        "--start-ts",
+        type=float,
+        default=None,
+        metavar="EPOCH",
+        help="event time of time_s 0 in epoch seconds (pins the alert ids; overrides --start)",
+    )
+    p.add_argument(
+        "--from-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="replay only readings with time_s >= S",
+    )
+    p.add_argument(
+        "--to-s", type=float, default=None, metavar="S", help="replay only readings with time_s < S"
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=WINDOW,
+        metavar="N",
+        help="unacknowledged messages at most (default: %(default)s)",
+    )
     p.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     p.add_argument("--client-id", default=None)
     p.add_argument("--username", default=None)

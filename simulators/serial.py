@@ -98,8 +98,20 @@ SENSOR_CYCLE_S: Final = SENSOR_ON_S + SENSOR_OFF_S
 #: reader connecting mid-stream sees the limits and the column layout.
 NELLCOR_HEADER_EVERY: Final = 25
 
-_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")  # fmt: skip
+_MONTHS: Final = (
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+)
 
 Vitals = Mapping[str, float | None]
 

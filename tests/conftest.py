@@ -221,8 +221,9 @@ class Publisher:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: bytes | str | dict[str, Any] | list[Any],
-                qos: int = 1) -> None:  # fmt: skip
+    def publish(
+        self, topic: str, payload: bytes | str | dict[str, Any] | list[Any], qos: int = 1
+    ) -> None:
         if isinstance(payload, dict | list):
             payload = json.dumps(payload)
         info = self.client.publish(topic, payload, qos=qos)

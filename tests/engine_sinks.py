@@ -24,8 +24,12 @@ class Recorder:
     async def open(self) -> None:
         return None
 
-    async def write(self, readings: Sequence[Reading], events: Sequence[AlertEvent],
-                    done: Callable[[], None] | None = None) -> None:  # fmt: skip
+    async def write(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[AlertEvent],
+        done: Callable[[], None] | None = None,
+    ) -> None:
         self.readings += readings
         self.events += events
         if done is not None:

@@ -26,13 +26,13 @@ T0 = 1_764_324_000.0
 
 def engine(data: dict[str, Any] | None = None) -> tuple[Engine, Config]:
     cfg = parse(data or {})
-    eng = Engine(cfg.rules, sinks=[], profiles=cfg.resolve_profiles()[0],
-                 beds=cfg.bed_profiles())  # fmt: skip
+    eng = Engine(cfg.rules, sinks=[], profiles=cfg.resolve_profiles()[0], beds=cfg.bed_profiles())
     return eng, cfg
 
 
-def feed(eng: Engine, bed: str, vital: str, values: list[float], start: float = 0.0,
-         device: str = "mon") -> list[AlertEvent]:  # fmt: skip
+def feed(
+    eng: Engine, bed: str, vital: str, values: list[float], start: float = 0.0, device: str = "mon"
+) -> list[AlertEvent]:
     readings = [Reading(T0 + start + i, "icu", bed, device, vital, v) for i, v in enumerate(values)]
     return eng.process(readings)
 
@@ -45,14 +45,16 @@ def summary(events: list[AlertEvent]) -> list[tuple[str, str, str]]:
 
 
 def test_builtin_profiles_and_config_overrides_merge_per_vital_and_key():
-    cfg = parse({
-        "rules": {"thresholds": {"hr": {"delay_s": 5}}},
-        "profiles": {
-            "copd": {"thresholds": {"spo2": {"low": {"warn": 87, "crit": 83}}}},
-            "cardiac": {"thresholds": {"hr": {"low": {"warn": 45, "crit": 35}}}},
-        },
-        "beds": {"icu/7": {"profile": "copd"}, "icu/8": {"profile": "cardiac"}},
-    })  # fmt: skip
+    cfg = parse(
+        {
+            "rules": {"thresholds": {"hr": {"delay_s": 5}}},
+            "profiles": {
+                "copd": {"thresholds": {"spo2": {"low": {"warn": 87, "crit": 83}}}},
+                "cardiac": {"thresholds": {"hr": {"low": {"warn": 45, "crit": 35}}}},
+            },
+            "beds": {"icu/7": {"profile": "copd"}, "icu/8": {"profile": "cardiac"}},
+        }
+    )
     profiles, errors = cfg.resolve_profiles()
     assert errors == []
     assert sorted(profiles) == ["adult", "cardiac", "copd", "opioid"]
@@ -70,19 +72,26 @@ def test_builtin_profiles_and_config_overrides_merge_per_vital_and_key():
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"beds": {"icu/7": {"profile": "kids"}}},
-         "beds.icu/7.profile: unknown profile 'kids' (known: adult, copd, opioid)"),
-        ({"profiles": {"copd": {"thresholds": {"spo2": {"low": {"warn": 80, "crit": 85}}}}}},
-         "profiles.copd.thresholds.spo2: low.crit (85.0) must be <= low.warn (80.0)"),
-        ({"profiles": {"x": {"thresholds": {"hr": {"delay_s": -1}}}}},
-         "profiles.x.thresholds.hr.delay_s: Input should be greater than or equal to 0"),
-        ({"profiles": {"x": {"news2_scale": 3}}},
-         "profiles.x.news2_scale: Input should be 1 or 2"),
-        ({"profiles": {"x": {"thresholds": {"hr": {"delay_s": 900}}}}},
-         "profiles.x.thresholds: rules.window_s (600) must cover the longest delay_s (900) "
-         "plus rules.max_gap_s (30)"),
+        (
+            {"beds": {"icu/7": {"profile": "kids"}}},
+            "beds.icu/7.profile: unknown profile 'kids' (known: adult, copd, opioid)",
+        ),
+        (
+            {"profiles": {"copd": {"thresholds": {"spo2": {"low": {"warn": 80, "crit": 85}}}}}},
+            "profiles.copd.thresholds.spo2: low.crit (85.0) must be <= low.warn (80.0)",
+        ),
+        (
+            {"profiles": {"x": {"thresholds": {"hr": {"delay_s": -1}}}}},
+            "profiles.x.thresholds.hr.delay_s: Input should be greater than or equal to 0",
+        ),
+        ({"profiles": {"x": {"news2_scale": 3}}}, "profiles.x.news2_scale: Input should be 1 or 2"),
+        (
+            {"profiles": {"x": {"thresholds": {"hr": {"delay_s": 900}}}}},
+            "profiles.x.thresholds: rules.window_s (600) must cover the longest delay_s (900) "
+            "plus rules.max_gap_s (30)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_profiles_are_reported_with_their_key_path(data, expected):
     with pytest.raises(ConfigError) as exc:
         parse(data)
@@ -133,11 +142,16 @@ def test_discharge_resolves_every_alert_of_the_bed_and_resets_its_windows():
     eng.admit(Admission("icu", "4", "p-9", None, T0, "kim"))
     events = feed(eng, "4", "spo2", [80] * 20) + feed(eng, "4", "hr", [150] * 20)
     events += feed(eng, "5", "spo2", [80] * 20)  # another bed: untouched
-    assert {(e.bed, e.rule) for e in events} == {("4", "spo2.low"), ("4", "hr.high"),
-                                                 ("5", "spo2.low")}  # fmt: skip
+    assert {(e.bed, e.rule) for e in events} == {
+        ("4", "spo2.low"),
+        ("4", "hr.high"),
+        ("5", "spo2.low"),
+    }
     closed = eng.apply(BedCommand("discharge", Admission("icu", "4", "p-9", None, T0 + 60, "kim")))
     assert sorted((e.rule, str(e.state)) for e in closed) == [
-        ("hr.high", "resolved"), ("spo2.low", "resolved")]  # fmt: skip
+        ("hr.high", "resolved"),
+        ("spo2.low", "resolved"),
+    ]
     assert all(e.message == "patient discharged: alarm closed" for e in closed)
     assert not [k for k in eng.series if k.bed == "4"]
     assert ("icu", "4") not in eng.admissions
@@ -152,8 +166,7 @@ def test_discharge_resolves_the_score_alert_and_clears_the_score():
     vitals = {"rr": 30, "spo2": 90, "o2": 1, "sbp": 95, "hr": 135, "avpu": 0, "temp": 39.5}
     readings = [Reading(T0, "icu", "6", "mon", v, x) for v, x in vitals.items()]
     events = eng.process(readings)
-    assert [(e.rule, str(e.priority)) for e in events if e.rule == "news2"][-1] == (
-        "news2", "high")  # fmt: skip
+    assert [(e.rule, str(e.priority)) for e in events if e.rule == "news2"][-1] == ("news2", "high")
     eng._score_updates.clear()
     closed = eng.discharge("icu", "6", T0 + 10)
     assert [(e.rule, str(e.state)) for e in closed if e.rule == "news2"] == [("news2", "resolved")]
@@ -192,8 +205,11 @@ def test_reconfigure_resolves_alerts_of_rules_that_are_gone():
 
 
 def mosquitto_pub(port: int, topic: str, doc: dict[str, Any]) -> None:
-    subprocess.run(["mosquitto_pub", "-p", str(port), "-q", "1", "-t", topic,
-                    "-m", json.dumps(doc)], check=True, timeout=10)  # fmt: skip
+    subprocess.run(
+        ["mosquitto_pub", "-p", str(port), "-q", "1", "-t", topic, "-m", json.dumps(doc)],
+        check=True,
+        timeout=10,
+    )
 
 
 def test_admitted_silent_bed_alarms_admission_survives_restart_discharge_closes(
@@ -214,7 +230,8 @@ def test_admitted_silent_bed_alarms_admission_survives_restart_discharge_closes(
     stale = wait_for(lambda: [a for a in alerts.json() if a["bed"] == "30"], 10, "stale alarm")
     assert time.monotonic() - t_admit >= 2
     assert [(a["rule"], a["kind"], a["state"]) for a in stale] == [
-        ("device.stale", "technical", "active")]  # fmt: skip
+        ("device.stale", "technical", "active")
+    ]
     assert "bed expected but never sent data" in stale[0]["message"]
     assert stale[0]["patient"] == "p-30"  # the admitted patient, though no reading named one
 
@@ -223,11 +240,15 @@ def test_admitted_silent_bed_alarms_admission_survives_restart_discharge_closes(
     d.start()
     assert "1 admitted bed(s) carried over" in d.log()
     # the bed is expected again after the restart: silent, it alarms again
-    wait_for(lambda: len([a for a in alerts.json() if a["bed"] == "30"
-                          and a["state"] == "active"]) >= 2, 10, "stale again")  # fmt: skip
+    wait_for(
+        lambda: len([a for a in alerts.json() if a["bed"] == "30" and a["state"] == "active"]) >= 2,
+        10,
+        "stale again",
+    )
 
-    mosquitto_pub(broker.port, "vitalmon/cmd/discharge", {"ward": "icu", "bed": "30",
-                                                          "patient": "p-31"})  # fmt: skip
+    mosquitto_pub(
+        broker.port, "vitalmon/cmd/discharge", {"ward": "icu", "bed": "30", "patient": "p-31"}
+    )
     letter = wait_for(dead.json, 5, "wrong patient refused")[0]
     assert letter["reason"] == "wrong_patient"
     mosquitto_pub(
@@ -235,9 +256,15 @@ def test_admitted_silent_bed_alarms_admission_survives_restart_discharge_closes(
         "vitalmon/cmd/discharge",
         {"ward": "icu", "bed": "30", "patient": "p-30", "by": "kim"},
     )
-    closed = wait_for(lambda: [a for a in alerts.json() if a["bed"] == "30"
-                               and a["state"] == "resolved" and "discharged" in a["message"]],
-                      5, "discharge closes the alarm")  # fmt: skip
+    closed = wait_for(
+        lambda: [
+            a
+            for a in alerts.json()
+            if a["bed"] == "30" and a["state"] == "resolved" and "discharged" in a["message"]
+        ],
+        5,
+        "discharge closes the alarm",
+    )
     assert closed[0]["rule"] == "device.stale"
     conn = sqlite3.connect(tmp_path / "vitals.db")
     try:
@@ -295,7 +322,8 @@ def test_sighup_applies_new_limits_without_resetting_active_alerts(daemon, subsc
     publisher.publish("vitals/icu/2/mon", {"ts": now - 20, "hr": 150, "spo2": 87})
     nxt = wait_for(lambda: alerts.json()[2:], 5, "the next alert")
     assert [(a["id"], a["rule"], a["priority"], a["state"]) for a in nxt] == [
-        (by_rule["spo2.low"]["id"], "spo2.low", "high", "active")]  # fmt: skip
+        (by_rule["spo2.low"]["id"], "spo2.low", "high", "active")
+    ]
     for i in range(20):  # a new bed: 87 is now beyond crit
         publisher.publish("vitals/icu/9/mon", {"ts": now - 40 + i, "spo2": 87})
     bed9 = wait_for(lambda: [a for a in alerts.json() if a["bed"] == "9"], 5, "bed 9")

@@ -22,39 +22,77 @@ CASES: dict[str, tuple[list[str], set[str], str, set[str]]] = {
         ["variant", "mosquitto_sub msg/s", "ours readings/s", "ours % of sub"],
         {"machine", "beds", "variants"},
         "variants",
-        {"variant", "readings_per_message", "messages", "readings", "publisher_msgs_per_s",
-         "baseline_msgs_per_s", "baseline_readings_per_s", "ours_msgs_per_s",
-         "ours_readings_per_s", "ours_pct_of_baseline", "baseline_cpu_pct", "ours_cpu_pct"},
+        {
+            "variant",
+            "readings_per_message",
+            "messages",
+            "readings",
+            "publisher_msgs_per_s",
+            "baseline_msgs_per_s",
+            "baseline_readings_per_s",
+            "ours_msgs_per_s",
+            "ours_readings_per_s",
+            "ours_pct_of_baseline",
+            "baseline_cpu_pct",
+            "ours_cpu_pct",
+        },
     ),
     "rules": (
         ["case", "ours", "window append", "naive loop", "ours % of window"],
         {"machine", "cases"},
         "cases",
-        {"case", "beds", "samples", "samples_per_s", "ours_pct_of_window_append",
-         "ours_pct_of_naive_loop"},
+        {
+            "case",
+            "beds",
+            "samples",
+            "samples_per_s",
+            "ours_pct_of_window_append",
+            "ours_pct_of_naive_loop",
+        },
     ),
     "latency": (
         ["beds", "kept up %", "ours n/lost", "p50", "p95", "p99", "base n/lost"],
         {"machine", "seconds", "warmup_s", "interval_s", "runs"},
         "runs",
-        {"beds", "offered_readings_per_s", "committed_readings_per_s", "kept_up_pct", "ours",
-         "baseline", "daemon_ingest_to_alert"},
+        {
+            "beds",
+            "offered_readings_per_s",
+            "committed_readings_per_s",
+            "kept_up_pct",
+            "ours",
+            "baseline",
+            "daemon_ingest_to_alert",
+        },
     ),
     "memory": (
         ["beds", "RSS 0 beds MiB", "RSS after MiB", "KiB per bed", "steady, 10-min window"],
         {"machine", "runs", "windows"},
         "runs",
-        {"beds", "vitals", "minutes", "readings", "series", "rss_0_beds_kib", "rss_kib",
-         "kib_per_bed", "kib_per_series", "curve"},
+        {
+            "beds",
+            "vitals",
+            "minutes",
+            "readings",
+            "series",
+            "rss_0_beds_kib",
+            "rss_kib",
+            "kib_per_bed",
+            "kib_per_series",
+            "curve",
+        },
     ),
-}  # fmt: skip
+}
 
 
 def run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(BENCH / f"{name}.py"), "--quick", *args],
-        capture_output=True, text=True, timeout=150, cwd=ROOT, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -102,13 +140,42 @@ def test_ingest_profile_lists_top_functions(tmp_path: Path) -> None:
 
 #: peer.py: table header words, top-level keys, each throughput variant's and each
 #: system's keys, each latency run's keys
-PEER_HEADERS = ["system", "single msg/s", "object msg/s", "readings/s", "alerts n/lost",
-                "p50", "p95", "p99", "kept up %", "CPU %"]  # fmt: skip
-PEER_TOP = {"machine", "node", "node_red", "node_red_install_s", "stream_beds", "seconds",
-            "warmup_s", "interval_s", "throughput", "latency", "run_s"}  # fmt: skip
-PEER_VARIANT = {"variant", "messages", "readings", "readings_per_message",
-                "publisher_msgs_per_s", "mosquitto_sub", "node_red", "vitalmon",
-                "vitalmon_over_node_red"}  # fmt: skip
+PEER_HEADERS = [
+    "system",
+    "single msg/s",
+    "object msg/s",
+    "readings/s",
+    "alerts n/lost",
+    "p50",
+    "p95",
+    "p99",
+    "kept up %",
+    "CPU %",
+]
+PEER_TOP = {
+    "machine",
+    "node",
+    "node_red",
+    "node_red_install_s",
+    "stream_beds",
+    "seconds",
+    "warmup_s",
+    "interval_s",
+    "throughput",
+    "latency",
+    "run_s",
+}
+PEER_VARIANT = {
+    "variant",
+    "messages",
+    "readings",
+    "readings_per_message",
+    "publisher_msgs_per_s",
+    "mosquitto_sub",
+    "node_red",
+    "vitalmon",
+    "vitalmon_over_node_red",
+}
 PEER_RATES = {"seconds", "msgs_per_s", "readings_per_s", "cpu_pct"}
 PEER_LATENCY = {"n", "missing", "processed_readings_per_s", "kept_up_pct", "cpu_pct"}
 
@@ -122,8 +189,12 @@ def test_peer_quick_run_compares_node_red_and_vitalmon(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "peer.json"
     proc = subprocess.run(
         [sys.executable, str(BENCH / "peer.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=450, cwd=ROOT, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=450,
+        cwd=ROOT,
+        check=False,
+    )
     if proc.returncode == 2 and "npm install" in proc.stderr:
         pytest.skip(f"node-red cannot be installed: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -117,25 +117,38 @@ def test_a_cuff_over_hl7_raises_no_stale_a_silent_monitor_does(daemon, subscribe
 
     mllp = free_port()
     d = daemon(start=False)
-    d.config.write_text(d.config.read_text().replace(
-        "sources:\n", f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{mllp}\n"
-        "    ward: icu\n").replace("rules:\n", "rules:\n  stale_after_s: 2\n"))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text()
+        .replace(
+            "sources:\n",
+            f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{mllp}\n    ward: icu\n",
+        )
+        .replace("rules:\n", "rules:\n  stale_after_s: 2\n")
+    )
     d.start()
     wait_for(lambda: "listening on" in d.log(), 10, "the MLLP listener")
     alerts = subscribe("alerts/#")
     t = time.time() - 900
-    nbp = ("OBX|1|NM|0002-4a05^NBPs^MDIL||118|0004-0f20^mmHg^MDIL|||||F",
-           "OBX|2|NM|0002-4a06^NBPd^MDIL||71|0004-0f20^mmHg^MDIL|||||F",
-           "OBX|3|NM|0002-4a07^NBPm^MDIL||88|0004-0f20^mmHg^MDIL|||||F")  # fmt: skip
-    cuff = [oru(*nbp, at=t, control="C1", pv1="icu^^8", sender="CUFF8"),
-            oru(*nbp, at=t + 900, control="C2", pv1="icu^^8", sender="CUFF8")]  # fmt: skip
+    nbp = (
+        "OBX|1|NM|0002-4a05^NBPs^MDIL||118|0004-0f20^mmHg^MDIL|||||F",
+        "OBX|2|NM|0002-4a06^NBPd^MDIL||71|0004-0f20^mmHg^MDIL|||||F",
+        "OBX|3|NM|0002-4a07^NBPm^MDIL||88|0004-0f20^mmHg^MDIL|||||F",
+    )
+    cuff = [
+        oru(*nbp, at=t, control="C1", pv1="icu^^8", sender="CUFF8"),
+        oru(*nbp, at=t + 900, control="C2", pv1="icu^^8", sender="CUFF8"),
+    ]
     assert [a[1] for a in send(mllp, *cuff)] == ["AA", "AA"]
     hr = "OBX|1|NM|0002-4182^HR^MDIL||72|0004-0aa0^bpm^MDIL|||||F"
     now = time.time()
-    monitor = [oru(hr, at=now - 5 + i, control=f"H{i}", pv1="icu^^9", sender="MON9")
-               for i in range(5)]  # fmt: skip
+    monitor = [
+        oru(hr, at=now - 5 + i, control=f"H{i}", pv1="icu^^9", sender="MON9") for i in range(5)
+    ]
     assert [a[1] for a in send(mllp, *monitor)] == ["AA"] * 5
-    stale = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "device.stale"], 15,
-                     "the monitor's device.stale")  # fmt: skip
+    stale = wait_for(
+        lambda: [a for a in alerts.json() if a["rule"] == "device.stale"],
+        15,
+        "the monitor's device.stale",
+    )
     assert {a["bed"] for a in stale} == {"9"}
     assert not [a for a in alerts.json() if a["bed"] == "8"]

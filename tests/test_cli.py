@@ -48,8 +48,11 @@ def vitalmon_without_config(
     assert not missing.exists()
     return subprocess.run(
         [sys.executable, "-c", NO_DEFAULT_CONFIG, str(missing), *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def raise_spo2(publisher: Publisher, bed: str) -> None:
@@ -99,12 +102,14 @@ def auth_broker(tmp_path: Path) -> Iterator[int]:
     work.mkdir()
     passwd = work / "passwd"
     passwd.touch(0o600)
-    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "nurse.kim", "s3cret"], check=True,
-                   timeout=10)  # fmt: skip
+    subprocess.run(
+        ["mosquitto_passwd", "-b", str(passwd), "nurse.kim", "s3cret"], check=True, timeout=10
+    )
     port = free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"
-                    f"password_file {passwd}\nuser root\n")  # fmt: skip
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\nuser root\n"
+    )
     with (work / "mosquitto.log").open("ab") as log:
         proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
 
@@ -162,9 +167,18 @@ def run_watch_headless(
 
 
 def alert(ident: str) -> dict[str, object]:
-    return {"id": ident, "ward": "icu", "bed": "6", "rule": "spo2.low", "kind": "physiological",
-            "priority": "high", "state": "active", "message": "SpO2 80 % < 85 % for 15 s",
-            "vital": "spo2", "at": "2026-11-28T10:00:00Z"}  # fmt: skip
+    return {
+        "id": ident,
+        "ward": "icu",
+        "bed": "6",
+        "rule": "spo2.low",
+        "kind": "physiological",
+        "priority": "high",
+        "state": "active",
+        "message": "SpO2 80 % < 85 % for 15 s",
+        "vital": "spo2",
+        "at": "2026-11-28T10:00:00Z",
+    }
 
 
 def test_watch_with_only_host_and_port(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,9 +186,10 @@ def test_watch_with_only_host_and_port(broker: Broker, monkeypatch: pytest.Monke
     try:
         client.publish("state/icu/6/alerts", [alert("a6")], retain=True)
         started = run_watch_headless(
-            monkeypatch, client, ["--host", "127.0.0.1", "--port", str(broker.port),
-                                  "--by", "nurse.kim"],
-        )  # fmt: skip
+            monkeypatch,
+            client,
+            ["--host", "127.0.0.1", "--port", str(broker.port), "--by", "nurse.kim"],
+        )
         assert client.received("vitalmon/cmd/ack") == [{"id": "a6", "by": "nurse.kim"}]
     finally:
         client.close()
@@ -193,11 +208,25 @@ def test_watch_logs_in_with_username_and_password_file(
     try:
         client.publish("state/icu/6/alerts", [alert("b6")], retain=True)
         run_watch_headless(
-            monkeypatch, client, ["--host", "127.0.0.1", "--port", str(auth_broker),
-                                  "--username", "nurse.kim", "--password-file", str(secret)],
-        )  # fmt: skip
-        assert client.received("vitalmon/cmd/ack") == [{"id": "b6", "by": os.environ.get(
-            "USER") or os.environ.get("LOGNAME") or "central-station"}]  # fmt: skip
+            monkeypatch,
+            client,
+            [
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(auth_broker),
+                "--username",
+                "nurse.kim",
+                "--password-file",
+                str(secret),
+            ],
+        )
+        assert client.received("vitalmon/cmd/ack") == [
+            {
+                "id": "b6",
+                "by": os.environ.get("USER") or os.environ.get("LOGNAME") or "central-station",
+            }
+        ]
     finally:
         client.close()
 
@@ -213,13 +242,23 @@ def test_ack_with_only_host_and_port(
     finally:
         alerts.close()
     out = vitalmon_without_config(
-        tmp_path, "ack", raised["id"], "--by", "dr.lee", "--host", "127.0.0.1", "--port",
+        tmp_path,
+        "ack",
+        raised["id"],
+        "--by",
+        "dr.lee",
+        "--host",
+        "127.0.0.1",
+        "--port",
         str(broker.port),
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr
     event = json.loads(out.stdout)
-    assert (event["id"], event["state"], event["ack_by"]) == (raised["id"], "acknowledged",
-                                                              "dr.lee")  # fmt: skip
+    assert (event["id"], event["state"], event["ack_by"]) == (
+        raised["id"],
+        "acknowledged",
+        "dr.lee",
+    )
 
 
 def test_watch_and_ack_without_config_or_broker_say_what_to_give(tmp_path: Path) -> None:
@@ -248,9 +287,11 @@ def console_script(tmp_path: Path) -> Path:
     script = tmp_path / "bin" / "vitalmon"
     script.parent.mkdir()
     repo = Path(__file__).resolve().parent.parent
-    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(repo)!r})\n"
-                      "from monitor.cli import main\nif __name__ == '__main__':\n"
-                      "    sys.exit(main())\n")  # fmt: skip
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(repo)!r})\n"
+        "from monitor.cli import main\nif __name__ == '__main__':\n"
+        "    sys.exit(main())\n"
+    )
     script.chmod(0o755)
     return script
 

@@ -95,8 +95,9 @@ def test_news2_inputs_are_readings():
     assert by_vital(dec({"o2": 0, "avpu": "A"})) == {"o2": 0.0, "avpu": 0.0}
 
 
-@pytest.mark.parametrize("field", ['"o2": 0.5', '"o2": "yes"', '"avpu": "X"', '"avpu": "AC"',
-                                   '"avpu": 1', '"avpu": ""'])  # fmt: skip
+@pytest.mark.parametrize(
+    "field", ['"o2": 0.5', '"o2": "yes"', '"avpu": "X"', '"avpu": "AC"', '"avpu": 1', '"avpu": ""']
+)
 def test_bad_news2_inputs_are_refused_alone(field: str):
     d = dec(f'{{"hr": 70, {field}}}')
     assert by_vital(d) == {"hr": 70.0}
@@ -686,15 +687,17 @@ def test_every_vital_field_is_accounted_for(obj: dict[str, Any]):
     flags = parse_status(obj["status"])[0] if "status" in obj else frozenset()
     bad_status = flags is None
     blind = bool(flags) and any(DEVICE_FLAGS[f][3] for f in flags)
-    per_field = [c for c in causes(d)
-                 if c in {"wrong_type", "not_finite", "implausible", "sensor_flag"}]  # fmt: skip
+    per_field = [
+        c for c in causes(d) if c in {"wrong_type", "not_finite", "implausible", "sensor_flag"}
+    ]
     assert len(d.readings) + len(per_field) == len(vital_fields)
     assert sorted(r.vital for r in d.readings) == sorted(
         k for k in vital_fields if not blind and _plausible_number(k, obj[k])
     )
     for r in d.readings:
-        assert r.value == as_value(r.vital, obj[r.vital].strip().upper()
-                                   if r.vital == "avpu" else obj[r.vital])  # fmt: skip
+        assert r.value == as_value(
+            r.vital, obj[r.vital].strip().upper() if r.vital == "avpu" else obj[r.vital]
+        )
     assert causes(d).count("unknown_vital") == len(unknown)
     has_empty = "empty" in causes(d)
     assert has_empty == (not vital_fields and "status" not in obj)

@@ -547,19 +547,21 @@ def test_check_config_lists_every_error_after_an_unknown_vital(tmp_path: Path):
     proc = check_config(f)
     assert proc.returncode == 1
     listed = [line.strip() for line in proc.stderr.splitlines()[1:]]
-    assert sorted(paths(listed)) == sorted([
-        "mqtt.port",
-        "mqtt",  # reconnect_max_s < reconnect_min_s
-        "sources[0].topic",
-        "rules.thresholds.spo3",
-        "rules.thresholds.spo2",
-        "rules.trends.slope.pulse",
-        "rules",  # window_s does not cover delay_s + max_gap_s
-        "alerts.qos",
-        "profiles.cardiac.thresholds.hr",
-        "beds.icu/7.profile",
-        "beds.bad",
-    ]), proc.stderr  # fmt: skip
+    assert sorted(paths(listed)) == sorted(
+        [
+            "mqtt.port",
+            "mqtt",  # reconnect_max_s < reconnect_min_s
+            "sources[0].topic",
+            "rules.thresholds.spo3",
+            "rules.thresholds.spo2",
+            "rules.trends.slope.pulse",
+            "rules",  # window_s does not cover delay_s + max_gap_s
+            "alerts.qos",
+            "profiles.cardiac.thresholds.hr",
+            "beds.icu/7.profile",
+            "beds.bad",
+        ]
+    ), proc.stderr
     by_path = dict(line.split(": ", 1) for line in listed)
     assert by_path["rules.thresholds.spo3"].startswith("unknown vital 'spo3'")
     assert by_path["rules.trends.slope.pulse"].startswith("unknown vital 'pulse'")
@@ -575,25 +577,42 @@ def test_check_config_lists_every_error_after_an_unknown_vital(tmp_path: Path):
     ("data", "expected"),
     [
         # a bad list item: no error about the list it was taken out of
-        ({"sources": [{"type": "modbus"}, {"topic": "x/{ward}"}]},
-         ["sources[0]", "sources[1].topic"]),
+        (
+            {"sources": [{"type": "modbus"}, {"topic": "x/{ward}"}]},
+            ["sources[0]", "sources[1].topic"],
+        ),
         # a required key with a bad value: not also "missing"
-        ({"rules": {"plausibility": {"ranges": {"hr": {"low": "x", "high": 10}}}}},
-         ["rules.plausibility.ranges.hr.low"]),
+        (
+            {"rules": {"plausibility": {"ranges": {"hr": {"low": "x", "high": 10}}}}},
+            ["rules.plausibility.ranges.hr.low"],
+        ),
         # a profile that is not a mapping: beds naming it get no "unknown profile"
-        ({"profiles": {"cardiac": 5}, "beds": {"icu/7": {"profile": "cardiac"}}},
-         ["profiles.cardiac"]),
-        ({"store": {"type": "sqlite", "batch_size": 0}, "mqtt": {"port": 0}},
-         ["mqtt.port", "store[0].batch_size"]),
+        (
+            {"profiles": {"cardiac": 5}, "beds": {"icu/7": {"profile": "cardiac"}}},
+            ["profiles.cardiac"],
+        ),
+        (
+            {"store": {"type": "sqlite", "batch_size": 0}, "mqtt": {"port": 0}},
+            ["mqtt.port", "store[0].batch_size"],
+        ),
         # the only source is bad: no "at least one source", and the beds are still checked
-        ({"sources": [{"type": "modbus"}], "beds": {"icu/1": {"profile": "zz"}}},
-         ["sources[0]", "beds.icu/1.profile"]),
+        (
+            {"sources": [{"type": "modbus"}], "beds": {"icu/1": {"profile": "zz"}}},
+            ["sources[0]", "beds.icu/1.profile"],
+        ),
         # a bad item does not hide the check of the whole list
-        ({"store": [{"type": "sqlite"}, {"type": "sqlite"}, {"type": "influxdb", "url": "x",
-                                                             "bucket": "b"}]},
-         ["store[2].url", "store"]),
+        (
+            {
+                "store": [
+                    {"type": "sqlite"},
+                    {"type": "sqlite"},
+                    {"type": "influxdb", "url": "x", "bucket": "b"},
+                ]
+            },
+            ["store[2].url", "store"],
+        ),
     ],
-)  # fmt: skip
+)
 def test_no_error_is_a_consequence_of_another(data: dict[str, Any], expected: list[str]):
     assert paths(errors_of(data)) == expected
 
@@ -632,8 +651,10 @@ def test_a_literal_password_is_refused_one_from_the_environment_is_not():
         "mqtt.password: never write the password in the file; use password_file, or "
         "password: ${MQTT_PASSWORD} from the environment"
     ]
-    cfg = parse({"mqtt": {"username": "u", "password": "${MQTT_PASSWORD}"}},
-                env={"MQTT_PASSWORD": "hunter2"})  # fmt: skip
+    cfg = parse(
+        {"mqtt": {"username": "u", "password": "${MQTT_PASSWORD}"}},
+        env={"MQTT_PASSWORD": "hunter2"},
+    )
     assert cfg.mqtt.password == "hunter2"
     assert "hunter2" not in repr(cfg)
 
@@ -663,8 +684,9 @@ def _models(annotation: Any) -> list[type[BaseModel]]:
     return []
 
 
-def model_keys(model: type[BaseModel], prefix: KeyPath = (),
-               variant: str | None = None) -> list[tuple[KeyPath, str | None]]:  # fmt: skip
+def model_keys(
+    model: type[BaseModel], prefix: KeyPath = (), variant: str | None = None
+) -> list[tuple[KeyPath, str | None]]:
     """Every leaf key of the configuration model -> (path, list-item type or None)."""
     out: list[tuple[KeyPath, str | None]] = []
     for name, field in model.model_fields.items():
@@ -739,8 +761,9 @@ def test_readme_key_table_is_the_configuration_model():
             for path, v in model
         )
 
-    missing = sorted(".".join(p) + (f" ({v})" if v else "") for p, v in model
-                     if not documented(p, v))  # fmt: skip
+    missing = sorted(
+        ".".join(p) + (f" ({v})" if v else "") for p, v in model if not documented(p, v)
+    )
     unknown = sorted(".".join(k) for k, v, _ in readme if not exists(k, v))
     assert (missing, unknown) == ([], [])
     assert len(model) > 150  # the walk reached into sources, store, rules and profiles

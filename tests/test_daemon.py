@@ -42,8 +42,11 @@ def publish_all(pub: Publisher, topic: str, readings: list[dict[str, Any]]) -> N
 def query(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "monitor", "query", "-c", str(config), *args],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_acceptance_raise_resolve_garbage_sigterm_query(daemon, subscribe, publisher, tmp_path):
@@ -65,14 +68,28 @@ def test_acceptance_raise_resolve_garbage_sigterm_query(daemon, subscribe, publi
     assert len(first) == 1
     a = first[0]
     assert (a["vital"], a["priority"], a["state"], a["rule"], a["kind"]) == (
-        "spo2", "high", "active", "spo2.low", "physiological")  # fmt: skip
+        "spo2",
+        "high",
+        "active",
+        "spo2.low",
+        "physiological",
+    )
     assert (a["ward"], a["bed"], a["device"], a["seq"]) == ("icu", "7", "mon1", 1)
     assert a["value"] == 82 and a["limit"] == 85
     assert a["message"] == "SpO2 82 % < 85 % for 15 s"
     assert a["started_at"].endswith("Z") and a["at"].endswith("Z")
 
-    for garbage in (b"{not json", b"\xff\xfe", b"[1,2,3]", b'{"spo2": "low"}', b'{"spo2": 1e999}',
-                    b'{"spo2": 150}', b'{"bogus": 1}', b"x" * (65 * 1024), b""):  # fmt: skip
+    for garbage in (
+        b"{not json",
+        b"\xff\xfe",
+        b"[1,2,3]",
+        b'{"spo2": "low"}',
+        b'{"spo2": 1e999}',
+        b'{"spo2": 150}',
+        b'{"bogus": 1}',
+        b"x" * (65 * 1024),
+        b"",
+    ):
         publisher.publish("vitals/icu/7/mon1", garbage)
     publish_all(publisher, "vitals/icu/7/mon1", readings[40:])
     wait_for(lambda: len(alerts.json()) >= 2, 5, "the recovery")
@@ -102,7 +119,10 @@ def test_escalation_keeps_id_and_raises_priority(daemon, subscribe, publisher):
     wait_for(lambda: len(alerts.json()) >= 3, 5, "raise, escalate, resolve")
     ev = alerts.json()
     assert [(e["state"], e["priority"]) for e in ev] == [
-        ("active", "medium"), ("active", "high"), ("resolved", "high")]  # fmt: skip
+        ("active", "medium"),
+        ("active", "high"),
+        ("resolved", "high"),
+    ]
     assert len({e["id"] for e in ev}) == 1
     assert [e["seq"] for e in ev] == [1, 2, 3]
     assert ev[0]["started_at"] == ev[1]["started_at"]
@@ -111,20 +131,33 @@ def test_escalation_keeps_id_and_raises_priority(daemon, subscribe, publisher):
 def test_batch_and_senml_payloads(daemon, publisher, tmp_path):
     d = daemon()
     now = time.time()
-    publisher.publish("vitals/icu/4/mon", [{"ts": now - 1, "hr": 70, "rr": 14},
-                                           {"ts": now, "hr": 71, "temp": 36.9}])  # fmt: skip
-    publisher.publish("vitals/icu/4/ox", [
-        {"bn": "urn:dev:mac:0024befffe804ff1:", "bt": now - 2},
-        {"n": "SpO2", "u": "%", "v": 96},
-        {"n": "pulse", "u": "beat/min", "v": 71, "t": 1},
-    ])  # fmt: skip
+    publisher.publish(
+        "vitals/icu/4/mon",
+        [{"ts": now - 1, "hr": 70, "rr": 14}, {"ts": now, "hr": 71, "temp": 36.9}],
+    )
+    publisher.publish(
+        "vitals/icu/4/ox",
+        [
+            {"bn": "urn:dev:mac:0024befffe804ff1:", "bt": now - 2},
+            {"n": "SpO2", "u": "%", "v": 96},
+            {"n": "pulse", "u": "beat/min", "v": 71, "t": 1},
+        ],
+    )
     db = tmp_path / "vitals.db"
     wait_for(lambda: stored(db) >= 6, 5, "6 readings")
     out = query(d.config, "--bed", "4", "--format", "json")
     rows = json.loads(out.stdout)
     got = sorted((r["device"], r["vital"], r["value"]) for r in rows)
-    assert got == sorted([("mon", "hr", 70), ("mon", "rr", 14), ("mon", "hr", 71),
-                          ("mon", "temp", 36.9), ("ox", "spo2", 96), ("ox", "hr", 71)])  # fmt: skip
+    assert got == sorted(
+        [
+            ("mon", "hr", 70),
+            ("mon", "rr", 14),
+            ("mon", "hr", 71),
+            ("mon", "temp", 36.9),
+            ("ox", "spo2", 96),
+            ("ox", "hr", 71),
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -223,8 +256,9 @@ def test_sigterm_mid_stream_drains_and_session_redelivers(daemon, broker, publis
     db = tmp_path / "vitals.db"
     now = time.time()
     for i in range(3000):
-        publisher.client.publish("vitals/icu/8/mon", json.dumps({"ts": now - 3000 + i, "hr": 80}),
-                                 qos=1)  # fmt: skip
+        publisher.client.publish(
+            "vitals/icu/8/mon", json.dumps({"ts": now - 3000 + i, "hr": 80}), qos=1
+        )
     wait_for(lambda: stored(db) > 0, 10, "the stream to start arriving")
     code, took = d.terminate(signal.SIGTERM)
     assert code == 0, d.log()
@@ -239,8 +273,13 @@ def test_sigterm_mid_stream_drains_and_session_redelivers(daemon, broker, publis
 def test_bad_config_fails_before_connecting(tmp_path, broker):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("mqtt:\n  port: 70000\nsources:\n  - type: mqtt\n    topic: vitals/{ward}\n")
-    out = subprocess.run([sys.executable, "-m", "monitor", "run", "-c", str(cfg)],
-                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 2  # invalid configuration: systemd does not restart it
     assert "mqtt.port" in out.stderr and "sources[0].topic" in out.stderr
 
@@ -252,8 +291,11 @@ def test_unreachable_broker_does_not_stop_the_daemon(tmp_path, broker):
     port = free_port()
     cfg = write_config(tmp_path / "c.yaml", port, tmp_path / "v.db")
     d = DaemonProc(cfg, port, tmp_path / "d.log")
-    d.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "-c", str(cfg)],
-                              stdout=d.logfile.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
+    d.proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run", "-c", str(cfg)],
+        stdout=d.logfile.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: d.log().count("cannot connect") >= 2, 10, "two retries")
         late = Broker(port, tmp_path / "late")

@@ -31,7 +31,9 @@ def test_counted_by_cause_logged_once_per_window_published_every_time(caplog):
     assert dl.counts == {"malformed_json": 5, "implausible": 1}
     assert len(published) == 6
     assert [r.getMessage().split(")")[0] for r in caplog.records] == [
-        "rejected input (malformed_json", "rejected input (implausible"]  # fmt: skip
+        "rejected input (malformed_json",
+        "rejected input (implausible",
+    ]
     clock.t += LOG_EVERY_S
     dl(Rejection("malformed_json", "bad", "vitals/icu/1/m", b"{x"))
     assert len(caplog.records) == 3
@@ -62,16 +64,24 @@ def test_binary_payload_is_base64_and_long_payload_truncated():
 def test_letters_never_echo_a_patient_identifier():
     """A dead letter is a side channel: the payload echo keeps the shape of what was
     refused, never who it was about (HL7 PID/NK1/MRG..., JSON "patient", broken or not)."""
-    hl7 = (b"MSH|^~\\&|MON|ICU|||20251128100000||ORU^R01|1|P|2.5\r"
-           b"PID|||MRN-4411^^^HOSP||Doe^Jane||19600101|F\rNK1|1|Doe^John|SPO\r"
-           b"PV1||I|icu^^7\rOBX|1|NM|0002-4bb8^SpO2^MDIL||x|%|||||F\r")  # fmt: skip
+    hl7 = (
+        b"MSH|^~\\&|MON|ICU|||20251128100000||ORU^R01|1|P|2.5\r"
+        b"PID|||MRN-4411^^^HOSP||Doe^Jane||19600101|F\rNK1|1|Doe^John|SPO\r"
+        b"PV1||I|icu^^7\rOBX|1|NM|0002-4bb8^SpO2^MDIL||x|%|||||F\r"
+    )
     letters = [
         DeadLetters.letter(Rejection("wrong_type", "OBX SpO2", "hl7", hl7)),
-        DeadLetters.letter(Rejection("implausible", "spo2=150", "t",
-                                     b'{"ts": 1, "spo2": 150, "patient": "MRN-4411"}')),
-        DeadLetters.letter(Rejection("malformed_json", "bad", "t",
-                                     b'[{"Patient" : 4411, "hr": 70}, {"patient":"MRN-4411')),
-    ]  # fmt: skip
+        DeadLetters.letter(
+            Rejection(
+                "implausible", "spo2=150", "t", b'{"ts": 1, "spo2": 150, "patient": "MRN-4411"}'
+            )
+        ),
+        DeadLetters.letter(
+            Rejection(
+                "malformed_json", "bad", "t", b'[{"Patient" : 4411, "hr": 70}, {"patient":"MRN-4411'
+            )
+        ),
+    ]
     for letter in letters:
         text = json.dumps(letter)
         assert "4411" not in text and "Doe" not in text and "Jane" not in text

@@ -141,8 +141,11 @@ def test_demo_with_embedded_amqtt(tmp_path: Path) -> None:
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     d = DemoProc([], {demo_mod.ENV_SPEED: "5", "TMPDIR": str(tmp_path)})
     try:
-        wait_for(lambda: d.first_alert_after is not None or d.proc.poll() is not None, 40,
-                 "the first alert")  # fmt: skip
+        wait_for(
+            lambda: d.first_alert_after is not None or d.proc.poll() is not None,
+            40,
+            "the first alert",
+        )
         assert d.proc.poll() is None, d.text
         d.proc.send_signal(signal.SIGINT)
     finally:
@@ -156,22 +159,36 @@ def test_the_printed_alert_id_is_what_vitalmon_ack_takes(tmp_path: Path) -> None
     demo's config (the command the header gives for ``watch``): it is acknowledged."""
     d = DemoProc([], {demo_mod.ENV_SPEED: "5", "TMPDIR": str(tmp_path)})
     try:
-        m = wait_for(lambda: next(filter(None, map(PRINTED.search, d.lines)), None)
-                     or d.proc.poll() is not None, 40, "the first alert")  # fmt: skip
+        m = wait_for(
+            lambda: (
+                next(filter(None, map(PRINTED.search, d.lines)), None) or d.proc.poll() is not None
+            ),
+            40,
+            "the first alert",
+        )
         assert isinstance(m, re.Match), d.text
         printed = m.group(1)
         config = d.header_value(r"vitalmon watch -c (\S+)")
         out = subprocess.run(
             [sys.executable, "-m", "monitor", "ack", printed, "--by", "nurse.kim", "-c", config],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert out.returncode == 0, f"ack {printed}: {out.stderr}"
         event = json.loads(out.stdout)
-        assert (event["state"], event["ack_by"], event["id"]) == ("acknowledged", "nurse.kim",
-                                                                  printed)  # fmt: skip
+        assert (event["state"], event["ack_by"], event["id"]) == (
+            "acknowledged",
+            "nurse.kim",
+            printed,
+        )
         # and the demo prints the acknowledgement under the same id
-        wait_for(lambda: any("ACKNOWLEDGED" in ln and ln.endswith(f"(id {printed})")
-                             for ln in d.lines), 10, "the acknowledgement printed")  # fmt: skip
+        wait_for(
+            lambda: any("ACKNOWLEDGED" in ln and ln.endswith(f"(id {printed})") for ln in d.lines),
+            10,
+            "the acknowledgement printed",
+        )
     finally:
         if d.proc.poll() is None:
             d.proc.send_signal(signal.SIGINT)
@@ -244,8 +261,9 @@ def test_embedded_broker_keeps_the_daemons_persistent_session() -> None:
             await asyncio.sleep(0.02)
 
     def publish(port: int, n: int) -> None:
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id="pub",
-                        protocol=MQTTProtocolVersion.MQTTv311)  # fmt: skip
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="pub", protocol=MQTTProtocolVersion.MQTTv311
+        )
         c.username_pw_set("sim")
         c.connect("127.0.0.1", port)
         c.loop_start()
@@ -261,8 +279,13 @@ def test_embedded_broker_keeps_the_daemons_persistent_session() -> None:
         try:
 
             def client() -> Client:
-                cfg = MqttConfig(port=broker.port, protocol="3.1.1", client_id="vitalmon-test",
-                                 username=broker.username, reconnect_min_s=0.2)  # fmt: skip
+                cfg = MqttConfig(
+                    port=broker.port,
+                    protocol="3.1.1",
+                    client_id="vitalmon-test",
+                    username=broker.username,
+                    reconnect_min_s=0.2,
+                )
                 c = Client(cfg)
 
                 def deliver(m: Message) -> None:

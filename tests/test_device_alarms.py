@@ -64,8 +64,9 @@ def ctx(now: float = NOW, **kw: Any) -> DeviceContext:
     return DeviceContext("icu", "fixed-bed", "mon", now, **base)
 
 
-def oru(*obx: str, at: float = NOW, control: str = "Q1", pv1: str = "icu^^7",
-        sender: str = "BX40") -> bytes:  # fmt: skip
+def oru(
+    *obx: str, at: float = NOW, control: str = "Q1", pv1: str = "icu^^7", sender: str = "BX40"
+) -> bytes:
     segs = [
         f"MSH|^~\\&|{sender}|WEST3|VM|HOSP|{stamp(at)}||ORU^R01^ORU_R01|{control}|P|2.5",
         "PID|||PT-4411||Tester^Alex",
@@ -111,8 +112,12 @@ def test_alarm_segments_are_one_report_of_the_message_device() -> None:
     parsed = parse(msg)
     (report,) = parsed.device_alarms
     assert (report.ts, report.ward, report.bed, report.device, report.patient) == (
-        NOW, "icu", "7", "BX40", "PT-4411"  # no ".channel": the monitor itself
-    )  # fmt: skip
+        NOW,
+        "icu",
+        "7",
+        "BX40",
+        "PT-4411",  # no ".channel": the monitor itself
+    )
     assert brief(report) == [
         ("xBrady", "high", "device", "***xBrady 38<40", "RedAlarm"),
         ("SpO2", "medium", "device", "**SpO2   88  <90", "YellowAlarm"),
@@ -206,8 +211,9 @@ def test_alarm_text_unescaped_controls_removed_result_status_d_ignored() -> None
 
 
 def test_receive_clock_stamps_the_report_now() -> None:
-    parsed = Hl7Parser(bind="pv1", clock="receive").parse(oru(alarm("RedAlarm", "***VF", 1)),
-                                                          ctx(NOW + 999))  # fmt: skip
+    parsed = Hl7Parser(bind="pv1", clock="receive").parse(
+        oru(alarm("RedAlarm", "***VF", 1)), ctx(NOW + 999)
+    )
     assert [r.ts for r in parsed.device_alarms] == [NOW + 999]
 
 
@@ -243,14 +249,16 @@ def test_unmapped_observations_counted_by_label_and_code_never_by_value() -> Non
         "OBX|9|NM|||7||||||F",
     )
     parsed = parse(msg)
-    assert parsed.unmapped == Counter({
-        "Perf (0002-d006)": 2,
-        "MDC_SPO2_SIGNAL_QUALITY_INDEX (160324)": 1,
-        "BedsideNote (9921)": 1,
-        "MDC_TEMP_SKIN (150388)": 1,
-        ("LongName (" + "X" * 100)[:60]: 1,
-        "(none)": 1,
-    })  # fmt: skip
+    assert parsed.unmapped == Counter(
+        {
+            "Perf (0002-d006)": 2,
+            "MDC_SPO2_SIGNAL_QUALITY_INDEX (160324)": 1,
+            "BedsideNote (9921)": 1,
+            "MDC_TEMP_SKIN (150388)": 1,
+            ("LongName (" + "X" * 100)[:60]: 1,
+            "(none)": 1,
+        }
+    )
     assert all(len(code) <= 60 for code in parsed.unmapped)
     assert not any("PT-4411" in code or "Tester" in code for code in parsed.unmapped)
 
@@ -316,11 +324,9 @@ _NUMBER = st.decimals(-500, 500, places=1, allow_nan=False).map(str)
 @given(
     _LABEL,
     st.sampled_from(["", "*", "**", "***", "*** "]),
-    st.lists(st.tuples(st.sampled_from(["", "<", ">", " <", "> ", " = "]), _NUMBER),
-             max_size=3),
-    st.lists(st.tuples(st.sampled_from(["", "<", ">", " <", "> ", " = "]), _NUMBER),
-             max_size=3),
-)  # fmt: skip
+    st.lists(st.tuples(st.sampled_from(["", "<", ">", " <", "> ", " = "]), _NUMBER), max_size=3),
+    st.lists(st.tuples(st.sampled_from(["", "<", ">", " <", "> ", " = "]), _NUMBER), max_size=3),
+)
 def test_keys_are_stable_when_only_numbers_change(
     label: str, stars: str, a: list[tuple[str, str]], b: list[tuple[str, str]]
 ) -> None:
@@ -340,8 +346,18 @@ _TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_siz
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["1^RedAlarm", "2^", "^shortyellowalarm", "5^HardInop", "6^x",
-                             "^^", "7^Red Alarm", "RedAlarm"]),
+            st.sampled_from(
+                [
+                    "1^RedAlarm",
+                    "2^",
+                    "^shortyellowalarm",
+                    "5^HardInop",
+                    "6^x",
+                    "^^",
+                    "7^Red Alarm",
+                    "RedAlarm",
+                ]
+            ),
             _TEXT,
             st.sampled_from(["", "F", "D", "X", "W"]),
             st.sampled_from(["", stamp(NOW), stamp(NOW + 9999), "garbage", "1999"]),
@@ -350,12 +366,14 @@ _TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_siz
         max_size=6,
     ),
     st.booleans(),
-)  # fmt: skip
+)
 def test_parse_with_alarm_segments_never_raises(
     segs: list[tuple[str, str, str, str, str]], vitals: bool
 ) -> None:
-    obx = [f"OBX|{i}|TX|{code}^MDIL-ALERT||{text}||||||{status}|||{ts}||||{dev}"
-           for i, (code, text, status, ts, dev) in enumerate(segs)]  # fmt: skip
+    obx = [
+        f"OBX|{i}|TX|{code}^MDIL-ALERT||{text}||||||{status}|||{ts}||||{dev}"
+        for i, (code, text, status, ts, dev) in enumerate(segs)
+    ]
     msg = oru(*(([SPO2, PERF] if vitals else []) + obx))
     parsed, a = Hl7Parser(bind="pv1").parse_message(msg, ctx())
     assert a.code in ("AA", "AE")
@@ -404,8 +422,9 @@ def test_unmapped_counts_are_bounded_and_logged_at_most_every_60_s() -> None:
 # ------------------------------------------------------------------------ the rule
 
 
-def report(ts: float, *alarms: DeviceAlarm, device: str = "BX40", bed: str = "7"
-           ) -> DeviceAlarmReport:  # fmt: skip
+def report(
+    ts: float, *alarms: DeviceAlarm, device: str = "BX40", bed: str = "7"
+) -> DeviceAlarmReport:
     return DeviceAlarmReport(ts, "icu", bed, device, alarms, "PT-4411")
 
 
@@ -423,12 +442,24 @@ def test_raise_is_one_alert_with_the_device_text_and_null_numbers() -> None:
     d = DeviceAlarms()
     (raised,) = d.observe(report(T0, RED))
     assert raised == AlertEvent(
-        id=alert_id("icu", "7", "BX40", "device.alarm:xBrady", T0), ward="icu", bed="7",
-        device="BX40", patient="PT-4411", vital="", rule="device.alarm", kind="device",
-        priority=Priority.HIGH, state=AlertState.ACTIVE, value=raised.value,
-        limit=raised.limit, message="***xBrady 38<40", started_at=T0, at=T0, seq=1,
+        id=alert_id("icu", "7", "BX40", "device.alarm:xBrady", T0),
+        ward="icu",
+        bed="7",
+        device="BX40",
+        patient="PT-4411",
+        vital="",
+        rule="device.alarm",
+        kind="device",
+        priority=Priority.HIGH,
+        state=AlertState.ACTIVE,
+        value=raised.value,
+        limit=raised.limit,
+        message="***xBrady 38<40",
+        started_at=T0,
+        at=T0,
+        seq=1,
         extra={"source": "RedAlarm", "device_alarm": "xBrady"},
-    )  # fmt: skip
+    )
     assert math.isnan(raised.value) and math.isnan(raised.limit)
     public = raised.to_json()
     assert (public["value"], public["limit"]) == (None, None)
@@ -453,16 +484,24 @@ def test_priority_change_is_one_event_text_change_alone_none() -> None:
     )
     (worse,) = d.observe(report(T0 + 4, RED))  # yellow -> red: the same alert, escalated
     assert (worse.id, worse.seq, worse.priority, worse.state, worse.message, worse.at) == (
-        raised.id, 2, Priority.HIGH, AlertState.ACTIVE, "***xBrady 38<40", T0 + 4
-    )  # fmt: skip
+        raised.id,
+        2,
+        Priority.HIGH,
+        AlertState.ACTIVE,
+        "***xBrady 38<40",
+        T0 + 4,
+    )
     assert worse.extra == {"source": "RedAlarm", "device_alarm": "xBrady"}
     newer = DeviceAlarm("xBrady", Priority.HIGH, "device", "***xBrady 35<40", "RedAlarm")
     assert d.observe(report(T0 + 6, newer)) == []
     (ended,) = d.observe(report(T0 + 8))
     assert (ended.id, ended.seq, ended.state, ended.at, ended.message) == (
-        raised.id, 3, AlertState.RESOLVED, T0 + 8,
+        raised.id,
+        3,
+        AlertState.RESOLVED,
+        T0 + 8,
         "***xBrady 35<40 — ended (no longer reported by the device)",
-    )  # fmt: skip
+    )
     assert d.active() == 0
 
 
@@ -470,14 +509,21 @@ def test_absent_key_resolves_others_stay_and_inops_are_technical() -> None:
     d = DeviceAlarms()
     raised = d.observe(report(T0, RED, INOP))
     assert [(e.rule, e.kind, str(e.priority)) for e in raised] == [
-        ("device.alarm", "device", "high"), ("device.inop", "technical", "medium")
-    ]  # fmt: skip
+        ("device.alarm", "device", "high"),
+        ("device.inop", "technical", "medium"),
+    ]
     assert raised[0].id != raised[1].id
     assert raised[1].id == alert_id("icu", "7", "BX40", "device.alarm:Leads Off", T0)
     assert states(d.observe(report(T0 + 2, INOP))) == [
-        ("device.alarm", "resolved", "high", T0 + 2, 2,
-         "***xBrady 38<40 — ended (no longer reported by the device)"),
-    ]  # fmt: skip
+        (
+            "device.alarm",
+            "resolved",
+            "high",
+            T0 + 2,
+            2,
+            "***xBrady 38<40 — ended (no longer reported by the device)",
+        ),
+    ]
     assert d.active() == 1
     assert [e.state for e in d.observe(report(T0 + 3))] == [AlertState.RESOLVED]
 
@@ -517,8 +563,9 @@ def test_kind_change_resolves_and_raises_anew() -> None:
     d.observe(report(T0, DeviceAlarm("SpO2", Priority.MEDIUM, "device", "**SpO2 88<90")))
     events = d.observe(report(T0 + 1, DeviceAlarm("SpO2", Priority.LOW, "technical", "SpO2")))
     assert [(e.rule, str(e.state)) for e in events] == [
-        ("device.alarm", "resolved"), ("device.inop", "active")
-    ]  # fmt: skip
+        ("device.alarm", "resolved"),
+        ("device.inop", "active"),
+    ]
 
 
 def test_discharge_resolves_the_bed_and_keeps_the_watermark() -> None:
@@ -580,8 +627,11 @@ def test_engine_passes_device_alarms_through_the_lifecycle() -> None:
     worse = sink.events[-1]
     # worse than what was acknowledged: active again, numbered after the acknowledgement
     assert (worse.id, worse.state, worse.priority, worse.seq) == (
-        alarm_ev.id, AlertState.ACTIVE, Priority.HIGH, 3
-    )  # fmt: skip
+        alarm_ev.id,
+        AlertState.ACTIVE,
+        Priority.HIGH,
+        3,
+    )
     assert "ack_by" not in worse.extra
 
     clock[0] += 31
@@ -621,8 +671,12 @@ def test_engine_counts_a_report_as_a_sign_of_life_at_its_cadence() -> None:
     assert eng.staleness.check(210.0) == []  # the bed spoke: the "*" alarm resolved, none new
     # a central station sending a message a minute: its channels (BX40.ecg, ...) are what
     # is watched for silence; the report's bare device name is not one more device
-    feed(*(Batch([], received_at=201.0 + 60 * i, device_alarms=[report(T0 + 60 * i)])
-           for i in (1, 2)))  # fmt: skip
+    feed(
+        *(
+            Batch([], received_at=201.0 + 60 * i, device_alarms=[report(T0 + 60 * i)])
+            for i in (1, 2)
+        )
+    )
     assert eng.staleness.check(321.0 + 10_000) == []
     # PCD-04 news comes when an alarm changes, with no cadence: not watched for silence
     eng.staleness = Staleness(30, [], started=100.0)
@@ -644,8 +698,10 @@ def send(port: int, *messages: bytes) -> list[list[str]]:
             chunk = s.recv(4096)
             assert chunk, "connection closed before the ACKs"
             acks += framer.feed(chunk)
-    return [next(seg for seg in a.decode().split("\r") if seg.startswith("MSA|")).split("|")
-            for a in acks]  # fmt: skip
+    return [
+        next(seg for seg in a.decode().split("\r") if seg.startswith("MSA|")).split("|")
+        for a in acks
+    ]
 
 
 def metrics(port: int) -> str:
@@ -656,10 +712,17 @@ def metrics(port: int) -> str:
 def hl7_daemon(daemon: Any, extra: str = "") -> tuple[Any, int, int]:
     mllp, http = free_port(), free_port()
     d = daemon(f"metrics:\n  listen: 127.0.0.1:{http}\n", start=False)
-    d.config.write_text(d.config.read_text().replace(
-        "sources:\n", f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{mllp}\n"
-        "    ward: icu\n").replace('topic: "alerts/{ward}/{bed}"\n  qos: 1',
-                                   'topic: "alerts/{ward}/{bed}"\n  qos: 1\n' + extra))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text()
+        .replace(
+            "sources:\n",
+            f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{mllp}\n    ward: icu\n",
+        )
+        .replace(
+            'topic: "alerts/{ward}/{bed}"\n  qos: 1',
+            'topic: "alerts/{ward}/{bed}"\n  qos: 1\n' + extra,
+        )
+    )
     d.start()
     wait_for(lambda: "listening on" in d.log(), 10, "the MLLP listener")
     return d, mllp, http
@@ -683,24 +746,35 @@ def test_red_alarm_and_inop_over_mllp_raise_ack_resolve_and_count_unknown_codes(
     ]
     raised = wait_for(lambda: by_rule(alerts, "device.alarm"), 10, "the red alarm")[0]
     assert (raised["kind"], raised["priority"], raised["state"], raised["message"]) == (
-        "device", "high", "active", "***xBrady 38<40"
-    )  # fmt: skip
+        "device",
+        "high",
+        "active",
+        "***xBrady 38<40",
+    )
     assert (raised["ward"], raised["bed"], raised["device"], raised["vital"]) == (
-        "icu", "7", "BX40", ""
-    )  # fmt: skip
+        "icu",
+        "7",
+        "BX40",
+        "",
+    )
     assert (raised["value"], raised["limit"], raised["source"]) == (None, None, "RedAlarm")
     technical = wait_for(lambda: by_rule(alerts, "device.inop"), 10, "the INOP")[0]
     assert (technical["kind"], technical["priority"], technical["message"]) == (
-        "technical", "medium", "ECG Leads Off"
-    )  # fmt: skip
+        "technical",
+        "medium",
+        "ECG Leads Off",
+    )
     # the retained bed state lists both, with null numbers
     wait_for(lambda: state.json() and len(state.json()[-1]) == 2, 10, "the bed state")
     assert {a["id"] for a in state.json()[-1]} == {raised["id"], technical["id"]}
     assert all(a["value"] is None for a in state.json()[-1])
 
     publisher.publish("vitalmon/cmd/ack", {"id": raised["id"], "by": "kim"})
-    wait_for(lambda: [a for a in by_rule(alerts, "device.alarm") if a["state"] == "acknowledged"],
-             10, "acknowledged")  # fmt: skip
+    wait_for(
+        lambda: [a for a in by_rule(alerts, "device.alarm") if a["state"] == "acknowledged"],
+        10,
+        "acknowledged",
+    )
 
     # a new value in the text: the same alarm (no event); then both gone: resolved
     later = alarm("RedAlarm", "***xBrady 36<40", 1)
@@ -709,12 +783,17 @@ def test_red_alarm_and_inop_over_mllp_raise_ack_resolve_and_count_unknown_codes(
         oru(SPO2, PERF, later, inop, at=t + 2, control="M2"),
         oru(SPO2, PERF, at=t + 4, control="M3"),
     )
-    wait_for(lambda: len([a for a in alerts.json() if a["state"] == "resolved"]) == 2, 10,
-             "both resolved")  # fmt: skip
+    wait_for(
+        lambda: len([a for a in alerts.json() if a["state"] == "resolved"]) == 2,
+        10,
+        "both resolved",
+    )
     red_events = by_rule(alerts, "device.alarm")
     assert [(a["state"], a["seq"]) for a in red_events] == [
-        ("active", 1), ("acknowledged", 2), ("resolved", 3)
-    ]  # fmt: skip
+        ("active", 1),
+        ("acknowledged", 2),
+        ("resolved", 3),
+    ]
     assert {a["id"] for a in red_events} == {raised["id"]}
     assert red_events[-1]["message"] == (
         "***xBrady 36<40 — ended (no longer reported by the device)"
@@ -723,8 +802,7 @@ def test_red_alarm_and_inop_over_mllp_raise_ack_resolve_and_count_unknown_codes(
     wait_for(lambda: state.json()[-1] == [], 10, "an empty bed state")
 
     # pause: a yellow alarm (medium) is held, then published when the pause ends
-    publisher.publish("vitalmon/cmd/pause", {"ward": "icu", "bed": "7", "seconds": 60,
-                                             "by": "kim"})  # fmt: skip
+    publisher.publish("vitalmon/cmd/pause", {"ward": "icu", "bed": "7", "seconds": 60, "by": "kim"})
     wait_for(lambda: "paused for 2 s" in d.log(), 10, "the pause")
     paused_at = time.monotonic()
     yellow = alarm("YellowAlarm", "**SpO2 88 <90", 2)
@@ -732,16 +810,23 @@ def test_red_alarm_and_inop_over_mllp_raise_ack_resolve_and_count_unknown_codes(
     wait_for(lambda: state.json()[-1], 10, "the yellow alarm on the bed state")
     if time.monotonic() - paused_at < 1.8:
         assert not [a for a in alerts.json() if a["message"].startswith("**SpO2")]
-    held = wait_for(lambda: [a for a in alerts.json() if a["message"].startswith("**SpO2")],
-                    10, "the release")  # fmt: skip
-    assert (held[0]["priority"], held[0]["state"], held[0]["kind"]) == ("medium", "active",
-                                                                        "device")  # fmt: skip
+    held = wait_for(
+        lambda: [a for a in alerts.json() if a["message"].startswith("**SpO2")], 10, "the release"
+    )
+    assert (held[0]["priority"], held[0]["state"], held[0]["kind"]) == (
+        "medium",
+        "active",
+        "device",
+    )
     assert time.monotonic() - paused_at >= 1.0
 
     # unknown observation codes are counted on /metrics (never their values)
     text = wait_for(lambda: m if "Perf" in (m := metrics(http)) else None, 10, "the metric")
-    counted = [line for line in text.splitlines()
-               if line.startswith("vitalmon_hl7_unmapped_observations_total{")]  # fmt: skip
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith("vitalmon_hl7_unmapped_observations_total{")
+    ]
     assert counted == ['vitalmon_hl7_unmapped_observations_total{code="Perf (0002-d006)"} 3.0']
     assert "not mapped to a vital" in d.log()
     assert "PT-4411" not in d.log()
@@ -759,14 +844,18 @@ def test_device_alarm_open_at_a_restart_is_ended_by_the_next_message(
     code, _ = d.terminate()
     assert code == 0
     conn = sqlite3.connect(tmp_path / "vitals.db")
-    assert conn.execute("SELECT value, limit_value FROM alert_events WHERE id = ?",
-                        (raised["id"],)).fetchall() == [(None, None)]  # fmt: skip
+    assert conn.execute(
+        "SELECT value, limit_value FROM alert_events WHERE id = ?", (raised["id"],)
+    ).fetchall() == [(None, None)]
     conn.close()
     d.start()
     wait_for(lambda: d.log().count("listening on") >= 2, 10, "the listener again")
     send(mllp, oru(SPO2, at=t + 5))
-    ended = wait_for(lambda: [a for a in by_rule(alerts, "device.inop")
-                              if a["state"] == "resolved"], 10, "resolved")[0]  # fmt: skip
+    ended = wait_for(
+        lambda: [a for a in by_rule(alerts, "device.inop") if a["state"] == "resolved"],
+        10,
+        "resolved",
+    )[0]
     assert (ended["id"], ended["seq"]) == (raised["id"], 2)
     assert ended["message"] == "SpO2 Change Site — ended (no longer reported by the device)"
 
@@ -803,12 +892,23 @@ def test_pcd04_alarm_is_a_report_of_that_alarm_alone() -> None:
     parsed, a = Hl7Parser(bind="pv1").parse_message(msg, ctx())
     assert (a.code, a.trigger) == ("AA", "R40")
     (rep,) = parsed.device_alarms
-    assert (rep.ts, rep.ward, rep.bed, rep.device, rep.complete) == (NOW - 2, "icu", "9",
-                                                                      "BX40", False)  # fmt: skip
+    assert (rep.ts, rep.ward, rep.bed, rep.device, rep.complete) == (
+        NOW - 2,
+        "icu",
+        "9",
+        "BX40",
+        False,
+    )
     assert rep.alarms == (
-        DeviceAlarm("MDC_EVT_LO MDC_PULS_OXIM_SAT_O2", Priority.MEDIUM, "device",
-                    "SpO2 below limit", "MDC_EVT_LO", True),
-    )  # fmt: skip
+        DeviceAlarm(
+            "MDC_EVT_LO MDC_PULS_OXIM_SAT_O2",
+            Priority.MEDIUM,
+            "device",
+            "SpO2 below limit",
+            "MDC_EVT_LO",
+            True,
+        ),
+    )
     # the value that triggered it is a reading; the attributes are not "unmapped"
     assert [(r.device, r.vital, r.value) for r in parsed.readings] == [("BX40.pleth", "spo2", 86)]
     assert parsed.unmapped == Counter({"Perf (0002-d006)": 1})
@@ -837,19 +937,27 @@ def test_pcd04_event_in_obx5_technical_with_its_source() -> None:
     (rep,) = parse_r40(msg).device_alarms
     assert rep.device == "ACMGW"  # no OBX-18: the sending application
     assert rep.alarms == (
-        DeviceAlarm("MDC_EVT_LEAD_DISCONN MDC_ECG_HEART_RATE", Priority.HIGH, "technical",
-                    "Lead II off", "MDC_EVT_LEAD_DISCONN", True),
-    )  # fmt: skip
+        DeviceAlarm(
+            "MDC_EVT_LEAD_DISCONN MDC_ECG_HEART_RATE",
+            Priority.HIGH,
+            "technical",
+            "Lead II off",
+            "MDC_EVT_LEAD_DISCONN",
+            True,
+        ),
+    )
 
 
 def news(ts: float, *alarms: DeviceAlarm) -> DeviceAlarmReport:
     return DeviceAlarmReport(ts, "icu", "9", "BX40", alarms, None, complete=False)
 
 
-LOW = DeviceAlarm("MDC_EVT_LO MDC_PULS_OXIM_SAT_O2", Priority.MEDIUM, "device", "SpO2 low",
-                  "MDC_EVT_LO")  # fmt: skip
-APNEA = DeviceAlarm("MDC_EVT_APNEA MDC_RESP_RATE", Priority.HIGH, "device", "Apnea",
-                    "MDC_EVT_APNEA")  # fmt: skip
+LOW = DeviceAlarm(
+    "MDC_EVT_LO MDC_PULS_OXIM_SAT_O2", Priority.MEDIUM, "device", "SpO2 low", "MDC_EVT_LO"
+)
+APNEA = DeviceAlarm(
+    "MDC_EVT_APNEA MDC_RESP_RATE", Priority.HIGH, "device", "Apnea", "MDC_EVT_APNEA"
+)
 
 
 def over(a: DeviceAlarm) -> DeviceAlarm:
@@ -867,8 +975,11 @@ def test_partial_reports_change_only_the_alarms_they_name() -> None:
     assert (up.id, up.priority, up.seq, up.message) == (low.id, Priority.HIGH, 2, "SpO2 very low")
     (ended,) = d.observe(news(T0 + 3, over(LOW)))
     assert (ended.id, ended.state, ended.seq, ended.message) == (
-        low.id, AlertState.RESOLVED, 3, "SpO2 low — ended (reported over by the device)"
-    )  # fmt: skip
+        low.id,
+        AlertState.RESOLVED,
+        3,
+        "SpO2 low — ended (reported over by the device)",
+    )
     assert d.observe(news(T0 + 3, LOW)) == []  # a raise at the instant of its end: undone
     assert d.observe(news(T0 + 1, LOW)) == []  # older news of that alarm
     assert d.observe(news(T0 + 4, over(LOW))) == []  # not open: nothing to end
@@ -887,8 +998,9 @@ def test_pcd04_over_the_mllp_listener_is_acked_aa_and_emitted() -> None:
     from monitor.sources.hl7mllp import Hl7MllpSource
 
     async def main() -> tuple[list[Batch], list[list[str]]]:
-        src = Hl7MllpSource(Hl7MllpSourceConfig(type="hl7-mllp", listen="127.0.0.1:0",
-                                                clock="receive"))  # fmt: skip
+        src = Hl7MllpSource(
+            Hl7MllpSourceConfig(type="hl7-mllp", listen="127.0.0.1:0", clock="receive")
+        )
         batches: list[Batch] = []
 
         async def emit(batch: Batch) -> None:

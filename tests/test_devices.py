@@ -121,15 +121,24 @@ def test_rad8_capture_replayed_in_any_chunking():
         parser = MasimoParser()
         got = [values(parser.parse(ln, CTX)) for ln in lines(path, chunk)]
         assert [(v["spo2"], v["hr"]) for v in got] == [
-            (97, 80), (97, 81), (97, 81), (97, 81), (97, 80), (97, 80),
-        ]  # fmt: skip
+            (97, 80),
+            (97, 81),
+            (97, 81),
+            (97, 81),
+            (97, 80),
+            (97, 80),
+        ]
 
 
 def test_yahnatan_capture():
     got = [masimo(ln) for ln in lines(DATA / "masimo_serial" / "rad8_yahnatan_pulseox_README.txt")]
     assert [(values(p)["spo2"], values(p)["hr"]) for p in got] == [
-        (98, 97), (98, 96), (98, 96), (98, 96), (98, 97),
-    ]  # fmt: skip
+        (98, 97),
+        (98, 96),
+        (98, 96),
+        (98, 96),
+        (98, 97),
+    ]
     assert all(flags(p) == set() and p.rejections == [] for p in got)
 
 
@@ -704,9 +713,16 @@ def test_masimo_round_trip(spo2, bpm, exc, alarm, full):
     ),
 )
 def test_nellcor_round_trip(spo2, bpm, pa, codes):
-    table = {"AO": {"alarms_off"}, "AS": {"alarms_off"}, "MO": {"motion"},
-             "PS": {"searching"}, "LP": {"searching"}, "LM": {"searching", "motion"},
-             "SD": {"no_sensor"}, "SO": {"sensor_off"}}  # fmt: skip
+    table = {
+        "AO": {"alarms_off"},
+        "AS": {"alarms_off"},
+        "MO": {"motion"},
+        "PS": {"searching"},
+        "LP": {"searching"},
+        "LM": {"searching", "motion"},
+        "SD": {"no_sensor"},
+        "SO": {"sensor_off"},
+    }
     dash = "---"
     frame = nline(
         dash if spo2 is None else str(spo2),

@@ -11,13 +11,27 @@ from monitor.model import INTERMITTENT, AlertEvent, AlertState, Priority, Readin
 T0 = 1764324000.0
 
 
-def active(rule: str = "spo2.low", vital: str = "spo2", priority: Priority = Priority.HIGH,
-           seq: int = 1) -> AlertEvent:  # fmt: skip
+def active(
+    rule: str = "spo2.low", vital: str = "spo2", priority: Priority = Priority.HIGH, seq: int = 1
+) -> AlertEvent:
     return AlertEvent(
-        id="abc", ward="icu", bed="7", device="ox", patient=None, vital=vital, rule=rule,
-        kind="physiological", priority=priority, state=AlertState.ACTIVE, value=80, limit=85,
-        message="m", started_at=T0 - 60, at=T0 - 30, seq=seq,
-    )  # fmt: skip
+        id="abc",
+        ward="icu",
+        bed="7",
+        device="ox",
+        patient=None,
+        vital=vital,
+        rule=rule,
+        kind="physiological",
+        priority=priority,
+        state=AlertState.ACTIVE,
+        value=80,
+        limit=85,
+        message="m",
+        started_at=T0 - 60,
+        at=T0 - 30,
+        seq=seq,
+    )
 
 
 def reading(value: float, t: float = 0, vital: str = "spo2") -> Reading:
@@ -60,10 +74,17 @@ def test_system_alarm_raises_once_and_always_resolves():
     alarms = SystemAlarms("vitalmon-a", clock=lambda: next(clock))
     raised = alarms.set("store.full", "store", True, "bound reached")
     assert raised is not None
-    assert (raised.kind, raised.priority, raised.state) == ("technical", Priority.HIGH,
-                                                            AlertState.ACTIVE)  # fmt: skip
-    assert (raised.ward, raised.bed, raised.device, raised.seq) == ("_system", "vitalmon-a",
-                                                                    "store", 1)  # fmt: skip
+    assert (raised.kind, raised.priority, raised.state) == (
+        "technical",
+        Priority.HIGH,
+        AlertState.ACTIVE,
+    )
+    assert (raised.ward, raised.bed, raised.device, raised.seq) == (
+        "_system",
+        "vitalmon-a",
+        "store",
+        1,
+    )
     assert alarms.set("store.full", "store", True, "still full") is None  # state changes only
     resolved = alarms.set("store.full", "store", False, "back under")
     assert resolved is not None
@@ -79,16 +100,22 @@ def test_a_storm_through_the_engine_becomes_one_flapping_alert_then_settles():
     10 min, then steady and low: the default flapping rule (6 changes in 600 s) turns the
     storm into one sbp.low.flapping alert, and once settled the rule's state is told."""
     eng = Engine(RulesConfig(), sinks=[])
-    storm = [Reading(T0 + 30 * i, "icu", "7", "nibp", "sbp", 85 if i % 2 else 110,
-                     mode=INTERMITTENT) for i in range(20)]  # fmt: skip
+    storm = [
+        Reading(T0 + 30 * i, "icu", "7", "nibp", "sbp", 85 if i % 2 else 110, mode=INTERMITTENT)
+        for i in range(20)
+    ]
     events = eng.process(storm)
     raises = [e for e in events if e.rule == "sbp.low" and e.state == AlertState.ACTIVE]
     flap = [e for e in events if e.rule == "sbp.low.flapping"]
     assert len(raises) == 3  # before it was judged flapping (the 6th change)
     assert [(e.state, e.seq) for e in flap] == [(AlertState.ACTIVE, 1)]
-    steady = [Reading(T0 + 600 + 30 * i, "icu", "7", "nibp", "sbp", 85, mode=INTERMITTENT)
-              for i in range(30)]  # fmt: skip
+    steady = [
+        Reading(T0 + 600 + 30 * i, "icu", "7", "nibp", "sbp", 85, mode=INTERMITTENT)
+        for i in range(30)
+    ]
     after = eng.process(steady)
     after = [e for e in after if e.kind != "trend"]  # (sbp falling: a trend alert, too)
     assert [(e.rule, e.state) for e in after] == [
-        ("sbp.low.flapping", AlertState.RESOLVED), ("sbp.low", AlertState.ACTIVE)]  # fmt: skip
+        ("sbp.low.flapping", AlertState.RESOLVED),
+        ("sbp.low", AlertState.ACTIVE),
+    ]

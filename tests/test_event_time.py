@@ -33,8 +33,9 @@ def reading(ts: float, vital: str, value: float, device: str = "mon", bed: str =
     return Reading(ts, "icu", bed, device, vital, float(value), "MRN-1")
 
 
-def arrive(eng: Engine, readings: Sequence[Reading], received_at: float
-           ) -> tuple[list[AlertEvent], list[Reading]]:  # fmt: skip
+def arrive(
+    eng: Engine, readings: Sequence[Reading], received_at: float
+) -> tuple[list[AlertEvent], list[Reading]]:
     """One message: -> (events, its readings as stored)."""
     batch = list(readings)
     events = eng.process(batch, received_at)
@@ -118,7 +119,8 @@ def test_yesterdays_nibp_repeated_in_every_message_is_history_then_a_fresh_one_a
         fresh,
     )
     assert [(e.rule, e.state, e.priority, e.at, e.started_at) for e in got] == [
-        ("sbp.low", AlertState.ACTIVE, Priority.HIGH, fresh - 30, fresh - 30)]  # fmt: skip
+        ("sbp.low", AlertState.ACTIVE, Priority.HIGH, fresh - 30, fresh - 30)
+    ]
     assert [r.flag for r in stored] == [None, None]
     # ... and it is repeated in every later message: the same measurement, no more alarms
     for i in range(21, 25):
@@ -260,7 +262,9 @@ def test_codec_mode_field():
     out = _decode({"ts": T0, "spo2": 97, "hr": 70, "mode": "intermittent"})
     assert out.rejections == []
     assert {(r.vital, r.mode) for r in out.readings} == {
-        ("spo2", "intermittent"), ("hr", "intermittent")}  # fmt: skip
+        ("spo2", "intermittent"),
+        ("hr", "intermittent"),
+    }
     out = _decode({"ts": T0, "spo2": 97, "mode": "continuous"})
     assert [r.mode for r in out.readings] == ["continuous"]
     out = _decode({"ts": T0, "spo2": 97})
@@ -290,8 +294,11 @@ def test_hourly_readings_over_mqtt_alarm_at_the_abnormal_reading(daemon, subscri
     abnormal = {"spo2": 80, "hr": 150, "rr": 35, "map": 50}
     publisher.publish("vitals/icu/31/chart", {"ts": now - 3600, **normal})
     publisher.publish("vitals/icu/31/chart", {"ts": now, **abnormal})
-    got = wait_for(lambda: want <= set(_active(alerts, "31")) and _active(alerts, "31"), 10,
-                   "the four alarms of bed 31")  # fmt: skip
+    got = wait_for(
+        lambda: want <= set(_active(alerts, "31")) and _active(alerts, "31"),
+        10,
+        "the four alarms of bed 31",
+    )
     for rule in want:
         assert got[rule]["device"] == "chart"
         assert got[rule]["kind"] == "physiological"
@@ -299,13 +306,17 @@ def test_hourly_readings_over_mqtt_alarm_at_the_abnormal_reading(daemon, subscri
         assert got[rule]["at"] == got[rule]["started_at"]
         assert got[rule]["priority"] == "high"
     publisher.publish("vitals/icu/32/chart", {"ts": now, **abnormal})
-    first = wait_for(lambda: want <= set(_active(alerts, "32")) and _active(alerts, "32"), 10,
-                     "the four alarms of bed 32")  # fmt: skip
+    first = wait_for(
+        lambda: want <= set(_active(alerts, "32")) and _active(alerts, "32"),
+        10,
+        "the four alarms of bed 32",
+    )
     assert {first[rule]["device"] for rule in want} == {"chart"}
 
 
-def test_a_reading_ahead_is_dead_lettered_and_the_stream_behind_it_alarms(daemon, subscribe,
-                                                                          publisher):  # fmt: skip
+def test_a_reading_ahead_is_dead_lettered_and_the_stream_behind_it_alarms(
+    daemon, subscribe, publisher
+):
     """Over MQTT the +240 s reading is refused (future_ts, beyond max_future_s 30) and
     dead-lettered; SpO2 70 at 1 Hz, correctly stamped, then raises spo2.low."""
     daemon()

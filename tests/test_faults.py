@@ -71,8 +71,9 @@ class _Recorder:
 
     def close(self) -> None: ...
 
-    async def write(self, readings: Sequence[Reading], events: Sequence[AlertEvent],
-                    done: Any = None) -> None:  # fmt: skip
+    async def write(
+        self, readings: Sequence[Reading], events: Sequence[AlertEvent], done: Any = None
+    ) -> None:
         self.written.append((list(readings), list(events)))
         if done is not None:
             done()
@@ -114,8 +115,9 @@ def test_a_device_name_cannot_forge_a_log_line(daemon: Any, publisher: Any) -> N
     and forged a line; now it is ``\\n``, and NUL and ESC are escaped too."""
     d = daemon()
     forged = "mon\n2026-01-01 forged\x00\x1b[2J"
-    publisher.publish("vitals/icu/4/x", {"ts": time.time(), "device": forged,
-                                          "status": "sensor_off", "spo2": 97})  # fmt: skip
+    publisher.publish(
+        "vitals/icu/4/x", {"ts": time.time(), "device": forged, "status": "sensor_off", "spo2": 97}
+    )
     wait_for(lambda: "rejected input (sensor_flag)" in d.log(), 10, "the refusal logged")
     lines = d.log().splitlines()
     assert not [ln for ln in lines if ln.startswith("2026-01-01")]
@@ -126,8 +128,9 @@ def test_a_device_name_cannot_forge_a_log_line(daemon: Any, publisher: Any) -> N
 # ------------------------------------------------------ B16: the store is private
 
 
-def test_the_store_is_private_whatever_the_umask(daemon: Any, publisher: Any, tmp_path: Any
-                                                 ) -> None:  # fmt: skip
+def test_the_store_is_private_whatever_the_umask(
+    daemon: Any, publisher: Any, tmp_path: Any
+) -> None:
     """Under umask 022 (outside systemd) the store was created 0644 in a 0755 directory,
     readable by every user of the machine, with patient ids in it. Now: the directories
     vitalmon creates are 0700, the database and its WAL and shared-memory files 0600."""
@@ -169,13 +172,17 @@ def test_an_alert_without_a_value_does_not_stop_influxdb_forwarding(
     publisher.publish("vitals/icu/50/mon", {"ts": now - 5, **seven})
     wait_for(lambda: [a for a in alerts.json() if a["rule"] == "news2"], 10, "the score alert")
     publisher.publish("vitalmon/cmd/discharge", {"ward": "icu", "bed": "50", "by": "kim"})
-    closed = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "news2"
-                               and a["state"] == "resolved"], 10, "closed")  # fmt: skip
+    closed = wait_for(
+        lambda: [a for a in alerts.json() if a["rule"] == "news2" and a["state"] == "resolved"],
+        10,
+        "closed",
+    )
     assert closed[0]["value"] is None  # (null in JSON, never NaN)
     publisher.publish("vitals/icu/51/mon", {"ts": now, "hr": 71})
     victoria.wait_for_count(1, '{__name__="vitals_hr",bed="51"}', timeout=15)
-    resolved = victoria.wait_for_count(1, '{__name__="alerts_seq",rule="news2",state="resolved"}',
-                                       timeout=15)  # fmt: skip
+    resolved = victoria.wait_for_count(
+        1, '{__name__="alerts_seq",rule="news2",state="resolved"}', timeout=15
+    )
     assert resolved[0].labels["bed"] == "50"
 
 
@@ -189,7 +196,12 @@ def test_version_is_printed() -> None:
 
     from monitor import __version__
 
-    out = subprocess.run([sys.executable, "-m", "monitor", "--version"], capture_output=True,
-                         text=True, timeout=30, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"vitalmon {__version__}"

@@ -36,8 +36,9 @@ from monitor.sources import Batch
 T0 = 1_764_324_000.0
 
 
-def bounded_engine(beds: Sequence[tuple[str, str]] = (), expire_s: float | None = 600.0,
-                   **limits: Any) -> tuple[Engine, Recorder]:  # fmt: skip
+def bounded_engine(
+    beds: Sequence[tuple[str, str]] = (), expire_s: float | None = 600.0, **limits: Any
+) -> tuple[Engine, Recorder]:
     """An engine as the daemon wires it: staleness (30 s, clock from T0) and capacity."""
     sink = Recorder()
     eng = Engine(RulesConfig(), [sink], beds={b: "adult" for b in beds})
@@ -46,8 +47,14 @@ def bounded_engine(beds: Sequence[tuple[str, str]] = (), expire_s: float | None 
     return eng, sink
 
 
-def reading(ts: float, bed: str, vital: str = "hr", value: float = 70.0, device: str = "mon",
-            ward: str = "junk") -> Reading:  # fmt: skip
+def reading(
+    ts: float,
+    bed: str,
+    vital: str = "hr",
+    value: float = 70.0,
+    device: str = "mon",
+    ward: str = "junk",
+) -> Reading:
     return Reading(ts, ward, bed, device, vital, value)
 
 
@@ -75,8 +82,7 @@ def test_beds_beyond_max_beds_are_stored_flagged_not_evaluated_and_raise_one_ala
     ``capacity``, raise nothing, are never watched for silence, and one engine.capacity
     alarm is raised (not one per bed). A bed under ``beds:`` is evaluated past the bound."""
     eng, sink = bounded_engine(beds=[("icu", "1")], max_beds=5)
-    junk = [Batch([reading(T0 + 1, f"j{i}", "sbp", 230)], received_at=T0 + 1)
-            for i in range(200)]  # fmt: skip
+    junk = [Batch([reading(T0 + 1, f"j{i}", "sbp", 230)], received_at=T0 + 1) for i in range(200)]
     legit = Batch([reading(T0 + 2, "1", "sbp", 230, ward="icu")], received_at=T0 + 2)
     run_batches(eng, *junk, legit)
 
@@ -91,8 +97,7 @@ def test_beds_beyond_max_beds_are_stored_flagged_not_evaluated_and_raise_one_ala
     raised = [(e.ward, e.bed, e.rule) for e in sink.events if e.state == AlertState.ACTIVE]
     capacity = [e for e in raised if e[2] == RULE]
     assert len(capacity) == 1  # one alarm, not one per refused bed
-    assert sorted(e[1] for e in raised if e[2] == "sbp.high") == ["1", "j0", "j1", "j2", "j3",
-                                                                 "j4"]  # fmt: skip
+    assert sorted(e[1] for e in raised if e[2] == "sbp.high") == ["1", "j0", "j1", "j2", "j3", "j4"]
     # the refused beds are not watched: only the kept ones go stale
     assert eng.staleness is not None
     stale = eng.staleness.check(T0 + 100)
@@ -115,8 +120,8 @@ def test_max_series_and_devices_per_bed_bound_every_bed_listed_or_not() -> None:
     run_batches(eng, Batch(junk + real + forged + beyond, received_at=t))
     flags = [(r.bed, r.device, r.vital, r.flag) for r in sink.readings if r.flag]
     assert flags == [("j", "mon", "sbp", CAPACITY)] + [
-        ("1", f"fake{i}", "hr", CAPACITY) for i in range(3)] + [
-        ("2", "mon", "hr", CAPACITY)]  # fmt: skip
+        ("1", f"fake{i}", "hr", CAPACITY) for i in range(3)
+    ] + [("2", "mon", "hr", CAPACITY)]
     assert len(eng.series) == 4 + 4  # the listed bed's 4 are past max_series
     assert eng.capacity is not None and set(eng.capacity.beds[("icu", "1")]) == {"mon", "ox"}
 
@@ -126,8 +131,11 @@ def test_a_refused_snapshot_leaves_no_device_present_behind() -> None:
     that would outlive them (a map keyed by device, grown by refused input otherwise)."""
     eng, sink = bounded_engine(max_beds=1)
     kept = Batch([reading(T0, "a", device="mx.ecg")], received_at=T0, snapshot=True)
-    refused = Batch([reading(T0, "b", device="mx.ecg"), reading(T0, "b", "spo2", 97, "mx.pleth")],
-                    received_at=T0, snapshot=True)  # fmt: skip
+    refused = Batch(
+        [reading(T0, "b", device="mx.ecg"), reading(T0, "b", "spo2", 97, "mx.pleth")],
+        received_at=T0,
+        snapshot=True,
+    )
     run_batches(eng, kept, refused)
     assert [r.flag for r in sink.readings] == [None, CAPACITY, CAPACITY]
     assert list(eng._dev_now) == [("junk", "a", "mx")]
@@ -143,7 +151,12 @@ def test_new_beds_are_rate_limited_and_a_refused_bed_is_taken_when_a_token_is_ba
     off = DeviceStatus(T0 + 1, "junk", "b9", "ox", frozenset({"sensor_off"}))
     run_batches(eng, first, again, Batch([], received_at=T0 + 1, statuses=[off]))
     assert [(r.bed, r.flag) for r in sink.readings] == [
-        ("b0", None), ("b1", None), ("b2", None), ("b3", RATE_LIMITED), ("b3", None)]  # fmt: skip
+        ("b0", None),
+        ("b1", None),
+        ("b2", None),
+        ("b3", RATE_LIMITED),
+        ("b3", None),
+    ]
     assert eng.counts[RATE_LIMITED] == 1
     assert beds_of(eng) == {("junk", f"b{i}") for i in range(4)}
     assert [e.rule for e in sink.events] == [RULE]  # the status raised no sensor.off
@@ -187,11 +200,20 @@ def test_an_unknown_bed_silent_past_stale_expire_s_is_forgotten_with_its_alarms(
     expected: kept, its alarm open. A bed with two devices loses only the silent one."""
     eng, _sink = bounded_engine(beds=[("icu", "1")], expire_s=600.0)
     t = T0 + 1
-    run_batches(eng, Batch([reading(T0, "j", "sbp", 230), reading(t, "j", "sbp", 231),
-                            reading(T0, "1", "hr", 70, ward="icu"),
-                            reading(t, "1", "hr", 70, ward="icu"),
-                            reading(T0, "two", "hr", 70, "quiet"),
-                            reading(t, "two", "spo2", 97, "quiet")], received_at=t))  # fmt: skip
+    run_batches(
+        eng,
+        Batch(
+            [
+                reading(T0, "j", "sbp", 230),
+                reading(t, "j", "sbp", 231),
+                reading(T0, "1", "hr", 70, ward="icu"),
+                reading(t, "1", "hr", 70, ward="icu"),
+                reading(T0, "two", "hr", 70, "quiet"),
+                reading(t, "two", "spo2", 97, "quiet"),
+            ],
+            received_at=t,
+        ),
+    )
     assert eng.staleness is not None
     stale = {(e.bed, e.device): e for e in eng.staleness.check(T0 + 31)}
     assert set(stale) == {("j", "mon"), ("1", "mon"), ("two", "quiet")}
@@ -201,9 +223,11 @@ def test_an_unknown_bed_silent_past_stale_expire_s_is_forgotten_with_its_alarms(
     assert eng.sweep(T0 + 630) == []  # 29 + 600 s of silence: not yet
     events = eng.sweep(T0 + 632)
     summary = sorted((e.bed, e.device, e.rule, e.state) for e in events)
-    assert summary == [("j", "mon", "device.stale", "resolved"),
-                       ("j", "mon", "sbp.high", "resolved"),
-                       ("two", "quiet", "device.stale", "resolved")]  # fmt: skip
+    assert summary == [
+        ("j", "mon", "device.stale", "resolved"),
+        ("j", "mon", "sbp.high", "resolved"),
+        ("two", "quiet", "device.stale", "resolved"),
+    ]
     by_rule = {(e.bed, e.rule): e for e in events}
     assert by_rule[("j", "device.stale")].id == stale[("j", "mon")].id
     assert "forgotten" in by_rule[("j", "device.stale")].message
@@ -293,8 +317,10 @@ def publish_junk(port: int, n: int) -> None:
     c.loop_start()
     try:
         now = time.time()
-        infos = [c.publish(f"vitals/junk/j{i}/dev", json.dumps({"ts": now, "hr": 70}), qos=1)
-                 for i in range(n)]  # fmt: skip
+        infos = [
+            c.publish(f"vitals/junk/j{i}/dev", json.dumps({"ts": now, "hr": 70}), qos=1)
+            for i in range(n)
+        ]
         for info in infos:
             info.wait_for_publish(30)
     finally:
@@ -329,34 +355,50 @@ def test_junk_bed_flood_stays_bounded_and_is_forgotten_across_a_restart(
     now = time.time()
     for i in range(20):
         publisher.publish("vitals/icu/1/ox", {"ts": now - 20 + i, "spo2": 82})
-    wait_for(lambda: stored(db, "SELECT count(*) FROM readings") == JUNK + 20, 60,
-             "every reading committed")  # fmt: skip
+    wait_for(
+        lambda: stored(db, "SELECT count(*) FROM readings") == JUNK + 20,
+        60,
+        "every reading committed",
+    )
     seen_beds = [metrics(port)["vitalmon_beds"]]
-    wait_for(lambda: active_by_rule(alerts.json()).get("spo2.low") == {"icu/1"}, 20,
-             "icu/1 SpO2 low")  # fmt: skip
+    wait_for(
+        lambda: active_by_rule(alerts.json()).get("spo2.low") == {"icu/1"}, 20, "icu/1 SpO2 low"
+    )
 
     # the junk beds kept go stale after 2 s and are forgotten 3 s later: none is left
     def settled() -> bool:
         seen_beds.append(metrics(port)["vitalmon_beds"])
-        junk = [b for ids in active_by_rule(alerts.json()).values() for b in ids
-                if b.startswith("junk/")]  # fmt: skip
+        junk = [
+            b
+            for ids in active_by_rule(alerts.json()).values()
+            for b in ids
+            if b.startswith("junk/")
+        ]
         return not junk and seen_beds[-1] == 1
 
     wait_for(settled, 30, "junk beds forgotten")
     m = metrics(port)
     assert max(seen_beds) <= 20 + 1  # max_beds, and the listed bed taken past it
     events = alerts.json()
-    stale_raised = {e["id"] for e in events if e["rule"] == "device.stale" and e["seq"] == 1
-                    and e["ward"] == "junk"}  # fmt: skip
+    stale_raised = {
+        e["id"]
+        for e in events
+        if e["rule"] == "device.stale" and e["seq"] == 1 and e["ward"] == "junk"
+    }
     assert 0 < len(stale_raised) < JUNK / 10  # bounded by the beds kept, not thousands
     assert len({e["id"] for e in events if e["rule"] == RULE}) == 1  # one capacity alarm
     active = active_by_rule(events)
     assert set(active) <= {RULE, "spo2.low", "device.stale"}, active
     assert m["vitalmon_alerts_active"] <= 3
-    refused = sum(v for k, v in m.items() if k.startswith("vitalmon_readings_not_evaluated")
-                  and ('"capacity"' in k or '"rate_limited"' in k))  # fmt: skip
-    assert refused == stored(db, "SELECT count(*) FROM readings WHERE flag IN "
-                                 "('capacity', 'rate_limited')")  # fmt: skip
+    refused = sum(
+        v
+        for k, v in m.items()
+        if k.startswith("vitalmon_readings_not_evaluated")
+        and ('"capacity"' in k or '"rate_limited"' in k)
+    )
+    assert refused == stored(
+        db, "SELECT count(*) FROM readings WHERE flag IN ('capacity', 'rate_limited')"
+    )
     assert refused == JUNK - len(stale_raised)  # every junk bed kept went stale once
     assert m["vitalmon_devices_expired_total"] == len(stale_raised)
     lines = [line for line in d.log().splitlines() if "engine capacity:" in line]
@@ -365,15 +407,24 @@ def test_junk_bed_flood_stays_bounded_and_is_forgotten_across_a_restart(
     # restart: nothing about the junk beds is raised (or closed) again
     code, _ = d.terminate()
     assert code == 0
-    open_junk = ("SELECT count(*) FROM (SELECT id, state, max(seq) FROM alert_events "
-                 "WHERE ward = 'junk' GROUP BY id) WHERE state != 'resolved'")  # fmt: skip
+    open_junk = (
+        "SELECT count(*) FROM (SELECT id, state, max(seq) FROM alert_events "
+        "WHERE ward = 'junk' GROUP BY id) WHERE state != 'resolved'"
+    )
     assert stored(db, open_junk) == 0
     before = len(alerts.json())
     d.start()
     # icu/1 is listed and silent: its device goes stale again after 2 s (the marker that
     # start-up, the restored alerts and the first checks are all through)
-    wait_for(lambda: [e for e in alerts.json()[before:] if e["bed"] == "1" and e["rule"]
-                      == "device.stale" and e["state"] == "active"], 20, "icu/1 stale")  # fmt: skip
+    wait_for(
+        lambda: [
+            e
+            for e in alerts.json()[before:]
+            if e["bed"] == "1" and e["rule"] == "device.stale" and e["state"] == "active"
+        ],
+        20,
+        "icu/1 stale",
+    )
     after = alerts.json()[before:]
     assert [e for e in after if e["ward"] == "junk"] == []
     assert metrics(port)["vitalmon_beds"] <= 1

@@ -52,9 +52,13 @@ def mllp_daemon(daemon: Any, source: str = "") -> tuple[Any, int]:
     """The daemon with an MLLP listener (``source``: more keys of it)."""
     port = free_port()
     d = daemon(start=False)
-    d.config.write_text(d.config.read_text().replace(
-        "sources:\n", f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{port}\n"
-        f"    ward: icu\n    clock: receive\n{source}"))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text().replace(
+            "sources:\n",
+            f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{port}\n"
+            f"    ward: icu\n    clock: receive\n{source}",
+        )
+    )
     d.start()
     wait_for(lambda: "listening on" in d.log(), 10, "the MLLP listener")
     return d, port
@@ -73,8 +77,10 @@ def read_acks(s: socket.socket, n: int) -> list[list[str]]:
         assert chunk, f"connection closed after {len(acks)} of {n} ACK(s)"
         acks += framer.feed(chunk)
     assert len(acks) == n, acks
-    return [next(seg for seg in a.decode().split("\r") if seg.startswith("MSA|")).split("|")
-            for a in acks]  # fmt: skip
+    return [
+        next(seg for seg in a.decode().split("\r") if seg.startswith("MSA|")).split("|")
+        for a in acks
+    ]
 
 
 def is_closed(s: socket.socket) -> bool:
@@ -89,8 +95,9 @@ def is_closed(s: socket.socket) -> bool:
 
 
 def warnings(d: Any, pattern: str) -> list[str]:
-    return [line for line in d.log().splitlines()
-            if " WARNING " in line and re.search(pattern, line)]  # fmt: skip
+    return [
+        line for line in d.log().splitlines() if " WARNING " in line and re.search(pattern, line)
+    ]
 
 
 def spo2_stored(db: Path, bed: str) -> list[float]:
@@ -118,8 +125,15 @@ def test_a_frame_without_its_end_is_discarded_and_the_next_message_acked_with_it
         s.sendall(frame(message("M4", 93)))  # nothing else was owed before its ACK
         assert [a[1:3] for a in read_acks(s, 1)] == [["AA", "M4"]]
     assert spo2_stored(tmp_path / "vitals.db", "7") == [91.0, 93.0]
-    letters = wait_for(lambda: [x for x in dead.json() if x["reason"] == "truncated_frame"]
-                       if len(dead.json()) >= 2 else None, 10, "two dead letters")  # fmt: skip
+    letters = wait_for(
+        lambda: (
+            [x for x in dead.json() if x["reason"] == "truncated_frame"]
+            if len(dead.json()) >= 2
+            else None
+        ),
+        10,
+        "two dead letters",
+    )
     assert ["control id M1" in x["detail"] for x in letters] == [True, False]
     assert "control id M3" in letters[1]["detail"]
     assert {x["topic"] for x in letters} == {"hl7-mllp"}
@@ -247,8 +261,9 @@ def test_refusals_at_max_connections_are_logged_once_per_peer(
     caplog.set_level(logging.DEBUG, "vitalmon.source.hl7mllp")
 
     async def main() -> None:
-        src = Hl7MllpSource(Hl7MllpSourceConfig(
-            type="hl7-mllp", listen="127.0.0.1:0", max_connections=2))  # fmt: skip
+        src = Hl7MllpSource(
+            Hl7MllpSourceConfig(type="hl7-mllp", listen="127.0.0.1:0", max_connections=2)
+        )
 
         async def emit(batch: Any) -> None:
             batch.done()
@@ -258,8 +273,7 @@ def test_refusals_at_max_connections_are_logged_once_per_peer(
         assert src.port
 
         async def opened(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            return await asyncio.open_connection("127.0.0.1", src.port,
-                                                 local_addr=(source, 0))  # fmt: skip
+            return await asyncio.open_connection("127.0.0.1", src.port, local_addr=(source, 0))
 
         kept = [await opened("127.0.0.1") for _ in range(2)]
         for source in ["127.0.0.3"] * 5 + ["127.0.0.4"] * 3:
@@ -273,8 +287,11 @@ def test_refusals_at_max_connections_are_logged_once_per_peer(
         await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
-    refused = [r.getMessage() for r in caplog.records
-               if r.levelno == logging.WARNING and "refused" in r.getMessage()]  # fmt: skip
+    refused = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "refused" in r.getMessage()
+    ]
     assert len(refused) == 2, refused
     assert "127.0.0.3 refused (2 open, max_connections 2)" in refused[0]
     assert "127.0.0.4 refused" in refused[1]

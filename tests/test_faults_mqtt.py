@@ -64,8 +64,14 @@ async def until(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> An
 
 
 def mqtt_cfg(broker: Broker, client_id: str, **extra: Any) -> MqttConfig:
-    return MqttConfig(host="127.0.0.1", port=broker.port, client_id=client_id,
-                      reconnect_min_s=0.1, reconnect_max_s=0.3, **extra)  # fmt: skip
+    return MqttConfig(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id=client_id,
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.3,
+        **extra,
+    )
 
 
 def alert_rows(db: Path, rule: str) -> list[tuple[str, str, str, str, str]]:
@@ -85,8 +91,11 @@ class Login:
     broker's PUBACK reason ("Success", "Not authorized")."""
 
     def __init__(self, port: int, user: str | None, password: str | None) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"login-{user}-{id(self)}",
-                                  protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"login-{user}-{id(self)}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         if user is not None:
             self.client.username_pw_set(user, password)
         self.reasons: dict[int, str] = {}
@@ -149,8 +158,9 @@ class Readings:
     def __init__(self, port: int, user: str, password: str, n: int, rate: float) -> None:
         self.n, self.rate = n, rate
         self.t0 = time.time() - n / rate - 60
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"readings-{id(self)}",
-                                  clean_session=False)  # fmt: skip
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"readings-{id(self)}", clean_session=False
+        )
         self.client.username_pw_set(user, password)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.max_queued_messages_set(0)
@@ -184,8 +194,12 @@ class Readings:
         self.client.loop_stop()
 
 
-USERS = {"vitalmon": "pw-daemon", "monitor-icu-1": "pw-device", "nurse.kim": "pw-kim",
-         "dr.lee": "pw-lee"}  # fmt: skip
+USERS = {
+    "vitalmon": "pw-daemon",
+    "monitor-icu-1": "pw-device",
+    "nurse.kim": "pw-kim",
+    "dr.lee": "pw-lee",
+}
 
 
 @pytest.fixture
@@ -205,9 +219,12 @@ def secure_daemon(secure_broker: SecureBroker, tmp_path: Path) -> Iterator[Daemo
     secret.write_text(USERS["vitalmon"] + "\n")
     secret.chmod(0o600)
     cfg = write_config(tmp_path / "vitalmon.yaml", secure_broker.port, tmp_path / "vitals.db")
-    cfg.write_text(cfg.read_text().replace(
-        "  client_id: vitalmon\n",
-        f"  client_id: vitalmon\n  username: vitalmon\n  password_file: {secret}\n"))  # fmt: skip
+    cfg.write_text(
+        cfg.read_text().replace(
+            "  client_id: vitalmon\n",
+            f"  client_id: vitalmon\n  username: vitalmon\n  password_file: {secret}\n",
+        )
+    )
     d = DaemonProc(cfg, secure_broker.port, tmp_path / "daemon.log")
     yield d
     d.kill()
@@ -236,8 +253,9 @@ def test_the_shipped_broker_config_keeps_every_reading_through_a_kill_9(
         def stored() -> int:
             conn = sqlite3.connect(db)
             try:
-                return int(conn.execute(
-                    "SELECT count(*) FROM readings WHERE vital = 'hr'").fetchone()[0])  # fmt: skip
+                return int(
+                    conn.execute("SELECT count(*) FROM readings WHERE vital = 'hr'").fetchone()[0]
+                )
             finally:
                 conn.close()
 
@@ -265,8 +283,11 @@ def test_a_lost_session_raises_a_technical_alarm_that_resolves(
     state, priority, kind, ward, message = alert_rows(db, SESSION_LOST)[0]
     assert (state, priority, kind, ward) == ("active", "medium", "technical", "_system")
     assert "lost vitalmon's persistent session" in message
-    assert re.search(r"WARNING +vitalmon\.mqtt: connected to .*session present: False\)"
-                     r".*lost vitalmon's persistent session", d.log())  # fmt: skip
+    assert re.search(
+        r"WARNING +vitalmon\.mqtt: connected to .*session present: False\)"
+        r".*lost vitalmon's persistent session",
+        d.log(),
+    )
     broker.restart()  # SIGTERM: mosquitto saves the session on its way out
     wait_for(lambda: len(alert_rows(db, SESSION_LOST)) >= 2, 15, "the alarm resolved")
     assert [r[0] for r in alert_rows(db, SESSION_LOST)] == ["active", "resolved"]
@@ -298,8 +319,10 @@ def test_the_session_lost_alarm_resolves_after_the_hold_time(broker: Broker) -> 
 
     asyncio.run(main())
     assert [(rule, comp, active) for rule, comp, active, _ in calls] == [
-        (SESSION_LOST, "mqtt", True), (SESSION_LOST, "mqtt", False), (SESSION_LOST, "mqtt", True)
-    ]  # fmt: skip
+        (SESSION_LOST, "mqtt", True),
+        (SESSION_LOST, "mqtt", False),
+        (SESSION_LOST, "mqtt", True),
+    ]
     assert "connected for 0.5 s" in calls[1][3]
 
 
@@ -425,8 +448,9 @@ class SessionSubscriber:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         ready = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=False)  # fmt: skip
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
+        )
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: ready.set()
@@ -503,10 +527,14 @@ def test_the_daemon_keeps_publishing_through_an_outage_without_losing_alert_even
     fills, superseded bed states are dropped and counted, not one alert event; back,
     every re-notification arrives (seq without gaps; a duplicate is QoS 1's right)."""
     d = daemon(start=False)
-    d.config.write_text(d.config.read_text().replace(
-        "  client_id: vitalmon\n", "  client_id: vitalmon\n  max_queued: 30\n").replace(
-        'topic: "alerts/{ward}/{bed}"\n  qos: 1', 'topic: "alerts/{ward}/{bed}"\n  qos: 1\n'
-        "  renotify_s: 1\n"))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text()
+        .replace("  client_id: vitalmon\n", "  client_id: vitalmon\n  max_queued: 30\n")
+        .replace(
+            'topic: "alerts/{ward}/{bed}"\n  qos: 1',
+            'topic: "alerts/{ward}/{bed}"\n  qos: 1\n  renotify_s: 1\n',
+        )
+    )
     d.start()
     sub = SessionSubscriber(broker.port, "alerts/icu/#", "b12-daemon-sub")
     try:
@@ -516,8 +544,10 @@ def test_the_daemon_keeps_publishing_through_an_outage_without_losing_alert_even
         broker.stop()
         wait_for(lambda: "outgoing queue full" in d.log(), 20, "the queue full")
         broker.start()
-        dropped = re.compile(r"(\d+) publish\(es\) dropped while the broker was away or slow "
-                             r"\(QoS 1: mqtt\.max_queued 30 full.*\): (.*)")  # fmt: skip
+        dropped = re.compile(
+            r"(\d+) publish\(es\) dropped while the broker was away or slow "
+            r"\(QoS 1: mqtt\.max_queued 30 full.*\): (.*)"
+        )
         summary = wait_for(lambda: dropped.search(d.log()), 15, "the drop summary")
         assert re.fullmatch(r"\d+ superseded", summary.group(2)), summary.group(0)
         n = len(sub.payloads())
@@ -556,34 +586,65 @@ def test_the_acl_keeps_devices_out_of_commands_and_the_audit_tells_verified_user
         assert wait_for(lambda: device.connack, 5, "CONNACK") == "Success"
         raise_spo2(lambda t, p: device.publish(t, p), "3")
         raise_spo2(lambda t, p: device.publish(t, p), "4")
-        raised = wait_for(lambda: {e["bed"]: e for e in kim.json() if e["state"] == "active"}
-                          if len(kim.json()) >= 2 else None, 10, "two alerts")  # fmt: skip
+        raised = wait_for(
+            lambda: (
+                {e["bed"]: e for e in kim.json() if e["state"] == "active"}
+                if len(kim.json()) >= 2
+                else None
+            ),
+            10,
+            "two alerts",
+        )
         id3, id4 = raised["3"]["id"], raised["4"]["id"]
         refused = "Not authorized"
         assert device.publish("vitalmon/cmd/ack", {"id": id3, "by": "device"}) == refused
         assert device.publish("vitalmon/cmd/ack/monitor-icu-1", {"id": id3}) == refused
-        assert device.publish("vitalmon/cmd/pause", {"ward": "icu", "bed": "3", "seconds": 60,
-                                                     "by": "device"}) == refused  # fmt: skip
+        assert (
+            device.publish(
+                "vitalmon/cmd/pause", {"ward": "icu", "bed": "3", "seconds": 60, "by": "device"}
+            )
+            == refused
+        )
         assert kim.publish("vitalmon/cmd/ack/dr.lee", {"id": id4, "by": "dr.lee"}) == refused
         # accepted, in this order after the refused ones (had those reached the daemon,
         # they would have acknowledged first: the ones below would be refused)
         assert kim.publish("vitalmon/cmd/ack", {"id": id3, "by": "nurse.kim"}) == "Success"
-        assert kim.publish("vitalmon/cmd/ack/nurse.kim", {"id": id4, "by": "Kim (nights)"}) \
-            == "Success"  # fmt: skip
-        acked = wait_for(lambda: {e["bed"]: e for e in kim.json() if e["state"] == "acknowledged"}
-                         if len([e for e in kim.json() if e["state"] == "acknowledged"]) >= 2
-                         else None, 10, "both acknowledged")  # fmt: skip
+        assert (
+            kim.publish("vitalmon/cmd/ack/nurse.kim", {"id": id4, "by": "Kim (nights)"})
+            == "Success"
+        )
+        acked = wait_for(
+            lambda: (
+                {e["bed"]: e for e in kim.json() if e["state"] == "acknowledged"}
+                if len([e for e in kim.json() if e["state"] == "acknowledged"]) >= 2
+                else None
+            ),
+            10,
+            "both acknowledged",
+        )
         assert (acked["3"]["ack_by"], acked["3"]["ack_identity"]) == ("nurse.kim", None)
         assert (acked["4"]["ack_by"], acked["4"]["ack_identity"]) == ("Kim (nights)", "nurse.kim")
         conn = sqlite3.connect(tmp_path / "vitals.db")
         try:
-            rows = wait_for(lambda: len(r := conn.execute(
-                "SELECT action, by, alert_id, identity FROM audit ORDER BY at").fetchall()) >= 2
-                and r, 10, "the audit rows")  # fmt: skip
+            rows = wait_for(
+                lambda: (
+                    len(
+                        r := conn.execute(
+                            "SELECT action, by, alert_id, identity FROM audit ORDER BY at"
+                        ).fetchall()
+                    )
+                    >= 2
+                    and r
+                ),
+                10,
+                "the audit rows",
+            )
         finally:
             conn.close()
-        assert rows == [("acknowledge", "nurse.kim", id3, None),
-                        ("acknowledge", "Kim (nights)", id4, "nurse.kim")]  # fmt: skip
+        assert rows == [
+            ("acknowledge", "nurse.kim", id3, None),
+            ("acknowledge", "Kim (nights)", id4, "nurse.kim"),
+        ]
         assert "paused" not in secure_daemon.log()
         # the ACL grants the daemon what it publishes (alerts, bed state): none refused
         assert "refused a publish" not in secure_daemon.log()
@@ -600,16 +661,25 @@ def test_verified_commands_on_an_open_broker_and_a_bad_user_level(
     daemon()
     dead = subscribe("vitalmon/deadletter")
     publisher.publish("vitalmon/cmd/pause/kim", {"ward": "icu", "bed": "6", "seconds": 5})
-    publisher.publish("vitalmon/cmd/pause", {"ward": "icu", "bed": "7", "seconds": 5,
-                                             "by": "kim"})  # fmt: skip
+    publisher.publish("vitalmon/cmd/pause", {"ward": "icu", "bed": "7", "seconds": 5, "by": "kim"})
     publisher.publish("vitalmon/cmd/ack/", {"id": "x", "by": "kim"})
     letter = wait_for(dead.json, 10, "the dead letter")[0]
     assert (letter["reason"], letter["topic"]) == ("bad_command", "vitalmon/cmd/ack/")
     conn = sqlite3.connect(tmp_path / "vitals.db")
     try:
-        rows = wait_for(lambda: len(r := conn.execute(
-            "SELECT action, by, bed, identity FROM audit ORDER BY at").fetchall()) >= 2 and r,
-            10, "two audit rows")  # fmt: skip
+        rows = wait_for(
+            lambda: (
+                len(
+                    r := conn.execute(
+                        "SELECT action, by, bed, identity FROM audit ORDER BY at"
+                    ).fetchall()
+                )
+                >= 2
+                and r
+            ),
+            10,
+            "two audit rows",
+        )
     finally:
         conn.close()
     assert rows == [("pause", "kim", "6", "kim"), ("pause", "kim", "7", None)]
@@ -653,8 +723,13 @@ def test_a_publish_the_broker_refuses_fails_instead_of_counting_as_confirmed(
     alert the broker dropped counted as confirmed.)"""
     secret = tmp_path / "device.password"
     secret.write_text(USERS["monitor-icu-1"] + "\n")
-    cfg = MqttConfig(host="127.0.0.1", port=secure_broker.port, client_id="b11-refused",
-                     username="monitor-icu-1", password_file=str(secret))  # fmt: skip
+    cfg = MqttConfig(
+        host="127.0.0.1",
+        port=secure_broker.port,
+        client_id="b11-refused",
+        username="monitor-icu-1",
+        password_file=str(secret),
+    )
 
     async def main() -> tuple[BaseException | None, BaseException | None]:
         c = Client(cfg, persistent=False, client_id="b11-refused")
@@ -691,4 +766,7 @@ def test_send_ack_verified_publishes_on_the_users_own_topic(
     kim = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"username": "nurse.kim"})})
     event = asyncio.run(send_ack(kim, raised["id"], "Kim", verified=True))
     assert (event["state"], event["ack_by"], event["ack_identity"]) == (
-        "acknowledged", "Kim", "nurse.kim")  # fmt: skip
+        "acknowledged",
+        "Kim",
+        "nurse.kim",
+    )

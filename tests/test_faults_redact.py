@@ -43,8 +43,15 @@ def echoed(payload: bytes) -> str:
     shown = [json.dumps(letter), str(letter.get("payload", ""))]
     if "payload_b64" in letter:
         raw = base64.b64decode(str(letter["payload_b64"]))
-        for enc in ("utf-8", "latin-1", "utf-16", "utf-16-le", "utf-16-be", "utf-32-le",
-                    "utf-32-be"):  # fmt: skip
+        for enc in (
+            "utf-8",
+            "latin-1",
+            "utf-16",
+            "utf-16-le",
+            "utf-16-be",
+            "utf-32-le",
+            "utf-32-be",
+        ):
             shown.append(raw[: len(raw) - len(raw) % 4].decode(enc, "replace"))
     return "\n".join(shown)
 
@@ -116,10 +123,11 @@ def test_the_generated_messages_are_what_the_parser_reads() -> None:
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=6,
-)  # fmt: skip
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -199,9 +207,13 @@ def test_examples_that_leaked_and_what_is_kept() -> None:
 def mllp_daemon(daemon: Any) -> tuple[Any, int]:
     port = free_port()
     d = daemon(start=False)
-    d.config.write_text(d.config.read_text().replace(
-        "sources:\n", f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{port}\n"
-        "    ward: icu\n    clock: receive\n"))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text().replace(
+            "sources:\n",
+            f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{port}\n"
+            "    ward: icu\n    clock: receive\n",
+        )
+    )
     d.start()
     wait_for(lambda: "listening on" in d.log(), 10, "the MLLP listener")
     return d, port
@@ -222,8 +234,11 @@ def test_an_oru_in_other_encoding_characters_is_dead_lettered_without_its_pid(
             chunk = s.recv(4096)
             assert chunk, "closed before the ACK"
             acks += framer.feed(chunk)
-    letters = wait_for(lambda: [x for x in dead.json() if x["reason"] == "wrong_type"], 10,
-                       "the refused value dead-lettered")  # fmt: skip
+    letters = wait_for(
+        lambda: [x for x in dead.json() if x["reason"] == "wrong_type"],
+        10,
+        "the refused value dead-lettered",
+    )
     assert "PID#<redacted>" in letters[0]["payload"]
     assert "MDC_PULS_OXIM_SAT_O2" in letters[0]["payload"]
     assert "QSECRET" not in json.dumps(dead.json())
@@ -241,9 +256,12 @@ def test_commands_with_a_patient_object_or_in_utf16_are_dead_lettered_without_it
     as_object = json.dumps({"ward": "icu", "bed": "1", "patient": {"mrn": "QSECRET-1"}})
     utf16 = json.dumps({"ward": "icu", "bed": "1", "patient": "QSECRET-2", "profile": "kids"})
     for payload in (as_object.encode(), utf16.encode("utf-16")):
-        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t",
-                        "vitalmon/cmd/admit", "-s"], input=payload, check=True,
-                       timeout=10)  # fmt: skip
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t", "vitalmon/cmd/admit", "-s"],
+            input=payload,
+            check=True,
+            timeout=10,
+        )
     letters = wait_for(lambda: len(dead.json()) >= 2 and dead.json(), 10, "two dead letters")
     assert [x["reason"] for x in letters] == ["bad_command", "bad_command"]
     assert "'patient' must be a non-empty string" in letters[0]["detail"]

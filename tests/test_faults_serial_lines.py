@@ -162,11 +162,15 @@ def masimo_lines(draw: st.DrawFn) -> bytes:
     layout = draw(st.sampled_from(["rad8", "radical7", "radical5", "no_exc"]))
     stamp = mstamp(t)
     if layout == "rad8":
-        line = (f"{stamp} SN={sn:010d} SPO2={s}% BPM={b} PI={pi}% SPCO=--.-% SPMET=--.-% "
-                f"DESAT=-- PIDELTA=+-- ALARM={alarm:04X} EXC={exc:06X}")  # fmt: skip
+        line = (
+            f"{stamp} SN={sn:010d} SPO2={s}% BPM={b} PI={pi}% SPCO=--.-% SPMET=--.-% "
+            f"DESAT=-- PIDELTA=+-- ALARM={alarm:04X} EXC={exc:06X}"
+        )
     elif layout == "radical7":
-        line = (f"{stamp} SN={sn:010d} SPO2={s}% BPM={b} PI={pi}% SPCO=01.0% SPMET=00.5% "
-                f"DESAT=01 PIDELTA=-02 PVI=027 ALARM={alarm:04X} EXC={exc:06X}")  # fmt: skip
+        line = (
+            f"{stamp} SN={sn:010d} SPO2={s}% BPM={b} PI={pi}% SPCO=01.0% SPMET=00.5% "
+            f"DESAT=01 PIDELTA=-02 PVI=027 ALARM={alarm:04X} EXC={exc:06X}"
+        )
     elif layout == "radical5":
         line = f"{stamp} SPO2={s}% BPM={b} PI={pi}% ALARM={alarm:X} EXC={exc:X}"
     else:
@@ -262,8 +266,11 @@ def nellcor_lines(draw: st.DrawFn) -> bytes:
     def cell(hi: int) -> str:
         return draw(st.one_of(st.sampled_from(["---", ""]), st.integers(0, hi).map(str)))
 
-    codes = draw(st.lists(st.sampled_from(["AO", "AS", "MO", "PS", "LB", "PH", "SO"]),
-                          max_size=4, unique=True))  # fmt: skip
+    codes = draw(
+        st.lists(
+            st.sampled_from(["AO", "AS", "MO", "PS", "LB", "PH", "SO"]), max_size=4, unique=True
+        )
+    )
     return nline(t, cell(100), cell(350), cell(254), "    ".join(codes))
 
 

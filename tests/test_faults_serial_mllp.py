@@ -73,9 +73,13 @@ def message(control: str, spo2: int, patient: str = "P2") -> bytes:
 
 def serial_daemon(daemon: Any, port: Path, fmt: str, extra: str = "") -> Any:
     d = daemon("log:\n  repeat_window_s: 0\n", start=False)  # every "open" line logged
-    d.config.write_text(d.config.read_text().replace(
-        "sources:\n", f"sources:\n  - type: serial\n    port: {port}\n    format: {fmt}\n"
-        f"    ward: icu\n    bed: '14'\n{extra}"))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text().replace(
+            "sources:\n",
+            f"sources:\n  - type: serial\n    port: {port}\n    format: {fmt}\n"
+            f"    ward: icu\n    bed: '14'\n{extra}",
+        )
+    )
     d.start()
     wait_for(lambda: f"open ({fmt}" in d.log(), 10, "port open")
     return d
@@ -118,15 +122,25 @@ def test_hl7_frame_without_its_end_on_a_serial_line_is_discarded_not_merged(
     pty.write(frame(message("M4", 93)))  # the stream goes on, message by message
     wait_for(lambda: len(stored(tmp_path / "vitals.db")) >= 2, 10, "M4 stored")
     assert stored(tmp_path / "vitals.db") == [91.0, 93.0]
-    letters = wait_for(lambda: [x for x in dead.json() if x["reason"] == "truncated_frame"]
-                       if len(dead.json()) >= 2 else None, 10, "two dead letters")  # fmt: skip
+    letters = wait_for(
+        lambda: (
+            [x for x in dead.json() if x["reason"] == "truncated_frame"]
+            if len(dead.json()) >= 2
+            else None
+        ),
+        10,
+        "two dead letters",
+    )
     assert ["control id M1" in x["detail"] for x in letters] == [True, False]
     assert "control id M3" in letters[1]["detail"]
     assert {x["topic"] for x in letters} == {f"serial:{pty.a}"}
     assert not [x for x in letters if x.get("payload")]  # no content echoed
     assert "SECRET" not in str(dead.json())
-    cut = [line for line in d.log().splitlines()
-           if " WARNING vitalmon.source.serial" in line and "cut short" in line]  # fmt: skip
+    cut = [
+        line
+        for line in d.log().splitlines()
+        if " WARNING vitalmon.source.serial" in line and "cut short" in line
+    ]
     assert len(cut) == 1, cut  # once per opening of the port
     code, _ = d.terminate()
     assert code == 0

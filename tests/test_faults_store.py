@@ -74,8 +74,12 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     d.mkdir()
     if os.geteuid() != 0:
         pytest.skip("a tmpfs needs root (scripts/test runs as root in CI)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(d)],
-                          check=False, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(d)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -101,9 +105,10 @@ def test_a_full_disk_degrades_alerting_goes_on_and_resumes_by_itself(
     for i in range(20):
         publisher.publish("vitals/icu/2/mon", {"ts": now - 40 + i, "spo2": 80})
     high = wait_for(
-        lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"], 15,
+        lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"],
+        15,
         "the desaturation alarm published while the disk is full",
-    )  # fmt: skip
+    )
     assert high[0]["state"] == "active"
     full = wait_for(lambda: system_alarms(alerts, "store.full"), 15, "store.full raised")
     assert full[0]["state"] == "active" and full[0]["priority"] == "high"
@@ -114,8 +119,11 @@ def test_a_full_disk_degrades_alerting_goes_on_and_resumes_by_itself(
 
     small_disk.free()
     wait_for(lambda: committed(db, "2") == 20, 30, "what was held committed once space returns")
-    wait_for(lambda: [a for a in system_alarms(alerts, "store.full") if a["state"] == "resolved"],
-             15, "store.full resolved")  # fmt: skip
+    wait_for(
+        lambda: [a for a in system_alarms(alerts, "store.full") if a["state"] == "resolved"],
+        15,
+        "store.full resolved",
+    )
     publisher.publish("vitals/icu/1/mon", {"ts": now, "hr": 72})
     wait_for(lambda: committed(db, "1") == 2, 10, "commits go on")
     code, _ = d.terminate()
@@ -171,8 +179,11 @@ def test_alarms_go_on_past_the_window_of_unacknowledged_messages(
     wait_for(lambda: system_alarms(alerts, "store.full"), 15, "store.full raised")
     for i in range(20):
         publisher.publish("vitals/icu/2/mon", {"ts": now - 20 + i, "spo2": 80})
-    wait_for(lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"], 20,
-             "the alarm past the window")  # fmt: skip
+    wait_for(
+        lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"],
+        20,
+        "the alarm past the window",
+    )
     small_disk.free()
     wait_for(lambda: committed(db, "2") == 20, 60, "the durable copies stored")
     total = sum(committed(db, f"b{b}") for b in range(40))
@@ -197,8 +208,11 @@ def test_a_daemon_restarted_on_a_full_disk_comes_up_and_alerts(
     now = time.time()
     for i in range(20):
         publisher.publish("vitals/icu/2/mon", {"ts": now - 20 + i, "spo2": 80})
-    wait_for(lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"], 15,
-             "alarm on a full disk after a restart")  # fmt: skip
+    wait_for(
+        lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"],
+        15,
+        "alarm on a full disk after a restart",
+    )
     small_disk.free()
     wait_for(lambda: committed(db, "2") == 20, 30, "committed once space returns")
     assert d.terminate()[0] == 0
@@ -214,12 +228,28 @@ def _open_alerts(db: Path, n: int) -> None:
     for i in range(n):
         bed = str(i)
         started = now - 600
-        rows.append(alert_row(AlertEvent(
-            id=alert_id("icu", bed, "mon", "spo2.low", started), ward="icu", bed=bed,
-            device="mon", patient=None, vital="spo2", rule="spo2.low" if i % 2 else "gone.rule",
-            kind="physiological", priority=Priority.HIGH, state=AlertState.ACTIVE, value=80,
-            limit=85, message="SpO2 80 < 85", started_at=started, at=started, seq=1,
-        )))  # fmt: skip
+        rows.append(
+            alert_row(
+                AlertEvent(
+                    id=alert_id("icu", bed, "mon", "spo2.low", started),
+                    ward="icu",
+                    bed=bed,
+                    device="mon",
+                    patient=None,
+                    vital="spo2",
+                    rule="spo2.low" if i % 2 else "gone.rule",
+                    kind="physiological",
+                    priority=Priority.HIGH,
+                    state=AlertState.ACTIVE,
+                    value=80,
+                    limit=85,
+                    message="SpO2 80 < 85",
+                    started_at=started,
+                    at=started,
+                    seq=1,
+                )
+            )
+        )
     write_rows(conn, [], rows)
     conn.close()
 
@@ -272,8 +302,9 @@ class StoreLock:
     (a disk that does not answer)."""
 
     def __init__(self, db: Path) -> None:
-        self.conn = sqlite3.connect(str(db), isolation_level=None, timeout=30,
-                                    check_same_thread=False)  # fmt: skip
+        self.conn = sqlite3.connect(
+            str(db), isolation_level=None, timeout=30, check_same_thread=False
+        )
         self.conn.execute("BEGIN IMMEDIATE")
 
     def release(self) -> None:
@@ -305,15 +336,21 @@ def test_alerts_are_published_while_the_store_cannot_commit(
         assert stalled[0]["priority"] == "high"
         for i in range(20):
             publisher.publish("vitals/icu/2/mon", {"ts": now - 20 + i, "spo2": 80})
-        wait_for(lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"],
-                 20, "the alarm while the store hangs")  # fmt: skip
+        wait_for(
+            lambda: [a for a in alerts.json("alerts/icu/2") if a["rule"] == "spo2.low"],
+            20,
+            "the alarm while the store hangs",
+        )
         assert committed(db, "2") == 0
     finally:
         lock.release()
     wait_for(lambda: committed(db, "2") == 20, 40, "committed once the store answers")
     assert sum(committed(db, f"b{b}") for b in range(40)) == 1200
-    wait_for(lambda: [a for a in system_alarms(alerts, "store.stalled")
-                      if a["state"] == "resolved"], 15, "store.stalled resolved")  # fmt: skip
+    wait_for(
+        lambda: [a for a in system_alarms(alerts, "store.stalled") if a["state"] == "resolved"],
+        15,
+        "store.stalled resolved",
+    )
     assert d.terminate()[0] == 0
 
 
@@ -379,15 +416,17 @@ def test_sink_down_is_raised_on_time_whatever_the_backoff(
     port, metrics = free_port(), free_port()  # nothing listens on the first
     token = tmp_path / "token"
     token.write_text("t")
-    d = daemon(extra=f"metrics:\n  listen: 127.0.0.1:{metrics}\n",
-               store_extra=f"""  - type: influxdb
+    d = daemon(
+        extra=f"metrics:\n  listen: 127.0.0.1:{metrics}\n",
+        store_extra=f"""  - type: influxdb
     url: http://127.0.0.1:{port}
     org: o
     bucket: b
     token_file: {token}
     retry_min_s: 40
     retry_max_s: 600
-""")  # fmt: skip
+""",
+    )
     alerts = subscribe("alerts/_system/#")
     first = time.time()
     for i in range(5):
@@ -398,8 +437,11 @@ def test_sink_down_is_raised_on_time_whatever_the_backoff(
     assert down[0]["state"] == "active"
     assert 25 <= waited <= 38, waited
     page = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read()
-    lag = [float(line.rsplit(" ", 1)[1]) for line in page.decode().splitlines()
-           if line.startswith("vitalmon_store_lag_seconds{")]  # fmt: skip
+    lag = [
+        float(line.rsplit(" ", 1)[1])
+        for line in page.decode().splitlines()
+        if line.startswith("vitalmon_store_lag_seconds{")
+    ]
     assert lag and lag[0] >= time.time() - first, lag  # the oldest waiting, as of now
     assert d.proc is not None and d.proc.poll() is None
 

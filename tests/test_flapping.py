@@ -74,10 +74,23 @@ def ev(
     bed: str = "7",
 ) -> AlertEvent:
     return AlertEvent(
-        id=ident, ward="icu", bed=bed, device="mon1", patient="MRN-1", vital=rule.partition(".")[0],
-        rule=rule, kind="physiological", priority=priority, state=state, value=80.0,
-        limit=85.0, message="m", started_at=T0, at=T0 + at, seq=seq,
-    )  # fmt: skip
+        id=ident,
+        ward="icu",
+        bed=bed,
+        device="mon1",
+        patient="MRN-1",
+        vital=rule.partition(".")[0],
+        rule=rule,
+        kind="physiological",
+        priority=priority,
+        state=state,
+        value=80.0,
+        limit=85.0,
+        message="m",
+        started_at=T0,
+        at=T0 + at,
+        seq=seq,
+    )
 
 
 def storm(
@@ -108,12 +121,19 @@ def test_storm_gives_one_flapping_alert_and_holds_the_raises():
     alarm = out[-1]
     sixth = bed.raw[5]
     assert (alarm.at, alarm.started_at, alarm.seq, alarm.value, alarm.limit) == (
-        sixth.at, sixth.at, 1, 6.0, 6.0,
-    )  # fmt: skip
+        sixth.at,
+        sixth.at,
+        1,
+        6.0,
+        6.0,
+    )
     assert alarm.id == alert_id("icu", "7", "mon1", "spo2.low.flapping", sixth.at)
     assert (alarm.kind, alarm.vital, alarm.device, alarm.patient) == (
-        "physiological", "spo2", "mon1", "MRN-1",
-    )  # fmt: skip
+        "physiological",
+        "spo2",
+        "mon1",
+        "MRN-1",
+    )
     assert alarm.message == (
         "SpO2 low alarm flapping: 6 changes in 1 min; its alarms are held until it settles"
     )
@@ -185,8 +205,11 @@ def test_a_higher_priority_during_the_episode_updates_the_flapping_alert():
     assert rules_of(out) == [("spo2.low.flapping", "active", "high")]
     update = out[0]
     assert (update.id, update.seq, update.state, update.started_at) == (
-        first.id, 2, ACTIVE, first.started_at,
-    )  # fmt: skip
+        first.id,
+        2,
+        ACTIVE,
+        first.started_at,
+    )
     assert update.at == bed.raw[-2].at  # the held raise
     assert update.value == 9.0  # changes in the window
     assert first.priority == MEDIUM  # what was emitted is never changed afterwards

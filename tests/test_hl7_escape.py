@@ -120,8 +120,27 @@ def oru(
 
 
 def obx(code: str, value: str, unit: str = "", kind: str = "NM", device: str = "") -> list[str]:
-    return ["OBX", "1", kind, code, "", value, unit, "", "", "", "", "F", "", "", "", "", "", "",
-            device]  # fmt: skip
+    return [
+        "OBX",
+        "1",
+        kind,
+        code,
+        "",
+        value,
+        unit,
+        "",
+        "",
+        "",
+        "",
+        "F",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        device,
+    ]
 
 
 HR = f"147842{C}MDC_ECG_HEART_RATE{C}MDC"
@@ -165,8 +184,15 @@ texts = st.text(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(enc=encodings, hexify=st.booleans(), patient=texts, device=texts, alarm=texts,
-       label=texts, control=texts)  # fmt: skip
+@given(
+    enc=encodings,
+    hexify=st.booleans(),
+    patient=texts,
+    device=texts,
+    alarm=texts,
+    label=texts,
+    control=texts,
+)
 def test_oru_r01_texts_round_trip_through_escaping(
     enc: Enc, hexify: bool, patient: str, device: str, alarm: str, label: str, control: str
 ) -> None:
@@ -188,7 +214,12 @@ def test_oru_r01_texts_round_trip_through_escaping(
     assert a.code == "AA", (a, msg)
     (r,) = parsed.readings
     assert (r.patient, r.device, r.value, r.ward, r.bed) == (
-        topic_safe(patient), topic_safe(device) + ".ecg", 72.0, "ICU", "7")  # fmt: skip
+        topic_safe(patient),
+        topic_safe(device) + ".ecg",
+        72.0,
+        "ICU",
+        "7",
+    )
     (rep,) = parsed.device_alarms
     assert [(x.text, x.priority, x.source) for x in rep.alarms] == [
         (alarm, Priority.HIGH, "RedAlarm")
@@ -208,18 +239,54 @@ def test_oru_r40_alarm_texts_and_units_round_trip(
     assume(not said.upper().startswith("MDC_"))  # a mnemonic, not a text
     e = lambda t: escape(t, enc, hexify)  # noqa: E731
     unit = f"{enc.esc}X6B5061{enc.esc}" if unit_hex else "kPa"
-    ident = ["OBX", "1", "ST", f"196670{C}MDC_EVT_LO{C}MDC", "1.1", e(said), "", "", f"PH{R}SP",
-             "", "", "F"]  # fmt: skip
-    value = ["OBX", "2", "NM", f"150021{C}MDC_PRESS_BLD_NONINV_SYS{C}MDC", "1.2", "16", unit,
-             "", "", "", "", "F"]  # fmt: skip
+    ident = [
+        "OBX",
+        "1",
+        "ST",
+        f"196670{C}MDC_EVT_LO{C}MDC",
+        "1.1",
+        e(said),
+        "",
+        "",
+        f"PH{R}SP",
+        "",
+        "",
+        "F",
+    ]
+    value = [
+        "OBX",
+        "2",
+        "NM",
+        f"150021{C}MDC_PRESS_BLD_NONINV_SYS{C}MDC",
+        "1.2",
+        "16",
+        unit,
+        "",
+        "",
+        "",
+        "",
+        "F",
+    ]
     r40 = lambda *s: oru(enc, *s, kind=f"ORU{C}R40")  # noqa: E731
     parsed, a = Hl7Parser(bind="pv1").parse_message(r40(ident, value), ctx())
     assert a.code == "AA"
     ((alarm,),) = [rep.alarms for rep in parsed.device_alarms]
     assert (alarm.text, alarm.priority) == (said, Priority.HIGH)
     assert [(r.vital, round(r.value, 2)) for r in parsed.readings] == [("sbp", 120.01)]
-    attr = ["OBX", "3", "ST", f"68485{C}MDC_ATTR_ALERT_TEXT{C}MDC", "1.3", e(said), "", "", "",
-            "", "", "F"]  # fmt: skip
+    attr = [
+        "OBX",
+        "3",
+        "ST",
+        f"68485{C}MDC_ATTR_ALERT_TEXT{C}MDC",
+        "1.3",
+        e(said),
+        "",
+        "",
+        "",
+        "",
+        "",
+        "F",
+    ]
     ident[5] = "other"
     parsed = Hl7Parser(bind="pv1").parse(r40(ident, attr), ctx())
     assert [a.text for rep in parsed.device_alarms for a in rep.alarms] == [said]
@@ -232,8 +299,9 @@ def translate(sample: bytes, enc: Enc) -> bytes:
     """A sample in standard encoding (and without escapes) rewritten in ``enc``."""
     text = sample.decode("latin-1")
     assert not set(text) & set(enc.field + enc.msh2)
-    table = str.maketrans({"|": enc.field, "^": enc.comp, "~": enc.rep, "\\": enc.esc,
-                           "&": enc.sub})  # fmt: skip
+    table = str.maketrans(
+        {"|": enc.field, "^": enc.comp, "~": enc.rep, "\\": enc.esc, "&": enc.sub}
+    )
     return text.translate(table).encode("latin-1")
 
 
@@ -246,7 +314,11 @@ def test_samples_in_other_encoding_characters_parse_alike(name: str) -> None:
         c = ctx(now, max_skew_s=10 * 365 * 86400)
         (std, a), (alt, b) = p.parse_message(sample, c), p.parse_message(other, c)
         assert (alt.readings, alt.statuses, alt.device_alarms, alt.unmapped) == (
-            std.readings, std.statuses, std.device_alarms, std.unmapped)  # fmt: skip
+            std.readings,
+            std.statuses,
+            std.device_alarms,
+            std.unmapped,
+        )
         assert [(x.cause, x.detail) for x in alt.rejections] == [
             (x.cause, x.detail) for x in std.rejections
         ]

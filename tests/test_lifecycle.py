@@ -27,13 +27,27 @@ class Clock:
         return self.t
 
 
-def rule_event(state: AlertState = AlertState.ACTIVE, priority: Priority = Priority.MEDIUM,
-               seq: int = 1) -> AlertEvent:  # fmt: skip
+def rule_event(
+    state: AlertState = AlertState.ACTIVE, priority: Priority = Priority.MEDIUM, seq: int = 1
+) -> AlertEvent:
     return AlertEvent(
-        id="a1", ward="icu", bed="7", device="ox", patient=None, vital="spo2", rule="spo2.low",
-        kind="physiological", priority=priority, state=state, value=88, limit=90,
-        message="SpO2 88 % < 90 % for 15 s", started_at=T0, at=T0 + 15, seq=seq,
-    )  # fmt: skip
+        id="a1",
+        ward="icu",
+        bed="7",
+        device="ox",
+        patient=None,
+        vital="spo2",
+        rule="spo2.low",
+        kind="physiological",
+        priority=priority,
+        state=state,
+        value=88,
+        limit=90,
+        message="SpO2 88 % < 90 % for 15 s",
+        started_at=T0,
+        at=T0 + 15,
+        seq=seq,
+    )
 
 
 def lifecycle(**cfg: float) -> tuple[Lifecycle, Clock]:
@@ -48,14 +62,20 @@ def test_ack_then_resolve_carries_who_and_numbers_every_event():
     clock.t += 30
     acked = lc.ack("a1", "nurse.kim")
     assert acked is not None
-    assert (acked.state, acked.seq, acked.extra["ack_by"]) == (AlertState.ACKNOWLEDGED, 2,
-                                                               "nurse.kim")  # fmt: skip
+    assert (acked.state, acked.seq, acked.extra["ack_by"]) == (
+        AlertState.ACKNOWLEDGED,
+        2,
+        "nurse.kim",
+    )
     assert acked.extra["action"] == "acknowledge"
     assert acked.at == clock.t  # wall clock of the action
     assert lc.ack("a1", "someone.else") is None  # idempotent
     resolved = lc.observe(rule_event(AlertState.RESOLVED, seq=2))
-    assert (resolved.state, resolved.seq, resolved.extra["ack_by"]) == (AlertState.RESOLVED, 3,
-                                                                         "nurse.kim")  # fmt: skip
+    assert (resolved.state, resolved.seq, resolved.extra["ack_by"]) == (
+        AlertState.RESOLVED,
+        3,
+        "nurse.kim",
+    )
     assert "action" not in resolved.extra
     with pytest.raises(UnknownAlert):
         lc.ack("a1", "late")
@@ -81,7 +101,11 @@ def test_unacknowledged_alert_escalates_once_after_delay_acked_one_never():
     clock.t += 1
     (esc,) = lc.tick()
     assert (esc.priority, esc.extra["escalated"], esc.extra["action"], esc.seq) == (
-        Priority.HIGH, True, "escalate", 2)  # fmt: skip
+        Priority.HIGH,
+        True,
+        "escalate",
+        2,
+    )
     clock.t += 500
     assert lc.tick() == []  # once per activation
     later = lc.observe(rule_event(priority=Priority.MEDIUM, seq=2))
@@ -144,14 +168,29 @@ def test_ack_by_mqtt_command_and_retained_bed_state(daemon, subscribe, publisher
     state = wait_for(lambda: late.json(), 5, "retained state")[0]
     assert [a["id"] for a in state] == [raised["id"]]
     subprocess.run(
-        ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t", "vitalmon/cmd/ack",
-         "-m", json.dumps({"id": raised["id"], "by": "nurse.kim"})], check=True, timeout=10,
-    )  # fmt: skip
-    acked = wait_for(lambda: [a for a in alerts.json() if a["state"] == "acknowledged"], 5,
-                     "acknowledged")[0]  # fmt: skip
+        [
+            "mosquitto_pub",
+            "-p",
+            str(broker.port),
+            "-q",
+            "1",
+            "-t",
+            "vitalmon/cmd/ack",
+            "-m",
+            json.dumps({"id": raised["id"], "by": "nurse.kim"}),
+        ],
+        check=True,
+        timeout=10,
+    )
+    acked = wait_for(
+        lambda: [a for a in alerts.json() if a["state"] == "acknowledged"], 5, "acknowledged"
+    )[0]
     assert (acked["id"], acked["ack_by"], acked["seq"]) == (raised["id"], "nurse.kim", 2)
-    wait_for(lambda: late.json()[-1] and late.json()[-1][0]["state"] == "acknowledged", 5,
-             "state topic updated")  # fmt: skip
+    wait_for(
+        lambda: late.json()[-1] and late.json()[-1][0]["state"] == "acknowledged",
+        5,
+        "state topic updated",
+    )
     publisher.publish("vitalmon/cmd/ack", b'{"id": 5}')
     publisher.publish("vitalmon/cmd/ack", {"id": "nope", "by": "kim"})
     letters = wait_for(lambda: len(dead.json()) >= 2 and dead.json(), 5, "two dead letters")
@@ -169,8 +208,17 @@ def test_vitalmon_ack_command_line(daemon, subscribe, publisher):
     alerts = subscribe("alerts/#")
     raise_spo2(publisher, bed="4")
     raised = wait_for(alerts.json, 5, "the alert")[0]
-    cmd = [sys.executable, "-m", "monitor", "ack", raised["id"], "--by", "dr.lee", "-c",
-           str(d.config)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monitor",
+        "ack",
+        raised["id"],
+        "--by",
+        "dr.lee",
+        "-c",
+        str(d.config),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     event = json.loads(out.stdout)
@@ -178,8 +226,9 @@ def test_vitalmon_ack_command_line(daemon, subscribe, publisher):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     assert again.returncode == 1
     assert "already_acknowledged" in again.stderr
-    unknown = subprocess.run([*cmd[:4], "0000", *cmd[5:]], capture_output=True, text=True,
-                             timeout=30, check=False)  # fmt: skip
+    unknown = subprocess.run(
+        [*cmd[:4], "0000", *cmd[5:]], capture_output=True, text=True, timeout=30, check=False
+    )
     assert unknown.returncode == 1
     assert "unknown_alert" in unknown.stderr
 
@@ -220,20 +269,25 @@ def test_escalation_then_renotify_until_ack(fast_lifecycle_daemon, subscribe, pu
     assert len(alerts.json()) == n
 
 
-def test_pause_holds_publication_high_breaks_through_release_at_end(daemon, subscribe, publisher,
-                                                                    tmp_path):  # fmt: skip
+def test_pause_holds_publication_high_breaks_through_release_at_end(
+    daemon, subscribe, publisher, tmp_path
+):
     """1. pause bed 6 for 3 s (asked 60, capped by pause_max_s 3); 2. a medium spo2 alert on
     bed 6 is stored and on the state topic but not published; 3. a high alert on bed 6
     breaks through; 4. at the pause's end the held alert is published; 5. audited."""
     d = daemon(start=False)
-    d.config.write_text(d.config.read_text().replace(
-        'topic: "alerts/{ward}/{bed}"\n  qos: 1', 'topic: "alerts/{ward}/{bed}"\n  qos: 1\n'
-        "  pause_max_s: 3\n"))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text().replace(
+            'topic: "alerts/{ward}/{bed}"\n  qos: 1',
+            'topic: "alerts/{ward}/{bed}"\n  qos: 1\n  pause_max_s: 3\n',
+        )
+    )
     d.start()
     alerts = subscribe("alerts/#")
     state = subscribe("state/icu/6/alerts")
-    publisher.publish("vitalmon/cmd/pause", {"ward": "icu", "bed": "6", "seconds": 60,
-                                             "by": "nurse.kim"})  # fmt: skip
+    publisher.publish(
+        "vitalmon/cmd/pause", {"ward": "icu", "bed": "6", "seconds": 60, "by": "nurse.kim"}
+    )
     paused_at = time.monotonic()
     wait_for(lambda: "paused for 3 s" in d.log(), 5, "the pause")
     now = time.time()

@@ -213,10 +213,14 @@ def test_bad_requests_get_400_431_408_and_the_server_goes_on() -> None:
         m = Metrics(fixed(), healthy, read_timeout=0.3)
         async with serving(m) as url:
             assert m.port is not None
-            for bad in (b"garbage\r\n\r\n", b"GET /metrics\r\n\r\n",
-                        b"GET /metrics HTTP/2.0\r\n\r\n", b"get /metrics HTTP/1.1\r\n\r\n",
-                        b"GET metrics HTTP/1.1\r\n\r\n",
-                        b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n"):  # fmt: skip
+            for bad in (
+                b"garbage\r\n\r\n",
+                b"GET /metrics\r\n\r\n",
+                b"GET /metrics HTTP/2.0\r\n\r\n",
+                b"get /metrics HTTP/1.1\r\n\r\n",
+                b"GET metrics HTTP/1.1\r\n\r\n",
+                b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n",
+            ):
                 answer = await raw(m.port, bad)
                 assert answer.startswith(b"HTTP/1.1 400 "), (bad, answer)
             # a request cut short by the client's EOF
@@ -276,9 +280,14 @@ def test_latency_histogram_buckets_appear_after_observations() -> None:
 
 def test_process_metrics_are_present() -> None:
     text = Metrics(fixed(), healthy).render().decode()
-    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
-                 "process_start_time_seconds", "process_open_fds", "python_info",
-                 "python_gc_objects_collected_total"):  # fmt: skip
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "python_info",
+        "python_gc_objects_collected_total",
+    ):
         assert f"\n{name}" in text, name
 
 
@@ -361,12 +370,23 @@ def test_invalid_samples_are_skipped_and_logged_once(caplog: pytest.LogCaptureFi
         assert v[("vitalmon_readings_rejected_total", frozenset({("cause", "bad_json")}))] == 1
         assert v[("vitalmon_series", frozenset())] == 7
         text = body.decode()
-        for name in ("vitalmon_store_bytes", "vitalmon_readings_received_total", "vitalmon_x",
-                     "vitalmon_y", "vitalmon_z", "vitalmon_tuple", "vitalmon bad", "9vitalmon",
-                     "vitalmon_readings_committed"):  # fmt: skip
+        for name in (
+            "vitalmon_store_bytes",
+            "vitalmon_readings_received_total",
+            "vitalmon_x",
+            "vitalmon_y",
+            "vitalmon_z",
+            "vitalmon_tuple",
+            "vitalmon bad",
+            "9vitalmon",
+            "vitalmon_readings_committed",
+        ):
             assert name not in text, name
-        for owned in ("process_cpu_seconds_total", "vitalmon_ingest_to_alert_seconds",
-                      "vitalmon_metrics_samples_skipped_total"):  # fmt: skip
+        for owned in (
+            "process_cpu_seconds_total",
+            "vitalmon_ingest_to_alert_seconds",
+            "vitalmon_metrics_samples_skipped_total",
+        ):
             assert text.count(f"# TYPE {owned} ") == 1, owned
         assert text.count("# TYPE vitalmon_readings_rejected_total ") == 1
         assert not any(line.endswith(("NaN", "Inf")) for line in text.splitlines())
@@ -429,9 +449,13 @@ def test_bind_error_propagates() -> None:
 
 @pytest.mark.parametrize(
     ("listen", "expected"),
-    [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("0.0.0.0:0", ("0.0.0.0", 0)),
-     ("[::1]:9464", ("::1", 9464)), ("localhost:80", ("localhost", 80))],
-)  # fmt: skip
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("[::1]:9464", ("::1", 9464)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
 def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
     assert parse_listen(listen) == expected
 
@@ -446,9 +470,17 @@ def test_parse_listen_refuses(listen: str) -> None:
 
 
 def test_every_documented_metric_renders_under_its_name() -> None:
-    labels = {"cause": "bad_json", "sink": "influx", "kind": "threshold", "priority": "high",
-              "state": "raised", "queue": "engine", "port": "/dev/ttyUSB0",
-              "code": "Perf (0002-d006)", "reason": "late"}  # fmt: skip
+    labels = {
+        "cause": "bad_json",
+        "sink": "influx",
+        "kind": "threshold",
+        "priority": "high",
+        "state": "raised",
+        "queue": "engine",
+        "port": "/dev/ttyUSB0",
+        "code": "Perf (0002-d006)",
+        "reason": "late",
+    }
     produced = [
         sample(name, 1, **{k: labels[k] for k in spec.labels})
         for name, spec in SPECS.items()
@@ -490,16 +522,24 @@ def test_curl_against_the_endpoint() -> None:
 
     async def curl(*args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            CURL, "-sS", "--noproxy", "*", "--max-time", "5", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            CURL,
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "5",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await proc.communicate()
         assert proc.returncode is not None
         return proc.returncode, out.decode() + err.decode()
 
     async def main() -> None:
-        m = Metrics(fixed(sample("vitalmon_mqtt_connected", 1)),
-                    lambda: (state["ok"], "store not writable"))  # fmt: skip
+        m = Metrics(
+            fixed(sample("vitalmon_mqtt_connected", 1)), lambda: (state["ok"], "store not writable")
+        )
         m.observe_latency(0.02)
         async with serving(m) as url:
             rc, out = await curl("-f", url + "/metrics")

@@ -378,4 +378,5 @@ def test_a_cuff_after_stat_cycles_is_not_blind() -> None:
     later = [Reading(T0 + 240 + 900 * i, "icu", "7", "cuff", "map", 48.0) for i in (1, 2, 3)]
     events = eng.process(later)
     assert [(e.rule, str(e.priority), e.at - T0) for e in events] == [
-        ("map.low", "high", 240 + 900)]  # fmt: skip
+        ("map.low", "high", 240 + 900)
+    ]

@@ -136,23 +136,29 @@ def _publish(
 
 
 _publishes = st.tuples(
-    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="+#\x00"),
-             min_size=1, max_size=30),
+    st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="+#\x00"),
+        min_size=1,
+        max_size=30,
+    ),
     st.binary(max_size=400),
     st.sampled_from([0, 1, 2]),
     st.booleans(),
     st.integers(min_value=1, max_value=65535),
-)  # fmt: skip
+)
 
 
 @settings(max_examples=80, deadline=None)
 @given(
-    packets=st.lists(st.one_of(_publishes, st.sampled_from([b"\xd0\x00", b"\x40\x02\x00\x07"])),
-                     min_size=1, max_size=60),
+    packets=st.lists(
+        st.one_of(_publishes, st.sampled_from([b"\xd0\x00", b"\x40\x02\x00\x07"])),
+        min_size=1,
+        max_size=60,
+    ),
     cuts=st.lists(st.integers(min_value=1, max_value=900), min_size=1, max_size=30),
     v5=st.booleans(),
     props=st.lists(st.sampled_from([b"\x00", b"\x05\x02\x00\x00\x00\x3c"]), min_size=1),
-)  # fmt: skip
+)
 def test_publishes_decoded_in_the_fast_path_or_by_paho_arrive_whole_and_in_order(
     packets, cuts, v5, props
 ):
@@ -185,8 +191,10 @@ def test_publishes_decoded_in_the_fast_path_or_by_paho_arrive_whole_and_in_order
             for i, x in enumerate(packets)
         )
         # (a QoS 0 PUBLISH has no packet id: 0 on the receiving side)
-        sent = [(t, d, q, r, m if q else 0) for t, d, q, r, m in
-                (x for x in packets if not isinstance(x, bytes))]  # fmt: skip
+        sent = [
+            (t, d, q, r, m if q else 0)
+            for t, d, q, r, m in (x for x in packets if not isinstance(x, bytes))
+        ]
         pos, k = 0, 0
         while pos < len(stream):
             step = cuts[k % len(cuts)]

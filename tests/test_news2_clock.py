@@ -94,7 +94,9 @@ def test_a_reading_after_the_due_instant_gives_the_clocks_event_first():
     chart(s, NORMAL, 600)
     _, events = chart(s, SEVEN, H)
     assert [(e.state, e.at) for e in events] == [
-        (AlertState.RESOLVED, T0 + 660), (AlertState.ACTIVE, T0 + H)]  # fmt: skip
+        (AlertState.RESOLVED, T0 + 660),
+        (AlertState.ACTIVE, T0 + H),
+    ]
     assert events[0].id != events[1].id
 
 
@@ -118,7 +120,10 @@ def test_expiry_closes_a_high_alert_at_last_input_plus_freshness():
     assert update.payload["at"] == "2025-11-28T10:30:00.000Z"
     assert update.payload["news2"] == 7  # a lower bound now: no longer alerting
     assert (closed.id, closed.state, closed.priority) == (
-        raised.id, AlertState.RESOLVED, Priority.HIGH)  # fmt: skip
+        raised.id,
+        AlertState.RESOLVED,
+        Priority.HIGH,
+    )
     assert closed.at == T0 + 1800
     assert closed.message == (
         "NEWS2 evidence expired: no fresh avpu, temp (older than 1800 s); alert closed"
@@ -127,7 +132,8 @@ def test_expiry_closes_a_high_alert_at_last_input_plus_freshness():
     assert events == []
     assert update.payload is not None
     assert update.payload["missing"] == list(PARAMETERS) and update.payload["at"].endswith(
-        "10:40:00.000Z")  # fmt: skip
+        "10:40:00.000Z"
+    )
     _, (new,) = chart(s, SEVEN, 5400)
     assert new.state is AlertState.ACTIVE and new.id != raised.id
 
@@ -156,8 +162,10 @@ def test_a_partial_score_on_a_reading_closes_an_open_alert_at_once():
     assert update.payload["partial"] is True
     assert closed is not None and closed.state is AlertState.RESOLVED
     assert closed.at == T0 + 2000
-    assert closed.message == ("NEWS2 evidence expired: no fresh rr, spo2, o2, sbp, avpu, temp "
-                              "(older than 1800 s); alert closed")  # fmt: skip
+    assert closed.message == (
+        "NEWS2 evidence expired: no fresh rr, spo2, o2, sbp, avpu, temp "
+        "(older than 1800 s); alert closed"
+    )
 
 
 def test_a_set_charted_exactly_freshness_s_later_replaces_the_old_one_seamlessly():
@@ -177,18 +185,34 @@ def test_a_set_charted_exactly_freshness_s_later_replaces_the_old_one_seamlessly
 
 def test_an_alert_carried_over_a_restart_closes_when_its_evidence_must_have_expired():
     stored = AlertEvent(
-        id="0123456789abcdef", ward="icu", bed="12", device="news2", patient=None, vital="news2",
-        rule="news2", kind="score", priority=Priority.HIGH, state=AlertState.ACTIVE,
-        value=7.0, limit=7.0, message="NEWS2 7: emergency response", started_at=T0, at=T0,
+        id="0123456789abcdef",
+        ward="icu",
+        bed="12",
+        device="news2",
+        patient=None,
+        vital="news2",
+        rule="news2",
+        kind="score",
+        priority=Priority.HIGH,
+        state=AlertState.ACTIVE,
+        value=7.0,
+        limit=7.0,
+        message="NEWS2 7: emergency response",
+        started_at=T0,
+        at=T0,
         seq=1,
-    )  # fmt: skip
+    )
     restarted = News2Scores(News2Config())
     restarted.restore(stored, now=T0 + 600)  # restarted 10 min later, no input since
     assert restarted.tick(T0 + 2399) == ([], [])
     updates, (closed,) = restarted.tick(T0 + 3000)
     assert updates == []
     assert (closed.id, closed.state, closed.at, closed.seq) == (
-        stored.id, AlertState.RESOLVED, T0 + 2400, 2)  # fmt: skip
+        stored.id,
+        AlertState.RESOLVED,
+        T0 + 2400,
+        2,
+    )
     assert "none since the restart" in closed.message
     # an input after the restart scores partial: the alert closes then, not later
     again = News2Scores(News2Config())
@@ -202,8 +226,9 @@ def test_an_alert_carried_over_a_restart_closes_when_its_evidence_must_have_expi
 
 
 def news2_events(events: list[AlertEvent]) -> list[tuple[str, str, str, float, str]]:
-    return [(e.id, str(e.state), str(e.priority), e.at, e.message)
-            for e in events if e.rule == "news2"]  # fmt: skip
+    return [
+        (e.id, str(e.state), str(e.priority), e.at, e.message) for e in events if e.rule == "news2"
+    ]
 
 
 def test_engine_tick_counts_filters_and_queues_the_score_updates():
@@ -252,7 +277,11 @@ def test_engine_run_does_a_batchs_tick_before_its_readings():
     asyncio.run(main())
     per_batch = [news2_events(evs) for _, evs in sink.writes]
     assert [[(state, at - T0) for _, state, _, at, _ in b] for b in per_batch] == [
-        [("active", 0)], [], [("resolved", 1800)], [("active", 1900)]]  # fmt: skip
+        [("active", 0)],
+        [],
+        [("resolved", 1800)],
+        [("active", 1900)],
+    ]
     assert [r for r, _ in sink.writes[1:3]] == [[], []]
     assert [(u.payload or {}).get("partial") for u in sink.scores] == [False, True, False]
     assert eng.counts["batches"] == 4
@@ -299,13 +328,18 @@ def test_replay_and_daemon_give_the_same_news2_events():
     nothing for 2 h, then a complete set (7), then 0. The daemon ticks every second
     between them; the replay has no clock. Same alert events (id, state, priority, at,
     message) and the same scores, up to the last set."""
-    sets = [(0, NORMAL), (H, SEVEN), (2 * H, NORMAL), (3 * H, SEVEN), (5 * H, SEVEN),
-            (6 * H, NORMAL)]  # fmt: skip
+    sets = [
+        (0, NORMAL),
+        (H, SEVEN),
+        (2 * H, NORMAL),
+        (3 * H, SEVEN),
+        (5 * H, SEVEN),
+        (6 * H, NORMAL),
+    ]
     cfg = RulesConfig(news2=News2Config(freshness_s=5400))
     a, b, daemon, replay = _daemon_and_replay(sets, cfg)
     assert news2_events(a) == news2_events(b)
-    got = [(state, prio, at - T0, msg.split(":")[0]) for _, state, prio, at, msg in
-           news2_events(a)]  # fmt: skip
+    got = [(state, prio, at - T0, msg.split(":")[0]) for _, state, prio, at, msg in news2_events(a)]
     assert (
         got
         == [
@@ -318,10 +352,16 @@ def test_replay_and_daemon_give_the_same_news2_events():
         ][:5]
     )  # the last is due after the last reading: the replay has not seen it
     assert len({e[0] for e in news2_events(a)}) == 3  # three alerts
-    assert [u.payload for u in daemon._score_updates] == [
-        u.payload for u in replay._score_updates]  # fmt: skip
+    assert [u.payload for u in daemon._score_updates] == [u.payload for u in replay._score_updates]
     assert [(u.payload or {}).get("partial") for u in replay._score_updates] == [
-        False, False, False, False, True, False, False]  # fmt: skip
+        False,
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
     # after the last reading the daemon goes on: the hold of the last set ends on time
     tail = news2_events(daemon.tick(T0 + 6 * H + 61))
     assert [(state, at - T0) for _, state, _, at, _ in tail] == [("resolved", 6 * H + 60)]
@@ -409,7 +449,7 @@ class _Watch:
         items: list[tuple[float, int, Any]] = [
             (_epoch(u.payload["at"]), 0, u) for u in updates if u.payload is not None
         ]
-        items += [(round(e.at, 3), 1, e) for e in events]  # fmt: skip
+        items += [(round(e.at, 3), 1, e) for e in events]
         for at, kind, item in sorted(items, key=lambda x: (x[0], x[1])):
             assert at >= self.last_at  # in time order
             self.last_at = at
@@ -482,8 +522,9 @@ def test_score_and_alert_never_disagree_and_holds_and_expiry_run_on_time(
     clocked, plain = News2Scores(cfg), News2Scores(cfg)
     watch = _Watch(hold)
     tracker = News2Tracker()
-    when = sorted([(float(t), 0, i) for i, (t, _v) in enumerate(sets)]
-                  + [(k + 0.5, 1, -1) for k in ticks])  # fmt: skip
+    when = sorted(
+        [(float(t), 0, i) for i, (t, _v) in enumerate(sets)] + [(k + 0.5, 1, -1) for k in ticks]
+    )
     got: list[AlertEvent] = []
     replayed: list[AlertEvent] = []
     for t, kind, i in when:

@@ -84,8 +84,12 @@ def test_each_method_sends_exactly_its_datagram(which: str, request: pytest.Fixt
 
 def test_environment_is_unset_by_default(path_socket):
     _, notify_socket = path_socket
-    env = {"NOTIFY_SOCKET": notify_socket, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1",
-           "PATH": "/usr/bin"}  # fmt: skip
+    env = {
+        "NOTIFY_SOCKET": notify_socket,
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": "1",
+        "PATH": "/usr/bin",
+    }
     n = Notifier(env)
     assert env == {"PATH": "/usr/bin"}  # children do not inherit the protocol
     assert n.enabled

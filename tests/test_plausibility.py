@@ -84,7 +84,11 @@ def test_persisting_implausible_values_raise_once_and_resolve_on_the_next_plausi
     (raised,) = events  # exactly one: at t=10, never again while it lasts
     # HR 0 is beyond hr's crit limit (40): the technical alarm is high ("check the patient")
     assert (raised.rule, raised.kind, raised.priority, raised.state) == (
-        "hr.implausible", "technical", Priority.HIGH, AlertState.ACTIVE)  # fmt: skip
+        "hr.implausible",
+        "technical",
+        Priority.HIGH,
+        AlertState.ACTIVE,
+    )
     assert (raised.device, raised.vital, raised.seq) == ("mon", "hr", 1)
     assert (raised.started_at, raised.at) == (T0, T0 + 10)
     assert {r.flag for r in stored} == {"implausible"}
@@ -143,7 +147,8 @@ def test_pleth_hr_150_with_no_other_hr_device_alarms_normally():
     events, stored = feed(eng, [reading(t, "hr", 150, device="pleth") for t in range(30)])
     # (its very first reading has no interval yet: judged on its own, modes contract)
     assert [(e.rule, e.device, e.priority, e.value, e.at) for e in events] == [
-        ("hr.high", "pleth", Priority.HIGH, 150, T0)]  # fmt: skip
+        ("hr.high", "pleth", Priority.HIGH, 150, T0)
+    ]
     assert {r.flag for r in stored} == {None}
     # once its cadence is known it is continuous: delay (10 s) and confirmation apply
     eng = Engine(rules(), sinks=[])
@@ -151,7 +156,8 @@ def test_pleth_hr_150_with_no_other_hr_device_alarms_normally():
     stream += [reading(t, "hr", 150, device="pleth") for t in range(10, 40)]
     events, _ = feed(eng, stream)
     assert [(e.rule, e.device, e.started_at, e.at) for e in events] == [
-        ("hr.high", "pleth", T0 + 10, T0 + 20)]  # fmt: skip
+        ("hr.high", "pleth", T0 + 10, T0 + 20)
+    ]
 
 
 def test_each_device_stays_its_own_series():
@@ -177,7 +183,11 @@ def test_each_device_stays_its_own_series():
     ecg, pleth = by_device["ecg"], by_device["pleth"]
     # the ECG's alarm is about the ECG's values only (warn 120: medium), from its own run
     assert (ecg.rule, ecg.value, ecg.priority, ecg.started_at) == (
-        "hr.high", 130, Priority.MEDIUM, T0 + 60)  # fmt: skip
+        "hr.high",
+        130,
+        Priority.MEDIUM,
+        T0 + 60,
+    )
     assert ecg.at == T0 + 70
     # the pleth's run starts at its first undisputed reading, never at the ECG's
     assert (pleth.rule, pleth.value, pleth.priority) == ("hr.high", 150, Priority.HIGH)
@@ -222,8 +232,9 @@ def test_a_probe_off_run_still_tells_the_cadence_a_lone_artefact_after_it_never_
         stream += [reading(t, "hr", 80, device="ecg"), reading(t + 0.5, "hr", 150, device="pleth")]
     assert rules_of(feed(eng, stream)[0]) == [("hr.disputed", "technical", "active")]
     eng.process([reading(40, "hr", 130, device="ecg")])  # the ECG no longer says normal
-    events, _ = feed(eng, [reading(40.5, "hr", 150, device="pleth"),
-                           reading(41.5, "hr", 90, device="pleth")])  # fmt: skip
+    events, _ = feed(
+        eng, [reading(40.5, "hr", 150, device="pleth"), reading(41.5, "hr", 90, device="pleth")]
+    )
     # one undisputed 150 between others: not an alarm on its own (the dispute is over)
     assert rules_of(events) == [("hr.disputed", "technical", "resolved")]
 
@@ -237,7 +248,8 @@ def test_a_range_set_to_null_is_switched_off():
     eng = Engine(cfg, sinks=[])
     events, stored = feed(eng, [reading(t, "hr", 0) for t in range(30)])
     assert [(e.rule, e.kind, e.priority) for e in events] == [
-        ("hr.low", "physiological", Priority.HIGH)]  # fmt: skip
+        ("hr.low", "physiological", Priority.HIGH)
+    ]
     assert {r.flag for r in stored} == {None}
     # the other vitals keep their default ranges
     events, stored = feed(eng, [reading(t, "rr", 0) for t in range(30)])
@@ -309,8 +321,9 @@ def test_no_reading_outside_the_configured_range_ever_raises_a_rule_alert(stream
 # ------------------------------------------------------------------ end to end
 
 
-def test_implausible_sbp_over_mqtt_is_stored_flagged_and_counted(daemon, subscribe, publisher,
-                                                                 tmp_path):  # fmt: skip
+def test_implausible_sbp_over_mqtt_is_stored_flagged_and_counted(
+    daemon, subscribe, publisher, tmp_path
+):
     """SBP 92, 25, 103 minutes apart: no sbp.low; the 25 is stored flagged implausible
     and counted on /metrics."""
     port = free_port()
@@ -337,13 +350,17 @@ def test_implausible_sbp_over_mqtt_is_stored_flagged_and_counted(daemon, subscri
             conn.close()
 
     assert wait_for(lambda: len(stored()) == 3 and stored(), 10, "three stored readings") == [
-        (92.0, None), (25.0, "implausible"), (103.0, None)]  # fmt: skip
+        (92.0, None),
+        (25.0, "implausible"),
+        (103.0, None),
+    ]
 
     def metric(name: str, **labels: str) -> float | None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-                       if labels else "")  # fmt: skip
+        want = name + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+        )
         for line in text.splitlines():
             if line.startswith(want + " "):
                 return float(line.rsplit(" ", 1)[1])
@@ -367,5 +384,8 @@ def test_flagged_readings_reach_influxdb_apart_from_the_vitals(daemon, victoria,
     assert sorted(p.value for p in vitals) == [72.0, 74.0]
     (flagged,) = victoria.wait_for_count(1, '{__name__=~"flagged_vitals_.*"}', timeout=15)
     assert (flagged.name, flagged.value, flagged.labels["flag"]) == (
-        "flagged_vitals_hr", 0.0, "implausible")  # fmt: skip
+        "flagged_vitals_hr",
+        0.0,
+        "implausible",
+    )
     assert flagged.labels["bed"] == "40"

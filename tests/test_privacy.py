@@ -91,8 +91,9 @@ def test_mask_hides_the_id() -> None:
     assert mask("MRN-0042")[3:] not in Pseudonymizer(b"k")("MRN-0042")
 
 
-def test_a_full_run_logs_no_password_and_no_patient_id(daemon, subscribe, publisher, broker,
-                                                       tmp_path):  # fmt: skip
+def test_a_full_run_logs_no_password_and_no_patient_id(
+    daemon, subscribe, publisher, broker, tmp_path
+):
     """Debug logging, a password, pseudonyms on: readings and an admission naming
     MRN-0042, an alert, an ack, a discharge, a restart. Neither the password nor the id
     appears in any log line, the store or an alert; the alerts carry the pseudonym."""
@@ -112,15 +113,27 @@ def test_a_full_run_logs_no_password_and_no_patient_id(daemon, subscribe, publis
         "  client_id: vitalmon\n",
         f"  client_id: vitalmon\n  username: vitalmon\n  password_file: {tmp_path}/mqtt.password\n",
     )
-    d.config.write_text(text + f"privacy:\n  pseudonymize_patient: true\n"
-                               f"  key_file: {tmp_path}/pseudo.key\n")  # fmt: skip
+    d.config.write_text(
+        text + f"privacy:\n  pseudonymize_patient: true\n  key_file: {tmp_path}/pseudo.key\n"
+    )
     d.start()
     alerts = subscribe("alerts/#")
     expected = Pseudonymizer(b"a-long-random-key")(mrn)
-    subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t",
-                    "vitalmon/cmd/admit", "-m",
-                    json.dumps({"ward": "icu", "bed": "8", "patient": mrn, "by": "kim"})],
-                   check=True, timeout=10)  # fmt: skip
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            "-p",
+            str(broker.port),
+            "-q",
+            "1",
+            "-t",
+            "vitalmon/cmd/admit",
+            "-m",
+            json.dumps({"ward": "icu", "bed": "8", "patient": mrn, "by": "kim"}),
+        ],
+        check=True,
+        timeout=10,
+    )
     now = time.time()
     for i in range(20):
         publisher.publish("vitals/icu/8/ox", {"ts": now - 25 + i, "spo2": 80, "patient": mrn})

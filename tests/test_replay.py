@@ -114,13 +114,19 @@ def test_minute_numerics_are_continuous_by_their_own_cadence() -> None:
     rec = load_csv(S25047, "1")
     assert rec.interval_s == 60
     t0 = 946_684_800.0
-    two = [Reading(t0 + 60 * i, "icu", "1", "pleth", "spo2", v) for i, v in
-           enumerate([97, 97, 97, 80, 80, 97])]  # fmt: skip
+    two = [
+        Reading(t0 + 60 * i, "icu", "1", "pleth", "spo2", v)
+        for i, v in enumerate([97, 97, 97, 80, 80, 97])
+    ]
     events = Engine(RulesConfig(), sinks=[]).process(two)
     assert [(e.rule, e.state, e.at - t0) for e in events] == [
-        ("spo2.low", "active", 240.0), ("spo2.low", "resolved", 300.0)]  # fmt: skip
-    one = [Reading(t0 + 60 * i, "icu", "1", "pleth", "spo2", v) for i, v in
-           enumerate([97, 97, 97, 80, 97, 97])]  # fmt: skip
+        ("spo2.low", "active", 240.0),
+        ("spo2.low", "resolved", 300.0),
+    ]
+    one = [
+        Reading(t0 + 60 * i, "icu", "1", "pleth", "spo2", v)
+        for i, v in enumerate([97, 97, 97, 80, 97, 97])
+    ]
     assert Engine(RulesConfig(), sinks=[]).process(one) == []
 
 
@@ -336,8 +342,9 @@ def test_store_and_report_from_a_replay(tmp_path: Path) -> None:
     import sqlite3
 
     db, png = tmp_path / "replay.db", tmp_path / "replay.png"
-    res = cli(S25047, "--bed", "7", "--ward", "icu", "--store", db, "--report", png,
-              "--format", "json")  # fmt: skip
+    res = cli(
+        S25047, "--bed", "7", "--ward", "icu", "--store", db, "--report", png, "--format", "json"
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)  # the JSON stays clean: what was kept goes to stderr
     rec = load_csv(S25047, bed="7", ward="icu")
@@ -374,23 +381,68 @@ def test_store_and_report_from_a_replay(tmp_path: Path) -> None:
     since = "2000-01-01T00:00:00Z"
     out = tmp_path / "again.svg"
     p = subprocess.run(
-        [sys.executable, "-m", "monitor", "report", "-c", str(tmp_path / "absent.yaml"),
-         "--store", str(db), "--bed", "7", "--since", since, "-o", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "report",
+            "-c",
+            str(tmp_path / "absent.yaml"),
+            "--store",
+            str(db),
+            "--bed",
+            "7",
+            "--since",
+            since,
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert p.returncode == 1 and "cannot read config" in p.stderr  # a named config must exist
     p = subprocess.run(
-        [sys.executable, "-m", "monitor", "report", "--store", str(db), "--bed", "7",
-         "--since", since, "-o", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "report",
+            "--store",
+            str(db),
+            "--bed",
+            "7",
+            "--since",
+            since,
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     assert "SpO2 (%)" in out.read_text()
     p = subprocess.run(
-        [sys.executable, "-m", "monitor", "stats", "--store", str(db), "--since", since,
-         "--format", "json"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "stats",
+            "--store",
+            str(db),
+            "--since",
+            since,
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     spo2 = [r for r in json.loads(p.stdout)["stats"] if r["vital"] == "spo2"]
     values = [r.value for r in rec.readings if r.vital == "spo2"]
@@ -400,8 +452,11 @@ def test_store_and_report_from_a_replay(tmp_path: Path) -> None:
     # the default --since (24 h) misses a recording of 2000: say where the data are
     p = subprocess.run(
         [sys.executable, "-m", "monitor", "stats", "--store", str(db)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert "the store has readings from 2000-01-01T00:00:00" in p.stderr
 
 
@@ -414,9 +469,12 @@ def test_store_and_report_from_a_replay(tmp_path: Path) -> None:
     ],
 )
 def test_store_and_report_options_are_checked_before_the_replay(
-    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         cli_main(["replay", str(S25047), "--bed", "1", *args])

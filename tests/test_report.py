@@ -25,14 +25,35 @@ from monitor.views import report
 T0 = float(int(time.time()) - 3600)
 
 
-def event(ident: str, vital: str, prio: str, state: str, at: float, value: float,
-          seq: int, extra: dict | None = None) -> AlertEvent:  # fmt: skip
+def event(
+    ident: str,
+    vital: str,
+    prio: str,
+    state: str,
+    at: float,
+    value: float,
+    seq: int,
+    extra: dict | None = None,
+) -> AlertEvent:
     return AlertEvent(
-        id=ident, ward="icu", bed="6", device="ox", patient=None, vital=vital,
-        rule=f"{vital}.low", kind="physiological", priority=Priority(prio),
-        state=AlertState(state), value=value, limit=90.0, message="m", started_at=at,
-        at=at, seq=seq, extra=extra or {},
-    )  # fmt: skip
+        id=ident,
+        ward="icu",
+        bed="6",
+        device="ox",
+        patient=None,
+        vital=vital,
+        rule=f"{vital}.low",
+        kind="physiological",
+        priority=Priority(prio),
+        state=AlertState(state),
+        value=value,
+        limit=90.0,
+        message="m",
+        started_at=at,
+        at=at,
+        seq=seq,
+        extra=extra or {},
+    )
 
 
 @pytest.fixture
@@ -45,10 +66,12 @@ def bed6(tmp_path: Path) -> Path:
     minute = (ts - T0) / 60
     spo2 = np.where((minute >= 20) & (minute < 30), 80.0, 97.0)
     hr = 80 + 10 * np.sin(minute / 5)
-    rows = [("icu", "6", "ox", "spo2", float(t), float(v), None)
-            for t, v in zip(ts, spo2, strict=True)]  # fmt: skip
-    rows += [("icu", "6", "mon", "hr", float(t), float(v), None)
-             for t, v in zip(ts, hr, strict=True)]  # fmt: skip
+    rows = [
+        ("icu", "6", "ox", "spo2", float(t), float(v), None) for t, v in zip(ts, spo2, strict=True)
+    ]
+    rows += [
+        ("icu", "6", "mon", "hr", float(t), float(v), None) for t, v in zip(ts, hr, strict=True)
+    ]
     obs = {"rr": 16.0, "sbp": 120.0, "temp": 37.0, "o2": 0.0, "avpu": 0.0}
     rows += [("icu", "6", "obs", k, T0, v, None) for k, v in obs.items()]
     conn = store.connect(str(db))
@@ -87,19 +110,22 @@ def test_panels_limits_and_alert_markers(bed6: Path):
     assert labels == ["HR (/min)", "SpO2 (%)", "RR (/min)", "SBP (mmHg)", "Temp (°C)", "NEWS2"]
     hr_ax, spo2_ax, news2_ax = fig.axes[0], fig.axes[1], fig.axes[-1]
     # SpO2: the warn and crit limits as dashed lines, the readings down to 80 %
-    hlines = sorted(round(ln.get_ydata()[0], 1) for ln in spo2_ax.get_lines()
-                    if ln.get_linestyle() == "--")  # fmt: skip
+    hlines = sorted(
+        round(ln.get_ydata()[0], 1) for ln in spo2_ax.get_lines() if ln.get_linestyle() == "--"
+    )
     spo2_limits = cfg.rules.thresholds["spo2"].low
     assert spo2_limits is not None
     assert hlines == sorted([spo2_limits.crit, spo2_limits.warn])
     assert spo2_ax.get_ylim()[0] < 80 < 97 < spo2_ax.get_ylim()[1]
     # the alert: medium raise (amber), high (red), resolution hollow red; the wall-clock
     # escalation is not drawn on the data
-    assert sorted(markers(spo2_ax)) == sorted([
-        (report.COLOURS["medium"], report.COLOURS["medium"], 1),
-        (report.COLOURS["high"], report.COLOURS["high"], 1),
-        (report.COLOURS["high"], "none", 1),
-    ])  # fmt: skip
+    assert sorted(markers(spo2_ax)) == sorted(
+        [
+            (report.COLOURS["medium"], report.COLOURS["medium"], 1),
+            (report.COLOURS["high"], report.COLOURS["high"], 1),
+            (report.COLOURS["high"], "none", 1),
+        ]
+    )
     assert markers(hr_ax) == []
     # NEWS2 recomputed from the inputs: 0 with normal values, 3 for SpO2 80 %
     (step,) = news2_ax.get_lines()
@@ -110,8 +136,9 @@ def test_panels_limits_and_alert_markers(bed6: Path):
 
 def test_news2_panel_says_why_it_is_empty():
     ts = T0 + 60.0 * np.arange(30)
-    data = report.BedData("icu", "6", {"hr": (ts, np.full(30, 80.0)),
-                                       "spo2": (ts, np.full(30, 97.0))})  # fmt: skip
+    data = report.BedData(
+        "icu", "6", {"hr": (ts, np.full(30, 80.0)), "spo2": (ts, np.full(30, 97.0))}
+    )
     fig = report.render(data, config_mod.Config())
     news2_ax = fig.axes[-1]
     assert news2_ax.get_ylabel() == "NEWS2" and news2_ax.get_lines() == []
@@ -126,15 +153,31 @@ def test_news2_panel_says_why_it_is_empty():
     ]
 
 
-@pytest.mark.parametrize(("suffix", "magic"), [(".png", b"\x89PNG"), (".pdf", b"%PDF"),
-                                               (".svg", b"<?xml")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("suffix", "magic"), [(".png", b"\x89PNG"), (".pdf", b"%PDF"), (".svg", b"<?xml")]
+)
 def test_cli_writes_the_file(bed6: Path, tmp_path: Path, suffix: str, magic: bytes):
     out = tmp_path / f"bed6{suffix}"
     p = subprocess.run(
-        [sys.executable, "-m", "monitor", "report", "-c", str(bed6), "--bed", "6",
-         "--since", "2h", "-o", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "report",
+            "-c",
+            str(bed6),
+            "--bed",
+            "6",
+            "--since",
+            "2h",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     assert out.read_bytes().startswith(magic)
     assert out.stat().st_size > 10_000
@@ -148,8 +191,11 @@ def test_cli_refuses_a_bad_suffix_and_a_bed_without_readings(bed6: Path, tmp_pat
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "monitor", "report", "-c", str(bed6), *args],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     p = run("--bed", "6", "-o", str(tmp_path / "x.jpg"))
     assert p.returncode == 1 and "give a .png, .pdf or .svg file" in p.stderr
@@ -161,14 +207,37 @@ def test_cli_refuses_a_bad_suffix_and_a_bed_without_readings(bed6: Path, tmp_pat
 # ------------------------------------------- devices and alert kinds (issue 15, C21)
 
 
-def alert_event(ident: str, vital: str, rule: str, kind: str, prio: str, at: float,
-                value: float | None, device: str, state: str = "active",
-                limit: float | None = None, seq: int = 1) -> AlertEvent:  # fmt: skip
+def alert_event(
+    ident: str,
+    vital: str,
+    rule: str,
+    kind: str,
+    prio: str,
+    at: float,
+    value: float | None,
+    device: str,
+    state: str = "active",
+    limit: float | None = None,
+    seq: int = 1,
+) -> AlertEvent:
     return AlertEvent(
-        id=ident, ward="icu", bed="7", device=device, patient=None, vital=vital, rule=rule,
-        kind=kind, priority=Priority(prio), state=AlertState(state), value=value,
-        limit=limit, message=f"{rule} message", started_at=at, at=at, seq=seq,
-    )  # fmt: skip
+        id=ident,
+        ward="icu",
+        bed="7",
+        device=device,
+        patient=None,
+        vital=vital,
+        rule=rule,
+        kind=kind,
+        priority=Priority(prio),
+        state=AlertState(state),
+        value=value,
+        limit=limit,
+        message=f"{rule} message",
+        started_at=at,
+        at=at,
+        seq=seq,
+    )
 
 
 @pytest.fixture
@@ -182,12 +251,18 @@ def bed7(tmp_path: Path) -> Path:
     db = tmp_path / "vitals.db"
     ts = T0 + 5.0 * np.arange(600)
     minute = (ts - T0) / 60
-    rows = [("icu", "7", "mon", "hr", float(t), float(80 + m / 5), None)
-            for t, m in zip(ts, minute, strict=True)]  # fmt: skip
-    rows += [("icu", "7", "ox", "hr", float(t) + 2.5, float(100 + m / 5), None)
-             for t, m in zip(ts, minute, strict=True)]  # fmt: skip
-    rows += [("icu", "7", "ox", "spo2", float(t), 97.0 if m < 20 else 88.0, None)
-             for t, m in zip(ts, minute, strict=True)]  # fmt: skip
+    rows = [
+        ("icu", "7", "mon", "hr", float(t), float(80 + m / 5), None)
+        for t, m in zip(ts, minute, strict=True)
+    ]
+    rows += [
+        ("icu", "7", "ox", "hr", float(t) + 2.5, float(100 + m / 5), None)
+        for t, m in zip(ts, minute, strict=True)
+    ]
+    rows += [
+        ("icu", "7", "ox", "spo2", float(t), 97.0 if m < 20 else 88.0, None)
+        for t, m in zip(ts, minute, strict=True)
+    ]
     obs = {"rr": 16.0, "sbp": 120.0, "temp": 37.0, "o2": 0.0, "avpu": 0.0}
     rows += [("icu", "7", "obs", k, T0, v, None) for k, v in obs.items()]
     conn = store.connect(str(db))
@@ -195,25 +270,43 @@ def bed7(tmp_path: Path) -> Path:
     events = [
         # HR rising 25 /min per 30 min on the ECG: a slope, not a heart rate
         alert_event("t1", "hr", "hr.trend_up", *trend, T0 + 30 * 60, 25.0, "mon", limit=25.0),
-        alert_event("t1", "hr", "hr.trend_up", *trend, T0 + 45 * 60, 9.0, "mon",
-                    state="resolved", limit=25.0, seq=2),
+        alert_event(
+            "t1",
+            "hr",
+            "hr.trend_up",
+            *trend,
+            T0 + 45 * 60,
+            9.0,
+            "mon",
+            state="resolved",
+            limit=25.0,
+            seq=2,
+        ),
         # SpO2 below 90 %: the reading, on the axis
         alert_event("s1", "spo2", "spo2.low", *phys, T0 + 21 * 60, 88.0, "ox", limit=90.0),
         # the same rule flapping: its value is the count of changes
-        alert_event("f1", "spo2", "spo2.low.flapping", *phys, T0 + 25 * 60, 6.0, "ox",
-                    limit=6.0),
+        alert_event("f1", "spo2", "spo2.low.flapping", *phys, T0 + 25 * 60, 6.0, "ox", limit=6.0),
         # the slope rule flapping: 6 changes
-        alert_event("t2", "hr", "hr.trend_up.flapping", *trend, T0 + 35 * 60, 6.0, "mon",
-                    limit=6.0),
+        alert_event(
+            "t2", "hr", "hr.trend_up.flapping", *trend, T0 + 35 * 60, 6.0, "mon", limit=6.0
+        ),
         # HR's 5-min median 112 against the oximeter's own baseline 80 (limit 80 + 30)
-        alert_event("b1", "hr", "hr.baseline_up", *trend, T0 + 40 * 60, 112.0, "ox",
-                    limit=110.0),
+        alert_event("b1", "hr", "hr.baseline_up", *trend, T0 + 40 * 60, 112.0, "ox", limit=110.0),
         # a technical alarm on a reading the oximeter cannot have measured
-        alert_event("p1", "spo2", "spo2.implausible", "technical", "high", T0 + 10 * 60,
-                    300.0, "ox", limit=100.0),
+        alert_event(
+            "p1",
+            "spo2",
+            "spo2.implausible",
+            "technical",
+            "high",
+            T0 + 10 * 60,
+            300.0,
+            "ox",
+            limit=100.0,
+        ),
         # NEWS2 5: points on the NEWS2 axis
         alert_event("n1", "news2", "news2", "score", "medium", T0 + 21 * 60, 5.0, "news2"),
-    ]  # fmt: skip
+    ]
     store.write_rows(conn, rows, [alert_row(e) for e in events])
     conn.close()
     cfg = tmp_path / "vitalmon.yaml"
@@ -229,8 +322,13 @@ def data_lines(ax) -> list:
 def marker_at(ax, at: float) -> list[float]:
     """The y of every alert marker drawn at event time ``at``."""
     x = mdates.date2num(datetime.fromtimestamp(at, UTC))
-    return [float(y) for c in ax.collections if isinstance(c, PathCollection)
-            for cx, y in c.get_offsets() if abs(cx - x) < 1e-9]  # fmt: skip
+    return [
+        float(y)
+        for c in ax.collections
+        if isinstance(c, PathCollection)
+        for cx, y in c.get_offsets()
+        if abs(cx - x) < 1e-9
+    ]
 
 
 def bed7_figure(cfg_path: Path) -> Figure:

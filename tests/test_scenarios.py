@@ -65,10 +65,16 @@ def news2(p: Patient, t: float, scale: int = 1) -> Score:
     assert avpu in ("A", "C", "V", "P", "U") and isinstance(o["o2"], bool)
     return score(
         Inputs(
-            rr=s["rr"], spo2=s.get("spo2"), o2=o["o2"], sbp=s["sbp"], hr=s["hr"],
-            avpu=avpu, temp=s["temp"], scale=1 if scale == 1 else 2,
+            rr=s["rr"],
+            spo2=s.get("spo2"),
+            o2=o["o2"],
+            sbp=s["sbp"],
+            hr=s["hr"],
+            avpu=avpu,
+            temp=s["temp"],
+            scale=1 if scale == 1 else 2,
         )
-    )  # fmt: skip
+    )
 
 
 def patients(scenario: str, n: int, seed: int = 31) -> list[Patient]:
@@ -82,8 +88,13 @@ def test_the_normal_band_keeps_news2_below_5_without_a_red_parameter() -> None:
     """Whatever the noise, a normal bed scores at most 1 per parameter (temperature 0),
     on air and alert: at most 4 and never a 3, so it never raises a NEWS2 alert."""
     worst = 0
-    for vital, scorer in (("hr", score_hr), ("rr", score_rr), ("sbp", score_sbp),
-                          ("spo2", score_spo2), ("temp", score_temp)):  # fmt: skip
+    for vital, scorer in (
+        ("hr", score_hr),
+        ("rr", score_rr),
+        ("sbp", score_sbp),
+        ("spo2", score_spo2),
+        ("temp", score_temp),
+    ):
         lo, hi = NORMAL_BAND[vital]
         edge = max(scorer(lo), scorer(hi))
         assert edge <= (0 if vital == "temp" else 1), vital
@@ -217,8 +228,12 @@ def test_artefacts_isolated_spikes_and_probe_off() -> None:
 def feed_gaps(scenario: str, group_device: str, hours: float) -> list[tuple[int, int]]:
     """(start, length) of the gaps in a device's messages, in simulated seconds."""
     feed = Feed(ward(4, [scenario]), rates={**DEFAULT_RATES, "nibp": 30, "temp": 30, "obs": 30})
-    sent = [k for k in range(int(hours * H)) for m in feed.tick(k, TS0 + k)
-            if m.topic.endswith("/" + group_device)]  # fmt: skip
+    sent = [
+        k
+        for k in range(int(hours * H))
+        for m in feed.tick(k, TS0 + k)
+        if m.topic.endswith("/" + group_device)
+    ]
     step = 1 if group_device == "mon1" else 30
     return [(a + step, b - a - step) for a, b in itertools.pairwise(sent) if b - a > step]
 

@@ -35,14 +35,21 @@ def test_walk_from_0_to_7_raises_low_medium_high_then_resolves():
     assert updates[-1].payload["news2"] == 0
     assert updates[-1].payload["partial"] is False
     assert events == []
-    steps = [({"rr": 25}, 3, Priority.LOW), ({"hr": 115}, 5, Priority.MEDIUM),
-             ({"spo2": 93}, 7, Priority.HIGH)]  # fmt: skip
+    steps = [
+        ({"rr": 25}, 3, Priority.LOW),
+        ({"hr": 115}, 5, Priority.MEDIUM),
+        ({"spo2": 93}, 7, Priority.HIGH),
+    ]
     ids = set()
     for i, (change, total, priority) in enumerate(steps, 1):
         updates, (event,) = feed(s, change, i)
         assert updates[-1].payload["news2"] == total
         assert (event.state, event.priority, event.kind, event.rule) == (
-            AlertState.ACTIVE, priority, "score", "news2")  # fmt: skip
+            AlertState.ACTIVE,
+            priority,
+            "score",
+            "news2",
+        )
         assert event.value == total
         ids.add(event.id)
     assert len(ids) == 1
@@ -108,14 +115,19 @@ def test_scores_and_score_alerts_over_mqtt(daemon, subscribe, publisher):
     for step, total in zip(walk, want_totals, strict=True):
         now = time.time()
         publisher.publish("vitals/icu/12/mon", {"ts": now, **step})
-        wait_for(lambda t=total: scores.json() and scores.json()[-1]["news2"] == t, 5,
-                 f"score {total}")  # fmt: skip
+        wait_for(
+            lambda t=total: scores.json() and scores.json()[-1]["news2"] == t, 5, f"score {total}"
+        )
     # no further reading: the daemon's clock ends the hold
     wait_for(lambda: any(a["state"] == "resolved" for a in alerts.json()), 10, "the resolve")
     score_alerts = [a for a in alerts.json() if a["rule"] == "news2"]
     got = [(a["state"], a["priority"]) for a in score_alerts]
-    assert got == [("active", "low"), ("active", "medium"), ("active", "high"),
-                   ("resolved", "high")]  # fmt: skip
+    assert got == [
+        ("active", "low"),
+        ("active", "medium"),
+        ("active", "high"),
+        ("resolved", "high"),
+    ]
     assert score_alerts[-1]["at"] == iso(now + 3)  # when the hold ended, not when noticed
     assert len({a["id"] for a in score_alerts}) == 1
     assert "emergency response" in score_alerts[2]["message"]
@@ -213,8 +225,11 @@ def test_hold_s_invariants(hold: float, steps: list[tuple[float, int, int, int]]
     history: list[tuple[float, Priority | None]] = []  # (time, trigger) per instant
     for i, (dt, rr, hr, spo2) in enumerate(steps):
         t += dt if i else 0.0
-        values = {**FULL, "rr": rr, "hr": hr, "spo2": spo2} if i == 0 else {
-            "rr": rr, "hr": hr, "spo2": spo2}  # fmt: skip
+        values = (
+            {**FULL, "rr": rr, "hr": hr, "spo2": spo2}
+            if i == 0
+            else {"rr": rr, "hr": hr, "spo2": spo2}
+        )
         rs = readings(values, t)
         events = []
         for k, r in enumerate(rs):

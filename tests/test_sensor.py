@@ -57,11 +57,23 @@ def test_sensor_off_raises_once_and_resolves_when_cleared() -> None:
     s = SensorState()
     (raised,) = s.observe(status(100.0, "sensor_off"))
     assert raised == AlertEvent(
-        id=alert_id("icu", "7", "masimo-1", "sensor.off", 100.0), ward="icu", bed="7",
-        device="masimo-1", patient="p1", vital="", rule="sensor.off", kind="technical",
-        priority=Priority.MEDIUM, state=AlertState.ACTIVE, value=1.0, limit=0.0,
-        message="masimo-1: sensor off the patient", started_at=100.0, at=100.0, seq=1,
-    )  # fmt: skip
+        id=alert_id("icu", "7", "masimo-1", "sensor.off", 100.0),
+        ward="icu",
+        bed="7",
+        device="masimo-1",
+        patient="p1",
+        vital="",
+        rule="sensor.off",
+        kind="technical",
+        priority=Priority.MEDIUM,
+        state=AlertState.ACTIVE,
+        value=1.0,
+        limit=0.0,
+        message="masimo-1: sensor off the patient",
+        started_at=100.0,
+        at=100.0,
+        seq=1,
+    )
     assert s.active() == 1
     for ts in (101.0, 102.0, 141.0):  # the device keeps saying so: never re-sent
         assert s.observe(status(ts, "sensor_off")) == []
@@ -78,7 +90,11 @@ def test_every_flag_maps_to_its_rule_priority_and_text(flag: str) -> None:
     rule, priority, text, _blind = DEVICE_FLAGS[flag]
     (e,) = SensorState().observe(status(100.0, flag, device="ox"))
     assert (e.rule, e.priority, e.kind, e.message) == (
-        rule, Priority(priority), "technical", f"ox: {text}")  # fmt: skip
+        rule,
+        Priority(priority),
+        "technical",
+        f"ox: {text}",
+    )
 
 
 def test_the_set_replaces_the_previous_one() -> None:
@@ -141,7 +157,11 @@ def test_data_resolves_a_no_measurement_alarm(flag: str) -> None:
     assert s.reading(reading(101.0, device="other")) == []  # another device's data
     (resolved,) = s.reading(reading(130.0))
     assert (resolved.id, resolved.state, resolved.seq, resolved.at) == (
-        raised.id, AlertState.RESOLVED, 2, 130.0)  # fmt: skip
+        raised.id,
+        AlertState.RESOLVED,
+        2,
+        130.0,
+    )
     assert resolved.message.endswith("— cleared after 30 s (values again)")
     assert s.active() == 0
     assert s.reading(reading(131.0)) == []

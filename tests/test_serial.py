@@ -31,8 +31,9 @@ class Socat:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["socat", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: self.a.exists() and self.b.exists(), 5, "socat links")
         self.fd = os.open(self.b, os.O_RDWR | os.O_NOCTTY)
 
@@ -63,8 +64,10 @@ def masimo_line(t: float, spo2: int | None, bpm: int | None, exc: int = 0x800) -
     stamp = datetime.fromtimestamp(t).strftime("%m/%d/%y %H:%M:%S")  # device clock: local
     s = "---" if spo2 is None else f"{spo2:03d}"
     b = "---" if bpm is None else f"{bpm:03d}"
-    return (f"{stamp} SN=0000145838 SPO2={s}% BPM={b} PI=04.96% SPCO=--.-% SPMET=--.-% "
-            f"DESAT=-- PIDELTA=+-- ALARM=0000 EXC={exc:06X}\r\n").encode()  # fmt: skip
+    return (
+        f"{stamp} SN=0000145838 SPO2={s}% BPM={b} PI=04.96% SPCO=--.-% SPMET=--.-% "
+        f"DESAT=-- PIDELTA=+-- ALARM=0000 EXC={exc:06X}\r\n"
+    ).encode()
 
 
 def test_link_alarms_raise_once_and_resolve_once():
@@ -83,11 +86,13 @@ def test_masimo_on_a_pty_alarms_over_mqtt_unplug_and_replug(daemon, subscribe, s
     the SpO2 alert over MQTT; 2. killing socat raises device.disconnected within 2 s;
     3. socat again: readings resume within 5 s and the alarm resolves."""
     d = daemon(start=False)
-    d.config.write_text(d.config.read_text().replace(
-        "sources:\n",
-        f"sources:\n  - type: serial\n    port: {socat.a}\n    format: masimo\n"
-        "    ward: icu\n    bed: '12'\n    clock: device\n",
-    ))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text().replace(
+            "sources:\n",
+            f"sources:\n  - type: serial\n    port: {socat.a}\n    format: masimo\n"
+            "    ward: icu\n    bed: '12'\n    clock: device\n",
+        )
+    )
     alerts = subscribe("alerts/#")
     d.start()
     wait_for(lambda: "open (masimo" in d.log(), 5, "port open")  # (opening flushes input)
@@ -104,14 +109,19 @@ def test_masimo_on_a_pty_alarms_over_mqtt_unplug_and_replug(daemon, subscribe, s
     )
     # below 90 % for 15 s: medium; below 85 % for 15 s: the same alert, high
     assert [(a["bed"], a["device"], a["priority"]) for a in raised] == [
-        ("12", "masimo", "medium"), ("12", "masimo", "high")]  # fmt: skip
+        ("12", "masimo", "medium"),
+        ("12", "masimo", "high"),
+    ]
     assert raised[0]["id"] == raised[1]["id"]
     assert raised[1]["message"] == "SpO2 80 % < 85 % for 15 s"
 
     killed = time.monotonic()
     socat.stop()
-    lost = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "device.disconnected"],
-                    5, "device.disconnected")  # fmt: skip
+    lost = wait_for(
+        lambda: [a for a in alerts.json() if a["rule"] == "device.disconnected"],
+        5,
+        "device.disconnected",
+    )
     assert time.monotonic() - killed < 2.0
     assert (lost[0]["kind"], lost[0]["state"], lost[0]["bed"]) == ("technical", "active", "12")
 
@@ -120,8 +130,9 @@ def test_masimo_on_a_pty_alarms_over_mqtt_unplug_and_replug(daemon, subscribe, s
 
     def device_sends_and_alarm_resolved() -> bool:
         socat.write(masimo_line(time.time(), 97, 80))  # the device goes on, line by line
-        return any(a["rule"] == "device.disconnected" and a["state"] == "resolved"
-                   for a in alerts.json())  # fmt: skip
+        return any(
+            a["rule"] == "device.disconnected" and a["state"] == "resolved" for a in alerts.json()
+        )
 
     wait_for(device_sends_and_alarm_resolved, 5, "disconnected resolved")
     assert time.monotonic() - back < 5.0
@@ -138,9 +149,12 @@ def test_oru_r01_over_mllp_is_acked_after_commit_and_stored(daemon, tmp_path):
 
     port = free_port()
     d = daemon(start=False)
-    d.config.write_text(d.config.read_text().replace(
-        "sources:\n", f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{port}\n"
-        "    ward: icu\n"))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text().replace(
+            "sources:\n",
+            f"sources:\n  - type: hl7-mllp\n    listen: 127.0.0.1:{port}\n    ward: icu\n",
+        )
+    )
     d.start()
     sample = (DATA / "device_messages" / "hl7_misc" / "comen_nc_monitor_pcd01.hl7").read_bytes()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -155,10 +169,25 @@ def test_oru_r01_over_mllp_is_acked_after_commit_and_stored(daemon, tmp_path):
     assert segments[0].split(b"|")[8] == b"ACK^R01^ACK"
     assert segments[1].split(b"|")[:3] == [b"MSA", b"AA", b"202506100151270003"]
     out = subprocess.run(
-        [sys.executable, "-m", "monitor", "query", "-c", str(d.config), "--ward", "icu",
-         "--bed", "10", "--format", "csv"], capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "query",
+            "-c",
+            str(d.config),
+            "--ward",
+            "icu",
+            "--bed",
+            "10",
+            "--format",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
         check=False,
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr
     rows = {tuple(line.split(",")[3:]) for line in out.stdout.splitlines()[1:]}
     assert ("NC_Monitor.pleth", "spo2", "97") in rows
@@ -167,9 +196,13 @@ def test_oru_r01_over_mllp_is_acked_after_commit_and_stored(daemon, tmp_path):
 
 
 def serial_config(d, port: Path, extra: str = "") -> None:
-    d.config.write_text(d.config.read_text().replace(
-        "sources:\n", f"sources:\n  - type: serial\n    port: {port}\n    format: masimo\n"
-        f"    ward: icu\n    bed: '14'\n{extra}"))  # fmt: skip
+    d.config.write_text(
+        d.config.read_text().replace(
+            "sources:\n",
+            f"sources:\n  - type: serial\n    port: {port}\n    format: masimo\n"
+            f"    ward: icu\n    bed: '14'\n{extra}",
+        )
+    )
 
 
 def test_open_port_gone_quiet_raises_device_silent_resolved_by_data(daemon, subscribe, socat):
@@ -180,13 +213,22 @@ def test_open_port_gone_quiet_raises_device_silent_resolved_by_data(daemon, subs
     d.start()
     wait_for(lambda: "open (masimo" in d.log(), 5, "port open")
     socat.write(masimo_line(time.time(), 97, 80))
-    silent = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "device.silent"], 5,
-                      "device.silent")  # fmt: skip
-    assert (silent[0]["kind"], silent[0]["state"], silent[0]["bed"]) == ("technical", "active",
-                                                                         "14")  # fmt: skip
+    silent = wait_for(
+        lambda: [a for a in alerts.json() if a["rule"] == "device.silent"], 5, "device.silent"
+    )
+    assert (silent[0]["kind"], silent[0]["state"], silent[0]["bed"]) == (
+        "technical",
+        "active",
+        "14",
+    )
     socat.write(masimo_line(time.time(), 97, 80))
-    back = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "device.silent"
-                             and a["state"] == "resolved"], 5, "resolved")  # fmt: skip
+    back = wait_for(
+        lambda: [
+            a for a in alerts.json() if a["rule"] == "device.silent" and a["state"] == "resolved"
+        ],
+        5,
+        "resolved",
+    )
     assert back[0]["id"] == silent[0]["id"]
     # one alarm per silence: no device.stale for the same device as well
     assert not [a for a in alerts.json() if a["rule"] == "device.stale"]
@@ -198,14 +240,20 @@ def test_port_missing_at_startup_retry_by_default_error_when_asked(daemon, subsc
     serial_config(d, missing)
     alerts = subscribe("alerts/#")
     d.start()  # retry (default): the daemon runs and says the device is disconnected
-    lost = wait_for(lambda: [a for a in alerts.json() if a["rule"] == "device.disconnected"],
-                    5, "device.disconnected")  # fmt: skip
+    lost = wait_for(
+        lambda: [a for a in alerts.json() if a["rule"] == "device.disconnected"],
+        5,
+        "device.disconnected",
+    )
     assert "cannot open" in lost[0]["message"]
     d.terminate()
     serial_config(d, missing, "    startup_error_behavior: error\n")
     proc = subprocess.run(
         [sys.executable, "-m", "monitor", "run", "-c", str(d.config)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 1
     assert f"serial port {missing}" in proc.stderr

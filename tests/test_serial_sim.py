@@ -85,8 +85,15 @@ MASIMO_RE = re.compile(
     rb"EXC=(?P<exc>[0-9A-F]{6})\r\n"
 )
 
-VITALS = {"hr": 72.0, "spo2": 96.0, "rr": 16.0, "sbp": 121.0, "dbp": 79.0, "map": 93.0,
-          "temp": 36.8}  # fmt: skip
+VITALS = {
+    "hr": 72.0,
+    "spo2": 96.0,
+    "rr": 16.0,
+    "sbp": 121.0,
+    "dbp": 79.0,
+    "map": 93.0,
+    "temp": 36.8,
+}
 
 
 def local(year: int, month: int, day: int, h: int, m: int, s: int) -> float:
@@ -362,14 +369,17 @@ def read_masimo(port: serial.Serial, n: int, timeout: float = 3.0) -> list[re.Ma
 
 def test_masimo_on_a_pty_read_with_pyserial(sim, tmp_path):
     link = tmp_path / "ttyX"
-    s = sim("--format", "masimo", "--seed", "5", "--rate", "20", "--duration", "3",
-            "--link", str(link))  # fmt: skip
+    s = sim(
+        "--format", "masimo", "--seed", "5", "--rate", "20", "--duration", "3", "--link", str(link)
+    )
     path = s.device()
     assert os.readlink(link) == path
     with serial.Serial(str(link), 9600, timeout=0.5) as port:
         lines = read_masimo(port, 20)
-    stamps = [datetime.strptime(f"{m['date'].decode()} {m['time'].decode()}",
-                                "%m/%d/%y %H:%M:%S") for m in lines]  # fmt: skip
+    stamps = [
+        datetime.strptime(f"{m['date'].decode()} {m['time'].decode()}", "%m/%d/%y %H:%M:%S")
+        for m in lines
+    ]
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)] == [1.0] * 19
     assert abs(stamps[0].timestamp() - time.time()) < 120  # device clock: local time
     assert {m["sn"] for m in lines} == {lines[0]["sn"]}
@@ -382,8 +392,22 @@ def test_masimo_on_a_pty_read_with_pyserial(sim, tmp_path):
 
 def test_unplug_fails_the_reader_and_replug_comes_back_on_the_link(sim, tmp_path):
     link = tmp_path / "ttyX"
-    s = sim("--format", "masimo", "--seed", "2", "--rate", "20", "--duration", "20",
-            "--unplug-after", "1", "--replug-after", "1.5", "--link", str(link))  # fmt: skip
+    s = sim(
+        "--format",
+        "masimo",
+        "--seed",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "20",
+        "--unplug-after",
+        "1",
+        "--replug-after",
+        "1.5",
+        "--link",
+        str(link),
+    )
     first = s.device()
     with serial.Serial(str(link), 9600, timeout=0.5) as port:
         read_masimo(port, 3)

@@ -67,8 +67,9 @@ def http(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def test_ready_watchdog_stuck_store_reload_and_stopping(daemon, notify, publisher, subscribe,
-                                                        tmp_path):  # fmt: skip
+def test_ready_watchdog_stuck_store_reload_and_stopping(
+    daemon, notify, publisher, subscribe, tmp_path
+):
     """1. READY=1 once connected and subscribed, then WATCHDOG=1 at least every
     WatchdogSec/2; 2. the store blocked (another process holds its write lock): the
     daemon goes on alarming in its degraded mode, so the pings go on (a restart would
@@ -93,19 +94,22 @@ def test_ready_watchdog_stuck_store_reload_and_stopping(daemon, notify, publishe
         now = time.time()
         for i in range(50):
             publisher.publish("vitals/icu/1/mon", {"ts": now + i / 100, "hr": 70})
-        wait_for(lambda: [a for a in alerts.json() if a["rule"] == "store.stalled"], 10,
-                 "store.stalled")  # fmt: skip
+        wait_for(
+            lambda: [a for a in alerts.json() if a["rule"] == "store.stalled"], 10, "store.stalled"
+        )
         stuck_at = time.monotonic()
         code, body = http(f"http://127.0.0.1:{port}/healthz")
         assert (code, body.startswith("store failing")) == (503, True), body
-        wait_for(lambda: [t for t in notify.times("WATCHDOG=1") if t > stuck_at], 5,
-                 "pings go on")  # fmt: skip
+        wait_for(lambda: [t for t in notify.times("WATCHDOG=1") if t > stuck_at], 5, "pings go on")
     finally:
         lock.execute("ROLLBACK")
         lock.close()
     conn = sqlite3.connect(tmp_path / "vitals.db")
-    wait_for(lambda: conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 50, 10,
-             "all 50 readings committed")  # fmt: skip
+    wait_for(
+        lambda: conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 50,
+        10,
+        "all 50 readings committed",
+    )
     conn.close()
     wait_for(lambda: http(f"http://127.0.0.1:{port}/healthz")[0] == 200, 10, "healthy again")
 
@@ -132,8 +136,9 @@ def test_metrics_endpoint_moves_with_readings_and_alerts(daemon, publisher):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
-    before = subprocess.run(["curl", "-sf", url], capture_output=True, text=True, timeout=10,
-                            check=True).stdout  # fmt: skip
+    before = subprocess.run(
+        ["curl", "-sf", url], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     assert value(before, "vitalmon_mqtt_connected") == 1
     now = time.time()
     for i in range(20):
@@ -141,17 +146,21 @@ def test_metrics_endpoint_moves_with_readings_and_alerts(daemon, publisher):
     publisher.publish("vitals/icu/3/ox", b"{not json")
 
     def moved() -> str | None:
-        text = subprocess.run(["curl", "-sf", url], capture_output=True, text=True,
-                              timeout=10, check=True).stdout  # fmt: skip
-        ok = (value(text, "vitalmon_readings_committed_total") >= 20
-              and value(text, "vitalmon_alert_events_total") >= 1
-              and value(text, "vitalmon_readings_rejected_total") >= 1)  # fmt: skip
+        text = subprocess.run(
+            ["curl", "-sf", url], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+        ok = (
+            value(text, "vitalmon_readings_committed_total") >= 20
+            and value(text, "vitalmon_alert_events_total") >= 1
+            and value(text, "vitalmon_readings_rejected_total") >= 1
+        )
         return text if ok else None
 
     text = wait_for(moved, 10, "counters moving")
     assert value(before, "vitalmon_readings_committed_total") == 0
-    assert 'vitalmon_alert_events_total{kind="physiological",priority="high",state="active"}' \
-        in text  # fmt: skip
+    assert (
+        'vitalmon_alert_events_total{kind="physiological",priority="high",state="active"}' in text
+    )
     assert 'vitalmon_readings_rejected_total{cause="malformed_json"} 1.0' in text
     assert value(text, "vitalmon_ingest_to_alert_seconds_count") >= 1
     assert "process_resident_memory_bytes" in text

@@ -46,8 +46,12 @@ def sim(port: int, *args: str, timeout: float = 60) -> Run:
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "simulators", "replay", *args, "--port", str(port)],
-        capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
     return proc, time.monotonic() - t0
 
 
@@ -100,8 +104,19 @@ def test_daemon_alerts_are_the_same_at_max_and_600x(
     rules = {e["rule"] for e in expected}
     assert {"spo2.low", "hr.high", "rr.high"} <= rules  # the slice is the interesting part
     alerts = subscribe("alerts/#")
-    args = [str(S25047), "--bed", "7", "--ward", "icu", "--start-ts", f"{start:.0f}",
-            "--from-s", f"{FROM_S:g}", "--to-s", f"{TO_S:g}"]  # fmt: skip
+    args = [
+        str(S25047),
+        "--bed",
+        "7",
+        "--ward",
+        "icu",
+        "--start-ts",
+        f"{start:.0f}",
+        "--from-s",
+        f"{FROM_S:g}",
+        "--to-s",
+        f"{TO_S:g}",
+    ]
     runs: dict[str, list[dict[str, Any]]] = {}
     walls: dict[str, float] = {}
     for speed in ("max", "600"):
@@ -145,8 +160,18 @@ def test_daemon_equals_replay_on_an_hourly_chart(
     alerts = subscribe("alerts/#")
     db = tmp_path / "chart.db"
     d = daemon(RULES, db=db)
-    proc, _ = sim(broker.port, str(chart), "--bed", "8", "--ward", "icu", "--start-ts",
-                  f"{start:.0f}", "--speed", "max")  # fmt: skip
+    proc, _ = sim(
+        broker.port,
+        str(chart),
+        "--bed",
+        "8",
+        "--ward",
+        "icu",
+        "--start-ts",
+        f"{start:.0f}",
+        "--speed",
+        "max",
+    )
     assert proc.returncode == 0, proc.stderr
     wait_for(partial(all_stored, db, len(rec.readings)), 20, "every reading stored")
     with contextlib.suppress(AssertionError):  # compared below, the difference shown
@@ -178,8 +203,10 @@ def test_start_now_stamps_the_last_reading_when_it_is_sent(
         assert {t for t, _ in objs} == {"vitals/w/3/ecg", "vitals/w/3/pleth", "vitals/w/3/nibp"}
         last = objs[-1][1]["ts"]
         # the cuff's readings say they are intermittent, the monitor's numerics continuous
-        assert objs[-1] == ("vitals/w/3/nibp", {"ts": last, "mode": "intermittent", "sbp": 120,
-                                                "dbp": 80, "map": 93})  # fmt: skip
+        assert objs[-1] == (
+            "vitals/w/3/nibp",
+            {"ts": last, "mode": "intermittent", "sbp": 120, "dbp": 80, "map": 93},
+        )
         assert {o["mode"] for t, o in objs if not t.endswith("/nibp")} == {"continuous"}
         assert max(o["ts"] for _, o in objs) == last
         # the last reading is stamped with the time it is sent: now (max), now + 118 s / 60

@@ -415,15 +415,20 @@ def test_probe_off_is_a_sensor_off_status_and_ok_when_it_is_back() -> None:
 
     feed = Feed(ward(1, ["artefacts"]))
     first, last = int(PROBE_FIRST_S), int(PROBE_FIRST_S + PROBE_OFF_S)
-    mon = {k: json.loads(m.payload) for k in range(first - 2, last + 2)
-           for m in feed.tick(k, TS0 + k) if m.topic.endswith("/mon1")}  # fmt: skip
+    mon = {
+        k: json.loads(m.payload)
+        for k in range(first - 2, last + 2)
+        for m in feed.tick(k, TS0 + k)
+        if m.topic.endswith("/mon1")
+    }
     assert mon[first - 1].keys() == {"ts", "hr", "spo2", "rr"}
     for k in range(first, last):
         assert mon[k] == {"ts": TS0 + k, "status": "sensor_off"}
     assert mon[last]["status"] == "ok" and "spo2" in mon[last]
     assert "status" not in mon[last + 1]
-    readings, statuses = decode_all([m for k in range(first - 1, last + 1)
-                                     for m in feed.tick(k, TS0 + k)], TS0 + last)  # fmt: skip
+    readings, statuses = decode_all(
+        [m for k in range(first - 1, last + 1) for m in feed.tick(k, TS0 + k)], TS0 + last
+    )
     assert (("1", "mon1", TS0 + first, frozenset({"sensor_off"}))) in statuses
     assert not any(TS0 + first <= ts < TS0 + last for _b, _d, _v, ts, _x in readings)
     # SenML has no status: the monitor leaves SpO2 out and goes on with HR and RR
@@ -501,8 +506,17 @@ def test_fast_runs_thin_the_continuous_vitals_only() -> None:
 
 
 def sim_cmd(port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "simulators", "mqtt", "--host", "127.0.0.1", "--port",
-            str(port), *args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "simulators",
+        "mqtt",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
@@ -513,10 +527,26 @@ def test_mqtt_simulator_publishes_readings_the_daemon_accepts(
     beds, speed, duration = 3, 20, 2.0
     t0 = time.time()
     proc = subprocess.run(
-        sim_cmd(broker.port, "--beds", str(beds), "--scenario", "desaturation", "--speed",
-                str(speed), "--duration", str(duration), "--seed", "5", "--protocol", protocol),
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        sim_cmd(
+            broker.port,
+            "--beds",
+            str(beds),
+            "--scenario",
+            "desaturation",
+            "--speed",
+            str(speed),
+            "--duration",
+            str(duration),
+            "--seed",
+            "5",
+            "--protocol",
+            protocol,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "publishing 3 bed(s) (desaturation 3; seed 5)" in proc.stderr
     ticks = int(duration * speed)
@@ -537,9 +567,17 @@ def test_mqtt_simulator_publishes_readings_the_daemon_accepts(
         if device == "mon1":
             assert sorted(r.vital for r in decoded.readings) == ["hr", "rr", "spo2"]
             ts_by_bed[bed].append(json.loads(payload)["ts"])
-    assert vitals == {"hr": beds * ticks, "spo2": beds * ticks, "rr": beds * ticks,
-                      "sbp": beds, "dbp": beds, "map": beds, "temp": beds, "o2": beds,
-                      "avpu": beds}  # fmt: skip
+    assert vitals == {
+        "hr": beds * ticks,
+        "spo2": beds * ticks,
+        "rr": beds * ticks,
+        "sbp": beds,
+        "dbp": beds,
+        "map": beds,
+        "temp": beds,
+        "o2": beds,
+        "avpu": beds,
+    }
     assert sorted(ts_by_bed) == ["1", "2", "3"]
     for ts in ts_by_bed.values():
         # one reading per simulated second, never stamped in the future
@@ -555,14 +593,40 @@ def test_mqtt_simulator_with_a_mix_in_senml_at_speed(
     sub = subscribe("vitals/#")
     t0 = time.time()
     proc = subprocess.run(
-        sim_cmd(broker.port, "--beds", "4", "--mix", "normal:0.5,sepsis:0.5", "--seed", "3",
-                "--format", "senml", "--batch", "10", "--speed", "60", "--start-ago", "3600",
-                "--duration", "1.5", "--ward", "w2", "--device", "m"),
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        sim_cmd(
+            broker.port,
+            "--beds",
+            "4",
+            "--mix",
+            "normal:0.5,sepsis:0.5",
+            "--seed",
+            "3",
+            "--format",
+            "senml",
+            "--batch",
+            "10",
+            "--speed",
+            "60",
+            "--start-ago",
+            "3600",
+            "--duration",
+            "1.5",
+            "--ward",
+            "w2",
+            "--device",
+            "m",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
-    septic = [str(i + 1) for i, s in enumerate(assign(3, 4, parse_mix("normal:0.5,sepsis:0.5")))
-              if s == "sepsis"]  # fmt: skip
+    septic = [
+        str(i + 1)
+        for i, s in enumerate(assign(3, 4, parse_mix("normal:0.5,sepsis:0.5")))
+        if s == "sepsis"
+    ]
     assert f"normal 2, sepsis 2 (beds {', '.join(septic)})" in proc.stderr
     wait_for(lambda: len(sub.messages) >= 4 * (9 + 1 + 1 + 1), 10, "the packs")
     now = time.time()
@@ -584,8 +648,9 @@ def test_mqtt_simulator_stops_cleanly_on_sigterm(
     sub = subscribe("vitals/ward7/#")
     proc = subprocess.Popen(
         sim_cmd(broker.port, "--beds", "2", "--ward", "ward7", "--speed", "10"),
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: len(sub.messages) >= 4, 10, "first readings")
         proc.send_signal(signal.SIGTERM)
@@ -649,8 +714,9 @@ def test_mqtt_simulator_stopped_by_a_signal_prints_no_error(
         before = len(sub.messages)
         proc = subprocess.Popen(
             sim_cmd(broker.port, "--beds", "1", "--ward", "ward9"),
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             # readings flowing: the signal handlers are installed
             wait_for(lambda: len(sub.messages) > before, 10, "readings")  # noqa: B023
@@ -669,8 +735,9 @@ def test_mqtt_simulator_rides_out_a_broker_restart(
     """Publishing on while the broker is away (paho queues it) is no crash."""
     proc = subprocess.Popen(
         sim_cmd(broker.port, "--beds", "40", "--speed", "60", "--max-rate", "0"),
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = subscribe("vitals/#")
         wait_for(lambda: len(first.messages) >= 100, 10, "first readings")
@@ -695,7 +762,10 @@ def test_mqtt_simulator_rides_out_a_broker_restart(
 def test_mqtt_simulator_reports_an_unreachable_broker() -> None:
     proc = subprocess.run(
         sim_cmd(free_port(), "--beds", "1", "--duration", "1", "--connect-timeout", "1"),
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 1
     assert "cannot connect" in proc.stderr

@@ -31,11 +31,23 @@ T0 = float(int(NOW) - 3600)  # an hour ago: inside the default --since 24h
 
 def alert(ident: str, bed: str, vital: str, priority: str, at: float, seq: int) -> AlertEvent:
     return AlertEvent(
-        id=ident, ward="icu", bed=bed, device="mon", patient=None, vital=vital,
-        rule=f"{vital}.low", kind="threshold", priority=Priority(priority),
-        state=AlertState.ACTIVE, value=80.0, limit=90.0, message="m", started_at=at, at=at,
+        id=ident,
+        ward="icu",
+        bed=bed,
+        device="mon",
+        patient=None,
+        vital=vital,
+        rule=f"{vital}.low",
+        kind="threshold",
+        priority=Priority(priority),
+        state=AlertState.ACTIVE,
+        value=80.0,
+        limit=90.0,
+        message="m",
+        started_at=at,
+        at=at,
         seq=seq,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -52,8 +64,9 @@ def ward(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     ts8 = np.concatenate([T0 + 5.0 * np.arange(100), T0 + 800 + 5.0 * np.arange(100)])
 
     def series(bed: str, device: str, vital: str, t: np.ndarray, v: np.ndarray) -> list[tuple]:
-        return [("icu", bed, device, vital, float(a), float(b), None)
-                for a, b in zip(t, v, strict=True)]  # fmt: skip
+        return [
+            ("icu", bed, device, vital, float(a), float(b), None) for a, b in zip(t, v, strict=True)
+        ]
 
     rows = series("7", "mon", "hr", ts, hr7) + series("7", "ox", "spo2", ts, spo2_7)
     rows += series("8", "mon", "spo2", ts8, hr8)
@@ -81,8 +94,11 @@ def ward(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 def stats_cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "monitor", "stats", "-c", str(cfg), *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_stats_json_matches_numpy_on_the_stored_readings(ward):
@@ -139,8 +155,11 @@ def test_stats_table_and_csv_for_one_bed(ward):
     assert p.returncode == 0, p.stderr
     rows = list(csv.DictReader(io.StringIO(p.stdout)))
     assert [(r["bed"], r["vital"]) for r in rows] == [
-        ("7", "hr"), ("7", "news2"), ("7", "spo2"), ("8", "spo2"),
-    ]  # fmt: skip
+        ("7", "hr"),
+        ("7", "news2"),
+        ("7", "spo2"),
+        ("8", "spo2"),
+    ]
     assert float(rows[0]["median"]) == pytest.approx(np.median(data["hr7"]))
     assert rows[1]["mean"] == ""  # no readings of news2: empty, not 0
 

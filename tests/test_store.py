@@ -37,8 +37,14 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(coro_fn())  # type: ignore[arg-type]
 
 
-def readings(n: int, t0: float = T0, step: float = 1.0, bed: str = "7", vital: str = "hr",
-             value: float = 70.0) -> list[Reading]:  # fmt: skip
+def readings(
+    n: int,
+    t0: float = T0,
+    step: float = 1.0,
+    bed: str = "7",
+    vital: str = "hr",
+    value: float = 70.0,
+) -> list[Reading]:
     return [Reading(t0 + i * step, "icu", bed, "mon", vital, value + i % 7) for i in range(n)]
 
 
@@ -288,8 +294,10 @@ def test_insert_readings_stores_every_float_exactly(tmp_path, monkeypatch, value
     db = tmp_path / f"f{json1}.db"
     db.unlink(missing_ok=True)
     conn = store.connect(str(db))
-    rows = [("icu", "7", "mon", f"v{i}", ts, v, p, None if i % 2 else "implausible")
-            for i, (ts, v, p) in enumerate(values)]  # fmt: skip
+    rows = [
+        ("icu", "7", "mon", f"v{i}", ts, v, p, None if i % 2 else "implausible")
+        for i, (ts, v, p) in enumerate(values)
+    ]
     store.insert_readings(conn, rows)
     store.insert_readings(conn, rows[:1])  # a redelivery: absorbed
     got = conn.execute(
@@ -329,10 +337,10 @@ def test_schema_v2_reads_without_flags_and_migrates_keeping_every_row(tmp_path):
     conn = connect(str(db))
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-        write_rows(conn, [reading_row(Reading(T0 + 9, "icu", "7", "m", "hr", 0.0,
-                                              flag="implausible"))])  # fmt: skip
+        write_rows(
+            conn, [reading_row(Reading(T0 + 9, "icu", "7", "m", "hr", 0.0, flag="implausible"))]
+        )
     finally:
         conn.close()
     got = list(query_readings(str(db), "7"))
-    assert [(r[5], r[6]) for r in got] == [
-        (60, None), (61, None), (62, None), (0.0, "implausible")]  # fmt: skip
+    assert [(r[5], r[6]) for r in got] == [(60, None), (61, None), (62, None), (0.0, "implausible")]

@@ -16,7 +16,11 @@ def test_device_goes_silent_raises_once_and_resolves_on_data():
     assert s.check(129.0) == []
     (raised,) = s.check(130.0)
     assert (raised.rule, raised.kind, raised.device, raised.state) == (
-        "device.stale", "technical", "ox", AlertState.ACTIVE)  # fmt: skip
+        "device.stale",
+        "technical",
+        "ox",
+        AlertState.ACTIVE,
+    )
     assert s.check(500.0) == []  # once, not every interval
     (resolved,) = s.seen("icu", "7", "ox", 600.0)
     assert (resolved.id, resolved.state, resolved.seq) == (raised.id, AlertState.RESOLVED, 2)
@@ -49,7 +53,10 @@ def test_silent_bed_and_device_over_mqtt(daemon, subscribe, publisher):
     alerts = subscribe("alerts/#")
     never = wait_for(lambda: [a for a in alerts.json() if a["bed"] == "20"], 10, "bed 20 stale")
     assert (never[0]["rule"], never[0]["device"], never[0]["kind"]) == (
-        "device.stale", "*", "technical")  # fmt: skip
+        "device.stale",
+        "*",
+        "technical",
+    )
     publisher.publish("vitals/icu/21/mon", {"ts": time.time() - 1, "hr": 70})
     publisher.publish("vitals/icu/21/mon", {"ts": time.time(), "hr": 70})
     silent = wait_for(
@@ -86,14 +93,17 @@ def test_device_reported_sensor_off_over_mqtt(daemon, subscribe, publisher):
     publisher.publish("vitals/icu/22/ox", {"ts": now - 9, "status": ["sensor_off"]})
     raised = wait_for(alerts.json, 5, "sensor.off")
     assert [(a["rule"], a["kind"], a["priority"], a["state"]) for a in raised] == [
-        ("sensor.off", "technical", "medium", "active")]  # fmt: skip
+        ("sensor.off", "technical", "medium", "active")
+    ]
     assert [d["reason"] for d in wait_for(dead.json, 5, "refused value")] == ["sensor_flag"]
     publisher.publish("vitals/icu/22/ox", {"ts": now - 8, "spo2": 97, "hr": 70})
     publisher.publish("vitals/icu/22/ox", {"ts": now - 7, "spo2": 97, "status": "low_perfusion"})
     events = wait_for(lambda: len(alerts.json()) >= 3 and alerts.json(), 5, "three events")
     assert [(a["rule"], a["state"]) for a in events] == [
-        ("sensor.off", "active"), ("sensor.off", "resolved"),
-        ("signal.low_perfusion", "active")]  # fmt: skip
+        ("sensor.off", "active"),
+        ("sensor.off", "resolved"),
+        ("signal.low_perfusion", "active"),
+    ]
     assert events[1]["id"] == events[0]["id"]
     assert events[2]["priority"] == "low"
 

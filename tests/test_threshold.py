@@ -541,8 +541,11 @@ def judged(
         cadence = statistics.median(recent) if recent else None
         if declared is not None:
             mode = declared
-        elif (cadence is not None and cadence <= CONTINUOUS_MAX_INTERVAL
-              and intervals[k - 1] <= CONTINUOUS_MAX_INTERVAL):  # fmt: skip
+        elif (
+            cadence is not None
+            and cadence <= CONTINUOUS_MAX_INTERVAL
+            and intervals[k - 1] <= CONTINUOUS_MAX_INTERVAL
+        ):
             mode = "continuous"
         else:
             mode = "intermittent"

@@ -88,8 +88,22 @@ def make_ca(pki: Pki, name: str) -> None:
         "[ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
         "subjectKeyIdentifier = hash\n"
     )
-    openssl("req", "-x509", "-new", *_EC, "-keyout", pki.key(name), "-out", pki.crt(name),
-            "-days", "2", "-config", cnf, "-extensions", "ext")  # fmt: skip
+    openssl(
+        "req",
+        "-x509",
+        "-new",
+        *_EC,
+        "-keyout",
+        pki.key(name),
+        "-out",
+        pki.crt(name),
+        "-days",
+        "2",
+        "-config",
+        cnf,
+        "-extensions",
+        "ext",
+    )
 
 
 def issue(pki: Pki, ca: str, name: str, *, san: str | None, usage: str) -> None:
@@ -102,9 +116,26 @@ def issue(pki: Pki, ca: str, name: str, *, san: str | None, usage: str) -> None:
     )
     csr = pki.dir / f"{name}.csr"
     openssl("req", "-new", *_EC, "-keyout", pki.key(name), "-out", csr, "-config", cnf)
-    openssl("x509", "-req", "-in", csr, "-CA", pki.crt(ca), "-CAkey", pki.key(ca),
-            "-set_serial", str(secrets.randbits(63)), "-days", "2", "-out", pki.crt(name),
-            "-extfile", cnf, "-extensions", "ext")  # fmt: skip
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        pki.crt(ca),
+        "-CAkey",
+        pki.key(ca),
+        "-set_serial",
+        str(secrets.randbits(63)),
+        "-days",
+        "2",
+        "-out",
+        pki.crt(name),
+        "-extfile",
+        cnf,
+        "-extensions",
+        "ext",
+    )
 
 
 # ------------------------------------------------------------------------ broker
@@ -125,8 +156,12 @@ class TlsBroker:
 
     def start(self) -> None:
         passwd = self.workdir / "passwd"
-        subprocess.run([MOSQUITTO_PASSWD, "-b", "-c", str(passwd), USER, PASSWORD],
-                       check=True, capture_output=True, timeout=30)  # fmt: skip
+        subprocess.run(
+            [MOSQUITTO_PASSWD, "-b", "-c", str(passwd), USER, PASSWORD],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         ca, pki = self.pki.crt("ca"), self.pki
         listeners = {"good": "server", "dns_only": "server-dns", "mtls": "server"}
         conf = [
@@ -147,8 +182,9 @@ class TlsBroker:
             ]
         (self.workdir / "mosquitto.conf").write_text("\n".join(conf) + "\n")
         out = self.log.open("ab")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.workdir / "mosquitto.conf")],
-                                     stdout=out, stderr=out)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.workdir / "mosquitto.conf")], stdout=out, stderr=out
+        )
         for port in self.ports.values():
             wait_for(lambda p=port: self._accepting(p), 10, f"mosquitto on port {port}")
 
@@ -184,8 +220,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def tls_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
-    b = TlsBroker(tmp_path_factory.mktemp("tls-broker"), pki,
-                  {name: free_port() for name in ("good", "dns_only", "mtls")})  # fmt: skip
+    b = TlsBroker(
+        tmp_path_factory.mktemp("tls-broker"),
+        pki,
+        {name: free_port() for name in ("good", "dns_only", "mtls")},
+    )
     b.start()
     yield b
     b.stop()
@@ -205,15 +244,22 @@ def daemon_yaml(
 ) -> Path:
     """A daemon config (JSON is YAML) with TLS ``tls`` and extra ``mqtt`` keys."""
     doc = {
-        "mqtt": {"host": host, "port": port, "client_id": client_id,
-                 "reconnect_min_s": 0.2, "reconnect_max_s": 0.5, "tls": tls, **(mqtt or {})},
+        "mqtt": {
+            "host": host,
+            "port": port,
+            "client_id": client_id,
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 0.5,
+            "tls": tls,
+            **(mqtt or {}),
+        },
         "sources": [{"type": "mqtt", "topic": "vitals/{ward}/{bed}/{device}", "qos": 1}],
         "store": [{"type": "sqlite", "path": str(path.parent / f"{client_id}.db")}],
         "spool_path": str(path.parent / f"{client_id}-spool.db"),
         "alerts": {"topic": "alerts/{ward}/{bed}", "qos": 1},
         "rules": {"thresholds": {"spo2": {"low": {"warn": 90, "crit": 85}, "delay_s": 15}}},
         "log": {"repeat_window_s": 0},
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(doc, indent=1))
     return path
 
@@ -235,8 +281,9 @@ def run_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
         else:
             d.proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor", "run", "-c", str(cfg), "--log-level", "debug"],
-                stdout=d.logfile.open("ab"), stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                stdout=d.logfile.open("ab"),
+                stderr=subprocess.STDOUT,
+            )
         return d
 
     yield make
@@ -246,8 +293,11 @@ def run_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
 
 def mqtt_lines(d: DaemonProc) -> list[str]:
     """The daemon's WARNING-or-worse lines from the MQTT client (and paho)."""
-    return [line for line in d.log().splitlines()
-            if re.search(r"(WARNING|ERROR|CRITICAL) +vitalmon\.mqtt", line)]  # fmt: skip
+    return [
+        line
+        for line in d.log().splitlines()
+        if re.search(r"(WARNING|ERROR|CRITICAL) +vitalmon\.mqtt", line)
+    ]
 
 
 def assert_clean(d: DaemonProc) -> None:
@@ -360,11 +410,18 @@ def test_tls_and_password_reading_to_alert_round_trip(
     else:
         creds = {"password_file": password_file(PASSWORD)}
     cid = f"vm-rt-{protocol}"
-    d = run_daemon(tls_broker.ports["good"], client_id=cid, tls=good_tls(tls_broker.pki),
-                   mqtt={"protocol": protocol, "username": USER, **creds})  # fmt: skip
+    d = run_daemon(
+        tls_broker.ports["good"],
+        client_id=cid,
+        tls=good_tls(tls_broker.pki),
+        mqtt={"protocol": protocol, "username": USER, **creds},
+    )
     watch = tls_client(f"vitalmon/status/{cid}", "alerts/#")
-    wait_for(lambda: (f"vitalmon/status/{cid}", b"online", True) in watch.received("vitalmon/"),
-             5, "retained online status over TLS")  # fmt: skip
+    wait_for(
+        lambda: (f"vitalmon/status/{cid}", b"online", True) in watch.received("vitalmon/"),
+        5,
+        "retained online status over TLS",
+    )
     pub = tls_client()
     now = time.time()
     for i in range(20):
@@ -383,14 +440,22 @@ def test_tls_and_password_reading_to_alert_round_trip(
 def test_wrong_password_is_refused_clearly_and_retried(
     tls_broker, run_daemon, password_file, protocol
 ):
-    d = run_daemon(tls_broker.ports["good"], ready=False, tls=good_tls(tls_broker.pki),
-                   mqtt={"protocol": protocol, "username": USER,
-                         "password_file": password_file(WRONG_PASSWORD)})  # fmt: skip
+    d = run_daemon(
+        tls_broker.ports["good"],
+        ready=False,
+        tls=good_tls(tls_broker.pki),
+        mqtt={
+            "protocol": protocol,
+            "username": USER,
+            "password_file": password_file(WRONG_PASSWORD),
+        },
+    )
     lines = failing_lines(d, REFUSED)
     # (mosquitto 2.0 answers "not authorized" to both protocols; others say "bad user
     # name or password")
-    assert all(f"(user '{USER}': check the user name and password; retrying in" in line
-               for line in lines)  # fmt: skip
+    assert all(
+        f"(user '{USER}': check the user name and password; retrying in" in line for line in lines
+    )
 
 
 def test_anonymous_is_refused_clearly(tls_broker, run_daemon):
@@ -400,13 +465,18 @@ def test_anonymous_is_refused_clearly(tls_broker, run_daemon):
 
 
 def test_wrong_ca_fails_verification_clearly_and_retries(tls_broker, run_daemon, password_file):
-    d = run_daemon(tls_broker.ports["good"], ready=False,
-                   tls={"ca_file": str(tls_broker.pki.crt("other-ca"))},
-                   mqtt={"username": USER, "password_file": password_file(PASSWORD)})  # fmt: skip
+    d = run_daemon(
+        tls_broker.ports["good"],
+        ready=False,
+        tls={"ca_file": str(tls_broker.pki.crt("other-ca"))},
+        mqtt={"username": USER, "password_file": password_file(PASSWORD)},
+    )
     for line in failing_lines(d, TLS_FAILED):
         why = TLS_FAILED.search(line).group("why")  # (mosquitto sends its CA in the chain)
-        assert why in ("self-signed certificate in certificate chain",
-                       "unable to get local issuer certificate"), line  # fmt: skip
+        assert why in (
+            "self-signed certificate in certificate chain",
+            "unable to get local issuer certificate",
+        ), line
 
 
 @pytest.mark.parametrize(
@@ -422,9 +492,13 @@ def test_verify_hostname_against_a_dns_only_certificate(
 ):
     """The ``server-dns`` certificate names only DNS:localhost (the ``good`` listener's
     also IP:127.0.0.1, which the round-trip test connects to with verification on)."""
-    d = run_daemon(tls_broker.ports["dns_only"], ready=connects, host=host,
-                   tls=good_tls(tls_broker.pki, verify_hostname=verify_hostname),
-                   mqtt={"username": USER, "password_file": password_file(PASSWORD)})  # fmt: skip
+    d = run_daemon(
+        tls_broker.ports["dns_only"],
+        ready=connects,
+        host=host,
+        tls=good_tls(tls_broker.pki, verify_hostname=verify_hostname),
+        mqtt={"username": USER, "password_file": password_file(PASSWORD)},
+    )
     if connects:
         assert mqtt_lines(d) == []
         assert_clean(d)
@@ -435,17 +509,27 @@ def test_verify_hostname_against_a_dns_only_certificate(
 
 def test_wrong_ca_is_refused_even_without_hostname_check(tls_broker, run_daemon, password_file):
     """``verify_hostname: false`` skips the name only: the chain is still verified."""
-    d = run_daemon(tls_broker.ports["good"], ready=False,
-                   tls={"ca_file": str(tls_broker.pki.crt("other-ca")), "verify_hostname": False},
-                   mqtt={"username": USER, "password_file": password_file(PASSWORD)})  # fmt: skip
+    d = run_daemon(
+        tls_broker.ports["good"],
+        ready=False,
+        tls={"ca_file": str(tls_broker.pki.crt("other-ca")), "verify_hostname": False},
+        mqtt={"username": USER, "password_file": password_file(PASSWORD)},
+    )
     failing_lines(d, TLS_FAILED)
 
 
 def test_client_certificate_mutual_tls(tls_broker, run_daemon, password_file):
     pki = tls_broker.pki
-    d = run_daemon(tls_broker.ports["mtls"], tls=good_tls(pki, cert_file=str(pki.crt("client")),
-                   key_file=str(pki.key("client")), min_version="1.3"),
-                   mqtt={"username": USER, "password_file": password_file(PASSWORD)})  # fmt: skip
+    d = run_daemon(
+        tls_broker.ports["mtls"],
+        tls=good_tls(
+            pki,
+            cert_file=str(pki.crt("client")),
+            key_file=str(pki.key("client")),
+            min_version="1.3",
+        ),
+        mqtt={"username": USER, "password_file": password_file(PASSWORD)},
+    )
     assert "TLS >= 1.3" in d.log()
     assert mqtt_lines(d) == []
     assert_clean(d)
@@ -457,36 +541,59 @@ def test_missing_client_certificate_is_one_clear_line_per_attempt(
     """The broker requires a client certificate. Under TLS 1.3 it says so after the
     client's side of the handshake: paho's own "failed to receive on socket" error is
     folded into our line, not printed as a second one."""
-    d = run_daemon(tls_broker.ports["mtls"], ready=False, tls=good_tls(tls_broker.pki),
-                   mqtt={"username": USER, "password_file": password_file(PASSWORD)})  # fmt: skip
-    pattern = re.compile(r"WARNING +vitalmon\.mqtt: TLS handshake with 127\.0\.0\.1:\d+ failed: "
-                         r"(tlsv13 alert certificate required|sslv3 alert handshake failure) "
-                         r"\(retrying in \d+\.\d s\)$")  # fmt: skip
+    d = run_daemon(
+        tls_broker.ports["mtls"],
+        ready=False,
+        tls=good_tls(tls_broker.pki),
+        mqtt={"username": USER, "password_file": password_file(PASSWORD)},
+    )
+    pattern = re.compile(
+        r"WARNING +vitalmon\.mqtt: TLS handshake with 127\.0\.0\.1:\d+ failed: "
+        r"(tlsv13 alert certificate required|sslv3 alert handshake failure) "
+        r"\(retrying in \d+\.\d s\)$"
+    )
     failing_lines(d, pattern, n=3)
 
 
 @pytest.mark.parametrize(
     ("tls", "expected"),
     [
-        ({"ca_file": "garbage"}, r"mqtt\.tls\.ca_file \S+garbage: cannot load CA certificates: "
-                                 r"no certificate or crl found"),
-        ({"cert_file": "garbage", "key_file": "client.key"},
-         r"mqtt\.tls\.cert_file \S+garbage: no PEM certificate in it"),
-        ({"cert_file": "client.crt", "key_file": "server.key"},
-         r"mqtt\.tls\.key_file \S+server\.key: not the PEM private key of cert_file \S+client\.crt"
-         r" \(key values mismatch\)"),
+        (
+            {"ca_file": "garbage"},
+            r"mqtt\.tls\.ca_file \S+garbage: cannot load CA certificates: "
+            r"no certificate or crl found",
+        ),
+        (
+            {"cert_file": "garbage", "key_file": "client.key"},
+            r"mqtt\.tls\.cert_file \S+garbage: no PEM certificate in it",
+        ),
+        (
+            {"cert_file": "client.crt", "key_file": "server.key"},
+            r"mqtt\.tls\.key_file \S+server\.key: not the PEM private key of cert_file "
+            r"\S+client\.crt"
+            r" \(key values mismatch\)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_unusable_tls_file_is_a_clear_fatal_error(tls_broker, tmp_path, tls, expected):
     """Readable but not usable: exit 1 at startup with one ``fatal:`` line naming it."""
     (tmp_path / "garbage").write_text("not a certificate\n")
     for name in ("client.crt", "client.key", "server.key"):
         shutil.copy(tls_broker.pki.dir / name, tmp_path / name)
     files = {k: str(tmp_path / v) for k, v in tls.items()}
-    cfg = daemon_yaml(tmp_path / "c.yaml", tls_broker.ports["good"], client_id="vm-bad-file",
-                      tls={"ca_file": str(tls_broker.pki.crt("ca")), **files})  # fmt: skip
-    out = subprocess.run([sys.executable, "-m", "monitor", "run", "-c", str(cfg)],
-                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    cfg = daemon_yaml(
+        tmp_path / "c.yaml",
+        tls_broker.ports["good"],
+        client_id="vm-bad-file",
+        tls={"ca_file": str(tls_broker.pki.crt("ca")), **files},
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 1, out.stderr
     fatal = [line for line in out.stderr.splitlines() if "fatal:" in line]
     assert len(fatal) == 1 and re.search(expected, fatal[0]), out.stderr
@@ -498,8 +605,12 @@ def test_broker_up_late_connects_after_failed_attempts(pki, tmp_path, run_daemon
     starts and the first success says after how many failed attempts."""
     late = TlsBroker(tmp_path / "late", pki, {n: free_port() for n in ("good", "dns_only", "mtls")})
     late.workdir.mkdir()
-    d = run_daemon(late.ports["good"], ready=False, tls=good_tls(pki),
-                   mqtt={"username": USER, "password_file": password_file(PASSWORD)})  # fmt: skip
+    d = run_daemon(
+        late.ports["good"],
+        ready=False,
+        tls=good_tls(pki),
+        mqtt={"username": USER, "password_file": password_file(PASSWORD)},
+    )
     try:
         refused = (
             r"cannot connect to 127\.0\.0\.1:\d+: Connection refused \(retrying in [\d.]+ s\)$"
@@ -507,8 +618,9 @@ def test_broker_up_late_connects_after_failed_attempts(pki, tmp_path, run_daemon
         lines = failing_lines(d, re.compile(refused))
         late.start()
         wait_for(lambda: "ready:" in d.log(), 10, "ready once the broker is up")
-        connected = re.search(r"INFO +vitalmon\.mqtt: connected to .* after (\d+) failed attempt",
-                              d.log())  # fmt: skip
+        connected = re.search(
+            r"INFO +vitalmon\.mqtt: connected to .* after (\d+) failed attempt", d.log()
+        )
         assert connected and int(connected.group(1)) >= len(lines), d.log()
         assert_clean(d)
     finally:

@@ -29,11 +29,21 @@ NOW = time.time()
 T0 = 1764324000.0  # a multiple of BUCKET_S
 
 
-def alert(ident: str, bed: str, priority: str, rule: str, kind: str = "threshold",
-          state: str = "active") -> dict[str, object]:  # fmt: skip
-    return {"id": ident, "ward": "icu", "bed": bed, "rule": rule, "kind": kind,
-            "priority": priority, "state": state, "message": f"{rule} message",
-            "vital": rule.partition(".")[0], "at": "2026-11-28T10:00:00Z"}  # fmt: skip
+def alert(
+    ident: str, bed: str, priority: str, rule: str, kind: str = "threshold", state: str = "active"
+) -> dict[str, object]:
+    return {
+        "id": ident,
+        "ward": "icu",
+        "bed": bed,
+        "rule": rule,
+        "kind": kind,
+        "priority": priority,
+        "state": state,
+        "message": f"{rule} message",
+        "vital": rule.partition(".")[0],
+        "at": "2026-11-28T10:00:00Z",
+    }
 
 
 async def poll(pilot: Any, pred: Callable[[], object], what: str, timeout: float = 10.0) -> None:
@@ -55,8 +65,10 @@ def test_ward_model_sorts_by_severity_and_follows_alert_events(tmp_path):
     assert w.feed("vitals/icu/10/mon", json.dumps({"ts": NOW, "hr": 80}).encode(), NOW)
     assert w.feed("vitals/icu/2/mon", json.dumps({"ts": NOW, "hr": 70}).encode(), NOW)
     assert w.feed("vitals/icu/2/mon", json.dumps({"ts": NOW + 60, "hr": 90}).encode(), NOW + 60)
-    state = [alert("s1", "3", "medium", "spo2.low"), alert("t1", "3", "low", "device.stale",
-                                                          kind="technical")]  # fmt: skip
+    state = [
+        alert("s1", "3", "medium", "spo2.low"),
+        alert("t1", "3", "low", "device.stale", kind="technical"),
+    ]
     assert w.feed("state/icu/3/alerts", json.dumps(state).encode(), NOW)
     assert w.feed("scores/icu/10", json.dumps({"news2": 6}).encode(), NOW)
     assert w.feed("alerts/icu/4", json.dumps(alert("h1", "4", "high", "hr.high")).encode(), NOW)
@@ -81,9 +93,11 @@ def test_watch_in_80x24_shows_the_ward_and_the_ack_key_sends_the_command(
 ):
     # retained before the app starts: what a late start must show at once
     publisher.client.publish(
-        "state/icu/6/alerts", json.dumps([alert("a6", "6", "high", "spo2.low")]), qos=1,
+        "state/icu/6/alerts",
+        json.dumps([alert("a6", "6", "high", "spo2.low")]),
+        qos=1,
         retain=True,
-    ).wait_for_publish(10)  # fmt: skip
+    ).wait_for_publish(10)
     publisher.client.publish(
         "scores/icu/6", json.dumps({"news2": 7, "components": {"spo2": 3}}), qos=1, retain=True
     ).wait_for_publish(10)
@@ -140,9 +154,11 @@ def test_selection_follows_the_most_severe_bed_until_a_key_moves_it(
 
             seen = []
             # retained, so it is there once the app has subscribed: then live readings
-            await asyncio.to_thread(lambda: publisher.client.publish(
-                "scores/icu/1", json.dumps({"news2": 0}), qos=1, retain=True
-            ).wait_for_publish(10))  # fmt: skip
+            await asyncio.to_thread(
+                lambda: publisher.client.publish(
+                    "scores/icu/1", json.dumps({"news2": 0}), qos=1, retain=True
+                ).wait_for_publish(10)
+            )
             await until(lambda: ("icu", "1") in app.ward.beds, "the retained score")
             for bed in range(1, 7):
                 await publish(f"vitals/icu/{bed}/mon", {"ts": time.time(), "hr": 70, "spo2": 97})
@@ -268,8 +284,9 @@ def check_tiles(app: WatchApp, width: int) -> list[list[str]]:
     tiles (``bed-NNN ... NEWS2``), the vitals (``HR``), the alert line -- and no wrapped
     fragment between them; -> the bed numbers of each head line on screen."""
     lines = tile_lines(app)
-    kinds = ["head" if "NEWS2" in ln else "vitals" if ln.startswith("HR ") else "alert"
-             for ln in lines]  # fmt: skip
+    kinds = [
+        "head" if "NEWS2" in ln else "vitals" if ln.startswith("HR ") else "alert" for ln in lines
+    ]
     cycle = ["head", "vitals", "alert"]
     assert "head" in kinds, "\n".join(lines)
     for i in range(1, len(kinds)):
@@ -306,19 +323,33 @@ def test_tiles_fit_beside_the_scrollbar_and_every_bed_can_be_reached(
             for n in (1, 10, 100):
                 for i in range(published + 1, n + 1):
                     ward_bed = f"{LONG_WARD}/{long_bed(i)}"
-                    body = {"ts": time.time(), "hr": 60 + i % 40, "spo2": 97, "rr": 18,
-                            "sbp": 120 + i % 10, "temp": 37.2}  # fmt: skip
+                    body = {
+                        "ts": time.time(),
+                        "hr": 60 + i % 40,
+                        "spo2": 97,
+                        "rr": 18,
+                        "sbp": 120 + i % 10,
+                        "temp": 37.2,
+                    }
                     await asyncio.to_thread(publisher.publish, f"vitals/{ward_bed}/mon", body)
                     if i % 4 == 1:  # a long alert text on every fourth bed
-                        a = {"id": f"a{i}", "ward": LONG_WARD, "bed": long_bed(i),
-                             "rule": "spo2.low.sustained-desaturation-despite-oxygen",
-                             "kind": "physiological", "priority": "high", "state": "active",
-                             "message": "SpO2 84 % < 85 % for 15 s " * 4}  # fmt: skip
+                        a = {
+                            "id": f"a{i}",
+                            "ward": LONG_WARD,
+                            "bed": long_bed(i),
+                            "rule": "spo2.low.sustained-desaturation-despite-oxygen",
+                            "kind": "physiological",
+                            "priority": "high",
+                            "state": "active",
+                            "message": "SpO2 84 % < 85 % for 15 s " * 4,
+                        }
                         await asyncio.to_thread(publisher.publish, f"alerts/{ward_bed}", a)
                 published = n
                 await until(lambda n=n: len(app.ward.beds) == n, f"{n} beds")
-                await until(lambda n=n: sum(len(b.alerts) for b in app.beds()) == (n + 3) // 4,
-                            "their alerts")  # fmt: skip
+                await until(
+                    lambda n=n: sum(len(b.alerts) for b in app.beds()) == (n + 3) // 4,
+                    "their alerts",
+                )
                 app._refresh(force=True)
                 await pilot.pause()
                 check_tiles(app, width)
@@ -330,10 +361,11 @@ def test_tiles_fit_beside_the_scrollbar_and_every_bed_can_be_reached(
                 selected = app.current()
                 assert selected is not None
                 await until(
-                    lambda sel=selected: sel.bed[4:7] in re.findall(r"bed-(\d{3})",
-                                                                   " ".join(tile_lines(app))),
+                    lambda sel=selected: (
+                        sel.bed[4:7] in re.findall(r"bed-(\d{3})", " ".join(tile_lines(app)))
+                    ),
                     f"{selected.bed} on screen",
-                )  # fmt: skip
+                )
                 for row in check_tiles(app, width):
                     seen.update(row)
                 if selected.bed == app.beds()[-1].bed:
@@ -368,9 +400,14 @@ def test_a_resized_terminal_lays_the_tiles_out_again_around_the_selected_bed(
             await until(lambda: app.current() is app.beds()[-1], "the last bed selected")
             for width, height in ((120, 40), (60, 20), (80, 24)):
                 await pilot.resize_terminal(width, height)
-                await until(lambda w=width: app.size.width == w and app.query_one("#tiles").size
-                            .width == app.query_one("#grid").scrollable_content_region.width,
-                            f"the tiles laid out in {width} columns")  # fmt: skip
+                await until(
+                    lambda w=width: (
+                        app.size.width == w
+                        and app.query_one("#tiles").size.width
+                        == app.query_one("#grid").scrollable_content_region.width
+                    ),
+                    f"the tiles laid out in {width} columns",
+                )
                 await until(lambda: "040" in " ".join(tile_lines(app)), "bed 40 on screen")
                 rows = check_tiles(app, width)
                 assert rows[-1][-1] == "040", rows
@@ -411,8 +448,11 @@ TEXTS = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_siz
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(1, 220), st.lists(st.tuples(TEXTS, TEXTS, TEXTS), min_size=1, max_size=12),
-       st.integers(0, 11))  # fmt: skip
+@given(
+    st.integers(1, 220),
+    st.lists(st.tuples(TEXTS, TEXTS, TEXTS), min_size=1, max_size=12),
+    st.integers(0, 11),
+)
 @example(80, [("病棟", "床三", "spo2.low"), ("icu", "bed\n7", "hr.high")], 1)  # wide, newline
 def test_grid_lines_never_exceed_the_width(width, beds, selected):
     """Any width, any names and rule texts: every grid line fits ``width`` cells, and

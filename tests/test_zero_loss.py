@@ -38,8 +38,9 @@ class Stream:
     def __init__(self, broker: Broker, n: int, beds: int = 50, rate: float = 500.0) -> None:
         self.n, self.beds, self.rate = n, beds, rate
         self.t0 = time.time() - n / rate - 60
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"stream-{id(self)}",
-                                  clean_session=False)  # fmt: skip
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"stream-{id(self)}", clean_session=False
+        )
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(100)
@@ -130,8 +131,7 @@ def test_both_sinks_get_every_reading_and_alert(daemon, broker, victoria, publis
     assert f"lag_readings[{sink}] 0," in stopped
 
 
-def test_tsdb_down_mid_stream_backfills_everything(daemon, broker, victoria, subscribe,
-                                                   tmp_path):  # fmt: skip
+def test_tsdb_down_mid_stream_backfills_everything(daemon, broker, victoria, subscribe, tmp_path):
     """1. stream 4500 readings over ~40 s; 2. VictoriaMetrics stopped for 35 s while they
     flow: ingest goes on, `sink.down` is raised after 30 s of failures; 3. restarted: the
     backlog is backfilled, all present in SQLite and the TSDB, and `sink.down` resolves."""
@@ -165,8 +165,9 @@ def test_broker_restart_mid_stream_loses_nothing(daemon, broker, victoria, tmp_p
     assert d.terminate()[0] == 0
 
 
-def test_sigkill_mid_stream_loses_nothing_and_stores_no_duplicate(daemon, broker, victoria,
-                                                                   tmp_path):  # fmt: skip
+def test_sigkill_mid_stream_loses_nothing_and_stores_no_duplicate(
+    daemon, broker, victoria, tmp_path
+):
     """1. stream; 2. kill -9 the daemon while readings flow; 3. restart it: every reading
     is in SQLite exactly once (redelivered duplicates absorbed) and in the TSDB."""
     d = daemon(store_extra=influx_sink(victoria))

@@ -244,8 +244,9 @@ class VictoriaMetrics:
         """The server's own ``/metrics`` text (the server caches it for ~1 s)."""
         return self._get("/metrics").decode()
 
-    def write_lines(self, lines: str | Iterable[str], precision: str = "ns",
-                    check: bool = True) -> None:  # fmt: skip
+    def write_lines(
+        self, lines: str | Iterable[str], precision: str = "ns", check: bool = True
+    ) -> None:
         """POST raw InfluxDB line protocol to ``/api/v2/write``, as influxdb_client does.
 
         The server answers 204 even when it skips a malformed line; with ``check`` a skipped line

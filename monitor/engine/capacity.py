@@ -100,8 +100,9 @@ class Capacity:
         #: keeps state for. Bounded: max_beds (expected beds past it), max_devices_per_bed.
         self.beds: dict[Bed, dict[str, None]] = {}
         self.new_beds = TokenBucket(cfg.new_beds_per_minute, cfg.new_beds_burst or cfg.max_beds)
-        self.new_series = TokenBucket(cfg.new_series_per_minute,
-                                      cfg.new_series_burst or cfg.max_series)  # fmt: skip
+        self.new_series = TokenBucket(
+            cfg.new_series_per_minute, cfg.new_series_burst or cfg.max_series
+        )
         #: refusals since the last log line, as :attr:`refused`
         self._since: Counter[str] = Counter()
         #: distinct beds refused since the last log line (at most MAX_COUNTED_BEDS)
@@ -116,8 +117,16 @@ class Capacity:
     def bed_count(self) -> int:
         return len(self.beds)
 
-    def admit(self, ward: str, bed: str, device: str, new_series: bool, expected: bool,
-              series: int, now: float) -> str | None:  # fmt: skip
+    def admit(
+        self,
+        ward: str,
+        bed: str,
+        device: str,
+        new_series: bool,
+        expected: bool,
+        series: int,
+        now: float,
+    ) -> str | None:
         """May the engine keep ``device`` of the bed (and a new series of it, when
         ``new_series``; ``series`` is how many it keeps)? None: yes, and the bed and the
         device are now kept; else the reason it is refused (nothing is kept, no token
@@ -159,8 +168,9 @@ class Capacity:
     def forget_bed(self, ward: str, bed: str) -> None:
         self.beds.pop((ward, bed), None)
 
-    def refuse(self, reason: str, ward: str, bed: str, now: float, series: int,
-               reading: bool = True) -> AlertEvent | None:  # fmt: skip
+    def refuse(
+        self, reason: str, ward: str, bed: str, now: float, series: int, reading: bool = True
+    ) -> AlertEvent | None:
         """Count a refusal (a reading, else a status or an alarm report) at ``now``;
         -> the ``engine.capacity`` alarm when this one raises it."""
         what = reason if reading else f"{reason} (statuses, alarm reports)"
@@ -187,16 +197,29 @@ class Capacity:
         if not self.alarm_active or now - self._refused_at < QUIET_S:
             return []
         self.alarm_active = False
-        log.info("engine capacity: nothing refused for %.0f s; alarm %s resolved (%d bed(s), "
-                 "%d series kept)", QUIET_S, RULE, len(self.beds), series)  # fmt: skip
-        event = self.alarms.set(RULE, COMPONENT, False,
-                                f"every bed evaluated again: nothing refused for {QUIET_S:.0f} "
-                                f"s ({len(self.beds)} bed(s), {series} series kept)")  # fmt: skip
+        log.info(
+            "engine capacity: nothing refused for %.0f s; alarm %s resolved (%d bed(s), "
+            "%d series kept)",
+            QUIET_S,
+            RULE,
+            len(self.beds),
+            series,
+        )
+        event = self.alarms.set(
+            RULE,
+            COMPONENT,
+            False,
+            f"every bed evaluated again: nothing refused for {QUIET_S:.0f} "
+            f"s ({len(self.beds)} bed(s), {series} series kept)",
+        )
         return [] if event is None else [event]
 
     def _detail(self, reason: str, series: int) -> str:
-        what = ("engine limits reached" if reason == CAPACITY
-                else "too many new beds or series a minute")  # fmt: skip
+        what = (
+            "engine limits reached"
+            if reason == CAPACITY
+            else "too many new beds or series a minute"
+        )
         return (
             f"{what}: readings of new beds, devices or series beyond them are stored, not "
             f"evaluated ({len(self.beds)}/{self.cfg.max_beds} beds, {series}/"

@@ -127,8 +127,11 @@ class DeviceAlarms:
                 wanted[a.key] = a
         alarms = self._open.get(dev, {})
         out: list[AlertEvent] = []
-        for key in sorted(k for k, o in alarms.items() if o.complete and
-                          (k not in wanted or o.event.kind != wanted[k].kind)):  # fmt: skip
+        for key in sorted(
+            k
+            for k, o in alarms.items()
+            if o.complete and (k not in wanted or o.event.kind != wanted[k].kind)
+        ):
             out.append(self._resolve(dev, key, ts, ENDED))
             if key not in wanted:  # (a kind change raises it anew below)
                 self._ended[(dev, key)] = ts
@@ -147,8 +150,9 @@ class DeviceAlarms:
             key = (dev, a.key)
             last = self._key_ts.get(key)
             is_open = a.key in self._open.get(dev, {})
-            if last is not None and (report.ts < last or (report.ts == last and a.active
-                                                          and not is_open)):  # fmt: skip
+            if last is not None and (
+                report.ts < last or (report.ts == last and a.active and not is_open)
+            ):
                 continue  # older news of this alarm, or a raise undoing its end
             self._key_ts[key] = report.ts
             if a.active:
@@ -197,8 +201,9 @@ class DeviceAlarms:
                 del self._ended[ended]
         return out
 
-    def forget(self, devices: Collection[_Device], beds: Collection[tuple[str, str]],
-               at: float) -> list[AlertEvent]:  # fmt: skip
+    def forget(
+        self, devices: Collection[_Device], beds: Collection[tuple[str, str]], at: float
+    ) -> list[AlertEvent]:
         """These devices, and every device of these beds, are forgotten (``rules.
         stale_expire_s``): -> resolutions of their open alerts; nothing is kept of them."""
 
@@ -252,11 +257,23 @@ def _raise(report: DeviceAlarmReport, a: DeviceAlarm) -> AlertEvent:
     rule = rule_of(a.kind)
     return AlertEvent(
         id=alert_id(report.ward, report.bed, report.device, f"{RULE_ALARM}:{a.key}", report.ts),
-        ward=report.ward, bed=report.bed, device=report.device, patient=report.patient,
-        vital="", rule=rule, kind=a.kind, priority=a.priority, state=AlertState.ACTIVE,
-        value=math.nan, limit=math.nan, message=a.text, started_at=report.ts, at=report.ts,
-        seq=1, extra={"source": a.source, "device_alarm": a.key},
-    )  # fmt: skip
+        ward=report.ward,
+        bed=report.bed,
+        device=report.device,
+        patient=report.patient,
+        vital="",
+        rule=rule,
+        kind=a.kind,
+        priority=a.priority,
+        state=AlertState.ACTIVE,
+        value=math.nan,
+        limit=math.nan,
+        message=a.text,
+        started_at=report.ts,
+        at=report.ts,
+        seq=1,
+        extra={"source": a.source, "device_alarm": a.key},
+    )
 
 
 def _copy(e: AlertEvent) -> AlertEvent:

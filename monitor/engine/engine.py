@@ -75,11 +75,12 @@ Rule = ThresholdRule | TrendRule
 #: older than its series' present by more than max_lag_s; the same measurement again;
 #: and the flags a reading is stored with (monitor.engine.plausibility); beyond the
 #: engine's bounds or rates (monitor.engine.capacity: stored flagged so, never watched).
-NOT_EVALUATED = ("late", "repeated", "implausible", "disputed", "history", CAPACITY,
-                 RATE_LIMITED)  # fmt: skip
+NOT_EVALUATED = ("late", "repeated", "implausible", "disputed", "history", CAPACITY, RATE_LIMITED)
 #: A device (or bed) forgotten after rules.stale_expire_s: what its alarms say.
-FORGOTTEN = "forgotten after rules.stale_expire_s of silence (a bed neither listed under beds "\
-            "nor admitted); alarm closed"  # fmt: skip
+FORGOTTEN = (
+    "forgotten after rules.stale_expire_s of silence (a bed neither listed under beds "
+    "nor admitted); alarm closed"
+)
 #: Readings behind their device's present, advancing, arriving live, in a row: the
 #: device's clock went back; its new time becomes the present (Engine._rebase).
 REBASE_AFTER = 3
@@ -91,9 +92,19 @@ DEFAULT_PROFILE = "adult"
 
 class _Series:
     __slots__ = (
-        "active", "auto_spot", "behind", "cadence", "configured", "entry", "flagged", "gap",
-        "last", "next_eval", "rules", "window",
-    )  # fmt: skip
+        "active",
+        "auto_spot",
+        "behind",
+        "cadence",
+        "configured",
+        "entry",
+        "flagged",
+        "gap",
+        "last",
+        "next_eval",
+        "rules",
+        "window",
+    )
 
     def __init__(self, span_s: float, rules: list[Rule], configured: str | None) -> None:
         self.window = Window(span_s)
@@ -211,8 +222,9 @@ class Engine:
             series.configured = self.modes.configured(key.device, key.vital)
             series.retune(self.modes, rules.max_gap_s)
         if not profiles:
-            profiles = {DEFAULT_PROFILE: Profile(DEFAULT_PROFILE, dict(rules.thresholds),
-                                                 rules.news2.scale)}  # fmt: skip
+            profiles = {
+                DEFAULT_PROFILE: Profile(DEFAULT_PROFILE, dict(rules.thresholds), rules.news2.scale)
+            }
         self.profiles = dict(profiles)
         trends = build_trend_rules(rules.trends)
         self.rulesets: dict[str, dict[str, list[Rule]]] = {}
@@ -252,23 +264,27 @@ class Engine:
         """Listed under ``beds:`` or admitted: always evaluated, never expires."""
         return (ward, bed) in self.config_beds or (ward, bed) in self.admissions
 
-    def _admit(self, ward: str, bed: str, device: str, new_series: bool,
-               now: float | None) -> str | None:  # fmt: skip
+    def _admit(
+        self, ward: str, bed: str, device: str, new_series: bool, now: float | None
+    ) -> str | None:
         """None: the engine may keep the device (and a new series); else why not."""
         if self.capacity is None:
             return None
         at = time.time() if now is None else now
-        return self.capacity.admit(ward, bed, device, new_series, self.expected(ward, bed),
-                                   len(self.series), at)  # fmt: skip
+        return self.capacity.admit(
+            ward, bed, device, new_series, self.expected(ward, bed), len(self.series), at
+        )
 
-    def _refuse(self, why: str, ward: str, bed: str, now: float | None,
-                reading: bool = True) -> list[AlertEvent]:  # fmt: skip
+    def _refuse(
+        self, why: str, ward: str, bed: str, now: float | None, reading: bool = True
+    ) -> list[AlertEvent]:
         """Count a refusal; -> the capacity alarm when it raises it."""
         assert self.capacity is not None
         if reading:
             self.counts[why] += 1
-        event = self.capacity.refuse(why, ward, bed, time.time() if now is None else now,
-                                     len(self.series), reading)  # fmt: skip
+        event = self.capacity.refuse(
+            why, ward, bed, time.time() if now is None else now, len(self.series), reading
+        )
         return [] if event is None else [event]
 
     def _gate(self, items: list[_Item], now: float, raised: list[AlertEvent]) -> list[_Item]:
@@ -284,8 +300,11 @@ class Engine:
 
     def _others(self, key: SeriesKey, series: _Series) -> list[Peer]:
         """The latest valid value of the vital from the bed's other devices."""
-        return [(*o.last, o.entry) for o in self._peers.get((key.ward, key.bed, key.vital), ())
-                if o is not series and o.last[0] > -math.inf]  # fmt: skip
+        return [
+            (*o.last, o.entry)
+            for o in self._peers.get((key.ward, key.bed, key.vital), ())
+            if o is not series and o.last[0] > -math.inf
+        ]
 
     def restore(self, alerts: Sequence[AlertEvent]) -> list[AlertEvent]:
         """Carry alerts that were active at the last stop into this run.
@@ -310,8 +329,10 @@ class Engine:
                 if e.rule.endswith(".flapping"):
                     e.message = f"{e.rule}: flapping is judged afresh after a restart; closed"
                 elif e.kind == "technical":
-                    e.message = f"{e.rule}: judged afresh after a restart (raised again if the "\
-                                "condition persists)"  # fmt: skip
+                    e.message = (
+                        f"{e.rule}: judged afresh after a restart (raised again if the "
+                        "condition persists)"
+                    )
                 orphans.append(e)
                 continue
             series = self.series.get(key) or self._new_series(key)
@@ -336,8 +357,13 @@ class Engine:
         """Give the bed the rules and NEWS2 scale of its profile (admission, else config)."""
         name = self._profile_of(ward, bed)
         if name not in self.profiles:
-            log.warning("bed %s/%s: profile %r is no longer configured; using %s",
-                        ward, bed, name, DEFAULT_PROFILE)  # fmt: skip
+            log.warning(
+                "bed %s/%s: profile %r is no longer configured; using %s",
+                ward,
+                bed,
+                name,
+                DEFAULT_PROFILE,
+            )
             name = DEFAULT_PROFILE
         if name == DEFAULT_PROFILE:
             self.bed_profile.pop((ward, bed), None)
@@ -356,8 +382,10 @@ class Engine:
                 continue
             rules = self.ruleset(key.ward, key.bed).get(key.vital, [])
             series.window.span_s = self.span_s.get(key.vital, self.cfg.window_s)
-            old = {r.name: (r, a, n) for r, a, n in
-                   zip(series.rules, series.active, series.next_eval, strict=True)}  # fmt: skip
+            old = {
+                r.name: (r, a, n)
+                for r, a, n in zip(series.rules, series.active, series.next_eval, strict=True)
+            }
             series.active = []
             series.next_eval = []
             for rule in rules:
@@ -368,13 +396,22 @@ class Engine:
             when = series.window.newest if at is None else at
             for rule, a, _n in old.values():
                 if a is not None:
-                    events.append(self._close(key, rule, a, series, when,
-                                              f"{rule.name} no longer applies to this bed "
-                                              "(limits changed); alarm closed"))  # fmt: skip
+                    events.append(
+                        self._close(
+                            key,
+                            rule,
+                            a,
+                            series,
+                            when,
+                            f"{rule.name} no longer applies to this bed "
+                            "(limits changed); alarm closed",
+                        )
+                    )
         return events
 
-    def _close(self, key: SeriesKey, rule: Rule, a: Active, series: _Series, at: float,
-               message: str) -> AlertEvent:  # fmt: skip
+    def _close(
+        self, key: SeriesKey, rule: Rule, a: Active, series: _Series, at: float, message: str
+    ) -> AlertEvent:
         """The resolution of an alert closed by an operator action, not by its rule."""
         a.seq += 1
         trend = isinstance(rule, TrendRule)
@@ -382,12 +419,23 @@ class Engine:
         value = float(series.window.values[-1]) if len(series.window) else math.nan
         self.counts["alert_resolved"] += 1
         return AlertEvent(
-            id=a.id, ward=key.ward, bed=key.bed, device=a.device, patient=a.patient,
-            vital=key.vital, rule=rule.name, kind="trend" if trend else "physiological",
+            id=a.id,
+            ward=key.ward,
+            bed=key.bed,
+            device=a.device,
+            patient=a.patient,
+            vital=key.vital,
+            rule=rule.name,
+            kind="trend" if trend else "physiological",
             priority=rule.priority if isinstance(rule, TrendRule) else PRIORITY[level],
-            state=AlertState.RESOLVED, value=value, limit=rule.limits[level], message=message,
-            started_at=a.started_at, at=at, seq=a.seq,
-        )  # fmt: skip
+            state=AlertState.RESOLVED,
+            value=value,
+            limit=rule.limits[level],
+            message=message,
+            started_at=a.started_at,
+            at=at,
+            seq=a.seq,
+        )
 
     def check_admit(self, a: Admission) -> None:
         """ValueError with the reason when ``a`` cannot be applied."""
@@ -403,8 +451,9 @@ class Engine:
         limit = None if self.capacity is None else self.capacity.cfg.max_beds
         if current is None and limit is not None and len(self.admissions) >= limit:
             # admitted beds are always evaluated and never expire: bounded too
-            raise ValueError(f"{limit} beds admitted already (engine.max_beds): discharge "
-                             "one first")  # fmt: skip
+            raise ValueError(
+                f"{limit} beds admitted already (engine.max_beds): discharge one first"
+            )
 
     def admit(self, a: Admission) -> list[AlertEvent]:
         """A patient is in the bed (re-admitting the same patient changes the profile)."""
@@ -427,8 +476,9 @@ class Engine:
             self._peers.pop((ward, bed, key.vital), None)
             for rule, a in zip(series.rules, series.active, strict=True):
                 if a is not None:
-                    events.append(self._close(key, rule, a, series, at,
-                                              "patient discharged: alarm closed"))  # fmt: skip
+                    events.append(
+                        self._close(key, rule, a, series, at, "patient discharged: alarm closed")
+                    )
         events += self.flapping.reset_bed(ward, bed)
         events += self.sensors.reset_bed(ward, bed)
         events += self.device_alarms.reset_bed(ward, bed)
@@ -448,16 +498,24 @@ class Engine:
         for stored in admissions:
             a = stored
             if a.profile is not None and a.profile not in self.profiles:
-                log.warning("bed %s/%s was admitted with profile %r, no longer configured; "
-                            "using the bed's configured profile",
-                            a.ward, a.bed, a.profile)  # fmt: skip
+                log.warning(
+                    "bed %s/%s was admitted with profile %r, no longer configured; "
+                    "using the bed's configured profile",
+                    a.ward,
+                    a.bed,
+                    a.profile,
+                )
                 a = replace(a, profile=None)
             self.admissions[(a.ward, a.bed)] = a
             self.patients[(a.ward, a.bed)] = a.patient
             self._assign(a.ward, a.bed, None)
 
-    def reconfigure(self, rules: RulesConfig, profiles: Mapping[str, Profile],
-                    beds: Mapping[tuple[str, str], str]) -> list[AlertEvent]:  # fmt: skip
+    def reconfigure(
+        self,
+        rules: RulesConfig,
+        profiles: Mapping[str, Profile],
+        beds: Mapping[tuple[str, str], str],
+    ) -> list[AlertEvent]:
         """New limits and profiles (SIGHUP): windows, active alerts (and so their
         acknowledgements) and admissions are kept; the next reading of each series is
         evaluated with the new rules. -> resolutions of alerts whose rule is gone."""
@@ -515,8 +573,7 @@ class Engine:
             # refusing disk delays the journal, not the ward's alarms)
             for sink in sorted(self.sinks, key=lambda s: s is self.durable):
                 if sink is self.durable:  # (a transient batch's readings come again, durably)
-                    await sink.write([] if batch.transient else batch.readings, events,
-                                     batch.done)  # fmt: skip
+                    await sink.write([] if batch.transient else batch.readings, events, batch.done)
                 else:
                     await sink.write(batch.readings, events)
             await asyncio.sleep(0)  # a busy queue never suspends: let the others run
@@ -550,14 +607,14 @@ class Engine:
                 if checked and r.flag in (CAPACITY, RATE_LIMITED):
                     continue  # not kept: never watched for silence
                 mode = Modes.declared(self.modes.configured(r.device, r.vital), r.mode)
-                raised += self.staleness.seen(r.ward, r.bed, r.device, arrived, r.ts,
-                                              mode)  # fmt: skip
+                raised += self.staleness.seen(r.ward, r.bed, r.device, arrived, r.ts, mode)
             for st in statuses:  # a status is a sign of life too
                 raised += self.staleness.seen(st.ward, st.bed, st.device, arrived)
             for rep in reports:  # a device's full alarm set: the bed spoke
                 if rep.complete:  # (PCD-04 news comes when alarms change)
-                    raised += self.staleness.seen(rep.ward, rep.bed, rep.device, arrived,
-                                                  watch=False)  # fmt: skip
+                    raised += self.staleness.seen(
+                        rep.ward, rep.bed, rep.device, arrived, watch=False
+                    )
         return raised
 
     def _failed(self, batch: Batch) -> None:
@@ -569,9 +626,12 @@ class Engine:
         now = time.monotonic()
         if now - self._last_failure_log >= 60.0:
             self._last_failure_log = now
-            log.exception("engine: a batch of %d reading(s) could not be evaluated (%d so "
-                          "far); stored, not evaluated", len(batch.readings),
-                          self.counts["engine_errors"])  # fmt: skip
+            log.exception(
+                "engine: a batch of %d reading(s) could not be evaluated (%d so "
+                "far); stored, not evaluated",
+                len(batch.readings),
+                self.counts["engine_errors"],
+            )
 
     def take_score_updates(self) -> list[ScoreUpdate]:
         """The NEWS2 score changes since the last call (``run`` publishes them; a replay,
@@ -601,23 +661,28 @@ class Engine:
                 events += resolved
                 events += self._forget(devices, beds, now)
                 self.counts["devices_expired"] += len(devices)
-                log.info("%d device(s) of beds neither listed nor admitted forgotten after "
-                         "rules.stale_expire_s of silence (%d bed(s) with them)",
-                         len(devices), len(beds))  # fmt: skip
+                log.info(
+                    "%d device(s) of beds neither listed nor admitted forgotten after "
+                    "rules.stale_expire_s of silence (%d bed(s) with them)",
+                    len(devices),
+                    len(beds),
+                )
         if self.capacity is not None:
             events += self.capacity.sweep(now, len(self.series))
         return events
 
-    def _forget(self, devices: list[tuple[str, str, str]], beds: set[tuple[str, str]],
-                at: float) -> list[AlertEvent]:  # fmt: skip
+    def _forget(
+        self, devices: list[tuple[str, str, str]], beds: set[tuple[str, str]], at: float
+    ) -> list[AlertEvent]:
         """Free what the engine keeps of ``devices`` (ward, bed, device) and of whole
         ``beds``: windows, peers, device presents, sensor and device-alarm state,
         plausibility runs, NEWS2 sources (a bed's score too), flapping, the capacity
         count. Their open alerts resolve (``at``: the wall clock). -> those events."""
         gone = set(devices)
         events: list[AlertEvent] = []
-        for key in [k for k in self.series
-                    if (k.ward, k.bed) in beds or (k.ward, k.bed, k.device) in gone]:  # fmt: skip
+        for key in [
+            k for k in self.series if (k.ward, k.bed) in beds or (k.ward, k.bed, k.device) in gone
+        ]:
             series = self.series.pop(key)
             where = (key.ward, key.bed, key.vital)
             peers = [p for p in self._peers.get(where, ()) if p is not series]
@@ -629,8 +694,11 @@ class Engine:
                 if a is not None:
                     events.append(self._close(key, rule, a, series, at, FORGOTTEN))
         touched = {(w, b) for w, b, _d in gone} | beds
-        used = {(k.ward, k.bed, k.device.partition(".")[0]) for k in self.series
-                if (k.ward, k.bed) in touched}  # fmt: skip
+        used = {
+            (k.ward, k.bed, k.device.partition(".")[0])
+            for k in self.series
+            if (k.ward, k.bed) in touched
+        }
         for where in [w for w in self._dev_now if (w[0], w[1]) in touched and w not in used]:
             del self._dev_now[where]
         events += self.sensors.forget(gone, beds, at)
@@ -825,8 +893,14 @@ class Engine:
             events += self.sensors.reading(r)  # values again: "sensor off" is over
         return events
 
-    def _rebase(self, key: SeriesKey, series: _Series, r: Reading, received_at: float | None,
-                where: tuple[str, str, str]) -> bool:  # fmt: skip
+    def _rebase(
+        self,
+        key: SeriesKey,
+        series: _Series,
+        r: Reading,
+        received_at: float | None,
+        where: tuple[str, str, str],
+    ) -> bool:
         """``r`` is behind its device's present (history) or its series' (late). When
         :data:`REBASE_AFTER` such readings in a row advance and arrive live (spread over
         at least half their event-time span: a resent backlog arrives in a burst), the
@@ -851,15 +925,24 @@ class Engine:
         series.reset_window()
         series.behind = (0, 0.0, 0.0, -math.inf)
         self.counts["clock_rebased"] += 1
-        log.warning("%s/%s %s: %d readings in a row %.0f s behind the device's own present, "
-                    "arriving live: its clock went back; judged on its new time from now",
-                    key.ward, key.bed, key.device, count, ahead)  # fmt: skip
+        log.warning(
+            "%s/%s %s: %d readings in a row %.0f s behind the device's own present, "
+            "arriving live: its clock went back; judged on its new time from now",
+            key.ward,
+            key.bed,
+            key.device,
+            count,
+            ahead,
+        )
         return True
 
     def _crit(self, series: _Series, value: float) -> bool:
         """Whether ``value`` is beyond a crit limit of the series' threshold rules."""
-        return any(2 in rule.limits and bool(rule.beyond(2, value))
-                   for rule in series.rules if isinstance(rule, ThresholdRule))  # fmt: skip
+        return any(
+            2 in rule.limits and bool(rule.beyond(2, value))
+            for rule in series.rules
+            if isinstance(rule, ThresholdRule)
+        )
 
     def _settle(self, r: Reading, settle: bool) -> list[AlertEvent]:
         """A reading that is not evaluated still closes its instant for NEWS2 (what came

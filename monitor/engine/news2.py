@@ -350,8 +350,11 @@ class News2Tracker:
         if not freshness_s >= 0:
             raise ValueError(f"freshness_s must be >= 0, not {freshness_s!r}")
         if strict:
-            fresh = {p: v for p, (ts, v) in self._latest.items()
-                     if at < ts + freshness_s and ts - at <= freshness_s}  # fmt: skip
+            fresh = {
+                p: v
+                for p, (ts, v) in self._latest.items()
+                if at < ts + freshness_s and ts - at <= freshness_s
+            }
         else:
             fresh = {p: v for p, (ts, v) in self._latest.items() if abs(at - ts) <= freshness_s}
 

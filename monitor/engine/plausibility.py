@@ -130,8 +130,10 @@ class Plausibility:
             lo, hi = self.ranges[r.vital]
             op, edge = ("<", lo) if r.value < lo else (">", hi)
             shown, limit = fmt_compare(r.vital, r.value, op, edge)
-            message = (f"{label} {shown} {unit} {op} {limit} {unit}: implausible (plausible "
-                       f"{lo:g}-{hi:g} {unit})")  # fmt: skip
+            message = (
+                f"{label} {shown} {unit} {op} {limit} {unit}: implausible (plausible "
+                f"{lo:g}-{hi:g} {unit})"
+            )
         else:
             edge = math.nan
             message = (
@@ -142,11 +144,23 @@ class Plausibility:
             message += f" for {r.ts - first:.0f} s"
         message += "; check the patient and the sensors"
         event = AlertEvent(
-            id=alert_id(r.ward, r.bed, r.device, rule, first), ward=r.ward, bed=r.bed,
-            device=r.device, patient=r.patient, vital=r.vital, rule=rule, kind="technical",
-            priority=Priority.HIGH if crit else Priority.MEDIUM, state=AlertState.ACTIVE,
-            value=r.value, limit=edge, message=message, started_at=first, at=r.ts, seq=1,
-        )  # fmt: skip
+            id=alert_id(r.ward, r.bed, r.device, rule, first),
+            ward=r.ward,
+            bed=r.bed,
+            device=r.device,
+            patient=r.patient,
+            vital=r.vital,
+            rule=rule,
+            kind="technical",
+            priority=Priority.HIGH if crit else Priority.MEDIUM,
+            state=AlertState.ACTIVE,
+            value=r.value,
+            limit=edge,
+            message=message,
+            started_at=first,
+            at=r.ts,
+            seq=1,
+        )
         self._open[run] = event
         out.append(copy.copy(event))
         return out
@@ -169,8 +183,12 @@ class Plausibility:
             del self._run[run]
         return out
 
-    def forget(self, devices: Collection[tuple[str, str, str]],
-               beds: Collection[tuple[str, str]], at: float) -> list[AlertEvent]:  # fmt: skip
+    def forget(
+        self,
+        devices: Collection[tuple[str, str, str]],
+        beds: Collection[tuple[str, str]],
+        at: float,
+    ) -> list[AlertEvent]:
         """These devices, and every device of these beds, are forgotten (``rules.
         stale_expire_s``): -> resolutions of their alarms; their runs dropped."""
 
@@ -189,8 +207,9 @@ class Plausibility:
 
     def is_open(self, key: _Key) -> bool:
         """Whether the series has an implausible or disputed run or alarm going on."""
-        return any((*key, f) in self._run or (*key, f) in self._open
-                   for f in (IMPLAUSIBLE, DISPUTED))  # fmt: skip
+        return any(
+            (*key, f) in self._run or (*key, f) in self._open for f in (IMPLAUSIBLE, DISPUTED)
+        )
 
 
 def _resolution(flag: str, r: Reading) -> str:

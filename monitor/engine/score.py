@@ -70,10 +70,17 @@ RULE = "news2"
 #: ECG and arterial line first, then any other device (a chart, a thermometer), then
 #: the pulse oximeter's pulse, then the cuff's.
 SOURCE_RANK: dict[str, int] = {
-    "ecg": 0, "abp": 0, "art": 0,
-    "pleth": 2, "spo2": 2, "pulse": 2, "tele": 2, "spo2t": 2,
-    "nibp": 3, "cuff": 3,
-}  # fmt: skip
+    "ecg": 0,
+    "abp": 0,
+    "art": 0,
+    "pleth": 2,
+    "spo2": 2,
+    "pulse": 2,
+    "tele": 2,
+    "spo2t": 2,
+    "nibp": 3,
+    "cuff": 3,
+}
 
 
 def source_rank(device: str) -> int:
@@ -172,12 +179,23 @@ class News2Scores:
             a = b.active
             a.seq += 1
             event = AlertEvent(
-                id=a.id, ward=ward, bed=bed, device=RULE, patient=a.patient, vital=RULE,
-                rule=RULE, kind="score", priority=b.priority, state=AlertState.RESOLVED,
-                value=math.nan, limit=_LIMIT[b.priority],
-                message="patient discharged: score alert closed", started_at=a.started_at,
-                at=at, seq=a.seq,
-            )  # fmt: skip
+                id=a.id,
+                ward=ward,
+                bed=bed,
+                device=RULE,
+                patient=a.patient,
+                vital=RULE,
+                rule=RULE,
+                kind="score",
+                priority=b.priority,
+                state=AlertState.RESOLVED,
+                value=math.nan,
+                limit=_LIMIT[b.priority],
+                message="patient discharged: score alert closed",
+                started_at=a.started_at,
+                at=at,
+                seq=a.seq,
+            )
         return ScoreUpdate(ward, bed, None), event
 
     def forget_device(self, ward: str, bed: str, device: str) -> None:
@@ -215,8 +233,9 @@ class News2Scores:
             return None, None
         return self.settle(r.ward, r.bed, r.ts)
 
-    def _take(self, bed: _Bed, vital: str, device: str, value: float | bool | str,
-              ts: float) -> bool:  # fmt: skip
+    def _take(
+        self, bed: _Bed, vital: str, device: str, value: float | bool | str, ts: float
+    ) -> bool:
         """A parameter's value from ``device``; -> whether the score's input changed.
 
         One device at a time is a parameter's source, never a mix that alternates: among
@@ -329,9 +348,12 @@ class News2Scores:
         return updates, events
 
     def _work(
-        self, key: tuple[str, str], bed: _Bed, updates: list[ScoreUpdate],
+        self,
+        key: tuple[str, str],
+        bed: _Bed,
+        updates: list[ScoreUpdate],
         events: list[AlertEvent],
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Do the bed's work due at ``bed.due``: recompute the score there (inputs older
         than ``freshness_s`` drop out), then judge the alert (a hold ending, evidence
         expiring). Every due instant is later than the bed's present, so this moves it on."""
@@ -342,8 +364,7 @@ class News2Scores:
         event = None
         if bed.score is None:  # an alert carried over a restart, no input since
             if bed.active is not None and bed.priority is not None:
-                event = self._expire(ward, name, at, bed, PARAMETERS, 0,
-                                     "none since the restart")  # fmt: skip
+                event = self._expire(ward, name, at, bed, PARAMETERS, 0, "none since the restart")
             bed.restored_until = None
         else:
             before = bed.score
@@ -394,30 +415,58 @@ class News2Scores:
         if sig == bed.last:
             return None
         bed.last = sig
-        return ScoreUpdate(ward, bed_name, {
-            "news2": s.total, "partial": s.partial, "missing": list(s.missing),
-            "components": dict(s.components), "risk": s.risk, "at": iso(at),
-        })  # fmt: skip
+        return ScoreUpdate(
+            ward,
+            bed_name,
+            {
+                "news2": s.total,
+                "partial": s.partial,
+                "missing": list(s.missing),
+                "components": dict(s.components),
+                "risk": s.risk,
+                "at": iso(at),
+            },
+        )
 
     def _expire(
-        self, ward: str, bed_name: str, at: float, bed: _Bed, missing: tuple[str, ...],
-        total: int, note: str = "",
-    ) -> AlertEvent:  # fmt: skip
+        self,
+        ward: str,
+        bed_name: str,
+        at: float,
+        bed: _Bed,
+        missing: tuple[str, ...],
+        total: int,
+        note: str = "",
+    ) -> AlertEvent:
         """The open alert resolves: its evidence (these inputs) has expired."""
         assert bed.active is not None
         assert bed.priority is not None
         a, shown = bed.active, bed.priority
         a.seq += 1
         older = f"{note}; " if note else ""
-        message = (f"NEWS2 evidence expired: no fresh {', '.join(missing)} "
-                   f"({older}older than {self.cfg.freshness_s:g} s); alert closed")  # fmt: skip
+        message = (
+            f"NEWS2 evidence expired: no fresh {', '.join(missing)} "
+            f"({older}older than {self.cfg.freshness_s:g} s); alert closed"
+        )
         bed.active = bed.priority = bed.lower_since = bed.restored_until = None
         return AlertEvent(
-            id=a.id, ward=ward, bed=bed_name, device=RULE, patient=a.patient, vital=RULE,
-            rule=RULE, kind="score", priority=shown, state=AlertState.RESOLVED,
-            value=float(total), limit=_LIMIT[shown], message=message,
-            started_at=a.started_at, at=at, seq=a.seq,
-        )  # fmt: skip
+            id=a.id,
+            ward=ward,
+            bed=bed_name,
+            device=RULE,
+            patient=a.patient,
+            vital=RULE,
+            rule=RULE,
+            kind="score",
+            priority=shown,
+            state=AlertState.RESOLVED,
+            value=float(total),
+            limit=_LIMIT[shown],
+            message=message,
+            started_at=a.started_at,
+            at=at,
+            seq=a.seq,
+        )
 
     def _trigger(
         self, ward: str, bed_name: str, at: float, bed: _Bed, s: Score, expired: bool = False
@@ -461,7 +510,20 @@ class News2Scores:
                 message += f"; partial, missing {', '.join(s.missing)}"
         bed.priority = priority
         return AlertEvent(
-            id=a.id, ward=ward, bed=bed_name, device=RULE, patient=a.patient, vital=RULE,
-            rule=RULE, kind="score", priority=shown, state=state, value=float(s.total),
-            limit=_LIMIT[shown], message=message, started_at=a.started_at, at=at, seq=a.seq,
-        )  # fmt: skip
+            id=a.id,
+            ward=ward,
+            bed=bed_name,
+            device=RULE,
+            patient=a.patient,
+            vital=RULE,
+            rule=RULE,
+            kind="score",
+            priority=shown,
+            state=state,
+            value=float(s.total),
+            limit=_LIMIT[shown],
+            message=message,
+            started_at=a.started_at,
+            at=at,
+            seq=a.seq,
+        )

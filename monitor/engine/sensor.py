@@ -84,11 +84,23 @@ class SensorState:
             for flag in new:
                 rule, priority, text, _blind = DEVICE_FLAGS[flag]
                 event = AlertEvent(
-                    id=alert_id(s.ward, s.bed, s.device, rule, s.ts), ward=s.ward, bed=s.bed,
-                    device=s.device, patient=s.patient, vital="", rule=rule, kind=KIND,
-                    priority=Priority(priority), state=AlertState.ACTIVE, value=1.0, limit=0.0,
-                    message=f"{s.device}: {text}", started_at=s.ts, at=s.ts, seq=1,
-                )  # fmt: skip
+                    id=alert_id(s.ward, s.bed, s.device, rule, s.ts),
+                    ward=s.ward,
+                    bed=s.bed,
+                    device=s.device,
+                    patient=s.patient,
+                    vital="",
+                    rule=rule,
+                    kind=KIND,
+                    priority=Priority(priority),
+                    state=AlertState.ACTIVE,
+                    value=1.0,
+                    limit=0.0,
+                    message=f"{s.device}: {text}",
+                    started_at=s.ts,
+                    at=s.ts,
+                    seq=1,
+                )
                 alarms[flag] = event
                 out.append(copy.copy(event))
         return out
@@ -120,8 +132,9 @@ class SensorState:
             self._status_ts[key] = at  # a status up to ``at`` is from before the discharge
         return out
 
-    def forget(self, devices: Collection[_Device], beds: Collection[tuple[str, str]],
-               at: float) -> list[AlertEvent]:  # fmt: skip
+    def forget(
+        self, devices: Collection[_Device], beds: Collection[tuple[str, str]], at: float
+    ) -> list[AlertEvent]:
         """These devices, and every device of these beds, are forgotten: -> resolutions of
         their open alarms (``at``, or later: never before their last word)."""
 

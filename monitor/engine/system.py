@@ -15,12 +15,15 @@ from monitor.model import AlertEvent, AlertState, Priority, alert_id
 SYSTEM_WARD = "_system"
 
 #: Losing data is a high-priority technical alarm; a sink merely down is medium.
-PRIORITIES = {"store.full": Priority.HIGH, "store.failed": Priority.HIGH,
-              "store.stalled": Priority.HIGH,
-              "sink.dropped": Priority.HIGH,
-              # the broker lost vitalmon's persistent session (what it had queued is gone;
-              # nothing more is at risk once reconnected): monitor.mqtt
-              "mqtt.session_lost": Priority.MEDIUM}  # fmt: skip
+PRIORITIES = {
+    "store.full": Priority.HIGH,
+    "store.failed": Priority.HIGH,
+    "store.stalled": Priority.HIGH,
+    "sink.dropped": Priority.HIGH,
+    # the broker lost vitalmon's persistent session (what it had queued is gone;
+    # nothing more is at risk once reconnected): monitor.mqtt
+    "mqtt.session_lost": Priority.MEDIUM,
+}
 
 
 class SystemAlarms:
@@ -37,11 +40,23 @@ class SystemAlarms:
         if active and current is None:
             ident = alert_id(SYSTEM_WARD, self.instance, component, rule, now)
             event = AlertEvent(
-                id=ident, ward=SYSTEM_WARD, bed=self.instance, device=component, patient=None,
-                vital="", rule=rule, kind="technical",
-                priority=PRIORITIES.get(rule, Priority.MEDIUM), state=AlertState.ACTIVE,
-                value=0.0, limit=0.0, message=detail, started_at=now, at=now, seq=1,
-            )  # fmt: skip
+                id=ident,
+                ward=SYSTEM_WARD,
+                bed=self.instance,
+                device=component,
+                patient=None,
+                vital="",
+                rule=rule,
+                kind="technical",
+                priority=PRIORITIES.get(rule, Priority.MEDIUM),
+                state=AlertState.ACTIVE,
+                value=0.0,
+                limit=0.0,
+                message=detail,
+                started_at=now,
+                at=now,
+                seq=1,
+            )
             self._active[key] = event
             return event
         if not active and current is not None:

@@ -44,10 +44,15 @@ ANY_DEVICE = "*"
 
 
 class Staleness:
-    def __init__(self, stale_after_s: float, expected_beds: Iterable[tuple[str, str]],
-                 started: float, factor: float = 3.0,
-                 unknown_s: float | None = None,
-                 expire_s: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stale_after_s: float,
+        expected_beds: Iterable[tuple[str, str]],
+        started: float,
+        factor: float = 3.0,
+        unknown_s: float | None = None,
+        expire_s: float | None = None,
+    ) -> None:
         self.stale_after_s = stale_after_s
         #: a device of a bed nobody expects, stale this long, is forgotten (None: never)
         self.expire_s = expire_s
@@ -69,8 +74,16 @@ class Staleness:
         #: ``hl7.pleth``).
         self.exempt: dict[tuple[str, str], set[str]] = {}
 
-    def seen(self, ward: str, bed: str, device: str, now: float, ts: float | None = None,
-             mode: str | None = None, watch: bool = True) -> list[AlertEvent]:  # fmt: skip
+    def seen(
+        self,
+        ward: str,
+        bed: str,
+        device: str,
+        now: float,
+        ts: float | None = None,
+        mode: str | None = None,
+        watch: bool = True,
+    ) -> list[AlertEvent]:
         """A reading (event time ``ts``; None: a status) arrived at ``now``: note it;
         -> the resolutions of alarms it ends. ``watch`` False: a sign of life of the bed
         (a device's alarm report), not a device to watch for silence by that name (a
@@ -134,8 +147,11 @@ class Staleness:
         cadence = self._cadence.get(key)
         if cadence is None or key in self._continuous:  # statuses only, or a stream
             median = None if cadence is None else cadence.median
-            return self.stale_after_s if median is None else max(
-                self.stale_after_s, self.factor * median)  # fmt: skip
+            return (
+                self.stale_after_s
+                if median is None
+                else max(self.stale_after_s, self.factor * median)
+            )
         if cadence.median is not None:
             return max(self.stale_after_s, self.factor * cadence.median)
         return max(self.stale_after_s, self.unknown_s)
@@ -156,21 +172,37 @@ class Staleness:
             if now - last < limit:
                 continue
             ward, bed, device = key
-            what = "bed expected but never sent data" if device == ANY_DEVICE else (
-                f"no data from {device}")  # fmt: skip
+            what = (
+                "bed expected but never sent data"
+                if device == ANY_DEVICE
+                else (f"no data from {device}")
+            )
             ident = alert_id(ward, bed, device, RULE, now)
             event = AlertEvent(
-                id=ident, ward=ward, bed=bed, device=device, patient=None, vital="",
-                rule=RULE, kind="technical", priority=Priority.MEDIUM, state=AlertState.ACTIVE,
-                value=round(now - last, 1), limit=limit,
-                message=f"{what} for {now - last:.0f} s", started_at=now, at=now, seq=1,
-            )  # fmt: skip
+                id=ident,
+                ward=ward,
+                bed=bed,
+                device=device,
+                patient=None,
+                vital="",
+                rule=RULE,
+                kind="technical",
+                priority=Priority.MEDIUM,
+                state=AlertState.ACTIVE,
+                value=round(now - last, 1),
+                limit=limit,
+                message=f"{what} for {now - last:.0f} s",
+                started_at=now,
+                at=now,
+                seq=1,
+            )
             self._open[key] = event
             out.append(event)
         return [copy.copy(e) for e in out]  # the open alarm is ours to update later
 
-    def expire(self, now: float, expected: Callable[[str, str], bool]
-               ) -> tuple[list[AlertEvent], list[_Device], set[tuple[str, str]]]:  # fmt: skip
+    def expire(
+        self, now: float, expected: Callable[[str, str], bool]
+    ) -> tuple[list[AlertEvent], list[_Device], set[tuple[str, str]]]:
         """Devices of beds not ``expected`` (ward, bed) that have been stale for
         ``expire_s`` at ``now``: forgotten here. -> (the resolutions of their alarms, the
         devices, the beds left without any device watched). Only stale devices can expire,
@@ -196,8 +228,10 @@ class Staleness:
             event.state = AlertState.RESOLVED
             event.at = now
             what = "the bed never sent data" if key[2] == ANY_DEVICE else f"no data from {key[2]}"
-            event.message = (f"{what} for {_duration(silent)}: a bed neither listed under beds "
-                             "nor admitted; forgotten (rules.stale_expire_s)")  # fmt: skip
+            event.message = (
+                f"{what} for {_duration(silent)}: a bed neither listed under beds "
+                "nor admitted; forgotten (rules.stale_expire_s)"
+            )
             out.append(event)
         touched = {(k[0], k[1]) for k in gone}
         alive = {(k[0], k[1]) for k in self._seen if (k[0], k[1]) in touched}

@@ -113,9 +113,17 @@ class ThresholdRule:
             lv = cfg.low if side == "low" else cfg.high
             if lv is not None:
                 rules.append(
-                    cls(vital, side, lv.warn, lv.crit, cfg.delay_s, cfg.clear_band, max_gap_s,
-                        cfg.min_readings(vital))
-                )  # fmt: skip
+                    cls(
+                        vital,
+                        side,
+                        lv.warn,
+                        lv.crit,
+                        cfg.delay_s,
+                        cfg.clear_band,
+                        max_gap_s,
+                        cfg.min_readings(vital),
+                    )
+                )
         return rules
 
     # -------------------------------------------------------------- level logic
@@ -291,8 +299,10 @@ class ThresholdRule:
             clear = limit + self.band if low else limit - self.band
             shown, clear_text = fmt_compare(self.vital, value, "<" if low else ">", clear)
             word = "above" if low else "below"
-            return f"{label} {shown} {unit}, near the {fmt_limit(self.vital, limit)} {unit} " \
-                   f"limit (clears at {clear_text} {unit} or {word})"  # fmt: skip
+            return (
+                f"{label} {shown} {unit}, near the {fmt_limit(self.vital, limit)} {unit} "
+                f"limit (clears at {clear_text} {unit} or {word})"
+            )
         op = "<" if self.side == "low" else ">"
         shown, limit_text = fmt_compare(self.vital, value, op, limit)
         text = f"{label} {shown} {unit} {op} {limit_text} {unit}"

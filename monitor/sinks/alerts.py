@@ -148,8 +148,15 @@ class AlertPublisher:
             self._announced.discard(event.id)
         else:
             self._announced.add(event.id)
-        log.info("alert %s %s %s %s/%s: %s", event.id, event.state, event.priority,
-                 event.ward, event.bed, event.message)  # fmt: skip
+        log.info(
+            "alert %s %s %s %s/%s: %s",
+            event.id,
+            event.state,
+            event.priority,
+            event.ward,
+            event.bed,
+            event.message,
+        )
 
     # -------------------------------------------------------------------- pause
 
@@ -183,8 +190,9 @@ class AlertPublisher:
         topic = self.cfg.state_topic.format(ward=ward, bed=bed, device="", vital="", priority="")
         self._send(topic, json.dumps(alerts, separators=(",", ":")), pending, retain=True)
 
-    def _send(self, topic: str, payload: str, pending: set[asyncio.Future[None]],
-              retain: bool = False) -> None:  # fmt: skip
+    def _send(
+        self, topic: str, payload: str, pending: set[asyncio.Future[None]], retain: bool = False
+    ) -> None:
         fut = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
         pending.add(fut)
         fut.add_done_callback(pending.discard)

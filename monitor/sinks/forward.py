@@ -119,9 +119,13 @@ class Forwarder:
         self._alarmed = True
         if self.on_condition is not None:
             why = self._last_error or f"a send has not returned for {t - since:.0f} s"
-            self.on_condition("sink.down", self.name, True,
-                              f"{self.name} failing for {t - since:.0f} s: {why}; "
-                              f"{self.lag} readings waiting in the journal")  # fmt: skip
+            self.on_condition(
+                "sink.down",
+                self.name,
+                True,
+                f"{self.name} failing for {t - since:.0f} s: {why}; "
+                f"{self.lag} readings waiting in the journal",
+            )
 
     @property
     def lag(self) -> int:
@@ -168,8 +172,12 @@ class Forwarder:
                     if self.lag < self.batch_size:  # gather a fuller batch (Telegraf's flush)
                         await self._sleep(self.flush_interval_s)
                 if self._closing.is_set() and self.failing_since is not None:
-                    log.warning("%s: still failing at shutdown; %d readings wait in the "
-                                "journal for the next run", self.name, self.lag)  # fmt: skip
+                    log.warning(
+                        "%s: still failing at shutdown; %d readings wait in the "
+                        "journal for the next run",
+                        self.name,
+                        self.lag,
+                    )
                     return
         finally:
             loop = asyncio.get_running_loop()
@@ -200,8 +208,13 @@ class Forwarder:
             delay = random.uniform(
                 self.retry_min_s, min(self.retry_max_s, self.retry_min_s * 2**self._attempt)
             )
-            log.warning("%s: send failed (%s); %d readings waiting, retrying in %.1f s",
-                        self.name, exc, self.lag, delay)  # fmt: skip
+            log.warning(
+                "%s: send failed (%s); %d readings waiting, retrying in %.1f s",
+                self.name,
+                exc,
+                self.lag,
+                delay,
+            )
             await self._sleep(delay)
             return
         self._sending_since = None
@@ -212,8 +225,9 @@ class Forwarder:
         )
         self.cursor = new
         try:
-            await self.journal.call(partial(set_cursor, sink=self.name, readings=new[0],
-                                            alerts=new[1]))  # fmt: skip
+            await self.journal.call(
+                partial(set_cursor, sink=self.name, readings=new[0], alerts=new[1])
+            )
         except Exception as exc:
             if not storage_error(exc):
                 raise
@@ -253,5 +267,6 @@ class Forwarder:
         if self._alarmed:
             self._alarmed = False
             if self.on_condition is not None:
-                self.on_condition("sink.down", self.name, False,
-                                  f"{self.name} accepts writes again")  # fmt: skip
+                self.on_condition(
+                    "sink.down", self.name, False, f"{self.name} accepts writes again"
+                )

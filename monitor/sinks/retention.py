@@ -186,6 +186,7 @@ class Retention:
             deleted = conn.total_changes - before
         report.pruned_space += deleted
         report.dropped.update(dropped)
-        log.warning("store over its disk bound (%d MiB used): pruned %d oldest rows",
-                    used // 2**20, deleted)  # fmt: skip
+        log.warning(
+            "store over its disk bound (%d MiB used): pruned %d oldest rows", used // 2**20, deleted
+        )
         return True

@@ -438,8 +438,11 @@ class SqliteSink:
             await self._commit_pending(pending)
         finally:
             if pending:  # cancelled at the shutdown deadline while the disk refused
-                log.warning("store: %d batch(es) not committed nor acknowledged at the stop "
-                            "(MQTT redelivers them to the next run)", len(pending))  # fmt: skip
+                log.warning(
+                    "store: %d batch(es) not committed nor acknowledged at the stop "
+                    "(MQTT redelivers them to the next run)",
+                    len(pending),
+                )
 
     async def _commit_pending(self, pending: list[_Item]) -> None:
         closing = False  # (pending: taken from the queue, not committed yet)
@@ -531,15 +534,22 @@ class SqliteSink:
         if since is None or self.stalled or t - since < STALL_S:
             return
         self.stalled = True
-        log.error("store: a commit has not returned for %.0f s (%s); alerts still "
-                  "evaluated and published, nothing acknowledged meanwhile", t - since,
-                  self.cfg.path)  # fmt: skip
+        log.error(
+            "store: a commit has not returned for %.0f s (%s); alerts still "
+            "evaluated and published, nothing acknowledged meanwhile",
+            t - since,
+            self.cfg.path,
+        )
         if self.on_condition is not None:
-            self.on_condition("store.stalled", "disk", True,
-                              f"a commit to {self.cfg.path} has not returned for "
-                              f"{t - since:.0f} s (a disk that hangs, or a lock held by another "
-                              "process); nothing acknowledged meanwhile, alerts still evaluated "
-                              "and published")  # fmt: skip
+            self.on_condition(
+                "store.stalled",
+                "disk",
+                True,
+                f"a commit to {self.cfg.path} has not returned for "
+                f"{t - since:.0f} s (a disk that hangs, or a lock held by another "
+                "process); nothing acknowledged meanwhile, alerts still evaluated "
+                "and published",
+            )
 
     def _unstalled(self) -> None:
         if self._slow:
@@ -555,17 +565,24 @@ class SqliteSink:
 
     def _quarantine(self, item: _Item, exc: Exception) -> None:
         self.counts["quarantined"] += len(item.readings) + len(item.events)
-        log.error("store: %d reading(s) and %d alert event(s) the store cannot take were set "
-                  "aside (%s: %s)", len(item.readings), len(item.events),
-                  type(exc).__name__, exc)  # fmt: skip
+        log.error(
+            "store: %d reading(s) and %d alert event(s) the store cannot take were set "
+            "aside (%s: %s)",
+            len(item.readings),
+            len(item.events),
+            type(exc).__name__,
+            exc,
+        )
 
     def _failing(self, exc: BaseException, held: int) -> None:
         first = self.failure is None
         self.failure = exc
         self.counts["commit_errors"] += 1
         rule = "store.full" if disk_full(exc) else "store.failed"  # (component "disk")
-        detail = (f"cannot commit to {self.cfg.path}: {exc}; {held} batch(es) held in memory, "
-                  "not acknowledged; alerts still evaluated and published")  # fmt: skip
+        detail = (
+            f"cannot commit to {self.cfg.path}: {exc}; {held} batch(es) held in memory, "
+            "not acknowledged; alerts still evaluated and published"
+        )
         if first:
             log.error("store: %s", detail)
         if self._alarm != rule and self.on_condition is not None:
@@ -580,8 +597,12 @@ class SqliteSink:
         log.warning("store: commits succeed again (%s)", self.cfg.path)
         self.failure = None
         if self._alarm is not None and self.on_condition is not None:
-            self.on_condition(self._alarm, "disk", False, "store commits again; what was "
-                              "held is committed and acknowledged")  # fmt: skip
+            self.on_condition(
+                self._alarm,
+                "disk",
+                False,
+                "store commits again; what was held is committed and acknowledged",
+            )
         self._alarm = None
 
     async def _maintain(self) -> None:
@@ -592,8 +613,11 @@ class SqliteSink:
             except Exception as exc:
                 if not storage_error(exc):
                     raise
-                log.warning("store maintenance failed (%s); tried again in %g s", exc,
-                            self.cfg.maintenance_interval_s)  # fmt: skip
+                log.warning(
+                    "store maintenance failed (%s); tried again in %g s",
+                    exc,
+                    self.cfg.maintenance_interval_s,
+                )
 
     async def maintain(self, now: float | None = None) -> retention.Report:
         """Aggregate, apply retention and the disk bound, a chunk per store-thread call."""
@@ -611,9 +635,12 @@ class SqliteSink:
         if self.on_condition is not None:
             if report.pruned_space:
                 self.on_condition(
-                    "store.full", "store", True, f"disk bound {self.cfg.max_mb:g} MiB reached: "
-                    f"{report.pruned_space} oldest raw readings pruned"
-                )  # fmt: skip
+                    "store.full",
+                    "store",
+                    True,
+                    f"disk bound {self.cfg.max_mb:g} MiB reached: "
+                    f"{report.pruned_space} oldest raw readings pruned",
+                )
             elif report.below_low_water:
                 self.on_condition("store.full", "store", False, "store back under its disk bound")
             for sink, n in report.dropped.items():
@@ -629,11 +656,19 @@ class SqliteSink:
         events = [e for it in batch for e in it.events]
         alerts = [alert_row(e) for e in events]
         audit: list[tuple[object, ...]] = [
-            (e.at, e.extra["action"], str(e.extra.get("ack_by", "vitalmon")), e.id, e.ward, e.bed,
-             f"{e.rule} {e.state} {e.priority}: {e.message}", e.extra.get("ack_identity"))
+            (
+                e.at,
+                e.extra["action"],
+                str(e.extra.get("ack_by", "vitalmon")),
+                e.id,
+                e.ward,
+                e.bed,
+                f"{e.rule} {e.state} {e.priority}: {e.message}",
+                e.extra.get("ack_identity"),
+            )
             for e in events
             if e.extra.get("action") in AUDITED
-        ]  # fmt: skip
+        ]
         audit += [row for it in batch for row in it.audit]
         stored = write_rows(conn, rows, alerts, audit)
         self.counts["received"] += len(rows)
@@ -730,20 +765,46 @@ def reading_row(r: Reading) -> tuple[object, ...]:
 def alert_row(e: AlertEvent) -> tuple[object, ...]:
     """An alert event as its ``alert_events`` row."""
     return (
-        e.id, e.seq, e.ward, e.bed, e.device, e.patient, e.vital, e.rule, e.kind,
-        str(e.priority), str(e.state), e.value, e.limit, e.message, e.started_at, e.at,
+        e.id,
+        e.seq,
+        e.ward,
+        e.bed,
+        e.device,
+        e.patient,
+        e.vital,
+        e.rule,
+        e.kind,
+        str(e.priority),
+        str(e.state),
+        e.value,
+        e.limit,
+        e.message,
+        e.started_at,
+        e.at,
         json.dumps(e.extra) if e.extra else None,
-    )  # fmt: skip
+    )
 
 
 def _alert_event(r: Sequence[Any]) -> AlertEvent:
     return AlertEvent(
-        id=r[0], seq=r[1], ward=r[2], bed=r[3], device=r[4], patient=r[5], vital=r[6],
-        rule=r[7], kind=r[8], priority=Priority(r[9]), state=AlertState(r[10]),
+        id=r[0],
+        seq=r[1],
+        ward=r[2],
+        bed=r[3],
+        device=r[4],
+        patient=r[5],
+        vital=r[6],
+        rule=r[7],
+        kind=r[8],
+        priority=Priority(r[9]),
+        state=AlertState(r[10]),
         value=math.nan if r[11] is None else r[11],  # NaN is stored as NULL
-        limit=math.nan if r[12] is None else r[12], message=r[13], started_at=r[14], at=r[15],
+        limit=math.nan if r[12] is None else r[12],
+        message=r[13],
+        started_at=r[14],
+        at=r[15],
         extra=json.loads(r[16]) if r[16] else {},
-    )  # fmt: skip
+    )
 
 
 def _active_alerts(conn: sqlite3.Connection) -> list[AlertEvent]:

@@ -282,8 +282,9 @@ def _decode_object(
     pid = None if patient is None else str(patient)
     mode = obj.get("mode")
     if mode is not None and mode not in MODES:
-        out.reject("bad_field", f"mode {mode!r:.40} is not one of {', '.join(MODES)}", origin,
-                   payload)  # fmt: skip
+        out.reject(
+            "bad_field", f"mode {mode!r:.40} is not one of {', '.join(MODES)}", origin, payload
+        )
         return
     found = "status" in obj  # a status alone is a valid object (a valid status or not)
     blind: list[str] = []  # flags under which the device cannot measure

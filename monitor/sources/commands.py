@@ -68,8 +68,10 @@ def split_topic(topic: str) -> tuple[str, str | None]:
         if topic.startswith(base + "/"):
             user = topic[len(base) + 1 :]
             if not user or len(user) > MAX_NAME or "/" in user:
-                raise ValueError(f"the user name level of {base}/<username> must be a "
-                                 f"non-empty name of at most {MAX_NAME} chars")  # fmt: skip
+                raise ValueError(
+                    f"the user name level of {base}/<username> must be a "
+                    f"non-empty name of at most {MAX_NAME} chars"
+                )
             return base, user
     return topic, None
 
@@ -128,19 +130,27 @@ def _optional(doc: dict[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-        raise ValueError(f"{key!r}, when given, must be a non-empty string of at most "
-                         f"{MAX_NAME} chars")  # fmt: skip
+        raise ValueError(
+            f"{key!r}, when given, must be a non-empty string of at most {MAX_NAME} chars"
+        )
     return value.strip()
 
 
 def parse_admit(payload: bytes, now: float, identity: str | None = None) -> Admission:
     """``{"ward", "bed", "patient", "profile"?, "by"?}`` -> Admission; ValueError."""
     doc, (ward, bed, patient) = _command(
-        payload, ("ward", "bed", "patient"),
+        payload,
+        ("ward", "bed", "patient"),
         '{"ward": ..., "bed": ..., "patient": ..., "profile": ...}',
-    )  # fmt: skip
-    return Admission(ward, bed, patient, _optional(doc, "profile"), now,
-                     _optional(doc, "by") or identity or "mqtt")  # fmt: skip
+    )
+    return Admission(
+        ward,
+        bed,
+        patient,
+        _optional(doc, "profile"),
+        now,
+        _optional(doc, "by") or identity or "mqtt",
+    )
 
 
 def parse_discharge(
@@ -218,8 +228,14 @@ class CommandSource:
             except Exception as exc:  # noqa: BLE001 - one command never stops the daemon
                 # (a defect, or input no check foresaw): refused, acknowledged, the next
                 # one handled; otherwise the broker would redeliver it after every restart
-                reject(Rejection("bad_command", f"could not be handled ({type(exc).__name__})",
-                                 msg.topic, msg.payload[:1024]))  # fmt: skip
+                reject(
+                    Rejection(
+                        "bad_command",
+                        f"could not be handled ({type(exc).__name__})",
+                        msg.topic,
+                        msg.payload[:1024],
+                    )
+                )
                 self._client.ack(msg)
 
     async def _handle(self, msg: Message, emit: Emit, reject: Reject) -> None:
@@ -244,12 +260,19 @@ class CommandSource:
         except ValueError as exc:
             reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
         except UnknownAlert as exc:
-            reject(Rejection("unknown_alert", f"no open alert {exc}", msg.topic,
-                             msg.payload[:1024]))  # fmt: skip
+            reject(
+                Rejection("unknown_alert", f"no open alert {exc}", msg.topic, msg.payload[:1024])
+            )
         else:
             if event is None:
-                reject(Rejection("already_acknowledged", f"alert {ident} was acknowledged"
-                                 " before", msg.topic, msg.payload[:1024]))  # fmt: skip
+                reject(
+                    Rejection(
+                        "already_acknowledged",
+                        f"alert {ident} was acknowledged before",
+                        msg.topic,
+                        msg.payload[:1024],
+                    )
+                )
             else:
                 # who: claimed (ack_by) and broker-verified (ack_identity, null if unknown)
                 event.extra = {**event.extra, "ack_identity": identity}
@@ -265,13 +288,20 @@ class CommandSource:
             return
         now = time.time()
         until = self.pauses.pause(ward, bed, seconds, now)
-        log.info("alerts of %s/%s paused for %.0f s by %s%s", ward, bed, until - now, by,
-                 _verified(identity))  # fmt: skip
+        log.info(
+            "alerts of %s/%s paused for %.0f s by %s%s",
+            ward,
+            bed,
+            until - now,
+            by,
+            _verified(identity),
+        )
         if self.audit is not None:
             await self.audit([(now, "pause", by, None, ward, bed, f"{seconds:g} s", identity)])
 
-    async def _bed(self, msg: Message, emit: Emit, reject: Reject, topic: str,
-                   identity: str | None) -> None:  # fmt: skip
+    async def _bed(
+        self, msg: Message, emit: Emit, reject: Reject, topic: str, identity: str | None
+    ) -> None:
         assert self.beds is not None
         now = time.time()
         try:
@@ -292,8 +322,14 @@ class CommandSource:
                     patient = self._pseudo(patient)
                 current = self._admitted.get((ward, bed))
                 if patient is not None and (current is None or current.patient != patient):
-                    reject(Rejection("wrong_patient", f"{ward}/{bed} is not occupied by the "
-                                     "patient named", msg.topic, msg.payload[:1024]))  # fmt: skip
+                    reject(
+                        Rejection(
+                            "wrong_patient",
+                            f"{ward}/{bed} is not occupied by the patient named",
+                            msg.topic,
+                            msg.payload[:1024],
+                        )
+                    )
                     return
                 a = Admission(ward, bed, current.patient if current else "", None, now, by)
                 action, saved, detail = "discharge", None, ""
@@ -316,8 +352,9 @@ class CommandSource:
             self._admitted.pop((a.ward, a.bed), None)
         else:
             self._admitted[(a.ward, a.bed)] = saved
-        log.info("bed %s/%s: %s by %s%s %s", a.ward, a.bed, action, a.by, _verified(identity),
-                 detail)  # fmt: skip
+        log.info(
+            "bed %s/%s: %s by %s%s %s", a.ward, a.bed, action, a.by, _verified(identity), detail
+        )
         if self.audit is not None:
             await self.audit([(now, action, a.by, None, a.ward, a.bed, detail, identity)])
         await emit(Batch([], bed_commands=[BedCommand(action, a)]))
@@ -327,8 +364,9 @@ def _verified(identity: str | None) -> str:
     return "" if identity is None else f" (verified: user {identity!r})"
 
 
-async def send_ack(cfg: Config, alert_id: str, by: str, timeout: float = 5.0,
-                   verified: bool = False) -> dict[str, Any]:  # fmt: skip
+async def send_ack(
+    cfg: Config, alert_id: str, by: str, timeout: float = 5.0, verified: bool = False
+) -> dict[str, Any]:
     """``vitalmon ack``: publish the command, wait for the daemon's answer.
 
     ``verified``: on ``vitalmon/cmd/ack/<mqtt.username>``, so that the daemon records the

@@ -122,12 +122,22 @@ def _person_patterns(alnum_seps: bytes) -> tuple[re.Pattern[bytes], re.Pattern[b
     other character after a person segment's name is taken as its separator anyway)."""
     declared = rb"|[" + re.escape(alnum_seps) + rb"]" if alnum_seps else b""
     sep = rb"(?:[^\r\nA-Za-z0-9]" + declared + rb")"
-    raw = re.compile(rb"(" + _LEAD + rb")(" + _PERSON_NAMES + rb")(" + sep + rb")[^\r\n]*",
-                     re.IGNORECASE)  # fmt: skip
+    raw = re.compile(
+        rb"(" + _LEAD + rb")(" + _PERSON_NAMES + rb")(" + sep + rb")[^\r\n]*", re.IGNORECASE
+    )
     # in a JSON string, the separator may be written as an escape (\" \\ \u0023)
     sep_escaped = rb'(?:\\u[0-9A-Fa-f]{4}|\\[^rn\r\n]|[^\r\nA-Za-z0-9"\\]' + declared + rb")"
-    escaped = re.compile(rb"(" + _LEAD_ESCAPED + rb")(" + _PERSON_NAMES + rb")(" + sep_escaped
-                         + rb")" + _REST_ESCAPED, re.IGNORECASE)  # fmt: skip
+    escaped = re.compile(
+        rb"("
+        + _LEAD_ESCAPED
+        + rb")("
+        + _PERSON_NAMES
+        + rb")("
+        + sep_escaped
+        + rb")"
+        + _REST_ESCAPED,
+        re.IGNORECASE,
+    )
     return raw, escaped
 
 

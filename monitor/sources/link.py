@@ -34,12 +34,23 @@ class LinkAlarms:
         if rule in self._open:
             return None
         event = AlertEvent(
-            id=alert_id(self.ward, self.bed, self.device, rule, now), ward=self.ward,
-            bed=self.bed, device=self.device, patient=None, vital="", rule=rule,
-            kind="technical", priority=Priority.MEDIUM, state=AlertState.ACTIVE,
-            value=round(value, 1), limit=0.0, message=f"{self.device}: {detail}",
-            started_at=now, at=now, seq=1,
-        )  # fmt: skip
+            id=alert_id(self.ward, self.bed, self.device, rule, now),
+            ward=self.ward,
+            bed=self.bed,
+            device=self.device,
+            patient=None,
+            vital="",
+            rule=rule,
+            kind="technical",
+            priority=Priority.MEDIUM,
+            state=AlertState.ACTIVE,
+            value=round(value, 1),
+            limit=0.0,
+            message=f"{self.device}: {detail}",
+            started_at=now,
+            at=now,
+            seq=1,
+        )
         self._open[rule] = event
         return copy.copy(event)
 

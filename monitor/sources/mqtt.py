@@ -153,8 +153,9 @@ class MqttSource:
 
     async def run(self, emit: Emit, reject: Reject) -> None:
         async with asyncio.TaskGroup() as tg:
-            shadow = tg.create_task(self._run_shadow(emit),
-                                    name=f"vitalmon.source[{self.name}].degraded")  # fmt: skip
+            shadow = tg.create_task(
+                self._run_shadow(emit), name=f"vitalmon.source[{self.name}].degraded"
+            )
             try:
                 await self._run(emit, reject)
             finally:

@@ -132,8 +132,7 @@ class SerialSource:
     async def _read(self, reader: asyncio.StreamReader, emit: Emit, reject: Reject) -> str | None:
         """Read until the port is lost (-> the reason) or stop() (-> None)."""
         framing = FORMATS[self.cfg.format]
-        framer = (MllpFramer() if framing == "mllp" else
-                  LineFramer(self.cfg.max_line_bytes))  # fmt: skip
+        framer = MllpFramer() if framing == "mllp" else LineFramer(self.cfg.max_line_bytes)
         parser = make_parser(self.cfg.format)
         warned = False  #: a frame cut short was logged since the port opened
         stopping = asyncio.ensure_future(self._stopping.wait())
@@ -152,8 +151,9 @@ class SerialSource:
                     read.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await read
-                    await self._alarm(emit, SILENT, f"no data for {self.silent_after_s:g} s "
-                                      "with the port open")  # fmt: skip
+                    await self._alarm(
+                        emit, SILENT, f"no data for {self.silent_after_s:g} s with the port open"
+                    )
                     last_data = time.monotonic()  # (raised once; re-armed for the log)
                     continue
                 try:
@@ -187,19 +187,33 @@ class SerialSource:
         self.counts["truncated"] += 1
         control = mllp_control_id(cut)
         said = f", control id {control}" if control else ""
-        detail = (f"MLLP frame of {len(cut)} bytes{said} cut short by the next start byte"
-                  " (no end 0x1C 0x0D): discarded")  # fmt: skip
+        detail = (
+            f"MLLP frame of {len(cut)} bytes{said} cut short by the next start byte"
+            " (no end 0x1C 0x0D): discarded"
+        )
         reject(Rejection("truncated_frame", detail, self.name))  # no payload: patient data
-        log.log(logging.DEBUG if warned else logging.WARNING, "%s: the device sent an %s",
-                self.name, detail)  # fmt: skip
+        log.log(
+            logging.DEBUG if warned else logging.WARNING,
+            "%s: the device sent an %s",
+            self.name,
+            detail,
+        )
 
-    async def _frames(self, frames: list[bytes], parser: Parser, emit: Emit,
-                      reject: Reject) -> None:  # fmt: skip
+    async def _frames(
+        self, frames: list[bytes], parser: Parser, emit: Emit, reject: Reject
+    ) -> None:
         if not frames:
             return
         now = time.time()
-        ctx = DeviceContext(self.cfg.ward, self.cfg.bed, self.device, now, self.cfg.clock,
-                            self._tz, self.cfg.max_skew_s)  # fmt: skip
+        ctx = DeviceContext(
+            self.cfg.ward,
+            self.cfg.bed,
+            self.device,
+            now,
+            self.cfg.clock,
+            self._tz,
+            self.cfg.max_skew_s,
+        )
         readings: list[Reading] = []
         statuses: list[DeviceStatus] = []
         reports: list[DeviceAlarmReport] = []
@@ -221,8 +235,16 @@ class SerialSource:
                 reject(replace(rej, topic=self.name))
         if readings or statuses or reports:
             self.counts["readings"] += len(readings)
-            await emit(Batch(readings, None, now, statuses=statuses, device_alarms=reports,
-                             snapshot=self.cfg.format == "hl7"))  # fmt: skip
+            await emit(
+                Batch(
+                    readings,
+                    None,
+                    now,
+                    statuses=statuses,
+                    device_alarms=reports,
+                    snapshot=self.cfg.format == "hl7",
+                )
+            )
 
     # ------------------------------------------------------------------ alarms
 

@@ -181,10 +181,20 @@ def render(data: BedData, cfg: Config, conn: sqlite3.Connection | None = None) -
                 ax.step(_time(ts), values, where="post", color="black", lw=1.2, label="NEWS2")
             else:
                 missing = [LABELS.get(p, p) for p in PARAMETERS if p not in data.series]
-                ax.text(0.5, 0.5, "no complete NEWS2: " + (
-                    f"no {', '.join(missing)} readings" if missing
-                    else f"the inputs were never all within {cfg.rules.news2.freshness_s:g} s"
-                ), transform=ax.transAxes, ha="center", va="center", color="0.35")  # fmt: skip
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no complete NEWS2: "
+                    + (
+                        f"no {', '.join(missing)} readings"
+                        if missing
+                        else f"the inputs were never all within {cfg.rules.news2.freshness_s:g} s"
+                    ),
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    color="0.35",
+                )
         else:
             ts, values = data.series[vital]
             unit = VITALS.get(vital, ("",))[0]
@@ -195,9 +205,15 @@ def render(data: BedData, cfg: Config, conn: sqlite3.Connection | None = None) -
             for i, (device, (d_ts, d_values)) in enumerate(lines.items()):
                 few = len(d_ts) < 60  # spot measurements (NIBP, temperature): show each one
                 colour = LINE_COLOURS[i % len(LINE_COLOURS)]
-                (line,) = ax.plot(_time(d_ts), d_values, color=colour, lw=1.0,
-                                  label=f"{label} {device}" if len(lines) > 1 else label,
-                                  marker="o" if few else None, ms=4)  # fmt: skip
+                (line,) = ax.plot(
+                    _time(d_ts),
+                    d_values,
+                    color=colour,
+                    lw=1.0,
+                    label=f"{label} {device}" if len(lines) > 1 else label,
+                    marker="o" if few else None,
+                    ms=4,
+                )
                 drawn.append(line)
             if len(drawn) > 1:
                 ax.legend(handles=drawn, loc="upper left", fontsize="small")
@@ -256,8 +272,12 @@ def _limits(ax: object, tc: object) -> None:
 def on_axis(a: Alert) -> bool:
     """Whether the alert's ``value`` is in the unit of its vital's panel (a flapping
     alert's value is its count of changes, whatever its kind)."""
-    return (a.kind in VALUE_ON_AXIS and not a.rule.endswith(".flapping")
-            and a.value is not None and bool(np.isfinite(a.value)))  # fmt: skip
+    return (
+        a.kind in VALUE_ON_AXIS
+        and not a.rule.endswith(".flapping")
+        and a.value is not None
+        and bool(np.isfinite(a.value))
+    )
 
 
 def _on_line(a: Alert, lines: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
@@ -316,8 +336,9 @@ def _markers(
         return
     for priority in ("low", "medium", "high"):
         for resolved in (False, True):
-            pts = [a for a in alerts
-                   if a.priority == priority and (a.state == "resolved") == resolved]  # fmt: skip
+            pts = [
+                a for a in alerts if a.priority == priority and (a.state == "resolved") == resolved
+            ]
             if not pts:
                 continue
             x: list[float] = []
@@ -328,15 +349,27 @@ def _markers(
             colour = COLOURS[priority]
             when = mdates.date2num(_time(np.array(x)))  # type: ignore[no-untyped-call]
             ax.scatter(
-                when, y, s=60, marker="v" if not resolved else "o", zorder=5,
-                facecolors="none" if resolved else colour, edgecolors=colour,
+                when,
+                y,
+                s=60,
+                marker="v" if not resolved else "o",
+                zorder=5,
+                facecolors="none" if resolved else colour,
+                edgecolors=colour,
                 label=f"{priority} {'resolved' if resolved else 'alert'}",
-            )  # fmt: skip
+            )
             for a, at, value in zip(pts, when, y, strict=True):
                 text = trend_text(a, cfg)
                 if text is not None:
-                    ax.annotate(text, (at, value), xytext=(6, 6), textcoords="offset points",
-                                fontsize="small", color="0.2", zorder=6)  # fmt: skip
+                    ax.annotate(
+                        text,
+                        (at, value),
+                        xytext=(6, 6),
+                        textcoords="offset points",
+                        fontsize="small",
+                        color="0.2",
+                        zorder=6,
+                    )
 
 
 def write(fig: Figure, path: Path) -> None:

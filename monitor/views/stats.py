@@ -171,10 +171,16 @@ def compute(
         profile = profiles.get(assigned.get((w, b), "adult"))
         low, high = warn_limits(profile, v)
         stats = VitalStats(
-            ward=w, bed=b, vital=v, n=len(values), **describe(values), low=low, high=high,
+            ward=w,
+            bed=b,
+            vital=v,
+            n=len(values),
+            **describe(values),
+            low=low,
+            high=high,
             out_pct=out_of_range_pct(ts, values, low, high, max_gap),
             alerts=counts.get(key, dict.fromkeys(PRIORITIES, 0)),
-        )  # fmt: skip
+        )
         out.append(stats)
     return out
 
@@ -219,9 +225,27 @@ def _alert_counts(
 
 # ------------------------------------------------------------------------- output
 
-COLUMNS = ("ward", "bed", "vital", "n", "mean", "sd", "min", "p5", "p25", "median", "p75",
-           "p95", "max", "low", "high", "out_pct", "alerts_high", "alerts_medium",
-           "alerts_low")  # fmt: skip
+COLUMNS = (
+    "ward",
+    "bed",
+    "vital",
+    "n",
+    "mean",
+    "sd",
+    "min",
+    "p5",
+    "p25",
+    "median",
+    "p75",
+    "p95",
+    "max",
+    "low",
+    "high",
+    "out_pct",
+    "alerts_high",
+    "alerts_medium",
+    "alerts_low",
+)
 
 
 def _cell(v: object, digits: int = 1) -> str:
@@ -240,17 +264,43 @@ def _num(v: float | None) -> str:
 
 def table(stats: list[VitalStats]) -> str:
     """A terminal table: one row per bed and vital; ``out%`` and ``alerts h/m/l``."""
-    head = ["ward", "bed", "vital", "n", "mean", "sd", "min", "p5", "median", "p95", "max",
-            "range", "out%", "alerts h/m/l"]  # fmt: skip
+    head = [
+        "ward",
+        "bed",
+        "vital",
+        "n",
+        "mean",
+        "sd",
+        "min",
+        "p5",
+        "median",
+        "p95",
+        "max",
+        "range",
+        "out%",
+        "alerts h/m/l",
+    ]
     body = []
     for s in stats:
         rng = "-" if s.low is None and s.high is None else f"{_num(s.low)}..{_num(s.high)}"
-        body.append([
-            s.ward, s.bed, s.vital, str(s.n), _cell(s.mean), _cell(s.sd), _cell(s.min),
-            _cell(s.p5), _cell(s.median), _cell(s.p95), _cell(s.max),
-            rng, _cell(s.out_pct),
-            "/".join(str(s.alerts[p]) for p in PRIORITIES),
-        ])  # fmt: skip
+        body.append(
+            [
+                s.ward,
+                s.bed,
+                s.vital,
+                str(s.n),
+                _cell(s.mean),
+                _cell(s.sd),
+                _cell(s.min),
+                _cell(s.p5),
+                _cell(s.median),
+                _cell(s.p95),
+                _cell(s.max),
+                rng,
+                _cell(s.out_pct),
+                "/".join(str(s.alerts[p]) for p in PRIORITIES),
+            ]
+        )
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     lines = []
     for r in [head, ["-" * w for w in widths], *body]:

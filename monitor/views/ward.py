@@ -24,8 +24,16 @@ from monitor.sources.codecs import Limits, Origin, decode
 SEVERITY = {"high": 0, "medium": 1, "low": 2}
 #: How far back a trend arrow looks (event time), and the change it needs per vital.
 TREND_S = 60.0
-TREND_STEP = {"hr": 5.0, "spo2": 2.0, "rr": 3.0, "sbp": 10.0, "dbp": 8.0, "map": 8.0,
-              "temp": 0.3, "etco2": 4.0}  # fmt: skip
+TREND_STEP = {
+    "hr": 5.0,
+    "spo2": 2.0,
+    "rr": 3.0,
+    "sbp": 10.0,
+    "dbp": 8.0,
+    "map": 8.0,
+    "temp": 0.3,
+    "etco2": 4.0,
+}
 SHOWN = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "etco2")
 #: The detail pane's recent values: RECENT_BUCKETS means of BUCKET_S each (10 min).
 BUCKET_S = 30.0

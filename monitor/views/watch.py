@@ -42,8 +42,11 @@ from monitor.mqtt import Client, Message
 from monitor.sources.commands import ACK_TOPIC, PAUSE_TOPIC
 from monitor.views.ward import BUCKET_S, SHOWN, BedView, Ward
 
-PRIORITY_STYLE = {"high": "bold white on red", "medium": "bold black on yellow",
-                  "low": "bold black on cyan"}  # fmt: skip
+PRIORITY_STYLE = {
+    "high": "bold white on red",
+    "medium": "bold black on yellow",
+    "low": "bold black on cyan",
+}
 TECHNICAL_STYLE = "bold magenta"
 #: The narrowest tile: three across in the 78 columns 80 leave beside the scrollbar.
 TILE_W = 25
@@ -118,8 +121,10 @@ def tile_lines(b: BedView, selected: bool, width: int = TILE_W) -> list[Text]:
     score = b.news2.get("news2") if b.news2 else None
     name_w = max(0, width - NEWS2_W)
     name = bed_name(b.ward, b.bed, name_w)
-    head = Text(name + " " * max(0, name_w - cell_len(name)),  # (cells: wide characters)
-                style="reverse" if selected else "bold")  # fmt: skip
+    head = Text(
+        name + " " * max(0, name_w - cell_len(name)),  # (cells: wide characters)
+        style="reverse" if selected else "bold",
+    )
     label = f" NEWS2 {score if score is not None else '-'}"
     head.append(label.ljust(NEWS2_W), style=news2_style(score if isinstance(score, int) else None))
     vitals = ""
@@ -138,8 +143,9 @@ def tile_lines(b: BedView, selected: bool, width: int = TILE_W) -> list[Text]:
         more = f" +{len(clinical) - 1}" if len(clinical) > 1 else ""
         # the count of further alerts stays when the rule's name is cut
         room = max(0, width - cell_len(more))
-        text = _cut(_printable(f"{mark}{str(a.get('priority', '')).upper()} {a.get('rule', '')}"),
-                    room)  # fmt: skip
+        text = _cut(
+            _printable(f"{mark}{str(a.get('priority', '')).upper()} {a.get('rule', '')}"), room
+        )
         alert = Text(text + more, style=PRIORITY_STYLE.get(str(a.get("priority")), ""))
     elif technical:
         alert = Text(_printable(f"⚙ {technical[0].get('rule', '')}"), style=TECHNICAL_STYLE)
@@ -158,8 +164,10 @@ def grid(beds: list[BedView], selected: int, width: int) -> Text:
     per_row, tile_w = layout(width)
     lines: list[Text] = []
     for start in range(0, len(beds), per_row):
-        row = [tile_lines(b, start + i == selected, tile_w)
-               for i, b in enumerate(beds[start : start + per_row])]  # fmt: skip
+        row = [
+            tile_lines(b, start + i == selected, tile_w)
+            for i, b in enumerate(beds[start : start + per_row])
+        ]
         for n in range(TILE_H):
             lines.append(Text(" ").join(t[n] for t in row))
     return Text("\n", no_wrap=True, overflow="crop").join(lines)
@@ -358,8 +366,9 @@ class WatchApp(App[None]):
         top = (self.selected // self._per_row()) * TILE_H
         height = scroller.scrollable_content_region.height
         if height and not scroller.scroll_y <= top <= scroller.scroll_y + height - TILE_H:
-            scroller.scroll_to(y=max(0, top - height + TILE_H) if top > scroller.scroll_y else top,
-                               animate=False)  # fmt: skip
+            scroller.scroll_to(
+                y=max(0, top - height + TILE_H) if top > scroller.scroll_y else top, animate=False
+            )
 
     def action_move(self, step: int) -> None:
         """The bed ``step`` tiles on, wrapping around the ward."""
@@ -400,15 +409,21 @@ class WatchApp(App[None]):
 
     def action_ack(self) -> None:
         b = self.current()
-        open_ = [a for a in (b.clinical() + b.technical() if b else [])
-                 if a.get("state") != "acknowledged"]  # fmt: skip
+        open_ = [
+            a
+            for a in (b.clinical() + b.technical() if b else [])
+            if a.get("state") != "acknowledged"
+        ]
         if b is None or not open_:
             self.status = "nothing to acknowledge on this bed"
             self._refresh(force=True)
             return
         a = open_[0]
-        self._command(ACK_TOPIC, {"id": a["id"], "by": self.operator},
-                      f"acknowledge sent for {a.get('rule')} on {b.ward}/{b.bed}")  # fmt: skip
+        self._command(
+            ACK_TOPIC,
+            {"id": a["id"], "by": self.operator},
+            f"acknowledge sent for {a.get('rule')} on {b.ward}/{b.bed}",
+        )
 
     def action_pause(self) -> None:
         b = self.current()

@@ -574,8 +574,9 @@ class _Unescapes:
         return True
 
     def __contains__(self, seq: object) -> bool:
-        return isinstance(seq, str) and seq not in _LIB_ESCAPES and _LIB_COUNTED.fullmatch(
-            seq) is None  # fmt: skip
+        return (
+            isinstance(seq, str) and seq not in _LIB_ESCAPES and _LIB_COUNTED.fullmatch(seq) is None
+        )
 
     def __getitem__(self, seq: str) -> str:
         if seq[:1] == "X" and _HEX.fullmatch(seq[1:]):
@@ -588,8 +589,9 @@ class _Unescapes:
 
 
 #: Escape sequences python-hl7 unescapes well by itself.
-_LIB_ESCAPES: Final = frozenset({"F", "S", "T", "R", "E", ".br", ".sp", ".fi", ".nf", ".in",
-                                 ".ti", ".sk", ".ce"})  # fmt: skip
+_LIB_ESCAPES: Final = frozenset(
+    {"F", "S", "T", "R", "E", ".br", ".sp", ".fi", ".nf", ".in", ".ti", ".sk", ".ce"}
+)
 _LIB_COUNTED: Final = re.compile(r"\.(?:sp|in|ti|sk) ?[+-]?[0-9]{1,3}")
 _HEX: Final = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 
@@ -738,8 +740,9 @@ class Hl7Parser:
                     if msg.value(seg, 11).strip().upper() not in _IGNORED_STATUS:
                         out.unmapped[_code_text(code)] += 1  # not a vital vitalmon knows
                     continue
-                obs = self._obx(msg, seg, target, device, ctx, fallback, use_message_time, out,
-                                frame)  # fmt: skip
+                obs = self._obx(
+                    msg, seg, target, device, ctx, fallback, use_message_time, out, frame
+                )
                 if obs is not None:
                     observations.append(obs)
                     times.append(obs.ts)
@@ -797,8 +800,7 @@ class Hl7Parser:
                 current.source = mnemonic or _clip(_label(code))
             fallback = (obr_ts, msh_ts)
             device = self._device(msg, seg, place.device)
-            obs = self._obx(msg, seg, target, device, ctx, fallback, use_message_time, out,
-                            frame)  # fmt: skip
+            obs = self._obx(msg, seg, target, device, ctx, fallback, use_message_time, out, frame)
             if obs is not None:
                 observations.append(obs)
         self._collect(observations, place, out, frame)
@@ -811,8 +813,9 @@ class Hl7Parser:
                 self._bad_ts(f"OBX {alarm.source}", ts, ctx, out, frame)
                 continue
             device = self._device(msg, g.seg, place.device)
-            report = DeviceAlarmReport(ts, place.ward, place.bed, device, (alarm,),
-                                       place.patient, complete=False)  # fmt: skip
+            report = DeviceAlarmReport(
+                ts, place.ward, place.bed, device, (alarm,), place.patient, complete=False
+            )
             out.device_alarms.append(report)
 
     def _when(
@@ -833,8 +836,7 @@ class Hl7Parser:
             return ctx.now, False
         return ts, ts - ctx.now > ctx.max_skew_s or ts < _MIN_TS
 
-    def _bad_ts(self, what: str, ts: float, ctx: DeviceContext, out: Parsed,
-                frame: bytes) -> None:  # fmt: skip
+    def _bad_ts(self, what: str, ts: float, ctx: DeviceContext, out: Parsed, frame: bytes) -> None:
         out.reject(
             "bad_ts",
             f"{what}: message time is {ts - ctx.now:+.0f} s from the receive"
@@ -903,8 +905,16 @@ class Hl7Parser:
             first = seen.get(key)
             if first is None:
                 seen[key] = obs.value
-                reading = Reading(obs.ts, place.ward, place.bed, obs.device, obs.vital,
-                                  obs.value, place.patient, obs.mode)  # fmt: skip
+                reading = Reading(
+                    obs.ts,
+                    place.ward,
+                    place.bed,
+                    obs.device,
+                    obs.vital,
+                    obs.value,
+                    place.patient,
+                    obs.mode,
+                )
                 out.readings.append(reading)
             elif first != obs.value:
                 out.reject(
@@ -1076,8 +1086,7 @@ _ENDED_PHASES: Final = frozenset({"end", "stop", "reset", "inactivate"})
 
 def _mnemonic(components: list[str]) -> str:
     """The first MDC mnemonic among components (upper case), or ""."""
-    return next((c.strip().upper() for c in components if c.strip().upper().startswith("MDC_")),
-                "")  # fmt: skip
+    return next((c.strip().upper() for c in components if c.strip().upper().startswith("MDC_")), "")
 
 
 def _coded(msg: _Msg, seg: _Seg) -> str:
@@ -1106,14 +1115,14 @@ def _pcd04_alarm(msg: _Msg, g: _Pcd04) -> DeviceAlarm | None:
     flags = [f.strip().upper() for f in msg.firsts(g.seg, 8)]
     flags.append(g.attrs.get("MDC_ATTR_ALARM_PRIORITY", "").upper())
     flags.append(g.attrs.get("MDC_ATTR_ALERT_TYPE", "").upper())
-    priority = next((PCD04_PRIORITIES[f] for f in flags if f in PCD04_PRIORITIES),
-                    Priority.MEDIUM)  # fmt: skip
+    priority = next((PCD04_PRIORITIES[f] for f in flags if f in PCD04_PRIORITIES), Priority.MEDIUM)
     kind_flag = next((f for f in flags if f in _ALERT_TYPES), "SP")
     kind = "technical" if kind_flag == _TECHNICAL_TYPE else "device"
     state = g.attrs.get("MDC_ATTR_ALARM_STATE", "").lower()
     phase = (g.attrs.get("MDC_ATTR_EVENT_PHASE") or g.attrs.get("MDC_ATTR_EVT_PHASE", "")).lower()
-    active = state in _ACTIVE_STATES or (state not in _INACTIVE_STATES
-                                         and phase not in _ENDED_PHASES)  # fmt: skip
+    active = state in _ACTIVE_STATES or (
+        state not in _INACTIVE_STATES and phase not in _ENDED_PHASES
+    )
     said = alarm_key(text)
     key = f"{event} {source or said}" if (source or said) not in ("", event) else event
     return DeviceAlarm(_clip(key, 120), priority, kind, text, event, active)

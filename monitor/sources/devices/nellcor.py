@@ -72,8 +72,7 @@ STATUS_FLAGS: Final[dict[str, frozenset[str]]] = {
     "SO": frozenset({"sensor_off"}),
 }
 
-MONTHS: Final = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN",
-                 "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")  # fmt: skip
+MONTHS: Final = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 #: The value columns, in order: (heading, vital or None when ignored).
 COLUMNS: Final = (("%SPO2", "spo2"), ("BPM", "hr"), ("PA", None))

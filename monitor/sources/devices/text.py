@@ -44,8 +44,9 @@ DEVICE_CAUSES: Final[dict[str, str]] = {
 }
 
 _NUMBER: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_NON_FINITE: Final = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity",
-                                "+infinity", "-infinity"})  # fmt: skip
+_NON_FINITE: Final = frozenset(
+    {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+)
 _BOOLS: Final = {"true": True, "false": False}
 
 
