@@ -393,6 +393,60 @@ def test_unknown_store_type():
     assert "sqlite" in errs[0]
 
 
+def test_unknown_types_name_every_known_one():
+    assert errors_of({"sources": [{"type": "modbus"}], "store": {"type": "postgres"}}) == [
+        "sources[0]: Input tag 'modbus' found using 'type' does not match any of the "
+        "expected tags: 'mqtt', 'serial', 'hl7-mllp'",
+        "store[0]: Input tag 'postgres' found using 'type' does not match any of the "
+        "expected tags: 'sqlite', 'influxdb'",
+    ]
+
+
+def test_every_source_and_remote_sink_type_is_built_by_its_module():
+    """Each ``type`` of ``sources[]`` and of a remote ``store`` item names the module
+    that registers its factory (the daemon builds them from the registries)."""
+    from monitor.config.paths import schemas
+    from monitor.config.sinks import StoreConfig
+    from monitor.config.sources import SourceConfig
+    from monitor.sinks import REMOTE_SINKS
+    from monitor.sources import SOURCES
+
+    for tag, schema in schemas(SourceConfig).items():
+        assert callable(SOURCES.factory(tag, schema.implementation)), tag
+    for tag, schema in schemas(StoreConfig).items():
+        if tag != "sqlite":  # the journal itself, built first
+            assert callable(REMOTE_SINKS.factory(tag, schema.implementation)), tag
+
+
+def test_files_to_read_and_time_zones_are_checked_where_they_are_given():
+    gone = "/nonexistent/vitalmon-secret"
+    errs = errors_of(
+        {
+            "mqtt": {"password_file": gone, "tls": {"ca_file": gone}},
+            "sources": [
+                {
+                    "type": "serial",
+                    "port": "/dev/x",
+                    "format": "csv",
+                    "bed": "1",
+                    "timezone": "X/Y",
+                },
+                {"type": "hl7-mllp", "timezone": "Mars/Olympus"},
+            ],
+            "store": [{"type": "influxdb", "url": "http://db", "bucket": "b", "token_file": gone}],
+            "privacy": {"key_file": gone},
+        }
+    )
+    assert errs == [
+        f"mqtt.password_file: cannot read password file {gone!r}",
+        f"mqtt.tls.ca_file: cannot read {gone!r}",
+        "sources[0].timezone: unknown time zone 'X/Y' (an IANA name: Europe/Paris)",
+        "sources[1].timezone: unknown time zone 'Mars/Olympus' (an IANA name: Europe/Paris)",
+        f"store[0].token_file: cannot read {gone!r}",
+        f"privacy.key_file: cannot read {gone!r}",
+    ]
+
+
 # -------------------------------------------------------------------------- rules
 
 

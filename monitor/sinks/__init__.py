@@ -14,15 +14,22 @@ Contract of a sink (see :class:`Sink`):
   everything accepted has been written.
 
 Remote sinks (InfluxDB) are not written by the engine: they forward from the journal,
-each from its own durable cursor (:mod:`monitor.sinks.forward`).
+each from its own durable cursor (:mod:`monitor.sinks.forward`). Each kind registers
+the factory of its forwarder under its config ``type`` (:func:`register_remote_sink`);
+the daemon builds them with :func:`build_remote_sink`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from monitor.model import AlertEvent, Reading
+from monitor.registry import Registry
+
+if TYPE_CHECKING:
+    from monitor.sinks.forward import Forwarder
+    from monitor.sinks.sqlite import SqliteSink
 
 
 class Sink(Protocol):
@@ -42,4 +49,10 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["Sink"]
+#: ``store[].type`` of a remote sink -> factory of its forwarder from the journal (the
+#: sqlite store, built first: it is the journal).
+REMOTE_SINKS: Registry[SqliteSink, Forwarder] = Registry("remote sink")
+register_remote_sink = REMOTE_SINKS.register
+build_remote_sink = REMOTE_SINKS.build
+
+__all__ = ["REMOTE_SINKS", "Sink", "build_remote_sink", "register_remote_sink"]

@@ -29,7 +29,9 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from monitor.config import InfluxStoreConfig, read_secret
 from monitor.model import AlertEvent, json_number
-from monitor.sinks.forward import Row
+from monitor.sinks import register_remote_sink
+from monitor.sinks.forward import Forwarder, Row
+from monitor.sinks.sqlite import SqliteSink
 
 log = logging.getLogger("vitalmon.sink.influx")
 
@@ -127,3 +129,18 @@ class InfluxRemote:
     def close(self) -> None:
         self.write_api.close()  # type: ignore[no-untyped-call]
         self.client.close()  # type: ignore[no-untyped-call]
+
+
+@register_remote_sink(InfluxStoreConfig)
+def _build(cfg: InfluxStoreConfig, journal: SqliteSink) -> Forwarder:
+    """Forwards from the journal to the InfluxDB ``cfg`` names, from a durable cursor."""
+    return Forwarder(
+        cfg.sink_name,
+        journal,
+        InfluxRemote(cfg),
+        batch_size=cfg.batch_size,
+        start_from=cfg.start_from,
+        retry_min_s=cfg.retry_min_s,
+        retry_max_s=cfg.retry_max_s,
+        flush_interval_s=cfg.flush_interval_s,
+    )

@@ -1,4 +1,4 @@
-"""Sources: where readings come from (MQTT today; serial and HL7 later).
+"""Sources: where readings come from (MQTT, serial devices, HL7 over MLLP).
 
 Contract of a source (see :class:`Source`):
 
@@ -10,14 +10,21 @@ Contract of a source (see :class:`Source`):
 * ``stop()`` is called before the engine and sinks are stopped. Afterwards the source
   emits nothing more; ``run`` returns once what it already took in has been emitted.
   Input it did not take in stays with its origin (MQTT: unacknowledged, redelivered).
+
+Each kind of source registers its factory under its config ``type``
+(:func:`register_source`); the daemon builds ``sources[]`` with :func:`build_source`.
+What a source can do beyond the contract, the daemon asks by capability (``Startup``,
+``Shadowed``, ``LinkCounted``, ``Measured``, ``HasUnmapped``), never by its class.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from monitor.config import RulesConfig
 from monitor.model import (
     AlertEvent,
     BedCommand,
@@ -26,6 +33,12 @@ from monitor.model import (
     Reading,
     Rejection,
 )
+from monitor.registry import Registry
+
+if TYPE_CHECKING:
+    from monitor.metrics import Sample
+    from monitor.mqtt import Client
+    from monitor.sources.unmapped import Unmapped
 
 
 @dataclass(slots=True)
@@ -73,4 +86,79 @@ class Source(Protocol):
     def stop(self) -> None: ...
 
 
-__all__ = ["Batch", "Emit", "Reject", "Source"]
+# ------------------------------------------------------------------- capabilities
+
+
+@runtime_checkable
+class Startup(Protocol):
+    """Checks made before anything starts (a serial port that must be there): raises
+    when the daemon must not start."""
+
+    def check(self) -> None: ...
+
+
+@runtime_checkable
+class Shadowed(Protocol):
+    """Takes QoS 0 copies from a second connection while the store refuses commits
+    (the degraded mode, :mod:`monitor.degraded`); None ends it."""
+
+    def shadow(self, client: Client | None) -> None: ...
+
+
+@runtime_checkable
+class LinkCounted(Protocol):
+    """Counts its device link (frames, losses, refusals by cause): in the summary."""
+
+    name: str
+    counts: Counter[str]
+
+
+@runtime_checkable
+class Measured(Protocol):
+    """Has samples of its own for ``/metrics`` (a serial port open or not)."""
+
+    def samples(self) -> list[Sample]: ...
+
+
+@runtime_checkable
+class HasUnmapped(Protocol):
+    """Counts observations that map to no vital (HL7), summed over the sources."""
+
+    unmapped: Unmapped
+
+
+# ----------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What the daemon shares with the sources it builds."""
+
+    rules: RulesConfig
+    #: The broker connection (MQTT sources subscribe on it).
+    client: Client
+    #: ``(ward, bed, device)`` whose link a source watches itself (device.disconnected,
+    #: device.silent): ``device.stale`` leaves it alone.
+    watch_elsewhere: Callable[[str, str, str], None]
+
+
+#: ``sources[].type`` -> factory; each source module registers its own.
+SOURCES: Registry[SourceContext, Source] = Registry("source")
+register_source = SOURCES.register
+build_source = SOURCES.build
+
+__all__ = [
+    "SOURCES",
+    "Batch",
+    "Emit",
+    "HasUnmapped",
+    "LinkCounted",
+    "Measured",
+    "Reject",
+    "Shadowed",
+    "Source",
+    "SourceContext",
+    "Startup",
+    "build_source",
+    "register_source",
+]

@@ -73,7 +73,7 @@ from functools import partial
 
 from monitor.config import Hl7MllpSourceConfig
 from monitor.model import Rejection
-from monitor.sources import Batch, Emit, Reject
+from monitor.sources import Batch, Emit, Reject, SourceContext, register_source
 from monitor.sources.devices import (
     Clock,
     DeviceContext,
@@ -490,6 +490,11 @@ class _PeerLog:
                 self._last.clear()
         self._last[key] = (now, 0)
         return last[1] if last is not None else 0
+
+
+@register_source(Hl7MllpSourceConfig)
+def _build(cfg: Hl7MllpSourceConfig, ctx: SourceContext) -> Hl7MllpSource:
+    return Hl7MllpSource(cfg)
 
 
 def _summary(counts: Counter[str]) -> str:

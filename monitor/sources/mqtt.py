@@ -32,7 +32,7 @@ from functools import partial
 from monitor.config import DEFAULT_ALIASES, MqttSourceConfig, RulesConfig, parse_topic_template
 from monitor.model import DeviceStatus, Reading, Rejection
 from monitor.mqtt import Client, Message
-from monitor.sources import Batch, Emit, Reject
+from monitor.sources import Batch, Emit, Reject, SourceContext, register_source
 from monitor.sources.codecs import Limits, Origin, decode
 
 log = logging.getLogger("vitalmon.source.mqtt")
@@ -256,6 +256,11 @@ class MqttSource:
         while unacked and unacked[0].done:
             ready.append(unacked.popleft().msg)
         self._client.ack_many(ready)
+
+
+@register_source(MqttSourceConfig)
+def _build(cfg: MqttSourceConfig, ctx: SourceContext) -> MqttSource:
+    return MqttSource(cfg, ctx.rules, ctx.client)
 
 
 @dataclass(slots=True)

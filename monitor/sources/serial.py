@@ -39,8 +39,9 @@ import serial
 import serial_asyncio_fast
 
 from monitor.config import SerialSourceConfig
+from monitor.metrics import Sample, sample
 from monitor.model import DeviceAlarmReport, DeviceStatus, Reading, Rejection
-from monitor.sources import Batch, Emit, Reject
+from monitor.sources import Batch, Emit, Reject, SourceContext, register_source
 from monitor.sources.devices import (
     FORMATS,
     DeviceContext,
@@ -88,6 +89,11 @@ class SerialSource:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def samples(self) -> list[Sample]:
+        """``/metrics``: whether the port is open."""
+        is_open = 1 if self.connected.is_set() else 0
+        return [sample("vitalmon_serial_port_open", is_open, port=self.cfg.port)]
 
     # --------------------------------------------------------------------- run
 
@@ -265,6 +271,13 @@ class SerialSource:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+@register_source(SerialSourceConfig)
+def _build(cfg: SerialSourceConfig, ctx: SourceContext) -> SerialSource:
+    source = SerialSource(cfg, ctx.rules.stale_after_s)
+    ctx.watch_elsewhere(cfg.ward, cfg.bed, source.device)  # its own link alarms
+    return source
 
 
 def _reason(exc: BaseException) -> str:
