@@ -18,6 +18,7 @@ It also counts the payloads that took the reference path inside ours: 0 for all 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -91,8 +92,8 @@ def main() -> None:
         ours: list[float] = []
         base: list[float] = []
         for _ in range(repeat):
-            best_rate(lambda p=payload: decode(p, ORIGIN, NOW, LIMITS), number, ours)
-            best_rate(lambda p=payload: decode_stdlib(p, ORIGIN, NOW, LIMITS), number, base)
+            best_rate(functools.partial(decode, payload, ORIGIN, NOW, LIMITS), number, ours)
+            best_rate(functools.partial(decode_stdlib, payload, ORIGIN, NOW, LIMITS), number, base)
         o, b = max(ours), max(base)
         results.append(
             {

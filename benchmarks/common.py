@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -34,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,11 @@ ROOT = HERE.parent
 # that may point at another checkout. The daemon runs with `-m` from ROOT for the same.
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+from monitor import broker as mosquitto  # noqa: E402  (after the sys.path insert)
+from monitor.broker import free_port  # noqa: E402
+from monitor.config import RulesConfig  # noqa: E402
+
+MOSQUITTO = mosquitto.find_mosquitto() or "/usr/sbin/mosquitto"
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 
 #: vital -> (mean, standard deviation, decimals): an adult ward, never beyond a limit
@@ -70,12 +76,6 @@ def normal_value(rng: random.Random, vital: str) -> float:
     return int(x) if decimals == 0 else x
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
     """Poll ``pred`` until it returns something truthy; RuntimeError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -88,56 +88,35 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 
         time.sleep(every)
 
 
-def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> int | None:
-    """SIGTERM, then SIGKILL after ``timeout``; -> exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+#: SIGTERM, then SIGKILL after a timeout -> exit code (``monitor.broker.stop``).
+stop_process = mosquitto.stop
 
 
 # ------------------------------------------------------------------------ broker
 
 
 class Broker:
-    """A fresh mosquitto on a free loopback port, in ``workdir``."""
+    """A fresh mosquitto on a free loopback port, in ``workdir`` (the launcher is
+    :mod:`monitor.broker`, which the tests use too)."""
 
     def __init__(self, workdir: Path) -> None:
-        if not Path(MOSQUITTO).exists():
-            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = mosquitto.spawn(
+            self.conf,
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "set_tcp_nodelay true\n"  # README: without it QoS 1 delivery caps at ~1,150 msg/s
             "max_queued_messages 10000000\n"  # a slow subscriber's backlog is kept, not dropped
             "max_inflight_messages 1000\n"  # README's recommendation (3.1.1 subscribers)
-            "persistence false\n"
+            "persistence false\n",
+            self.log,
+            MOSQUITTO,
         )
-        self.log = workdir / "mosquitto.log"
-        with self.log.open("ab") as log:
-            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_for(self._accepting, 10, f"mosquitto on port {self.port}")
-
-    def _accepting(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {self.log.read_text(errors='replace')}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        mosquitto.wait_accepting(self.proc, self.port, 10, self.log)
 
     @property
     def pid(self) -> int:
@@ -145,7 +124,7 @@ class Broker:
         return self.proc.pid
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        mosquitto.stop(self.proc)
         self.proc = None
 
     def __enter__(self) -> Broker:
@@ -159,10 +138,16 @@ class Broker:
 
 
 def daemon_config(
-    workdir: Path, broker_port: int, metrics_port: int, client_id: str, rules: str = ""
+    workdir: Path,
+    broker_port: int,
+    metrics_port: int,
+    client_id: str,
+    rules: str = "",
+    synchronous: str = "normal",
 ) -> Path:
-    """A daemon config: one MQTT source, SQLite in ``workdir``, metrics on loopback.
-    ``rules`` is YAML appended under ``rules:`` (indented by two spaces)."""
+    """A daemon config: one MQTT source, SQLite in ``workdir`` (``store.synchronous``:
+    normal or full), metrics on loopback. ``rules`` is YAML appended under ``rules:``
+    (indented by two spaces)."""
     path = workdir / f"{client_id}.yaml"
     path.write_text(
         f"""mqtt:
@@ -176,6 +161,7 @@ sources:
 store:
   type: sqlite
   path: {workdir / (client_id + ".db")}
+  synchronous: {synchronous}
 alerts:
   topic: "alerts/{{ward}}/{{bed}}"
   qos: 1
@@ -197,11 +183,20 @@ class Daemon:
     """``python -m monitor run -c CFG`` as a subprocess (log level warning)."""
 
     def __init__(
-        self, workdir: Path, broker_port: int, client_id: str = "vitalmon-bench", rules: str = ""
+        self,
+        workdir: Path,
+        broker_port: int,
+        client_id: str = "vitalmon-bench",
+        rules: str = "",
+        synchronous: str = "normal",
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.metrics_port = free_port()
-        self.config = daemon_config(workdir, broker_port, self.metrics_port, client_id, rules)
+        self.client_id = client_id
+        self.synchronous = synchronous
+        self.config = daemon_config(
+            workdir, broker_port, self.metrics_port, client_id, rules, synchronous
+        )
         self.db = workdir / f"{client_id}.db"
         self.logfile = workdir / f"{client_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -530,6 +525,238 @@ class Load:
         return self.proc.stdout.read().strip()
 
 
+# ------------------------------------------------------------------------ fill
+
+
+def default_fill_s(rules: RulesConfig | None = None) -> float:
+    """The event time of history the rules need (the default rules': 4 h 5 min, the
+    baseline rules' ``recent_s + baseline_s``; see ``TrendConfig.needs_s``)."""
+    rules = rules or RulesConfig()
+    return max(rules.window_s, rules.trends.needs_s())
+
+
+def vital_needs(vitals: Sequence[str], rules: RulesConfig | None = None) -> dict[str, float]:
+    """vital -> event time its window spans under ``rules`` (default: the default rules):
+    ``rules.window_s`` or, longer, what its trend rules read."""
+    rules = rules or RulesConfig()
+    return {v: max(rules.window_s, rules.trends.needs_s(v)) for v in vitals}
+
+
+def fill_options(p: argparse.ArgumentParser, step: float, what: str = "") -> None:
+    """``--fill-s`` and ``--fill-step`` (see :func:`fill`)."""
+    p.add_argument(
+        "--fill-s",
+        type=float,
+        default=None,
+        help="event time fed fast to every bed before measuring, so that the windows "
+        f"are full (default: what the default rules need, {default_fill_s():g} s; "
+        "0: no fill, the old behaviour)" + what,
+    )
+    p.add_argument(
+        "--fill-step",
+        type=float,
+        default=step,
+        help=f"seconds of event time between a series' fill readings (default {step:g})",
+    )
+
+
+class Fill:
+    """Steady state before measuring: every bed's series fed ``span_s`` of event time,
+    fast, so that each window is as full as the rules keep it.
+
+    Event time runs from ``until() - span_s`` to ``until()`` (re-read after each chunk:
+    with ``until = lambda: time.time() - 2`` the fill chases the wall clock and ends
+    2 s behind it, so live readings follow without a gap). A vital is fed only as far
+    back as its window reaches (:func:`vital_needs`: 4 h 5 min for hr, spo2, rr and sbp,
+    10 min for dbp and map). One reading every ``step_s`` per series. Each message is
+    one bed's JSON array of ``per_message`` objects (like a device sending its backlog),
+    sent by ``pub``; never more than ``max_pending`` readings wait in the daemon
+    (``handled()``: readings it has committed or refused so far), so it holds no backlog
+    (whose high-water mark would stay in its RSS)."""
+
+    def __init__(
+        self,
+        span_s: float,
+        step_s: float = 1.0,
+        vitals: Sequence[str] = SIX,
+        ward: str = "icu",
+        per_message: int = 60,
+        max_pending: int = 20_000,
+        rules: RulesConfig | None = None,
+    ) -> None:
+        if step_s <= 0:
+            raise ValueError("the fill step must be positive")
+        self.span_s, self.step_s, self.vitals, self.ward = span_s, step_s, tuple(vitals), ward
+        self.per_message, self.max_pending = per_message, max_pending
+        self.needs = vital_needs(self.vitals, rules)
+        rng = random.Random(11)
+        #: pre-drawn normal values, as JSON text per vital
+        self._pool = {
+            v: [json.dumps(normal_value(rng, v)) for _ in range(997)] for v in self.vitals
+        }
+
+    def _object(self, ts: float, end: float, k: int) -> str | None:
+        """The JSON object of one bed at ``ts``: the vitals whose window reaches back to
+        it (None: none does)."""
+        parts = [f'"ts":{ts!r}']
+        for v in self.vitals:
+            if ts >= end - self.needs[v]:
+                pool = self._pool[v]
+                parts.append(f'"{v}":{pool[k % len(pool)]}')
+        return "{" + ",".join(parts) + "}" if len(parts) > 1 else None
+
+    @staticmethod
+    def _taken(handled: Callable[[], int], n: int) -> bool:
+        return handled() >= n
+
+    def run(
+        self,
+        pub: RawPublisher,
+        beds: Sequence[str],
+        handled: Callable[[], int],
+        until: Callable[[], float],
+        progress: Callable[[float], None] | None = None,
+    ) -> dict[str, Any]:
+        """Feed every bed of ``beds`` -> what was fed and how long it took.
+        ``progress(event_seconds_fed)`` is called after each chunk."""
+        out: dict[str, Any] = {"span_s": self.span_s, "step_s": self.step_s, "beds": len(beds)}
+        if self.span_s <= 0 or not beds:
+            return {**out, "readings": 0, "messages": 0, "seconds": 0.0, "readings_per_s": 0.0}
+        topics = [(f"vitals/{self.ward}/{b}/mon1", i * 7919) for i, b in enumerate(beds)]
+        h0 = handled()
+        start = float(math.floor(until() - self.span_s))
+        t = start
+        sent = messages = 0
+        mid = 0
+        t0 = time.perf_counter()
+        while True:
+            end = until()
+            if t > end:
+                break
+            stamps: list[float] = []
+            while t <= end and len(stamps) < self.per_message:
+                stamps.append(t)
+                t += self.step_s
+            per_bed = 0
+            packets = []
+            for topic, k0 in topics:
+                objs = [o for ts in stamps if (o := self._object(ts, end, k0 + int(ts)))]
+                if not objs:
+                    continue
+                per_bed = sum(o.count(":") - 1 for o in objs)
+                mid = mid % 65535 + 1
+                packets.append(publish_packet(topic, ("[" + ",".join(objs) + "]").encode(), mid))
+            for i in range(0, len(packets), 50):
+                part = packets[i : i + 50]
+                pub.send(part)
+                sent += per_bed * len(part)
+                wait_for(
+                    partial(self._taken, handled, h0 + sent - self.max_pending),
+                    600,
+                    "the daemon to take in the fill",
+                    every=0.05,
+                )
+            messages += len(packets)
+            if progress is not None:
+                progress(t - start)
+        wait_for(partial(self._taken, handled, h0 + sent), 600, "the fill committed", every=0.05)
+        seconds = time.perf_counter() - t0
+        return {
+            **out,
+            "event_s": t - start,
+            "start_ts": start,
+            "end_ts": t - self.step_s,
+            "readings": sent,
+            "messages": messages,
+            "seconds": seconds,
+            "readings_per_s": sent / seconds if seconds else 0.0,
+        }
+
+
+def fill_line(f: dict[str, Any] | None) -> str:
+    """A fill's description for the report."""
+    if not f or not f.get("readings"):
+        return "fill: none (--fill-s 0): windows grow from empty while measured"
+    return (
+        f"fill: {f['beds']:,} beds, {f['span_s'] / 3600:.2f} h of event time, a reading every "
+        f"{f['step_s']:g} s per series (each vital only as far back as its window reaches), "
+        f"{f['readings']:,} readings in {f['seconds']:.0f} s ({f['readings_per_s']:,.0f}/s), "
+        "ending 2 s behind the clock, then measured"
+    )
+
+
+def forget_session(port: int, client_id: str) -> None:
+    """Drop a stopped daemon's persistent session, so the broker stops queueing the next
+    runs' messages for it (a clean-session connect with its client id discards it)."""
+    RawPublisher(port, client_id).close()
+
+
+# ------------------------------------------------------------------------ targets
+
+
+def target(
+    name: str, goal: float, measured: float | None, unit: str, at_least: bool = True
+) -> dict[str, Any]:
+    """One of the issue's targets next to what was measured. ``ratio``: how far toward
+    it (measured / goal for an "at least", goal / measured for an "at most"), >= 1: met."""
+    if measured is None:
+        ratio = None
+    elif at_least:
+        ratio = measured / goal if goal else math.inf
+    else:
+        ratio = goal / measured if measured > 0 else math.inf
+    return {
+        "target": name,
+        "goal": goal,
+        "measured": measured,
+        "unit": unit,
+        "at_least": at_least,
+        "ratio": ratio,
+        "met": ratio is not None and ratio >= 1,
+    }
+
+
+def _num(x: float | None, unit: str) -> str:
+    if x is None:
+        return "-"
+    if x == math.inf:
+        return "inf"
+    if abs(x) >= 100:
+        text = f"{x:,.0f}"
+    elif abs(x) >= 10:
+        text = f"{x:.1f}"
+    else:
+        text = f"{x:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def _ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    return "inf" if r == math.inf else f"{r:.2f}x"
+
+
+def targets_table(targets: Sequence[dict[str, Any]]) -> str:
+    """The targets: goal, measured, ratio (>= 1.00x: met)."""
+    if not targets:
+        return "targets: none measured in this run"
+    rows = [
+        [
+            t["target"],
+            ("<= " if not t["at_least"] else ">= ") + _num(t["goal"], t["unit"]),
+            _num(t["measured"], t["unit"]),
+            "-"
+            if t["ratio"] is None
+            else ("inf" if t["ratio"] == math.inf else f"{t['ratio']:.2f}x"),
+            "yes" if t["met"] else "NO",
+        ]
+        for t in targets
+    ]
+    return "targets (issue 16; ratio >= 1.00x: met):\n" + table(
+        ["target", "goal", "measured", "ratio", "met"], rows
+    )
+
+
 # ------------------------------------------------------------------------ output
 
 
@@ -588,9 +815,22 @@ def parser(doc: str | None, name: str) -> argparse.ArgumentParser:
     return p
 
 
+def _finite(x: Any) -> Any:
+    """``x`` with every infinite or NaN float replaced by None (JSON has neither)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
 def write_json(path: Path, result: dict[str, Any]) -> None:
+    """``result`` as JSON in ``path`` (infinite values, e.g. a lost probe's latency
+    percentile or a target's measured value, as null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
     print(f"\nwritten: {path}")
 
 

@@ -36,19 +36,34 @@ counted):
   (20 s) so that it stays in the blocked-commit phase; the daemon's warnings (its log)
   are printed below the table, after the time the lock was taken.
 
+Before the load starts, every load bed is filled (``common.Fill``, ward ``load``):
+``--fill-s`` of event time (default: what the default rules need, 4 h 5 min), a reading
+every ``--fill-step`` (300) s per series, fast, ending 2 s behind the wall clock, so the
+trend and baseline rules have their full span of history when the live load takes over.
+``--synchronous normal,full``: a daemon with each ``store.synchronous`` per bed count.
+
+Every probe sent counts: ``sent/lost`` (lost: no answer by the end of the grace period),
+and the percentiles ``lost=inf`` count a lost probe as infinitely late (the answered
+ones' percentiles are shown too). Targets (issue 16): at 1,000 beds, ours' p99 (lost=inf)
+<= the broker's own round-trip p99 (lost=inf) + 2 ms, measured in the same run; at 5,000
+beds the daemon keeps up (committed >= 98 % of the readings offered).
+
 ``silent s`` is the longest stretch during the measurement with no alert arriving
 although probes went out every ``--interval``; the JSON has every probe's send time and
 latency (``timeline``).
 
     python benchmarks/latency.py [--beds 100,1000,5000] [--seconds 15] [--quick] [--json FILE]
-                                 [--journal normal,slow,stalled]
+                                 [--journal normal,slow,stalled] [--synchronous normal,full]
+                                 [--fill-s S] [--fill-step S]
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import json
+import math
 import random
 import sqlite3
 import sys
@@ -64,13 +79,20 @@ from common import (
     SIX,
     Broker,
     Daemon,
+    Fill,
     Load,
     RawPublisher,
+    default_fill_s,
+    fill_line,
+    fill_options,
+    forget_session,
     machine,
     machine_line,
     parser,
     percentile,
     table,
+    target,
+    targets_table,
     wait_for,
     write_json,
 )
@@ -96,6 +118,15 @@ JOURNAL_MODES = ("normal", "slow", "stalled")
 #: The daemon's SQLite busy timeout (``monitor.sinks.sqlite.connect``): a commit waiting
 #: longer for the write lock fails ("database is locked") and the store degrades.
 BUSY_TIMEOUT_S = 30.0
+SYNCHRONOUS = ("normal", "full")
+FILL_STEP_S = 300.0
+QUICK_FILL_S = 600.0
+#: target: ours' p99 <= the broker's p99 + this, at TARGET_BEDS
+TARGET_MARGIN_MS = 2.0
+TARGET_BEDS = 1000
+#: target: not saturated (kept up >= TARGET_KEPT_UP_PCT) at SATURATION_BEDS
+SATURATION_BEDS = 5000
+TARGET_KEPT_UP_PCT = 98.0
 
 
 class Probes:
@@ -280,12 +311,6 @@ def daemon_log(path: Path) -> list[str]:
         return []
 
 
-def forget_session(port: int, client_id: str) -> None:
-    """Drop a stopped daemon's persistent session, so the broker stops queueing the next
-    runs' load for it (a clean-session connect with its client id discards it)."""
-    RawPublisher(port, client_id).close()
-
-
 def metrics(d: Daemon) -> dict[str, float]:
     """The daemon's metrics; {} when it does not answer (it died: the log says why)."""
     try:
@@ -306,16 +331,47 @@ def histogram(m: dict[str, float]) -> dict[str, float]:
 
 
 def stats(ms: list[float], missing: int) -> dict[str, Any]:
+    """Latencies of the answered probes and the count of lost ones -> n (answered),
+    ``missing`` (lost), ``sent``; percentiles of the answered (``p50_ms`` ...), and with
+    every lost probe counted as infinitely late (``p50_ms_lost_inf`` ...: null when
+    infinite, i.e. when more than 1 - p of the probes were lost)."""
+    out: dict[str, Any] = {"n": len(ms), "missing": missing, "sent": len(ms) + missing}
     if not ms:
-        return {"n": 0, "missing": missing}
-    return {
-        "n": len(ms),
-        "missing": missing,
-        "p50_ms": percentile(ms, 50),
-        "p95_ms": percentile(ms, 95),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": max(ms),
-    }
+        return out
+    with_lost = ms + [math.inf] * missing
+    for p in (50, 95, 99):
+        out[f"p{p}_ms"] = percentile(ms, p)
+        v = percentile(with_lost, p)
+        out[f"p{p}_ms_lost_inf"] = None if v == math.inf else v
+    out["max_ms"] = max(ms)
+    return out
+
+
+def probe_options(p: argparse.ArgumentParser, beds: str, fill_step: float) -> None:
+    """The options latency.py and peer.py share: the load, the probes, the fill."""
+    p.add_argument("--beds", default=beds, help="background load, beds at 1 Hz (comma-separated)")
+    p.add_argument("--seconds", type=float, default=15.0, help="measurement per run")
+    p.add_argument("--warmup", type=float, default=5.0, help="live load before measuring")
+    p.add_argument("--interval", type=float, default=0.05, help="seconds between probes")
+    fill_options(p, fill_step)
+
+
+def fill_load(d: Daemon, port: int, beds: int, fill: Fill | None) -> dict[str, Any] | None:
+    """Fill the load's beds (ward ``load``) in ``d`` up to 2 s behind the clock."""
+    if fill is None:
+        return None
+    pub = RawPublisher(port, f"{d.client_id}-fill")
+    try:
+        return fill.run(
+            pub, [str(b) for b in range(1, beds + 1)], lambda: sum(d.accounted()), _behind
+        )
+    finally:
+        pub.drain()
+        pub.close()
+
+
+def _behind() -> float:
+    return time.time() - 2
 
 
 def run_beds(
@@ -329,11 +385,14 @@ def run_beds(
     hold_s: float = 0.2,
     gap_s: float = 0.05,
     grace_s: float = GRACE_S,
+    fill: Fill | None = None,
+    synchronous: str = "normal",
 ) -> dict[str, Any]:
-    name = f"beds-{beds}" if journal == "normal" else f"beds-{beds}-{journal}"
-    client_id = f"bench-lat-{beds}" if journal == "normal" else f"bench-lat-{beds}-{journal}"
-    daemon = Daemon(work / name, port, client_id=client_id, rules=RULES)
+    name = f"beds-{beds}-{journal}-{synchronous}"
+    client_id = f"bench-lat-{name}"
+    daemon = Daemon(work / name, port, client_id=client_id, rules=RULES, synchronous=synchronous)
     with daemon.start() as d:
+        filled = fill_load(d, port, beds, fill)
         load = Load(port, beds)
         try:
             probes = Probes(port)
@@ -395,6 +454,8 @@ def run_beds(
     return {
         "beds": beds,
         "journal": journal,
+        "synchronous": synchronous,
+        "fill": filled,
         "offered_readings_per_s": offered,
         "committed_readings_per_s": rate,
         "kept_up_pct": 100 * rate / offered if offered else 100.0,
@@ -425,10 +486,12 @@ def run_beds(
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, "latency")
-    p.add_argument("--beds", default="100,1000,5000", help="bed counts, comma-separated")
-    p.add_argument("--seconds", type=float, default=15.0, help="measurement per bed count")
-    p.add_argument("--warmup", type=float, default=5.0, help="load before measuring")
-    p.add_argument("--interval", type=float, default=0.05, help="seconds between probes")
+    probe_options(p, "100,1000,5000", FILL_STEP_S)
+    p.add_argument(
+        "--synchronous",
+        default=",".join(SYNCHRONOUS),
+        help="the daemon's store.synchronous, a daemon each: normal, full",
+    )
     p.add_argument(
         "--journal",
         default="normal",
@@ -455,11 +518,20 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.journal.split(",") if m.strip()]
     if bad := [m for m in modes if m not in JOURNAL_MODES]:
         p.error(f"--journal: unknown mode(s) {', '.join(bad)} (one of {', '.join(JOURNAL_MODES)})")
+    syncs = [m.strip() for m in args.synchronous.split(",") if m.strip()]
+    if bad := [m for m in syncs if m not in SYNCHRONOUS]:
+        p.error(f"--synchronous: {', '.join(bad)} (normal or full)")
     seconds, warmup = args.seconds, args.warmup
+    fill_s = default_fill_s() if args.fill_s is None else args.fill_s
     if args.quick:
-        beds, seconds, warmup = [20, 200], 2.0, 1.0
+        beds, seconds, warmup = [200], 2.0, 1.0
+        fill_s = QUICK_FILL_S if args.fill_s is None else fill_s
+    fill = Fill(fill_s, args.fill_step, SIX, ward="load") if fill_s > 0 else None
     result: dict[str, Any] = {
         "machine": machine(),
+        "fill_s": fill_s,
+        "fill_step_s": args.fill_step,
+        "synchronous": syncs,
         "seconds": seconds,
         "warmup_s": warmup,
         "interval_s": args.interval,
@@ -474,31 +546,75 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vitalmon-latency-") as tmp:
         work = Path(tmp)
         with Broker(work / "broker") as broker:
-            for n in beds:
-                for mode in modes:
-                    secs = min(seconds, args.stall_max) if mode == "stalled" else seconds
-                    result["runs"].append(
-                        run_beds(
-                            work,
-                            broker.port,
-                            n,
-                            warmup,
-                            secs,
-                            args.interval,
-                            mode,
-                            args.slow_hold,
-                            args.slow_gap,
-                            args.grace,
-                        )
+            for n, mode, sync in itertools.product(beds, modes, syncs):
+                secs = min(seconds, args.stall_max) if mode == "stalled" else seconds
+                result["runs"].append(
+                    run_beds(
+                        work,
+                        broker.port,
+                        n,
+                        warmup,
+                        secs,
+                        args.interval,
+                        mode,
+                        args.slow_hold,
+                        args.slow_gap,
+                        args.grace,
+                        fill,
+                        sync,
                     )
-                    print(f"{n} beds, journal {mode}: done", file=sys.stderr, flush=True)
+                )
+                print(f"{n} beds, journal {mode}, {sync}: done", file=sys.stderr, flush=True)
+    result["targets"] = targets(result)
     print(report(result))
     write_json(args.json, result)
     return 0
 
 
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """p99 at TARGET_BEDS (or the largest bed count run) and saturation at
+    SATURATION_BEDS (or the largest), journal normal, per synchronous mode."""
+    runs = [r for r in result["runs"] if r.get("journal", "normal") == "normal"]
+    if not runs:
+        return []
+    counts = {r["beds"] for r in runs}
+    p99_beds = TARGET_BEDS if TARGET_BEDS in counts else max(counts)
+    sat_beds = SATURATION_BEDS if SATURATION_BEDS in counts else max(counts)
+    out = []
+    for r in runs:
+        if r["beds"] == p99_beds:
+            base = r["baseline"].get("p99_ms_lost_inf")
+            ours = r["ours"].get("p99_ms_lost_inf", None) if r["ours"].get("n") else None
+            goal = (base if base is not None else math.inf) + TARGET_MARGIN_MS
+            t = target(
+                f"latency p99 (lost=inf), {r['beds']:,} beds, synchronous "
+                f"{r.get('synchronous', 'normal')}: <= broker p99 + {TARGET_MARGIN_MS:g} ms",
+                goal,
+                math.inf if ours is None else ours,
+                "ms",
+                at_least=False,
+            )
+            t["broker_p99_ms"] = base
+            t["margin_ms"] = None if ours is None else goal - ours
+            out.append(t)
+        if r["beds"] == sat_beds:
+            out.append(
+                target(
+                    f"latency: {r['beds']:,} beds not saturated (kept up), synchronous "
+                    f"{r.get('synchronous', 'normal')}",
+                    TARGET_KEPT_UP_PCT,
+                    r["kept_up_pct"],
+                    "%",
+                )
+            )
+    return out
+
+
 def _ms(s: dict[str, Any], key: str) -> str:
-    return f"{s[key]:.1f}" if key in s else "-"
+    if key.endswith("_lost_inf") and s.get("missing") and s.get(key) is None:
+        return "inf"  # more than 1 - p of the probes were lost
+    v = s.get(key)
+    return f"{v:.1f}" if v is not None else "-"
 
 
 #: Daemon log lines printed per run under the table (the JSON has them all).
@@ -513,20 +629,23 @@ def report(result: dict[str, Any]) -> str:
         rows.append(
             [
                 f"{r['beds']:,}",
+                r.get("synchronous", "normal"),
                 r.get("journal", "normal"),
                 f"{r['offered_readings_per_s']:,}",
                 f"{r['kept_up_pct']:.0f}",
-                f"{o['n']}/{o['missing']}",
+                f"{o['n'] + o['missing']}/{o['missing']}",
                 _ms(o, "p50_ms"),
                 _ms(o, "p95_ms"),
                 _ms(o, "p99_ms"),
+                _ms(o, "p99_ms_lost_inf"),
                 _ms(o, "max_ms"),
                 f"{r['silent']['ours_s']:.2f}",
                 _ms(r["daemon_ingest_to_alert"], "mean_ms"),
-                f"{b['n']}/{b['missing']}",
+                f"{b['n'] + b['missing']}/{b['missing']}",
                 _ms(b, "p50_ms"),
                 _ms(b, "p95_ms"),
                 _ms(b, "p99_ms"),
+                _ms(b, "p99_ms_lost_inf"),
                 _ms(b, "max_ms"),
                 f"{r['silent']['baseline_s']:.2f}",
             ]
@@ -541,6 +660,11 @@ def report(result: dict[str, Any]) -> str:
         "in-daemon mean: the daemon's vitalmon_ingest_to_alert_seconds over the probes "
         "(message taken in by the source -> rules evaluated; sum / count)",
         "silent s: the longest stretch of the measurement in which no answer arrived",
+        "sent/lost: probes sent / not answered by the end of the grace period; p50-p99 and max "
+        "of the answered ones; p99 lost=inf: with every lost probe counted as infinitely late; "
+        "sync: the daemon's store.synchronous",
+        fill_line(max(result["runs"], key=lambda r: r["beds"]).get("fill"))
+        + " (per bed count and daemon; ward load, the background load's beds)",
     ]
     if modes != ["normal"]:
         lines.append(
@@ -555,20 +679,23 @@ def report(result: dict[str, Any]) -> str:
         table(
             [
                 "beds",
+                "sync",
                 "journal",
                 "readings/s",
                 "kept up %",
-                "ours n/lost",
+                "ours sent/lost",
                 "p50",
                 "p95",
                 "p99",
+                "p99 lost=inf",
                 "max",
                 "silent s",
                 "in-daemon mean",
-                "base n/lost",
+                "base sent/lost",
                 "p50",
                 "p95",
                 "p99",
+                "p99 lost=inf",
                 "max",
                 "silent s",
             ],
@@ -602,6 +729,7 @@ def report(result: dict[str, Any]) -> str:
         lines += [f"    {line}" for line in logs[:LOG_LINES]]
         if len(logs) > LOG_LINES:
             lines.append(f"    ... {len(logs) - LOG_LINES} more in the JSON")
+    lines += ["", targets_table(result.get("targets", []))]
     return "\n".join(lines)
 
 

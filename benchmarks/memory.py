@@ -1,22 +1,28 @@
-"""Memory: the daemon's RSS per bed after 10 minutes of 1 Hz readings, vs its RSS with 0 beds.
+"""Memory: the daemon's RSS per bed at steady state (every window full), vs its RSS with 0 beds.
 
-For each bed count (1,000 by default): a fresh daemon (SQLite store, default rules,
-``rules.window_s`` 600); baseline: its RSS (``VmRSS`` of ``/proc/PID/status``) once
-started and idle, with 0 beds; then every bed gets ``--minutes`` (10) of event time at
-1 Hz for ``--vitals`` (hr, spo2, rr), fast: JSON arrays of 10 one-second objects per
-message, minute by minute, event time in the past, never more than 400 messages
-waiting in the daemon (its RSS would otherwise keep the high-water mark of a backlog).
-After each minute has been committed (``vitalmon_readings_committed_total``) the RSS is
-read again. Per bed = (RSS after - RSS with 0 beds) / beds.
+For each bed count (50 by default): a fresh daemon (SQLite store, default rules);
+baseline: its RSS (``VmRSS`` of ``/proc/PID/status``) once started and idle, with 0 beds;
+then every bed is filled (``common.Fill``) with ``--fill-s`` of event time (default: what
+the default rules need, 4 h 5 min) at one reading per ``--fill-step`` (1) s for each of
+``--vitals`` (the six of the other benchmarks), each vital only as far back as its window
+reaches (4 h 5 min for hr, spo2, rr and sbp, 10 min for dbp and map), fast: JSON arrays of
+60 one-second objects per message, never more than 20,000 readings waiting in the daemon
+(its RSS would otherwise keep the high-water mark of a backlog). The fill chases the wall
+clock and ends 2 s behind it. The RSS is read every 30 min of event time and at the end.
+Per bed = (RSS after - RSS with 0 beds) / beds.
+
+Targets (issue 16): <= 64 KiB per bed at steady state, and 10,000 beds < 1 GiB RSS (the
+0-bed RSS plus 10,000 times the per-bed figure when fewer beds were measured).
 
 A second table shows what one series' window (``monitor.engine.window.Window``) holds
-in numpy buffers at 1 Hz: after the 10 minutes fed here, at steady state once a
-10-minute window slides, and for the vitals whose default trend/baseline rules need
-more history (their windows span ``rules.trends.needs_s``, 4 h 5 min).
+in numpy buffers at 1 Hz: at steady state for a 10-minute window, and for the span the
+default rules give each vital.
 
-    python benchmarks/memory.py [--beds 1000[,10000]] [--minutes 10] [--quick] [--json FILE]
+    python benchmarks/memory.py [--beds 50[,200]] [--fill-s S] [--fill-step S] [--quick]
+                                [--json FILE]
 
-10,000 beds take 10 times as long as 1,000 (about 20 minutes at ~15,000 readings/s).
+At today's ~12,000 readings/s a bed's 4 h 5 min (60,000 readings) takes ~5 s: 50 beds
+~4 min, 1,000 beds ~80 min, 10,000 beds ~14 h (and ~9 GB of windows at 1 Hz).
 """
 
 from __future__ import annotations
@@ -25,56 +31,64 @@ import itertools
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from common import (
+    SIX,
     Broker,
     Daemon,
+    Fill,
     RawPublisher,
-    bed_messages,
-    encode_all,
+    default_fill_s,
+    fill_line,
+    fill_options,
     machine,
     machine_line,
     parser,
     table,
-    wait_for,
+    target,
+    targets_table,
+    vital_needs,
     write_json,
 )
 
-from monitor.config import RulesConfig
 from monitor.engine.window import Window
 
-VITALS = ("hr", "spo2", "rr")
-#: messages per send; at most two sends are waiting in the daemon at any time
-SLICE = 200
+BEDS = "10,50"
+QUICK_BEDS = [10, 30]
+QUICK_FILL_S = 600.0
 IDLE_S = 2.0
+#: the RSS is read after every this much event time of the fill
+CURVE_EVERY_S = 1800.0
+TARGET_KIB_PER_BED = 64.0
+TARGET_BEDS = 10_000
+TARGET_RSS_KIB = 1024 * 1024
 
 
-def window_bytes(span_s: float, samples: int) -> int:
-    """Bytes of one window's numpy buffers after ``samples`` readings 1 s apart."""
+def window_bytes(span_s: float, samples: int) -> int | None:
+    """Bytes of one window's numpy buffers after ``samples`` readings 1 s apart (None:
+    ``Window`` keeps them otherwise than in ``_ts`` and ``_v``)."""
     w = Window(span_s)
     for t in range(samples):
         w.add(float(t), 80.0)
-    return int(w._ts.nbytes + w._v.nbytes)
+    try:
+        return int(w._ts.nbytes + w._v.nbytes)
+    except AttributeError:
+        return None
 
 
 def window_table(vitals: tuple[str, ...]) -> list[dict[str, Any]]:
-    rules = RulesConfig()
-    out = []
-    for vital in vitals:
-        span = max(rules.window_s, rules.trends.needs_s(vital))
-        out.append(
-            {
-                "vital": vital,
-                "default_span_s": span,
-                "after_10_min_bytes": window_bytes(span, 600),
-                "steady_10_min_window_bytes": window_bytes(600.0, 3 * 600),
-                "steady_default_span_bytes": window_bytes(span, int(2 * span) + 1),
-            }
-        )
-    return out
+    needs = vital_needs(vitals)
+    return [
+        {
+            "vital": vital,
+            "default_span_s": needs[vital],
+            "steady_10_min_window_bytes": window_bytes(600.0, 3 * 600),
+            "steady_default_span_bytes": window_bytes(needs[vital], int(2 * needs[vital]) + 1),
+        }
+        for vital in vitals
+    ]
 
 
 def rss_parts(pid: int) -> dict[str, int]:
@@ -88,73 +102,61 @@ def rss_parts(pid: int) -> dict[str, int]:
 
 
 def run_beds(
-    work: Path, port: int, beds: int, minutes: int, vitals: tuple[str, ...]
+    work: Path, port: int, beds: int, fill: Fill, vitals: tuple[str, ...]
 ) -> dict[str, Any]:
     names = [str(b) for b in range(1, beds + 1)]
-    t0 = float(int(time.time()) - (minutes + 1) * 60)
-    chunks = []
-    total = 0
-    for m in range(minutes):
-        msgs, n = bed_messages(names, 60, t0 + 60 * m, "array10", vitals=vitals, seed=m)
-        chunks.append(encode_all(msgs))
-        total += n
-    with Daemon(
-        work / f"beds-{beds}", port, client_id=f"bench-mem-{beds}", rules="  window_s: 600\n"
-    ).start() as d:
+    with Daemon(work / f"beds-{beds}", port, client_id=f"bench-mem-{beds}").start() as d:
         time.sleep(IDLE_S)
         rss0 = d.rss_kib()
-        curve = []
+        curve: list[dict[str, Any]] = []
         pub = RawPublisher(port, "bench-mem-pub")
-        per_msg = 10 * len(vitals)
         start = time.perf_counter()
-        done = 0
 
-        def handled(n: int) -> bool:
-            return sum(d.accounted()) >= n
-
-        for m, packets in enumerate(chunks):
-            # at most 2 slices uncommitted: the daemon never holds a backlog, whose
-            # high-water mark would stay in its RSS (freed memory is not handed back)
-            for i in range(0, len(packets), SLICE):
-                part = packets[i : i + SLICE]
-                pub.send(part)
-                done += len(part) * per_msg
-                wait_for(
-                    partial(handled, done - 2 * SLICE * per_msg),
-                    600,
-                    f"minute {m + 1} committed",
-                    every=0.05,
+        def progress(event_s: float) -> None:
+            if event_s >= (len(curve) + 1) * CURVE_EVERY_S:
+                curve.append(
+                    {
+                        "event_s": event_s,
+                        "rss_kib": d.rss_kib(),
+                        "seconds": time.perf_counter() - start,
+                    }
                 )
-            wait_for(partial(handled, done), 600, f"minute {m + 1} committed", every=0.05)
-            curve.append(
-                {"minute": m + 1, "rss_kib": d.rss_kib(), "seconds": time.perf_counter() - start}
-            )
-        seconds = time.perf_counter() - start
+
+        fed = fill.run(
+            pub,
+            names,
+            lambda: sum(d.accounted()),
+            lambda: time.time() - 2,
+            progress,
+        )
         pub.drain()
         pub.close()
         time.sleep(1.0)
         rss1 = d.rss_kib()
+        curve.append(
+            {"event_s": fed.get("event_s", 0.0), "rss_kib": rss1, "seconds": fed["seconds"]}
+        )
         parts = rss_parts(d.pid)
         metrics = d.metrics()
     series = int(metrics.get("vitalmon_series", 0))
     committed = int(metrics.get("vitalmon_readings_committed_total", 0))
-    if series != beds * len(vitals) or committed != total:
+    if series != beds * len(vitals) or committed != fed["readings"]:
         raise RuntimeError(
-            f"expected {beds * len(vitals)} series and {total} readings, "
+            f"expected {beds * len(vitals)} series and {fed['readings']} readings, "
             f"got {series} and {committed}"
         )
     return {
         "beds": beds,
         "vitals": list(vitals),
-        "minutes": minutes,
-        "readings": total,
+        "fill": fed,
+        "readings": fed["readings"],
         "series": series,
         "rss_0_beds_kib": rss0,
         "rss_kib": rss1,
         "kib_per_bed": (rss1 - rss0) / beds,
         "kib_per_series": (rss1 - rss0) / series,
-        "feed_seconds": seconds,
-        "readings_per_s": total / seconds,
+        "feed_seconds": fed["seconds"],
+        "readings_per_s": fed["readings_per_s"],
         "curve": curve,
         "rss_parts_kib": parts,
     }
@@ -162,49 +164,91 @@ def run_beds(
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, "memory")
-    p.add_argument("--beds", default="1000", help="bed counts, comma-separated")
-    p.add_argument("--minutes", type=int, default=10, help="event time fed per bed")
-    p.add_argument("--vitals", default=",".join(VITALS), help="vitals per bed, 1 Hz each")
+    p.add_argument("--beds", default=BEDS, help="bed counts, comma-separated")
+    p.add_argument("--vitals", default=",".join(SIX), help="vitals per bed, 1 Hz each")
+    fill_options(p, 1.0)
     args = p.parse_args(argv)
     beds = [int(b) for b in args.beds.split(",")]
-    minutes = args.minutes
     vitals = tuple(v.strip() for v in args.vitals.split(",") if v.strip())
+    fill_s = default_fill_s() if args.fill_s is None else args.fill_s
     if args.quick:
-        beds, minutes = [20, 50], 2
-    result: dict[str, Any] = {"machine": machine(), "runs": [], "windows": window_table(vitals)}
+        beds = QUICK_BEDS
+        fill_s = QUICK_FILL_S if args.fill_s is None else fill_s
+    fill = Fill(fill_s, args.fill_step, vitals)
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "fill_s": fill_s,
+        "fill_step_s": args.fill_step,
+        "runs": [],
+        "windows": window_table(vitals),
+    }
     with tempfile.TemporaryDirectory(prefix="vitalmon-memory-") as tmp:
         work = Path(tmp)
         with Broker(work / "broker") as broker:
             for n in beds:
-                result["runs"].append(run_beds(work, broker.port, n, minutes, vitals))
+                result["runs"].append(run_beds(work, broker.port, n, fill, vitals))
                 print(f"{n} beds: done", file=sys.stderr, flush=True)
     runs = result["runs"]
     for prev, cur in itertools.pairwise(runs):
         cur["marginal_kib_per_bed"] = (cur["rss_kib"] - prev["rss_kib"]) / (
             cur["beds"] - prev["beds"]
         )
+    result["targets"] = targets(result)
     print(report(result))
     write_json(args.json, result)
     return 0
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    r = max(result["runs"], key=lambda r: r["beds"])
+    per_bed = r["kib_per_bed"]
+    if r["beds"] >= TARGET_BEDS:
+        rss, how = r["rss_kib"] * TARGET_BEDS / r["beds"], "measured"
+    else:
+        rss, how = r["rss_0_beds_kib"] + TARGET_BEDS * per_bed, f"from {r['beds']:,} beds"
+    span = f"{result['fill_s'] / 3600:.2f} h"
+    return [
+        target(
+            f"memory: KiB per bed after {span} ({r['beds']:,} beds)",
+            TARGET_KIB_PER_BED,
+            per_bed,
+            "KiB",
+            at_least=False,
+        ),
+        target(
+            f"memory: RSS at {TARGET_BEDS:,} beds ({how})",
+            TARGET_RSS_KIB / 1024,
+            rss / 1024,
+            "MiB",
+            at_least=False,
+        ),
+    ]
+
+
+def _per_bed(point: dict[str, Any], run: dict[str, Any]) -> float:
+    return float(point["rss_kib"] - run["rss_0_beds_kib"]) / float(run["beds"])
+
+
+def _kib(b: int | None) -> str:
+    return "-" if b is None else f"{b / 1024:.1f}"
 
 
 def report(result: dict[str, Any]) -> str:
     runs = result["runs"]
     curve_rows = []
     for r in runs:
-        points = r["curve"]
         curve_rows.append(
             [f"{r['beds']:,}"]
-            + [f"{(c['rss_kib'] - r['rss_0_beds_kib']) / r['beds']:.1f}" for c in points]
+            + [f"{c['event_s'] / 3600:.1f} h: {_per_bed(c, r):.1f}" for c in r["curve"]]
         )
     width = max(len(r["curve"]) for r in runs)
     curve_rows = [row + [""] * (width + 1 - len(row)) for row in curve_rows]
     return "\n".join(
         [
             machine_line(result["machine"]),
-            f"each bed: {', '.join(runs[0]['vitals'])} at 1 Hz for {runs[0]['minutes']} min of "
-            "event time, fed as JSON arrays of 10 s; RSS = VmRSS of the daemon; baseline: the "
+            f"each bed: {', '.join(runs[0]['vitals'])}; RSS = VmRSS of the daemon; baseline: the "
             "same daemon started and idle, 0 beds",
+            fill_line(runs[-1]["fill"]),
             "",
             table(
                 [
@@ -216,7 +260,7 @@ def report(result: dict[str, Any]) -> str:
                     "KiB per bed",
                     "KiB per series",
                     "marginal KiB per bed",
-                    "feed s",
+                    "fill s",
                     "readings/s",
                 ],
                 [
@@ -238,30 +282,25 @@ def report(result: dict[str, Any]) -> str:
             "KiB per bed: (RSS after - RSS with 0 beds) / beds. marginal: (RSS after - the "
             "previous row's RSS after) / (beds - its beds): what one more bed costs.",
             "",
-            "KiB per bed above the 0-bed RSS after each minute of event time:",
-            table(["beds", *(f"{m + 1} min" for m in range(width))], curve_rows),
+            "KiB per bed above the 0-bed RSS as the fill went on (event time fed: KiB):",
+            table(["beds", *(f"{m + 1}" for m in range(width))], curve_rows),
             "",
-            "numpy buffers of one series' window at 1 Hz (KiB; Window grows its buffer 1.5x when "
-            "more than 7/8 full at compaction):",
+            "numpy buffers of one series' window at 1 Hz, steady state (KiB; Window grows its "
+            "buffer 1.5x when more than 7/8 full at compaction):",
             table(
-                [
-                    "vital",
-                    "default span",
-                    "after 10 min",
-                    "steady, 10-min window",
-                    "steady, default span",
-                ],
+                ["vital", "default span", "10-min window", "default span"],
                 [
                     [
                         w["vital"],
                         f"{w['default_span_s'] / 60:g} min",
-                        f"{w['after_10_min_bytes'] / 1024:.1f}",
-                        f"{w['steady_10_min_window_bytes'] / 1024:.1f}",
-                        f"{w['steady_default_span_bytes'] / 1024:.1f}",
+                        _kib(w["steady_10_min_window_bytes"]),
+                        _kib(w["steady_default_span_bytes"]),
                     ]
                     for w in result["windows"]
                 ],
             ),
+            "",
+            targets_table(result["targets"]),
         ]
     )
 

@@ -13,14 +13,16 @@ readings it has evaluated and answers control messages (``{"bench": ...}`` on
 client socket gets TCP_NODELAY (settings.js sets it on every client socket: MQTT.js
 leaves Nagle on); the broker has ``set_tcp_nodelay true`` as in the other benchmarks.
 
-1. Throughput, per variant (200 beds, normal values, event time in the past; the same
-   pre-encoded stream and raw QoS 1 publisher as ``ingest.py``): ``single`` (one reading
-   per message, 60,000 messages) and ``object`` (six vitals per message, 20,000).
+1. Throughput, per variant (20 beds, normal values; the same pre-encoded stream and raw
+   QoS 1 publisher as ``ingest.py``): ``single`` (one reading per message, 60,000
+   messages) and ``object`` (six vitals per message, 20,000).
    Node-RED: the clock runs from the first publish until the answer to an end marker,
    sent as the stream's last message by the same publisher (so it is evaluated after
    every other message), arrives; its counts must equal the stream's. vitalmon: a fresh
-   ``python -m monitor run`` (default rules, SQLite), as in ``ingest.py``: until
-   ``vitalmon_readings_committed_total`` reaches the stream's readings. The bare
+   ``python -m monitor run`` (default rules, SQLite), as in ``ingest.py``: filled first
+   (``--fill-s`` of event time, default 4 h 5 min, one reading per ``--fill-step`` s, so
+   its windows are full; Node-RED's flow keeps no windows), then each stream until
+   ``vitalmon_readings_committed_total`` has grown by its readings. The bare
    ``mosquitto_sub -t 'vitals/#' -q 1`` on the same stream is the broker's ceiling.
 2. Alert latency under a background load of ``--beds`` beds at 1 Hz (six vitals per
    message, ``common.py load``): ``{"ts": now, "mode": "intermittent", "temp": 41.0}``
@@ -28,7 +30,14 @@ leaves Nagle on); the broker has ``set_tcp_nodelay true`` as in the other benchm
    its own, ``temp`` ``delay_s`` 0, so every probe raises or resolves the alert), the
    clock running from the publish until the event
    for that ``ts`` arrives on ``alerts/probe/1``, as in ``latency.py`` (vitalmon with
-   flapping detection off). A warm-up, then ``--seconds`` of probes for each.
+   flapping detection off, its load beds filled first as in ``latency.py``). A warm-up,
+   then ``--seconds`` of probes for each.
+
+Targets (issue 16): vitalmon >= 2x Node-RED's msg/s for both variants, and vitalmon's
+one-reading msg/s >= 50 % of mosquitto_sub's.
+
+Without Node.js 20 and npm, or when npm cannot install Node-RED, the script prints one
+line (``peer.py: ...``, the reason) and exits with status 2.
 
 Node-RED and vitalmon run one after the other, the other one not running; each
 subscriber's CPU (100 % = one core) is read from ``/proc``. vitalmon does more per
@@ -37,6 +46,7 @@ technical rules besides thresholds), and it acknowledges a message only once it 
 taken it in, where Node-RED acknowledges on receipt and queues in memory.
 
     python benchmarks/peer.py [--beds 1000] [--seconds 15] [--quick] [--json FILE]
+                              [--fill-s S] [--fill-step S]
 """
 
 from __future__ import annotations
@@ -62,31 +72,50 @@ from common import (
     SIX,
     Broker,
     Daemon,
+    Fill,
     Load,
     RawPublisher,
-    free_port,
+    default_fill_s,
+    fill_line,
+    forget_session,
     machine,
     machine_line,
     parser,
     publish_packet,
     stop_process,
     table,
+    target,
+    targets_table,
     wait_for,
     write_json,
 )
-from ingest import baseline, cpu_s, ours, send_in_background, stream
-from latency import ALERT_TOPIC, GRACE_S, RULES, Probes, stats
+from ingest import BEDS, baseline, cpu_s, ours_filled, send_in_background
+from latency import (
+    ALERT_TOPIC,
+    FILL_STEP_S,
+    GRACE_S,
+    RULES,
+    Probes,
+    fill_load,
+    probe_options,
+    stats,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
+from monitor.broker import free_port
 from monitor.config import RulesConfig
 
 NODE_RED_SPEC = "node-red@4"  # 5.x needs Node 22
 NPM_TIMEOUT_S = 300
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitalmon-bench"
 INSTALL = CACHE / "node-red"
-BEDS = 200
 MESSAGES = {"single": 60_000, "object": 20_000}
 QUICK = {"single": 1_000, "object": 400}
+#: --quick: the fill's event time and step (throughput; the latency's load uses
+#: latency.py's step)
+QUICK_FILL = (600.0, 10.0)
+TARGET_OVER_NODE_RED = 2.0
+TARGET_PCT_OF_SUB = 50.0
 CTL_TOPIC = "vitals/bench/ctl/mon1"
 COUNT_TOPIC = "bench/count"
 END_SEQ = -1
@@ -532,12 +561,6 @@ class NodeRed:
         self.stop()
 
 
-def forget_session(port: int, client_id: str) -> None:
-    """Drop a stopped daemon's persistent session, so the broker stops queueing the next
-    streams for it (it would load the broker while the next subscriber is measured)."""
-    RawPublisher(port, client_id).close()  # a clean-session connect discards it
-
-
 # ------------------------------------------------------------------------ throughput
 
 
@@ -571,37 +594,49 @@ def node_red_throughput(
 
 
 def throughput(
-    install: dict[str, Any], work: Path, port: int, shape: str, n: int
-) -> dict[str, Any]:
-    packets, readings = stream(shape, n, BEDS)
-    msgs = len(packets)
-    sub = baseline(port, packets)
-    print(f"{shape}: mosquitto_sub done", file=sys.stderr, flush=True)
-    nr = node_red_throughput(install, work / f"node-red-{shape}", port, packets, readings)
-    print(f"{shape}: Node-RED done", file=sys.stderr, flush=True)
-    vm = ours(work, port, shape, packets, readings, None)
-    forget_session(port, f"bench-{shape}")
-    print(f"{shape}: vitalmon done", file=sys.stderr, flush=True)
+    install: dict[str, Any],
+    work: Path,
+    port: int,
+    sizes: dict[str, int],
+    fill: Fill,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """vitalmon (filled, then every stream), then per stream mosquitto_sub and Node-RED
+    -> (vitalmon's fill, a result per variant)."""
+    filled, vm_runs = ours_filled(work, port, sizes, BEDS, fill)
+    print("throughput: vitalmon done", file=sys.stderr, flush=True)
+    out = []
+    for shape in sizes:
+        vm = vm_runs[shape]
+        packets, readings = vm["packets"], vm["readings"]
+        msgs = len(packets)
+        sub = baseline(port, packets)
+        print(f"{shape}: mosquitto_sub done", file=sys.stderr, flush=True)
+        nr = node_red_throughput(install, work / f"node-red-{shape}", port, packets, readings)
+        print(f"{shape}: Node-RED done", file=sys.stderr, flush=True)
 
-    def rates(r: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "seconds": r["seconds"],
-            "msgs_per_s": msgs / r["seconds"],
-            "readings_per_s": readings / r["seconds"],
-            "cpu_pct": r["cpu_pct"],
-        }
+        def rates(r: dict[str, Any], msgs: int = msgs, readings: int = readings) -> dict[str, Any]:
+            return {
+                "seconds": r["seconds"],
+                "msgs_per_s": msgs / r["seconds"],
+                "readings_per_s": readings / r["seconds"],
+                "cpu_pct": r["cpu_pct"],
+            }
 
-    return {
-        "variant": shape,
-        "messages": msgs,
-        "readings": readings,
-        "readings_per_message": readings / msgs,
-        "publisher_msgs_per_s": msgs / sub["publish_seconds"],
-        "mosquitto_sub": rates(sub),
-        "node_red": rates(nr),
-        "vitalmon": rates(vm),
-        "vitalmon_over_node_red": nr["seconds"] / vm["seconds"],
-    }
+        out.append(
+            {
+                "variant": shape,
+                "messages": msgs,
+                "readings": readings,
+                "readings_per_message": readings / msgs,
+                "publisher_msgs_per_s": msgs / sub["publish_seconds"],
+                "mosquitto_sub": rates(sub),
+                "node_red": rates(nr),
+                "vitalmon": rates(vm),
+                "vitalmon_over_node_red": nr["seconds"] / vm["seconds"],
+                "vitalmon_pct_of_sub": 100 * sub["seconds"] / vm["seconds"],
+            }
+        )
+    return filled, out
 
 
 # ------------------------------------------------------------------------ latency
@@ -672,6 +707,7 @@ def latency(
     warmup: float,
     seconds: float,
     interval: float,
+    fill: Fill | None = None,
 ) -> dict[str, Any]:
     with NodeRed(install, work / "node-red-latency", port).start() as nr:
         control = nr.control
@@ -688,7 +724,9 @@ def latency(
     print("latency: Node-RED done", file=sys.stderr, flush=True)
     client_id = "bench-peer-latency"
     with Daemon(work / "latency", port, client_id=client_id, rules=RULES).start() as d:
+        filled = fill_load(d, port, beds, fill)
         vm_run = probe_under_load(port, d.pid, d.committed, beds, warmup, seconds, interval)
+        vm_run["fill"] = filled
     forget_session(port, client_id)
     print("latency: vitalmon done", file=sys.stderr, flush=True)
     return {
@@ -709,15 +747,22 @@ def latency(
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, "peer")
-    p.add_argument("--beds", type=int, default=1000, help="background load for the latency")
-    p.add_argument("--seconds", type=float, default=15.0, help="probes, per system")
-    p.add_argument("--warmup", type=float, default=5.0, help="load before the probes")
-    p.add_argument("--interval", type=float, default=0.05, help="seconds between probes")
+    probe_options(p, "1000", 1.0)
+    p.add_argument(
+        "--load-fill-step",
+        type=float,
+        default=FILL_STEP_S,
+        help="the latency's load beds: s of event time between a series' fill readings",
+    )
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else MESSAGES
-    beds, seconds, warmup = args.beds, args.seconds, args.warmup
+    beds, seconds, warmup = int(args.beds), args.seconds, args.warmup
+    fill_s = default_fill_s() if args.fill_s is None else args.fill_s
+    step = args.fill_step
     if args.quick:
         beds, seconds, warmup = 100, 2.0, 1.0
+        if args.fill_s is None:
+            fill_s, step = QUICK_FILL
     try:
         install = node_red_install()
     except Unavailable as exc:
@@ -734,20 +779,48 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "warmup_s": warmup,
         "interval_s": args.interval,
-        "throughput": [],
+        "fill_s": fill_s,
+        "fill_step_s": step,
+        "load_fill_step_s": args.load_fill_step,
     }
     with tempfile.TemporaryDirectory(prefix="vitalmon-peer-") as tmp:
         work = Path(tmp)
         with Broker(work / "broker") as broker:
-            for shape, n in sizes.items():
-                result["throughput"].append(throughput(install, work, broker.port, shape, n))
+            result["fill"], result["throughput"] = throughput(
+                install, work, broker.port, sizes, Fill(fill_s, step)
+            )
+            load_fill = Fill(fill_s, args.load_fill_step, ward="load") if fill_s > 0 else None
             result["latency"] = latency(
-                install, work, broker.port, beds, warmup, seconds, args.interval
+                install, work, broker.port, beds, warmup, seconds, args.interval, load_fill
             )
     result["run_s"] = time.perf_counter() - t_start
+    result["targets"] = targets(result)
     print(report(result))
     write_json(args.json, result)
     return 0
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for v in result["throughput"]:
+        out.append(
+            target(
+                f"peer: {v['variant']}, vitalmon msg/s over Node-RED's",
+                TARGET_OVER_NODE_RED,
+                v["vitalmon_over_node_red"],
+                "x",
+            )
+        )
+        if v["variant"] == "single":
+            out.append(
+                target(
+                    "peer: single, vitalmon % of mosquitto_sub msg/s",
+                    TARGET_PCT_OF_SUB,
+                    v["vitalmon_pct_of_sub"],
+                    "%",
+                )
+            )
+    return out
 
 
 def _ms(s: dict[str, Any], key: str) -> str:
@@ -848,12 +921,19 @@ def report(result: dict[str, Any]) -> str:
                 rows,
             ),
             "",
+            f"vitalmon {fill_line(result.get('fill'))}",
+            "latency, vitalmon "
+            + fill_line(result["latency"]["vitalmon"].get("fill"))
+            + " (ward load, the background load's beds)",
+            "",
             "Node-RED: mqtt in -> function (vitalmon's default threshold rules) -> mqtt out; "
             "vitalmon: python -m monitor run (all rules, SQLite). mosquitto_sub: the bare "
             "subscriber, the broker's ceiling. CPU %: the subscriber process (100 = one core), "
             "during the stream / during the probes. Ratios: vitalmon / Node-RED (msg/s: higher "
             "is better for vitalmon; ms and CPU: lower).",
             f"total {result['run_s']:.0f} s",
+            "",
+            targets_table(result["targets"]),
         ]
     )
 

@@ -19,11 +19,8 @@ import asyncio
 import gzip
 import http.client
 import json
-import os
-import platform
 import random
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,10 +29,15 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from common import NORMAL, table
+from common import machine as common_machine
+
+from monitor.broker import free_port
 from monitor.config import InfluxStoreConfig, SqliteStoreConfig
 from monitor.model import Reading
 from monitor.sinks.forward import Forwarder, Row
@@ -48,17 +50,6 @@ DEFAULT_JSON = HERE / "results" / "store.json"
 T0 = 1764324000.0  # 2025-11-28 10:00 UTC: in the past, inside VictoriaMetrics' retention
 WARD = "icu"
 BEDS = 50
-#: vital -> (mean, standard deviation, decimals): an adult ward, as monitors report it.
-NORMAL: dict[str, tuple[float, float, int]] = {
-    "hr": (78, 9, 0),
-    "spo2": (97, 1.2, 0),
-    "rr": (16, 2.5, 0),
-    "sbp": (122, 11, 0),
-    "dbp": (76, 7, 0),
-    "map": (91, 7, 0),
-    "temp": (36.9, 0.3, 1),
-    "etco2": (38, 3, 0),
-}
 PER_WRITE = (1, 10, 100)  # readings per SqliteSink.write, i.e. per MQTT message
 FORWARD_BATCHES = (500, 5000)  # journal rows per remote write
 
@@ -186,11 +177,9 @@ def bench_sqlite(work: Path, readings: list[Reading], repeat: int) -> list[dict[
         for i in range(repeat):  # interleaved, so drift of the machine hits all alike
             seconds, txns = ours_commit(work / f"ours-{per_write}-{i}.db", readings, per_write)
             runs["ours"].append(seconds)
-            for table in ("bare", "unique"):
-                runs[table].append(
-                    baseline_commit(
-                        work / f"{table}-{per_write}-{i}.db", readings, per_write, table
-                    )
+            for kind in ("bare", "unique"):
+                runs[kind].append(
+                    baseline_commit(work / f"{kind}-{per_write}-{i}.db", readings, per_write, kind)
                 )
             runs["journal"].append(
                 baseline_commit(
@@ -219,18 +208,12 @@ def bench_sqlite(work: Path, readings: list[Reading], repeat: int) -> list[dict[
 # ------------------------------------------------------------------------ VictoriaMetrics
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Victoria:
     """A fresh ``victoria-metrics`` on a free loopback port (flags as in tests/tsdb.py)."""
 
     def __init__(self, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [
             VM_BINARY,
@@ -357,6 +340,14 @@ def baseline_forward(url: str, bodies: list[str], gzip_on: bool) -> float:
     return seconds
 
 
+def _ours_forward_sync(journal: Path, batch: int, gzip_on: bool, url: str) -> float:
+    return asyncio.run(_ours_forward(journal, url, batch, gzip_on))
+
+
+def _baseline_forward_to(bodies: list[str], gzip_on: bool, url: str) -> float:
+    return baseline_forward(url, bodies, gzip_on)
+
+
 def on_fresh_vm(work: Path, n: int, run: Callable[[str], float]) -> float:
     """Run ``run(url)`` against a fresh VictoriaMetrics, check it holds ``n`` samples."""
     vm = Victoria(Path(tempfile.mkdtemp(prefix="vm-", dir=work)))
@@ -399,15 +390,11 @@ def bench_forward(work: Path, readings: list[Reading], repeat: int) -> list[dict
                     on_fresh_vm(
                         work,
                         n,
-                        lambda url, b=batch, g=gzip_on: asyncio.run(
-                            _ours_forward(journal, url, b, g)
-                        ),
+                        partial(_ours_forward_sync, journal, batch, gzip_on),
                     )
                 )
                 runs["raw"].append(
-                    on_fresh_vm(
-                        work, n, lambda url, b=bodies, g=gzip_on: baseline_forward(url, b, g)
-                    )
+                    on_fresh_vm(work, n, partial(_baseline_forward_to, bodies, gzip_on))
                 )
             ours, raw = n / min(runs["ours"]), n / min(runs["raw"])
             results.append(
@@ -431,12 +418,7 @@ def bench_forward(work: Path, readings: list[Reading], repeat: int) -> list[dict
 
 
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    """common.machine() plus the versions of influxdb-client and VictoriaMetrics."""
     try:
         vm = subprocess.run(
             ["dpkg-query", "-W", "-f=${Version}", "victoria-metrics"],
@@ -447,23 +429,10 @@ def machine() -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         vm = "?"  # not Debian's package: the binary reports no version of its own
     return {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        **common_machine(),
         "influxdb_client": metadata.version("influxdb-client"),
         "victoria_metrics": vm,
     }
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def report(result: dict[str, Any]) -> str:

@@ -6,13 +6,9 @@ Waiting is always on an event or a poll with a deadline, never a bare sleep.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,22 +23,19 @@ import pytest
 from hypothesis import settings
 from paho.mqtt.enums import CallbackAPIVersion
 
+from monitor import broker as mosquitto
+from monitor.broker import free_port, mosquitto_password
+
 #: No example database: a run never depends on what an earlier run saved (.hypothesis/).
 settings.register_profile("vitalmon", database=None)
 settings.load_profile("vitalmon")
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO = mosquitto.find_mosquitto() or "/usr/sbin/mosquitto"
 #: The example broker configuration shipped in config/ (tests run it: SecureBroker).
 SHIPPED_MOSQUITTO = Path(__file__).resolve().parent.parent / "config" / "mosquitto"
 
 #: The real VictoriaMetrics fixture (`victoria`) lives in tests/tsdb.py.
 pytest_plugins = ["tsdb"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -83,24 +76,12 @@ class Broker:
         )
 
     def start(self) -> None:
-        self.conf.write_text(self.config_text())
-        log = (self.workdir / "mosquitto.log").open("ab")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
-        wait_for(self._accepting, 10, f"mosquitto on port {self.port}")
-
-    def _accepting(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        log = self.workdir / "mosquitto.log"
+        self.proc = mosquitto.spawn(self.conf, self.config_text(), log, MOSQUITTO)
+        mosquitto.wait_accepting(self.proc, self.port, 10, log)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
+        mosquitto.stop(self.proc)
         self.proc = None
 
     def restart(self) -> None:
@@ -109,18 +90,8 @@ class Broker:
 
     def kill(self) -> None:
         """``kill -9``: no save of its database on the way out."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        mosquitto.kill(self.proc)
         self.proc = None
-
-
-def mosquitto_password(user: str, password: str, salt: bytes | None = None) -> str:
-    """A password file line as ``mosquitto_passwd`` writes it (PBKDF2-SHA512, 101 rounds)."""
-    salt = salt or os.urandom(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
-    b64 = base64.b64encode
-    return f"{user}:$7$101${b64(salt).decode()}${b64(digest).decode()}\n"
 
 
 @dataclass
