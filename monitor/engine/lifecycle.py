@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from monitor.config import AlertsConfig
 from monitor.model import AlertEvent, AlertState, Priority
+from monitor.pipeline import UnknownAlert  # (re-exported: its old place)
 
 _RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
 _UP = {Priority.LOW: Priority.MEDIUM, Priority.MEDIUM: Priority.HIGH, Priority.HIGH: Priority.HIGH}
@@ -40,10 +41,6 @@ _UP = {Priority.LOW: Priority.MEDIUM, Priority.MEDIUM: Priority.HIGH, Priority.H
 
 #: Fields that describe one event only, not the alert: not carried to the next event.
 _TRANSIENT = ("renotify", "action")
-
-
-class UnknownAlert(LookupError):
-    """No alert with that id is active (never raised, or already resolved)."""
 
 
 @dataclass(slots=True)

@@ -60,6 +60,7 @@ from monitor.config import News2Config
 from monitor.engine.news2 import PARAMETERS, News2Tracker, Scale, Score
 from monitor.engine.threshold import Active
 from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading, alert_id, iso
+from monitor.pipeline import ScoreUpdate  # (re-exported: its old place)
 
 log = logging.getLogger("vitalmon.engine")
 
@@ -90,15 +91,6 @@ def source_rank(device: str) -> int:
 
 _RANK = {None: 0, Priority.LOW: 1, Priority.MEDIUM: 2, Priority.HIGH: 3}
 _LIMIT = {Priority.LOW: 3.0, Priority.MEDIUM: 5.0, Priority.HIGH: 7.0}
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreUpdate:
-    """A bed's new NEWS2 score, for the retained score topic (None: clear it)."""
-
-    ward: str
-    bed: str
-    payload: dict[str, Any] | None
 
 
 @dataclass(slots=True)

@@ -17,36 +17,21 @@ Remote sinks (InfluxDB) are not written by the engine: they forward from the jou
 each from its own durable cursor (:mod:`monitor.sinks.forward`). Each kind registers
 the factory of its forwarder under its config ``type`` (:func:`register_remote_sink`);
 the daemon builds them with :func:`build_remote_sink`.
+
+:class:`Sink` is what the engine writes to: it lives in the stage-neutral
+:mod:`monitor.pipeline` and is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from monitor.model import AlertEvent, Reading
+from monitor.pipeline import Sink
 from monitor.registry import Registry
 
 if TYPE_CHECKING:
     from monitor.sinks.forward import Forwarder
     from monitor.sinks.sqlite import SqliteSink
-
-
-class Sink(Protocol):
-    name: str
-
-    async def open(self) -> None: ...
-
-    async def write(
-        self,
-        readings: Sequence[Reading],
-        events: Sequence[AlertEvent],
-        done: Callable[[], None] | None = None,
-    ) -> None: ...
-
-    async def run(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 #: ``store[].type`` of a remote sink -> factory of its forwarder from the journal (the

@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from monitor.config import AlertsConfig
-from monitor.engine.score import ScoreUpdate
 from monitor.model import AlertEvent, AlertState, Reading
 from monitor.mqtt import Client
+from monitor.pipeline import ScoreUpdate
 from monitor.queues import put_end
 
 log = logging.getLogger("vitalmon.sink.alerts")

@@ -15,67 +15,26 @@ Each kind of source registers its factory under its config ``type``
 (:func:`register_source`); the daemon builds ``sources[]`` with :func:`build_source`.
 What a source can do beyond the contract, the daemon asks by capability (``Startup``,
 ``Shadowed``, ``LinkCounted``, ``Measured``, ``HasUnmapped``), never by its class.
+
+:class:`Batch`, :data:`Emit` and :data:`Reject` cross to the engine: they live in the
+stage-neutral :mod:`monitor.pipeline` and are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from monitor.config import RulesConfig
-from monitor.model import (
-    AlertEvent,
-    BedCommand,
-    DeviceAlarmReport,
-    DeviceStatus,
-    Reading,
-    Rejection,
-)
+from monitor.pipeline import Batch, Emit, Reject
 from monitor.registry import Registry
 
 if TYPE_CHECKING:
     from monitor.metrics import Sample
     from monitor.mqtt import Client
     from monitor.sources.unmapped import Unmapped
-
-
-@dataclass(slots=True)
-class Batch:
-    """Readings taken in together (one MQTT message, one serial line)."""
-
-    readings: list[Reading]
-    #: Called once the batch is durably committed; releases it at its origin (PUBACK).
-    done: Callable[[], None] | None = None
-    received_at: float = 0.0
-    #: Alert events that come with the batch, final (lifecycle applied): technical alarms,
-    #: acknowledgements, escalations.
-    events: list[AlertEvent] = field(default_factory=list)
-    #: Device-reported sensor/signal state taken in with the readings (event time order).
-    statuses: list[DeviceStatus] = field(default_factory=list)
-    #: Technical alarms a source raises about its own link (device.disconnected,
-    #: device.silent): the engine passes them through the alarm lifecycle.
-    alarms: list[AlertEvent] = field(default_factory=list)
-    #: Admissions and discharges, applied before the batch's readings.
-    bed_commands: list[BedCommand] = field(default_factory=list)
-    #: Alarms and INOPs a device reports itself (the full set per device and instant):
-    #: -> alerts of kind ``device`` / ``technical`` (:mod:`monitor.engine.device_alarms`).
-    device_alarms: list[DeviceAlarmReport] = field(default_factory=list)
-    #: The readings are one snapshot (an HL7 message: a monitor's view at one moment):
-    #: its newest observation is the bed's present for all of them (README, "Event time").
-    snapshot: bool = False
-    #: A clock tick (epoch s): time-driven rule work due by then (NEWS2 holds and
-    #: expiry) is done before the batch's readings. None: no tick.
-    tick: float | None = None
-    #: Readings taken in for evaluation only, never stored: the degraded-mode copy of
-    #: messages whose durable copy the broker keeps for the persistent session while the
-    #: store refuses commits (:meth:`monitor.sources.mqtt.MqttSource.shadow`).
-    transient: bool = False
-
-
-Emit = Callable[[Batch], Awaitable[None]]
-Reject = Callable[[Rejection], None]
 
 
 class Source(Protocol):

@@ -36,10 +36,9 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from monitor.config import Config
-from monitor.engine.lifecycle import Lifecycle, UnknownAlert
 from monitor.model import Admission, BedCommand, Rejection
 from monitor.mqtt import Client, Message
-from monitor.sinks.sqlite import storage_error
+from monitor.pipeline import Acknowledger, UnknownAlert, storage_error
 from monitor.sources import Batch, Emit, Reject
 from monitor.sources.deadletter import TOPIC as DEADLETTER_TOPIC
 from monitor.sources.mqtt import TopicTemplate
@@ -187,7 +186,7 @@ class CommandSource:
     def __init__(
         self,
         client: Client,
-        lifecycle: Lifecycle,
+        lifecycle: Acknowledger,
         *,
         pauses: Pauses | None = None,
         audit: Callable[[list[tuple[object, ...]]], Awaitable[None]] | None = None,

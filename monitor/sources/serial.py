@@ -40,7 +40,7 @@ import serial_asyncio_fast
 
 from monitor.config import SerialSourceConfig
 from monitor.metrics import Sample, sample
-from monitor.model import DeviceAlarmReport, DeviceStatus, Reading, Rejection
+from monitor.model import DeviceAlarmReport, DeviceStatus, Reading
 from monitor.sources import Batch, Emit, Reject, SourceContext, register_source
 from monitor.sources.devices import (
     FORMATS,
@@ -49,7 +49,7 @@ from monitor.sources.devices import (
     MllpFramer,
     Parser,
     make_parser,
-    mllp_control_id,
+    truncated_frame,
 )
 from monitor.sources.link import DISCONNECTED, SILENT, LinkAlarms
 from monitor.sources.unmapped import Unmapped
@@ -191,18 +191,13 @@ class SerialSource:
         """An MLLP frame cut short by the next start byte: discarded, dead-lettered without
         its content (patient data), never merged into the next message."""
         self.counts["truncated"] += 1
-        control = mllp_control_id(cut)
-        said = f", control id {control}" if control else ""
-        detail = (
-            f"MLLP frame of {len(cut)} bytes{said} cut short by the next start byte"
-            " (no end 0x1C 0x0D): discarded"
-        )
-        reject(Rejection("truncated_frame", detail, self.name))  # no payload: patient data
+        rejection = truncated_frame(cut, self.name)
+        reject(rejection)
         log.log(
             logging.DEBUG if warned else logging.WARNING,
             "%s: the device sent an %s",
             self.name,
-            detail,
+            rejection.detail,
         )
 
     async def _frames(

@@ -229,6 +229,19 @@ def mllp_control_id(payload: bytes) -> str:
     return re.sub(r"[^0-9A-Za-z._-]", "", raw.decode("latin-1"))[:40]
 
 
+def truncated_frame(cut: bytes, topic: str, then: str = "") -> Rejection:
+    """The dead letter of an MLLP frame cut short by the next start byte (one of
+    :meth:`MllpFramer.take_truncated`): its size and control id, never its content (patient
+    data); ``then`` follows "discarded" in its detail (what else became of it)."""
+    control = mllp_control_id(cut)
+    said = f", control id {control}" if control else ""
+    detail = (
+        f"MLLP frame of {len(cut)} bytes{said} cut short by the next start byte"
+        f" (no end 0x1C 0x0D): discarded{then}"
+    )
+    return Rejection("truncated_frame", detail, topic)
+
+
 def _first(buf: bytearray, start: int, seps: tuple[bytes, ...]) -> int:
     found = [i for i in (buf.find(s, start) for s in seps) if i >= 0]
     return min(found) if found else -1

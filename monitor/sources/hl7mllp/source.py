@@ -1,63 +1,5 @@
-"""HL7 v2 over MLLP: a central station or an integration engine pushes ORU^R01 (and
-IHE PCD-04 ORU^R40 alarms) here.
-
-Contract (see :mod:`monitor.sources`): ``run(emit, reject)`` listens on ``listen``
-(``asyncio.start_server``; ``port`` is the port actually bound, so ``...:0`` works where
-the config allows it) and serves each connection with its own
-:class:`~monitor.sources.devices.MllpFramer` (the serial source's, for ``format: hl7``)
-and :class:`~monitor.sources.devices.hl7.Hl7Parser` (``bind="pv1"``, the configured clock).
-Every message is one :class:`~monitor.sources.Batch`, emitted in order with
-back-pressure (while the engine is busy the connection is not read: TCP holds the
-sender).
-
-**ACK after commit.** A message with readings, device statuses or device alarm reports
-(every valid ORU^R01 has one: the device's alarms and INOPs, possibly none) is
-acknowledged ``AA`` only once its batch is committed to the journal: the journal calls
-the batch's ``done`` (in the event loop today; ``done`` hops to the loop with
-``call_soon_threadsafe`` all the same, so a journal committing in another thread would
-be safe too). A message with nothing to store is acknowledged at once: ``AA`` when it
-was a valid ORU^R01 (refused values go to the dead letters, the ACK text counts them),
-``AE`` with the reason when it was not a usable ORU^R01 (another message type, not
-HL7). ACKs leave a connection in the order its messages came, whatever the order of
-commits. A message not committed
-(the daemon dies, or is stopped past its budget) is never acknowledged: the sender
-resends it, and the store absorbs what it already has.
-
-**Bounded.** At most ``max_connections`` connections, and at most
-``max_connections_per_peer`` from one peer address (so one peer holding connections open
-cannot lock the other senders out): one more is closed at once and counted ``refused``
-(``refused_peer`` when the peer's own bound refused it), logged once a minute per peer
-with how many were refused since. A connection that has not sent a complete message
-``first_message_timeout_s`` after it was accepted is closed (``no_message_closed``:
-a port scan, a client that connects and says nothing, bytes trickled without an end);
-one that has sent a message and then no data for ``idle_timeout_s``, with no ACK
-outstanding, is closed (``idle_closed``). A frame over ``max_message_bytes`` is dropped
-(``too_long``, dead letter ``too_large``; it gets no ACK); bytes outside frames are
-skipped (``garbage``). A peer that disconnects mid-message loses only that message (never
-ACKed, so resent); what it sent before is emitted and committed as usual.
-
-**A frame cut short.** A start byte (``0x0B``) always starts a new frame: a frame that
-never got its end (``0x1C 0x0D``; a sender that gave up on a message mid-way and sent the
-next) is discarded, counted ``truncated`` and dead-lettered ``truncated_frame`` (its size
-and control id, never its content), logged once per connection; the message after it is
-taken in and ACKed with its own control id. The discarded one is never ACKed: its sender
-resends it.
-
-**Where a message without location goes.** ``beds`` (PV1-3 or MSH-4 -> ``ward/bed``),
-else PV1-3; a message with neither goes to ward ``ward`` (config), bed = the sender's IP
-address (stable per monitor, never a mix of monitors behind one name), and a warning is
-logged once per connection.
-
-**Unmapped observations.** OBX segments that map to no vital are counted by code
-(:class:`~monitor.sources.unmapped.Unmapped`: ``unmapped.counts``, exported as
-``vitalmon_hl7_unmapped_observations_total{code}``; a log line at most once a minute).
-
-``stop()``: no new connection; each connection finishes the message it is emitting, then
-waits for the ACKs of what it emitted (the engine and the journal are still running at
-that point of the shutdown) and closes; ``run`` returns. Frames read but not yet taken
-in are not acknowledged (resent). Logs carry peers, control ids and counts, never
-patient identifiers.
-"""
+"""The listener (:class:`Hl7MllpSource`): connections accepted within their bounds, read
+and framed, every message parsed and emitted, its ACK queued behind its commit."""
 
 from __future__ import annotations
 
@@ -66,9 +8,8 @@ import contextlib
 import logging
 import time
 import zoneinfo
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import replace
 from functools import partial
 
 from monitor.config import Hl7MllpSourceConfig
@@ -79,9 +20,16 @@ from monitor.sources.devices import (
     DeviceContext,
     RestartingMllpFramer,
     frame,
-    mllp_control_id,
+    truncated_frame,
 )
 from monitor.sources.devices.hl7 import Hl7Parser, ack
+from monitor.sources.hl7mllp.connection import (
+    PEER_LOG_EVERY_S,
+    _close,
+    _committed,
+    _Conn,
+    _PeerLog,
+)
 from monitor.sources.unmapped import Unmapped
 
 log = logging.getLogger("vitalmon.source.hl7mllp")
@@ -93,11 +41,6 @@ DEFAULT_DEVICE = "hl7"
 READ_CHUNK = 65536
 LISTEN_RETRY_MIN_S = 1.0
 LISTEN_RETRY_MAX_S = 30.0
-#: Refused connections (and connections closed without a message) are logged at most
-#: once per peer in this long.
-PEER_LOG_EVERY_S = 60.0
-#: Peers whose log is throttled, remembered at most (beyond, the quiet ones are forgotten).
-PEER_LOG_MAX = 4096
 
 
 class Hl7MllpSource:
@@ -324,16 +267,11 @@ class Hl7MllpSource:
     def _truncated(self, conn: _Conn, cut: bytes, reject: Reject) -> None:
         """A frame cut short by the next start byte: discarded, never ACKed (resent)."""
         self.counts["truncated"] += 1
-        control = mllp_control_id(cut)
-        said = f", control id {control}" if control else ""
-        detail = (
-            f"MLLP frame of {len(cut)} bytes{said} cut short by the next start byte (no end"
-            " 0x1C 0x0D): discarded, not acknowledged"
-        )
-        reject(Rejection("truncated_frame", detail, TOPIC))  # no payload: patient data
+        rejection = truncated_frame(cut, TOPIC, ", not acknowledged")
+        reject(rejection)
         level = logging.WARNING if not conn.warned_truncated else logging.DEBUG
         conn.warned_truncated = True
-        log.log(level, "%s: %s sent an %s", self.name, conn.where, detail)
+        log.log(level, "%s: %s sent an %s", self.name, conn.where, rejection.detail)
 
     async def _message(
         self, conn: _Conn, payload: bytes, parser: Hl7Parser, emit: Emit, reject: Reject
@@ -396,100 +334,6 @@ class Hl7MllpSource:
             await emit(batch)
         else:
             conn.ready(entry)  # nothing to commit: ACK now (behind earlier ones)
-
-
-@dataclass(slots=True)
-class _Pending:
-    data: bytes  #: the framed ACK
-    code: str
-    ready: bool = False
-
-
-class _Conn:
-    """One connection: its ACKs, released in arrival order as their batches commit."""
-
-    def __init__(
-        self,
-        writer: asyncio.StreamWriter,
-        host: str,
-        where: str,
-        counts: Counter[str],
-        task: asyncio.Task[None] | None,
-    ) -> None:
-        self.writer = writer
-        self.host = host
-        self.where = where
-        self.task = task
-        self.messages = 0
-        self.closed = False
-        self.warned_ae = False
-        self.warned_unbound = False
-        self.warned_truncated = False
-        self.pending: deque[_Pending] = deque()
-        self.flushed = asyncio.Event()  #: set while no ACK is outstanding
-        self.flushed.set()
-        self._counts = counts
-
-    def add(self, data: bytes, code: str) -> _Pending:
-        entry = _Pending(data, code)
-        self.pending.append(entry)
-        self.flushed.clear()
-        return entry
-
-    def ready(self, entry: _Pending) -> None:
-        """``entry`` may be acknowledged: write every ready ACK at the head, in order."""
-        entry.ready = True
-        while self.pending and self.pending[0].ready:
-            head = self.pending.popleft()
-            if self.closed or self.writer.is_closing():
-                self._counts["ack_lost"] += 1  # the sender resends; the store absorbs it
-                continue
-            try:
-                self.writer.write(head.data)
-            except (ConnectionError, OSError, RuntimeError):
-                self._counts["ack_lost"] += 1
-                continue
-            self._counts[f"acked_{head.code.lower()}"] += 1
-        if not self.pending:
-            self.flushed.set()
-
-
-def _committed(loop: asyncio.AbstractEventLoop, conn: _Conn, entry: _Pending) -> Callable[[], None]:
-    """The batch's ``done``: from any thread, releases its ACK in the event loop."""
-
-    def done() -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: never ACKed, so resent
-            loop.call_soon_threadsafe(conn.ready, entry)
-
-    return done
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError, OSError):
-        await writer.wait_closed()
-
-
-class _PeerLog:
-    """Log throttling per (event, peer): :meth:`due` says whether to log now, and how
-    many were not logged since the last time."""
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
-
-    def due(self, key: tuple[str, str]) -> int | None:
-        """None: not now (counted); else log, with this many left unlogged before."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last[0] < PEER_LOG_EVERY_S:
-            self._last[key] = (last[0], last[1] + 1)
-            return None
-        if len(self._last) >= PEER_LOG_MAX:  # forget the quiet ones (all, if too few are)
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < PEER_LOG_EVERY_S}
-            if len(self._last) > PEER_LOG_MAX // 2:
-                self._last.clear()
-        self._last[key] = (now, 0)
-        return last[1] if last is not None else 0
 
 
 @register_source(Hl7MllpSourceConfig)

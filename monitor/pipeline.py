@@ -1,0 +1,139 @@
+"""The contracts between pipeline stages: sources -> engine -> sinks.
+
+:mod:`monitor.model` holds the data a stage makes (readings, alert events, rejections);
+this module holds how the stages hand it on, so that no stage imports another:
+
+* :class:`Batch` (and :data:`Emit`, :data:`Reject`): what a source hands the engine;
+* :class:`Sink`: what the engine writes to; :class:`ScoreUpdate`: the NEWS2 scores it
+  hands the alert publisher;
+* :class:`Acknowledger` (and :class:`UnknownAlert`): the engine's alert lifecycle as the
+  command source sees it; :func:`storage_error`: how a durable sink's failure to commit
+  looks to a stage that saves through it.
+
+The daemon wires the stages together; the implementations stay in their stages
+(:class:`monitor.engine.lifecycle.Lifecycle`, :class:`monitor.sinks.sqlite.SqliteSink`).
+The old import paths (``monitor.sources.Batch``, ``monitor.sinks.Sink``,
+``monitor.engine.score.ScoreUpdate``, ...) still work: they re-export these.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from monitor.model import (
+    AlertEvent,
+    BedCommand,
+    DeviceAlarmReport,
+    DeviceStatus,
+    Reading,
+    Rejection,
+)
+
+# ------------------------------------------------------------------ source -> engine
+
+
+@dataclass(slots=True)
+class Batch:
+    """Readings taken in together (one MQTT message, one serial line)."""
+
+    readings: list[Reading]
+    #: Called once the batch is durably committed; releases it at its origin (PUBACK).
+    done: Callable[[], None] | None = None
+    received_at: float = 0.0
+    #: Alert events that come with the batch, final (lifecycle applied): technical alarms,
+    #: acknowledgements, escalations.
+    events: list[AlertEvent] = field(default_factory=list)
+    #: Device-reported sensor/signal state taken in with the readings (event time order).
+    statuses: list[DeviceStatus] = field(default_factory=list)
+    #: Technical alarms a source raises about its own link (device.disconnected,
+    #: device.silent): the engine passes them through the alarm lifecycle.
+    alarms: list[AlertEvent] = field(default_factory=list)
+    #: Admissions and discharges, applied before the batch's readings.
+    bed_commands: list[BedCommand] = field(default_factory=list)
+    #: Alarms and INOPs a device reports itself (the full set per device and instant):
+    #: -> alerts of kind ``device`` / ``technical`` (:mod:`monitor.engine.device_alarms`).
+    device_alarms: list[DeviceAlarmReport] = field(default_factory=list)
+    #: The readings are one snapshot (an HL7 message: a monitor's view at one moment):
+    #: its newest observation is the bed's present for all of them (README, "Event time").
+    snapshot: bool = False
+    #: A clock tick (epoch s): time-driven rule work due by then (NEWS2 holds and
+    #: expiry) is done before the batch's readings. None: no tick.
+    tick: float | None = None
+    #: Readings taken in for evaluation only, never stored: the degraded-mode copy of
+    #: messages whose durable copy the broker keeps for the persistent session while the
+    #: store refuses commits (:meth:`monitor.sources.mqtt.MqttSource.shadow`).
+    transient: bool = False
+
+
+#: How a source hands a batch on (the engine's ``put``: waits while its queue is full).
+Emit = Callable[[Batch], Awaitable[None]]
+#: How a source refuses input (to the dead-letter topic; never waits).
+Reject = Callable[[Rejection], None]
+
+
+# ------------------------------------------------------------------- engine -> sinks
+
+
+class Sink(Protocol):
+    """A sink as the engine writes to it (contract: :mod:`monitor.sinks`)."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def write(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[AlertEvent],
+        done: Callable[[], None] | None = None,
+    ) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreUpdate:
+    """A bed's new NEWS2 score, for the retained score topic (None: clear it)."""
+
+    ward: str
+    bed: str
+    payload: dict[str, Any] | None
+
+
+# ----------------------------------------------------- commands -> engine, sinks
+
+
+class UnknownAlert(LookupError):
+    """No alert with that id is active (never raised, or already resolved)."""
+
+
+class Acknowledger(Protocol):
+    """The engine's alert lifecycle as operator commands see it
+    (:class:`monitor.engine.lifecycle.Lifecycle`)."""
+
+    def ack(self, alert_id: str, by: str) -> AlertEvent | None:
+        """The ``acknowledged`` event, or None if the alert was acknowledged before;
+        :class:`UnknownAlert` if no such alert is open."""
+        ...
+
+
+def storage_error(exc: BaseException) -> bool:
+    """A failure of the disk or the file (retried), not of the data (quarantined)."""
+    return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+__all__ = [
+    "Acknowledger",
+    "Batch",
+    "Emit",
+    "Reject",
+    "ScoreUpdate",
+    "Sink",
+    "UnknownAlert",
+    "storage_error",
+]
