@@ -87,7 +87,7 @@ def test_builtin_profiles_and_config_overrides_merge_per_vital_and_key():
         ({"profiles": {"x": {"news2_scale": 3}}}, "profiles.x.news2_scale: Input should be 1 or 2"),
         (
             {"profiles": {"x": {"thresholds": {"hr": {"delay_s": 900}}}}},
-            "profiles.x.thresholds: rules.window_s (600) must cover the longest delay_s (900) "
+            "profiles.x.thresholds: rules.window_s (300) must cover the longest delay_s (900) "
             "plus rules.max_gap_s (30)",
         ),
     ],

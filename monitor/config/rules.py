@@ -229,8 +229,10 @@ class RulesConfig(_Model):
     #: Per vital; a vital given here replaces only the keys it names (``delay_s`` alone
     #: keeps the default limits). ``enabled: false`` switches a vital's thresholds off.
     thresholds: dict[VitalKey, ThresholdConfig] = Field(default_factory=dict, validate_default=True)
-    #: Event-time window kept per bed and vital.
-    window_s: float = Field(600.0, ge=10, le=24 * 3600)
+    #: Event time of raw readings kept per bed and vital (at least the recent part of its
+    #: baseline rules); trend rules read older minutes from per-minute aggregates
+    #: (monitor.engine.history).
+    window_s: float = Field(300.0, ge=10, le=24 * 3600)
     #: Out-of-order tolerance: a reading older than the newest of its series by more
     #: than this is stored but not evaluated (counted as ``late``).
     max_lag_s: float = Field(60.0, ge=0, le=3600)

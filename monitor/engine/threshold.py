@@ -209,9 +209,11 @@ class ThresholdRule:
         patient: str | None,
         spot: bool = False,
         max_gap: float | None = None,
+        history: object = None,
     ) -> tuple[Active | None, AlertEvent | None]:
         """Evaluate at the newest reading of a series; -> (new active state, event).
-        ``spot`` and ``max_gap`` as in :meth:`level`."""
+        ``spot`` and ``max_gap`` as in :meth:`level`; ``history`` (the trend rules'
+        signature) is not read: thresholds judge raw readings only."""
         current = active.level if active else 0
         new, start = self.level(current, ts, vals, spot, max_gap)
         if new == current:

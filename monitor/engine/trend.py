@@ -41,10 +41,12 @@ Two rule types, both with the same API as :class:`~monitor.engine.threshold.Thre
 While an alert is active and the newest reading leaves too little data to judge (a gap
 in the feed), the alert is held: it resolves on evidence, never on missing data.
 
-Window length: the engine keeps ``rules.window_s`` (600 s by default) per series; trend
-rules need their series' window to be at least ``needs_s``, i.e. 1800 s for the default
-slope rules of HR, SBP and RR, and 14 700 s (4 h 5 min) for the default baseline rules.
-:meth:`TrendConfig.needs_s` gives the longest, for all vitals or for one.
+Window length: the engine keeps ``rules.window_s`` (300 s by default) of raw readings per
+series, and at least the ``recent_s`` of its baseline rules. Slopes and baselines that
+reach further back read the older minutes from the series' per-minute
+:class:`~monitor.engine.history.History` (``history`` argument of :meth:`evaluate`);
+given raw readings that reach back far enough, they compute exactly as documented here.
+:meth:`TrendConfig.needs_s` gives the longest span the rules read, for all vitals or one.
 
 Cost per new reading and rule, k = readings in the slice it reads (measured on one
 core, numpy 2.4, 1 Hz readings; a threshold rule costs about 1 µs):
@@ -55,17 +57,15 @@ core, numpy 2.4, 1 Hz readings; a threshold rule costs about 1 µs):
   numpy call overhead. With too few readings or too short a span it stops after the
   ``searchsorted``.
 * baseline: two ``np.searchsorted`` and two medians by ``np.partition`` (O(k), no
-  sort): the recent one (300 readings) and the baseline (14 400 readings for 4 h): about
-  60 µs in all. The baseline median reads at most ``max_baseline_samples`` readings (an
-  even stride through the baseline, counted back from its newest reading), so the cost
-  is bounded whatever the sampling rate (about 70 µs at 4 Hz); at 1 Hz and the default
-  bound it is exact. ``max_baseline_samples: 4096`` halves it, for an error of a few
-  hundredths of the readings' spread.
+  sort) over raw readings; from history, the recent median (300 readings) and a weighted
+  median of about 245 minute medians and the raw readings before the recent part (one
+  sort of about 300 values). The raw baseline median reads at most
+  ``max_baseline_samples`` readings (an even stride through the baseline, counted back
+  from its newest reading), so the cost is bounded whatever the sampling rate.
 
-So the default rules of HR, SpO2, RR and SBP at 1 Hz cost about 0.35 ms per bed and
-second of readings. Memory is the larger cost: a 4 h 5 min window of a 1 Hz vital holds
-14 700 readings (about 0.25 MB, up to twice that in the window's buffer), against 600 for
-the default 10 min; size windows per vital (:meth:`TrendConfig.needs_s` with the vital).
+Memory: 5 minutes of raw readings (about 5 KiB at 1 Hz, up to 1.4 times that in the
+window's buffer) and about 5.5 KiB of history per series with the default trend rules,
+whatever their span (:mod:`monitor.engine.history`).
 
 Nothing is cached between readings: the rule state is only the :class:`Active` alert.
 """
@@ -88,6 +88,7 @@ from monitor.config import (
     SlopeLimit,
     TrendConfig,
 )
+from monitor.engine.history import History, combine, stats, weighted_median
 from monitor.engine.threshold import Active, SeriesKey
 from monitor.engine.window import Array
 from monitor.model import (
@@ -209,8 +210,9 @@ class _TrendRule(ABC):
         self.label = LABELS[vital]
 
     @abstractmethod
-    def measure(self, ts: Array, vals: Array) -> Measure | None:
-        """The rule's view of the window at its newest reading; None: too little data."""
+    def measure(self, ts: Array, vals: Array, history: History | None = None) -> Measure | None:
+        """The rule's view of the window (and of the older readings' ``history``) at its
+        newest reading; None: too little data."""
 
     def evaluate(
         self,
@@ -221,13 +223,14 @@ class _TrendRule(ABC):
         patient: str | None,
         spot: bool = False,  # (the threshold rules' signature)
         max_gap: float | None = None,
+        history: History | None = None,
     ) -> tuple[Active | None, AlertEvent | None]:
         """Evaluate at the newest reading of a series; -> (new active state, event).
 
         ``ts`` (sorted, event time) and ``vals`` are the series' window, which must reach
         back ``needs_s`` before the newest reading for the rule to see all it needs.
         """
-        m = self.measure(ts, vals)
+        m = self.measure(ts, vals, history)
         if m is None:
             return active, None  # too little data to judge: hold whatever state there is
         at = float(ts[-1])
@@ -325,20 +328,32 @@ class SlopeRule(_TrendRule):
             if lim is not None
         ]
 
-    def slope(self, ts: Array, vals: Array) -> float | None:
-        """Slope at the newest reading in units per ``per_s``, or None if it does not count."""
+    def slope(self, ts: Array, vals: Array, history: History | None = None) -> float | None:
+        """Slope at the newest reading in units per ``per_s``, or None if it does not count.
+
+        When the window does not reach back ``window_s``, the minutes before it come from
+        ``history`` (:mod:`monitor.engine.history`)."""
         n = len(ts)
+        newest = float(ts[-1])
+        cut = newest - self.window_s
+        if history is not None and float(ts[0]) > cut:
+            parts, first = history.slope_parts(cut)
+            if len(parts):
+                total, s = combine(np.vstack((parts, stats(ts, vals))))
+                span = newest - min(first, float(ts[0]))
+                if total < self.min_readings or span < self.min_span or math.isnan(s):
+                    return None
+                return s * self.per_s
         if n < self.min_readings:
             return None
-        newest = float(ts[-1])
-        i0 = int(np.searchsorted(ts, newest - self.window_s, side="left"))
+        i0 = int(np.searchsorted(ts, cut, side="left"))
         if n - i0 < self.min_readings or newest - float(ts[i0]) < self.min_span:
             return None
         s = ls_slope(ts[i0:] - newest, vals[i0:])
         return None if math.isnan(s) else s * self.per_s
 
-    def measure(self, ts: Array, vals: Array) -> Measure | None:
-        s = self.slope(ts, vals)
+    def measure(self, ts: Array, vals: Array, history: History | None = None) -> Measure | None:
+        s = self.slope(ts, vals, history)
         if s is None:
             return None
         return Measure(self._sign * s, round(s, 3), self.limits[1])
@@ -421,18 +436,36 @@ class BaselineRule(_TrendRule):
             if lim is not None
         ]
 
-    def levels(self, ts: Array, vals: Array) -> tuple[float, float] | None:
+    def levels(
+        self, ts: Array, vals: Array, history: History | None = None
+    ) -> tuple[float, float] | None:
         """(recent median, baseline median) at the newest reading, or None if too little data.
 
         Recent: readings with ts in (newest - recent_s, newest]; baseline: ts in
-        [newest - recent_s - baseline_s, newest - recent_s].
+        [newest - recent_s - baseline_s, newest - recent_s]. When the window does not
+        reach back that far, the minutes before it come from ``history``
+        (:mod:`monitor.engine.history`).
         """
         newest = float(ts[-1])
         cut = newest - self.recent_s
         r0 = int(np.searchsorted(ts, cut, side="right"))
         if len(ts) - r0 < self.min_recent_readings:
             return None
-        b0 = int(np.searchsorted(ts, cut - self.baseline_s, side="left"))
+        lo = cut - self.baseline_s
+        if history is not None and float(ts[0]) > lo:
+            meds, counts, first, last = history.baseline_parts(lo, cut)
+            if len(meds):
+                nb = float(counts.sum()) + r0
+                if nb < self.min_baseline_readings:
+                    return None
+                if r0:
+                    last = float(ts[r0 - 1])
+                if last - first < self.min_baseline_s:
+                    return None
+                values = np.concatenate((meds, vals[:r0]))
+                weights = np.concatenate((counts, np.ones(r0)))
+                return median(vals[r0:]), weighted_median(values, weights)
+        b0 = int(np.searchsorted(ts, lo, side="left"))
         nb = r0 - b0
         if nb < self.min_baseline_readings:
             return None
@@ -444,8 +477,8 @@ class BaselineRule(_TrendRule):
             base = base[::-step]  # counted back from the newest baseline reading
         return median(vals[r0:]), median(base)
 
-    def measure(self, ts: Array, vals: Array) -> Measure | None:
-        lv = self.levels(ts, vals)
+    def measure(self, ts: Array, vals: Array, history: History | None = None) -> Measure | None:
+        lv = self.levels(ts, vals, history)
         if lv is None:
             return None
         recent, base = lv
