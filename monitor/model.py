@@ -262,6 +262,47 @@ def json_number(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def new_alert(
+    *,
+    ward: str,
+    bed: str,
+    device: str,
+    patient: str | None,
+    vital: str,
+    rule: str,
+    kind: str,
+    priority: Priority,
+    value: float,
+    limit: float,
+    message: str,
+    started: float,
+    at: float | None = None,
+    id_rule: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> AlertEvent:
+    """A new alert's first event (active, seq 1), begun at ``started`` and raised at ``at``
+    (default: then); its id from (ward, bed, device, ``id_rule`` or rule, started)."""
+    return AlertEvent(
+        id=alert_id(ward, bed, device, id_rule or rule, started),
+        ward=ward,
+        bed=bed,
+        device=device,
+        patient=patient,
+        vital=vital,
+        rule=rule,
+        kind=kind,
+        priority=priority,
+        state=AlertState.ACTIVE,
+        value=value,
+        limit=limit,
+        message=message,
+        started_at=started,
+        at=started if at is None else at,
+        seq=1,
+        extra={} if extra is None else extra,
+    )
+
+
 def alert_id(ward: str, bed: str, device: str, rule: str, started_at: float) -> str:
     """An alert's id: deterministic, so the same recording gives the same ids at any
     replay speed, and unique per (ward, bed, device, rule, onset)."""

@@ -203,23 +203,18 @@ class Beds(EngineState):
         level = a.level if a.level in rule.limits else min(rule.limits)
         value = float(series.window.values[-1]) if len(series.window) else math.nan
         self.counts["alert_resolved"] += 1
-        return AlertEvent(
-            id=a.id,
-            ward=key.ward,
-            bed=key.bed,
-            device=a.device,
-            patient=a.patient,
-            vital=key.vital,
-            rule=rule.name,
-            kind="trend" if trend else "physiological",
-            priority=rule.priority if isinstance(rule, TrendRule) else PRIORITY[level],
-            state=AlertState.RESOLVED,
-            value=value,
-            limit=rule.limits[level],
-            message=message,
-            started_at=a.started_at,
-            at=at,
-            seq=a.seq,
+        return a.event(
+            key.ward,
+            key.bed,
+            key.vital,
+            rule.name,
+            "trend" if trend else "physiological",
+            rule.priority if isinstance(rule, TrendRule) else PRIORITY[level],
+            AlertState.RESOLVED,
+            value,
+            rule.limits[level],
+            message,
+            at,
         )
 
     def check_admit(self, a: Admission) -> None:

@@ -63,7 +63,7 @@ from monitor.model import (
     DeviceAlarm,
     DeviceAlarmReport,
     Priority,
-    alert_id,
+    new_alert,
 )
 
 RULE_ALARM = "device.alarm"
@@ -255,8 +255,7 @@ class DeviceAlarms:
 
 def _raise(report: DeviceAlarmReport, a: DeviceAlarm) -> AlertEvent:
     rule = rule_of(a.kind)
-    return AlertEvent(
-        id=alert_id(report.ward, report.bed, report.device, f"{RULE_ALARM}:{a.key}", report.ts),
+    return new_alert(
         ward=report.ward,
         bed=report.bed,
         device=report.device,
@@ -265,13 +264,11 @@ def _raise(report: DeviceAlarmReport, a: DeviceAlarm) -> AlertEvent:
         rule=rule,
         kind=a.kind,
         priority=a.priority,
-        state=AlertState.ACTIVE,
         value=math.nan,
         limit=math.nan,
         message=a.text,
-        started_at=report.ts,
-        at=report.ts,
-        seq=1,
+        started=report.ts,
+        id_rule=f"{RULE_ALARM}:{a.key}",
         extra={"source": a.source, "device_alarm": a.key},
     )
 

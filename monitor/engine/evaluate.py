@@ -34,6 +34,11 @@ _Item = TypeVar("_Item", DeviceStatus, DeviceAlarmReport)
 class Evaluation(EngineState):
     """Readings -> alert events, in order, on event time."""
 
+    #: Skip the threshold rules a reading cannot change (nothing open, the value within
+    #: the least extreme limit). False: every rule sees every reading, the reference the
+    #: differential tests compare with (tests/test_engine_gate.py).
+    gate_quiet: bool = True
+
     def process(
         self, readings: list[Reading], received_at: float | None = None, snapshot: bool = False
     ) -> list[AlertEvent]:
@@ -51,6 +56,7 @@ class Evaluation(EngineState):
         stored so.
         """
         events: list[AlertEvent] = []
+        gate = self.gate_quiet
         self.scores.arrival = received_at  # (NEWS2: how far each bed lags the clock)
         flapping = self.flapping
         cfg = self.cfg
@@ -162,13 +168,23 @@ class Evaluation(EngineState):
                 gap = cfg.max_gap_s if spot else series.gap
                 ts, vals = win.ts, win.values
                 newest = win.newest
+                value = float(vals[-1])  # (the series' newest: this one, unless it came late)
+                patient = r.patient or self.patients.get((r.ward, r.bed))
                 for i, rule in enumerate(rules):
-                    every = getattr(rule, "every_s", 0.0)
-                    if every:  # trend rules: at most once per `every` of event time
+                    quiet = series.quiet[i]
+                    if quiet is not None:  # a threshold rule with nothing open: only a value
+                        # beyond its least extreme limit can change it (ThresholdRule.level)
+                        low, entry = quiet
+                        if (
+                            gate
+                            and series.active[i] is None
+                            and (value >= entry if low else value <= entry)
+                        ):
+                            continue
+                    else:  # trend rules: at most once per `every_s` of event time
                         if newest < series.next_eval[i]:
                             continue
-                        series.next_eval[i] = newest + every
-                    patient = r.patient or self.patients.get((r.ward, r.bed))
+                        series.next_eval[i] = newest + series.every[i]
                     active, event = rule.evaluate(
                         key, ts, vals, series.active[i], patient, spot, gap, win.history
                     )

@@ -49,7 +49,7 @@ from collections import deque
 from typing import NamedTuple
 
 from monitor.config import FlappingConfig
-from monitor.model import LABELS, AlertEvent, AlertState, Priority, alert_id, fmt_value
+from monitor.model import LABELS, AlertEvent, AlertState, Priority, fmt_value, new_alert
 
 _RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
 SUFFIX = ".flapping"
@@ -261,8 +261,7 @@ class Flapping:
         rule = key.rule + SUFFIX
         n = len(st.changes)
         priority = max((p for _, p in st.changes), key=_RANK.__getitem__)
-        return AlertEvent(
-            id=alert_id(key.ward, key.bed, key.device, rule, e.at),
+        return new_alert(
             ward=key.ward,
             bed=key.bed,
             device=key.device,
@@ -271,13 +270,10 @@ class Flapping:
             rule=rule,
             kind=e.kind,
             priority=priority,
-            state=AlertState.ACTIVE,
             value=float(n),
             limit=float(self.cfg.high),
             message=self._flapping_message(key, e.vital, n),
-            started_at=e.at,
-            at=e.at,
-            seq=1,
+            started=e.at,
         )
 
     def _resolve_alert(

@@ -45,9 +45,9 @@ from monitor.model import (
     AlertState,
     Priority,
     Reading,
-    alert_id,
     fmt_compare,
     fmt_reading,
+    new_alert,
 )
 
 IMPLAUSIBLE = "implausible"
@@ -143,8 +143,7 @@ class Plausibility:
         if not spot or flag == IMPLAUSIBLE:
             message += f" for {r.ts - first:.0f} s"
         message += "; check the patient and the sensors"
-        event = AlertEvent(
-            id=alert_id(r.ward, r.bed, r.device, rule, first),
+        event = new_alert(
             ward=r.ward,
             bed=r.bed,
             device=r.device,
@@ -153,13 +152,11 @@ class Plausibility:
             rule=rule,
             kind="technical",
             priority=Priority.HIGH if crit else Priority.MEDIUM,
-            state=AlertState.ACTIVE,
             value=r.value,
             limit=edge,
             message=message,
-            started_at=first,
+            started=first,
             at=r.ts,
-            seq=1,
         )
         self._open[run] = event
         out.append(copy.copy(event))

@@ -170,23 +170,18 @@ class News2Scores:
         if b.active is not None and b.priority is not None:
             a = b.active
             a.seq += 1
-            event = AlertEvent(
-                id=a.id,
-                ward=ward,
-                bed=bed,
-                device=RULE,
-                patient=a.patient,
-                vital=RULE,
-                rule=RULE,
-                kind="score",
-                priority=b.priority,
-                state=AlertState.RESOLVED,
-                value=math.nan,
-                limit=_LIMIT[b.priority],
-                message="patient discharged: score alert closed",
-                started_at=a.started_at,
-                at=at,
-                seq=a.seq,
+            event = a.event(
+                ward,
+                bed,
+                RULE,
+                RULE,
+                "score",
+                b.priority,
+                AlertState.RESOLVED,
+                math.nan,
+                _LIMIT[b.priority],
+                "patient discharged: score alert closed",
+                at,
             )
         return ScoreUpdate(ward, bed, None), event
 
@@ -441,23 +436,18 @@ class News2Scores:
             f"({older}older than {self.cfg.freshness_s:g} s); alert closed"
         )
         bed.active = bed.priority = bed.lower_since = bed.restored_until = None
-        return AlertEvent(
-            id=a.id,
-            ward=ward,
-            bed=bed_name,
-            device=RULE,
-            patient=a.patient,
-            vital=RULE,
-            rule=RULE,
-            kind="score",
-            priority=shown,
-            state=AlertState.RESOLVED,
-            value=float(total),
-            limit=_LIMIT[shown],
-            message=message,
-            started_at=a.started_at,
-            at=at,
-            seq=a.seq,
+        return a.event(
+            ward,
+            bed_name,
+            RULE,
+            RULE,
+            "score",
+            shown,
+            AlertState.RESOLVED,
+            float(total),
+            _LIMIT[shown],
+            message,
+            at,
         )
 
     def _trigger(
@@ -501,21 +491,16 @@ class News2Scores:
             if s.partial:
                 message += f"; partial, missing {', '.join(s.missing)}"
         bed.priority = priority
-        return AlertEvent(
-            id=a.id,
-            ward=ward,
-            bed=bed_name,
-            device=RULE,
-            patient=a.patient,
-            vital=RULE,
-            rule=RULE,
-            kind="score",
-            priority=shown,
-            state=state,
-            value=float(s.total),
-            limit=_LIMIT[shown],
-            message=message,
-            started_at=a.started_at,
-            at=at,
-            seq=a.seq,
+        return a.event(
+            ward,
+            bed_name,
+            RULE,
+            RULE,
+            "score",
+            shown,
+            state,
+            float(s.total),
+            _LIMIT[shown],
+            message,
+            at,
         )

@@ -50,7 +50,7 @@ from monitor.model import (
     DeviceStatus,
     Priority,
     Reading,
-    alert_id,
+    new_alert,
 )
 
 KIND = "technical"
@@ -83,8 +83,7 @@ class SensorState:
             alarms = self._open.setdefault(key, {})
             for flag in new:
                 rule, priority, text, _blind = DEVICE_FLAGS[flag]
-                event = AlertEvent(
-                    id=alert_id(s.ward, s.bed, s.device, rule, s.ts),
+                event = new_alert(
                     ward=s.ward,
                     bed=s.bed,
                     device=s.device,
@@ -93,13 +92,10 @@ class SensorState:
                     rule=rule,
                     kind=KIND,
                     priority=Priority(priority),
-                    state=AlertState.ACTIVE,
                     value=1.0,
                     limit=0.0,
                     message=f"{s.device}: {text}",
-                    started_at=s.ts,
-                    at=s.ts,
-                    seq=1,
+                    started=s.ts,
                 )
                 alarms[flag] = event
                 out.append(copy.copy(event))

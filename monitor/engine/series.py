@@ -55,10 +55,12 @@ class _Series:
         "cadence",
         "configured",
         "entry",
+        "every",
         "flagged",
         "gap",
         "last",
         "next_eval",
+        "quiet",
         "rules",
         "spans",
         "window",
@@ -96,6 +98,12 @@ class _Series:
 
     def set_rules(self, rules: list[Rule]) -> None:
         self.rules = rules  #: the rules of the bed's profile for this vital
+        #: per rule: a threshold rule's (low side?, least extreme limit); None: a trend rule
+        self.quiet = [
+            (r.side == "low", r._entry) if isinstance(r, ThresholdRule) else None for r in rules
+        ]
+        #: per rule: the event time between its evaluations (trend rules; 0: every reading)
+        self.every = [getattr(r, "every_s", 0.0) for r in rules]
         #: least extreme low and high threshold limits (plausibility: "within limits")
         lows = [r._entry for r in rules if isinstance(r, ThresholdRule) and r.side == "low"]
         highs = [r._entry for r in rules if isinstance(r, ThresholdRule) and r.side == "high"]

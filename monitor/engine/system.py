@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from monitor.model import AlertEvent, AlertState, Priority, alert_id
+from monitor.model import AlertEvent, AlertState, Priority, new_alert
 
 SYSTEM_WARD = "_system"
 
@@ -38,9 +38,7 @@ class SystemAlarms:
         now = self._clock()
         current = self._active.get(key)
         if active and current is None:
-            ident = alert_id(SYSTEM_WARD, self.instance, component, rule, now)
-            event = AlertEvent(
-                id=ident,
+            event = new_alert(
                 ward=SYSTEM_WARD,
                 bed=self.instance,
                 device=component,
@@ -49,13 +47,10 @@ class SystemAlarms:
                 rule=rule,
                 kind="technical",
                 priority=PRIORITIES.get(rule, Priority.MEDIUM),
-                state=AlertState.ACTIVE,
                 value=0.0,
                 limit=0.0,
                 message=detail,
-                started_at=now,
-                at=now,
-                seq=1,
+                started=now,
             )
             self._active[key] = event
             return event

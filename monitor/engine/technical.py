@@ -36,7 +36,7 @@ import copy
 from collections.abc import Callable, Iterable
 
 from monitor.engine.modes import Cadence
-from monitor.model import CONTINUOUS, AlertEvent, AlertState, Priority, alert_id
+from monitor.model import CONTINUOUS, AlertEvent, AlertState, Priority, new_alert
 
 RULE = "device.stale"
 _Device = tuple[str, str, str]  # (ward, bed, device)
@@ -177,9 +177,7 @@ class Staleness:
                 if device == ANY_DEVICE
                 else (f"no data from {device}")
             )
-            ident = alert_id(ward, bed, device, RULE, now)
-            event = AlertEvent(
-                id=ident,
+            event = new_alert(
                 ward=ward,
                 bed=bed,
                 device=device,
@@ -188,13 +186,10 @@ class Staleness:
                 rule=RULE,
                 kind="technical",
                 priority=Priority.MEDIUM,
-                state=AlertState.ACTIVE,
                 value=round(now - last, 1),
                 limit=limit,
                 message=f"{what} for {now - last:.0f} s",
-                started_at=now,
-                at=now,
-                seq=1,
+                started=now,
             )
             self._open[key] = event
             out.append(event)

@@ -67,6 +67,40 @@ class Active:
     device: str
     patient: str | None
 
+    def event(
+        self,
+        ward: str,
+        bed: str,
+        vital: str,
+        rule: str,
+        kind: str,
+        priority: Priority,
+        state: AlertState,
+        value: float,
+        limit: float,
+        message: str,
+        at: float,
+    ) -> AlertEvent:
+        """This alert's event at ``at`` (its id, device, patient, onset and count)."""
+        return AlertEvent(
+            id=self.id,
+            ward=ward,
+            bed=bed,
+            device=self.device,
+            patient=self.patient,
+            vital=vital,
+            rule=rule,
+            kind=kind,
+            priority=priority,
+            state=state,
+            value=value,
+            limit=limit,
+            message=message,
+            started_at=self.started_at,
+            at=at,
+            seq=self.seq,
+        )
+
 
 class SeriesKey(NamedTuple):
     """One series: a vital of a device at a bed. (A tuple: made and hashed per reading.)"""
@@ -270,23 +304,18 @@ class ThresholdRule:
         at: float,
         message: str,
     ) -> AlertEvent:
-        return AlertEvent(
-            id=a.id,
-            ward=key.ward,
-            bed=key.bed,
-            device=a.device,
-            patient=a.patient,
-            vital=self.vital,
-            rule=self.name,
-            kind="physiological",
-            priority=PRIORITY[level],
-            state=state,
-            value=value,
-            limit=limit,
-            message=message,
-            started_at=a.started_at,
-            at=at,
-            seq=a.seq,
+        return a.event(
+            key.ward,
+            key.bed,
+            self.vital,
+            self.name,
+            "physiological",
+            PRIORITY[level],
+            state,
+            value,
+            limit,
+            message,
+            at,
         )
 
     def _active_message(self, value: float, limit: float, duration: float) -> str:

@@ -255,23 +255,18 @@ class _TrendRule(ABC):
     def _event(
         self, key: SeriesKey, a: Active, state: AlertState, m: Measure, at: float, message: str
     ) -> AlertEvent:
-        return AlertEvent(
-            id=a.id,
-            ward=key.ward,
-            bed=key.bed,
-            device=a.device,
-            patient=a.patient,
-            vital=self.vital,
-            rule=self.name,
-            kind="trend",
-            priority=self.priority,
-            state=state,
-            value=m.value,
-            limit=m.limit,
-            message=message,
-            started_at=a.started_at,
-            at=at,
-            seq=a.seq,
+        return a.event(
+            key.ward,
+            key.bed,
+            self.vital,
+            self.name,
+            "trend",
+            self.priority,
+            state,
+            m.value,
+            m.limit,
+            message,
+            at,
         )
 
     @abstractmethod
