@@ -64,7 +64,7 @@ def streams(draw: st.DrawFn) -> list[list[Reading]]:
     return batches
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_the_gate_changes_nothing_on_random_streams(batches: list[list[Reading]]) -> None:
     rules = RulesConfig(thresholds={"hr": {"delay_s": 5}, "spo2": {"delay_s": 0}})
