@@ -55,9 +55,7 @@ def streams(draw: st.DrawFn) -> list[list[Reading]]:
             level[vital] = min(hi, max(lo, level[vital] + draw(st.floats(-15, 15))))
             ts = t - draw(st.sampled_from([0.0, 0.0, 0.0, 2.0, 90.0]))  # some late
             mode = draw(st.sampled_from([None, None, None, "intermittent", "continuous"]))
-            batch.append(
-                Reading(ts, "icu", bed, device, vital, round(level[vital], 1), mode=mode)
-            )
+            batch.append(Reading(ts, "icu", bed, device, vital, round(level[vital], 1), mode=mode))
         if draw(st.booleans()) and batches:
             batch += batches[-1][:1]  # a repeat
         batches.append(batch)
