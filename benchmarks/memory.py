@@ -53,7 +53,9 @@ from common import (
     write_json,
 )
 
-from monitor.engine.window import Window
+from monitor.config import RulesConfig
+from monitor.engine import Engine
+from monitor.model import Reading
 
 BEDS = "10,50"
 QUICK_BEDS = [10, 30]
@@ -66,29 +68,41 @@ TARGET_BEDS = 10_000
 TARGET_RSS_KIB = 1024 * 1024
 
 
-def window_bytes(span_s: float, samples: int) -> int | None:
-    """Bytes of one window's numpy buffers after ``samples`` readings 1 s apart (None:
-    ``Window`` keeps them otherwise than in ``_ts`` and ``_v``)."""
-    w = Window(span_s)
-    for t in range(samples):
-        w.add(float(t), 80.0)
-    try:
-        return int(w._ts.nbytes + w._v.nbytes)
-    except AttributeError:
-        return None
+def _nbytes(obj: Any) -> int:
+    """Bytes of the numpy arrays an object holds in its slots."""
+    total = 0
+    for name in getattr(obj, "__slots__", ()):
+        value = getattr(obj, name, None)
+        total += int(getattr(value, "nbytes", 0) or 0)
+    return total
 
 
 def window_table(vitals: tuple[str, ...]) -> list[dict[str, Any]]:
+    """What the engine keeps per series at steady state: one bed fed ``vitals`` at 1 Hz
+    for the span its default rules read, in process: the raw window's buffers and the
+    per-minute history's (monitor.engine.history), read from the engine's own series."""
     needs = vital_needs(vitals)
-    return [
-        {
-            "vital": vital,
-            "default_span_s": needs[vital],
-            "steady_10_min_window_bytes": window_bytes(600.0, 3 * 600),
-            "steady_default_span_bytes": window_bytes(needs[vital], int(2 * needs[vital]) + 1),
-        }
-        for vital in vitals
-    ]
+    span = int(max(needs.values()))
+    engine = Engine(RulesConfig(), sinks=[])
+    t0 = time.time() - span - 10
+    for s in range(span):
+        engine.process([Reading(t0 + s, "icu", "1", "mon1", v, 80.0 + s % 3) for v in vitals])
+        engine.take_score_updates()
+    out = []
+    for key, series in sorted(engine.series.items()):
+        w = series.window
+        hist = getattr(w, "history", None)
+        out.append(
+            {
+                "vital": key.vital,
+                "default_span_s": needs[key.vital],
+                "raw_span_s": w.span_s,
+                "raw_readings": len(w),
+                "window_bytes": _nbytes(w),
+                "history_bytes": _nbytes(hist) if hist is not None else 0,
+            }
+        )
+    return out
 
 
 def rss_parts(pid: int) -> dict[str, int]:
@@ -285,20 +299,26 @@ def report(result: dict[str, Any]) -> str:
             "KiB per bed above the 0-bed RSS as the fill went on (event time fed: KiB):",
             table(["beds", *(f"{m + 1}" for m in range(width))], curve_rows),
             "",
-            "numpy buffers of one series' window at 1 Hz, steady state (KiB; Window grows its "
-            "buffer 1.5x when more than 7/8 full at compaction):",
+            "what the engine keeps per series at steady state, 1 Hz (numpy buffers, KiB; one "
+            "bed fed in process for the span its default rules read):",
             table(
-                ["vital", "default span", "10-min window", "default span"],
+                ["vital", "rules read", "raw span", "raw readings", "window", "history", "all"],
                 [
                     [
                         w["vital"],
                         f"{w['default_span_s'] / 60:g} min",
-                        _kib(w["steady_10_min_window_bytes"]),
-                        _kib(w["steady_default_span_bytes"]),
+                        f"{w['raw_span_s'] / 60:g} min",
+                        str(w["raw_readings"]),
+                        _kib(w["window_bytes"]),
+                        _kib(w["history_bytes"]),
+                        _kib(w["window_bytes"] + w["history_bytes"]),
                     ]
                     for w in result["windows"]
                 ],
             ),
+            "per bed: "
+            + _kib(sum(w["window_bytes"] + w["history_bytes"] for w in result["windows"]))
+            + " KiB of numpy buffers",
             "",
             targets_table(result["targets"]),
         ]

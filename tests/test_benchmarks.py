@@ -74,7 +74,7 @@ CASES: dict[str, tuple[list[str], set[str], str, set[str]]] = {
         },
     ),
     "memory": (
-        ["beds", "RSS 0 beds MiB", "RSS after MiB", "KiB per bed", "10-min window"],
+        ["beds", "RSS 0 beds MiB", "RSS after MiB", "KiB per bed", "raw span", "history"],
         {"machine", "runs", "windows", "fill_s", "fill_step_s", "targets"},
         "runs",
         {
@@ -137,6 +137,13 @@ def test_quick_run_prints_its_table_and_writes_json(name: str, tmp_path: Path) -
     if name == "memory":
         for r in data["runs"]:
             assert set(r["fill"]) >= FILL and r["fill"]["readings"] == r["readings"] > 0
+        # what the engine keeps per series: a bounded raw window, history beyond it
+        by_vital = {w["vital"]: w for w in data["windows"]}
+        assert by_vital["hr"]["history_bytes"] > 0 and by_vital["dbp"]["history_bytes"] == 0
+        assert all(
+            w["raw_span_s"] < w["default_span_s"] or w["vital"] in ("dbp", "map")
+            for w in data["windows"]
+        )
     if name == "rules":
         for c in data["cases"]:
             assert {"ours", "ours_no_trends", "window_append", "naive_loop"} == set(
