@@ -102,9 +102,9 @@ class Window:
         horizon = newest - self.span_s
         start = self._start
         hist = self.history
-        if hist is not None:
-            horizon = math.floor(horizon / hist.res_s) * hist.res_s
-        if self._ts[start] < horizon:
+        if self._ts[start] < horizon:  # (the floored horizon is never later: checked first)
+            if hist is not None:
+                horizon = math.floor(horizon / hist.res_s) * hist.res_s
             live = self._ts[start : self._end]
             start += int(np.searchsorted(live, horizon, side="left"))
             start = min(start, self._end - self.min_keep)
