@@ -177,7 +177,7 @@ def _events(window_s: float, batches: list[list[Reading]]) -> list[tuple[str, st
 
 def test_the_engine_raises_the_same_trend_alerts_as_with_raw_windows() -> None:
     """A 5-hour deterioration at 1 Hz (HR drifting up, SBP down, SpO2 down late): the
-    engine with its default 600 s raw window and per-minute history raises and resolves
+    engine with its default 300 s raw window and per-minute history raises and resolves
     the same trend alerts as one keeping 4 h 5 min of raw readings (exact), each within
     a bucket and an evaluation period of the exact time."""
     rng = random.Random(11)
@@ -196,7 +196,7 @@ def test_the_engine_raises_the_same_trend_alerts_as_with_raw_windows() -> None:
             ]
         )
     exact = _events(4 * 3600 + 400, batches)
-    ours = _events(600, batches)
+    ours = _events(RulesConfig().window_s, batches)
     kinds = [(r, s) for r, s, _ in exact]
     assert any(r.endswith("baseline_up") for r, _ in kinds)  # the scenario shows both
     assert any(r.endswith("trend_up") for r, _ in kinds)
@@ -210,6 +210,6 @@ def test_series_keep_a_bounded_raw_window_with_history() -> None:
     for s in range(3 * 3600):
         engine.process([Reading(T0 + s, "icu", "1", "mon1", "hr", 70.0 + s % 3)])
     (series,) = engine.series.values()
-    assert len(series.window) <= 600 + RES_S + 1
+    assert len(series.window) <= RulesConfig().window_s + RES_S + 1
     assert series.window.history is not None
-    assert len(series.window.history) >= (3 * 3600 - 660) // 60
+    assert len(series.window.history) >= (3 * 3600 - RulesConfig().window_s - RES_S) // 60

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import RulesConfig
@@ -485,7 +485,7 @@ def test_default_limits(vital: str, side: str, warn: float, crit: float, delay: 
 CONTINUOUS_MAX_INTERVAL = 120.0  # rules.modes.continuous_max_interval_s
 GAP_FACTOR = 1.5  # rules.modes.gap_factor
 CADENCE_INTERVALS = 5  # the cadence is the median of this many latest intervals
-WINDOW = 600.0  # rules.window_s (no trend rules: nothing needs a longer window)
+WINDOW = 300.0  # rules.window_s (no trend rules: nothing needs a longer window)
 HR_PLAUSIBLE = (20.0, 250.0)  # rules.plausibility.ranges.hr
 
 
@@ -754,6 +754,24 @@ config_and_series = hr_configs().flatmap(lambda c: st.tuples(st.just(c), hr_seri
     st.sampled_from([1.0, 3.0, 10.0, 30.0]),
     st.sampled_from([None, "auto", "continuous", "intermittent"]),  # rules.modes.patterns
     st.sampled_from([None, "continuous", "intermittent"]),  # Reading.mode (the source)
+)
+# A run longer than the window: its start is the oldest reading the window still holds
+# (found in CI after the default window_s went from 600 to 300 s).
+@example(
+    (
+        {
+            "low": None,
+            "high": {"warn": 110, "crit": 110},
+            "delay_s": 0,
+            "clear_band": 0,
+            "confirm": None,
+        },
+        [(0.25, 20.0), (0.5, 20.0), (0.75, 111.0)]
+        + [(120.0 * i + 0.75, 110.5) for i in range(1, 4)],
+    ),
+    1.0,
+    None,
+    None,
 )
 def test_engine_matches_reference(
     case: Case, max_gap: float, pattern: str | None, hint: str | None
