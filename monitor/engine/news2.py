@@ -49,6 +49,7 @@ Worked example, a patient on scale 2 (confirmed hypercapnic respiratory failure)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -74,6 +75,7 @@ MESSAGES: Final[dict[Priority, str]] = {
 # ------------------------------------------------------------------ rounding
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a bed's values repeat (decimal rounding is slow)
 def _chart(value: float, tenths: bool = False) -> int:
     """``value`` rounded half up to the chart's resolution, as an integer.
 
@@ -254,6 +256,16 @@ class Score:
         return p, MESSAGES[p]
 
 
+def sub_score(vital: str, value: float, scale: Scale) -> int | None:
+    """The chart's score of one held numeric ``value`` of ``vital`` when it depends on
+    nothing else the bed holds (every numeric parameter, SpO2 on scale 1); None for the
+    others (o2, avpu, SpO2 on scale 2, which reads o2)."""
+    scorer = _ALONE.get(vital)
+    if scorer is None or (vital == "spo2" and scale != 1):
+        return None
+    return scorer(float(value))
+
+
 def score(inputs: Inputs) -> Score:
     """Score ``inputs``: every present parameter from the chart; absent ones are ``missing``.
 
@@ -282,6 +294,15 @@ def score(inputs: Inputs) -> Score:
         missing=tuple(p for p in PARAMETERS if p not in components),
         red=tuple(p for p, s in components.items() if s == 3),
     )
+
+
+_ALONE: Final = {
+    "rr": score_rr,
+    "spo2": score_spo2,
+    "sbp": score_sbp,
+    "hr": score_hr,
+    "temp": score_temp,
+}
 
 
 # ---------------------------------------------------------------- per bed

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import News2Config
-from monitor.engine.news2 import PARAMETERS, News2Tracker, Scale, Score
+from monitor.engine.news2 import PARAMETERS, News2Tracker, Scale, Score, sub_score
 from monitor.engine.threshold import Active
 from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading, alert_id, iso
 from monitor.pipeline import ScoreUpdate  # (re-exported: its old place)
@@ -124,9 +124,19 @@ class _Bed:
     sources: dict[str, dict[str, tuple[float, float | bool | str]]] = field(default_factory=dict)
     #: parameter -> the device whose value the score uses
     source: dict[str, str] = field(default_factory=dict)
+    #: :attr:`score` stands: since it was computed, inputs changed only to values of the
+    #: same sub-score (News2Scores.settle then need not compute it again)
+    stands: bool = False
+    #: the earliest and latest event time of those values (each must count at the settle)
+    span: tuple[float, float] = (math.inf, -math.inf)
 
 
 class News2Scores:
+    #: Skip computing a score that stands (:attr:`_Bed.stands`). False: every settle
+    #: computes it, the reference the differential tests compare with
+    #: (tests/test_engine_gate.py).
+    shortcut: bool = True
+
     def __init__(self, cfg: News2Config) -> None:
         self.cfg = cfg
         self.beds: dict[tuple[str, str], _Bed] = {}
@@ -143,6 +153,7 @@ class News2Scores:
         """New settings (SIGHUP): every bed's next due instant is recomputed with them."""
         self.cfg = cfg
         for key, bed in self.beds.items():
+            bed.stands = False
             self._schedule(key, bed)
 
     def _bed(self, ward: str, bed: str) -> _Bed:
@@ -156,7 +167,9 @@ class News2Scores:
         """The bed's SpO2 scale (a clinical decision, per patient): from the next reading."""
         self.scales[(ward, bed)] = scale
         if (ward, bed) in self.beds:
-            self.beds[(ward, bed)].tracker.scale = scale
+            b = self.beds[(ward, bed)]
+            b.tracker.scale = scale
+            b.stands = False
 
     def discharge(
         self, ward: str, bed: str, at: float
@@ -238,7 +251,7 @@ class News2Scores:
         seen[device] = (ts, value)
         if len(seen) == 1:  # the common case: one device measures it
             bed.source[vital] = device
-            return bed.tracker.set(vital, value, ts)
+            return self._set(bed, vital, value, ts)
         current = bed.source.get(vital)
         recent = [d for d, (t, _v) in seen.items() if t >= ts - self.cfg.source_s]
         if recent:
@@ -249,7 +262,26 @@ class News2Scores:
             return False  # the preferred source stays; this value is kept aside
         bed.source[vital] = best
         t, v = seen[best]
-        return bed.tracker.set(vital, v, t)
+        return self._set(bed, vital, v, t)
+
+    @staticmethod
+    def _set(bed: _Bed, vital: str, value: float | bool | str, ts: float) -> bool:
+        """Hold ``value`` from ``ts`` (:meth:`News2Tracker.set`); -> whether it changed.
+        The score stands while every change keeps its parameter's sub-score."""
+        if not bed.tracker.set(vital, value, ts):
+            return False
+        if bed.stands:
+            held = bed.score.components.get(vital) if bed.score is not None else None
+            if (
+                held is not None
+                and not isinstance(value, str)
+                and sub_score(vital, value, bed.tracker.scale) == held
+            ):
+                lo, hi = bed.span
+                bed.span = (ts if ts < lo else lo, ts if ts > hi else hi)
+            else:
+                bed.stands = False
+        return True
 
     def settle(
         self, ward: str, bed_name: str, ts: float
@@ -264,6 +296,16 @@ class News2Scores:
         bed.clock = at
         if self.arrival is not None:
             bed.lag = self.arrival - at
+        if self.shortcut and bed.stands and (bed.due is None or bed.due > at):
+            # nothing expires by `at` and every changed value counts at `at` with the
+            # sub-score the standing score has: computing it again would give it again
+            # (so no update, and the trigger judged it already)
+            lo, hi = bed.span
+            fresh = self.cfg.freshness_s
+            if at < lo + fresh and hi - at <= fresh and bed.restored_until is None:
+                bed.span = (math.inf, -math.inf)
+                self._schedule((ward, bed_name), bed)
+                return None, None
         before = bed.score
         s = bed.tracker.current(at, self.cfg.freshness_s, strict=True)
         bed.score = s
@@ -272,6 +314,7 @@ class News2Scores:
         # (an input expiring exactly now, not charted again, is an expiry like any other)
         expired = before is not None and any(p not in s.components for p in before.components)
         event = self._trigger(ward, bed_name, at, bed, s, expired)
+        bed.stands, bed.span = True, (math.inf, -math.inf)
         self._schedule((ward, bed_name), bed)
         return update, event
 
@@ -282,6 +325,7 @@ class News2Scores:
         bed = self._bed(e.ward, e.bed)
         bed.active = Active(e.id, _RANK[e.priority], e.started_at, e.seq, e.device, e.patient)
         bed.priority = e.priority
+        bed.stands = False
         if bed.score is None:
             since = e.at if now is None else max(e.at, now)
             bed.restored_until = since + self.cfg.freshness_s
@@ -362,6 +406,7 @@ class News2Scores:
                 updates.append(update)
             expired = any(p not in s.components for p in before.components)
             event = self._trigger(ward, name, at, bed, s, expired)
+            bed.stands, bed.span = True, (math.inf, -math.inf)
         if event is not None:
             events.append(event)
         self._schedule(key, bed)
