@@ -4,15 +4,18 @@ connection and PUBACKs written as one packet, on real sockets and a real mosquit
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import socket
 import threading
+from typing import Any
 
 from conftest import Broker, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.config import MqttConfig
-from monitor.mqtt import RECV_CHUNK, Client, Message, _BufferedSocket
+from monitor.mqtt import RECV_CHUNK, Client, Message, PublishError, _BufferedSocket
 
 
 @settings(max_examples=50, deadline=None)
@@ -232,3 +235,34 @@ def test_paho_outside_the_tested_releases_is_refused_at_start() -> None:
         check_paho(TESTED_PAHO[0], client=object())
     assert paho_pkg.__version__ in TESTED_PAHO
     Client(MqttConfig())  # (checks the installed release and its internals)
+
+
+def test_publishes_failed_by_a_stop_are_never_reported_as_unretrieved(
+    broker: Broker, caplog: Any
+) -> None:
+    """Publishes still waiting for their PUBACK when the client stops fail with
+    ``PublishError``; one whose publisher was cancelled by the shutdown budget (nobody
+    awaits it) is not logged by asyncio as "Future exception was never retrieved"
+    (before: an ERROR line at every shutdown that gave up on the broker)."""
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="stop-pending")
+
+    async def main() -> list[BaseException | None]:
+        client = Client(cfg, persistent=False)
+        client.start()
+        await asyncio.wait_for(client.connected.wait(), 10)
+        connected = client.connected
+        broker.stop()
+        await asyncio.to_thread(wait_for, lambda: not connected.is_set(), 10, "connection lost")
+        futs = [client.publish(f"t/{i}", b"x", qos=1) for i in range(5)]
+        await client.stop(timeout=0.1)
+        errors = [f.exception() if i == 0 else None for i, f in enumerate(futs)]
+        del futs, client  # the other four: their publisher is gone
+        gc.collect()
+        await asyncio.sleep(0)  # (the loop's handler runs from the futures' finalisers)
+        return errors
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        errors = asyncio.run(main())
+    broker.start()
+    assert isinstance(errors[0], PublishError)
+    assert "never retrieved" not in caplog.text

@@ -69,6 +69,15 @@ class PublishError(Exception):
     """A publish could not be handed to the broker."""
 
 
+def fail(fut: asyncio.Future[None], why: str) -> None:
+    """Fail a publish's future with :class:`PublishError` ``why``. Whoever awaits it gets
+    the error; a publish nobody awaits any more (its publisher cancelled at shutdown, a
+    retained state superseded) is counted and logged by the client, not reported again
+    by asyncio as "Future exception was never retrieved"."""
+    fut.set_exception(PublishError(why))
+    fut.exception()  # (marks it retrieved; awaiting it still raises)
+
+
 class _ClientBase:
     """The state of a :class:`~monitor.mqtt.Client` (set in its ``__init__``, documented
     there), as its parts see it, and the hop from paho's thread into the event loop."""

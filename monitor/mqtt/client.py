@@ -20,8 +20,8 @@ from monitor.mqtt.base import (
     STATUS_TOPIC,
     Deliver,
     Message,
-    PublishError,
     _Out,
+    fail,
     log,
     paho_log,
 )
@@ -206,7 +206,7 @@ class Client(_Connection, _Inbound):
         await asyncio.to_thread(self._disconnect)
         for out in self._pending.values():
             if not out.fut.done():
-                out.fut.set_exception(PublishError("client stopped"))
+                fail(out.fut, "client stopped")
         self._pending.clear()
         self.connected.clear()
 

@@ -11,7 +11,7 @@ from collections import Counter, deque
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
-from monitor.mqtt.base import PublishError, _ClientBase, _Out, log
+from monitor.mqtt.base import _ClientBase, _Out, fail, log
 
 
 class _Publishing(_ClientBase):
@@ -24,14 +24,14 @@ class _Publishing(_ClientBase):
         assert self._loop is not None, "start() first"
         fut: asyncio.Future[None] = self._loop.create_future()
         if self._stopping.is_set():
-            fut.set_exception(PublishError("client stopped"))
+            fail(fut, "client stopped")
             return fut
         previous = self._retained_latest.get(topic) if retain and qos > 0 else None
         if qos > 0 and len(self._pending) >= self.max_queued:
             self._make_room(previous)
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            fut.set_exception(PublishError(paho.error_string(info.rc)))
+            fail(fut, paho.error_string(info.rc))
         elif qos == 0:
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self.dropped["qos0"] += 1  # at most once: not kept while disconnected
@@ -102,7 +102,7 @@ class _Publishing(_ClientBase):
             )
         self.dropped[kind] += 1
         if not out.fut.done():
-            out.fut.set_exception(PublishError(f"dropped: outgoing queue full ({kind})"))
+            fail(out.fut, f"dropped: outgoing queue full ({kind})")
         return True
 
     def _forget(self, out: _Out) -> None:
@@ -134,7 +134,7 @@ class _Publishing(_ClientBase):
             return
         if refused is not None:
             log.warning("the broker refused a publish to %s: %s", out.topic, refused)
-            out.fut.set_exception(PublishError(f"refused by the broker: {refused}"))
+            fail(out.fut, f"refused by the broker: {refused}")
         else:
             out.fut.set_result(None)
 
