@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TypeVar
 
 from monitor.engine.modes import Modes
 from monitor.engine.plausibility import HISTORY, IMPLAUSIBLE, LATE, Peer
-from monitor.engine.series import _Series
+from monitor.engine.series import Rule, _Series
 from monitor.engine.state import EngineState
 from monitor.engine.threshold import SeriesKey, ThresholdRule
 from monitor.model import (
@@ -156,7 +157,17 @@ class Evaluation(EngineState):
             step: list[AlertEvent] = []
             if score_event is not None:
                 step.append(score_event)
-            rules = series.rules
+            rules: Sequence[Rule] = series.rules
+            if (
+                gate
+                and r.ts >= newest  # (the reading is the series' newest)
+                and r.ts < series.due
+                and not any(series.active)
+            ):  # no trend rule due, nothing open: only a value beyond a least extreme
+                # limit can change a threshold rule (the gate below, for all at once)
+                low, high = series.entry
+                if (low is None or r.value >= low) and (high is None or r.value <= high):
+                    rules = ()
             if rules:
                 mode = Modes.declared(series.configured, r.mode)  # the operator's, the source's
                 if mode is None:  # auto: the cadence, and a reading long after the last one
@@ -191,6 +202,7 @@ class Evaluation(EngineState):
                     series.active[i] = active
                     if event is not None:
                         step.append(event)
+                series.redue()
             if step:
                 for event in step:
                     self.counts[f"alert_{event.state}"] += 1

@@ -54,6 +54,7 @@ class _Series:
         "behind",
         "cadence",
         "configured",
+        "due",
         "entry",
         "every",
         "flagged",
@@ -104,12 +105,21 @@ class _Series:
         ]
         #: per rule: the event time between its evaluations (trend rules; 0: every reading)
         self.every = [getattr(r, "every_s", 0.0) for r in rules]
+        self.redue()
         #: least extreme low and high threshold limits (plausibility: "within limits")
         lows = [r._entry for r in rules if isinstance(r, ThresholdRule) and r.side == "low"]
         highs = [r._entry for r in rules if isinstance(r, ThresholdRule) and r.side == "high"]
         self.entry = (max(lows) if lows else None, min(highs) if highs else None)
         #: a continuous series sampled less often than its window keeps what a run needs
         self.window.min_keep = max([2, *(r.confirm for r in rules if isinstance(r, ThresholdRule))])
+
+    def redue(self) -> None:
+        """:attr:`due`: the earliest next evaluation of a trend rule (inf: none has one)."""
+        #: the series' newest event time from which a trend rule is due
+        self.due = min(
+            (n for n, q in zip(self.next_eval, self.quiet, strict=True) if q is None),
+            default=math.inf,
+        )
 
     def respan(self, spans: Spans) -> None:
         """The rules changed: what the window keeps follows (its readings stay; a history
@@ -130,4 +140,5 @@ class _Series:
         old = self.window
         self.window = _window(self.spans, old.min_keep)
         self.next_eval = [float("-inf")] * len(self.rules)
+        self.redue()
         self.cadence.last = float("-inf")
