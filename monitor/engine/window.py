@@ -77,12 +77,16 @@ class Window:
         if self._end == len(self._ts):
             self._make_room()
         end = self._end
-        if end == self._start or ts >= self._ts[end - 1]:
+        start = self._start
+        if end == start or ts >= self._ts[end - 1]:
             self._ts[end] = ts
             self._v[end] = value
             self._end = end + 1
-            self._expire(ts)
-            return len(self) - 1
+            # (the conditions under which _expire drops anything: checked inline, as
+            # this is once per reading and _expire does work about once a minute)
+            if self._ts[start] < ts - self.span_s or end + 1 - start > self.max_samples:
+                return end - (start + self._expire(ts))
+            return end - start
         live = self._ts[self._start : end]
         idx = self._start + int(np.searchsorted(live, ts, side="right"))
         self._ts[idx + 1 : end + 1] = self._ts[idx:end].copy()

@@ -324,8 +324,21 @@ def _json1() -> bool:
     return True
 
 
+#: Rows per ``INSERT`` statement (a commit may hold every reading in flight, tens of
+#: thousands): one JSON text and one ``json_each`` parse per this many rows, not one for
+#: the whole commit, whose size would stay in the process as the allocator's high-water
+#: mark (``benchmarks/memory.py``). Same transaction, same order, same rows stored.
+INSERT_CHUNK = 1_000
+
+
 def insert_readings(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """``INSERT OR IGNORE`` reading rows (``_INSERT_COLS`` order), in one statement."""
+    """``INSERT OR IGNORE`` reading rows (``_INSERT_COLS`` order), one statement per
+    ``INSERT_CHUNK`` rows, in order."""
+    for i in range(0, len(rows), INSERT_CHUNK):
+        _insert_chunk(conn, rows[i : i + INSERT_CHUNK])
+
+
+def _insert_chunk(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
     if _json1():
         text = json.dumps(rows, allow_nan=False)
         if "\\u0000" not in text:  # (SQLite's JSON strings end at a NUL character)
