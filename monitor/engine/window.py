@@ -23,7 +23,17 @@ class Window:
     time: valid until the next insert.
     """
 
-    __slots__ = ("_end", "_start", "_ts", "_v", "history", "max_samples", "min_keep", "span_s")
+    __slots__ = (
+        "_end",
+        "_minute",
+        "_start",
+        "_ts",
+        "_v",
+        "history",
+        "max_samples",
+        "min_keep",
+        "span_s",
+    )
 
     def __init__(
         self,
@@ -45,6 +55,10 @@ class Window:
         #: where readings leaving the window go, a minute at a time (trend rules that read
         #: further back than ``span_s``); None: they are dropped
         self.history = history
+        #: with a history: the minute (floor of horizon / res_s) of the last expiry that
+        #: dropped every reading before it; while the horizon stays in that minute, an
+        #: appended reading drops nothing (None: not known)
+        self._minute: int | None = None
 
     def __len__(self) -> int:
         return self._end - self._start
@@ -82,10 +96,20 @@ class Window:
             self._ts[end] = ts
             self._v[end] = value
             self._end = end + 1
-            # (the conditions under which _expire drops anything: checked inline, as
-            # this is once per reading and _expire does work about once a minute)
-            if self._ts[start] < ts - self.span_s or end + 1 - start > self.max_samples:
+            # (whether _expire would drop anything, checked inline: this is once per
+            # reading, and a reading leaves about once a minute)
+            if end + 1 - start > self.max_samples:
                 return end - (start + self._expire(ts))
+            horizon = ts - self.span_s
+            if self._ts[start] < horizon:
+                hist = self.history
+                if hist is None:
+                    if self._ts[start + 1] >= horizon and end - start >= self.min_keep:
+                        self._start = start + 1  # the oldest leaves (_expire's result)
+                        return end - start - 1
+                    return end - (start + self._expire(ts))
+                if math.floor(horizon / hist.res_s) != self._minute:
+                    return end - (start + self._expire(ts))
             return end - start
         live = self._ts[self._start : end]
         idx = self._start + int(np.searchsorted(live, ts, side="right"))
@@ -95,6 +119,7 @@ class Window:
         self._v[idx] = value
         self._end = end + 1
         pos = idx - self._start
+        self._minute = None  # (the reading may be older than the last horizon)
         dropped = self._expire(self.newest)
         return pos - dropped
 
@@ -107,11 +132,15 @@ class Window:
         start = self._start
         hist = self.history
         if self._ts[start] < horizon:  # (the floored horizon is never later: checked first)
+            minute = None
             if hist is not None:
-                horizon = math.floor(horizon / hist.res_s) * hist.res_s
+                minute = math.floor(horizon / hist.res_s)
+                horizon = minute * hist.res_s
             live = self._ts[start : self._end]
             start += int(np.searchsorted(live, horizon, side="left"))
-            start = min(start, self._end - self.min_keep)
+            if start > self._end - self.min_keep:  # kept for min_keep: not all are gone
+                start, minute = self._end - self.min_keep, None
+            self._minute = minute
         start = max(start, self._start, self._end - self.max_samples)
         dropped = start - self._start
         if dropped and hist is not None:
