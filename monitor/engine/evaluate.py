@@ -72,9 +72,11 @@ class Evaluation(EngineState):
             where = (r.ward, r.bed, r.device.partition(".")[0])
             if at > dev_now.get(where, -math.inf):
                 dev_now[where] = at
+        self.counts["readings"] += len(readings)
+        flapping_beds = flapping._flapping  # (bed -> its flapping rules; empty: none)
+        sensors_open = self.sensors._open  # (device -> its no-measurement alarms)
         for n, arrived in enumerate(readings):
             r = arrived
-            self.counts["readings"] += 1
             if received_at is not None and r.ts > received_at and clamp:
                 # a device clock ahead (within rules.max_future_s, or the source had
                 # refused it): evaluated at its arrival, never ahead of the wall clock
@@ -207,8 +209,10 @@ class Evaluation(EngineState):
                 for event in step:
                     self.counts[f"alert_{event.state}"] += 1
                 events += flapping.filter(step)
-            events += flapping.tick(r.ward, r.bed, r.ts)  # (a dict lookup when none flaps)
-            events += self.sensors.reading(r)  # values again: "sensor off" is over
+            if flapping_beds:
+                events += flapping.tick(r.ward, r.bed, r.ts)
+            if sensors_open:
+                events += self.sensors.reading(r)  # values again: "sensor off" is over
         return events
 
     def _admit(
