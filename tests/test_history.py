@@ -213,3 +213,36 @@ def test_series_keep_a_bounded_raw_window_with_history() -> None:
     assert len(series.window) <= RulesConfig().window_s + RES_S + 1
     assert series.window.history is not None
     assert len(series.window.history) >= (3 * 3600 - RulesConfig().window_s - RES_S) // 60
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 200),  # readings absorbed (a minute or a few at a time)
+            st.floats(0.2, 30),  # their spacing, s
+            st.lists(st.floats(-4000, 100), min_size=1, max_size=6),  # cuts asked after
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_slope_rows_are_slope_parts_with_a_spare_row(
+    steps: list[tuple[int, float, list[float]]],
+) -> None:
+    """The memoised rows a slope rule combines equal the unmemoised parts (same rows, same
+    order, same first time) whatever the cuts asked between absorptions."""
+    hist = History(1800, 0)
+    t = T0
+    rng = random.Random(len(steps))
+    for count, spacing, cuts in steps:
+        ts = t + spacing * np.arange(1, count + 1)
+        hist.absorb(ts, np.round(70 + 10 * np.sin(ts / 300) + rng.random(), 1))
+        t = float(ts[-1])
+        for offset in cuts:
+            cut = t - 1800 + offset
+            rows, first = hist.slope_rows(cut)
+            parts, first_ref = hist.slope_parts(cut)
+            assert first == first_ref
+            assert np.array_equal(rows[:-1], parts)
+            rows[-1] = (1.0, t, 70.0, 0.0, 0.0)  # (the caller's raw part: never read back)

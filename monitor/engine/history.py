@@ -61,10 +61,11 @@ RES_S = 60.0
 
 def stats(t: Array, v: Array) -> Part:
     """(n, mean t, mean v, sum (t - mean t)**2, sum (t - mean t)(v - mean v))."""
-    mt = float(t.mean())
-    mv = float(v.mean())
+    n = len(t)
+    mt = float(t.sum()) / n  # (ndarray.mean's result, without its overhead)
+    mv = float(v.sum()) / n
     dt = t - mt
-    return float(len(t)), mt, mv, float(np.dot(dt, dt)), float(np.dot(dt, v - mv))
+    return float(n), mt, mv, float(np.dot(dt, dt)), float(np.dot(dt, v - mv))
 
 
 def combine(parts: Array) -> tuple[float, float]:
@@ -104,7 +105,7 @@ def weighted_median(values: Array, weights: Array) -> float:
 class History:
     """Per-minute aggregates of the readings that left a series' raw window."""
 
-    __slots__ = ("_b", "_b_med", "_s", "_s_idx", "base_s", "res_s", "slope_s")
+    __slots__ = ("_b", "_b_med", "_memo", "_s", "_s_idx", "base_s", "res_s", "slope_s")
 
     def __init__(self, slope_s: float, base_s: float, res_s: float = RES_S) -> None:
         self.res_s = res_s
@@ -116,6 +117,8 @@ class History:
         #: baseline ring: [minute index (-1: empty), n] and the minute's median
         self._b: _Ints | None = None
         self._b_med: Array | None = None
+        #: :meth:`slope_rows`' last answer and the cuts it holds for: (lo, hi, rows, first)
+        self._memo: tuple[float, float, Array, float] | None = None
 
     def _alloc(self) -> None:
         if self.slope_s > 0:
@@ -138,6 +141,7 @@ class History:
         """Readings leaving the raw window (sorted by time) -> their minutes' buckets."""
         if len(ts) == 0:
             return
+        self._memo = None
         if self._s_idx is None and self._b is None:
             self._alloc()
         idx = np.floor(ts / self.res_s).astype(np.int64)
@@ -191,6 +195,31 @@ class History:
             return np.empty((0, 5)), math.inf
         rows = self._s[keep]
         return rows[:, _PART], float(rows[:, 1].min())
+
+    def slope_rows(self, cut: float) -> tuple[Array, float]:
+        """:meth:`slope_parts` with one more, spare, last row (for the caller's raw part),
+        as one array. Kept while no bucket changes and ``cut`` passes no bucket's mean
+        time: a slope rule asks every few seconds, the answer changes about once a
+        minute. The spare row is the caller's to overwrite."""
+        memo = self._memo
+        if memo is not None and memo[0] < cut <= memo[1]:
+            return memo[2], memo[3]
+        if self._s_idx is None or self._s is None:
+            return np.empty((1, 5)), math.inf
+        valid = self._s_idx >= 0
+        means = self._s[:, 2]
+        keep = valid & (means >= cut)
+        out = valid & ~keep
+        lo = float(means[out].max()) if out.any() else -math.inf
+        rows = np.empty((int(np.count_nonzero(keep)) + 1, 5))
+        if len(rows) > 1:
+            kept = self._s[keep]
+            rows[:-1] = kept[:, _PART]
+            hi, first = float(kept[:, 2].min()), float(kept[:, 1].min())
+        else:
+            hi, first = math.inf, math.inf
+        self._memo = (lo, hi, rows, first)
+        return rows, first
 
     def baseline_parts(self, lo: float, hi: float) -> tuple[Array, Array, float, float]:
         """The baseline buckets whose minute's middle is in ``[lo, hi]`` -> (medians,

@@ -117,11 +117,12 @@ def ls_slope(t: Array, v: Array) -> float:
     Centred on the means, so epoch-sized times lose no precision: with ``dt = t - mean(t)``,
     slope = sum(dt * (v - mean(v))) / sum(dt**2). NaN when the times do not vary.
     """
-    dt = t - t.mean()
+    n = len(t)
+    dt = t - t.sum() / n  # (the mean as ndarray.mean computes it, without its overhead)
     den = float(np.dot(dt, dt))
     if den <= 0.0:
         return math.nan
-    return float(np.dot(dt, v - v.mean())) / den
+    return float(np.dot(dt, v - v.sum() / n)) / den
 
 
 def median(a: Array) -> float:
@@ -332,9 +333,10 @@ class SlopeRule(_TrendRule):
         newest = float(ts[-1])
         cut = newest - self.window_s
         if history is not None and float(ts[0]) > cut:
-            parts, first = history.slope_parts(cut)
-            if len(parts):
-                total, s = combine(np.vstack((parts, stats(ts, vals))))
+            rows, first = history.slope_rows(cut)
+            if len(rows) > 1:
+                rows[-1] = stats(ts, vals)
+                total, s = combine(rows)
                 span = newest - min(first, float(ts[0]))
                 if total < self.min_readings or span < self.min_span or math.isnan(s):
                     return None
