@@ -256,6 +256,7 @@ class Score:
         return p, MESSAGES[p]
 
 
+@functools.lru_cache(maxsize=8192)  # pure; asked for every NEWS2 reading
 def sub_score(vital: str, value: float, scale: Scale) -> int | None:
     """The chart's score of one held numeric ``value`` of ``vital`` when it depends on
     nothing else the bed holds (every numeric parameter, SpO2 on scale 1); None for the

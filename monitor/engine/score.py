@@ -89,6 +89,7 @@ def source_rank(device: str) -> int:
     return SOURCE_RANK.get(device.rsplit(".", 1)[-1].lower(), 1)
 
 
+_PARAMETERS = frozenset(PARAMETERS)  # (a set: asked for every reading)
 _RANK = {None: 0, Priority.LOW: 1, Priority.MEDIUM: 2, Priority.HIGH: 3}
 _LIMIT = {Priority.LOW: 3.0, Priority.MEDIUM: 5.0, Priority.HIGH: 7.0}
 
@@ -218,8 +219,8 @@ class News2Scores:
         same bed at the same event time (an object with six vitals is one change of the
         score, not six, and the score never mixes half of an instant with the one
         before). Any reading may settle, a NEWS2 input or not."""
-        if self.cfg.enabled and r.vital in PARAMETERS:
-            bed = self._bed(r.ward, r.bed)
+        if self.cfg.enabled and r.vital in _PARAMETERS:
+            bed = self.beds.get((r.ward, r.bed)) or self._bed(r.ward, r.bed)
             value: float | bool | str = r.value
             if r.vital == "avpu":
                 value = AVPU_CODES[int(r.value)]
