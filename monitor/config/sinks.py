@@ -64,6 +64,9 @@ class InfluxStoreConfig(_Model):
     patient_key_file: ReadableFile = None
     retry_min_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
+    #: Seconds of failures (or of a send that does not return) before the technical
+    #: alarm ``sink.down``; checked every second whatever the retry backoff.
+    down_alarm_s: float = Field(30.0, ge=1, le=86400)
 
     @field_validator("url")
     @classmethod

@@ -15,7 +15,7 @@ Contract of :class:`Forwarder`:
   (bounded by the shutdown budget), or at once while the remote is failing: the backlog
   waits in the journal for the next run.
 
-A remote that fails (or a send that hangs) for ``DOWN_ALARM_AFTER_S`` raises the
+A remote that fails (or a send that hangs) for ``down_alarm_s`` raises the
 technical alarm ``sink.down``: the daemon calls ``check()`` every second, so the alarm
 does not wait for the next retry, however far the backoff has grown. ``lag_s`` is the
 event-time age of the oldest reading not yet forwarded, as of now.
@@ -54,7 +54,8 @@ log = logging.getLogger("vitalmon.sink.forward")
 #: (seq, ward, bed, device, vital, ts, value, patient, flag)
 Row = tuple[int, str, str, str, str, float, float, str | None, str | None]
 
-#: After failing this long, a remote sink raises the technical alarm ``sink.down``.
+#: After failing this long, a remote sink raises the technical alarm ``sink.down``
+#: (the default of a sink's ``down_alarm_s``).
 DOWN_ALARM_AFTER_S = 30.0
 
 
@@ -79,6 +80,7 @@ class Forwarder:
         retry_min_s: float = 1.0,
         retry_max_s: float = 60.0,
         flush_interval_s: float = 0.0,
+        down_alarm_s: float = DOWN_ALARM_AFTER_S,
     ) -> None:
         self.name = name
         self.journal = journal
@@ -88,6 +90,7 @@ class Forwarder:
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.flush_interval_s = flush_interval_s
+        self.down_alarm_s = down_alarm_s
         self.counts: Counter[str] = Counter()
         self.cursor = (0, 0)
         #: event time of the oldest reading not yet forwarded (None: caught up)
@@ -111,10 +114,10 @@ class Forwarder:
 
     def check(self, now: float | None = None) -> None:
         """Raise ``sink.down`` once the remote has failed, or a send has hung, for
-        ``DOWN_ALARM_AFTER_S`` (called on the daemon's heartbeat, whatever the backoff)."""
+        ``down_alarm_s`` (called on the daemon's heartbeat, whatever the backoff)."""
         t = time.monotonic() if now is None else now
         since = self.failing_since if self.failing_since is not None else self._sending_since
-        if self._alarmed or since is None or t - since < DOWN_ALARM_AFTER_S:
+        if self._alarmed or since is None or t - since < self.down_alarm_s:
             return
         self._alarmed = True
         if self.on_condition is not None:
