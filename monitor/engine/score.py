@@ -53,86 +53,24 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 from monitor.config import News2Config
-from monitor.engine.news2 import PARAMETERS, News2Tracker, Scale, Score, sub_score
+from monitor.engine.news2 import PARAMETERS, News2Tracker, Scale, Score
+from monitor.engine.score_alert import _LIMIT, _RANK, RULE, _Alerting
+from monitor.engine.score_bed import SOURCE_RANK, _Bed, _Sources, source_rank
 from monitor.engine.threshold import Active
-from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading, alert_id, iso
+from monitor.model import AVPU_CODES, AlertEvent, AlertState, Reading, iso
 from monitor.pipeline import ScoreUpdate  # (re-exported: its old place)
 
 log = logging.getLogger("vitalmon.engine")
 
-RULE = "news2"
 
-#: Which device a NEWS2 parameter prefers when several measure it (README, "NEWS2"),
-#: by the device's kind: its name's last dotted part (``MON1.ecg``) or the name itself.
-#: ECG and arterial line first, then any other device (a chart, a thermometer), then
-#: the pulse oximeter's pulse, then the cuff's.
-SOURCE_RANK: dict[str, int] = {
-    "ecg": 0,
-    "abp": 0,
-    "art": 0,
-    "pleth": 2,
-    "spo2": 2,
-    "pulse": 2,
-    "tele": 2,
-    "spo2t": 2,
-    "nibp": 3,
-    "cuff": 3,
-}
-
-
-def source_rank(device: str) -> int:
-    """Lower is preferred (:data:`SOURCE_RANK`; any other kind 1)."""
-    return SOURCE_RANK.get(device.rsplit(".", 1)[-1].lower(), 1)
-
+__all__ = ["RULE", "SOURCE_RANK", "News2Scores", "ScoreUpdate", "source_rank"]
 
 _PARAMETERS = frozenset(PARAMETERS)  # (a set: asked for every reading)
-_RANK = {None: 0, Priority.LOW: 1, Priority.MEDIUM: 2, Priority.HIGH: 3}
-_LIMIT = {Priority.LOW: 3.0, Priority.MEDIUM: 5.0, Priority.HIGH: 7.0}
 
 
-@dataclass(slots=True)
-class _Bed:
-    tracker: News2Tracker
-    last: tuple[object, ...] | None = None
-    active: Active | None = None
-    priority: Priority | None = None
-    patient: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: an input changed since the score was last computed
-    changed: bool = False
-    #: event time since which the trigger has been below the alert's priority
-    lower_since: float | None = None
-    #: the score last computed (None: none in this run yet)
-    score: Score | None = None
-    #: the bed's present: the newest event time its score was computed at
-    clock: float = -math.inf
-    #: the next instant of time-driven work (a hold ending, an input expiring), or None
-    due: float | None = None
-    #: the earliest key (``due + lag``) the bed has in the heap of due beds (None: none)
-    queued: float | None = None
-    #: how far the bed's input lags the wall clock (arrival - event time of its latest
-    #: scored reading; 0 with no arrival time, as in a replay): on the daemon's clock the
-    #: bed's present is ``now - lag``, so a tick never overtakes readings still on their
-    #: way (a backlog after an outage, a simulation catching up, charting done late)
-    lag: float = 0.0
-    #: an alert carried over a restart, no input of it in this run: closed by then
-    restored_until: float | None = None
-    #: parameter -> device -> (ts, value) of its latest value: the parameter's source
-    sources: dict[str, dict[str, tuple[float, float | bool | str]]] = field(default_factory=dict)
-    #: parameter -> the device whose value the score uses
-    source: dict[str, str] = field(default_factory=dict)
-    #: :attr:`score` stands: since it was computed, inputs changed only to values of the
-    #: same sub-score (News2Scores.settle then need not compute it again)
-    stands: bool = False
-    #: the earliest and latest event time of those values (each must count at the settle)
-    span: tuple[float, float] = (math.inf, -math.inf)
-
-
-class News2Scores:
+class News2Scores(_Sources, _Alerting):
     #: Skip computing a score that stands (:attr:`_Bed.stands`). False: every settle
     #: computes it, the reference the differential tests compare with
     #: (tests/test_engine_gate.py).
@@ -233,56 +171,6 @@ class News2Scores:
         if not settle:
             return None, None
         return self.settle(r.ward, r.bed, r.ts)
-
-    def _take(
-        self, bed: _Bed, vital: str, device: str, value: float | bool | str, ts: float
-    ) -> bool:
-        """A parameter's value from ``device``; -> whether the score's input changed.
-
-        One device at a time is a parameter's source, never a mix that alternates: among
-        the devices whose latest value is within ``source_s`` of ``ts``, the preferred
-        kind (:func:`source_rank`), then the current source, then the name; when none is
-        that recent, the newest value."""
-        seen = bed.sources.get(vital)
-        if seen is None:
-            seen = bed.sources[vital] = {}
-        held = seen.get(device)
-        if held is not None and ts < held[0]:
-            return False  # older than what this device said already
-        seen[device] = (ts, value)
-        if len(seen) == 1:  # the common case: one device measures it
-            bed.source[vital] = device
-            return self._set(bed, vital, value, ts)
-        current = bed.source.get(vital)
-        recent = [d for d, (t, _v) in seen.items() if t >= ts - self.cfg.source_s]
-        if recent:
-            best = min(recent, key=lambda d: (source_rank(d), d != current, d))
-        else:
-            best = max(seen, key=lambda d: seen[d][0])
-        if best != device and best == current:
-            return False  # the preferred source stays; this value is kept aside
-        bed.source[vital] = best
-        t, v = seen[best]
-        return self._set(bed, vital, v, t)
-
-    @staticmethod
-    def _set(bed: _Bed, vital: str, value: float | bool | str, ts: float) -> bool:
-        """Hold ``value`` from ``ts`` (:meth:`News2Tracker.set`); -> whether it changed.
-        The score stands while every change keeps its parameter's sub-score."""
-        if not bed.tracker.set(vital, value, ts):
-            return False
-        if bed.stands:
-            held = bed.score.components.get(vital) if bed.score is not None else None
-            if (
-                held is not None
-                and not isinstance(value, str)
-                and sub_score(vital, value, bed.tracker.scale) == held
-            ):
-                lo, hi = bed.span
-                bed.span = (ts if ts < lo else lo, ts if ts > hi else hi)
-            else:
-                bed.stands = False
-        return True
 
     def settle(
         self, ward: str, bed_name: str, ts: float
@@ -459,94 +347,4 @@ class News2Scores:
                 "risk": s.risk,
                 "at": iso(at),
             },
-        )
-
-    def _expire(
-        self,
-        ward: str,
-        bed_name: str,
-        at: float,
-        bed: _Bed,
-        missing: tuple[str, ...],
-        total: int,
-        note: str = "",
-    ) -> AlertEvent:
-        """The open alert resolves: its evidence (these inputs) has expired."""
-        assert bed.active is not None
-        assert bed.priority is not None
-        a, shown = bed.active, bed.priority
-        a.seq += 1
-        older = f"{note}; " if note else ""
-        message = (
-            f"NEWS2 evidence expired: no fresh {', '.join(missing)} "
-            f"({older}older than {self.cfg.freshness_s:g} s); alert closed"
-        )
-        bed.active = bed.priority = bed.lower_since = bed.restored_until = None
-        return a.event(
-            ward,
-            bed_name,
-            RULE,
-            RULE,
-            "score",
-            shown,
-            AlertState.RESOLVED,
-            float(total),
-            _LIMIT[shown],
-            message,
-            at,
-        )
-
-    def _trigger(
-        self, ward: str, bed_name: str, at: float, bed: _Bed, s: Score, expired: bool = False
-    ) -> AlertEvent | None:
-        """Judge the alert on score ``s`` at ``at``. ``expired``: ``s`` lost inputs to
-        expiry. No evidence, no alert: an open alert resolves at once (no hold) when the
-        score is partial (``alert_partial`` false) or, on expiry, triggers nothing."""
-        priority, why = s.trigger()
-        if (
-            bed.active is not None
-            and bed.priority is not None
-            and ((s.partial and not self.cfg.alert_partial) or (expired and priority is None))
-        ):
-            return self._expire(ward, bed_name, at, bed, s.missing, s.total)
-        if s.partial and not self.cfg.alert_partial:
-            return None
-        if priority == bed.priority:
-            bed.lower_since = None
-            return None
-        if _RANK[priority] < _RANK[bed.priority] and self.cfg.hold_s > 0:
-            if bed.lower_since is None:
-                bed.lower_since = at
-            if at < bed.lower_since + self.cfg.hold_s:  # (the expression _schedule uses)
-                return None
-        bed.lower_since = None
-        if bed.active is None:
-            assert priority is not None
-            ident = alert_id(ward, bed_name, RULE, RULE, at)
-            bed.active = Active(ident, _RANK[priority], at, 0, RULE, bed.patient)
-        a = bed.active
-        a.seq += 1
-        parts = ", ".join(f"{k} {v}" for k, v in s.components.items() if v)
-        if priority is None:
-            state, shown = AlertState.RESOLVED, bed.priority or Priority.LOW
-            message = f"NEWS2 {s.total}: no trigger ({parts or 'all parameters 0'})"
-            bed.active = None
-        else:
-            state, shown = AlertState.ACTIVE, priority
-            message = f"NEWS2 {s.total}: {why} ({parts})"
-            if s.partial:
-                message += f"; partial, missing {', '.join(s.missing)}"
-        bed.priority = priority
-        return a.event(
-            ward,
-            bed_name,
-            RULE,
-            RULE,
-            "score",
-            shown,
-            state,
-            float(s.total),
-            _LIMIT[shown],
-            message,
-            at,
         )
