@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from monitor.config import Config
 from monitor.engine.news2 import PARAMETERS
-from monitor.engine.trend import _fmt_per as fmt_per
+from monitor.engine.trend_rule import _fmt_per as fmt_per
 from monitor.model import LABELS, VITALS, fmt_reading, iso
 from monitor.views.report_data import ORDER, Alert, BedData, _arrays, load, plotted
 from monitor.views.stats import bed_profiles, span_hint
