@@ -307,28 +307,6 @@ def test_insert_readings_stores_every_float_exactly(tmp_path, monkeypatch, value
     assert got == rows
 
 
-def test_insert_readings_in_chunks_stores_the_same_rows(tmp_path, monkeypatch):
-    """A commit's rows go in ``INSERT_CHUNK`` at a time, from any iterable (the sink's
-    are made as they go: its memory high-water is a chunk, not the commit): every row
-    stored once, in order, a duplicate in a later chunk ignored, and a chunk that has to
-    fall back to executemany (a NUL character) among JSON ones."""
-    from monitor.sinks import sqlite as store
-
-    monkeypatch.setattr(store, "INSERT_CHUNK", 3)
-    conn = store.connect(str(tmp_path / "chunks.db"))
-    rows = [
-        ("icu", "7", "mon", "hr", T0 + i, 60.0 + i, "p\x00" if i == 4 else None, None)
-        for i in range(10)
-    ]
-    stored = store.write_rows(conn, (r for r in [*rows, *rows[2:5]]))
-    got = conn.execute(
-        "SELECT ward, bed, device, vital, ts, value, patient, flag FROM readings ORDER BY seq"
-    ).fetchall()
-    conn.close()
-    assert stored == 10
-    assert got == rows
-
-
 def _schema_v2(db: Path) -> None:
     """A store as vitalmon wrote it before readings had a flag (schema 2)."""
     conn = sqlite3.connect(db)

@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
 import logging
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -232,10 +231,7 @@ class SqliteSink(_Committing):
     # ------------------------------------------------------------- store thread
 
     def _commit(self, conn: sqlite3.Connection, *, batch: list[_Item]) -> int:
-        # the rows are made a chunk at a time as they are inserted (insert_readings): a
-        # commit may hold every reading in flight, whose tuples would all live at once
-        received = sum(len(it.readings) for it in batch)
-        rows = (reading_row(r) for it in batch for r in it.readings)
+        rows = [reading_row(r) for it in batch for r in it.readings]
         events = [e for it in batch for e in it.events]
         alerts = [alert_row(e) for e in events]
         audit: list[tuple[object, ...]] = [
@@ -254,9 +250,9 @@ class SqliteSink(_Committing):
         ]
         audit += [row for it in batch for row in it.audit]
         stored = write_rows(conn, rows, alerts, audit)
-        self.counts["received"] += received
+        self.counts["received"] += len(rows)
         self.counts["committed"] += stored
-        self.counts["duplicates"] += received - stored
+        self.counts["duplicates"] += len(rows) - stored
         self.counts["alert_events"] += len(alerts)
         return journal_head(conn)[0]
 
@@ -270,17 +266,18 @@ def rollback(conn: sqlite3.Connection) -> None:
 
 def write_rows(
     conn: sqlite3.Connection,
-    rows: Iterable[tuple[object, ...]],
+    rows: Sequence[tuple[object, ...]],
     alerts: Sequence[tuple[object, ...]] = (),
     audit: Sequence[tuple[object, ...]] = (),
 ) -> int:
-    """Reading rows (``_INSERT_COLS``; any iterable, taken ``INSERT_CHUNK`` at a time),
-    alert rows (:func:`alert_row`) and audit rows in one transaction; a reading or alert
-    event already stored is ignored. -> readings stored."""
+    """Reading rows (``_INSERT_COLS``), alert rows (:func:`alert_row`) and audit rows in
+    one transaction; a reading or alert event already stored is ignored. -> readings
+    stored."""
     before = conn.total_changes
     conn.execute("BEGIN")
     try:
-        insert_readings(conn, rows)
+        if rows:
+            insert_readings(conn, rows)
         stored = conn.total_changes - before
         if alerts:
             conn.executemany(
@@ -327,22 +324,8 @@ def _json1() -> bool:
     return True
 
 
-#: Rows per ``INSERT`` statement. A commit may hold every reading in flight (tens of
-#: thousands): its rows, their JSON text and SQLite's parse of it are made this many at a
-#: time, not all at once, since the allocators keep such a high-water mark in the RSS for
-#: good (``benchmarks/memory.py``). Same transaction, same order, same rows stored.
-INSERT_CHUNK = 1_000
-
-
-def insert_readings(conn: sqlite3.Connection, rows: Iterable[tuple[object, ...]]) -> None:
-    """``INSERT OR IGNORE`` reading rows (``_INSERT_COLS`` order), in order, one statement
-    per ``INSERT_CHUNK`` rows."""
-    it = iter(rows)
-    while chunk := list(itertools.islice(it, INSERT_CHUNK)):
-        _insert_chunk(conn, chunk)
-
-
-def _insert_chunk(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+def insert_readings(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """``INSERT OR IGNORE`` reading rows (``_INSERT_COLS`` order), in one statement."""
     if _json1():
         text = json.dumps(rows, allow_nan=False)
         if "\\u0000" not in text:  # (SQLite's JSON strings end at a NUL character)
