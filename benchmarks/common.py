@@ -76,6 +76,18 @@ def normal_value(rng: random.Random, vital: str) -> float:
     return int(x) if decimals == 0 else x
 
 
+def fill_value(rng: random.Random, vital: str, step_s: float) -> float:
+    """A value for a fill one reading every ``step_s``: normal (:func:`normal_value`) at
+    1 Hz; the vital's mean when sparser. A sparse fill followed by 1 Hz readings leaves
+    single readings a minute apart at the old end of a trend window, each with the leverage
+    of a whole minute: one of them 3 SD off makes a slope of 25 mmHg per 30 min out of
+    noise (a real trend alert: sbp.trend_down), which normal values must not raise."""
+    if step_s > 1.0:
+        mean, _sd, decimals = NORMAL[vital]
+        return float(round(mean)) if decimals == 0 else round(mean, decimals)
+    return normal_value(rng, vital)
+
+
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
     """Poll ``pred`` until it returns something truthy; RuntimeError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -592,7 +604,7 @@ class Fill:
         rng = random.Random(11)
         #: pre-drawn normal values, as JSON text per vital
         self._pool = {
-            v: [json.dumps(normal_value(rng, v)) for _ in range(997)] for v in self.vitals
+            v: [json.dumps(fill_value(rng, v, step_s)) for _ in range(997)] for v in self.vitals
         }
 
     def _object(self, ts: float, end: float, k: int) -> str | None:

@@ -39,6 +39,7 @@ from typing import Any
 from common import (
     SIX,
     default_fill_s,
+    fill_value,
     machine,
     machine_line,
     normal_value,
@@ -96,7 +97,10 @@ def fill_batches(
             continue
         for bed in names:
             out.append(
-                [Reading(ts, "icu", bed, "mon1", v, float(normal_value(rng, v))) for v in vitals]
+                [
+                    Reading(ts, "icu", bed, "mon1", v, float(fill_value(rng, v, step_s)))
+                    for v in vitals
+                ]
             )
     return out
 
@@ -113,8 +117,9 @@ class EngineCase:
         def run(batches: list[Batch]) -> None:
             process = engine.process
             for batch in batches:
-                if process(list(batch)):
-                    raise RuntimeError("normal values raised an alert")
+                events = process(list(batch))
+                if events:
+                    raise RuntimeError(f"normal values raised an alert: {events[0]}")
 
         return run
 
