@@ -158,8 +158,10 @@ def daemon_config(
     synchronous: str = "normal",
 ) -> Path:
     """A daemon config: one MQTT source, SQLite in ``workdir`` (``store.synchronous``:
-    normal or full), metrics on loopback. ``rules`` is YAML appended under ``rules:``
-    (indented by two spaces)."""
+    normal or full), metrics on loopback, the engine's capacity above what any benchmark
+    offers (the default ``engine.max_beds`` 2,000 would store and not evaluate the rest of
+    5,000 beds, the latency probe's among them). ``rules`` is YAML appended under
+    ``rules:`` (indented by two spaces)."""
     path = workdir / f"{client_id}.yaml"
     path.write_text(
         f"""mqtt:
@@ -179,6 +181,9 @@ alerts:
   qos: 1
 metrics:
   listen: "127.0.0.1:{metrics_port}"
+engine:
+  max_beds: 20000
+  max_series: 200000
 log:
   level: warning
 rules:
