@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -140,8 +141,8 @@ def news2_streams(draw: st.DrawFn) -> list[Step]:
             lo, hi = NEWS2[vital]
             step = draw(st.sampled_from([0.0, 0.1, -0.1, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0]))
             level[vital] = min(hi, max(lo, level[vital] + step))
-            # some late, some older than the inputs' freshness (120 s)
-            ts = t - draw(st.sampled_from([0.0, 0.0, 0.0, 3.0, 150.0]))
+            # some late, some older than the inputs' freshness (120 s), some that far ahead
+            ts = t - draw(st.sampled_from([0.0, 0.0, 0.0, 3.0, 150.0, -150.0]))
             batch.append(Reading(ts, "icu", bed, device, vital, round(level[vital], 1), live))
         if batch:
             steps.append(batch)
@@ -155,3 +156,29 @@ def test_the_news2_shortcut_changes_nothing(steps: list[Step], source_s: float) 
     rules = RulesConfig(news2={"freshness_s": 120, "hold_s": 30, "source_s": source_s})
     ours = _run(True, steps, rules)
     assert ours == _run(False, steps, rules)
+
+
+def test_a_value_ahead_of_the_score_counts_once_the_clock_reaches_it() -> None:
+    """A parameter's source may hold a value more than ``freshness_s`` ahead of the bed's
+    present (one kept aside, then chosen by name when the preferred source is no longer
+    recent): the score leaves it out, and it counts, with no input changing, once the
+    present is within ``freshness_s`` of it. The score does not stand meanwhile (found by
+    review: the shortcut published nothing where the reference counted hr 150)."""
+
+    def at(dt: float, device: str, vital: str, value: float) -> Reading:
+        return Reading(T0 + dt, "icu", "1", device, vital, value)
+
+    steps: list[Step] = [
+        [at(900, "Z.chart", "hr", 80.0), at(900, "R.chart", "rr", 16.0)],
+        [at(1100, "B.chart", "hr", 150.0)],  # as preferred as Z, which stays: kept aside
+        [at(600, "M.ecg", "hr", 80.0)],  # an ECG takes over (an old value, late)
+        # the ECG is no longer recent: B wins by name, 100 s ahead: not counted
+        [at(1000, "Z.chart", "hr", 81.0), at(1000, "R.chart", "rr", 16.0)],
+        [at(1050, "R.chart", "rr", 17.0)],  # rr's sub-score holds; B's hr counts now
+    ]
+    for partial in (False, True):
+        rules = RulesConfig(news2={"freshness_s": 60, "alert_partial": partial})
+        ours = _run(True, steps, rules)
+        assert ours == _run(False, steps, rules)
+        assert ours[-2] == [("icu", "1", mock.ANY)]  # the score at 1050 is published
+        assert ours[-2][0][2]["components"] == {"rr": 0, "hr": 3}

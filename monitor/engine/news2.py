@@ -355,6 +355,12 @@ class News2Tracker:
         self._latest[vital] = (ts, norm)
         return True
 
+    def ahead(self, at: float, freshness_s: float) -> bool:
+        """Whether a held value is too far ahead of ``at`` to count in :meth:`current`
+        (``ts - at > freshness_s``): it will count, with no input changing, once the
+        present is within ``freshness_s`` of it."""
+        return any(ts - at > freshness_s for ts, _v in self._latest.values())
+
     def latest(self, vital: str) -> tuple[float, float | bool | str] | None:
         """-> (event time, value) held for ``vital``, or None."""
         return self._latest.get(vital)

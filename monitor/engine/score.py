@@ -203,7 +203,9 @@ class News2Scores(_Sources, _Alerting):
         # (an input expiring exactly now, not charted again, is an expiry like any other)
         expired = before is not None and any(p not in s.components for p in before.components)
         event = self._trigger(ward, bed_name, at, bed, s, expired)
-        bed.stands, bed.span = True, (math.inf, -math.inf)
+        # (a value left out for being ahead comes in with the clock alone: no standing)
+        bed.stands = not bed.tracker.ahead(at, self.cfg.freshness_s)
+        bed.span = (math.inf, -math.inf)
         self._schedule((ward, bed_name), bed)
         return update, event
 
@@ -295,7 +297,8 @@ class News2Scores(_Sources, _Alerting):
                 updates.append(update)
             expired = any(p not in s.components for p in before.components)
             event = self._trigger(ward, name, at, bed, s, expired)
-            bed.stands, bed.span = True, (math.inf, -math.inf)
+            bed.stands = not bed.tracker.ahead(at, self.cfg.freshness_s)
+            bed.span = (math.inf, -math.inf)
         if event is not None:
             events.append(event)
         self._schedule(key, bed)

@@ -68,7 +68,8 @@ class _Bed:
     #: parameter -> the device whose value the score uses
     source: dict[str, str] = field(default_factory=dict)
     #: :attr:`score` stands: since it was computed, inputs changed only to values of the
-    #: same sub-score (News2Scores.settle then need not compute it again)
+    #: same sub-score, and none it left out can come in with the clock alone (one held
+    #: too far ahead): News2Scores.settle then need not compute it again
     stands: bool = False
     #: the earliest and latest event time of those values (each must count at the settle)
     span: tuple[float, float] = (math.inf, -math.inf)
