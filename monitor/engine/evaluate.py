@@ -73,8 +73,8 @@ class Evaluation(EngineState):
             if at > dev_now.get(where, -math.inf):
                 dev_now[where] = at
         self.counts["readings"] += len(readings)
-        flapping_beds = flapping._flapping  # (bed -> its flapping rules; empty: none)
-        sensors_open = self.sensors._open  # (device -> its no-measurement alarms)
+        flapping_beds = flapping.beds  # (the same dicts all batch long: read per reading)
+        sensors_open = self.sensors.open
         for n, arrived in enumerate(readings):
             r = arrived
             if received_at is not None and r.ts > received_at and clamp:

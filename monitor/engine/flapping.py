@@ -123,6 +123,12 @@ class Flapping:
                 out += self._leave(key, st, st.now)
         return out
 
+    @property
+    def beds(self) -> dict[tuple[str, str], dict[_Key, None]]:
+        """Beds with a rule flapping (read-only view: empty when none flaps, and
+        :meth:`tick` then has nothing to do)."""
+        return self._flapping
+
     def flapping(self) -> int:
         """Number of keys currently flapping."""
         return sum(len(keys) for keys in self._flapping.values())

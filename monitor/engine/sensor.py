@@ -67,6 +67,12 @@ class SensorState:
         #: device -> latest reading ts seen while it had open alarms (for reset_bed)
         self._seen: dict[_Device, float] = {}
 
+    @property
+    def open(self) -> dict[_Device, dict[str, AlertEvent]]:
+        """Devices with a no-measurement alarm open (read-only view: empty when none is,
+        and :meth:`reading` then has nothing to do)."""
+        return self._open
+
     def observe(self, s: DeviceStatus) -> list[AlertEvent]:
         """A device's status: -> resolutions of flags gone, then raises of new flags."""
         key = (s.ward, s.bed, s.device)
