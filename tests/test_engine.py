@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 from monitor.config import RulesConfig
@@ -65,6 +66,23 @@ def test_restored_priority_clamped_to_existing_levels():
     (ev,) = eng.process([reading(97)])
     assert ev.state == AlertState.RESOLVED
     assert ev.priority == Priority.MEDIUM
+
+
+def test_a_system_alarm_handed_on_is_never_changed_by_its_resolution():
+    """The raise event goes down the pipeline (queued for the store and the broker); the
+    resolution must be a new event, not the same object changed, else a raise still
+    queued when the condition ends (a broker that is down) goes out as resolved."""
+    from monitor.engine.system import SystemAlarms
+
+    clock = itertools.count(100.0)
+    alarms = SystemAlarms("vitalmon-a", clock=lambda: next(clock))
+    raised = alarms.set("sink.down", "tsdb", True, "refused")
+    assert raised is not None
+    before = copy.deepcopy(raised)
+    resolved = alarms.set("sink.down", "tsdb", False, "writing again")
+    assert resolved is not None and resolved is not raised
+    assert raised == before
+    assert (resolved.seq, resolved.state) == (2, AlertState.RESOLVED)
 
 
 def test_system_alarm_raises_once_and_always_resolves():

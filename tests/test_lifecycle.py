@@ -81,6 +81,26 @@ def test_ack_then_resolve_carries_who_and_numbers_every_event():
         lc.ack("a1", "late")
 
 
+def test_the_lifecycle_never_writes_into_an_event_s_extra_in_place():
+    """Producers hand out copies of the alarms they keep open (``copy.copy``: the
+    ``extra`` dict is shared with the kept one and with events still queued): what the
+    lifecycle adds (``ack_by``, ``escalated``) goes into a new dict."""
+    lc, clock = lifecycle(escalate_after_s=10)
+    kept = rule_event()
+    lc.observe(copy.copy(kept))
+    clock.t += 11
+    assert [e.extra["action"] for e in lc.tick()] == ["escalate"]
+    worse = copy.copy(kept)
+    worse.seq += 1
+    assert lc.observe(worse).extra["escalated"] is True
+    assert lc.ack("a1", "kim") is not None
+    ended = copy.copy(kept)
+    ended.state = AlertState.RESOLVED
+    out = lc.observe(ended)
+    assert (out.extra["ack_by"], out.extra["escalated"]) == ("kim", True)
+    assert kept.extra == {}  # the producer's (shared) dict is as it was
+
+
 def test_acknowledged_alert_stays_acknowledged_unless_it_worsens():
     lc, _clock = lifecycle()
     lc.observe(rule_event())

@@ -1,9 +1,12 @@
 """The public life of an alert once a rule has raised it: acknowledge, escalate, re-notify.
 
-Pure state (no I/O); the clock is injected. The engine passes every event a rule
-produces through :meth:`Lifecycle.observe`; operator commands come in through
-:meth:`Lifecycle.ack`; :meth:`Lifecycle.tick`, called about once a second, yields the
-escalations and re-notifications that are due. Every event that leaves carries the
+Pure state (no I/O); the clock is injected. One owner changes it, the engine
+(:class:`monitor.engine.Engine`), in the order of its queue: it passes every alert event
+through :meth:`Lifecycle.observe` (the rules', and the technical alarms raised outside
+them, which come to it in batches), applies operator acknowledgements (``Batch.acks``)
+through :meth:`Lifecycle.ack`, and at each clock tick (about once a second) takes the
+escalations and re-notifications due from :meth:`Lifecycle.tick`. Others only read it
+(:meth:`active`, :meth:`due`). Every event that leaves carries the
 alert's next ``seq``, so consumers can order an alert's events.
 
 States (IEC 60601-1-8 / IHE ACM ideas): ``active`` -> ``acknowledged`` -> ``resolved``.
@@ -88,11 +91,15 @@ class Lifecycle:
             self._alerts[e.id] = _Tracked(copy.copy(e), e.priority, now, now)
             return e
         e.seq = t.last.seq + 1
+        # (a new dict: a producer's copy shares ``extra`` with the alarm it keeps open)
         if e.state == AlertState.RESOLVED:
+            added: dict[str, object] = {}
             if t.acked_by is not None:
-                e.extra["ack_by"] = t.acked_by
+                added["ack_by"] = t.acked_by
             if t.escalated:
-                e.extra["escalated"] = True
+                added["escalated"] = True
+            if added:
+                e.extra = {**e.extra, **added}
             del self._alerts[e.id]
             return e
         worse = _RANK[e.priority] > _RANK[t.rule_priority]
@@ -101,13 +108,14 @@ class Lifecycle:
             t.acked_by = None  # a worse condition needs a new acknowledgement
             t.active_since = now
             t.escalated = False
+        extra = {k: v for k, v in e.extra.items() if k not in _TRANSIENT}
         if t.escalated:
             e.priority = _UP[e.priority]
-            e.extra["escalated"] = True
+            extra["escalated"] = True
         if t.acked_by is not None:
             e.state = AlertState.ACKNOWLEDGED
-            e.extra["ack_by"] = t.acked_by
-        e.extra = {k: v for k, v in e.extra.items() if k not in _TRANSIENT}
+            extra["ack_by"] = t.acked_by
+        e.extra = extra
         t.last = copy.copy(e)
         t.notified_at = now
         return e
@@ -129,13 +137,8 @@ class Lifecycle:
         now = self._clock()
         out = []
         for t in list(self._alerts.values()):
-            if t.acked_by is not None:
-                continue
-            if (
-                self.cfg.escalate_after_s > 0
-                and not t.escalated
-                and now - t.active_since >= self.cfg.escalate_after_s
-            ):
+            action = self._action(t, now)
+            if action == "escalate":
                 t.escalated = True
                 out.append(
                     self._emit(
@@ -144,9 +147,29 @@ class Lifecycle:
                         extra={"escalated": True, "action": "escalate"},
                     )
                 )
-            elif self.cfg.renotify_s > 0 and now - t.notified_at >= self.cfg.renotify_s:
+            elif action == "renotify":
                 out.append(self._emit(t, extra={"renotify": True, "action": "renotify"}))
         return out
+
+    def due(self) -> bool:
+        """Whether :meth:`tick` would have anything to do now (changes nothing)."""
+        now = self._clock()
+        return any(self._action(t, now) is not None for t in self._alerts.values())
+
+    def _action(self, t: _Tracked, now: float) -> str | None:
+        """What the alert is due for now: ``escalate``, ``renotify`` or None."""
+        if t.acked_by is not None:
+            return None
+        cfg = self.cfg
+        if (
+            cfg.escalate_after_s > 0
+            and not t.escalated
+            and now - t.active_since >= cfg.escalate_after_s
+        ):
+            return "escalate"
+        if cfg.renotify_s > 0 and now - t.notified_at >= cfg.renotify_s:
+            return "renotify"
+        return None
 
     def _emit(
         self,

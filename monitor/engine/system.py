@@ -7,6 +7,7 @@ component. Each condition raises once and always resolves (state changes only).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
@@ -53,7 +54,7 @@ class SystemAlarms:
                 started=now,
             )
             self._active[key] = event
-            return event
+            return copy.copy(event)  # the open alarm is ours to resolve later
         if not active and current is not None:
             del self._active[key]
             current.seq += 1
