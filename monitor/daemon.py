@@ -36,9 +36,10 @@ from monitor.degraded import DegradedMode
 from monitor.engine import Engine
 from monitor.engine.capacity import Capacity
 from monitor.engine.lifecycle import Lifecycle
-from monitor.engine.system import SYSTEM_WARD, SystemAlarms
+from monitor.engine.system import SystemAlarms
 from monitor.engine.technical import Staleness
 from monitor.metrics import Metrics
+from monitor.model import AlertEvent
 from monitor.mqtt import Client, broker_password
 from monitor.notify import Notifier
 from monitor.privacy import Pseudonymizer
@@ -109,7 +110,6 @@ class Daemon:
         self.sources: list[Source] = [build_source(sc, shared) for sc in cfg.sources]
         self.commands = CommandSource(
             self.client,
-            self.lifecycle,
             pauses=self.alert_sink,
             audit=self.journal.write_audit,
             pause_max_s=cfg.alerts.pause_max_s,
@@ -156,14 +156,13 @@ class Daemon:
         event = self.system_alarms.set(rule, component, active, detail)
         if event is None:
             return
-        event = self.lifecycle.observe(event)
         (log.warning if active else log.info)(
             "technical alarm %s %s: %s", rule, event.state, detail
         )
         self.degraded.condition(rule, component, active)
         if self._engine_stopped:
             return  # shutting down: logged; an active one carries over from the store
-        self._background.spawn(self.engine.put(Batch([], events=[event])), "vitalmon.system-alarm")
+        self._background.spawn(self.engine.put(Batch([], alarms=[event])), "vitalmon.system-alarm")
 
     # ------------------------------------------------------------------- signals
 
@@ -239,11 +238,8 @@ class Daemon:
         if admissions:
             log.info("%d admitted bed(s) carried over", len(admissions))
         still_open = await self.journal.active_alerts()
-        closed = self.engine.restore(still_open)
-        gone = {id(e) for e in closed}  # (identity: a linear start-up however many alerts)
-        carried = [e for e in still_open if id(e) not in gone and e.ward != SYSTEM_WARD]
-        self.lifecycle.restore(carried)
-        self.alert_sink.seed(carried)
+        closed = self.engine.restore(still_open)  # (and its lifecycle takes the others)
+        self.alert_sink.seed(self.lifecycle.active())
         tasks: dict[str, list[asyncio.Task[None]]] = {"sinks": [], "sources": [], "forwarders": []}
 
         def start(group: str, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -321,23 +317,21 @@ class Daemon:
             for fwd in self.forwarders:  # sink.down on time, not on the next retry
                 fwd.check()
             self.journal.check()  # store.stalled: a commit that does not return
-            due = self.lifecycle.tick()  # escalations, re-notifications
+            due: list[AlertEvent] = []
             if self.client.connected.is_set():
                 if deaf:
                     self.staleness.grace(time.time())  # silence while we were cut off
                     deaf = False
-                for e in self.staleness.check(time.time()):
-                    e.patient = self.engine.patients.get((e.ward, e.bed))
-                    due.append(self.lifecycle.observe(e))
+                due += self.staleness.check(time.time())
                 # devices of beds nobody expects, stale for rules.stale_expire_s: forgotten
-                for e in self.engine.sweep(time.time()):
-                    due.append(self.lifecycle.observe(e))
+                due += self.engine.sweep(time.time())
             else:
                 deaf = True
-            # one batch per heartbeat: the clock tick (NEWS2 holds and input expiry run on
-            # time, see Engine.tick) with the escalations and technical alarms due
-            beat = Batch([], events=due, tick=time.time())
-            if due:
+            # one batch per heartbeat: the clock tick (the lifecycle's escalations and
+            # re-notifications, NEWS2 holds and input expiry: see Engine.run) with the
+            # technical alarms due
+            beat = Batch([], alarms=due, tick=time.time())
+            if due or self.lifecycle.due():
                 await self.engine.put(beat)
             else:  # a tick alone never waits: with the queue full, the next one covers it
                 with contextlib.suppress(asyncio.QueueFull):

@@ -6,9 +6,9 @@ this module holds how the stages hand it on, so that no stage imports another:
 * :class:`Batch` (and :data:`Emit`, :data:`Reject`): what a source hands the engine;
 * :class:`Sink`: what the engine writes to; :class:`ScoreUpdate`: the NEWS2 scores it
   hands the alert publisher;
-* :class:`Acknowledger` (and :class:`UnknownAlert`): the engine's alert lifecycle as the
-  command source sees it; :func:`storage_error`: how a durable sink's failure to commit
-  looks to a stage that saves through it.
+* :class:`Ack` (and :class:`UnknownAlert`): an operator's acknowledgement on its way to
+  the alert lifecycle, which the engine alone owns and changes; :func:`storage_error`:
+  how a durable sink's failure to commit looks to a stage that saves through it.
 
 The daemon wires the stages together; the implementations stay in their stages
 (:class:`monitor.engine.lifecycle.Lifecycle`, :class:`monitor.sinks.sqlite.SqliteSink`).
@@ -18,6 +18,7 @@ The old import paths (``monitor.sources.Batch``, ``monitor.sinks.Sink``,
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,14 +44,17 @@ class Batch:
     #: Called once the batch is durably committed; releases it at its origin (PUBACK).
     done: Callable[[], None] | None = None
     received_at: float = 0.0
-    #: Alert events that come with the batch, final (lifecycle applied): technical alarms,
-    #: acknowledgements, escalations.
+    #: Alert events that come with the batch, final: they pass the lifecycle unchanged
+    #: (the lifecycle's own events are made by the engine, which owns it).
     events: list[AlertEvent] = field(default_factory=list)
     #: Device-reported sensor/signal state taken in with the readings (event time order).
     statuses: list[DeviceStatus] = field(default_factory=list)
-    #: Technical alarms a source raises about its own link (device.disconnected,
-    #: device.silent): the engine passes them through the alarm lifecycle.
+    #: Alert events raised outside the rules (a source's link: device.disconnected; the
+    #: daemon's: device.silent, the store's and sinks' technical alarms, alarms closed by
+    #: a reload or a sweep): the engine passes them through the alarm lifecycle.
     alarms: list[AlertEvent] = field(default_factory=list)
+    #: Operator acknowledgements, applied to the lifecycle by the engine in queue order.
+    acks: list[Ack] = field(default_factory=list)
     #: Admissions and discharges, applied before the batch's readings.
     bed_commands: list[BedCommand] = field(default_factory=list)
     #: Alarms and INOPs a device reports itself (the full set per device and instant):
@@ -59,8 +63,9 @@ class Batch:
     #: The readings are one snapshot (an HL7 message: a monitor's view at one moment):
     #: its newest observation is the bed's present for all of them (README, "Event time").
     snapshot: bool = False
-    #: A clock tick (epoch s): time-driven rule work due by then (NEWS2 holds and
-    #: expiry) is done before the batch's readings. None: no tick.
+    #: A clock tick (epoch s): time-driven work due by then (the lifecycle's escalations
+    #: and re-notifications, NEWS2 holds and expiry) is done before the batch's readings.
+    #: None: no tick.
     tick: float | None = None
     #: Readings taken in for evaluation only, never stored: the degraded-mode copy of
     #: messages whose durable copy the broker keeps for the persistent session while the
@@ -112,14 +117,19 @@ class UnknownAlert(LookupError):
     """No alert with that id is active (never raised, or already resolved)."""
 
 
-class Acknowledger(Protocol):
-    """The engine's alert lifecycle as operator commands see it
-    (:class:`monitor.engine.lifecycle.Lifecycle`)."""
+@dataclass(slots=True)
+class Ack:
+    """An acknowledgement (``vitalmon/cmd/ack``) for the engine to apply to its alert
+    lifecycle. ``outcome`` (if any) is resolved when applied: with the ``acknowledged``
+    event (also published), None if the alert was acknowledged before, or the exception
+    :class:`UnknownAlert` if no such alert is open."""
 
-    def ack(self, alert_id: str, by: str) -> AlertEvent | None:
-        """The ``acknowledged`` event, or None if the alert was acknowledged before;
-        :class:`UnknownAlert` if no such alert is open."""
-        ...
+    alert_id: str
+    #: who acknowledged, as claimed (``ack_by``)
+    by: str
+    #: who, as the broker verified it (``ack_identity``; None: unknown)
+    identity: str | None = None
+    outcome: asyncio.Future[AlertEvent | None] | None = None
 
 
 def storage_error(exc: BaseException) -> bool:
@@ -128,7 +138,7 @@ def storage_error(exc: BaseException) -> bool:
 
 
 __all__ = [
-    "Acknowledger",
+    "Ack",
     "Batch",
     "Emit",
     "Reject",

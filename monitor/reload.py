@@ -45,18 +45,19 @@ async def reload(d: Daemon) -> bool:
         log.warning("reload: %s changed; that takes a restart (kept as running)", ", ".join(stuck))
     applied = new.model_copy(update={s: getattr(old, s) for s in RESTART_SECTIONS})
     profiles, _errors = applied.resolve_profiles()
-    events = d.engine.reconfigure(applied.rules, profiles, applied.bed_profiles())
+    events = d.engine.reconfigure(
+        applied.rules, profiles, applied.bed_profiles(), alerts=applied.alerts
+    )
     for ward, bed in applied.expected_beds:
         if (ward, bed) not in old.beds_keys():
             d.staleness.expect(ward, bed, time.time())
-    d.lifecycle.cfg = applied.alerts
     d.alert_sink.cfg = applied.alerts
     d.alert_sink.score_topic = applied.rules.news2.topic
     d.commands.pause_max_s = applied.alerts.pause_max_s
     logs.reconfigure(applied.log)
     d.cfg = applied
     if events:
-        await d.engine.put(Batch([], events=[d.lifecycle.observe(e) for e in events]))
+        await d.engine.put(Batch([], alarms=events))
     log.info(
         "reloaded %s: rules, profiles, beds and alerts applied (%d alert(s) closed by the change)",
         d.config_path,

@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from monitor.config import Profile, RulesConfig
+from monitor.config import AlertsConfig, Profile, RulesConfig
 from monitor.engine.modes import Modes
 from monitor.engine.plausibility import Plausibility
 from monitor.engine.score import RULE as NEWS2_RULE
 from monitor.engine.series import Rule, Spans, _Series, _spans
 from monitor.engine.state import EngineState
+from monitor.engine.system import SYSTEM_WARD
 from monitor.engine.threshold import PRIORITY, Active, SeriesKey, ThresholdRule
 from monitor.engine.trend import TrendRule, build_trend_rules
 from monitor.model import (
@@ -124,6 +125,11 @@ class Beds(EngineState):
             levels = rules[index].limits
             level = 2 if e.priority == Priority.HIGH and 2 in levels else min(levels)
             series.active[index] = Active(e.id, level, e.started_at, e.seq, e.device, e.patient)
+        if self.lifecycle is not None:  # (the system's alarms are judged afresh)
+            gone = {id(e) for e in orphans}  # (identity: linear however many alerts)
+            self.lifecycle.restore(
+                [e for e in alerts if id(e) not in gone and e.ward != SYSTEM_WARD]
+            )
         if alerts:
             log.info(
                 "carried over %d active alert(s) from the last run", len(alerts) - len(orphans)
@@ -295,10 +301,14 @@ class Beds(EngineState):
         rules: RulesConfig,
         profiles: Mapping[str, Profile],
         beds: Mapping[tuple[str, str], str],
+        alerts: AlertsConfig | None = None,
     ) -> list[AlertEvent]:
-        """New limits and profiles (SIGHUP): windows, active alerts (and so their
+        """New limits and profiles (SIGHUP), and the lifecycle's ``alerts`` settings
+        (escalation, re-notification): windows, active alerts (and so their
         acknowledgements) and admissions are kept; the next reading of each series is
         evaluated with the new rules. -> resolutions of alerts whose rule is gone."""
+        if alerts is not None and self.lifecycle is not None:
+            self.lifecycle.cfg = alerts
         self._configure(rules, profiles)
         self.scores.reconfigure(rules.news2)
         self.flapping.cfg = rules.flapping

@@ -9,6 +9,10 @@ Contract of :class:`Engine`:
   batch's readings and any alert events to every sink (awaiting their back-pressure),
   the durable sink last so that alerts never wait behind storage; the batch's ``done``
   goes to the durable sink, which calls it after its commit.
+* The engine owns the alert lifecycle (:class:`monitor.engine.lifecycle.Lifecycle`):
+  every event it hands on passes through it, and only the engine changes it, in queue
+  order: a batch's ``acks`` are applied, and a batch with a ``tick`` takes the
+  escalations and re-notifications due.
 * ``stop()`` is called after every source has stopped; ``run()`` returns once all that
   was queued before it has been processed and handed on.
 * ``process(readings)`` is the synchronous core, used by ``run`` and by replays.
@@ -50,7 +54,7 @@ from monitor.model import (
     Admission,
     AlertEvent,
 )
-from monitor.pipeline import Batch, ScoreUpdate, Sink
+from monitor.pipeline import Batch, ScoreUpdate, Sink, UnknownAlert
 from monitor.queues import put_end
 
 log = logging.getLogger("vitalmon.engine")
@@ -136,6 +140,7 @@ class Engine(Beds, Evaluation):
             if batch is None:
                 return
             self.counts["batches"] += 1  # progress, for the watchdog
+            done = self._lifecycle_work(batch)  # (final: made by the lifecycle)
             raised = list(batch.alarms)
             try:
                 raised += self._evaluate(batch)
@@ -153,7 +158,7 @@ class Engine(Beds, Evaluation):
                     e.patient = self.patients.get((e.ward, e.bed))
             if self.lifecycle is not None:
                 raised = [self.lifecycle.observe(e) for e in raised]
-            events = [*batch.events, *raised]  # batch.events went through the lifecycle
+            events = [*batch.events, *done, *raised]
             # alerts first: their publication never queues behind bulk storage (a slow or
             # refusing disk delays the journal, not the ward's alarms)
             for sink in sorted(self.sinks, key=lambda s: s is self.durable):
@@ -162,6 +167,33 @@ class Engine(Beds, Evaluation):
                 else:
                     await sink.write(batch.readings, events)
             await asyncio.sleep(0)  # a busy queue never suspends: let the others run
+
+    def _lifecycle_work(self, batch: Batch) -> list[AlertEvent]:
+        """The lifecycle's own events for a batch (the engine owns the lifecycle; nothing
+        else changes it): escalations and re-notifications due at a clock tick, then the
+        batch's acknowledgements, each answered through its ``outcome``."""
+        out: list[AlertEvent] = []
+        lifecycle = self.lifecycle
+        if lifecycle is not None and batch.tick is not None:
+            out += lifecycle.tick()
+        for ack in batch.acks:
+            try:  # (no lifecycle, as in a replay: nothing is open)
+                event = (
+                    _no_alert(ack.alert_id)
+                    if lifecycle is None
+                    else lifecycle.ack(ack.alert_id, ack.by)
+                )
+            except UnknownAlert as exc:
+                if ack.outcome is not None and not ack.outcome.done():
+                    ack.outcome.set_exception(exc)
+                continue
+            if event is not None:
+                # who: claimed (ack_by) and broker-verified (ack_identity, null if unknown)
+                event.extra = {**event.extra, "ack_identity": ack.identity}
+                out.append(event)
+            if ack.outcome is not None and not ack.outcome.done():
+                ack.outcome.set_result(event)
+        return out
 
     def _evaluate(self, batch: Batch) -> list[AlertEvent]:
         """Everything a batch makes the rules say (``run``, one batch at a time)."""
@@ -317,3 +349,7 @@ class Engine(Beds, Evaluation):
 
     def active_alerts(self) -> int:
         return sum(a is not None for s in self.series.values() for a in s.active)
+
+
+def _no_alert(alert_id: str) -> AlertEvent | None:
+    raise UnknownAlert(alert_id)

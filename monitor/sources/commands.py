@@ -17,10 +17,11 @@ the user name). The audit row records both, ``by`` (claimed) and ``identity`` (t
 verified user name, null on the plain topics), and so does the ``acknowledged`` event
 (``ack_by``, ``ack_identity``). The plain topics stay as they are (a fixed contract).
 
-A command changes the alert lifecycle (owned by the engine) at once; the resulting
-event (``acknowledged``) goes down the pipeline like any other, so it is stored (audit
-trail) and published in order. A command that cannot apply is refused to the dead-letter
-topic with its reason (``bad_command``, ``unknown_alert``), never silently ignored.
+An acknowledgement goes to the engine, which owns the alert lifecycle and applies it in
+queue order; the resulting event (``acknowledged``) goes down the pipeline like any
+other, so it is stored (audit trail) and published in order. A command that cannot
+apply is refused to the dead-letter topic with its reason (``bad_command``,
+``unknown_alert``, ``already_acknowledged``), never silently ignored.
 """
 
 from __future__ import annotations
@@ -36,134 +37,36 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from monitor.config import Config
-from monitor.model import Admission, BedCommand, Rejection
+from monitor.model import Admission, AlertEvent, BedCommand, Rejection
 from monitor.mqtt import Client, Message
-from monitor.pipeline import Acknowledger, UnknownAlert, storage_error
+from monitor.pipeline import Ack, UnknownAlert, storage_error
 from monitor.sources import Batch, Emit, Reject
+from monitor.sources.command_payloads import (
+    ACK_TOPIC,
+    ADMIT_TOPIC,
+    DISCHARGE_TOPIC,
+    PAUSE_TOPIC,
+    check_vacant,
+    parse_ack,
+    parse_admit,
+    parse_discharge,
+    parse_pause,
+    split_topic,
+    verified_topic,
+)
 from monitor.sources.deadletter import TOPIC as DEADLETTER_TOPIC
 from monitor.sources.mqtt import TopicTemplate
 
 log = logging.getLogger("vitalmon.source.commands")
 
-ACK_TOPIC = "vitalmon/cmd/ack"
-PAUSE_TOPIC = "vitalmon/cmd/pause"
-ADMIT_TOPIC = "vitalmon/cmd/admit"
-DISCHARGE_TOPIC = "vitalmon/cmd/discharge"
-MAX_NAME = 128
-
-
-def verified_topic(action_topic: str, username: str) -> str:
-    """``vitalmon/cmd/ack`` + ``kim`` -> ``vitalmon/cmd/ack/kim``: the form whose user name
-    the broker verifies (ACL ``pattern write vitalmon/cmd/+/%u``)."""
-    return f"{action_topic}/{username}"
-
-
-def split_topic(topic: str) -> tuple[str, str | None]:
-    """A command topic -> (its plain form, the verified user name or None); ValueError
-    for a user name level that is empty or too long."""
-    for base in (ACK_TOPIC, PAUSE_TOPIC, ADMIT_TOPIC, DISCHARGE_TOPIC):
-        if topic == base:
-            return base, None
-        if topic.startswith(base + "/"):
-            user = topic[len(base) + 1 :]
-            if not user or len(user) > MAX_NAME or "/" in user:
-                raise ValueError(
-                    f"the user name level of {base}/<username> must be a "
-                    f"non-empty name of at most {MAX_NAME} chars"
-                )
-            return base, user
-    return topic, None
-
-
-def _command(
-    payload: bytes, names: tuple[str, ...], shape: str
-) -> tuple[dict[str, Any], list[str]]:
-    """A command's JSON object and its named text fields (stripped); ValueError with
-    the reason."""
-    try:
-        doc: Any = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    except RecursionError:  # '[' * 100000: nested beyond what any command needs
-        raise ValueError("not JSON: nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"expected {shape}")
-    texts = []
-    for key in names:
-        value = doc.get(key)
-        if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-            raise ValueError(f"{key!r} must be a non-empty string of at most {MAX_NAME} chars")
-        texts.append(value.strip())
-    return doc, texts
-
-
-def parse_ack(payload: bytes, identity: str | None = None) -> tuple[str, str]:
-    """``{"id": ..., "by": ...}`` -> (id, by); ValueError with the reason. With a verified
-    ``identity``, ``by`` may be left out (it is then the identity)."""
-    if identity is None:
-        _doc, (ident, by) = _command(payload, ("id", "by"), '{"id": ..., "by": ...}')
-        return ident, by
-    doc, (ident,) = _command(payload, ("id",), '{"id": ..., "by": ...}')
-    return ident, _optional(doc, "by") or identity
-
-
-def parse_pause(
-    payload: bytes, max_s: float, identity: str | None = None
-) -> tuple[str, str, float, str]:
-    """``{"ward", "bed", "seconds", "by"}`` -> (ward, bed, seconds capped at max_s, by);
-    ``by`` optional with a verified ``identity``."""
-    shape = '{"ward": ..., "bed": ..., "seconds": ..., "by": ...}'
-    if identity is None:
-        doc, (ward, bed, by) = _command(payload, ("ward", "bed", "by"), shape)
-    else:
-        doc, (ward, bed) = _command(payload, ("ward", "bed"), shape)
-        by = _optional(doc, "by") or identity
-    seconds = doc.get("seconds")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-        raise ValueError("'seconds' must be a number > 0")
-    return ward, bed, min(float(seconds), max_s), by
-
-
-def _optional(doc: dict[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-        raise ValueError(
-            f"{key!r}, when given, must be a non-empty string of at most {MAX_NAME} chars"
-        )
-    return value.strip()
-
-
-def parse_admit(payload: bytes, now: float, identity: str | None = None) -> Admission:
-    """``{"ward", "bed", "patient", "profile"?, "by"?}`` -> Admission; ValueError."""
-    doc, (ward, bed, patient) = _command(
-        payload,
-        ("ward", "bed", "patient"),
-        '{"ward": ..., "bed": ..., "patient": ..., "profile": ...}',
-    )
-    return Admission(
-        ward,
-        bed,
-        patient,
-        _optional(doc, "profile"),
-        now,
-        _optional(doc, "by") or identity or "mqtt",
-    )
-
-
-def parse_discharge(
-    payload: bytes, identity: str | None = None
-) -> tuple[str, str, str | None, str]:
-    """``{"ward", "bed", "patient"?, "by"?}`` -> (ward, bed, patient, by); ValueError."""
-    doc, (ward, bed) = _command(payload, ("ward", "bed"), '{"ward": ..., "bed": ...}')
-    return ward, bed, _optional(doc, "patient"), _optional(doc, "by") or identity or "mqtt"
-
-
-def _check_vacant(admitted: dict[tuple[str, str], Admission], a: Admission) -> None:
-    occupant = admitted.get((a.ward, a.bed))
-    if occupant is not None and occupant.patient != a.patient:
-        raise ValueError(f"bed {a.ward}/{a.bed} is occupied by another patient: discharge it first")
+__all__ = [
+    "ACK_TOPIC",
+    "ADMIT_TOPIC",
+    "DISCHARGE_TOPIC",
+    "PAUSE_TOPIC",
+    "CommandSource",
+    "send_ack",
+]
 
 
 class Beds(Protocol):
@@ -186,7 +89,6 @@ class CommandSource:
     def __init__(
         self,
         client: Client,
-        lifecycle: Acknowledger,
         *,
         pauses: Pauses | None = None,
         audit: Callable[[list[tuple[object, ...]]], Awaitable[None]] | None = None,
@@ -196,7 +98,6 @@ class CommandSource:
         pseudonymize: Callable[[str], str | None] | None = None,
     ) -> None:
         self.name = "commands"
-        self.lifecycle = lifecycle
         self.pauses = pauses
         self.beds = beds
         self.store = store
@@ -255,28 +156,30 @@ class CommandSource:
     async def _ack(self, msg: Message, emit: Emit, reject: Reject, identity: str | None) -> None:
         try:
             ident, by = parse_ack(msg.payload, identity)
-            event = self.lifecycle.ack(ident, by)
         except ValueError as exc:
             reject(Rejection("bad_command", str(exc), msg.topic, msg.payload[:1024]))
+            return
+        # the engine owns the lifecycle: it applies the acknowledgement in queue order
+        outcome: asyncio.Future[AlertEvent | None] = asyncio.get_running_loop().create_future()
+        await emit(Batch([], acks=[Ack(ident, by, identity, outcome)]))
+        try:
+            event = await outcome
         except UnknownAlert as exc:
             reject(
                 Rejection("unknown_alert", f"no open alert {exc}", msg.topic, msg.payload[:1024])
             )
-        else:
-            if event is None:
-                reject(
-                    Rejection(
-                        "already_acknowledged",
-                        f"alert {ident} was acknowledged before",
-                        msg.topic,
-                        msg.payload[:1024],
-                    )
+            return
+        if event is None:
+            reject(
+                Rejection(
+                    "already_acknowledged",
+                    f"alert {ident} was acknowledged before",
+                    msg.topic,
+                    msg.payload[:1024],
                 )
-            else:
-                # who: claimed (ack_by) and broker-verified (ack_identity, null if unknown)
-                event.extra = {**event.extra, "ack_identity": identity}
-                log.info("alert %s acknowledged by %s%s", ident, by, _verified(identity))
-                await emit(Batch([], events=[event]))
+            )
+        else:
+            log.info("alert %s acknowledged by %s%s", ident, by, _verified(identity))
 
     async def _pause(self, msg: Message, reject: Reject, identity: str | None) -> None:
         assert self.pauses is not None
@@ -313,7 +216,7 @@ class CommandSource:
                 if self._pseudo is not None:
                     a = replace(a, patient=self._pseudo(a.patient) or a.patient)
                 self.beds.check_admit(a)  # the profile
-                _check_vacant(self._admitted, a)
+                check_vacant(self._admitted, a)
                 action, saved, detail = "admit", a, f"profile {a.profile or 'of the bed'}"
             else:
                 ward, bed, patient, by = parse_discharge(msg.payload, identity)
