@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from monitor.engine.news2 import (
     PARAMETERS,
     Inputs,
-    News2Tracker,
     Score,
     score,
     score_avpu,
@@ -29,6 +28,7 @@ from monitor.engine.news2 import (
     score_spo2,
     score_temp,
 )
+from monitor.engine.news2_tracker import News2Tracker
 from monitor.model import Priority, Reading
 
 LOW, MEDIUM, HIGH = Priority.LOW, Priority.MEDIUM, Priority.HIGH

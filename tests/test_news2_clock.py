@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from monitor.config import News2Config, RulesConfig
 from monitor.engine import Engine
-from monitor.engine.news2 import PARAMETERS, News2Tracker
+from monitor.engine.news2 import PARAMETERS
+from monitor.engine.news2_tracker import News2Tracker
 from monitor.engine.score import News2Scores, ScoreUpdate
 from monitor.model import AVPU_CODES, AlertEvent, AlertState, Priority, Reading
 from monitor.sources import Batch

@@ -217,7 +217,7 @@ def test_hold_s_invariants(hold: float, steps: list[tuple[float, int, int, int]]
     current trigger (a rise is immediate); a step down or resolve goes to the current
     trigger, only once the trigger has stayed below the alert's priority for hold_s; and
     at the end no such run of hold_s is left unserved."""
-    from monitor.engine.news2 import News2Tracker
+    from monitor.engine.news2_tracker import News2Tracker
 
     s = News2Scores(News2Config(hold_s=hold))
     ref = News2Tracker()

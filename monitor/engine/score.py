@@ -1,6 +1,6 @@
 """NEWS2 per bed, in the engine: scores recomputed on input changes, alerts on triggers.
 
-For each bed a :class:`~monitor.engine.news2.News2Tracker` keeps the latest value of
+For each bed a :class:`~monitor.engine.news2_tracker.News2Tracker` keeps the latest value of
 each parameter (whichever device sent it). When a reading of an input arrives, the
 score at that reading's event time is recomputed from the values measured less than
 ``rules.news2.freshness_s`` before it (a value expires at ``ts + freshness_s``). A
@@ -55,7 +55,8 @@ import logging
 import math
 
 from monitor.config import News2Config
-from monitor.engine.news2 import PARAMETERS, News2Tracker, Scale, Score
+from monitor.engine.news2 import PARAMETERS, Scale, Score
+from monitor.engine.news2_tracker import News2Tracker
 from monitor.engine.score_alert import _LIMIT, _RANK, RULE, _Alerting
 from monitor.engine.score_bed import SOURCE_RANK, _Bed, _Sources, source_rank
 from monitor.engine.threshold import Active

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import News2Config
-from monitor.engine.news2 import News2Tracker, Score, sub_score
+from monitor.engine.news2 import Score, sub_score
+from monitor.engine.news2_tracker import News2Tracker
 from monitor.engine.threshold import Active
 from monitor.model import Priority
 

@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from monitor.engine.news2 import PARAMETERS, News2Tracker
+from monitor.engine.news2 import PARAMETERS
+from monitor.engine.news2_tracker import News2Tracker
 from monitor.model import AVPU_CODES
 
 ORDER = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "etco2")
