@@ -396,7 +396,7 @@ def test_unknown_store_type():
 def test_unknown_types_name_every_known_one():
     assert errors_of({"sources": [{"type": "modbus"}], "store": {"type": "postgres"}}) == [
         "sources[0]: Input tag 'modbus' found using 'type' does not match any of the "
-        "expected tags: 'mqtt', 'serial', 'hl7-mllp'",
+        "expected tags: 'mqtt', 'serial', 'hl7-mllp', 'jetstream'",
         "store[0]: Input tag 'postgres' found using 'type' does not match any of the "
         "expected tags: 'sqlite', 'influxdb'",
     ]

@@ -50,6 +50,7 @@ from monitor.config.sinks import InfluxStoreConfig, SqliteStoreConfig, StoreConf
 from monitor.config.sources import (
     DEFAULT_ALIASES,
     Hl7MllpSourceConfig,
+    JetStreamSourceConfig,
     MqttSourceConfig,
     SerialSourceConfig,
     SourceConfig,
@@ -85,6 +86,7 @@ __all__ = [
     "FlappingConfig",
     "Hl7MllpSourceConfig",
     "InfluxStoreConfig",
+    "JetStreamSourceConfig",
     "Levels",
     "LogConfig",
     "LogLevel",

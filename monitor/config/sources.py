@@ -52,13 +52,11 @@ DEFAULT_ALIASES: dict[str, str] = {
 }
 
 
-class MqttSourceConfig(_Model):
-    implementation: ClassVar[str] = "monitor.sources.mqtt"
+class _TopicSource(_Model):
+    """What sources of MQTT messages share: the topic template and the payloads."""
 
-    type: Literal["mqtt"] = "mqtt"
     #: Topic template; each ``{name}`` level becomes ``+`` in the subscription.
     topic: str = "vitals/{ward}/{bed}/{device}"
-    qos: Literal[0, 1, 2] = 1
     #: Used when the template has no ``{ward}`` / ``{device}`` level.
     ward: str = "default"
     device: str = "unknown"
@@ -75,10 +73,22 @@ class MqttSourceConfig(_Model):
     @field_validator("aliases")
     @classmethod
     def _aliases(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = sorted(k for k, vital in v.items() if vital not in VITALS)
-        if bad:
-            raise ValueError(f"aliases {bad} map to unknown vitals (known: {sorted(VITALS)})")
-        return v
+        return check_aliases(v)
+
+
+class MqttSourceConfig(_TopicSource):
+    implementation: ClassVar[str] = "monitor.sources.mqtt"
+
+    type: Literal["mqtt"] = "mqtt"
+    qos: Literal[0, 1, 2] = 1
+
+
+def check_aliases(v: dict[str, str]) -> dict[str, str]:
+    """SenML name -> vital spellings: every vital known."""
+    bad = sorted(k for k, vital in v.items() if vital not in VITALS)
+    if bad:
+        raise ValueError(f"aliases {bad} map to unknown vitals (known: {sorted(VITALS)})")
+    return v
 
 
 _PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
@@ -195,8 +205,58 @@ class Hl7MllpSourceConfig(_Model):
         return f"hl7-mllp:{self.listen}"
 
 
+class JetStreamSourceConfig(_TopicSource):
+    """Readings from a NATS cluster with JetStream (the ``cluster`` extra): devices publish
+    MQTT to the cluster's MQTT listeners; a capture session puts each message into a
+    replicated stream partitioned by ward and bed (NATS's own ``partition()`` subject
+    transform); the daemon consumes the stream and acknowledges each message after its
+    durable commit (README, "Scaling out: NATS JetStream")."""
+
+    implementation: ClassVar[str] = "monitor.sources.jetstream"
+
+    type: Literal["jetstream"]
+    #: The cluster's NATS client URLs (any number of its nodes; the client fails over).
+    servers: list[str] = Field(min_length=1)
+    #: The cluster's MQTT listeners (host:port) the capture session connects to, in turn.
+    capture_mqtt: list[str] = Field(min_length=1)
+    #: The capture session's MQTT client id: one session for the cluster, whichever
+    #: instance holds it (its unacknowledged messages wait in the cluster for the next).
+    capture_client_id: str = Field("vitalmon-capture", min_length=1, max_length=128)
+    #: The stream, its replicas (3: survives the loss of one node) and partitions.
+    stream: str = Field("VITALMON_READINGS", pattern=r"^[A-Za-z0-9_-]+$")
+    replicas: int = Field(3, ge=1, le=5)
+    partitions: int = Field(8, ge=1, le=1024)
+    #: Subjects are ``<prefix>.in.<topic>`` (captured) and ``<prefix>.p.<n>.<topic>``.
+    subject_prefix: str = Field("vitalmon", pattern=r"^[A-Za-z0-9_-]+$")
+    #: How long the stream keeps readings: at least the span the rules need (a new owner
+    #: replays it), 24 h by default.
+    retention_s: float = Field(86400.0, ge=600)
+    #: Unacknowledged messages per partition consumer, at most (back-pressure).
+    max_ack_pending: int = Field(10_000, ge=1, le=1_000_000)
+    #: Redelivery of a message not acknowledged (committed) this long after delivery.
+    ack_wait_s: float = Field(30.0, gt=0)
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        bad = [u for u in v if not u.startswith(("nats://", "tls://"))]
+        if bad:
+            raise ValueError(f"NATS URLs look like nats://host:4222, not {bad}")
+        return v
+
+    @field_validator("capture_mqtt")
+    @classmethod
+    def _capture(cls, v: list[str]) -> list[str]:
+        return [host_port(hp, "127.0.0.1:1883") for hp in v]
+
+    @property
+    def name(self) -> str:
+        return f"jetstream:{self.stream}"
+
+
 #: ``sources[]``, by ``type``: each schema names the module that builds its source
 #: (:mod:`monitor.sources`, the registry); a new kind of source adds its schema here.
 SourceConfig = Annotated[
-    MqttSourceConfig | SerialSourceConfig | Hl7MllpSourceConfig, Field(discriminator="type")
+    MqttSourceConfig | SerialSourceConfig | Hl7MllpSourceConfig | JetStreamSourceConfig,
+    Field(discriminator="type"),
 ]

@@ -87,6 +87,7 @@ class _ClientBase:
     client_id: str
     status_topic: str
     connected: asyncio.Event
+    disconnected: asyncio.Event
     reconnects: int
     _subs: list[tuple[str, int, Deliver]]
     _routes: dict[str, Deliver]

