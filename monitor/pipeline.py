@@ -71,6 +71,11 @@ class Batch:
     #: messages whose durable copy the broker keeps for the persistent session while the
     #: store refuses commits (:meth:`monitor.sources.mqtt.MqttSource.shadow`).
     transient: bool = False
+    #: Whether this instance may still evaluate and store the batch (a partition's lease
+    #: still held, :mod:`monitor.sources.jetstream.ownership`); checked by the engine when
+    #: it takes the batch: a fenced batch is dropped whole, never acknowledged at its
+    #: origin, and goes to the partition's new owner. None: always.
+    fence: Callable[[], bool] | None = None
 
 
 #: How a source hands a batch on (the engine's ``put``: waits while its queue is full).

@@ -8,6 +8,7 @@ Pure parts (topic <-> subject, the partitioning transform) are property-tested h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -73,11 +74,22 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 
 def jetstream_daemon(
-    tmp_path: Path, broker: Broker, cluster: NatsCluster, partitions: int = 4
+    tmp_path: Path,
+    broker: Broker,
+    cluster: NatsCluster,
+    partitions: int = 4,
+    name: str = "a",
+    lease_s: float = 10.0,
+    start: bool = True,
 ) -> DaemonProc:
     servers = json.dumps(cluster.urls)
     capture = json.dumps([f"127.0.0.1:{p}" for p in cluster.mqtt_ports])
-    cfg = write_config(tmp_path / "vitalmon.yaml", broker.port, tmp_path / "vitals.db")
+    cfg = write_config(
+        tmp_path / f"vitalmon-{name}.yaml",
+        broker.port,
+        tmp_path / f"vitals-{name}.db",
+        client_id=f"vitalmon-{name}",
+    )
     text = cfg.read_text().replace(
         """sources:
   - type: mqtt
@@ -90,11 +102,15 @@ def jetstream_daemon(
     capture_mqtt: {capture}
     partitions: {partitions}
     replicas: 3
+    instance: {name}
+    lease_s: {lease_s}
+    ack_wait_s: {max(2.0, lease_s)}
 """,
     )
     cfg.write_text(text)
-    d = DaemonProc(cfg, broker.port, tmp_path / "daemon.log")
-    d.start()
+    d = DaemonProc(cfg, broker.port, tmp_path / f"daemon-{name}.log")
+    if start:
+        d.start()
     return d
 
 
@@ -141,7 +157,9 @@ def test_readings_published_to_the_cluster_are_stored_once_and_raise_alerts(
         ]
         publish_all(cluster.mqtt_ports[1], messages)
         want = 2 * len(messages)  # hr and spo2 in each
-        rows = wait_for(lambda: (r := stored(tmp_path / "vitals.db")) and len(r) >= want and r, 30)
+        rows = wait_for(
+            lambda: (r := stored(tmp_path / "vitals-a.db")) and len(r) >= want and r, 30
+        )
         assert len(rows) == want
         assert len(set(rows)) == want  # none twice
         raised = wait_for(
@@ -172,10 +190,10 @@ def test_killing_the_stream_leader_loses_no_reading(
         # half before the kill (some still on their way through the capture when it
         # comes), half after it, while the stream elects a new leader
         publish_all(device_port, messages[: n // 2])
-        wait_for(lambda: len(stored(tmp_path / "vitals.db")) > 100, 30, "first readings")
+        wait_for(lambda: len(stored(tmp_path / "vitals-a.db")) > 100, 30, "first readings")
         cluster.kill(victim)
         publish_all(device_port, messages[n // 2 :])
-        rows = wait_for(lambda: (r := stored(tmp_path / "vitals.db")) and len(r) >= n and r, 60)
+        rows = wait_for(lambda: (r := stored(tmp_path / "vitals-a.db")) and len(r) >= n and r, 60)
         assert len(set(rows)) == n
         assert len(rows) == n
     finally:
@@ -201,3 +219,195 @@ async def _stream_leader(urls: list[str], stream: str) -> str:
             await asyncio.sleep(0.1)
     finally:
         await nc.close()
+
+
+# ------------------------------------------------------------ partitions and failover
+
+
+async def _owners(urls: list[str], stream: str = "VITALMON_READINGS") -> dict[str, str]:
+    """The partition leases now: key (``p.<n>``, ``member.<id>``) -> holder."""
+    import nats
+    from nats.js.errors import NoKeysError
+
+    nc = await nats.connect(urls)
+    try:
+        kv = await nc.jetstream().key_value(f"{stream}_OWNERS")
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return {}
+        out = {}
+        for k in keys:
+            with contextlib.suppress(Exception):
+                out[k] = (await kv.get(k)).value.decode()
+        return out
+    finally:
+        await nc.close()
+
+
+def owners(cluster: NatsCluster) -> dict[str, str]:
+    return asyncio.run(_owners(cluster.urls))
+
+
+def partition_map(cluster: NatsCluster, partitions: int) -> dict[int, str]:
+    got = owners(cluster)
+    return {n: got[f"p.{n}"] for n in range(partitions) if f"p.{n}" in got}
+
+
+def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
+    tmp_path: Path, broker: Broker, cluster: NatsCluster
+) -> None:
+    parts, lease = 6, 2.0
+    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
+    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease)
+    try:
+        # both alive: every partition has one owner, and each instance has some
+        shared = wait_for(
+            lambda: (
+                (m := partition_map(cluster, parts))
+                and len(m) == parts
+                and set(m.values()) == {"a", "b"}
+                and m
+            ),
+            30,
+            "partitions shared",
+        )
+        assert sorted(shared) == list(range(parts))
+        t0 = time.time() - 120
+        beds = 24
+        first = [
+            (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "hr": 60 + bed})
+            for s in range(5)
+            for bed in range(1, beds + 1)
+        ]
+        publish_all(cluster.mqtt_ports[0], first)
+        dbs = [tmp_path / "vitals-a.db", tmp_path / "vitals-b.db"]
+
+        def union() -> set[tuple[str, str, float, float]]:
+            return {row for db in dbs for row in stored(db)}
+
+        wait_for(lambda: len(union()) >= len(first), 30, "first readings")
+        assert stored(dbs[0]) and stored(dbs[1])  # both took their share
+        # a's beds and b's beds are disjoint: no bed read by two
+        beds_a = {r[0] for r in stored(dbs[0])}
+        beds_b = {r[0] for r in stored(dbs[1])}
+        assert not beds_a & beds_b
+
+        a.kill()  # SIGKILL
+        killed = time.monotonic()
+        wait_for(
+            lambda: (
+                set(partition_map(cluster, parts).values()) == {"b"}
+                and len(partition_map(cluster, parts)) == parts
+            ),
+            30,
+            "takeover",
+        )
+        takeover = time.monotonic() - killed
+        print(f"takeover of {parts} partitions after SIGKILL: {takeover:.2f} s (lease {lease} s)")
+        second = [
+            (f"vitals/icu/{bed}/mon1", {"ts": t0 + 10 + s, "hr": 70 + bed})
+            for s in range(5)
+            for bed in range(1, beds + 1)
+        ]
+        publish_all(cluster.mqtt_ports[2], second)
+        want = {
+            (m[0].split("/")[2], "hr", float(m[1]["ts"]), float(m[1]["hr"])) for m in first + second
+        }
+        wait_for(lambda: union() >= want, 40, "every reading stored")
+        assert union() == want
+        # the lease expires after lease_s, renewals come every lease_s / 4
+        assert takeover < lease * 2 + 3, takeover
+    finally:
+        b.terminate(timeout=20)
+        a.kill()
+
+
+# ------------------------------------------------------------ the fence
+
+
+def test_the_engine_drops_a_fenced_batch_whole() -> None:
+    """A batch whose partition lease ran out is neither evaluated nor stored nor
+    acknowledged: the partition's new owner gets it again."""
+    from engine_sinks import Recorder, run_batches
+
+    from monitor.config import RulesConfig
+    from monitor.engine import Engine
+    from monitor.model import Reading
+    from monitor.pipeline import Batch
+
+    sink = Recorder()
+    engine = Engine(RulesConfig(), [sink], durable=sink)
+    done: list[str] = []
+    low = [Reading(1000.0 + s, "icu", "7", "mon1", "spo2", 70.0) for s in range(30)]
+    run_batches(
+        engine,
+        Batch(list(low), lambda: done.append("fenced"), fence=lambda: False),
+        Batch([Reading(2000.0, "icu", "8", "mon1", "hr", 80.0)], lambda: done.append("ok")),
+    )
+    assert done == ["ok"]
+    assert [r.bed for r in sink.readings] == ["8"]
+    assert sink.events == []
+    assert engine.counts["fenced"] == 1
+
+
+def test_a_paused_owner_loses_its_partitions_and_knows_it_before_asking(
+    cluster: NatsCluster,
+) -> None:
+    """Two instances' ownership, driven round by round on a real KV bucket: the shares
+    are even; one stops renewing (a pause) for longer than the lease: its leases are
+    invalid by its own clock at once, the other takes every partition, and the paused
+    one, running again, is told it lost them and then gets its share back."""
+    from monitor.sources.jetstream.ownership import LEASE_MARGIN, Ownership
+
+    async def main() -> None:
+        import nats
+        from nats.js.api import KeyValueConfig
+
+        nc = await nats.connect(cluster.urls)
+        js = nc.jetstream()
+        lease = 1.5
+        kv = await js.create_key_value(
+            KeyValueConfig(bucket="T_OWNERS", history=1, ttl=lease, replicas=3)
+        )
+        events: list[tuple[str, str, int]] = []
+
+        def owner(me: str) -> Ownership:
+            async def acquired(n: int) -> None:
+                events.append((me, "acquired", n))
+
+            async def releasing(n: int) -> None:
+                events.append((me, "released", n))
+
+            async def lost(n: int) -> None:
+                events.append((me, "lost", n))
+
+            return Ownership(kv, me, 7, lease, acquired, releasing, lost)
+
+        a, b = owner("a"), owner("b")
+        for _ in range(3):
+            await a.tick()
+            await b.tick()
+        assert sorted(a.owned() + b.owned()) == list(range(7))
+        assert {len(a.owned()), len(b.owned())} == {3, 4}
+        a_had = a.owned()
+        # a pauses: b goes on renewing; a's keys expire after the lease
+        paused = time.monotonic()
+        while time.monotonic() - paused < lease * 1.6:
+            await b.tick()
+            await asyncio.sleep(lease / 4)
+        assert a.owned() == []  # by its own clock, without asking
+        assert all(not a.valid(n) for n in a_had)
+        assert sorted(b.owned()) == list(range(7))
+        assert time.monotonic() - paused > LEASE_MARGIN * lease
+        await a.tick()  # running again: told, then a member again
+        assert {("a", "lost", n) for n in a_had} <= set(events)
+        for _ in range(3):
+            await b.tick()
+            await a.tick()
+        assert sorted(a.owned() + b.owned()) == list(range(7))
+        assert not set(a.owned()) & set(b.owned())
+        assert a.owned()  # its share back
+        await nc.close()
+
+    asyncio.run(main())

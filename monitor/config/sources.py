@@ -233,8 +233,15 @@ class JetStreamSourceConfig(_TopicSource):
     retention_s: float = Field(86400.0, ge=600)
     #: Unacknowledged messages per partition consumer, at most (back-pressure).
     max_ack_pending: int = Field(10_000, ge=1, le=1_000_000)
-    #: Redelivery of a message not acknowledged (committed) this long after delivery.
-    ack_wait_s: float = Field(30.0, gt=0)
+    #: Redelivery of a message not acknowledged (committed) this long after delivery (a
+    #: dead owner's messages in flight reach the new owner after this).
+    ack_wait_s: float = Field(10.0, gt=0)
+    #: Partition leases (monitor.sources.jetstream.ownership): an instance that stops
+    #: renewing loses its partitions after this; the others take them over.
+    lease_s: float = Field(10.0, ge=1, le=600)
+    #: This instance's name among the cluster's (null: host name, process id and a
+    #: random part: unique for each run).
+    instance: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
 
     @field_validator("servers")
     @classmethod

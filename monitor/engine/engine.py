@@ -140,6 +140,9 @@ class Engine(Beds, Evaluation):
             if batch is None:
                 return
             self.counts["batches"] += 1  # progress, for the watchdog
+            if batch.fence is not None and not batch.fence():
+                self.counts["fenced"] += 1  # another instance owns it now: not ours to
+                continue  # evaluate, store or acknowledge
             done = self._lifecycle_work(batch)  # (final: made by the lifecycle)
             raised = list(batch.alarms)
             try:

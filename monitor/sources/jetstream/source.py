@@ -19,14 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections import Counter
+from functools import partial
 from typing import Any
 
 from monitor.config import DEFAULT_ALIASES, JetStreamSourceConfig, RulesConfig
 from monitor.model import Rejection
 from monitor.sources import Batch, Emit, Reject, SourceContext, register_source
 from monitor.sources.codecs import Limits, Origin, decode
+from monitor.sources.jetstream.capture import Capture
+from monitor.sources.jetstream.ownership import Ownership
 from monitor.sources.jetstream.subjects import (
     partition_filter,
     partition_transform,
@@ -54,8 +60,22 @@ class JetStreamSource:
         aliases = {**DEFAULT_ALIASES, **{k.lower(): v for k, v in cfg.aliases.items()}}
         self.limits = Limits(cfg.max_payload_bytes, rules.max_future_s, aliases)
         self.counts: Counter[str] = Counter()
+        self.instance = (
+            cfg.instance or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
+        self.instance = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.instance)
         self._stopped = asyncio.Event()
         self._acks: asyncio.Queue[list[Any]] = asyncio.Queue()
+        #: partition (capture: ``partitions``) -> its task, while owned
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: partition -> batches emitted and not yet committed
+        self._in_flight: dict[int, int] = {}
+        self._settled = asyncio.Event()
+        self._js: Any = None
+        self._emit: Emit | None = None
+        self._reject: Reject | None = None
+        self.ownership: Ownership | None = None
+        self.capture: Capture | None = None
 
     def stop(self) -> None:
         self._stopped.set()
@@ -80,20 +100,24 @@ class JetStreamSource:
 
     async def ensure_stream(self, js: Any) -> None:
         """Create the stream, or check the one there partitions as configured."""
-        from nats.js.errors import NotFoundError
+        from nats.js.errors import BadRequestError, NotFoundError
 
         want = self.stream_config()
         try:
             info = await js.stream_info(self.cfg.stream)
         except NotFoundError:
-            await js.add_stream(want)
-            log.info(
-                "stream %s created: %d partitions, %d replicas",
-                self.cfg.stream,
-                self.cfg.partitions,
-                self.cfg.replicas,
-            )
-            return
+            try:
+                await js.add_stream(want)
+            except BadRequestError:  # another instance created it meanwhile: check it
+                info = await js.stream_info(self.cfg.stream)
+            else:
+                log.info(
+                    "stream %s created: %d partitions, %d replicas",
+                    self.cfg.stream,
+                    self.cfg.partitions,
+                    self.cfg.replicas,
+                )
+                return
         have = info.config.subject_transform
         if have is None or (have.src, have.dest) != (
             want.subject_transform.src,
@@ -109,36 +133,92 @@ class JetStreamSource:
 
     async def run(self, emit: Emit, reject: Reject) -> None:
         import nats
+        from nats.js.api import KeyValueConfig, StorageType
 
         nc = await nats.connect(
             self.cfg.servers,
-            name=f"vitalmon:{self.cfg.stream}",
+            name=f"vitalmon:{self.cfg.stream}:{self.instance}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )
         try:
             js = nc.jetstream()
             await self.ensure_stream(js)
-            from monitor.sources.jetstream.capture import Capture
-
-            capture = Capture(self.cfg, js)
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(capture.run(), name="vitalmon.capture")]
-                tasks.append(tg.create_task(self._acker(), name="vitalmon.jetstream.acks"))
-                readers = [
-                    tg.create_task(self._read(js, n, emit, reject), name=f"vitalmon.p{n}")
-                    for n in range(self.cfg.partitions)
-                ]
+            kv = await js.create_key_value(
+                KeyValueConfig(
+                    bucket=f"{self.cfg.stream}_OWNERS",
+                    history=1,
+                    ttl=self.cfg.lease_s,
+                    replicas=self.cfg.replicas,
+                    storage=StorageType.FILE,
+                )
+            )
+            self._js, self._emit, self._reject = js, emit, reject
+            # partitions 0..P-1, and P: the capture session (one for the cluster)
+            own = Ownership(
+                kv,
+                self.instance,
+                self.cfg.partitions + 1,
+                self.cfg.lease_s,
+                self._acquired,
+                self._releasing,
+                self._lost,
+            )
+            self.ownership = own
+            acker = asyncio.create_task(self._acker(), name="vitalmon.jetstream.acks")
+            leases = asyncio.create_task(own.run(), name="vitalmon.jetstream.leases")
+            try:
                 await self._stopped.wait()
-                for t in readers:  # readers first: what they emitted is still acked
-                    t.cancel()
-                await asyncio.gather(*readers, return_exceptions=True)
-                for t in tasks:
-                    t.cancel()
-            self.counts.update(capture.counts)
+            finally:
+                leases.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await leases
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(own.release_all(), self.cfg.lease_s)
+                for task in list(self._tasks.values()):
+                    task.cancel()
+                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                await self._drain_acks()
+                acker.cancel()
         finally:
             with contextlib.suppress(Exception):
                 await nc.drain()
+
+    @property
+    def capture_index(self) -> int:
+        return self.cfg.partitions
+
+    async def _acquired(self, n: int) -> None:
+        if n == self.capture_index:
+            capture = Capture(self.cfg, self._js)
+            self.capture = capture
+            self._tasks[n] = asyncio.create_task(capture.run(), name="vitalmon.capture")
+        else:
+            self._tasks[n] = asyncio.create_task(self._read(n), name=f"vitalmon.p{n}")
+
+    async def _lost(self, n: int) -> None:
+        task = self._tasks.pop(n, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _releasing(self, n: int) -> None:
+        """Stop reading ``n`` and wait (at most ``ack_wait_s``) until what was read of it
+        is committed and acknowledged: the next owner starts where this one ended."""
+        await self._lost(n)
+        deadline = time.monotonic() + self.cfg.ack_wait_s
+        while self._in_flight.get(n, 0) > 0 and time.monotonic() < deadline:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), deadline - time.monotonic())
+
+    async def _drain_acks(self) -> None:
+        while not self._acks.empty():
+            msgs = self._acks.get_nowait()
+            for m in msgs:
+                with contextlib.suppress(Exception):
+                    await m.ack()
 
     async def _acker(self) -> None:
         """Acknowledge committed messages (the journal's ``done`` queues them here)."""
@@ -150,7 +230,7 @@ class JetStreamSource:
                 except Exception:  # noqa: BLE001 - not acked: delivered again, absorbed
                     self.counts["ack_failed"] += 1
 
-    async def _read(self, js: Any, n: int, emit: Emit, reject: Reject) -> None:
+    async def _read(self, n: int) -> None:
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -163,24 +243,46 @@ class JetStreamSource:
             ack_wait=self.cfg.ack_wait_s,
             max_ack_pending=self.cfg.max_ack_pending,
         )
-        sub = await js.pull_subscribe(
-            config.filter_subject, durable=durable, stream=self.cfg.stream, config=config
-        )
-        while True:
+        while True:  # (the consumer's stream leader may be moving: again until it answers)
             try:
-                msgs = await sub.fetch(FETCH, timeout=FETCH_WAIT_S)
-            except NatsTimeout:
-                continue
-            except Exception as exc:  # noqa: BLE001 - a node gone, a leader moving: again
-                self.counts["fetch_errors"] += 1
-                log.debug("partition %d: fetch failed (%s); again", n, exc)
+                sub = await self._js.pull_subscribe(
+                    config.filter_subject, durable=durable, stream=self.cfg.stream, config=config
+                )
+                break
+            except Exception as exc:  # noqa: BLE001
+                log.debug("partition %d: consumer not ready (%s); again", n, exc)
                 await asyncio.sleep(0.5)
-                continue
-            batch = self._batch(msgs, reject)
-            if batch is not None:
+        assert self.ownership is not None
+        assert self._emit is not None
+        assert self._reject is not None
+        emit, reject = self._emit, self._reject
+        fence = partial(self.ownership.valid, n)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(FETCH, timeout=FETCH_WAIT_S)
+                except NatsTimeout:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a node gone, a leader moving
+                    self.counts["fetch_errors"] += 1
+                    log.debug("partition %d: fetch failed (%s); again", n, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if not fence():  # the lease ran out meanwhile: the next owner's
+                    self.counts["fenced"] += len(msgs)
+                    for m in msgs:
+                        with contextlib.suppress(Exception):
+                            await m.nak()
+                    continue
+                batch = self._batch(msgs, reject, n)
+                batch.fence = fence
+                self._in_flight[n] = self._in_flight.get(n, 0) + 1
                 await emit(batch)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
-    def _batch(self, msgs: list[Any], reject: Reject) -> Batch | None:
+    def _batch(self, msgs: list[Any], reject: Reject, n: int) -> Batch:
         """Decode ``msgs`` into one batch whose ``done`` acknowledges them all."""
         now = time.time()
         batch = Batch([], None, now)
@@ -206,8 +308,13 @@ class JetStreamSource:
                 reject(rej)
             batch.readings += decoded.readings
             batch.statuses += decoded.statuses
-        acks = self._acks
-        batch.done = lambda: acks.put_nowait(msgs)
+
+        def done() -> None:  # (committed: acknowledged, and no longer in flight)
+            self._acks.put_nowait(msgs)
+            self._in_flight[n] -= 1
+            self._settled.set()
+
+        batch.done = done
         return batch
 
 
