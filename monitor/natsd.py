@@ -64,10 +64,13 @@ class NatsCluster:
     members: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for i in range(self.nodes):
-            self.members.append(
-                Node(f"n{i + 1}", free_port(), free_port(), free_port(), free_port())
-            )
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.members = [
+            Node(f"n{i + 1}", free_port(), free_port(), free_port(), free_port())
+            for i in range(self.nodes)
+        ]
 
     @property
     def urls(self) -> list[str]:
@@ -94,10 +97,23 @@ class NatsCluster:
             )
         return text + self.extra
 
-    def start(self, timeout: float = 30.0) -> None:
-        for i in range(len(self.members)):
-            self._spawn(i)
-        self.wait_ready(timeout)
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """Start every node and wait until ready. A node that exits at once (a port
+        taken between :func:`free_port` and its bind) makes it start again on new
+        ports, up to ``attempts`` times."""
+        for attempt in range(1, attempts + 1):
+            for i in range(len(self.members)):
+                self._spawn(i)
+            try:
+                self.wait_ready(timeout)
+            except BrokerError:
+                exited = any(n.proc is not None and n.proc.poll() is not None for n in self.members)
+                self.stop()
+                if not exited or attempt == attempts:
+                    raise
+                self._pick_ports()
+            else:
+                return
 
     def _spawn(self, i: int) -> None:
         node = self.members[i]
@@ -138,14 +154,21 @@ class NatsCluster:
                     )
                 time.sleep(0.05)
 
-    @staticmethod
-    def _healthy(node: Node) -> bool:
-        url = f"http://127.0.0.1:{node.monitor_port}/healthz"
+    def _healthy(self, node: Node) -> bool:
+        """JetStream is usable from ``node``: healthy, and in a cluster it knows the meta
+        leader (``/jsz``), so a first JetStream request finds responders."""
+        base = f"http://127.0.0.1:{node.monitor_port}"
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
+            with urllib.request.urlopen(base + "/healthz", timeout=1) as resp:  # noqa: S310
+                if resp.status != 200:
+                    return False
+            if self.nodes == 1:
+                return True
+            with urllib.request.urlopen(base + "/jsz", timeout=1) as resp:  # noqa: S310
+                meta = json.load(resp).get("meta_cluster") or {}
+        except (OSError, ValueError):
             return False
+        return bool(meta.get("leader"))
 
     def kill(self, i: int) -> None:
         """``kill -9`` of node ``i``."""

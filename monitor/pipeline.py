@@ -76,6 +76,10 @@ class Batch:
     #: it takes the batch: a fenced batch is dropped whole, never acknowledged at its
     #: origin, and goes to the partition's new owner. None: always.
     fence: Callable[[], bool] | None = None
+    #: Readings replayed to rebuild state (a partition's new owner replays what the last
+    #: owner already committed): evaluated, their alert events taken by the lifecycle,
+    #: nothing handed to a sink (stored and published before) and nothing acknowledged.
+    replay: bool = False
 
 
 #: How a source hands a batch on (the engine's ``put``: waits while its queue is full).

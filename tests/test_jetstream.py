@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from conftest import Broker, DaemonProc, Subscriber, wait_for, write_config
 from hypothesis import given
 from hypothesis import strategies as st
 
+from monitor.broker import free_port
 from monitor.natsd import NatsCluster, find_nats_server
 from monitor.sources.jetstream.subjects import (
     partition_transform,
@@ -81,6 +84,7 @@ def jetstream_daemon(
     name: str = "a",
     lease_s: float = 10.0,
     start: bool = True,
+    metrics_port: int | None = None,
 ) -> DaemonProc:
     servers = json.dumps(cluster.urls)
     capture = json.dumps([f"127.0.0.1:{p}" for p in cluster.mqtt_ports])
@@ -89,6 +93,7 @@ def jetstream_daemon(
         broker.port,
         tmp_path / f"vitals-{name}.db",
         client_id=f"vitalmon-{name}",
+        extra="" if metrics_port is None else f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n",
     )
     text = cfg.read_text().replace(
         """sources:
@@ -128,9 +133,12 @@ def publish_all(port: int, messages: list[tuple[str, dict[str, object]]]) -> Non
     """QoS 1 publishes from one paho client; returns once every PUBACK is in."""
     import paho.mqtt.client as mqtt
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{port}")
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{port}-{time.monotonic_ns()}")
+    up = threading.Event()
+    c.on_connect = lambda *_a: up.set()
     c.connect("127.0.0.1", port)
     c.loop_start()
+    assert up.wait(30), "the device could not connect"
     infos = [c.publish(t, json.dumps(p), qos=1) for t, p in messages]
     for info in infos:
         info.wait_for_publish(30)
@@ -259,7 +267,8 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
 ) -> None:
     parts, lease = 6, 2.0
     a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
-    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease)
+    b_metrics = free_port()
+    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, metrics_port=b_metrics)
     try:
         # both alive: every partition has one owner, and each instance has some
         shared = wait_for(
@@ -318,6 +327,17 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
         assert union() == want
         # the lease expires after lease_s, renewals come every lease_s / 4
         assert takeover < lease * 2 + 3, takeover
+        # /metrics of the survivor: all partitions, the takeovers counted and timed
+        text = urllib.request.urlopen(f"http://127.0.0.1:{b_metrics}/metrics", timeout=5).read()
+        got = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.decode().splitlines()
+            if line.startswith("vitalmon_jetstream_")
+        }
+        stream = '{stream="VITALMON_READINGS"}'
+        assert got["vitalmon_jetstream_partitions_owned" + stream] == parts
+        assert got["vitalmon_jetstream_takeovers_total" + stream] >= parts
+        assert 0 < got["vitalmon_jetstream_takeover_seconds" + stream] < 30
     finally:
         b.terminate(timeout=20)
         a.kill()
@@ -360,6 +380,17 @@ def test_a_paused_owner_loses_its_partitions_and_knows_it_before_asking(
     one, running again, is told it lost them and then gets its share back."""
     from monitor.sources.jetstream.ownership import LEASE_MARGIN, Ownership
 
+    async def settled(o: Ownership) -> None:
+        """One round; a round that fails (a KV leader still being elected) is done again,
+        as Ownership.run does."""
+        for _ in range(20):
+            try:
+                await o.tick()
+                return
+            except Exception:
+                await asyncio.sleep(0.1)
+        await o.tick()
+
     async def main() -> None:
         import nats
         from nats.js.api import KeyValueConfig
@@ -386,28 +417,93 @@ def test_a_paused_owner_loses_its_partitions_and_knows_it_before_asking(
 
         a, b = owner("a"), owner("b")
         for _ in range(3):
-            await a.tick()
-            await b.tick()
+            await settled(a)
+            await settled(b)
         assert sorted(a.owned() + b.owned()) == list(range(7))
         assert {len(a.owned()), len(b.owned())} == {3, 4}
         a_had = a.owned()
         # a pauses: b goes on renewing; a's keys expire after the lease
         paused = time.monotonic()
         while time.monotonic() - paused < lease * 1.6:
-            await b.tick()
+            await settled(b)
             await asyncio.sleep(lease / 4)
         assert a.owned() == []  # by its own clock, without asking
         assert all(not a.valid(n) for n in a_had)
         assert sorted(b.owned()) == list(range(7))
         assert time.monotonic() - paused > LEASE_MARGIN * lease
-        await a.tick()  # running again: told, then a member again
+        await settled(a)  # running again: told, then a member again
         assert {("a", "lost", n) for n in a_had} <= set(events)
         for _ in range(3):
-            await b.tick()
-            await a.tick()
+            await settled(b)
+            await settled(a)
         assert sorted(a.owned() + b.owned()) == list(range(7))
         assert not set(a.owned()) & set(b.owned())
         assert a.owned()  # its share back
         await nc.close()
 
     asyncio.run(main())
+
+
+def test_a_delay_begun_before_a_failover_completes_after_it_raised_once_by_the_new_owner(
+    tmp_path: Path, broker: Broker, cluster: NatsCluster
+) -> None:
+    """A bed desaturates 10 s (spo2.low needs 15 s) before its owner is killed: the new
+    owner rebuilds the bed's window by replaying the partition up to what the old owner
+    committed, so the delay that began before the kill completes after it: one spo2.low,
+    started when the desaturation did."""
+    parts, lease = 4, 2.0
+    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
+    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease)
+    alerts = Subscriber(broker.port, "alerts/#")
+    procs = {"a": a, "b": b}
+    try:
+        wait_for(
+            lambda: (
+                set(partition_map(cluster, parts).values()) == {"a", "b"}
+                and len(partition_map(cluster, parts)) == parts
+            ),
+            30,
+            "partitions shared",
+        )
+        t0 = time.time() - 120
+        bed = "9"
+        before = [
+            (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 97 if s < 30 else 82, "hr": 80})
+            for s in range(40)
+        ]
+        publish_all(cluster.mqtt_ports[0], before)
+        dbs = {n: tmp_path / f"vitals-{n}.db" for n in procs}
+        owner = wait_for(
+            lambda: next(
+                (n for n, db in dbs.items() if len([r for r in stored(db) if r[0] == bed]) >= 80),
+                None,
+            ),
+            30,
+            "the bed's readings committed",
+        )
+        survivor = "b" if owner == "a" else "a"
+        assert not [a for a in alerts.json() if a["rule"] == "spo2.low"]  # 10 s < 15 s
+        procs[owner].kill()
+        after = [
+            (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 82, "hr": 80}) for s in range(40, 60)
+        ]
+        publish_all(cluster.mqtt_ports[1], after)
+        raised = wait_for(
+            lambda: [a for a in alerts.json() if a["rule"] == "spo2.low"], 30, "spo2.low"
+        )
+        wait_for(
+            lambda: any(r[2] >= t0 + 59 for r in stored(dbs[survivor]) if r[0] == bed),
+            30,
+            "the survivor read on",
+        )
+        raised = [a for a in alerts.json() if a["rule"] == "spo2.low"]
+        assert [(a["bed"], a["state"], a["seq"]) for a in raised] == [(bed, "active", 1)]
+        from datetime import datetime
+
+        started = datetime.fromisoformat(raised[0]["started_at"]).timestamp()
+        assert abs(started - (t0 + 30)) < 1.0, (started, t0 + 30)
+        assert "replayed" in procs[survivor].log()
+    finally:
+        alerts.close()
+        for d in procs.values():
+            d.kill()

@@ -480,6 +480,8 @@ def test_every_documented_metric_renders_under_its_name() -> None:
         "port": "/dev/ttyUSB0",
         "code": "Perf (0002-d006)",
         "reason": "late",
+        "stream": "VITALMON_READINGS",
+        "partition": "3",
     }
     produced = [
         sample(name, 1, **{k: labels[k] for k in spec.labels})

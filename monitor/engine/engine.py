@@ -162,6 +162,9 @@ class Engine(Beds, Evaluation):
             if self.lifecycle is not None:
                 raised = [self.lifecycle.observe(e) for e in raised]
             events = [*batch.events, *done, *raised]
+            if batch.replay:  # state rebuilt; stored and published by the last owner
+                self.counts["replayed"] += len(batch.readings)
+                continue
             # alerts first: their publication never queues behind bulk storage (a slow or
             # refusing disk delays the journal, not the ward's alarms)
             for sink in sorted(self.sinks, key=lambda s: s is self.durable):

@@ -97,6 +97,18 @@ the same table. Labels are in braces.
     QoS 1 publishes waiting for the broker's acknowledgement (at most mqtt.max_queued).
 ``vitalmon_mqtt_dropped_total{kind}`` counter
     Outgoing publishes dropped while the broker was away or slow, by kind.
+``vitalmon_jetstream_partitions_owned{stream}`` gauge
+    Stream partitions this instance owns now (a valid lease).
+``vitalmon_jetstream_partition_lag{stream, partition}`` gauge
+    Messages of an owned partition not yet delivered to this instance.
+``vitalmon_jetstream_takeovers_total{stream}`` counter
+    Partitions this instance has taken over (leases taken).
+``vitalmon_jetstream_takeover_seconds{stream}`` gauge
+    The last takeover: from the lease taken to the partition read live (replay done).
+``vitalmon_jetstream_replayed_total{stream}`` counter
+    Messages replayed to rebuild taken-over partitions' state.
+``vitalmon_jetstream_captured_total{stream}`` counter
+    Device messages the capture session put into the stream (while this instance held it).
 ``vitalmon_serial_port_open{port}`` gauge
     1 while the serial device port is open, else 0.
 ``vitalmon_hl7_unmapped_observations_total{code}`` counter

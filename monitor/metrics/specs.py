@@ -108,6 +108,30 @@ SPECS: Mapping[str, Spec] = {
         "Outgoing publishes dropped while the broker was away or slow, by kind.",
         ("kind",),
     ),
+    "vitalmon_jetstream_partitions_owned": Spec(
+        "gauge", "Stream partitions this instance owns now (a valid lease).", ("stream",)
+    ),
+    "vitalmon_jetstream_partition_lag": Spec(
+        "gauge",
+        "Messages of an owned partition not yet delivered to this instance.",
+        ("stream", "partition"),
+    ),
+    "vitalmon_jetstream_takeovers_total": Spec(
+        "counter", "Partitions this instance has taken over (leases taken).", ("stream",)
+    ),
+    "vitalmon_jetstream_takeover_seconds": Spec(
+        "gauge",
+        "The last takeover: from the lease taken to the partition read live (replay done).",
+        ("stream",),
+    ),
+    "vitalmon_jetstream_replayed_total": Spec(
+        "counter", "Messages replayed to rebuild taken-over partitions' state.", ("stream",)
+    ),
+    "vitalmon_jetstream_captured_total": Spec(
+        "counter",
+        "Device messages the capture session put into the stream (while this instance held it).",
+        ("stream",),
+    ),
     "vitalmon_serial_port_open": Spec(
         "gauge", "1 while the serial device port is open, else 0.", ("port",)
     ),

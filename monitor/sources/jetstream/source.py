@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
 import socket
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from monitor.config import DEFAULT_ALIASES, JetStreamSourceConfig, RulesConfig
-from monitor.model import Rejection
+from monitor.metrics import Sample, sample
+from monitor.model import VITALS, Rejection
 from monitor.sources import Batch, Emit, Reject, SourceContext, register_source
 from monitor.sources.codecs import Limits, Origin, decode
 from monitor.sources.jetstream.capture import Capture
@@ -76,9 +79,45 @@ class JetStreamSource:
         self._reject: Reject | None = None
         self.ownership: Ownership | None = None
         self.capture: Capture | None = None
+        #: partition -> when its lease was taken (until it is read live)
+        self._taken_at: dict[int, float] = {}
+        self.last_takeover_s = 0.0
+        #: partition -> messages not yet delivered (the last fetch's num_pending)
+        self._lag: dict[int, int] = {}
+        #: Event time a new owner replays: what the rules read (the longest window,
+        #: trend history, flapping window, NEWS2 freshness), within the stream's retention.
+        needs = [rules.window_s, rules.flapping.window_s, rules.news2.freshness_s]
+        needs += [rules.trends.needs_s(v) for v in VITALS]
+        self.replay_s = min(max(needs), cfg.retention_s)
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def samples(self) -> list[Sample]:
+        """``/metrics``: owned partitions, their lag, takeovers and their duration."""
+        stream = self.cfg.stream
+        own = self.ownership
+        owned = [n for n in own.owned() if n != self.capture_index] if own else []
+        captured = self.counts["captured"] + (
+            self.capture.counts["captured"] if self.capture else 0
+        )
+        out = [
+            sample("vitalmon_jetstream_partitions_owned", len(owned), stream=stream),
+            sample("vitalmon_jetstream_takeovers_total", self.counts["takeovers"], stream=stream),
+            sample("vitalmon_jetstream_takeover_seconds", self.last_takeover_s, stream=stream),
+            sample("vitalmon_jetstream_replayed_total", self.counts["replayed"], stream=stream),
+            sample("vitalmon_jetstream_captured_total", captured, stream=stream),
+        ]
+        out += [
+            sample(
+                "vitalmon_jetstream_partition_lag",
+                self._lag.get(n, 0),
+                stream=stream,
+                partition=str(n),
+            )
+            for n in owned
+        ]
+        return out
 
     # ------------------------------------------------------------------ the stream
 
@@ -143,16 +182,27 @@ class JetStreamSource:
         )
         try:
             js = nc.jetstream()
-            await self.ensure_stream(js)
-            kv = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=f"{self.cfg.stream}_OWNERS",
-                    history=1,
-                    ttl=self.cfg.lease_s,
-                    replicas=self.cfg.replicas,
-                    storage=StorageType.FILE,
-                )
+            owners = KeyValueConfig(
+                bucket=f"{self.cfg.stream}_OWNERS",
+                history=1,
+                ttl=self.cfg.lease_s,
+                replicas=self.cfg.replicas,
+                storage=StorageType.FILE,
             )
+            for attempt in itertools.count(1):  # a cluster still electing: again
+                try:
+                    await self.ensure_stream(js)
+                    kv = await js.create_key_value(owners)
+                    break
+                except JetStreamError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    if self._stopped.is_set():
+                        return
+                    (log.warning if attempt % 10 == 1 else log.debug)(
+                        "JetStream not ready (%s); trying again", exc
+                    )
+                    await asyncio.sleep(0.5)
             self._js, self._emit, self._reject = js, emit, reject
             # partitions 0..P-1, and P: the capture session (one for the cluster)
             own = Ownership(
@@ -189,7 +239,10 @@ class JetStreamSource:
         return self.cfg.partitions
 
     async def _acquired(self, n: int) -> None:
+        self._taken_at[n] = time.monotonic()
         if n == self.capture_index:
+            if self.capture is not None:  # (held before: keep its count)
+                self.counts["captured"] += self.capture.counts["captured"]
             capture = Capture(self.cfg, self._js)
             self.capture = capture
             self._tasks[n] = asyncio.create_task(capture.run(), name="vitalmon.capture")
@@ -243,6 +296,10 @@ class JetStreamSource:
             ack_wait=self.cfg.ack_wait_s,
             max_ack_pending=self.cfg.max_ack_pending,
         )
+        await self._replay(n, durable)
+        if n in self._taken_at:  # (live from here: the takeover is over)
+            self.counts["takeovers"] += 1
+            self.last_takeover_s = time.monotonic() - self._taken_at.pop(n)
         while True:  # (the consumer's stream leader may be moving: again until it answers)
             try:
                 sub = await self._js.pull_subscribe(
@@ -274,6 +331,7 @@ class JetStreamSource:
                         with contextlib.suppress(Exception):
                             await m.nak()
                     continue
+                self._lag[n] = msgs[-1].metadata.num_pending if msgs else 0
                 batch = self._batch(msgs, reject, n)
                 batch.fence = fence
                 self._in_flight[n] = self._in_flight.get(n, 0) + 1
@@ -282,7 +340,68 @@ class JetStreamSource:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    def _batch(self, msgs: list[Any], reject: Reject, n: int) -> Batch:
+    async def _replay(self, n: int, durable: str) -> None:
+        """A new owner's windows and alert state: the partition's readings of the last
+        :attr:`replay_s`, up to what its last owner committed (the consumer's ack floor),
+        evaluated again as ``replay`` batches (the rules run on event time: the same
+        readings give the same windows, delays and open alerts). What comes after the
+        floor is read as usual."""
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        assert self._emit is not None
+        try:
+            info = await self._js.consumer_info(self.cfg.stream, durable)
+        except NotFoundError:
+            return  # the partition's first owner: nothing committed before
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        if not floor:
+            return
+        since = datetime.fromtimestamp(time.time() - self.replay_s, UTC)
+        config = ConsumerConfig(
+            filter_subject=partition_filter(self.cfg.subject_prefix, n),
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,
+        )
+        sub = await self._js.pull_subscribe(
+            config.filter_subject, durable=None, stream=self.cfg.stream, config=config
+        )
+        started, count = time.monotonic(), 0
+        reject = self._reject or (lambda _r: None)
+        try:
+            done = False
+            while not done:
+                try:
+                    msgs = await sub.fetch(FETCH, timeout=2.0)
+                except NatsTimeout:
+                    break  # nothing more since `since`
+                keep = [m for m in msgs if m.metadata.sequence.stream <= floor]
+                done = len(keep) < len(msgs) or (
+                    bool(msgs) and msgs[-1].metadata.sequence.stream >= floor
+                )
+                if keep:
+                    batch = self._batch(keep, reject, n, ack=False)
+                    batch.replay = True
+                    count += len(keep)
+                    await self._emit(batch)
+        except Exception as exc:  # noqa: BLE001 - replay what could be; go on live
+            log.warning("partition %d: replay stopped early (%s)", n, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self.counts["replayed"] += count
+        log.info(
+            "partition %d: %d message(s) of the last %.0f s replayed in %.2f s",
+            n,
+            count,
+            self.replay_s,
+            time.monotonic() - started,
+        )
+
+    def _batch(self, msgs: list[Any], reject: Reject, n: int, ack: bool = True) -> Batch:
         """Decode ``msgs`` into one batch whose ``done`` acknowledges them all."""
         now = time.time()
         batch = Batch([], None, now)
@@ -314,7 +433,8 @@ class JetStreamSource:
             self._in_flight[n] -= 1
             self._settled.set()
 
-        batch.done = done
+        if ack:
+            batch.done = done
         return batch
 
 
