@@ -16,6 +16,7 @@ from monitor.cli_commands import (
     _load,
     broker_config,
     cmd_ack,
+    cmd_cluster,
     cmd_demo,
     cmd_query,
     cmd_replay,
@@ -205,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_broker(sp)
     sp.add_argument("--by", help="operator named in acknowledgements (default: $USER)")
     sp.set_defaults(func=cmd_watch)
+
+    sp = sub.add_parser(
+        "cluster", help="the NATS JetStream cluster: stream, members, partition map"
+    )
+    with_config(sp)
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+    sp.set_defaults(func=cmd_cluster)
 
     sp = sub.add_parser("ack", help="acknowledge an alert (as the named operator)")
     with_config(sp)

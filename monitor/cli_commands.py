@@ -202,6 +202,30 @@ def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """``vitalmon cluster``: the stream, members and partition map of the config's
+    ``type: jetstream`` source, read from NATS (exit 1 when none is configured or the
+    cluster cannot be reached)."""
+    cfg = _load(args.config)
+    setup_logging("warning")
+    sources = [s for s in cfg.sources if isinstance(s, config_mod.JetStreamSourceConfig)]
+    if not sources:
+        print("vitalmon cluster: the config has no sources[] of type jetstream", file=sys.stderr)
+        return 1
+    import asyncio
+
+    from monitor.sources.jetstream.status import cluster_status, render
+
+    for src in sources:
+        try:
+            status = asyncio.run(cluster_status(src))
+        except Exception as exc:  # noqa: BLE001 - say why, never a traceback
+            print(f"vitalmon cluster: {src.servers}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(status) if args.format == "json" else render(status))
+    return 0
+
+
 def cmd_ack(args: argparse.Namespace) -> int:
     cfg = broker_config(args)
     setup_logging("warning")

@@ -61,12 +61,21 @@ class NatsCluster:
     nodes: int = 3
     #: extra text for every node's configuration (accounts, mqtt options, ...)
     extra: str = ""
+    #: fixed first ports (client, cluster route, MQTT, monitoring), node i on +i; None:
+    #: free ports picked at random (tests)
+    base_ports: tuple[int, int, int, int] | None = None
     members: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._pick_ports()
 
     def _pick_ports(self) -> None:
+        if self.base_ports is not None:
+            c, r, m, h = self.base_ports
+            self.members = [
+                Node(f"n{i + 1}", c + i, r + i, m + i, h + i) for i in range(self.nodes)
+            ]
+            return
         self.members = [
             Node(f"n{i + 1}", free_port(), free_port(), free_port(), free_port())
             for i in range(self.nodes)
@@ -109,7 +118,7 @@ class NatsCluster:
             except BrokerError:
                 exited = any(n.proc is not None and n.proc.poll() is not None for n in self.members)
                 self.stop()
-                if not exited or attempt == attempts:
+                if not exited or attempt == attempts or self.base_ports is not None:
                     raise
                 self._pick_ports()
             else:
@@ -181,3 +190,51 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.members:
             stop(node.proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m monitor.natsd``: a NATS cluster on this machine for trying the
+    JetStream source (README, "Scaling out: NATS JetStream"); Ctrl-C stops it."""
+    import argparse
+    import signal
+    import threading
+
+    p = argparse.ArgumentParser(prog="python -m monitor.natsd", description=main.__doc__)
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--dir", type=Path, default=Path("nats-cluster"), help="configs, data, logs")
+    p.add_argument("--port", type=int, default=4222, help="first node's client port")
+    p.add_argument("--mqtt-port", type=int, default=1883, help="first node's MQTT port")
+    p.add_argument("--cluster-port", type=int, default=6222, help="first route port")
+    p.add_argument("--http-port", type=int, default=8222, help="first monitoring port")
+    args = p.parse_args(argv)
+    cluster = NatsCluster(
+        args.dir.resolve(),
+        args.nodes,
+        base_ports=(args.port, args.cluster_port, args.mqtt_port, args.http_port),
+    )
+    try:
+        cluster.start()
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    mqtt = ", ".join(f"127.0.0.1:{p}" for p in cluster.mqtt_ports)
+    print(f"NATS cluster of {args.nodes} node(s) up; configs and logs in {args.dir}/")
+    print("  in vitalmon.yaml, sources:")
+    print("    - type: jetstream")
+    print(f"      servers: [{', '.join(cluster.urls)}]")
+    print(f"      capture_mqtt: [{mqtt}]")
+    print(f"  devices publish MQTT 3.1.1 to any of {mqtt}; Ctrl-C stops the cluster")
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_a: done.set())
+    while not done.wait(1.0):
+        for i, node in enumerate(cluster.members):
+            if node.proc is not None and node.proc.poll() is not None:
+                print(f"node {node.name} exited ({node.proc.returncode}); see {cluster.log(i)}")
+                node.proc = None
+    cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Broker, DaemonProc, Subscriber, wait_for, write_config
@@ -247,10 +250,22 @@ async def _owners(urls: list[str], stream: str = "VITALMON_READINGS") -> dict[st
         out = {}
         for k in keys:
             with contextlib.suppress(Exception):
-                out[k] = (await kv.get(k)).value.decode()
+                out[k] = ((await kv.get(k)).value or b"").decode()
         return out
     finally:
         await nc.close()
+
+
+def cluster_cli(config: Path) -> dict[str, Any]:
+    """``vitalmon cluster --format json`` as a user runs it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "cluster", "-c", str(config), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(json.loads(out.stdout))
 
 
 def owners(cluster: NatsCluster) -> dict[str, str]:
@@ -282,6 +297,11 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
             "partitions shared",
         )
         assert sorted(shared) == list(range(parts))
+        # the same map as `vitalmon cluster` shows it, read from NATS
+        shown = cluster_cli(a.config)
+        assert shown["members"] == ["a", "b"]
+        assert {r["partition"]: r["owner"] for r in shown["partition_map"]} == shared
+        assert shown["capture"] in ("a", "b") and shown["leader"]
         t0 = time.time() - 120
         beds = 24
         first = [
@@ -325,6 +345,9 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
         }
         wait_for(lambda: union() >= want, 40, "every reading stored")
         assert union() == want
+        after = cluster_cli(b.config)
+        assert {r["owner"] for r in after["partition_map"]} == {"b"}
+        assert after["capture"] == "b"
         # the lease expires after lease_s, renewals come every lease_s / 4
         assert takeover < lease * 2 + 3, takeover
         # /metrics of the survivor: all partitions, the takeovers counted and timed
@@ -507,3 +530,42 @@ def test_a_delay_begun_before_a_failover_completes_after_it_raised_once_by_the_n
         alerts.close()
         for d in procs.values():
             d.kill()
+
+
+def test_vitalmon_cluster_says_why_without_a_jetstream_source(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "v.yaml", 1883, tmp_path / "v.db")
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "cluster", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "no sources[] of type jetstream" in out.stderr
+
+
+def test_the_cluster_table_names_every_partition_and_an_ownerless_one() -> None:
+    from monitor.sources.jetstream.status import render
+
+    text = render(
+        {
+            "stream": "S",
+            "partitions": 2,
+            "messages": 10,
+            "bytes": 2_000_000,
+            "leader": "n1",
+            "replicas": [{"name": "n2", "current": True, "lag": 0}],
+            "members": ["a"],
+            "capture": "a",
+            "partition_map": [
+                {"partition": 0, "owner": "a", "pending": 3, "ack_pending": 1},
+                {"partition": 1, "owner": None, "pending": None, "ack_pending": None},
+            ],
+        }
+    )
+    assert "stream S: 10 messages, 2.0 MB; leader n1; followers n2" in text
+    assert "capture session: a" in text
+    lines = text.splitlines()
+    assert lines[-2].split() == ["0", "a", "3", "1"]
+    assert lines[-1].split() == ["1", "NOBODY", "-", "-"]
