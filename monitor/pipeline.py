@@ -80,6 +80,10 @@ class Batch:
     #: owner already committed): evaluated, their alert events taken by the lifecycle,
     #: nothing handed to a sink (stored and published before) and nothing acknowledged.
     replay: bool = False
+    #: Beds (ward, bed) whose partition went to another instance: the engine forgets all
+    #: it keeps of them without a word (their new owner carries their alerts on), before
+    #: the batch's readings.
+    handed_over: list[tuple[str, str]] = field(default_factory=list)
 
 
 #: How a source hands a batch on (the engine's ``put``: waits while its queue is full).

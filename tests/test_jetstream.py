@@ -88,6 +88,7 @@ def jetstream_daemon(
     lease_s: float = 10.0,
     start: bool = True,
     metrics_port: int | None = None,
+    rules_extra: str = "",
 ) -> DaemonProc:
     servers = json.dumps(cluster.urls)
     capture = json.dumps([f"127.0.0.1:{p}" for p in cluster.mqtt_ports])
@@ -96,7 +97,8 @@ def jetstream_daemon(
         broker.port,
         tmp_path / f"vitals-{name}.db",
         client_id=f"vitalmon-{name}",
-        extra="" if metrics_port is None else f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n",
+        extra=rules_extra
+        + ("" if metrics_port is None else f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n"),
     )
     text = cfg.read_text().replace(
         """sources:
@@ -569,3 +571,90 @@ def test_the_cluster_table_names_every_partition_and_an_ownerless_one() -> None:
     lines = text.splitlines()
     assert lines[-2].split() == ["0", "a", "3", "1"]
     assert lines[-1].split() == ["1", "NOBODY", "-", "-"]
+
+
+def test_an_instance_that_hands_partitions_over_raises_nothing_about_their_beds(
+    tmp_path: Path, broker: Broker, cluster: NatsCluster
+) -> None:
+    """When a second instance joins, the first hands it half the partitions. Their beds
+    go on sending, to the new owner; the old one must forget them without a word: no
+    device.stale for beds that are not silent, no resolution of alerts it no longer
+    owns."""
+    parts, lease = 4, 2.0
+    quick = "  stale_after_s: 2\n"
+    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease, rules_extra=quick)
+    alerts = Subscriber(broker.port, "alerts/#")
+    stop = threading.Event()
+    beds = [str(b) for b in range(1, 13)]
+
+    def devices() -> None:  # each bed's monitor, once every 0.5 s, until stopped
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ward-devices")
+        up = threading.Event()
+        c.on_connect = lambda *_a: up.set()
+        c.connect("127.0.0.1", cluster.mqtt_ports[0])
+        c.loop_start()
+        up.wait(30)
+        while not stop.wait(0.5):
+            now = time.time()
+            for bed in beds:
+                c.publish(f"vitals/icu/{bed}/mon1", json.dumps({"ts": now, "hr": 72}), qos=1)
+        c.loop_stop()
+        c.disconnect()
+
+    sender = threading.Thread(target=devices)
+    sender.start()
+    b = None
+    try:
+        db_a = tmp_path / "vitals-a.db"
+        wait_for(lambda: {r[0] for r in stored(db_a)} >= set(beds), 30, "a reads every bed")
+        b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, rules_extra=quick)
+        wait_for(
+            lambda: (
+                set(partition_map(cluster, parts).values()) == {"a", "b"}
+                and len(partition_map(cluster, parts)) == parts
+            ),
+            30,
+            "partitions shared",
+        )
+        db_b = tmp_path / "vitals-b.db"
+        wait_for(lambda: stored(db_b), 30, "b reads its share")
+        handed = time.monotonic()
+        # well past stale_after_s with every bed still sending
+        wait_for(lambda: time.monotonic() - handed > 8, 20, "8 s after the hand-over")
+        stale = [x for x in alerts.json() if x["rule"] == "device.stale"]
+        assert stale == []
+        assert "handed over" in a.log()
+    finally:
+        stop.set()
+        sender.join()
+        alerts.close()
+        for d in (a, b):
+            if d is not None:
+                d.kill()
+
+
+def test_the_engine_forgets_handed_over_beds_without_a_word() -> None:
+    from engine_sinks import Recorder, run_batches
+
+    from monitor.config import AlertsConfig, RulesConfig
+    from monitor.engine import Engine
+    from monitor.engine.lifecycle import Lifecycle
+    from monitor.model import Reading
+    from monitor.pipeline import Batch
+
+    sink = Recorder()
+    lifecycle = Lifecycle(AlertsConfig(), clock=lambda: 0.0)
+    engine = Engine(RulesConfig(), [sink], lifecycle=lifecycle)
+    low = [Reading(1000.0 + s, "icu", "7", "mon1", "spo2", 80.0) for s in range(40)]
+    other = [Reading(1000.0, "icu", "8", "mon1", "spo2", 80.0)]
+    run_batches(engine, Batch(low + other))
+    raised = [e for e in sink.events if e.bed == "7"]
+    assert [e.rule for e in raised] == ["spo2.low"]
+    before = len(sink.events)
+    run_batches(engine, Batch([], handed_over=[("icu", "7")]))
+    assert len(sink.events) == before  # nothing said: no resolution, no score cleared
+    assert "7" not in {e.bed for e in lifecycle.active()}  # (bed 8's stays)
+    assert {k.bed for k in engine.series} == {"8"}
+    assert engine.counts["beds_handed_over"] == 1

@@ -143,6 +143,8 @@ class Engine(Beds, Evaluation):
             if batch.fence is not None and not batch.fence():
                 self.counts["fenced"] += 1  # another instance owns it now: not ours to
                 continue  # evaluate, store or acknowledge
+            if batch.handed_over:
+                self.hand_over(set(batch.handed_over))
             done = self._lifecycle_work(batch)  # (final: made by the lifecycle)
             raised = list(batch.alarms)
             try:
@@ -293,6 +295,27 @@ class Engine(Beds, Evaluation):
         if self.capacity is not None:
             events += self.capacity.sweep(now, len(self.series))
         return events
+
+    def hand_over(self, beds: set[tuple[str, str]]) -> None:
+        """``beds`` now belong to another instance (their stream partition moved): forget
+        all the engine keeps of them, their admissions, silence watch and lifecycle too,
+        without an event. Their new owner rebuilt the same state by replay and carries
+        their alerts on; anything said here would be said twice, or wrongly (a
+        ``device.stale`` for a bed that sends to its new owner)."""
+        now = time.time()
+        resolved = self.counts["alert_resolved"]
+        self._forget([], beds, now)  # (its resolutions are the new owner's to make)
+        self.counts["alert_resolved"] = resolved
+        self._score_updates = [u for u in self._score_updates if (u.ward, u.bed) not in beds]
+        for ward, bed in beds:
+            self.admissions.pop((ward, bed), None)
+            self.patients.pop((ward, bed), None)
+            if self.staleness is not None:
+                self.staleness.forget(ward, bed, now)
+        if self.lifecycle is not None:
+            self.lifecycle.forget_beds(beds)
+        self.counts["beds_handed_over"] += len(beds)
+        log.info("%d bed(s) handed over to another instance: forgotten here", len(beds))
 
     def _forget(
         self, devices: list[tuple[str, str, str]], beds: set[tuple[str, str]], at: float

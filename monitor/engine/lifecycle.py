@@ -120,6 +120,14 @@ class Lifecycle:
         t.notified_at = now
         return e
 
+    def forget_beds(self, beds: set[tuple[str, str]]) -> int:
+        """Stop tracking the alerts of ``beds`` (handed over to another instance, which
+        carries them on): no event. -> how many."""
+        gone = [i for i, t in self._alerts.items() if (t.last.ward, t.last.bed) in beds]
+        for i in gone:
+            del self._alerts[i]
+        return len(gone)
+
     def ack(self, alert_id: str, by: str) -> AlertEvent | None:
         """Acknowledge; returns the event to publish, or None if already acknowledged."""
         t = self._alerts.get(alert_id)

@@ -84,6 +84,8 @@ class JetStreamSource:
         self.last_takeover_s = 0.0
         #: partition -> messages not yet delivered (the last fetch's num_pending)
         self._lag: dict[int, int] = {}
+        #: partition -> the beds (ward, bed) read from it while owned
+        self._beds: dict[int, set[tuple[str, str]]] = {}
         #: Event time a new owner replays: what the rules read (the longest window,
         #: trend history, flapping window, NEWS2 freshness), within the stream's retention.
         needs = [rules.window_s, rules.flapping.window_s, rules.news2.freshness_s]
@@ -250,21 +252,37 @@ class JetStreamSource:
             self._tasks[n] = asyncio.create_task(self._read(n), name=f"vitalmon.p{n}")
 
     async def _lost(self, n: int) -> None:
+        await self._stop_task(n)
+        await self._hand_over(n, wait=False)
+
+    async def _stop_task(self, n: int) -> None:
         task = self._tasks.pop(n, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    async def _hand_over(self, n: int, wait: bool) -> None:
+        """Tell the engine to forget the beds of partition ``n`` (``wait``: until it has)."""
+        beds = self._beds.pop(n, set())
+        if not beds or self._emit is None:
+            return
+        forgotten = asyncio.Event()
+        await self._emit(Batch([], forgotten.set, time.time(), handed_over=sorted(beds)))
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(forgotten.wait(), self.cfg.ack_wait_s)
+
     async def _releasing(self, n: int) -> None:
         """Stop reading ``n`` and wait (at most ``ack_wait_s``) until what was read of it
         is committed and acknowledged: the next owner starts where this one ended."""
-        await self._lost(n)
+        await self._stop_task(n)
         deadline = time.monotonic() + self.cfg.ack_wait_s
         while self._in_flight.get(n, 0) > 0 and time.monotonic() < deadline:
             self._settled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), deadline - time.monotonic())
+        await self._hand_over(n, wait=True)
 
     async def _drain_acks(self) -> None:
         while not self._acks.empty():
@@ -421,6 +439,7 @@ class JetStreamSource:
                 names["bed"],
                 names.get("device", self.cfg.device),
             )
+            self._beds.setdefault(n, set()).add((origin.ward, origin.bed))
             stored = m.metadata.timestamp.timestamp() if m.metadata.timestamp else now
             decoded = decode(m.data, origin, stored, self.limits)
             for rej in decoded.rejections:
