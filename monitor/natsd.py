@@ -97,7 +97,9 @@ class NatsCluster:
             f"listen: 127.0.0.1:{node.port}\n"
             f"http: 127.0.0.1:{node.monitor_port}\n"
             f"jetstream {{ store_dir: {json.dumps(str(store))} }}\n"
-            f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port} }}\n"
+            # (an MQTT message not acknowledged goes to the session again after ack_wait:
+            # the capture session's next holder gets what the last one left within 5 s)
+            f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port}, ack_wait: 5s }}\n"
         )
         if self.nodes > 1:
             text += (

@@ -658,3 +658,70 @@ def test_the_engine_forgets_handed_over_beds_without_a_word() -> None:
     assert "7" not in {e.bed for e in lifecycle.active()}  # (bed 8's stays)
     assert {k.bed for k in engine.series} == {"8"}
     assert engine.counts["beds_handed_over"] == 1
+
+
+def test_a_capture_without_its_lease_leaves_messages_to_the_session_s_next_holder(
+    cluster: NatsCluster,
+) -> None:
+    """The capture's fence: once its lease is gone it forwards and acknowledges nothing
+    and gives the MQTT session up; the next holder gets what it left."""
+    from monitor.config import JetStreamSourceConfig, RulesConfig
+    from monitor.sources.jetstream.capture import Capture
+    from monitor.sources.jetstream.source import JetStreamSource
+
+    cfg = JetStreamSourceConfig.model_validate(
+        {
+            "type": "jetstream",
+            "servers": cluster.urls,
+            "capture_mqtt": [f"127.0.0.1:{p}" for p in cluster.mqtt_ports],
+            "partitions": 2,
+        }
+    )
+
+    async def stored_count(js: Any) -> int:
+        return int((await js.stream_info(cfg.stream)).state.messages)
+
+    async def until(cond: Any, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not await cond():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.1)
+
+    async def main() -> None:
+        import nats
+
+        nc = await nats.connect(cluster.urls)
+        js = nc.jetstream()
+        await JetStreamSource(cfg, RulesConfig()).ensure_stream(js)
+        holds = [True]
+        first = Capture(cfg, js, lambda: holds[0])
+        task = asyncio.create_task(first.run())
+
+        async def subscribed() -> bool:  # (the session exists: the server keeps for it)
+            return first._client is not None and first._client.connected.is_set()
+
+        await until(subscribed, "the capture session subscribed")
+        await asyncio.to_thread(publish_all, cluster.mqtt_ports[0], [("vitals/icu/1/m", {"hr": 1})])
+
+        async def one() -> bool:
+            return await stored_count(js) == 1
+
+        await until(one, "the first message captured")
+        holds[0] = False  # the lease is gone
+        await asyncio.to_thread(publish_all, cluster.mqtt_ports[1], [("vitals/icu/2/m", {"hr": 2})])
+        await asyncio.wait_for(task, 20)  # it gave the session up
+        assert await stored_count(js) == 1  # and forwarded nothing more
+        second = Capture(cfg, js)
+        task2 = asyncio.create_task(second.run())
+
+        async def two() -> bool:
+            return await stored_count(js) == 2
+
+        await until(two, "the next holder captured what was left")
+        task2.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task2
+        assert first.counts["fenced"] == 1 and second.counts["captured"] == 1
+        await nc.close()
+
+    asyncio.run(main())

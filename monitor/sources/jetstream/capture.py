@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from monitor.config import JetStreamSourceConfig, MqttConfig
@@ -38,9 +39,15 @@ PUBLISH_TIMEOUT_S = 5.0
 
 
 class Capture:
-    def __init__(self, cfg: JetStreamSourceConfig, js: Any) -> None:
+    def __init__(
+        self, cfg: JetStreamSourceConfig, js: Any, valid: Callable[[], bool] = lambda: True
+    ) -> None:
         self.cfg = cfg
         self._js = js
+        #: whether this instance still holds the capture lease (the fence): a message
+        #: taken while it does not is neither forwarded nor acknowledged, so the session's
+        #: holder gets it
+        self._valid = valid
         self.template = TopicTemplate(cfg.topic)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._client: Client | None = None
@@ -68,9 +75,9 @@ class Capture:
         """Until cancelled: keep the session connected and forward what it receives."""
         forward = asyncio.create_task(self._forward(), name="vitalmon.capture.forward")
         try:
-            while True:
+            while self._valid():  # (the lease gone: never take the session back)
                 self._client = self._connect()
-                while True:
+                while self._valid():
                     try:
                         await asyncio.wait_for(self._client.connected.wait(), FAILOVER_S)
                     except TimeoutError:
@@ -78,6 +85,8 @@ class Capture:
                     self._client.disconnected.clear()
                     if self._client.connected.is_set():
                         await self._client.disconnected.wait()
+                if not self._valid():
+                    break
                 old, self._client = self._client, None
                 await old.stop(0.5)
                 self._host += 1
@@ -100,6 +109,12 @@ class Capture:
             chunk = [await inbox.get()]
             while len(chunk) < CHUNK and not inbox.empty():
                 chunk.append(inbox.get_nowait())
+            if not self._valid():  # not ours any more: left to the session's holder
+                self.counts["fenced"] += len(chunk)
+                if self._client is not None:  # (it would take the session back)
+                    self._client.disconnected.set()  # (run() sees the lease gone)
+                    await self._client.stop(0.5)
+                continue
             pending = chunk
             while pending:
                 results = await asyncio.gather(

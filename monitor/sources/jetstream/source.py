@@ -245,7 +245,8 @@ class JetStreamSource:
         if n == self.capture_index:
             if self.capture is not None:  # (held before: keep its count)
                 self.counts["captured"] += self.capture.counts["captured"]
-            capture = Capture(self.cfg, self._js)
+            assert self.ownership is not None
+            capture = Capture(self.cfg, self._js, partial(self.ownership.valid, n))
             self.capture = capture
             self._tasks[n] = asyncio.create_task(capture.run(), name="vitalmon.capture")
         else:
