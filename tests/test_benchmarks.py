@@ -271,3 +271,24 @@ def test_peer_quick_run_compares_node_red_and_vitalmon(tmp_path: Path) -> None:
         "peer: single, vitalmon msg/s over Node-RED's",
         "peer: object, vitalmon msg/s over Node-RED's",
     }
+
+
+def test_scale_quick_run_compares_the_cluster_with_mosquitto(tmp_path: Path) -> None:
+    """benchmarks/scale.py --quick: mosquitto and 1, 2, 3 instances on a real 3-node
+    NATS cluster in one run, every reading committed in each, and a takeover timed."""
+    out = tmp_path / "scale.json"
+    proc = run("scale", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for h in ("variant", "readings/s", "captured msg/s", "vs mosquitto", "takeover after SIGKILL"):
+        assert h in proc.stdout, (h, proc.stdout)
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert set(data["machine"]) >= MACHINE
+    assert [(r["variant"], r["instances"]) for r in data["runs"]] == [
+        ("mosquitto", 1),
+        ("nats", 1),
+        ("nats", 2),
+        ("nats", 3),
+    ]
+    assert all(r["readings_per_s"] > 0 for r in data["runs"])
+    assert all(r["captured_per_s"] > 0 for r in data["runs"][1:])
+    assert 0 < data["takeover_s"] < 60
