@@ -47,7 +47,7 @@ from monitor.reload import reload
 from monitor.sinks import Sink, build_remote_sink
 from monitor.sinks.alerts import AlertPublisher
 from monitor.sinks.sqlite import SqliteSink
-from monitor.sources import Batch, Source, SourceContext, Startup, build_source
+from monitor.sources import Batch, Source, SourceContext, Startup, bed_owner, build_source
 from monitor.sources.commands import CommandSource
 from monitor.sources.deadletter import DeadLetters
 from monitor.status import Status
@@ -118,6 +118,7 @@ class Daemon:
             pseudonymize=self.pseudonymizer,
         )
         self.sources.append(self.commands)
+        self.engine.owner = bed_owner(self.sources)  # (partitioned sources: whose bed)
         self.system_alarms = SystemAlarms(cfg.mqtt.client_id)
         #: engine.max_* / new_*: what publishers can make the engine keep (engine.capacity)
         self.engine.capacity = Capacity(cfg.engine, self.system_alarms)

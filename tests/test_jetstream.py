@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -279,6 +280,22 @@ def partition_map(cluster: NatsCluster, partitions: int) -> dict[int, str]:
     return {n: got[f"p.{n}"] for n in range(partitions) if f"p.{n}" in got}
 
 
+def wait_shared(cluster: NatsCluster, parts: int, owners: set[str]) -> dict[int, str]:
+    """Until every partition has an owner and the owners are ``owners``: the map."""
+    return dict(
+        wait_for(
+            lambda: (
+                (m := partition_map(cluster, parts))
+                and len(m) == parts
+                and set(m.values()) == owners
+                and m
+            ),
+            30,
+            f"partitions shared by {sorted(owners)}",
+        )
+    )
+
+
 def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
     tmp_path: Path, broker: Broker, cluster: NatsCluster
 ) -> None:
@@ -288,16 +305,7 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
     b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, metrics_port=b_metrics)
     try:
         # both alive: every partition has one owner, and each instance has some
-        shared = wait_for(
-            lambda: (
-                (m := partition_map(cluster, parts))
-                and len(m) == parts
-                and set(m.values()) == {"a", "b"}
-                and m
-            ),
-            30,
-            "partitions shared",
-        )
+        shared = wait_shared(cluster, parts, {"a", "b"})
         assert sorted(shared) == list(range(parts))
         # the same map as `vitalmon cluster` shows it, read from NATS
         shown = cluster_cli(a.config)
@@ -482,14 +490,7 @@ def test_a_delay_begun_before_a_failover_completes_after_it_raised_once_by_the_n
     alerts = Subscriber(broker.port, "alerts/#")
     procs = {"a": a, "b": b}
     try:
-        wait_for(
-            lambda: (
-                set(partition_map(cluster, parts).values()) == {"a", "b"}
-                and len(partition_map(cluster, parts)) == parts
-            ),
-            30,
-            "partitions shared",
-        )
+        wait_shared(cluster, parts, {"a", "b"})
         t0 = time.time() - 120
         bed = "9"
         before = [
@@ -573,6 +574,39 @@ def test_the_cluster_table_names_every_partition_and_an_ownerless_one() -> None:
     assert lines[-1].split() == ["1", "NOBODY", "-", "-"]
 
 
+class WardDevices:
+    """Each bed's monitor publishing ``{"ts": now, "hr": 72}`` every 0.5 s (wall clock,
+    QoS 1) to a cluster node's MQTT listener, from ``start()`` until ``stop()``."""
+
+    def __init__(self, port: int, beds: list[str], client_id: str) -> None:
+        self.port, self.beds, self.client_id = port, beds, client_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
+        up = threading.Event()
+        c.on_connect = lambda *_a: up.set()
+        c.connect("127.0.0.1", self.port)
+        c.loop_start()
+        up.wait(30)
+        while not self._stop.wait(0.5):
+            now = time.time()
+            for bed in self.beds:
+                c.publish(f"vitals/icu/{bed}/mon1", json.dumps({"ts": now, "hr": 72}), qos=1)
+        c.loop_stop()
+        c.disconnect()
+
+
 def test_an_instance_that_hands_partitions_over_raises_nothing_about_their_beds(
     tmp_path: Path, broker: Broker, cluster: NatsCluster
 ) -> None:
@@ -584,40 +618,15 @@ def test_an_instance_that_hands_partitions_over_raises_nothing_about_their_beds(
     quick = "  stale_after_s: 2\n"
     a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease, rules_extra=quick)
     alerts = Subscriber(broker.port, "alerts/#")
-    stop = threading.Event()
-    beds = [str(b) for b in range(1, 13)]
-
-    def devices() -> None:  # each bed's monitor, once every 0.5 s, until stopped
-        import paho.mqtt.client as mqtt
-
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ward-devices")
-        up = threading.Event()
-        c.on_connect = lambda *_a: up.set()
-        c.connect("127.0.0.1", cluster.mqtt_ports[0])
-        c.loop_start()
-        up.wait(30)
-        while not stop.wait(0.5):
-            now = time.time()
-            for bed in beds:
-                c.publish(f"vitals/icu/{bed}/mon1", json.dumps({"ts": now, "hr": 72}), qos=1)
-        c.loop_stop()
-        c.disconnect()
-
-    sender = threading.Thread(target=devices)
+    beds = [str(n) for n in range(1, 13)]
+    sender = WardDevices(cluster.mqtt_ports[0], beds, "ward-devices")
     sender.start()
     b = None
     try:
         db_a = tmp_path / "vitals-a.db"
         wait_for(lambda: {r[0] for r in stored(db_a)} >= set(beds), 30, "a reads every bed")
         b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, rules_extra=quick)
-        wait_for(
-            lambda: (
-                set(partition_map(cluster, parts).values()) == {"a", "b"}
-                and len(partition_map(cluster, parts)) == parts
-            ),
-            30,
-            "partitions shared",
-        )
+        wait_shared(cluster, parts, {"a", "b"})
         db_b = tmp_path / "vitals-b.db"
         wait_for(lambda: stored(db_b), 30, "b reads its share")
         handed = time.monotonic()
@@ -627,8 +636,7 @@ def test_an_instance_that_hands_partitions_over_raises_nothing_about_their_beds(
         assert stale == []
         assert "handed over" in a.log()
     finally:
-        stop.set()
-        sender.join()
+        sender.stop()
         alerts.close()
         for d in (a, b):
             if d is not None:
@@ -725,3 +733,100 @@ def test_a_capture_without_its_lease_leaves_messages_to_the_session_s_next_holde
         await nc.close()
 
     asyncio.run(main())
+
+
+def test_a_paused_instance_says_nothing_of_beds_it_lost_when_it_runs_again(
+    tmp_path: Path, broker: Broker, cluster: NatsCluster
+) -> None:
+    """SIGSTOP of an owning instance for longer than its lease, then SIGCONT: meanwhile
+    the other took its partitions over, and every bed kept sending. When it runs again
+    its own clock says its leases lapsed: it must not publish as an owner, not even a
+    device.stale for the beds whose silence it saw only because it was stopped."""
+    parts, lease = 4, 2.0
+    quick = "  stale_after_s: 2\n"
+    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease, rules_extra=quick)
+    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, rules_extra=quick)
+    alerts = Subscriber(broker.port, "alerts/#")
+    beds = [str(n) for n in range(1, 13)]
+    sender = WardDevices(cluster.mqtt_ports[0], beds, "ward-devices-2")
+    sender.start()
+    try:
+        wait_shared(cluster, parts, {"a", "b"})
+        db_a = tmp_path / "vitals-a.db"
+        wait_for(lambda: stored(db_a), 30, "a reads its share")
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        wait_for(
+            lambda: set(partition_map(cluster, parts).values()) == {"b"},
+            30,
+            "b holds every partition",
+        )
+        wait_for(lambda: time.monotonic() - paused > 3 * lease, 30, "three leases paused")
+        a.proc.send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        wait_for(lambda: time.monotonic() - resumed > 8, 20, "8 s running again")
+        stale = [x for x in alerts.json() if x["rule"] == "device.stale"]
+        assert stale == [], stale
+        assert a.proc.poll() is None  # it runs on, as a member again
+    finally:
+        sender.stop()
+        alerts.close()
+        for d in (a, b):
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGCONT)
+            d.kill()
+
+
+def test_the_engine_says_nothing_of_a_bed_another_instance_owns() -> None:
+    """Events about a bed whose partition this instance no longer holds are dropped
+    before the lifecycle, whatever made them (here: the silence watch's device.stale,
+    as the daemon's clock raises it for a bed it saw fall silent while it was stopped)."""
+    from engine_sinks import Recorder, run_batches
+
+    from monitor.config import AlertsConfig, RulesConfig
+    from monitor.engine import Engine
+    from monitor.engine.lifecycle import Lifecycle
+    from monitor.model import Priority, new_alert
+    from monitor.pipeline import Batch
+
+    def stale(bed: str) -> Any:
+        return new_alert(
+            ward="icu",
+            bed=bed,
+            device="mon1",
+            patient=None,
+            vital="",
+            rule="device.stale",
+            kind="technical",
+            priority=Priority.MEDIUM,
+            value=0.0,
+            limit=0.0,
+            message="no data",
+            started=1000.0,
+        )
+
+    sink = Recorder()
+    lifecycle = Lifecycle(AlertsConfig(), clock=lambda: 0.0)
+    engine = Engine(RulesConfig(), [sink], lifecycle=lifecycle)
+    engine.owner = lambda _ward, bed: {"7": False, "8": True}.get(bed)
+    run_batches(engine, Batch([], alarms=[stale("7"), stale("8"), stale("9")]))
+    assert sorted(e.bed for e in sink.events) == ["8", "9"]  # 9: no partition's bed
+    assert sorted(e.bed for e in lifecycle.active()) == ["8", "9"]
+    assert engine.counts["fenced_events"] == 1
+
+
+def test_a_bed_is_ours_unless_a_partitioned_source_says_another_owns_it() -> None:
+    from monitor.sources import bed_owner
+
+    class Part:
+        def __init__(self, answers: dict[str, bool]) -> None:
+            self.answers = answers
+
+        def owns(self, ward: str, bed: str) -> bool | None:
+            return self.answers.get(bed)
+
+    assert bed_owner([object()]) is None  # no partitioned source: nothing to ask
+    owner = bed_owner([object(), Part({"1": True, "2": False}), Part({"2": True, "3": True})])
+    assert owner is not None
+    assert [owner("icu", b) for b in ("1", "2", "3", "4")] == [True, False, True, None]

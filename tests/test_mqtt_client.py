@@ -4,6 +4,7 @@ connection and PUBACKs written as one packet, on real sockets and a real mosquit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import socket
@@ -266,3 +267,28 @@ def test_publishes_failed_by_a_stop_are_never_reported_as_unretrieved(
     broker.start()
     assert isinstance(errors[0], PublishError)
     assert "never retrieved" not in caplog.text
+
+
+def test_a_stop_cancelled_midway_still_disconnects(broker: Broker) -> None:
+    """``stop()`` cancelled while it waits for the broker (its caller's task cancelled,
+    as a capture session losing its lease is) still disconnects and ends paho's network
+    thread: before, the client was left connected and reconnecting for ever, and with a
+    shared client id it kept taking the session from its next holder."""
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="stop-cancelled")
+
+    async def main() -> Client:
+        client = Client(cfg)
+        client.start()
+        await asyncio.wait_for(client.connected.wait(), 10)
+        stopping = asyncio.create_task(client.stop(timeout=5))
+        await asyncio.sleep(0)  # (it is waiting for its "offline" to be acknowledged)
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        return client
+
+    client = asyncio.run(main())
+    paho = client._paho
+    wait_for(lambda: not paho.is_connected(), 10, "disconnected")
+    thread = paho._thread
+    assert thread is None or not thread.is_alive()

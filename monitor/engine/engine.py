@@ -102,6 +102,10 @@ class Engine(Beds, Evaluation):
         #: Bounds and rates on new beds, devices and series; set by the daemon (None: none,
         #: as in a replay, whose input is bounded by its recording).
         self.capacity: Capacity | None = None
+        #: Whether a bed is this instance's to speak of (set by the daemon from a
+        #: partitioned source): False drops an event about it before the lifecycle (a
+        #: paused instance whose lease has lapsed says nothing of beds it may have lost).
+        self.owner: Callable[[str, str], bool | None] | None = None
         #: Called with the seconds from a batch's arrival to the alert events it raised.
         self.on_latency: Callable[[float], None] | None = None
         self._score_updates: list[ScoreUpdate] = []
@@ -158,6 +162,8 @@ class Engine(Beds, Evaluation):
                 self._score_updates = []
                 if self.score_sink is not None:
                     await self.score_sink.write_scores(list(latest.values()))
+            if self.owner is not None and (raised or done):
+                raised, done = self._ours(raised), self._ours(done)
             for e in raised:
                 if e.patient is None:  # technical alarms of an admitted bed name its patient
                     e.patient = self.patients.get((e.ward, e.bed))
@@ -175,6 +181,15 @@ class Engine(Beds, Evaluation):
                 else:
                     await sink.write(batch.readings, events)
             await asyncio.sleep(0)  # a busy queue never suspends: let the others run
+
+    def _ours(self, events: list[AlertEvent]) -> list[AlertEvent]:
+        """``events`` less those about beds another instance owns now."""
+        owner = self.owner
+        assert owner is not None
+        kept = [e for e in events if owner(e.ward, e.bed) is not False]
+        if len(kept) != len(events):
+            self.counts["fenced_events"] += len(events) - len(kept)
+        return kept
 
     def _lifecycle_work(self, batch: Batch) -> list[AlertEvent]:
         """The lifecycle's own events for a batch (the engine owns the lifecycle; nothing

@@ -193,19 +193,23 @@ class Client(_Connection, _Inbound):
             return
         if self._session_timer is not None:
             self._session_timer.cancel()
-        if self.connected.is_set():
-            waiting = [out.fut for out in self._pending.values()]
-            if self.persistent:
-                waiting.append(self.publish(self.status_topic, b"offline", qos=1, retain=True))
-            done, not_done = (
-                await asyncio.wait(waiting, timeout=timeout) if waiting else (set(), set())
-            )
-            for f in done:
-                f.exception()  # retrieved: a failed publish is reported below as not done
-            if not_done:
-                log.warning("%d publishes not confirmed by the broker at shutdown", len(not_done))
-        self._stopping.set()
-        await asyncio.to_thread(self._disconnect)
+        try:
+            if self.connected.is_set():
+                waiting = [out.fut for out in self._pending.values()]
+                if self.persistent:
+                    waiting.append(self.publish(self.status_topic, b"offline", qos=1, retain=True))
+                done, not_done = (
+                    await asyncio.wait(waiting, timeout=timeout) if waiting else (set(), set())
+                )
+                for f in done:
+                    f.exception()  # retrieved: a failed publish is reported below as not done
+                if not_done:
+                    log.warning(
+                        "%d publishes not confirmed by the broker at shutdown", len(not_done)
+                    )
+        finally:  # (cancelled while waiting: still disconnected, never left reconnecting)
+            self._stopping.set()
+            await asyncio.to_thread(self._disconnect)
         for out in self._pending.values():
             if not out.fut.done():
                 fail(out.fut, "client stopped")

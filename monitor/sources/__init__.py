@@ -14,7 +14,7 @@ Contract of a source (see :class:`Source`):
 Each kind of source registers its factory under its config ``type``
 (:func:`register_source`); the daemon builds ``sources[]`` with :func:`build_source`.
 What a source can do beyond the contract, the daemon asks by capability (``Startup``,
-``Shadowed``, ``LinkCounted``, ``Measured``, ``HasUnmapped``), never by its class.
+``Shadowed``, ``LinkCounted``, ``Measured``, ``HasUnmapped``, ``Partitioned``), never by its class.
 
 :class:`Batch`, :data:`Emit` and :data:`Reject` cross to the engine: they live in the
 stage-neutral :mod:`monitor.pipeline` and are re-exported here.
@@ -23,7 +23,7 @@ stage-neutral :mod:`monitor.pipeline` and are re-exported here.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -80,10 +80,33 @@ class Measured(Protocol):
 
 
 @runtime_checkable
+class Partitioned(Protocol):
+    """Reads beds from partitions it owns for a time (the JetStream source): whether the
+    bed is this instance's now (True), another's (False: nothing may be said of it
+    here), or not one of its beds (None)."""
+
+    def owns(self, ward: str, bed: str) -> bool | None: ...
+
+
+@runtime_checkable
 class HasUnmapped(Protocol):
     """Counts observations that map to no vital (HL7), summed over the sources."""
 
     unmapped: Unmapped
+
+
+def bed_owner(sources: Sequence[object]) -> Callable[[str, str], bool | None] | None:
+    """Whether a bed is this instance's to speak of, by its partitioned sources: False
+    when one says another instance owns it now; None with no partitioned source."""
+    parts = [s for s in sources if isinstance(s, Partitioned)]
+    if not parts:
+        return None
+
+    def owner(ward: str, bed: str) -> bool | None:
+        answers = [s.owns(ward, bed) for s in parts]
+        return False if False in answers else (True if True in answers else None)
+
+    return owner
 
 
 # ----------------------------------------------------------------------- registry
@@ -113,11 +136,13 @@ __all__ = [
     "HasUnmapped",
     "LinkCounted",
     "Measured",
+    "Partitioned",
     "Reject",
     "Shadowed",
     "Source",
     "SourceContext",
     "Startup",
+    "bed_owner",
     "build_source",
     "register_source",
 ]

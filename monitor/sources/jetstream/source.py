@@ -95,6 +95,14 @@ class JetStreamSource:
     def stop(self) -> None:
         self._stopped.set()
 
+    def owns(self, ward: str, bed: str) -> bool | None:
+        """Whether the bed's partition is ours now (its lease valid by our clock); None
+        for a bed read from no partition of ours."""
+        for n, beds in self._beds.items():
+            if (ward, bed) in beds:
+                return self.ownership is not None and self.ownership.valid(n)
+        return None
+
     def samples(self) -> list[Sample]:
         """``/metrics``: owned partitions, their lag, takeovers and their duration."""
         stream = self.cfg.stream
