@@ -76,6 +76,9 @@ class Batch:
     #: it takes the batch: a fenced batch is dropped whole, never acknowledged at its
     #: origin, and goes to the partition's new owner. None: always.
     fence: Callable[[], bool] | None = None
+    #: Called instead of ``done`` when the engine drops a fenced batch (its origin may
+    #: hand it on at once rather than wait for a redelivery).
+    dropped: Callable[[], None] | None = None
     #: Readings replayed to rebuild state (a partition's new owner replays what the last
     #: owner already committed): evaluated, their alert events taken by the lifecycle,
     #: nothing handed to a sink (stored and published before) and nothing acknowledged.

@@ -395,10 +395,15 @@ def test_the_engine_drops_a_fenced_batch_whole() -> None:
     low = [Reading(1000.0 + s, "icu", "7", "mon1", "spo2", 70.0) for s in range(30)]
     run_batches(
         engine,
-        Batch(list(low), lambda: done.append("fenced"), fence=lambda: False),
+        Batch(
+            list(low),
+            lambda: done.append("fenced"),
+            fence=lambda: False,
+            dropped=lambda: done.append("dropped"),
+        ),
         Batch([Reading(2000.0, "icu", "8", "mon1", "hr", 80.0)], lambda: done.append("ok")),
     )
-    assert done == ["ok"]
+    assert done == ["dropped", "ok"]  # (dropped: its origin hands it on at once)
     assert [r.bed for r in sink.readings] == ["8"]
     assert sink.events == []
     assert engine.counts["fenced"] == 1
@@ -830,3 +835,155 @@ def test_a_bed_is_ours_unless_a_partitioned_source_says_another_owns_it() -> Non
     owner = bed_owner([object(), Part({"1": True, "2": False}), Part({"2": True, "3": True})])
     assert owner is not None
     assert [owner("icu", b) for b in ("1", "2", "3", "4")] == [True, False, True, None]
+
+
+def test_a_replay_publishes_no_score_and_wakes_no_silence_watch() -> None:
+    """Replayed readings are history: their NEWS2 scores are not published (they would
+    rewind the retained score topic) and they are not signs of life (a device silent
+    for hours would look alive, then raise device.stale on the new owner)."""
+    from engine_sinks import Recorder, run_batches
+
+    from monitor.config import RulesConfig
+    from monitor.engine import Engine
+    from monitor.engine.technical import Staleness
+    from monitor.model import Reading
+    from monitor.pipeline import Batch, ScoreUpdate
+
+    class Scores:
+        def __init__(self) -> None:
+            self.updates: list[ScoreUpdate] = []
+
+        async def write_scores(self, updates: list[ScoreUpdate]) -> None:
+            self.updates += updates
+
+    now = time.time()
+    old = now - 3 * 3600  # the device stopped three hours ago
+    vitals = {"hr": 80.0, "rr": 16.0, "spo2": 97.0, "sbp": 120.0, "temp": 37.0}
+    readings = [Reading(old, "icu", "7", "mon1", v, x) for v, x in vitals.items()]
+    scores = Scores()
+    engine = Engine(RulesConfig(), [Recorder()])
+    engine.score_sink = scores
+    engine.staleness = Staleness(30.0, [], now)
+    run_batches(engine, Batch(list(readings), received_at=now, replay=True))
+    assert scores.updates == []
+    assert engine.staleness.check(now + 120) == []
+    # the same readings live: a score is published, and the device is watched
+    engine2 = Engine(RulesConfig(), [Recorder()])
+    engine2.score_sink = scores
+    engine2.staleness = Staleness(30.0, [], now)
+    run_batches(engine2, Batch(list(readings), received_at=now))
+    assert [u.bed for u in scores.updates] == ["7"]
+    assert [e.rule for e in engine2.staleness.check(now + 120)] == ["device.stale"]
+
+
+def test_beds_being_handed_over_are_not_ours_until_forgotten() -> None:
+    from monitor.config import JetStreamSourceConfig, RulesConfig
+    from monitor.pipeline import Batch
+    from monitor.sources.jetstream.source import JetStreamSource
+
+    cfg = JetStreamSourceConfig.model_validate(
+        {"type": "jetstream", "servers": ["nats://127.0.0.1:4222"], "capture_mqtt": ["h:1"]}
+    )
+    src = JetStreamSource(cfg, RulesConfig())
+    emitted: list[Batch] = []
+
+    async def emit(batch: Batch) -> None:
+        emitted.append(batch)
+
+    src._emit = emit
+    src._beds = {0: {("icu", "7")}}
+    asyncio.run(src._hand_over(0, wait=False))
+    assert src.owns("icu", "7") is False  # queued, not yet forgotten: not ours
+    (batch,) = emitted
+    assert batch.handed_over == [("icu", "7")] and batch.done is not None
+    batch.done()  # the engine has forgotten it
+    assert src.owns("icu", "7") is None
+
+
+def test_a_failing_reader_of_a_held_partition_starts_again() -> None:
+    from monitor.config import JetStreamSourceConfig, RulesConfig
+    from monitor.sources.jetstream.source import JetStreamSource
+
+    cfg = JetStreamSourceConfig.model_validate(
+        {"type": "jetstream", "servers": ["nats://127.0.0.1:4222"], "capture_mqtt": ["h:1"]}
+    )
+    src = JetStreamSource(cfg, RulesConfig())
+
+    class Held:
+        def valid(self, n: int) -> bool:
+            return True
+
+    src.ownership = Held()  # type: ignore[assignment]
+    calls: list[int] = []
+
+    async def main() -> None:
+        third = asyncio.Event()
+
+        async def work() -> None:
+            calls.append(1)
+            if len(calls) < 3:
+                raise TimeoutError("no responders while a leader is elected")
+            third.set()
+            await asyncio.Event().wait()  # reads on, until the ownership cancels it
+
+        task = asyncio.create_task(src._kept(0, work))
+        await asyncio.wait_for(third.wait(), 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert len(calls) == 3 and src.counts["task_restarts"] == 2
+
+
+def test_a_slow_release_lets_no_other_lease_lapse(cluster: NatsCluster) -> None:
+    """Handing a partition over waits for what was read of it to be committed, which
+    can take longer than a lease; meanwhile the releasing instance goes on renewing
+    every partition it keeps (and the one it releases), so none lapses and nothing
+    moves twice."""
+    from monitor.sources.jetstream.ownership import Ownership
+
+    async def main() -> None:
+        import nats
+        from nats.js.api import KeyValueConfig
+
+        nc = await nats.connect(cluster.urls)
+        lease = 1.5
+        kv = await nc.jetstream().create_key_value(
+            KeyValueConfig(bucket="SLOW_OWNERS", history=1, ttl=lease, replicas=3)
+        )
+        events: list[tuple[str, str, int]] = []
+
+        def owner(me: str, drain_s: float) -> Ownership:
+            async def acquired(n: int) -> None:
+                events.append((me, "acquired", n))
+
+            async def releasing(n: int) -> None:
+                events.append((me, "releasing", n))
+                await asyncio.sleep(drain_s)  # a drain longer than the lease
+
+            async def lost(n: int) -> None:
+                events.append((me, "lost", n))
+
+            return Ownership(kv, me, 4, lease, acquired, releasing, lost)
+
+        a, b = owner("a", 2.5), owner("b", 0.0)
+        tasks = [asyncio.create_task(a.run())]
+        deadline = time.monotonic() + 20
+        while len(a.owned()) < 4:
+            assert time.monotonic() < deadline, "a never held every partition"
+            await asyncio.sleep(0.1)
+        tasks.append(asyncio.create_task(b.run()))
+        while not (len(b.owned()) == 2 and len(a.owned()) == 2):
+            assert time.monotonic() < deadline, (a.owned(), b.owned(), events)
+            await asyncio.sleep(0.1)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert [e for e in events if e[1] == "lost"] == []
+        assert [e for e in events if e[0] == "a" and e[1] == "acquired"] == [
+            ("a", "acquired", n) for n in range(4)
+        ]
+        await nc.close()
+
+    asyncio.run(main())

@@ -146,7 +146,9 @@ class Engine(Beds, Evaluation):
             self.counts["batches"] += 1  # progress, for the watchdog
             if batch.fence is not None and not batch.fence():
                 self.counts["fenced"] += 1  # another instance owns it now: not ours to
-                continue  # evaluate, store or acknowledge
+                if batch.dropped is not None:  # evaluate, store or acknowledge
+                    batch.dropped()
+                continue
             if batch.handed_over:
                 self.hand_over(set(batch.handed_over))
             done = self._lifecycle_work(batch)  # (final: made by the lifecycle)
@@ -155,6 +157,8 @@ class Engine(Beds, Evaluation):
                 raised += self._evaluate(batch)
             except Exception:  # noqa: BLE001 - one bad batch never stops the ward's alarms
                 self._failed(batch)
+            if batch.replay:  # (the scores it computes are history: the last owner's)
+                self._score_updates = []
             if self._score_updates:
                 # one publication per bed and batch: its latest score (a reading object
                 # carrying all seven parameters is not six partial scores and a full one)
@@ -240,7 +244,7 @@ class Engine(Beds, Evaluation):
         if from_rules and batch.received_at and self.on_latency is not None:
             self.on_latency(time.time() - batch.received_at)  # ingest -> alert
         raised += from_rules
-        if self.staleness is not None:
+        if self.staleness is not None and not batch.replay:  # (replayed: old news)
             arrived = batch.received_at or time.time()
             checked = refused != self.counts[CAPACITY] + self.counts[RATE_LIMITED]
             for r in batch.readings:

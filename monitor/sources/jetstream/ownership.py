@@ -71,6 +71,8 @@ class Ownership:
         self._member_rev: int | None = None
         self.members: list[str] = []
         self.takeovers = 0
+        #: partition -> its release under way (drain, then delete)
+        self._releases: dict[int, asyncio.Task[None]] = {}
 
     def valid(self, partition: int) -> bool:
         held = self.held.get(partition)
@@ -89,20 +91,34 @@ class Ownership:
             await asyncio.sleep(self.lease_s / 4)
 
     async def tick(self) -> None:
+        """One round: renew the member key, then every held partition at once (one that
+        does not answer is tried again next round; its fence says meanwhile whether it
+        may still be counted on), then take and release. A release drains the partition
+        in a task of its own while this goes on renewing it: a slow drain never lets the
+        other leases lapse."""
         await self._renew_member()
         self.members = await self._members()
-        for n in list(self.held):
-            await self._renew(n)
+        renewals = await asyncio.gather(
+            *(self._renew(n) for n in list(self.held)), return_exceptions=True
+        )
+        for failed in (r for r in renewals if isinstance(r, BaseException)):
+            log.debug("a lease renewal did not answer (%s); next round", failed)
         for n in range(self.partitions):
             want = wanted_owner(self.members, n) if self.members else self.me
             if n in self.held and want != self.me:
-                await self._release(n)
+                if n not in self._releases:
+                    self._releases[n] = asyncio.create_task(
+                        self._release(n), name=f"vitalmon.release[{n}]"
+                    )
             elif n not in self.held and want == self.me:
                 await self._take(n)
 
     async def release_all(self) -> None:
         """On the way out: hand every partition back at once (drained first), so the
         others need not wait for the leases to expire."""
+        for task in list(self._releases.values()):
+            with contextlib.suppress(Exception):
+                await task
         for n in list(self.held):
             await self._release(n)
         if self._member_rev is not None:
@@ -156,15 +172,22 @@ class Ownership:
         try:
             new = await self.kv.update(f"p.{n}", self.me.encode(), last=rev)
         except KeyWrongLastSequenceError:
-            del self.held[n]
+            if self.held.pop(n, None) is None:
+                return  # (released meanwhile)
             log.warning("partition %d lost (its lease expired and was taken or freed)", n)
             await self._lost(n)
             return
-        self.held[n] = (new, sent + LEASE_MARGIN * self.lease_s)
+        if n in self.held:  # (not released meanwhile)
+            self.held[n] = (new, sent + LEASE_MARGIN * self.lease_s)
 
     async def _release(self, n: int) -> None:
-        await self._releasing(n)  # (drained: nothing of it in flight)
-        rev, _deadline = self.held.pop(n)
-        with contextlib.suppress(Exception):  # (it expires anyway)
-            await self.kv.delete(f"p.{n}", last=rev)
-        log.info("partition %d released", n)
+        try:
+            await self._releasing(n)  # (drained: nothing of it in flight)
+            held = self.held.pop(n, None)
+            if held is None:
+                return  # (lost meanwhile)
+            with contextlib.suppress(Exception):  # (it expires anyway)
+                await self.kv.delete(f"p.{n}", last=held[0])  # (the revision renewed last)
+            log.info("partition %d released", n)
+        finally:
+            self._releases.pop(n, None)

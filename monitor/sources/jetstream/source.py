@@ -25,6 +25,7 @@ import secrets
 import socket
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -69,6 +70,7 @@ class JetStreamSource:
         self.instance = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.instance)
         self._stopped = asyncio.Event()
         self._acks: asyncio.Queue[list[Any]] = asyncio.Queue()
+        self._naks: asyncio.Queue[list[Any]] = asyncio.Queue()
         #: partition (capture: ``partitions``) -> its task, while owned
         self._tasks: dict[int, asyncio.Task[None]] = {}
         #: partition -> batches emitted and not yet committed
@@ -86,6 +88,8 @@ class JetStreamSource:
         self._lag: dict[int, int] = {}
         #: partition -> the beds (ward, bed) read from it while owned
         self._beds: dict[int, set[tuple[str, str]]] = {}
+        #: beds of partitions given up, until the engine has forgotten them
+        self._leaving: set[tuple[str, str]] = set()
         #: Event time a new owner replays: what the rules read (the longest window,
         #: trend history, flapping window, NEWS2 freshness), within the stream's retention.
         needs = [rules.window_s, rules.flapping.window_s, rules.news2.freshness_s]
@@ -97,7 +101,10 @@ class JetStreamSource:
 
     def owns(self, ward: str, bed: str) -> bool | None:
         """Whether the bed's partition is ours now (its lease valid by our clock); None
-        for a bed read from no partition of ours."""
+        for a bed read from no partition of ours. A bed being handed over is not ours
+        from the moment its partition went until the engine has forgotten it."""
+        if (ward, bed) in self._leaving:
+            return False
         for n, beds in self._beds.items():
             if (ward, bed) in beds:
                 return self.ownership is not None and self.ownership.valid(n)
@@ -256,9 +263,28 @@ class JetStreamSource:
             assert self.ownership is not None
             capture = Capture(self.cfg, self._js, partial(self.ownership.valid, n))
             self.capture = capture
-            self._tasks[n] = asyncio.create_task(capture.run(), name="vitalmon.capture")
+            self._tasks[n] = asyncio.create_task(
+                self._kept(n, capture.run), name="vitalmon.capture"
+            )
         else:
-            self._tasks[n] = asyncio.create_task(self._read(n), name=f"vitalmon.p{n}")
+            self._tasks[n] = asyncio.create_task(
+                self._kept(n, partial(self._read, n)), name=f"vitalmon.p{n}"
+            )
+
+    async def _kept(self, n: int, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` for partition ``n`` (or the capture) until the ownership cancels
+        it (lost or released). If it fails (a NATS request timing out while a leader is
+        elected) or returns (a capture whose lease looked lapsed while a renewal was
+        slow), it runs again after a pause: a held partition is never left unread."""
+        while True:
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged; the lease is ours: again
+                self.counts["task_restarts"] += 1
+                log.warning("partition %d: reading failed (%s); starting again", n, exc)
+            await asyncio.sleep(1.0)
 
     async def _lost(self, n: int) -> None:
         await self._stop_task(n)
@@ -276,8 +302,14 @@ class JetStreamSource:
         beds = self._beds.pop(n, set())
         if not beds or self._emit is None:
             return
+        self._leaving |= beds  # (not ours from now: owns() says so until forgotten)
         forgotten = asyncio.Event()
-        await self._emit(Batch([], forgotten.set, time.time(), handed_over=sorted(beds)))
+
+        def done() -> None:
+            self._leaving -= beds
+            forgotten.set()
+
+        await self._emit(Batch([], done, time.time(), handed_over=sorted(beds)))
         if wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(forgotten.wait(), self.cfg.ack_wait_s)
@@ -293,6 +325,14 @@ class JetStreamSource:
                 await asyncio.wait_for(self._settled.wait(), deadline - time.monotonic())
         await self._hand_over(n, wait=True)
 
+    def _dropped(self, n: int, msgs: list[Any]) -> None:
+        """The engine dropped a fenced batch of ``n``: no longer in flight; its messages
+        are NAKed, so that their next owner gets them now, not after ``ack_wait_s``."""
+        self._in_flight[n] = self._in_flight.get(n, 0) - 1
+        self._settled.set()
+        self._naks.put_nowait(msgs)
+        self._acks.put_nowait([])  # (wakes the acker)
+
     async def _drain_acks(self) -> None:
         while not self._acks.empty():
             msgs = self._acks.get_nowait()
@@ -301,8 +341,14 @@ class JetStreamSource:
                     await m.ack()
 
     async def _acker(self) -> None:
-        """Acknowledge committed messages (the journal's ``done`` queues them here)."""
+        """Acknowledge committed messages (the journal's ``done`` queues them here), and
+        NAK those of fenced batches the engine dropped."""
         while True:
+            naks = self._naks
+            while not naks.empty():
+                for m in naks.get_nowait():
+                    with contextlib.suppress(Exception):
+                        await m.nak()
             msgs = await self._acks.get()
             for m in msgs:
                 try:
@@ -352,17 +398,21 @@ class JetStreamSource:
                     log.debug("partition %d: fetch failed (%s); again", n, exc)
                     await asyncio.sleep(0.5)
                     continue
-                if not fence():  # the lease ran out meanwhile: the next owner's
-                    self.counts["fenced"] += len(msgs)
-                    for m in msgs:
+                if not fence():  # the lease looks lapsed: the next owner's, if lost
+                    self.counts["fenced"] += len(msgs)  # (then this task is cancelled);
+                    for m in msgs:  # nothing fetched until a renewal says otherwise
                         with contextlib.suppress(Exception):
                             await m.nak()
+                    await asyncio.sleep(self.cfg.lease_s / 4)
                     continue
                 self._lag[n] = msgs[-1].metadata.num_pending if msgs else 0
                 batch = self._batch(msgs, reject, n)
                 batch.fence = fence
-                self._in_flight[n] = self._in_flight.get(n, 0) + 1
+                batch.dropped = partial(self._dropped, n, msgs)
                 await emit(batch)
+                # (counted once queued: a reader cancelled while it waited counts nothing,
+                # and nothing can be committed before this line)
+                self._in_flight[n] = self._in_flight.get(n, 0) + 1
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -448,7 +498,9 @@ class JetStreamSource:
                 names["bed"],
                 names.get("device", self.cfg.device),
             )
-            self._beds.setdefault(n, set()).add((origin.ward, origin.bed))
+            where = (origin.ward, origin.bed)
+            self._beds.setdefault(n, set()).add(where)
+            self._leaving.discard(where)  # (ours again)
             stored = m.metadata.timestamp.timestamp() if m.metadata.timestamp else now
             decoded = decode(m.data, origin, stored, self.limits)
             for rej in decoded.rejections:
