@@ -60,12 +60,16 @@ class Ownership:
         acquired: Callable[[int], Awaitable[None]],
         releasing: Callable[[int], Awaitable[None]],
         lost: Callable[[int], Awaitable[None]],
+        sticky: frozenset[int] = frozenset(),
     ) -> None:
         self.kv = kv
         self.me = me
         self.partitions = partitions
         self.lease_s = lease_s
         self._acquired, self._releasing, self._lost = acquired, releasing, lost
+        #: partitions never handed over to rebalance, only when their holder goes (the
+        #: capture session: each move leaves the devices' messages waiting meanwhile)
+        self.sticky = sticky
         #: partition -> (KV revision, monotonic deadline of the lease by our clock)
         self.held: dict[int, tuple[int, float]] = {}
         self._member_rev: int | None = None
@@ -105,7 +109,7 @@ class Ownership:
             log.debug("a lease renewal did not answer (%s); next round", failed)
         for n in range(self.partitions):
             want = wanted_owner(self.members, n) if self.members else self.me
-            if n in self.held and want != self.me:
+            if n in self.held and want != self.me and n not in self.sticky:
                 if n not in self._releases:
                     self._releases[n] = asyncio.create_task(
                         self._release(n), name=f"vitalmon.release[{n}]"

@@ -230,6 +230,7 @@ class JetStreamSource:
                 self._acquired,
                 self._releasing,
                 self._lost,
+                sticky=frozenset({self.cfg.partitions}),  # (the capture session)
             )
             self.ownership = own
             acker = asyncio.create_task(self._acker(), name="vitalmon.jetstream.acks")
