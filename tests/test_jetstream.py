@@ -122,7 +122,34 @@ def jetstream_daemon(
     d = DaemonProc(cfg, broker.port, tmp_path / f"daemon-{name}.log")
     if start:
         d.start()
+        wait_capturing(cluster)
     return d
+
+
+def wait_capturing(cluster: NatsCluster) -> None:
+    """Until the cluster's capture session is subscribed: a probe reading (ward
+    ``probe``, which ``stored`` leaves out) published until the stream holds one. The
+    server keeps device messages for the session only once it exists, so a device that
+    publishes before the very first capture session has subscribed is not captured
+    (docs/scaling.md, "Known limits")."""
+    deadline = time.monotonic() + 30
+    while asyncio.run(_stream_count(cluster.urls)) < 1:
+        assert time.monotonic() < deadline, "the capture session never subscribed"
+        publish_all(
+            cluster.mqtt_ports[0], [("vitals/probe/0/mon1", {"ts": time.time() - 300, "hr": 60})]
+        )
+
+
+async def _stream_count(urls: list[str], stream: str = "VITALMON_READINGS") -> int:
+    import nats
+
+    nc = await nats.connect(urls)
+    try:
+        return int((await nc.jetstream().stream_info(stream)).state.messages)
+    except Exception:
+        return 0
+    finally:
+        await nc.close()
 
 
 def stored(db: Path) -> list[tuple[str, str, float, float]]:
@@ -130,7 +157,9 @@ def stored(db: Path) -> list[tuple[str, str, float, float]]:
         return []
     with sqlite3.connect(db) as con:
         try:
-            return con.execute("SELECT bed, vital, ts, value FROM readings").fetchall()
+            return con.execute(
+                "SELECT bed, vital, ts, value FROM readings WHERE ward <> 'probe'"
+            ).fetchall()
         except sqlite3.OperationalError:
             return []
 
@@ -637,7 +666,7 @@ def test_an_instance_that_hands_partitions_over_raises_nothing_about_their_beds(
         handed = time.monotonic()
         # well past stale_after_s with every bed still sending
         wait_for(lambda: time.monotonic() - handed > 8, 20, "8 s after the hand-over")
-        stale = [x for x in alerts.json() if x["rule"] == "device.stale"]
+        stale = [x for x in alerts.json() if x["rule"] == "device.stale" and x["ward"] != "probe"]
         assert stale == []
         assert "handed over" in a.log()
     finally:
@@ -774,7 +803,7 @@ def test_a_paused_instance_says_nothing_of_beds_it_lost_when_it_runs_again(
         resumed = time.monotonic()
         wait_for(lambda: time.monotonic() - resumed > 8, 20, "8 s running again")
         assert "partition" in a.log() and "lost" in a.log()  # (it knew it had lost them)
-        stale = [x for x in alerts.json() if x["rule"] == "device.stale"]
+        stale = [x for x in alerts.json() if x["rule"] == "device.stale" and x["ward"] != "probe"]
         assert stale == [], stale
         assert a.proc.poll() is None  # it runs on, as a member again
     finally:
