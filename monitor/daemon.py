@@ -36,7 +36,7 @@ from monitor.degraded import DegradedMode
 from monitor.engine import Engine
 from monitor.engine.capacity import Capacity
 from monitor.engine.lifecycle import Lifecycle
-from monitor.engine.system import SystemAlarms
+from monitor.engine.system import SYSTEM_WARD, SystemAlarms
 from monitor.engine.technical import Staleness
 from monitor.metrics import Metrics
 from monitor.model import AlertEvent
@@ -47,8 +47,16 @@ from monitor.reload import reload
 from monitor.sinks import Sink, build_remote_sink
 from monitor.sinks.alerts import AlertPublisher
 from monitor.sinks.sqlite import SqliteSink
-from monitor.sources import Batch, Source, SourceContext, Startup, bed_owner, build_source
-from monitor.sources.commands import CommandSource
+from monitor.sources import (
+    Batch,
+    Clustered,
+    Source,
+    SourceContext,
+    Startup,
+    bed_owner,
+    build_source,
+)
+from monitor.sources.commands import CommandSource, KeptPauses
 from monitor.sources.deadletter import DeadLetters
 from monitor.status import Status
 from monitor.supervise import Background, join, root_cause, supervised
@@ -108,9 +116,22 @@ class Daemon:
         self.engine.staleness = self.staleness
         shared = SourceContext(cfg.rules, self.client, self.staleness.watch_elsewhere)
         self.sources: list[Source] = [build_source(sc, shared) for sc in cfg.sources]
+        pauses: Any = self.alert_sink
+        elsewhere = None
+        for src in self.sources:  # a partition's state kept in the cluster, for the next owner
+            if isinstance(src, Clustered):
+                self.engine.keeper = src.state
+                self.engine.on_carried = self.alert_sink.carried
+                src.pauses = self.alert_sink  # (pauses taken on from the last owner)
+                pauses = KeptPauses(self.alert_sink, src.state)
+                elsewhere = src.state.knows_alert
+                src.relay.qos = cfg.alerts.qos  # (alert events: de-duplicated, relayed)
+                src.relay.direct = frozenset({SYSTEM_WARD})  # (the daemon's own: direct)
+                self.alert_sink.outbox = src.relay
         self.commands = CommandSource(
             self.client,
-            pauses=self.alert_sink,
+            elsewhere=elsewhere,
+            pauses=pauses,
             audit=self.journal.write_audit,
             pause_max_s=cfg.alerts.pause_max_s,
             beds=self.engine,

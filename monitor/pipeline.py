@@ -8,7 +8,10 @@ this module holds how the stages hand it on, so that no stage imports another:
   hands the alert publisher;
 * :class:`Ack` (and :class:`UnknownAlert`): an operator's acknowledgement on its way to
   the alert lifecycle, which the engine alone owns and changes; :func:`storage_error`:
-  how a durable sink's failure to commit looks to a stage that saves through it.
+  how a durable sink's failure to commit looks to a stage that saves through it;
+* :class:`Carried`, :class:`Carry` and :class:`StateKeeper`: a partitioned deployment's
+  alert lifecycle and admissions, kept in the cluster by a partition's owner and carried
+  on by its next one (:mod:`monitor.sources.jetstream.state`).
 
 The daemon wires the stages together; the implementations stay in their stages
 (:class:`monitor.engine.lifecycle.Lifecycle`, :class:`monitor.sinks.sqlite.SqliteSink`).
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from monitor.model import (
+    Admission,
     AlertEvent,
     BedCommand,
     DeviceAlarmReport,
@@ -87,6 +91,9 @@ class Batch:
     #: it keeps of them without a word (their new owner carries their alerts on), before
     #: the batch's readings.
     handed_over: list[tuple[str, str]] = field(default_factory=list)
+    #: A partition's state as its last owner kept it in the cluster, for a new owner to
+    #: take on (admissions before the partition's replay, open alerts after it).
+    carry: Carry | None = None
 
 
 #: How a source hands a batch on (the engine's ``put``: waits while its queue is full).
@@ -148,6 +155,54 @@ class Ack:
     outcome: asyncio.Future[AlertEvent | None] | None = None
 
 
+# ------------------------------------------------ a partition's state, between owners
+
+
+@dataclass(slots=True)
+class Carried:
+    """An open alert as its owner keeps it in the cluster: its latest event and the
+    lifecycle's timers (wall clock), so that the partition's next owner goes on with the
+    same id, seq, acknowledgement, escalation and re-notification."""
+
+    event: AlertEvent
+    #: the priority the rule gives it (before escalation)
+    rule_priority: str
+    #: wall clock of the (re)activation that escalation counts from
+    active_since: float
+    #: wall clock of the latest publication (re-notification counts from it)
+    notified_at: float
+    acked_by: str | None = None
+    escalated: bool = False
+
+
+@dataclass(slots=True)
+class Carry:
+    """What a partition's new owner takes on, in its engine's queue order: the beds'
+    ``admissions`` (before the replay: the rules use the admitted profiles), then, after
+    the replay, the ``alerts`` open when the last owner stopped (the truth about which
+    alerts are open: one the replay raised and the last owner had not open is judged
+    afresh). ``ours`` says whether a bed is in the partition."""
+
+    partition: int
+    ours: Callable[[str, str], bool]
+    admissions: list[Admission] | None = None
+    alerts: list[Carried] | None = None
+
+
+class StateKeeper(Protocol):
+    """Keeps the alert lifecycle and admissions of the beds this instance owns in a
+    replicated store, before anyone is told of a change (contract for
+    :attr:`monitor.engine.Engine.keeper`). ``alerts``: alert id -> (ward, bed, its state;
+    None: no longer open); ``admissions``: (ward, bed) -> admission (None: discharged).
+    Never raises: what cannot be written now is written with the next call."""
+
+    async def keep(
+        self,
+        alerts: dict[str, tuple[str, str, Carried | None]],
+        admissions: dict[tuple[str, str], Admission | None],
+    ) -> None: ...
+
+
 def storage_error(exc: BaseException) -> bool:
     """A failure of the disk or the file (retried), not of the data (quarantined)."""
     return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
@@ -156,10 +211,13 @@ def storage_error(exc: BaseException) -> bool:
 __all__ = [
     "Ack",
     "Batch",
+    "Carried",
+    "Carry",
     "Emit",
     "Reject",
     "ScoreUpdate",
     "Sink",
+    "StateKeeper",
     "UnknownAlert",
     "storage_error",
 ]

@@ -86,6 +86,13 @@ class Config(_Model):
     def _some_source(cls, v: list[SourceConfig]) -> list[SourceConfig]:
         if not v:
             raise ValueError("at least one source is needed")
+        streams = [s for s in v if s.type == "jetstream"]
+        if streams and len(v) > 1:
+            raise ValueError(
+                "a jetstream source is the only source of its instance: every bed belongs "
+                "to a partition of the cluster, owned by one instance (a serial or HL7 "
+                "gateway publishes to the cluster's MQTT listener instead; docs/scaling.md)"
+            )
         return v
 
     @model_validator(mode="after")

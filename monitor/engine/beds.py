@@ -25,6 +25,7 @@ from monitor.model import (
     BedCommand,
     Priority,
 )
+from monitor.pipeline import Carried
 
 log = logging.getLogger("vitalmon.engine")
 
@@ -98,6 +99,57 @@ class Beds(EngineState):
         Each goes on with its id and seq, and resolves as soon as a reading allows. An
         alert whose rule no longer exists is resolved now; those events are returned.
         """
+        orphans = self._restore_rules(alerts, "restart")
+        if self.lifecycle is not None:  # (the system's alarms are judged afresh)
+            gone = {id(e) for e in orphans}  # (identity: linear however many alerts)
+            self.lifecycle.restore(
+                [e for e in alerts if id(e) not in gone and e.ward != SYSTEM_WARD]
+            )
+        if alerts:
+            log.info(
+                "carried over %d active alert(s) from the last run", len(alerts) - len(orphans)
+            )
+        return orphans
+
+    def carry(
+        self, alerts: Sequence[Carried], ours: Callable[[str, str], bool]
+    ) -> tuple[list[AlertEvent], list[AlertEvent]]:
+        """Take on a partition's open alerts from the instance that owned it (``ours``:
+        its beds), after its replay rebuilt the windows. The last owner's alerts are the
+        truth about what was announced: each goes on with its id, seq, acknowledgement,
+        escalation and timers, in place of what the replay raised for the same condition
+        (whose onset the replay may not reach), or set again as after a restart if the
+        replay raised nothing. An alert the replay raised that the last owner had not
+        announced (it died between the reading and the alert) is announced now. ->
+        (alerts closed because their rule is gone, as after a restart; the announcements,
+        final)."""
+        keep = {c.event.id for c in alerts}
+        slots = {
+            (c.event.ward, c.event.bed, c.event.device, c.event.vital, c.event.rule) for c in alerts
+        }
+        live: set[str] = set()
+        for key, series in self.series.items():
+            if ours(key.ward, key.bed):
+                for i, a in enumerate(series.active):
+                    if a is None:
+                        continue
+                    if a.id in keep:
+                        live.add(a.id)
+                    elif (key.ward, key.bed, key.device, key.vital, series.rules[i].name) in slots:
+                        series.active[i] = None  # (the carried one is set below)
+        tracked = {e.id for e in self.lifecycle.active()} if self.lifecycle else set()
+        fresh = [c.event for c in alerts if c.event.id not in live | tracked]
+        orphans = self._restore_rules(fresh, "takeover")
+        announce: list[AlertEvent] = []
+        if self.lifecycle is not None:
+            gone = {e.id for e in orphans}
+            announce = self.lifecycle.carry([c for c in alerts if c.event.id not in gone], ours)
+        return orphans, announce
+
+    def _restore_rules(self, alerts: Sequence[AlertEvent], why: str) -> list[AlertEvent]:
+        """The rules' side of carrying ``alerts`` on: each rule's open alert set again
+        (NEWS2 and devices' alarms to their trackers). -> those whose rule is gone (or a
+        technical alarm, judged afresh), resolved."""
         orphans: list[AlertEvent] = []
         for e in alerts:
             if e.rule == NEWS2_RULE:
@@ -111,12 +163,12 @@ class Beds(EngineState):
             if index is None:
                 e.seq += 1
                 e.state = AlertState.RESOLVED
-                e.message = f"{e.rule}: rule no longer configured; alarm closed at restart"
+                e.message = f"{e.rule}: rule no longer configured; alarm closed at {why}"
                 if e.rule.endswith(".flapping"):
-                    e.message = f"{e.rule}: flapping is judged afresh after a restart; closed"
+                    e.message = f"{e.rule}: flapping is judged afresh after a {why}; closed"
                 elif e.kind == "technical":
                     e.message = (
-                        f"{e.rule}: judged afresh after a restart (raised again if the "
+                        f"{e.rule}: judged afresh after a {why} (raised again if the "
                         "condition persists)"
                     )
                 orphans.append(e)
@@ -125,15 +177,6 @@ class Beds(EngineState):
             levels = rules[index].limits
             level = 2 if e.priority == Priority.HIGH and 2 in levels else min(levels)
             series.active[index] = Active(e.id, level, e.started_at, e.seq, e.device, e.patient)
-        if self.lifecycle is not None:  # (the system's alarms are judged afresh)
-            gone = {id(e) for e in orphans}  # (identity: linear however many alerts)
-            self.lifecycle.restore(
-                [e for e in alerts if id(e) not in gone and e.ward != SYSTEM_WARD]
-            )
-        if alerts:
-            log.info(
-                "carried over %d active alert(s) from the last run", len(alerts) - len(orphans)
-            )
         return orphans
 
     # ------------------------------------------------------------ beds, profiles

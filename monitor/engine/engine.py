@@ -13,6 +13,10 @@ Contract of :class:`Engine`:
   every event it hands on passes through it, and only the engine changes it, in queue
   order: a batch's ``acks`` are applied, and a batch with a ``tick`` takes the
   escalations and re-notifications due.
+* In a partitioned deployment (a JetStream source), ``keeper`` writes the lifecycle and
+  admissions of the beds a batch changed to the cluster before its events go to any
+  sink, and a batch's ``carry`` hands the engine a partition's state from its last owner
+  (:class:`monitor.pipeline.Carry`).
 * ``stop()`` is called after every source has stopped; ``run()`` returns once all that
   was queued before it has been processed and handed on.
 * ``process(readings)`` is the synchronous core, used by ``run`` and by replays.
@@ -48,13 +52,14 @@ from monitor.engine.score import News2Scores
 from monitor.engine.sensor import SensorState
 from monitor.engine.series import _Series
 from monitor.engine.state import ScoreSink
+from monitor.engine.system import SYSTEM_WARD
 from monitor.engine.technical import Staleness
 from monitor.engine.threshold import SeriesKey
 from monitor.model import (
     Admission,
     AlertEvent,
 )
-from monitor.pipeline import Batch, ScoreUpdate, Sink, UnknownAlert
+from monitor.pipeline import Batch, Carry, ScoreUpdate, Sink, StateKeeper, UnknownAlert
 from monitor.queues import put_end
 
 log = logging.getLogger("vitalmon.engine")
@@ -106,6 +111,12 @@ class Engine(Beds, Evaluation):
         #: partitioned source): False drops an event about it before the lifecycle (a
         #: paused instance whose lease has lapsed says nothing of beds it may have lost).
         self.owner: Callable[[str, str], bool | None] | None = None
+        #: Keeps the lifecycle and admissions of owned beds in the cluster before their
+        #: events are handed on (a partitioned deployment; set by the daemon).
+        self.keeper: StateKeeper | None = None
+        #: Called with the open alerts a partition's new owner took on (the alert
+        #: publisher's bed state starts from them; set by the daemon).
+        self.on_carried: Callable[[list[AlertEvent]], None] | None = None
         #: Called with the seconds from a batch's arrival to the alert events it raised.
         self.on_latency: Callable[[float], None] | None = None
         self._score_updates: list[ScoreUpdate] = []
@@ -153,6 +164,10 @@ class Engine(Beds, Evaluation):
                 self.hand_over(set(batch.handed_over))
             done = self._lifecycle_work(batch)  # (final: made by the lifecycle)
             raised = list(batch.alarms)
+            if batch.carry is not None:
+                closed, announced = self._take_on(batch.carry)
+                raised += closed
+                done += announced
             try:
                 raised += self._evaluate(batch)
             except Exception:  # noqa: BLE001 - one bad batch never stops the ward's alarms
@@ -177,6 +192,8 @@ class Engine(Beds, Evaluation):
             if batch.replay:  # state rebuilt; stored and published by the last owner
                 self.counts["replayed"] += len(batch.readings)
                 continue
+            if self.keeper is not None and (events or batch.bed_commands):
+                await self._keep(events, batch)  # (in the cluster before anyone hears)
             # alerts first: their publication never queues behind bulk storage (a slow or
             # refusing disk delays the journal, not the ward's alarms)
             for sink in sorted(self.sinks, key=lambda s: s is self.durable):
@@ -186,11 +203,49 @@ class Engine(Beds, Evaluation):
                     await sink.write(batch.readings, events)
             await asyncio.sleep(0)  # a busy queue never suspends: let the others run
 
+    def _take_on(self, carry: Carry) -> tuple[list[AlertEvent], list[AlertEvent]]:
+        """A partition's state from its last owner (:class:`monitor.pipeline.Carry`):
+        admissions (before its replay), or its open alerts (after). -> (alerts closed
+        because their rule is gone; alerts the replay raised that nobody announced, final).
+        """
+        if carry.admissions:
+            self.restore_admissions(carry.admissions)
+            if self.staleness is not None:
+                now = time.time()
+                for a in carry.admissions:
+                    self.staleness.expect(a.ward, a.bed, now)
+        if carry.alerts is None:
+            return [], []
+        closed, announced = self.carry(carry.alerts, carry.ours)
+        self.counts["alerts_carried"] += len(carry.alerts) - len(closed)
+        self.counts["alerts_announced"] += len(announced)
+        if self.on_carried is not None:
+            gone = {id(e) for e in closed}
+            self.on_carried([c.event for c in carry.alerts if id(c.event) not in gone])
+        return closed, announced
+
+    async def _keep(self, events: list[AlertEvent], batch: Batch) -> None:
+        """Hand the keeper the alerts and admissions a batch changed, as they are now."""
+        assert self.keeper is not None
+        lifecycle = self.lifecycle
+        alerts = {
+            e.id: (e.ward, e.bed, lifecycle.record(e.id) if lifecycle else None)
+            for e in events
+            if e.ward != SYSTEM_WARD
+        }
+        beds = {
+            (c.admission.ward, c.admission.bed): self.admissions.get(
+                (c.admission.ward, c.admission.bed)
+            )
+            for c in batch.bed_commands
+        }
+        await self.keeper.keep(alerts, beds)
+
     def _ours(self, events: list[AlertEvent]) -> list[AlertEvent]:
         """``events`` less those about beds another instance owns now."""
         owner = self.owner
         assert owner is not None
-        kept = [e for e in events if owner(e.ward, e.bed) is not False]
+        kept = [e for e in events if e.ward == SYSTEM_WARD or owner(e.ward, e.bed) is not False]
         if len(kept) != len(events):
             self.counts["fenced_events"] += len(events) - len(kept)
         return kept

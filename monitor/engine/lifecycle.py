@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from monitor.config import AlertsConfig
 from monitor.model import AlertEvent, AlertState, Priority
-from monitor.pipeline import UnknownAlert  # (re-exported: its old place)
+from monitor.pipeline import Carried, UnknownAlert  # (UnknownAlert: its old place)
 
 _RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
 _UP = {Priority.LOW: Priority.MEDIUM, Priority.MEDIUM: Priority.HIGH, Priority.HIGH: Priority.HIGH}
@@ -128,6 +128,50 @@ class Lifecycle:
             del self._alerts[i]
         return len(gone)
 
+    def record(self, alert_id: str) -> Carried | None:
+        """The alert as the cluster keeps it for a partition's next owner (None: not
+        open)."""
+        t = self._alerts.get(alert_id)
+        if t is None:
+            return None
+        return Carried(
+            copy.copy(t.last),
+            str(t.rule_priority),
+            t.active_since,
+            t.notified_at,
+            t.acked_by,
+            t.escalated,
+        )
+
+    def carry(
+        self, alerts: Iterable[Carried], ours: Callable[[str, str], bool]
+    ) -> list[AlertEvent]:
+        """Take on a partition's open alerts from its last owner (``ours``: its beds):
+        each goes on with its seq, acknowledgement, escalation and timers. An alert of
+        those beds tracked here and not among them (the replay raised it) is forgotten
+        without an event if one of them is the same condition (same bed, device, vital
+        and rule: its onset lay before what the replay covered); otherwise nobody was
+        told of it (the last owner keeps an alert in the cluster before it publishes it):
+        -> the events that announce those now."""
+        carried = {c.event.id: c for c in alerts}
+        slots = {_slot(c.event) for c in carried.values()}
+        announce: list[AlertEvent] = []
+        for i, t in list(self._alerts.items()):
+            if i in carried or not ours(t.last.ward, t.last.bed):
+                continue
+            if _slot(t.last) in slots:
+                del self._alerts[i]
+            else:
+                t.notified_at = self._clock()
+                announce.append(copy.copy(t.last))
+        for i, c in carried.items():
+            t = _Tracked(
+                copy.copy(c.event), Priority(c.rule_priority), c.active_since, c.notified_at
+            )
+            t.acked_by, t.escalated = c.acked_by, c.escalated
+            self._alerts[i] = t
+        return announce
+
     def ack(self, alert_id: str, by: str) -> AlertEvent | None:
         """Acknowledge; returns the event to publish, or None if already acknowledged."""
         t = self._alerts.get(alert_id)
@@ -199,6 +243,11 @@ class Lifecycle:
         t.last = copy.copy(e)
         t.notified_at = now
         return e
+
+
+def _slot(e: AlertEvent) -> tuple[str, str, str, str, str]:
+    """One condition: an alert of it at a time."""
+    return (e.ward, e.bed, e.device, e.vital, e.rule)
 
 
 def _down(p: Priority) -> Priority:

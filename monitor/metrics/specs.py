@@ -132,6 +132,16 @@ SPECS: Mapping[str, Spec] = {
         "Device messages the capture session put into the stream (while this instance held it).",
         ("stream",),
     ),
+    "vitalmon_jetstream_alert_events_total": Spec(
+        "counter",
+        "Alert events through the de-duplicating stream: stored, duplicate, relayed.",
+        ("stream", "outcome"),
+    ),
+    "vitalmon_jetstream_state_write_failures_total": Spec(
+        "counter",
+        "Writes of the cluster state (lifecycle, admissions, pauses) that failed (kept).",
+        ("stream",),
+    ),
     "vitalmon_serial_port_open": Spec(
         "gauge", "1 while the serial device port is open, else 0.", ("port",)
     ),

@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from monitor.config import AlertsConfig
 from monitor.model import AlertEvent, AlertState, Reading
@@ -40,6 +41,24 @@ class _Release:
     """Queue marker: release the pauses that ended by ``now``."""
 
     now: float
+
+
+class Outbox(Protocol):
+    """Where alert events go instead of MQTT in a cluster (contract of
+    :class:`monitor.sources.jetstream.relay.AlertRelay`): ``publish`` stores the event
+    under ``msg_id`` (one copy per id) for its bed's owner to relay to MQTT, or returns
+    None for an event it does not take (published on MQTT directly). ``store`` runs
+    while the publisher runs; ``open`` and ``close`` bracket it."""
+
+    async def open(self) -> None: ...
+
+    async def store(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def publish(
+        self, topic: str, payload: str, msg_id: str, ward: str, bed: str
+    ) -> asyncio.Future[None] | None: ...
 
 
 class AlertPublisher:
@@ -67,6 +86,9 @@ class AlertPublisher:
         self._held: dict[tuple[str, str], dict[str, AlertEvent]] = {}
         #: Alerts whose raise was published (their recovery must be, too).
         self._announced: set[str] = set()
+        #: In a cluster: alert events go through the de-duplicating stream (set by the
+        #: daemon); None: on MQTT directly.
+        self.outbox: Outbox | None = None
 
     def topic(self, e: AlertEvent, template: str | None = None) -> str:
         return (template or self.cfg.topic).format(
@@ -78,8 +100,17 @@ class AlertPublisher:
         for e in open_alerts:
             self._open.setdefault((e.ward, e.bed), {})[e.id] = e.to_json()
 
+    def carried(self, open_alerts: list[AlertEvent]) -> None:
+        """Open alerts a partition's new owner took on from the last one (who published
+        them): the bed state topics go on from them, and their recoveries are published
+        even after a pause."""
+        for e in open_alerts:
+            self._open.setdefault((e.ward, e.bed), {})[e.id] = e.to_json()
+            self._announced.add(e.id)
+
     async def open(self) -> None:
-        return None
+        if self.outbox is not None:
+            await self.outbox.open()
 
     async def write(
         self,
@@ -98,6 +129,20 @@ class AlertPublisher:
         put_end(self.queue, "alerts")
 
     async def run(self) -> None:
+        outbox = self.outbox
+        storer = None
+        if outbox is not None:
+            storer = asyncio.create_task(outbox.store(), name="vitalmon.alerts.outbox")
+        try:
+            await self._run()
+        finally:
+            if storer is not None and outbox is not None:
+                storer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await storer
+                await outbox.close()
+
+    async def _run(self) -> None:
         pending: set[asyncio.Future[None]] = set()
         for n, (ward, bed) in enumerate(list(self._open)):
             self._publish_state(ward, bed, pending)
@@ -140,9 +185,11 @@ class AlertPublisher:
 
     def _publish(self, event: AlertEvent, pending: set[asyncio.Future[None]]) -> None:
         payload = json.dumps(event.to_json(), separators=(",", ":"))
-        self._send(self.topic(event), payload, pending)
+        self._send(self.topic(event), payload, pending, event=(event, 0))
         if event.extra.get("action") == "escalate" and self.cfg.escalate_topic:
-            self._send(self.topic(event, self.cfg.escalate_topic), payload, pending)
+            self._send(
+                self.topic(event, self.cfg.escalate_topic), payload, pending, event=(event, 1)
+            )
         self.counts["published"] += 1
         if event.state == AlertState.RESOLVED:
             self._announced.discard(event.id)
@@ -191,9 +238,21 @@ class AlertPublisher:
         self._send(topic, json.dumps(alerts, separators=(",", ":")), pending, retain=True)
 
     def _send(
-        self, topic: str, payload: str, pending: set[asyncio.Future[None]], retain: bool = False
+        self,
+        topic: str,
+        payload: str,
+        pending: set[asyncio.Future[None]],
+        retain: bool = False,
+        event: tuple[AlertEvent, int] | None = None,
     ) -> None:
-        fut = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
+        """Publish (``event``: an alert event and which of its topics, 0 or 1: through
+        the outbox if there is one, under the id ``<alert id>:<seq>:<which>``)."""
+        fut = None
+        if event is not None and self.outbox is not None:
+            e, which = event
+            fut = self.outbox.publish(topic, payload, f"{e.id}:{e.seq}:{which}", e.ward, e.bed)
+        if fut is None:
+            fut = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
         pending.add(fut)
         fut.add_done_callback(pending.discard)
         fut.add_done_callback(self._confirmed)

@@ -25,10 +25,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from monitor.config import RulesConfig
-from monitor.pipeline import Batch, Emit, Reject
+from monitor.pipeline import Batch, Emit, Reject, StateKeeper
 from monitor.registry import Registry
 
 if TYPE_CHECKING:
@@ -86,6 +86,27 @@ class Partitioned(Protocol):
     here), or not one of its beds (None)."""
 
     def owns(self, ward: str, bed: str) -> bool | None: ...
+
+
+class ClusterKeeper(StateKeeper, Protocol):
+    """A :class:`~monitor.pipeline.StateKeeper` in a cluster: it also keeps the pauses of
+    owned beds, and knows whether another instance has an alert open."""
+
+    def keep_pause(self, ward: str, bed: str, until: float) -> None: ...
+
+    async def knows_alert(self, alert_id: str) -> bool: ...
+
+
+@runtime_checkable
+class Clustered(Protocol):
+    """Keeps the state of the beds it owns in the cluster for their next owner (the
+    JetStream source): ``state`` is the engine's keeper; ``pauses`` is where the pauses
+    taken on from a partition's last owner go (the alert publisher); ``relay`` is the
+    alert publisher's outbox (:class:`monitor.sinks.alerts.Outbox`)."""
+
+    state: ClusterKeeper
+    pauses: Any
+    relay: Any
 
 
 @runtime_checkable

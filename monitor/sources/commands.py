@@ -21,7 +21,9 @@ An acknowledgement goes to the engine, which owns the alert lifecycle and applie
 queue order; the resulting event (``acknowledged``) goes down the pipeline like any
 other, so it is stored (audit trail) and published in order. A command that cannot
 apply is refused to the dead-letter topic with its reason (``bad_command``,
-``unknown_alert``, ``already_acknowledged``), never silently ignored.
+``unknown_alert``, ``already_acknowledged``), never silently ignored. In a cluster
+(a JetStream source) every instance takes every command; an acknowledgement of an alert
+another instance owns is that one's to answer (``elsewhere``), not refused here.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from monitor.config import Config
 from monitor.model import Admission, AlertEvent, BedCommand, Rejection
 from monitor.mqtt import Client, Message
 from monitor.pipeline import Ack, UnknownAlert, storage_error
-from monitor.sources import Batch, Emit, Reject
+from monitor.sources import Batch, ClusterKeeper, Emit, Reject
 from monitor.sources.command_payloads import (
     ACK_TOPIC,
     ADMIT_TOPIC,
@@ -85,6 +87,19 @@ class Pauses(Protocol):
     def pause(self, ward: str, bed: str, seconds: float, now: float) -> float: ...
 
 
+class KeptPauses:
+    """Pauses applied by ``pauses`` (the alert publisher) and kept in the cluster by
+    ``keeper`` for a partition's next owner (a JetStream source's state)."""
+
+    def __init__(self, pauses: Pauses, keeper: ClusterKeeper) -> None:
+        self.pauses, self.keeper = pauses, keeper
+
+    def pause(self, ward: str, bed: str, seconds: float, now: float) -> float:
+        until = self.pauses.pause(ward, bed, seconds, now)
+        self.keeper.keep_pause(ward, bed, until)
+        return until
+
+
 class CommandSource:
     def __init__(
         self,
@@ -96,9 +111,13 @@ class CommandSource:
         beds: Beds | None = None,
         store: Admissions | None = None,
         pseudonymize: Callable[[str], str | None] | None = None,
+        elsewhere: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.name = "commands"
         self.pauses = pauses
+        #: Whether an alert not open here is open on another instance of the cluster
+        #: (which answers its acknowledgement): then not refused here.
+        self.elsewhere = elsewhere
         self.beds = beds
         self.store = store
         self._admitted: dict[tuple[str, str], Admission] | None = None
@@ -165,6 +184,8 @@ class CommandSource:
         try:
             event = await outcome
         except UnknownAlert as exc:
+            if self.elsewhere is not None and await self.elsewhere(ident):
+                return  # another instance owns it: its answer
             reject(
                 Rejection("unknown_alert", f"no open alert {exc}", msg.topic, msg.payload[:1024])
             )

@@ -33,11 +33,15 @@ from typing import Any
 from monitor.config import DEFAULT_ALIASES, JetStreamSourceConfig, RulesConfig
 from monitor.metrics import Sample, sample
 from monitor.model import VITALS, Rejection
+from monitor.pipeline import Carry
 from monitor.sources import Batch, Emit, Reject, SourceContext, register_source
 from monitor.sources.codecs import Limits, Origin, decode
 from monitor.sources.jetstream.capture import Capture
 from monitor.sources.jetstream.ownership import Ownership
+from monitor.sources.jetstream.relay import AlertRelay
+from monitor.sources.jetstream.state import ClusterState
 from monitor.sources.jetstream.subjects import (
+    bed_partition,
     partition_filter,
     partition_transform,
     stored_topic,
@@ -95,20 +99,36 @@ class JetStreamSource:
         needs = [rules.window_s, rules.flapping.window_s, rules.news2.freshness_s]
         needs += [rules.trends.needs_s(v) for v in VITALS]
         self.replay_s = min(max(needs), cfg.retention_s)
+        #: The lifecycle and admissions of owned beds, kept in the cluster for the next
+        #: owner (the daemon makes it the engine's keeper).
+        self.state = ClusterState(self.partition_of, self._valid)
+        #: Where pauses taken on from the last owner go (the daemon: the alert publisher).
+        self.pauses: Any = None
+        #: Alert events through the de-duplicating stream, relayed by partition owners
+        #: (the daemon makes it the alert publisher's outbox).
+        self.relay = AlertRelay(
+            cfg.servers, cfg.stream, cfg.subject_prefix, cfg.replicas, self.partition_of
+        )
+
+    def partition_of(self, ward: str, bed: str) -> int:
+        """The partition of a bed (the stream's transform, computed as the server does)."""
+        return bed_partition(self.cfg.topic, ward, bed, self.cfg.partitions)
+
+    def _valid(self, n: int) -> bool:
+        return self.ownership is not None and self.ownership.valid(n)
 
     def stop(self) -> None:
         self._stopped.set()
 
     def owns(self, ward: str, bed: str) -> bool | None:
-        """Whether the bed's partition is ours now (its lease valid by our clock); None
-        for a bed read from no partition of ours. A bed being handed over is not ours
-        from the moment its partition went until the engine has forgotten it."""
+        """Whether the bed's partition is ours now (its lease valid by our clock; None
+        before the leases are known). A bed being handed over is not ours from the
+        moment its partition went until the engine has forgotten it."""
         if (ward, bed) in self._leaving:
             return False
-        for n, beds in self._beds.items():
-            if (ward, bed) in beds:
-                return self.ownership is not None and self.ownership.valid(n)
-        return None
+        if self.ownership is None:
+            return None
+        return self.ownership.valid(self.partition_of(ward, bed))
 
     def samples(self) -> list[Sample]:
         """``/metrics``: owned partitions, their lag, takeovers and their duration."""
@@ -124,6 +144,25 @@ class JetStreamSource:
             sample("vitalmon_jetstream_takeover_seconds", self.last_takeover_s, stream=stream),
             sample("vitalmon_jetstream_replayed_total", self.counts["replayed"], stream=stream),
             sample("vitalmon_jetstream_captured_total", captured, stream=stream),
+            sample(
+                "vitalmon_jetstream_state_write_failures_total",
+                self.state.counts["write_failed"],
+                stream=stream,
+            ),
+        ]
+        relayed = self.relay.counts
+        out += [
+            sample(
+                "vitalmon_jetstream_alert_events_total",
+                relayed[key],
+                stream=stream,
+                outcome=outcome,
+            )
+            for outcome, key in (
+                ("stored", "stored"),
+                ("duplicate", "duplicates"),
+                ("relayed", "relayed"),
+            )
         ]
         out += [
             sample(
@@ -206,10 +245,17 @@ class JetStreamSource:
                 replicas=self.cfg.replicas,
                 storage=StorageType.FILE,
             )
+            state = KeyValueConfig(
+                bucket=f"{self.cfg.stream}_STATE",
+                history=1,
+                replicas=self.cfg.replicas,
+                storage=StorageType.FILE,
+            )
             for attempt in itertools.count(1):  # a cluster still electing: again
                 try:
                     await self.ensure_stream(js)
                     kv = await js.create_key_value(owners)
+                    self.state.attach(js, await js.create_key_value(state), state.bucket)
                     break
                 except JetStreamError:
                     raise
@@ -235,9 +281,14 @@ class JetStreamSource:
             self.ownership = own
             acker = asyncio.create_task(self._acker(), name="vitalmon.jetstream.acks")
             leases = asyncio.create_task(own.run(), name="vitalmon.jetstream.leases")
+            keeper = asyncio.create_task(
+                self.state.run(partial(own.valid, self.capture_index)),
+                name="vitalmon.jetstream.state",
+            )
             try:
                 await self._stopped.wait()
             finally:
+                keeper.cancel()
                 leases.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await leases
@@ -358,6 +409,21 @@ class JetStreamSource:
                     self.counts["ack_failed"] += 1
 
     async def _read(self, n: int) -> None:
+        """Partition ``n`` while it is ours: its alert events relayed, its state taken on,
+        its readings replayed, then read live."""
+        assert self.ownership is not None
+        relay = asyncio.create_task(
+            self.relay.relay(self._js, n, partial(self.ownership.valid, n)),
+            name=f"vitalmon.p{n}.relay",
+        )
+        try:
+            await self._read_partition(n)
+        finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await relay
+
+    async def _read_partition(self, n: int) -> None:
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -370,7 +436,11 @@ class JetStreamSource:
             ack_wait=self.cfg.ack_wait_s,
             max_ack_pending=self.cfg.max_ack_pending,
         )
+        carry = await self._take_on(n)
         await self._replay(n, durable)
+        # (after the replay, in queue order: the last owner's open alerts are the truth)
+        assert self._emit is not None
+        await self._emit(Batch([], carry=carry))
         if n in self._taken_at:  # (live from here: the takeover is over)
             self.counts["takeovers"] += 1
             self.last_takeover_s = time.monotonic() - self._taken_at.pop(n)
@@ -418,24 +488,62 @@ class JetStreamSource:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def _take_on(self, n: int) -> Carry:
+        """Partition ``n``'s state as its last owner kept it: its admissions go to the
+        engine now (before the replay: the rules use their profiles), its pauses to the
+        alert publisher; -> the carry whose open alerts go after the replay. Raises if
+        the state cannot be read (the reader starts again: never a partition without
+        its acknowledgements)."""
+        assert self._emit is not None
+        found = await self.state.load(n)
+
+        def ours(ward: str, bed: str) -> bool:
+            return self.partition_of(ward, bed) == n
+
+        beds = self._beds.setdefault(n, set())
+        beds |= {(a.ward, a.bed) for a in found.admissions}
+        beds |= {(c.event.ward, c.event.bed) for c in found.alerts}
+        self._leaving -= beds
+        if found.admissions:
+            await self._emit(Batch([], carry=Carry(n, ours, admissions=found.admissions)))
+        now = time.time()
+        if self.pauses is not None:
+            for (ward, bed), until in found.pauses.items():
+                self.pauses.pause(ward, bed, until - now, now)
+        if found.alerts or found.admissions or found.pauses:
+            log.info(
+                "partition %d: %d open alert(s), %d admission(s), %d pause(s) taken on",
+                n,
+                len(found.alerts),
+                len(found.admissions),
+                len(found.pauses),
+            )
+        return Carry(n, ours, alerts=found.alerts)
+
     async def _replay(self, n: int, durable: str) -> None:
         """A new owner's windows and alert state: the partition's readings of the last
-        :attr:`replay_s`, up to what its last owner committed (the consumer's ack floor),
-        evaluated again as ``replay`` batches (the rules run on event time: the same
-        readings give the same windows, delays and open alerts). What comes after the
-        floor is read as usual."""
+        :attr:`replay_s`, up to the newest the stream holds now, evaluated again as
+        ``replay`` batches (the rules run on event time: the same readings give the same
+        windows, delays and open alerts). The readings its last owner had not committed
+        come again from the consumer after the replay, to be stored: the engine knows
+        them (``repeated``), so the windows were rebuilt in event order, not with the
+        last seconds before a failover arriving after the first ones after it."""
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
 
         assert self._emit is not None
         try:
-            info = await self._js.consumer_info(self.cfg.stream, durable)
+            await self._js.consumer_info(self.cfg.stream, durable)
         except NotFoundError:
-            return  # the partition's first owner: nothing committed before
-        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-        if not floor:
-            return
+            return  # the partition's first owner: nothing read before
+        try:
+            newest = await self._js.get_last_msg(
+                self.cfg.stream, partition_filter(self.cfg.subject_prefix, n)
+            )
+        except NotFoundError:
+            return  # nothing in the partition
+        upto = newest.seq
         since = datetime.fromtimestamp(time.time() - self.replay_s, UTC)
         config = ConsumerConfig(
             filter_subject=partition_filter(self.cfg.subject_prefix, n),
@@ -456,9 +564,9 @@ class JetStreamSource:
                     msgs = await sub.fetch(FETCH, timeout=2.0)
                 except NatsTimeout:
                     break  # nothing more since `since`
-                keep = [m for m in msgs if m.metadata.sequence.stream <= floor]
+                keep = [m for m in msgs if m.metadata.sequence.stream <= upto]
                 done = len(keep) < len(msgs) or (
-                    bool(msgs) and msgs[-1].metadata.sequence.stream >= floor
+                    bool(msgs) and msgs[-1].metadata.sequence.stream >= upto
                 )
                 if keep:
                     batch = self._batch(keep, reject, n, ack=False)
@@ -521,4 +629,6 @@ class JetStreamSource:
 
 @register_source(JetStreamSourceConfig)
 def _build(cfg: JetStreamSourceConfig, ctx: SourceContext) -> JetStreamSource:
-    return JetStreamSource(cfg, ctx.rules)
+    source = JetStreamSource(cfg, ctx.rules)
+    source.relay.client = ctx.client  # (alert events relayed on the daemon's connection)
+    return source

@@ -72,3 +72,53 @@ def stored_topic(prefix: str, subject: str) -> tuple[int, str]:
         raise ValueError(f"subject {subject!r} is not a partition subject of {prefix!r}")
     n, _, rest = subject[len(head) :].partition(".")
     return int(n), subject_to_topic(rest)
+
+
+def _fnv32a(data: bytes) -> int:
+    h = 0x811C9DC5
+    for byte in data:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def bed_partition(template: str, ward: str, bed: str, partitions: int) -> int:
+    """The partition the stream's transform files a bed under, computed here as the
+    server does (``partition(P, ...)``: FNV-1a 32 of the key levels' subject tokens, one
+    after the other, modulo P): an instance knows a bed's partition before it has read
+    any of its messages (an admitted bed that has not sent yet, an acknowledgement's
+    alert). Checked against the server in tests/test_jetstream.py."""
+    key = b""
+    for lvl in parse_topic_template(template):
+        if lvl == "{ward}":
+            key += topic_to_subject(ward).encode()
+        elif lvl == "{bed}":
+            key += topic_to_subject(bed).encode()
+    return _fnv32a(key) % partitions
+
+
+def kv_token(text: str) -> str:
+    """``text`` as one KV key token (letters, digits, ``-`` and ``_`` kept; every other
+    byte of its UTF-8 as ``=XX``): reversible, and never a ``.`` or a wildcard."""
+    out = []
+    for ch in text:
+        if ch.isascii() and (ch.isalnum() or ch in "-_"):
+            out.append(ch)
+        else:
+            out.extend(f"={b:02X}" for b in ch.encode())
+    return "".join(out) or "="
+
+
+def kv_untoken(part: str) -> str:
+    """The inverse of :func:`kv_token`."""
+    if part == "=":
+        return ""
+    raw = bytearray()
+    i = 0
+    while i < len(part):
+        if part[i] == "=":
+            raw.append(int(part[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw += part[i].encode()
+            i += 1
+    return raw.decode()

@@ -1,0 +1,392 @@
+"""A partition's alert lifecycle and admissions follow it to its next owner: kept in the
+cluster's KV bucket by the owner (:mod:`monitor.sources.jetstream.state`), taken on by
+the next one after its replay. Real 3-node NATS cluster, real daemons, a real mosquitto
+for their alerts and commands; the engine's side with literal alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import Broker, Subscriber, wait_for
+from hypothesis import given
+from hypothesis import strategies as st
+from test_beds import mosquitto_pub
+from test_jetstream import cluster, jetstream_daemon, publish_all, wait_shared
+
+from monitor.config import AlertsConfig, RulesConfig
+from monitor.engine import Engine
+from monitor.engine.lifecycle import Lifecycle
+from monitor.model import AlertEvent, AlertState, Priority, Reading
+from monitor.natsd import NatsCluster
+from monitor.pipeline import Batch, Carried, Carry
+from monitor.sources.jetstream.ownership import wanted_owner
+from monitor.sources.jetstream.source import JetStreamSource
+from monitor.sources.jetstream.state import decode_carried, encode_carried
+from monitor.sources.jetstream.subjects import (
+    bed_partition,
+    kv_token,
+    kv_untoken,
+    topic_to_subject,
+)
+
+__all__ = ["cluster"]  # (the fixture, shared with test_jetstream)
+
+TEMPLATE = "vitals/{ward}/{bed}/{device}"
+
+
+@given(st.text(min_size=0, max_size=20))
+def test_a_kv_token_is_one_key_token_and_comes_back(text: str) -> None:
+    token = kv_token(text)
+    assert token and all(c.isascii() and (c.isalnum() or c in "-_=") for c in token)
+    assert kv_untoken(token) == text
+
+
+def test_the_partition_of_a_bed_is_the_server_s(cluster: NatsCluster) -> None:
+    """bed_partition computes what the stream's partition() transform does, for beds and
+    wards with dots, dashes, unicode and digits: every message lands where we say."""
+    import nats
+
+    from monitor.config import JetStreamSourceConfig
+
+    parts = 7
+    cfg = JetStreamSourceConfig.model_validate(
+        {
+            "type": "jetstream",
+            "servers": cluster.urls,
+            "capture_mqtt": ["127.0.0.1:1"],
+            "partitions": parts,
+            "replicas": 1,
+            "stream": "PARTS",
+        }
+    )
+    source = JetStreamSource(cfg, RulesConfig())
+    beds = [(f"w{i % 5}.é-{i}", f"{i}.{i * 7}_b") for i in range(120)]
+    beds += [("icu", str(i)) for i in range(80)]
+
+    async def main() -> list[int]:
+        nc = await nats.connect(cluster.urls)
+        js = nc.jetstream()
+        await source.ensure_stream(js)
+        seqs = []
+        for ward, bed in beds:
+            subject = f"vitalmon.in.vitals.{topic_to_subject(ward)}.{topic_to_subject(bed)}.m"
+            seqs.append((await js.publish(subject, b"{}")).seq)
+        got = []
+        for seq in seqs:
+            msg = await js.get_msg("PARTS", seq)
+            got.append(int(msg.subject.split(".")[2]))
+        await nc.close()
+        return got
+
+    got = asyncio.run(main())
+    want = [bed_partition(TEMPLATE, w, b, parts) for w, b in beds]
+    assert got == want
+    assert len(set(got)) == parts  # (and the beds spread over every partition)
+
+
+# ------------------------------------------------------------------ the engine's side
+
+
+def R(bed: str, spo2: float, ts: float) -> Reading:
+    return Reading(ts, "icu", bed, "mon1", "spo2", spo2)
+
+
+def _event(bed: str, rule: str, seq: int, state: AlertState, started: float) -> AlertEvent:
+    from monitor.model import alert_id
+
+    return AlertEvent(
+        alert_id("icu", bed, "mon1", rule, started),
+        "icu",
+        bed,
+        "mon1",
+        "P-1",
+        "spo2",
+        rule,
+        "physiological",
+        Priority.HIGH,
+        state,
+        82.0,
+        90.0,
+        "SpO2 82 below 90",
+        started,
+        started + 20,
+        seq,
+    )
+
+
+def test_a_carried_alert_survives_encoding() -> None:
+    e = _event("3", "spo2.low", 2, AlertState.ACKNOWLEDGED, 1_000.0)
+    e.extra = {"ack_by": "kim", "escalated": True}
+    c = Carried(e, "medium", 1_010.5, 1_030.25, "kim", True)
+    back = decode_carried(encode_carried(c))
+    assert back == c
+
+
+def _engine(escalate_s: float = 0.0) -> tuple[Engine, Lifecycle, list[float]]:
+    clock = [10_000.0]
+    lifecycle = Lifecycle(AlertsConfig(escalate_after_s=escalate_s), clock=lambda: clock[0])
+    return Engine(RulesConfig(), [], lifecycle=lifecycle), lifecycle, clock
+
+
+def test_a_new_owner_goes_on_with_the_last_owner_s_acknowledgement_and_seq() -> None:
+    """The replay raises spo2.low again (same readings, same id); the carried state says
+    it was acknowledged at seq 2: the recovery is seq 3 and keeps ack_by; a second
+    acknowledgement is 'already acknowledged'."""
+    engine, lifecycle, _clock = _engine()
+    t0 = 1_000.0
+    readings = [R("3", 97.0 if s < 5 else 82.0, t0 + s) for s in range(30)]
+    raised = engine.process(readings)
+    raised = [lifecycle.observe(e) for e in raised]
+    assert [(e.rule, e.state, e.seq) for e in raised] == [("spo2.low", "active", 1)]
+    first = raised[0]
+    acked = lifecycle.ack(first.id, "kim")
+    assert acked is not None
+    record = lifecycle.record(first.id)
+    assert record is not None and record.acked_by == "kim" and record.event.seq == 2
+
+    # the next owner: the same replay, then the carry
+    engine2, lifecycle2, _ = _engine()
+    replayed = [lifecycle2.observe(e) for e in engine2.process(readings)]
+    assert [e.id for e in replayed] == [first.id]
+    assert engine2._take_on(Carry(0, lambda w, b: True, alerts=[record])) == ([], [])
+    assert lifecycle2.ack(first.id, "lee") is None  # already acknowledged
+    out = [lifecycle2.observe(e) for e in engine2.process([R("3", 97.0, t0 + 31)])]
+    assert [(e.id, e.state, e.seq, e.extra.get("ack_by")) for e in out] == [
+        (first.id, "resolved", 3, "kim")
+    ]
+
+
+def test_an_alert_older_than_the_replay_keeps_its_id_and_one_nobody_announced_is_now() -> None:
+    """Carried: an alert whose onset is before what the replay covers (the replay alone
+    raises it again with a later onset, so another id: that one goes). Not carried: an
+    alert the replay raised that the last owner never announced (it died between the
+    reading and the alert): announced now, once."""
+    engine, lifecycle, _ = _engine()
+    t0 = 5_000.0
+    old = _event("4", "spo2.low", 1, AlertState.ACTIVE, t0 - 3_600)  # began an hour ago
+    carried = Carried(old, "high", 9_000.0, 9_000.0)
+    # the replay covers the last 30 s only: still low, so it raises its own onset ...
+    replay = [R("4", 82.0, t0 + s) for s in range(30)]
+    # ... and bed 5's alert, which its last owner never got to announce
+    replay += [R("5", 82.0, t0 + s) for s in range(30)]
+    replayed = [lifecycle.observe(e) for e in engine.process(replay)]
+    assert {e.bed for e in replayed} == {"4", "5"}
+    assert old.id not in {e.id for e in replayed}
+    fresh = next(e for e in replayed if e.bed == "5")
+    closed, announced = engine._take_on(Carry(0, lambda w, b: True, alerts=[carried]))
+    assert closed == []
+    assert [(e.id, e.state, e.seq) for e in announced] == [(fresh.id, "active", 1)]
+    assert {e.id for e in lifecycle.active()} == {old.id, fresh.id}
+    # bed 4 goes on with the carried id: its recovery resolves it (seq 2)
+    out = [lifecycle.observe(e) for e in engine.process([R("4", 97.0, t0 + 31)])]
+    assert [(e.id, e.state, e.seq) for e in out] == [(old.id, "resolved", 2)]
+    # bed 5 stays low: nothing more is said (no second raise)
+    assert engine.process([R("5", 82.0, t0 + 31)]) == []
+
+
+def test_a_carried_alert_escalates_on_the_last_owner_s_clock() -> None:
+    engine, lifecycle, clock = _engine(escalate_s=60.0)
+    e = _event("6", "spo2.low", 1, AlertState.ACTIVE, 1_000.0)
+    engine._take_on(
+        Carry(0, lambda w, b: True, alerts=[Carried(e, "high", clock[0] - 50, clock[0] - 50)])
+    )
+    assert lifecycle.tick() == []  # 50 s of 60
+    clock[0] += 11
+    assert [(x.id, x.extra.get("action"), x.seq) for x in lifecycle.tick()] == [
+        (e.id, "escalate", 2)
+    ]
+
+
+def test_the_engine_keeps_a_batch_s_changes_before_any_sink_hears_of_them() -> None:
+    """The keeper is called with the alert's state (and None once it resolved) before
+    the sinks are written to."""
+    order: list[str] = []
+
+    class Keeper:
+        def __init__(self) -> None:
+            self.alerts: dict[str, Any] = {}
+
+        async def keep(self, alerts: dict[str, Any], admissions: dict[Any, Any]) -> None:
+            order.append("keep")
+            self.alerts.update(alerts)
+
+    class Sink:
+        name = "s"
+
+        async def open(self) -> None: ...
+
+        async def write(self, readings: Any, events: Any, done: Any = None) -> None:
+            if events:
+                order.append("sink")
+
+        async def run(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    lifecycle = Lifecycle(AlertsConfig())
+    engine = Engine(RulesConfig(), [Sink()], lifecycle=lifecycle)
+    keeper = Keeper()
+    engine.keeper = keeper
+    t0 = 1_000.0
+
+    async def main() -> None:
+        runner = asyncio.create_task(engine.run())
+        low = [R("7", 82.0, t0 + s) for s in range(30)]
+        await engine.put(Batch(low))
+        await engine.put(Batch([R("7", 97.0, t0 + 31)]))
+        engine.stop()
+        await runner
+
+    asyncio.run(main())
+    assert order == ["keep", "sink", "keep", "sink"]
+    ((ward, bed, state),) = keeper.alerts.values()
+    assert (ward, bed, state) == ("icu", "7", None)  # resolved: deleted
+
+
+# ------------------------------------------------------------------ on a cluster
+
+
+def test_an_acknowledged_alert_and_an_admission_follow_their_partition_to_a_new_instance(
+    tmp_path: Path, broker: Broker, cluster: NatsCluster
+) -> None:
+    """A alone: bed admitted (patient P-1), spo2.low raised and acknowledged by kim. B,
+    started after (it never saw the admission or the ack), takes the bed's partition in
+    the rebalance and goes on from the cluster's state: a second ack is 'already
+    acknowledged' (by B; A, which no longer owns it, refuses nothing), the recovery is
+    published once by B, seq 3, with ack_by kim and the patient of the admission."""
+    parts, lease = 4, 2.0
+    bed = next(
+        str(i)
+        for i in range(100)
+        if wanted_owner(["a", "b"], bed_partition(TEMPLATE, "icu", str(i), parts)) == "b"
+    )
+    alerts = Subscriber(broker.port, "alerts/#")
+    dead = Subscriber(broker.port, "vitalmon/deadletter")
+    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
+    b = None
+    try:
+        wait_shared(cluster, parts, {"a"})
+        mosquitto_pub(
+            broker.port, "vitalmon/cmd/admit", {"ward": "icu", "bed": bed, "patient": "P-1"}
+        )
+        wait_for(lambda: f"bed icu/{bed}:" in a.log(), 20, "the admission applied")
+        t0 = time.time() - 200
+        low = [
+            (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 97 if s < 5 else 82, "hr": 80})
+            for s in range(40)
+        ]
+        publish_all(cluster.mqtt_ports[0], low)
+
+        def mine() -> list[dict[str, Any]]:
+            return [x for x in alerts.json("alerts/") if x["rule"] == "spo2.low"]
+
+        raised = wait_for(mine, 30, "spo2.low raised")[0]
+        assert raised["patient"] == "P-1"
+        mosquitto_pub(broker.port, "vitalmon/cmd/ack", {"id": raised["id"], "by": "kim"})
+        wait_for(lambda: len(mine()) >= 2, 20, "the acknowledgement published")
+
+        b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, start=False)
+        b.start()
+        held = wait_shared(cluster, parts, {"a", "b"})
+        assert held[bed_partition(TEMPLATE, "icu", bed, parts)] == "b"
+        wait_for(lambda: "replayed" in b.log(), 30, "B took the partition on")
+
+        mosquitto_pub(broker.port, "vitalmon/cmd/ack", {"id": raised["id"], "by": "lee"})
+        wait_for(lambda: dead.json(), 20, "the second acknowledgement refused")
+        publish_all(
+            cluster.mqtt_ports[1],
+            [
+                (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 97, "hr": 80})
+                for s in range(40, 45)
+            ],
+        )
+        wait_for(lambda: any(x["state"] == "resolved" for x in mine()), 30, "the recovery")
+        events = mine()
+        assert [(x["id"], x["state"], x["seq"]) for x in events] == [
+            (raised["id"], "active", 1),
+            (raised["id"], "acknowledged", 2),
+            (raised["id"], "resolved", 3),
+        ]
+        assert events[-1]["ack_by"] == "kim" and events[-1]["patient"] == "P-1"
+        assert f"alert {raised['id']} resolved" in b.log()
+        assert f"alert {raised['id']} resolved" not in a.log()
+        assert [d["reason"] for d in dead.json()] == ["already_acknowledged"]
+    finally:
+        alerts.close()
+        dead.close()
+        a.kill()
+        if b is not None:
+            b.kill()
+
+
+# ------------------------------------------------------------------ de-duplicated events
+
+
+def test_an_alert_event_stored_twice_reaches_mqtt_once_and_in_order(
+    broker: Broker, cluster: NatsCluster
+) -> None:
+    """The relay: an event published twice under one id (a stale owner's late copy, an
+    announcement its last owner had made) is stored once and relayed once; a bed's events
+    reach the MQTT subscriber in the order they were published; an event stored while no
+    owner relays is relayed by the next owner (a new relay on the same durable)."""
+    import nats
+
+    from monitor.config import MqttConfig
+    from monitor.mqtt import Client
+    from monitor.sources.jetstream.relay import AlertRelay
+
+    alerts = Subscriber(broker.port, "alerts/#")
+
+    async def main() -> None:
+        client = Client(MqttConfig(port=broker.port, client_id="relay-test"))
+        client.start()
+        await asyncio.wait_for(client.connected.wait(), 10)
+        relay = AlertRelay(cluster.urls, "RT", "rt", 3, lambda w, b: int(b) % 2)
+        relay.client = client
+        await relay.open()
+        storer = asyncio.create_task(relay.store())
+        nc = await nats.connect(cluster.urls)
+        js = nc.jetstream()
+
+        async def stored(*docs: tuple[str, int]) -> None:
+            futs = [
+                relay.publish(
+                    f"alerts/icu/{bed}",
+                    json.dumps({"bed": bed, "seq": seq}),
+                    f"a{bed}:{seq}:0",
+                    "icu",
+                    bed,
+                )
+                for bed, seq in docs
+            ]
+            await asyncio.gather(*[f for f in futs if f is not None])
+
+        await stored(("1", 1), ("1", 2), ("1", 1), ("2", 1), ("1", 3), ("2", 1))
+        first = asyncio.create_task(relay.relay(js, 1, lambda: True))  # bed 1's owner
+        await asyncio.to_thread(
+            wait_for, lambda: len(alerts.json()) >= 3, 20, "bed 1's events relayed"
+        )
+        first.cancel()
+        # bed 2's partition had no owner: its next one relays what was stored
+        second = asyncio.create_task(relay.relay(js, 0, lambda: True))
+        await asyncio.to_thread(wait_for, lambda: len(alerts.json()) >= 4, 20, "bed 2's event")
+        # a late copy of an event already relayed: stored once, relayed never again
+        await stored(("2", 1), ("2", 2))
+        await asyncio.to_thread(wait_for, lambda: len(alerts.json()) >= 5, 20, "bed 2's seq 2")
+        second.cancel()
+        storer.cancel()
+        await relay.close()
+        await nc.close()
+        await client.stop()
+        assert relay.counts["duplicates"] == 3 and relay.counts["stored"] == 5
+
+    try:
+        asyncio.run(main())
+        got = [(d["bed"], d["seq"]) for d in alerts.json()]
+        assert got == [("1", 1), ("1", 2), ("1", 3), ("2", 1), ("2", 2)]
+    finally:
+        alerts.close()
