@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Broker, Subscriber, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
@@ -390,3 +391,48 @@ def test_an_alert_event_stored_twice_reaches_mqtt_once_and_in_order(
         assert got == [("1", 1), ("1", 2), ("1", 3), ("2", 1), ("2", 2)]
     finally:
         alerts.close()
+
+
+def test_a_bed_is_ours_by_its_partition_even_before_it_has_sent() -> None:
+    """An admitted or listed bed that has not sent yet belongs to its partition's owner:
+    another instance says nothing of it (no 'expected but never sent' from every
+    instance)."""
+    from monitor.config import JetStreamSourceConfig
+
+    cfg = JetStreamSourceConfig.model_validate(
+        {
+            "type": "jetstream",
+            "servers": ["nats://127.0.0.1:4222"],
+            "capture_mqtt": ["h:1"],
+            "partitions": 4,
+        }
+    )
+    src = JetStreamSource(cfg, RulesConfig())
+    beds = [str(i) for i in range(40)]
+    held = {0, 3}
+
+    class Leases:
+        def valid(self, n: int) -> bool:
+            return n in held
+
+    assert src.owns("icu", "1") is None  # (no leases known yet: no answer)
+    src.ownership = Leases()  # type: ignore[assignment]
+    answers = {b: src.owns("icu", b) for b in beds}
+    assert answers == {b: bed_partition(TEMPLATE, "icu", b, 4) in held for b in beds}
+    assert set(answers.values()) == {True, False}
+
+
+def test_a_jetstream_source_is_the_only_source_of_its_instance(tmp_path: Path) -> None:
+    from monitor.config import ConfigError, load
+
+    path = tmp_path / "v.yaml"
+    path.write_text(
+        "sources:\n"
+        "  - type: jetstream\n"
+        "    servers: [nats://127.0.0.1:4222]\n"
+        "    capture_mqtt: [127.0.0.1:1883]\n"
+        "  - type: mqtt\n"
+        '    topic: "vitals/{ward}/{bed}/{device}"\n'
+    )
+    with pytest.raises(ConfigError, match="the only source of its instance"):
+        load(path)
