@@ -122,6 +122,7 @@ class Daemon:
             if isinstance(src, Clustered):
                 self.engine.keeper = src.state
                 self.engine.on_carried = self.alert_sink.carried
+                self.engine.on_handed_over = self.alert_sink.forget
                 src.pauses = self.alert_sink  # (pauses taken on from the last owner)
                 pauses = KeptPauses(self.alert_sink, src.state)
                 elsewhere = src.state.knows_alert

@@ -436,3 +436,38 @@ def test_a_jetstream_source_is_the_only_source_of_its_instance(tmp_path: Path) -
     )
     with pytest.raises(ConfigError, match="the only source of its instance"):
         load(path)
+
+
+def test_a_handed_over_bed_leaves_nothing_in_the_publisher_s_bed_state() -> None:
+    """The old owner's alert publisher forgets a handed-over bed: when the bed's
+    partition comes back, its retained bed state does not list alerts that resolved
+    meanwhile at the other instance."""
+    from monitor.sinks.alerts import AlertPublisher
+
+    sent: list[tuple[str, str, bool]] = []
+
+    class Wire:  # (below the I/O boundary: what the publisher hands its MQTT client)
+        def publish(
+            self, topic: str, payload: str, qos: int = 1, retain: bool = False
+        ) -> asyncio.Future[None]:
+            sent.append((topic, payload, retain))
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+    cfg = AlertsConfig()
+    old = _event("8", "spo2.low", 1, AlertState.ACTIVE, 1_000.0)
+    new = _event("8", "spo2.low", 1, AlertState.ACTIVE, 2_000.0)
+
+    async def main() -> None:
+        pub = AlertPublisher(cfg, Wire())  # type: ignore[arg-type]
+        pub.carried([old])  # carried on here once ...
+        pub.forget({("icu", "8")})  # ... then handed over
+        await pub.write([], [new])  # the bed is back, with another alert
+        pub.close()
+        await pub.run()
+
+    asyncio.run(main())
+    state_topic = cfg.state_topic.format(ward="icu", bed="8", device="", vital="", priority="")
+    (last,) = [json.loads(p) for t, p, retain in sent if t == state_topic and retain][-1:]
+    assert [a["id"] for a in last] == [new.id]

@@ -482,6 +482,7 @@ def test_every_documented_metric_renders_under_its_name() -> None:
         "reason": "late",
         "stream": "VITALMON_READINGS",
         "partition": "3",
+        "outcome": "stored",
     }
     produced = [
         sample(name, 1, **{k: labels[k] for k in spec.labels})

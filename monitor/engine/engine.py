@@ -117,6 +117,9 @@ class Engine(Beds, Evaluation):
         #: Called with the open alerts a partition's new owner took on (the alert
         #: publisher's bed state starts from them; set by the daemon).
         self.on_carried: Callable[[list[AlertEvent]], None] | None = None
+        #: Called with the beds handed over to another instance (the alert publisher
+        #: forgets their bed state and pauses; set by the daemon).
+        self.on_handed_over: Callable[[set[tuple[str, str]]], None] | None = None
         #: Called with the seconds from a batch's arrival to the alert events it raised.
         self.on_latency: Callable[[float], None] | None = None
         self._score_updates: list[ScoreUpdate] = []
@@ -388,6 +391,8 @@ class Engine(Beds, Evaluation):
                 self.staleness.forget(ward, bed, now)
         if self.lifecycle is not None:
             self.lifecycle.forget_beds(beds)
+        if self.on_handed_over is not None:
+            self.on_handed_over(beds)
         self.counts["beds_handed_over"] += len(beds)
         log.info("%d bed(s) handed over to another instance: forgotten here", len(beds))
 

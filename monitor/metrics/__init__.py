@@ -110,11 +110,9 @@ the same table. Labels are in braces.
 ``vitalmon_jetstream_captured_total{stream}`` counter
     Device messages the capture session put into the stream (while this instance held it).
 ``vitalmon_jetstream_alert_events_total{stream, outcome}`` counter
-    Alert events through the de-duplicating stream: ``stored``, ``duplicate`` (the stream
-    had the id: not stored again), ``relayed`` (published on MQTT by this partition owner).
+    Alert events through the de-duplicating stream: stored, duplicate, relayed.
 ``vitalmon_jetstream_state_write_failures_total{stream}`` counter
-    Writes of the cluster state (lifecycle, admissions, pauses) that failed (kept and
-    written again).
+    Writes of the cluster state (lifecycle, admissions, pauses) that failed (kept).
 ``vitalmon_serial_port_open{port}`` gauge
     1 while the serial device port is open, else 0.
 ``vitalmon_hl7_unmapped_observations_total{code}`` counter

@@ -108,6 +108,15 @@ class AlertPublisher:
             self._open.setdefault((e.ward, e.bed), {})[e.id] = e.to_json()
             self._announced.add(e.id)
 
+    def forget(self, beds: set[tuple[str, str]]) -> None:
+        """Beds handed over to another instance (their partition moved): their open
+        alerts, pauses and held events are that instance's now; nothing is published."""
+        for key in beds:
+            for alert in self._open.pop(key, {}):
+                self._announced.discard(alert)
+            self._paused.pop(key, None)
+            self._held.pop(key, None)
+
     async def open(self) -> None:
         if self.outbox is not None:
             await self.outbox.open()
