@@ -20,6 +20,13 @@ captured, stored in the stream, delivered, evaluated, committed and acknowledged
 run, one instance is killed with SIGKILL; the clock runs until the survivors'
 ``vitalmon_jetstream_partitions_owned`` sum to every partition again.
 
+Alert latency, per variant after its load: ``--probes`` beds each get 30 readings of
+SpO2 82 (event time 1 s apart, sent 20 ms apart by a paho client on the same listener
+as the load); a paho subscriber on the daemons' MQTT (``alerts/#``) takes each bed's
+``spo2.low``. Its latency runs from the publish of the reading that raised it (the
+event's ``at``) to its arrival: capture, stream, evaluation, and in the cluster the
+de-duplicating alert stream and the owner's relay.
+
     python benchmarks/scale.py [--quick] [--json FILE] [--beds N] [--seconds S]
                                [--partitions P] [--lease S]
 """
@@ -32,6 +39,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,7 @@ from common import (
     machine_line,
     normal_value,
     parser,
+    percentile,
     table,
     wait_for,
     write_json,
@@ -151,12 +160,67 @@ def run_load(
     }
 
 
+def alert_latency(pub_port: int, alert_port: int, probes: int, tag: str) -> list[float]:
+    """Seconds from the publish of the reading that raised each probe bed's spo2.low to
+    the alert's arrival on MQTT (see the module's docstring)."""
+    from datetime import datetime
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    arrived: dict[str, tuple[float, float]] = {}
+    ready = threading.Event()
+
+    def on_message(_c: Any, _u: Any, m: Any) -> None:
+        doc = json.loads(m.payload)
+        if doc.get("rule") == "spo2.low" and doc.get("state") == "active":
+            at = datetime.fromisoformat(doc["at"]).timestamp()
+            arrived.setdefault(doc["bed"], (time.monotonic(), at))
+
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"lat-sub-{tag}")
+
+    def on_connect(c: Any, *_: Any) -> None:
+        c.subscribe("alerts/#", qos=1)
+
+    sub.on_connect = on_connect
+    sub.on_subscribe = lambda *_: ready.set()
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", alert_port)
+    sub.loop_start()
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"lat-pub-{tag}")
+    pub.connect("127.0.0.1", pub_port)
+    pub.loop_start()
+    out = []
+    try:
+        assert ready.wait(30), "the alert subscriber did not subscribe"
+        for i in range(probes):
+            bed = f"lat-{tag}-{i}"
+            t0 = round(time.time() - 60)
+            sent: dict[float, float] = {}
+            for s in range(30):
+                ts = float(t0 + s)
+                sent[ts] = time.monotonic()
+                doc = {"ts": ts, "spo2": 82, "hr": 80}
+                pub.publish(f"vitals/icu/{bed}/mon1", json.dumps(doc), qos=1)
+                time.sleep(0.02)
+            got = wait_for(lambda b=bed: arrived.get(b), 30, f"{bed}'s spo2.low", every=0.005)
+            came, at = got
+            out.append(came - sent[min(sent, key=lambda t: abs(t - at))])
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        sub.loop_stop()
+        sub.disconnect()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, "scale")
     p.add_argument("--beds", type=int, default=None, help="beds (default 500; quick 50)")
     p.add_argument("--seconds", type=int, default=None, help="event time s (default 20; quick 4)")
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--lease", type=float, default=2.0, help="lease_s of the instances")
+    p.add_argument("--probes", type=int, default=None, help="alert latency probes (20; quick 3)")
     args = p.parse_args(argv)
     if find_nats_server() is None:
         print(
@@ -165,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     beds = args.beds or (50 if args.quick else 500)
     seconds = args.seconds or (4 if args.quick else 20)
+    probes = args.probes or (3 if args.quick else 20)
     timeout = 120.0 if args.quick else 600.0
     msgs = messages(beds, seconds)
     packets = encode_all(msgs)
@@ -184,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             Daemon(work / "single", broker.port).start() as d,
         ):
             run = run_load(broker.port, packets, [d], readings, None, len(msgs), timeout)
+            run["alert_latency_s"] = alert_latency(broker.port, broker.port, probes, "m")
             result["runs"].append({"variant": "mosquitto", "instances": 1, **run})
         for k in (1, 2, 3):
             cluster = NatsCluster(work / f"nats{k}", nodes=3)
@@ -203,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 run = run_load(
                     cluster.mqtt_ports[1], packets, daemons, readings, cluster, len(msgs), timeout
+                )
+                run["alert_latency_s"] = alert_latency(
+                    cluster.mqtt_ports[1], cluster.mqtt_ports[0], probes, f"n{k}"
                 )
                 result["runs"].append({"variant": "nats", "instances": k, **run})
                 if k == 3:
@@ -235,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['messages_per_s']:,.0f}",
                 "-" if cap is None else f"{cap:,.0f}",
                 f"{r['readings_per_s'] / base:.2f}x",
+                f"{percentile(r['alert_latency_s'], 50) * 1000:.1f}",
+                f"{max(r['alert_latency_s']) * 1000:.1f}",
             ]
         )
     print(
@@ -242,7 +313,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.partitions} partitions, replicas 3"
     )
     print(machine_line(result["machine"]))
-    print(table(["variant", "readings/s", "messages/s", "captured msg/s", "vs mosquitto"], rows))
+    print(
+        table(
+            [
+                "variant",
+                "readings/s",
+                "messages/s",
+                "captured msg/s",
+                "vs mosquitto",
+                "alert p50 ms",
+                "alert max ms",
+            ],
+            rows,
+        )
+    )
     if "takeover_s" in result:
         print(
             f"takeover after SIGKILL of 1 of 3 instances: {result['takeover_s']:.2f} s "

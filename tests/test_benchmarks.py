@@ -275,11 +275,19 @@ def test_peer_quick_run_compares_node_red_and_vitalmon(tmp_path: Path) -> None:
 
 def test_scale_quick_run_compares_the_cluster_with_mosquitto(tmp_path: Path) -> None:
     """benchmarks/scale.py --quick: mosquitto and 1, 2, 3 instances on a real 3-node
-    NATS cluster in one run, every reading committed in each, and a takeover timed."""
+    NATS cluster in one run, every reading committed in each, each variant's alert
+    latency probed, and a takeover timed."""
     out = tmp_path / "scale.json"
     proc = run("scale", "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for h in ("variant", "readings/s", "captured msg/s", "vs mosquitto", "takeover after SIGKILL"):
+    for h in (
+        "variant",
+        "readings/s",
+        "captured msg/s",
+        "vs mosquitto",
+        "alert p50 ms",
+        "takeover after SIGKILL",
+    ):
         assert h in proc.stdout, (h, proc.stdout)
     data: dict[str, Any] = json.loads(out.read_text())
     assert set(data["machine"]) >= MACHINE
@@ -291,4 +299,6 @@ def test_scale_quick_run_compares_the_cluster_with_mosquitto(tmp_path: Path) -> 
     ]
     assert all(r["readings_per_s"] > 0 for r in data["runs"])
     assert all(r["captured_per_s"] > 0 for r in data["runs"][1:])
+    assert all(len(r["alert_latency_s"]) == 3 for r in data["runs"])  # (every probe raised)
+    assert all(0 < x < 30 for r in data["runs"] for x in r["alert_latency_s"])
     assert 0 < data["takeover_s"] < 60
