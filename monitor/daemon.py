@@ -125,7 +125,7 @@ class Daemon:
                 self.engine.on_handed_over = self.alert_sink.forget
                 src.pauses = self.alert_sink  # (pauses taken on from the last owner)
                 pauses = KeptPauses(self.alert_sink, src.state)
-                elsewhere = src.state.knows_alert
+                elsewhere = src.state.forward_ack
                 src.relay.qos = cfg.alerts.qos  # (alert events: de-duplicated, relayed)
                 src.relay.direct = frozenset({SYSTEM_WARD})  # (the daemon's own: direct)
                 self.alert_sink.outbox = src.relay

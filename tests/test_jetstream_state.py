@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,24 @@ from monitor.sources.jetstream.subjects import (
     topic_to_subject,
 )
 
-__all__ = ["cluster"]  # (the fixture, shared with test_jetstream)
+__all__ = ["cluster"]  # (the fixture, from test_jetstream)
 
 TEMPLATE = "vitals/{ward}/{bed}/{device}"
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """One 3-node cluster for this module's tests that use streams of their own names
+    (a cluster's start is most of such a test's time); daemons get a fresh one
+    (``cluster``)."""
+    from monitor.natsd import find_nats_server
+
+    if find_nats_server() is None:
+        pytest.fail("nats-server is not installed: run scripts/test (the cluster extra)")
+    c = NatsCluster(tmp_path_factory.mktemp("nats"), nodes=3)
+    c.start()
+    yield c
+    c.stop()
 
 
 @given(st.text(min_size=0, max_size=20))
@@ -46,7 +62,7 @@ def test_a_kv_token_is_one_key_token_and_comes_back(text: str) -> None:
     assert kv_untoken(token) == text
 
 
-def test_the_partition_of_a_bed_is_the_server_s(cluster: NatsCluster) -> None:
+def test_the_partition_of_a_bed_is_the_server_s(shared_cluster: NatsCluster) -> None:
     """bed_partition computes what the stream's partition() transform does, for beds and
     wards with dots, dashes, unicode and digits: every message lands where we say."""
     import nats
@@ -57,11 +73,12 @@ def test_the_partition_of_a_bed_is_the_server_s(cluster: NatsCluster) -> None:
     cfg = JetStreamSourceConfig.model_validate(
         {
             "type": "jetstream",
-            "servers": cluster.urls,
+            "servers": shared_cluster.urls,
             "capture_mqtt": ["127.0.0.1:1"],
             "partitions": parts,
             "replicas": 1,
             "stream": "PARTS",
+            "subject_prefix": "parts",  # (the module's cluster: no subject of another)
         }
     )
     source = JetStreamSource(cfg, RulesConfig())
@@ -69,12 +86,12 @@ def test_the_partition_of_a_bed_is_the_server_s(cluster: NatsCluster) -> None:
     beds += [("icu", str(i)) for i in range(80)]
 
     async def main() -> list[int]:
-        nc = await nats.connect(cluster.urls)
+        nc = await nats.connect(shared_cluster.urls)
         js = nc.jetstream()
         await source.ensure_stream(js)
         seqs = []
         for ward, bed in beds:
-            subject = f"vitalmon.in.vitals.{topic_to_subject(ward)}.{topic_to_subject(bed)}.m"
+            subject = f"parts.in.vitals.{topic_to_subject(ward)}.{topic_to_subject(bed)}.m"
             seqs.append((await js.publish(subject, b"{}")).seq)
         got = []
         for seq in seqs:
@@ -328,7 +345,7 @@ def test_an_acknowledged_alert_and_an_admission_follow_their_partition_to_a_new_
 
 
 def test_an_alert_event_stored_twice_reaches_mqtt_once_and_in_order(
-    broker: Broker, cluster: NatsCluster
+    broker: Broker, shared_cluster: NatsCluster
 ) -> None:
     """The relay: an event published twice under one id (a stale owner's late copy, an
     announcement its last owner had made) is stored once and relayed once; a bed's events
@@ -346,11 +363,11 @@ def test_an_alert_event_stored_twice_reaches_mqtt_once_and_in_order(
         client = Client(MqttConfig(port=broker.port, client_id="relay-test"))
         client.start()
         await asyncio.wait_for(client.connected.wait(), 10)
-        relay = AlertRelay(cluster.urls, "RT", "rt", 3, lambda w, b: int(b) % 2)
+        relay = AlertRelay(shared_cluster.urls, "RT", "rt", 3, lambda w, b: int(b) % 2)
         relay.client = client
         await relay.open()
         storer = asyncio.create_task(relay.store())
-        nc = await nats.connect(cluster.urls)
+        nc = await nats.connect(shared_cluster.urls)
         js = nc.jetstream()
 
         async def stored(*docs: tuple[str, int]) -> None:
@@ -471,3 +488,49 @@ def test_a_handed_over_bed_leaves_nothing_in_the_publisher_s_bed_state() -> None
     state_topic = cfg.state_topic.format(ward="icu", bed="8", device="", vital="", priority="")
     (last,) = [json.loads(p) for t, p, retain in sent if t == state_topic and retain][-1:]
     assert [a["id"] for a in last] == [new.id]
+
+
+def test_an_acknowledgement_sent_while_the_alert_s_owner_is_dead_is_applied_by_the_next(
+    tmp_path: Path, broker: Broker, cluster: NatsCluster
+) -> None:
+    """A raises spo2.low and is killed; the acknowledgement comes before B has taken the
+    partition over. B does not have the alert yet: it leaves the acknowledgement in the
+    cluster (no unknown_alert refusal), and applies it once it has carried the alert
+    on: acknowledged, seq 2, by kim, published by B."""
+    parts, lease = 4, 2.0
+    bed = next(
+        str(i)
+        for i in range(100)
+        if wanted_owner(["a", "b"], bed_partition(TEMPLATE, "icu", str(i), parts)) == "a"
+    )
+    alerts = Subscriber(broker.port, "alerts/#")
+    dead = Subscriber(broker.port, "vitalmon/deadletter")
+    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
+    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease)
+    try:
+        held = wait_shared(cluster, parts, {"a", "b"})
+        assert held[bed_partition(TEMPLATE, "icu", bed, parts)] == "a"
+        t0 = time.time() - 200
+        low = [
+            (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 97 if s < 5 else 82})
+            for s in range(40)
+        ]
+        publish_all(cluster.mqtt_ports[0], low)
+
+        def mine() -> list[dict[str, Any]]:
+            return [x for x in alerts.json("alerts/") if x["rule"] == "spo2.low"]
+
+        raised = wait_for(mine, 30, "spo2.low raised")[0]
+        a.kill()
+        mosquitto_pub(broker.port, "vitalmon/cmd/ack", {"id": raised["id"], "by": "kim"})
+        acked = wait_for(
+            lambda: [x for x in mine() if x["state"] == "acknowledged"], 30, "the acknowledgement"
+        )
+        assert [(x["id"], x["seq"], x["ack_by"]) for x in acked] == [(raised["id"], 2, "kim")]
+        assert f"alert {raised['id']} acknowledged" in b.log()
+        assert dead.json() == []
+    finally:
+        alerts.close()
+        dead.close()
+        a.kill()
+        b.kill()

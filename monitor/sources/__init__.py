@@ -90,11 +90,14 @@ class Partitioned(Protocol):
 
 class ClusterKeeper(StateKeeper, Protocol):
     """A :class:`~monitor.pipeline.StateKeeper` in a cluster: it also keeps the pauses of
-    owned beds, and knows whether another instance has an alert open."""
+    owned beds, knows whether another instance has an alert open, and leaves an
+    acknowledgement of such an alert for its owner."""
 
     def keep_pause(self, ward: str, bed: str, until: float) -> None: ...
 
     async def knows_alert(self, alert_id: str) -> bool: ...
+
+    async def forward_ack(self, alert_id: str, by: str, identity: str | None) -> bool: ...
 
 
 @runtime_checkable

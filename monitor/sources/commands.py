@@ -23,7 +23,8 @@ other, so it is stored (audit trail) and published in order. A command that cann
 apply is refused to the dead-letter topic with its reason (``bad_command``,
 ``unknown_alert``, ``already_acknowledged``), never silently ignored. In a cluster
 (a JetStream source) every instance takes every command; an acknowledgement of an alert
-another instance owns is that one's to answer (``elsewhere``), not refused here.
+another instance owns is left in the cluster for that one (``elsewhere``), which
+applies it even if it is only taking the alert's partition on; not refused here.
 """
 
 from __future__ import annotations
@@ -111,12 +112,13 @@ class CommandSource:
         beds: Beds | None = None,
         store: Admissions | None = None,
         pseudonymize: Callable[[str], str | None] | None = None,
-        elsewhere: Callable[[str], Awaitable[bool]] | None = None,
+        elsewhere: Callable[[str, str, str | None], Awaitable[bool]] | None = None,
     ) -> None:
         self.name = "commands"
         self.pauses = pauses
-        #: Whether an alert not open here is open on another instance of the cluster
-        #: (which answers its acknowledgement): then not refused here.
+        #: An acknowledgement of an alert not open here, handed to the cluster: True if
+        #: another instance has it open (it applies it, now or when it takes the alert's
+        #: partition on): then not refused here.
         self.elsewhere = elsewhere
         self.beds = beds
         self.store = store
@@ -184,7 +186,7 @@ class CommandSource:
         try:
             event = await outcome
         except UnknownAlert as exc:
-            if self.elsewhere is not None and await self.elsewhere(ident):
+            if self.elsewhere is not None and await self.elsewhere(ident, by, identity):
                 return  # another instance owns it: its answer
             reject(
                 Rejection("unknown_alert", f"no open alert {exc}", msg.topic, msg.payload[:1024])

@@ -33,7 +33,7 @@ from typing import Any
 from monitor.config import DEFAULT_ALIASES, JetStreamSourceConfig, RulesConfig
 from monitor.metrics import Sample, sample
 from monitor.model import VITALS, Rejection
-from monitor.pipeline import Carry
+from monitor.pipeline import Ack, Carry
 from monitor.sources import Batch, Emit, Reject, SourceContext, register_source
 from monitor.sources.codecs import Limits, Origin, decode
 from monitor.sources.jetstream.capture import Capture
@@ -412,18 +412,40 @@ class JetStreamSource:
         """Partition ``n`` while it is ours: its alert events relayed, its state taken on,
         its readings replayed, then read live."""
         assert self.ownership is not None
-        relay = asyncio.create_task(
-            self.relay.relay(self._js, n, partial(self.ownership.valid, n)),
-            name=f"vitalmon.p{n}.relay",
-        )
+        carried = asyncio.Event()
+        helpers = [
+            asyncio.create_task(
+                self.relay.relay(self._js, n, partial(self.ownership.valid, n)),
+                name=f"vitalmon.p{n}.relay",
+            ),
+            asyncio.create_task(self._forwarded_acks(n, carried), name=f"vitalmon.p{n}.acks"),
+        ]
         try:
-            await self._read_partition(n)
+            await self._read_partition(n, carried)
         finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await relay
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
-    async def _read_partition(self, n: int) -> None:
+    async def _forwarded_acks(self, n: int, carried: asyncio.Event) -> None:
+        """Acknowledgements other instances left in the cluster's state for partition
+        ``n`` (``ack.<n>.<id>``: sent while the partition had no owner, or while this one
+        was taking it on), applied once its alerts are carried on, then deleted. One
+        this instance applied itself already is "already acknowledged": nothing more."""
+        await carried.wait()
+        assert self._emit is not None
+        assert self.ownership is not None
+        fence = partial(self.ownership.valid, n)
+        async for ident, by, identity, key in self.state.forwarded_acks(n):
+            outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            await self._emit(Batch([], acks=[Ack(ident, by, identity, outcome)], fence=fence))
+            with contextlib.suppress(Exception):  # (unknown, already acknowledged: done)
+                await asyncio.wait_for(outcome, self.cfg.ack_wait_s)
+            if fence():  # (applied here; else left for the partition's next owner)
+                self.counts["acks_forwarded"] += 1
+                await self.state.drop(key)
+
+    async def _read_partition(self, n: int, carried: asyncio.Event) -> None:
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -441,6 +463,7 @@ class JetStreamSource:
         # (after the replay, in queue order: the last owner's open alerts are the truth)
         assert self._emit is not None
         await self._emit(Batch([], carry=carry))
+        carried.set()
         if n in self._taken_at:  # (live from here: the takeover is over)
             self.counts["takeovers"] += 1
             self.last_takeover_s = time.monotonic() - self._taken_at.pop(n)

@@ -35,13 +35,14 @@ primary store like the journal, kept in the same cluster as the readings' stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from monitor.model import Admission, AlertEvent, AlertState, Priority
@@ -251,16 +252,69 @@ class ClusterState:
             await watcher.stop()
         return found
 
-    async def knows_alert(self, alert_id: str) -> bool:
-        """Whether an alert with this id is open on any partition (another owner's)."""
+    async def forward_ack(self, alert_id: str, by: str, identity: str | None) -> bool:
+        """An acknowledgement of an alert this instance does not have open: if the
+        cluster has it open on a partition this instance does not own, leave it there
+        for that partition's owner (``ack.<n>.<id>``), who applies it now, or when it
+        takes the partition on (an owner that died, a takeover under way). -> whether
+        the cluster has it (else it is unknown: refused)."""
+        n = await self.alert_partition(alert_id)
+        if n is None or self.valid(n):
+            return False
+        body = json.dumps({"by": by, "identity": identity}).encode()
+        for _attempt in range(3):
+            try:
+                await asyncio.wait_for(self.kv.put(f"ack.{n}.{alert_id}", body), WRITE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - again; then said
+                log.debug("cluster state: forwarded acknowledgement not written (%s)", exc)
+                continue
+            return True
+        log.warning("cluster state: an acknowledgement for another instance could not be kept")
+        return True  # (the owner, if alive, took it from MQTT itself)
+
+    async def forwarded_acks(self, n: int) -> AsyncIterator[tuple[str, str, str | None, str]]:
+        """Acknowledgements left for partition ``n``: those there now, then each as it
+        comes: (alert id, by, identity, key), until cancelled."""
+        watcher = await self.kv.watch(f"ack.{n}.*", ignore_deletes=True)
+        try:
+            while True:
+                entry = await watcher.updates(timeout=None)
+                if entry is None or entry.value is None or entry.operation is not None:
+                    continue
+                try:
+                    body = json.loads(entry.value)
+                    ident = entry.key.split(".", 2)[2]
+                    yield ident, str(body["by"]), body.get("identity"), entry.key
+                except (ValueError, KeyError, IndexError) as exc:
+                    log.warning("cluster state: key %s unreadable (%s); dropped", entry.key, exc)
+                    await self.drop(entry.key)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def drop(self, key: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.kv.purge(key)
+
+    async def alert_partition(self, alert_id: str) -> int | None:
+        """The partition of an alert open in the cluster (None: not open anywhere)."""
         if self.js is None or not _TOKEN.fullmatch(alert_id):
-            return False  # (an id that is no key: no subject of ours either)
+            return None  # (an id that is no key: no subject of ours either)
         subject = f"$KV.{self.bucket}.alert.*.{alert_id}"
         try:
             msg = await asyncio.wait_for(
                 self.js.get_last_msg(f"KV_{self.bucket}", subject), WRITE_TIMEOUT_S
             )
         except Exception:  # noqa: BLE001 - not found (or not answering): not known
-            return False
+            return None
         headers = msg.headers or {}
-        return headers.get("KV-Operation") not in ("DEL", "PURGE") and bool(msg.data)
+        if headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            return None
+        try:
+            return int(msg.subject.split(".")[-2])
+        except ValueError:
+            return None
+
+    async def knows_alert(self, alert_id: str) -> bool:
+        """Whether an alert with this id is open on any partition."""
+        return await self.alert_partition(alert_id) is not None
