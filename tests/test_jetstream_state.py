@@ -268,6 +268,15 @@ def test_the_engine_keeps_a_batch_s_changes_before_any_sink_hears_of_them() -> N
 # ------------------------------------------------------------------ on a cluster
 
 
+def bed_of(member: str, parts: int) -> str:
+    """A bed of ward icu whose partition ``member`` owns when a and b share them."""
+    return next(
+        str(i)
+        for i in range(100)
+        if wanted_owner(["a", "b"], bed_partition(TEMPLATE, "icu", str(i), parts)) == member
+    )
+
+
 def test_an_acknowledged_alert_and_an_admission_follow_their_partition_to_a_new_instance(
     tmp_path: Path, broker: Broker, cluster: NatsCluster
 ) -> None:
@@ -277,11 +286,7 @@ def test_an_acknowledged_alert_and_an_admission_follow_their_partition_to_a_new_
     acknowledged' (by B; A, which no longer owns it, refuses nothing), the recovery is
     published once by B, seq 3, with ack_by kim and the patient of the admission."""
     parts, lease = 4, 2.0
-    bed = next(
-        str(i)
-        for i in range(100)
-        if wanted_owner(["a", "b"], bed_partition(TEMPLATE, "icu", str(i), parts)) == "b"
-    )
+    bed = bed_of("b", parts)
     alerts = Subscriber(broker.port, "alerts/#")
     dead = Subscriber(broker.port, "vitalmon/deadletter")
     a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
@@ -498,11 +503,7 @@ def test_an_acknowledgement_sent_while_the_alert_s_owner_is_dead_is_applied_by_t
     cluster (no unknown_alert refusal), and applies it once it has carried the alert
     on: acknowledged, seq 2, by kim, published by B."""
     parts, lease = 4, 2.0
-    bed = next(
-        str(i)
-        for i in range(100)
-        if wanted_owner(["a", "b"], bed_partition(TEMPLATE, "icu", str(i), parts)) == "a"
-    )
+    bed = bed_of("a", parts)
     alerts = Subscriber(broker.port, "alerts/#")
     dead = Subscriber(broker.port, "vitalmon/deadletter")
     a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
