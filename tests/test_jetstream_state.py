@@ -535,3 +535,59 @@ def test_an_acknowledgement_sent_while_the_alert_s_owner_is_dead_is_applied_by_t
         dead.close()
         a.kill()
         b.kill()
+
+
+def test_a_listing_that_does_not_answer_lets_no_lease_lapse(shared_cluster: NatsCluster) -> None:
+    """The ownership round renews its leases before it lists the members: a listing
+    that times out for several leases (a loaded cluster; seen in a suite run, where
+    every partition was lost) costs no partition. The bucket is real; only its
+    listing is made to fail."""
+    import nats
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.api import KeyValueConfig
+
+    from monitor.sources.jetstream.ownership import Ownership
+
+    async def main() -> None:
+        nc = await nats.connect(shared_cluster.urls)
+        lease = 1.0
+        kv = await nc.jetstream().create_key_value(
+            KeyValueConfig(bucket="FLAKY_OWNERS", history=1, ttl=lease, replicas=3)
+        )
+        lost: list[int] = []
+
+        class Flaky:
+            failing = False
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(kv, name)
+
+            async def keys(self, *a: Any, **k: Any) -> Any:
+                if self.failing:
+                    raise NatsTimeout
+                return await kv.keys(*a, **k)
+
+        async def nothing(n: int) -> None:
+            return None
+
+        async def gone(n: int) -> None:
+            lost.append(n)
+
+        flaky = Flaky()
+        own = Ownership(flaky, "a", 4, lease, nothing, nothing, gone)
+        task = asyncio.create_task(own.run())
+        deadline = time.monotonic() + 20
+        while own.owned() != [0, 1, 2, 3]:
+            assert time.monotonic() < deadline, "never held every partition"
+            await asyncio.sleep(0.05)
+        flaky.failing = True
+        until = time.monotonic() + 4 * lease  # (four leases of failed listings)
+        while time.monotonic() < until:
+            assert own.owned() == [0, 1, 2, 3], own.held
+            await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await nc.close()
+        assert lost == []
+
+    asyncio.run(main())

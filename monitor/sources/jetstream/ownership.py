@@ -95,18 +95,24 @@ class Ownership:
             await asyncio.sleep(self.lease_s / 4)
 
     async def tick(self) -> None:
-        """One round: renew the member key, then every held partition at once (one that
+        """One round: renew the member key and every held partition at once (one that
         does not answer is tried again next round; its fence says meanwhile whether it
-        may still be counted on), then take and release. A release drains the partition
-        in a task of its own while this goes on renewing it: a slow drain never lets the
-        other leases lapse."""
-        await self._renew_member()
-        self.members = await self._members()
-        renewals = await asyncio.gather(
-            *(self._renew(n) for n in list(self.held)), return_exceptions=True
+        may still be counted on), then list the members, then take and release. A
+        release drains the partition in a task of its own while this goes on renewing
+        it: a slow drain never lets the other leases lapse."""
+        # the leases first, each on its own: a member key or a listing that does not
+        # answer (a cluster electing, a node gone, a loaded host) never keeps a held
+        # partition from being renewed
+        member, *renewals = await asyncio.gather(
+            self._renew_member(),
+            *(self._renew(n) for n in list(self.held)),
+            return_exceptions=True,
         )
         for failed in (r for r in renewals if isinstance(r, BaseException)):
             log.debug("a lease renewal did not answer (%s); next round", failed)
+        if isinstance(member, BaseException):
+            raise member  # (no taking or releasing without our own key: next round)
+        self.members = await self._members()
         for n in range(self.partitions):
             want = wanted_owner(self.members, n) if self.members else self.me
             if n in self.held and want != self.me and n not in self.sticky:
