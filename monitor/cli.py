@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["table", "json"], default="table")
     sp.set_defaults(func=cmd_cluster)
 
+    from monitor.web.cli import add_parsers
+
+    add_parsers(sub, with_config)
+
     sp = sub.add_parser("ack", help="acknowledge an alert (as the named operator)")
     with_config(sp)
     with_broker(sp)

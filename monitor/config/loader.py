@@ -39,6 +39,7 @@ from monitor.config.service import (
 )
 from monitor.config.sinks import InfluxStoreConfig, SqliteStoreConfig, StoreConfig
 from monitor.config.sources import MqttSourceConfig, SourceConfig
+from monitor.config.web import WebConfig
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -62,6 +63,8 @@ class Config(_Model):
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    #: The web central station (``vitalmon web``).
+    web: WebConfig = Field(default_factory=WebConfig)
     #: Limits per kind of patient, merged over the built-in ``adult``/``copd``/``opioid``.
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
     #: Beds expected to send data, keyed ``ward/bed`` (``icu/7``), with their profile: a

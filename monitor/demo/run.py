@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -23,6 +25,9 @@ from monitor import config as config_mod
 from monitor.daemon import Daemon
 from monitor.demo.brokers import DemoBroker, DemoError
 from monitor.demo.printer import CONNECT_TIMEOUT_S, AlertPrinter
+from monitor.web.server import bind
+from monitor.web.server import serve as web_serve
+from monitor.web.users import Users, add_user
 from simulators.mqtt import Options, Simulator
 from simulators.patient import ward
 
@@ -31,10 +36,16 @@ WARD = "icu"
 SEED = 7
 
 DAEMON_STOP_TIMEOUT_S = 10.0
+#: The web station's port when it is free (else any free one; the header says which).
+WEB_PORT = 8080
 
 
 def daemon_config(
-    broker: DemoBroker, db: Path, speed: float, duration: float | None
+    broker: DemoBroker,
+    db: Path,
+    speed: float,
+    duration: float | None,
+    web: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The daemon's configuration (as YAML data) for this demo."""
     mqtt: dict[str, Any] = {
@@ -59,6 +70,7 @@ def daemon_config(
         "store": {"type": "sqlite", "path": str(db)},
         "alerts": {"topic": "alerts/{ward}/{bed}", "qos": 1},
         "rules": rules,
+        **({"web": web} if web else {}),
     }
 
 
@@ -105,6 +117,12 @@ class Demo:
         self.broker: DemoBroker | None = None
         self.printer: AlertPrinter | None = None
         self.daemon: Daemon | None = None
+        #: the web station: its socket (bound before the header names its URL), its
+        #: login, and its task
+        self.web_sock: socket.socket | None = None
+        self.web_login = ("demo", secrets.token_urlsafe(9))
+        self.web_stop = asyncio.Event()
+        self.web_task: asyncio.Task[None] | None = None
         self.serve: asyncio.Task[None] | None = None
         self.sim_stop = threading.Event()
         self.sim_task: asyncio.Future[int] | None = None
@@ -143,7 +161,12 @@ class Demo:
         self.broker = broker = self.choose_broker(self.workdir)
         stack.push_async_callback(broker.stop)
         await broker.start()
-        data = daemon_config(broker, self.db, self.speed, self.duration)
+        self.web_sock = _web_socket()
+        stack.callback(self.web_sock.close)
+        users = self.workdir / "users.yaml"
+        add_user(str(users), self.web_login[0], "charge", self.web_login[1])
+        web = {"listen": f"127.0.0.1:{self.web_sock.getsockname()[1]}", "users_file": str(users)}
+        data = daemon_config(broker, self.db, self.speed, self.duration, web)
         (self.workdir / "vitalmon.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         cfg = config_mod.parse(data, env={})
         self.say(self.header())
@@ -160,6 +183,11 @@ class Demo:
             return
         if not daemon.client.connected.is_set():
             raise DemoError("the daemon could not connect to the broker")
+        self.web_task = asyncio.create_task(
+            web_serve(cfg, Users(str(users)), self.web_sock, self.web_stop),
+            name="vitalmon.demo.web",
+        )
+        stack.push_async_callback(self.stop_web)
         self.start_simulator(broker)
         stack.push_async_callback(self.stop_simulator)
 
@@ -195,6 +223,8 @@ class Demo:
             f"(SpO2 down to ~{sick.nadir:.0f} % for 60 s, every {sick.episode_s:.0f} s{speed})\n"
             f"  temp dir {self.workdir} (SQLite store {self.db.name})\n"
             f"  central station: vitalmon watch -c {self.workdir / 'vitalmon.yaml'}\n"
+            f"  web station: {self.web_url()} (log in as {self.web_login[0]}, "
+            f"password {self.web_login[1]})\n"
             f"  alerts (alerts/#) print below as they happen; {until}Ctrl-C to stop"
         )
 
@@ -213,6 +243,18 @@ class Demo:
             else:
                 tasks = [self.serve, self.sim_task]
             await _wait_any([self.stop, self.daemon.should_exit], tasks, left)
+
+    def web_url(self) -> str:
+        assert self.web_sock is not None
+        return f"http://127.0.0.1:{self.web_sock.getsockname()[1]}/"
+
+    async def stop_web(self) -> None:
+        self.web_stop.set()
+        if self.web_task is not None:
+            (result,) = await asyncio.gather(self.web_task, return_exceptions=True)
+            if isinstance(result, BaseException):
+                print(f"vitalmon demo: the web station failed: {result!r}", file=sys.stderr)
+                self.code = 1
 
     async def stop_simulator(self) -> None:
         self.sim_stop.set()
@@ -252,6 +294,14 @@ class Demo:
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.say(f"removed {self.workdir}")
+
+
+def _web_socket() -> socket.socket:
+    """The web station's socket: port 8080 if free, else any free port."""
+    try:
+        return bind(f"127.0.0.1:{WEB_PORT}")
+    except OSError:
+        return bind("127.0.0.1:0")
 
 
 async def _join_daemon(serve: asyncio.Task[None]) -> int:

@@ -1,0 +1,361 @@
+"""The live ward behind the web station: MQTT topics and the store in, page updates out.
+
+Contract:
+
+* :class:`Live` subscribes (QoS 0, like ``vitalmon watch``) to the daemon's topics --
+  readings, alert events, retained bed state, retained NEWS2 -- and feeds them to the
+  pure :class:`~monitor.views.ward.Ward`; it reads the store's audit table and admitted
+  beds (read-only) once a second, which also tells it each bed's pause.
+* Pages subscribe with :meth:`Live.subscribe`: they get a snapshot first, then every
+  ``web.push_interval_s`` one message with the beds that changed and the new audit
+  rows, serialised once for all pages. A page that does not keep up (its bounded queue
+  is full) is dropped; its browser reconnects and gets a fresh snapshot.
+* :meth:`Live.command` publishes an operator command (``vitalmon/cmd/...``, on
+  ``.../<mqtt.username>`` when the station has a broker user, so the daemon records the
+  verified identity) with ``by`` the logged-in user, and waits for the daemon's answer:
+  the ``acknowledged`` event, or the audit row of a pause/admission/discharge, or the
+  dead letter refusing it (:class:`Refused`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.config import Config
+from monitor.mqtt import Client, Message
+from monitor.sinks.sqlite.schema import connect
+from monitor.sources.command_payloads import (
+    ACK_TOPIC,
+    ADMIT_TOPIC,
+    DISCHARGE_TOPIC,
+    PAUSE_TOPIC,
+    verified_topic,
+)
+from monitor.sources.deadletter import TOPIC as DEADLETTER_TOPIC
+from monitor.views.ward import SHOWN, BedView, Ward
+
+log = logging.getLogger("vitalmon.web.live")
+
+TOPICS = {
+    "ack": ACK_TOPIC,
+    "pause": PAUSE_TOPIC,
+    "admit": ADMIT_TOPIC,
+    "discharge": DISCHARGE_TOPIC,
+}
+AUDIT_KEPT = 200
+#: A page's queue: this many pushes waiting and it is dropped (it reconnects).
+PAGE_QUEUE = 32
+
+
+class Refused(Exception):
+    """The daemon refused a command (its dead-letter reason and detail)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: str
+    topic: str
+    body: dict[str, Any]
+    sent: float
+    answer: asyncio.Future[dict[str, Any]]
+
+
+class Live:
+    def __init__(self, cfg: Config, store_path: str | None) -> None:
+        self.cfg = cfg
+        self.store_path = store_path
+        self.ward = Ward(cfg)
+        self.client = Client(
+            cfg.mqtt, persistent=False, client_id=f"{cfg.mqtt.client_id}-web-{os.getpid()}"
+        )
+        for topic in self.ward.topics:
+            self.client.subscribe(topic, 0, self._deliver)
+        self.client.subscribe(DEADLETTER_TOPIC, 0, self._dead_letter)
+        self._alert_topic = self.ward._alerts
+        #: (ward, bed) -> wall clock of its latest reading here
+        self.seen: dict[tuple[str, str], float] = {}
+        #: (ward, bed) -> wall clock its pause ends
+        self.paused: dict[tuple[str, str], float] = {}
+        #: (ward, bed) -> {"patient", "profile", "at", "by"}
+        self.admitted: dict[tuple[str, str], dict[str, Any]] = {}
+        self.audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_KEPT)
+        self._audit_after = 0
+        self._dirty: set[tuple[str, str]] = set()
+        self._new_audit: list[dict[str, Any]] = []
+        self._pages: set[asyncio.Queue[str | None]] = set()
+        self._pending: list[_Pending] = []
+        self._store: sqlite3.Connection | None = None
+        self.store_error: str | None = None
+        self.pushes = 0
+
+    # ------------------------------------------------------------------ MQTT in
+
+    def _deliver(self, msg: Message) -> None:
+        now = time.time()
+        if self._pending and self._alert_topic.match(msg.topic):
+            self._answer_event(msg.payload)
+        changed = self.ward.feed(msg.topic, msg.payload, now)
+        if changed is None:
+            return
+        if any(p.match(msg.topic) for p, _ in self.ward._readings):
+            self.seen[changed] = now
+        self._dirty.add(changed)
+
+    def _answer_event(self, payload: bytes) -> None:
+        with contextlib.suppress(ValueError, RecursionError):
+            doc = json.loads(payload)
+            if not isinstance(doc, dict) or doc.get("state") != "acknowledged":
+                return
+            for p in self._pending:
+                if p.kind == "ack" and doc.get("id") == p.body["id"] and not p.answer.done():
+                    p.answer.set_result(doc)
+
+    def _dead_letter(self, msg: Message) -> None:
+        if not self._pending:
+            return
+        with contextlib.suppress(ValueError, RecursionError):
+            doc = json.loads(msg.payload)
+            if not isinstance(doc, dict):
+                return
+            for p in self._pending:
+                if doc.get("topic") != p.topic or p.answer.done():
+                    continue
+                sent = str(doc.get("payload", ""))
+                if all(str(v) in sent for k, v in p.body.items() if k in ("id", "ward", "bed")):
+                    p.answer.set_exception(
+                        Refused(f"{doc.get('reason', 'refused')}: {doc.get('detail', '')}")
+                    )
+
+    # ---------------------------------------------------------------- the store
+
+    def _open_store(self) -> sqlite3.Connection | None:
+        if self._store is None and self.store_path:
+            try:
+                self._store = connect(self.store_path, readonly=True)
+            except (sqlite3.Error, OSError) as exc:
+                self.store_error = str(exc)
+                return None
+        return self._store
+
+    def poll_store(self, now: float | None = None) -> None:
+        """New audit rows (and from them pauses, admissions), from the store."""
+        conn = self._open_store()
+        if conn is None:
+            return
+        t = time.time() if now is None else now
+        try:
+            first = self._audit_after == 0
+            if first:
+                row = conn.execute("SELECT max(rowid) FROM audit").fetchone()
+                self._audit_after = max(0, int(row[0] or 0) - AUDIT_KEPT)
+            rows = conn.execute(
+                "SELECT rowid, at, action, by, alert_id, ward, bed, detail, identity"
+                " FROM audit WHERE rowid > ? ORDER BY rowid",
+                (self._audit_after,),
+            ).fetchall()
+            if first or any(r[2] in ("admit", "discharge") for r in rows):
+                self._admissions(conn)
+            if first:
+                self._pauses(conn, t)
+        except sqlite3.Error as exc:
+            self.store_error = str(exc)
+            return
+        self.store_error = None
+        for rowid, at, action, by, alert_id, ward, bed, detail, identity in rows:
+            self._audit_after = rowid
+            row = {
+                "at": at,
+                "action": action,
+                "by": by,
+                "alert_id": alert_id,
+                "ward": ward,
+                "bed": bed,
+                "detail": detail,
+                "identity": identity,
+            }
+            self.audit.append(row)
+            self._new_audit.append(row)
+            if action == "pause" and not first:
+                self._pause_row(ward, bed, at, detail)
+            self._answer_audit(row)
+
+    def _pause_row(self, ward: str, bed: str, at: float, detail: str) -> None:
+        try:
+            seconds = float(str(detail).split()[0])
+        except (ValueError, IndexError):
+            return
+        until = at + seconds
+        if until > self.paused.get((ward, bed), 0.0):
+            self.paused[(ward, bed)] = until
+            self._dirty.add((ward, bed))
+
+    def _pauses(self, conn: sqlite3.Connection, now: float) -> None:
+        since = now - max(self.cfg.alerts.pause_max_s, 1.0)
+        for ward, bed, at, detail in conn.execute(
+            "SELECT ward, bed, at, detail FROM audit WHERE action = 'pause' AND at >= ?",
+            (since,),
+        ):
+            self._pause_row(ward, bed, at, detail)
+
+    def _admissions(self, conn: sqlite3.Connection) -> None:
+        admitted = {
+            (w, b): {"patient": p, "profile": prof, "at": at, "by": by}
+            for w, b, p, prof, at, by in conn.execute(
+                "SELECT ward, bed, patient, profile, at, by FROM beds"
+            )
+        }
+        for key in set(admitted) ^ set(self.admitted):
+            self._dirty.add(key)
+        for key, a in admitted.items():
+            if self.admitted.get(key) != a:
+                self._dirty.add(key)
+        self.admitted = admitted
+
+    def _answer_audit(self, row: dict[str, Any]) -> None:
+        for p in self._pending:
+            if p.answer.done() or p.kind == "ack" or row["action"] != p.kind:
+                continue
+            if (row["ward"], row["bed"], row["by"]) == (
+                p.body["ward"],
+                p.body["bed"],
+                p.body["by"],
+            ):
+                p.answer.set_result(row)
+
+    # ------------------------------------------------------------------ pages
+
+    def bed(self, b: BedView, now: float) -> dict[str, Any]:
+        key = (b.ward, b.bed)
+        until = self.paused.get(key)
+        adm = self.admitted.get(key)
+        patient = adm["patient"] if adm else None
+        if patient is None:
+            patient = next((a.get("patient") for a in b.alerts.values() if a.get("patient")), None)
+        return {
+            "ward": b.ward,
+            "bed": b.bed,
+            "patient": patient,
+            "profile": adm.get("profile") if adm else None,
+            "vitals": {
+                v: [b.latest(v), b.trend(v).strip()] for v in SHOWN if b.latest(v) is not None
+            },
+            "news2": b.news2,
+            "alerts": sorted(b.alerts.values(), key=lambda a: str(a.get("started_at"))),
+            "seen": self.seen.get(key),
+            "last_ts": b.last_ts or None,
+            "paused_until": until if until is not None and until > now else None,
+        }
+
+    def snapshot(self, now: float | None = None) -> str:
+        t = time.time() if now is None else now
+        return _json(
+            {
+                "now": t,
+                "stale_after_s": self.cfg.rules.stale_after_s,
+                "beds": [self.bed(b, t) for b in self.ward.beds.values()],
+                "audit": list(self.audit)[-50:],
+                "connected": self.client.connected.is_set(),
+            }
+        )
+
+    def subscribe(self) -> asyncio.Queue[str | None]:
+        q: asyncio.Queue[str | None] = asyncio.Queue(PAGE_QUEUE)
+        q.put_nowait(self.snapshot())
+        self._pages.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[str | None]) -> None:
+        self._pages.discard(q)
+
+    def push(self, now: float | None = None) -> None:
+        """Send the pages what changed since the last push (one serialisation)."""
+        t = time.time() if now is None else now
+        for key, until in list(self.paused.items()):
+            if until <= t:
+                del self.paused[key]
+                self._dirty.add(key)
+        if not self._dirty and not self._new_audit:
+            return
+        beds = [self.ward.bed(*k) for k in self._dirty]
+        msg = _json(
+            {
+                "now": t,
+                "beds": [self.bed(b, t) for b in beds],
+                "audit": self._new_audit,
+                "connected": self.client.connected.is_set(),
+            }
+        )
+        self._dirty = set()
+        self._new_audit = []
+        self.pushes += 1
+        for q in list(self._pages):
+            try:
+                q.put_nowait(msg)
+            except asyncio.QueueFull:
+                self._pages.discard(q)
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.get_nowait()
+                    q.put_nowait(None)  # (the page's stream ends; its browser reconnects)
+
+    # --------------------------------------------------------------- commands
+
+    async def command(
+        self, kind: str, body: dict[str, Any], by: str, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Publish a command as ``by`` and wait for the daemon's answer (see module doc).
+        Raises :class:`Refused` or TimeoutError."""
+        base = TOPICS[kind]
+        user = self.cfg.mqtt.username
+        topic = verified_topic(base, user) if user else base
+        body = {**body, "by": by}
+        loop = asyncio.get_running_loop()
+        p = _Pending(kind, topic, body, time.time(), loop.create_future())
+        self._pending.append(p)
+        try:
+            await asyncio.wait_for(self.client.publish(topic, _json(body), qos=1), timeout)
+            return await asyncio.wait_for(asyncio.shield(p.answer), timeout)
+        finally:
+            self._pending.remove(p)
+            if not p.answer.done():
+                p.answer.cancel()
+
+    # ------------------------------------------------------------------- tasks
+
+    async def run(self, stop: asyncio.Event, on_tick: Callable[[], None] | None = None) -> None:
+        """Connects, then polls the store and pushes to the pages until ``stop``."""
+        self.client.start()
+        interval = self.cfg.web.push_interval_s
+        next_poll = 0.0
+        try:
+            while not stop.is_set():
+                now = time.time()
+                if now >= next_poll:
+                    self.poll_store(now)
+                    next_poll = now + min(1.0, interval * 2)
+                self.push(now)
+                if on_tick is not None:
+                    on_tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+        finally:
+            for q in list(self._pages):
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.put_nowait(None)
+            self._pages.clear()
+            await self.client.stop(timeout=1.0)
+            if self._store is not None:
+                self._store.close()
+
+
+def _json(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str)
