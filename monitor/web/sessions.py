@@ -10,9 +10,9 @@ Contract:
 * Every state-changing request carries the session's CSRF token (header
   ``X-CSRF-Token``, or form field ``csrf``); the login form carries a pre-session token
   of its own (cookie ``vitalmon_login``), so that no other site can log a browser in.
-* :class:`Throttle`: after ``max_failed_logins`` failures for a user name, or from a
-  client address, further attempts are refused for ``lockout_s`` without checking the
-  password.
+* :class:`Throttle`: after ``max_failed_logins`` failures for a user name, or four
+  times as many from one client address (a ward's stations may share one, behind a
+  proxy), further attempts are refused for ``lockout_s`` without checking the password.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 
 COOKIE = "vitalmon_session"
+#: an address may fail this many times more often than a user name
+ADDR_FACTOR = 4
 LOGIN_COOKIE = "vitalmon_login"
 
 
@@ -102,7 +104,7 @@ class Throttle:
         left = 0.0
         for k in keys:
             n, last = self._failed.get(k, (0, 0.0))
-            if n >= self.max_failed:
+            if n >= self.max_failed * (ADDR_FACTOR if k.startswith("addr:") else 1):
                 if t - last >= self.lockout_s:
                     del self._failed[k]  # the lockout is over: a fresh count
                 else:

@@ -154,6 +154,7 @@ const VM = (() => {
   }
 
   // -------------------------------------------------------------- alarm list
+  let lastAlarms = null;
   function renderAlarms(filter) {
     const tbody = document.querySelector("#alarms tbody");
     if (!tbody) return;
@@ -167,7 +168,7 @@ const VM = (() => {
       (RANK[x.priority] ?? 9) - (RANK[y.priority] ?? 9) ||
       String(x.started_at).localeCompare(String(y.started_at)));
     const ackOk = may("ack"), pauseOk = may("pause");
-    tbody.innerHTML = rows.map(([b, a]) => {
+    const html = rows.map(([b, a]) => {
       const state = a.state === "acknowledged" ? `ack ${esc(a.ack_by || "")}`
         : a.escalated ? "escalated" : "active";
       const tech = a.kind === "technical" ? " tech" : "";
@@ -180,9 +181,11 @@ const VM = (() => {
       return `<tr class="pri-${esc(a.priority)}${tech} st-${esc(a.state)}" data-alert="${esc(a.id)}">` +
         `<td><span class="chip pri-${esc(a.priority)}${tech}">${a.kind === "technical" ? "INOP" : esc(a.priority)}</span></td>` +
         `<td><a href="/bed/${encodeURIComponent(b.ward)}/${encodeURIComponent(b.bed)}">${esc(b.ward)}/${esc(b.bed)}</a></td>` +
-        `<td>${esc(alertText(a))}</td><td>${since(a.started_at)}</td>` +
+        `<td>${esc(alertText(a))}</td><td>${esc(String(a.started_at).slice(11, 19))}</td>` +
         `<td class="state">${state}</td><td class="buttons">${buttons}</td></tr>`;
     }).join("");
+    // redrawn only when it changed: a button being clicked is not replaced under the pointer
+    if (html !== lastAlarms) { tbody.innerHTML = html; lastAlarms = html; }
     const none = document.getElementById("no-alarms");
     if (none) none.hidden = rows.length > 0;
     const count = document.getElementById("alarm-count");
