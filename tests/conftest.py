@@ -187,8 +187,10 @@ def subscribe(broker: Broker) -> Iterator[Callable[[str], Subscriber]]:
 
 
 class Publisher:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, username: str | None = None, password: str | None = None) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{id(self)}")
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker, DaemonProc, Publisher, wait_for, write_config
+from conftest import DaemonProc, Publisher, SecureBroker, wait_for, write_config
 from webtools import Http, WebProc, add_users, chrome
 
 from monitor.broker import free_port
@@ -31,16 +31,24 @@ USERS = {
 WARD = "w3"
 
 
+#: Broker logins of the shipped ACL (config/mosquitto/acl): the daemon, the web station,
+#: a bedside device.
+LOGINS = {"vitalmon": "daemon-secret", "vitalmon-web": "web-secret", "monitor-icu-1": "dev-secret"}
+
+
 class Station:
+    """mosquitto with the shipped config and ACL; the daemon and the web station each
+    with its own login and config file (the ACL's example), sharing the store."""
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.broker = Broker(free_port(), tmp / "broker")
+        self.broker = SecureBroker(free_port(), tmp / "broker", users=LOGINS)
         self.broker.workdir.mkdir()
         self.broker.start()
         self.db = tmp / "vitals.db"
         users = tmp / "users.yaml"
         add_users(users, USERS)
-        extra = f"""
+        web = f"""
 web:
   listen: 127.0.0.1:{free_port()}
   users_file: {users}
@@ -48,12 +56,23 @@ web:
   max_failed_logins: 3
   lockout_s: 60
 """
-        self.config = write_config(tmp / "vitalmon.yaml", self.broker.port, self.db, extra)
+        self.config = write_config(tmp / "vitalmon.yaml", self.broker.port, self.db)
+        self.web_config = write_config(
+            tmp / "web.yaml", self.broker.port, self.db, web, client_id="station"
+        )
+        for path, login in ((self.config, "vitalmon"), (self.web_config, "vitalmon-web")):
+            secret = tmp / f"{login}.password"
+            secret.write_text(LOGINS[login] + "\n")
+            text = path.read_text().replace(
+                "  reconnect_min_s:",
+                f"  username: {login}\n  password_file: {secret}\n  reconnect_min_s:",
+            )
+            path.write_text(text)
         self.daemon = DaemonProc(self.config, self.broker.port, tmp / "daemon.log")
         self.daemon.start()
-        self.web = WebProc(self.config, tmp / "web.log")
+        self.web = WebProc(self.web_config, tmp / "web.log")
         self.web.start()
-        self.pub = Publisher(self.broker.port)
+        self.pub = Publisher(self.broker.port, "monitor-icu-1", LOGINS["monitor-icu-1"])
 
     def close(self) -> None:
         self.pub.close()
@@ -71,8 +90,15 @@ web:
             self.reading(bed, t0 + k, spo2=spo2, hr=118)
 
     def audit(self) -> list[tuple[Any, ...]]:
+        """(action, by, alert id, ward, bed) of each audit row: the web station's are
+        all verified as its broker login (checked here once for all)."""
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as c:
-            return c.execute("SELECT action, by, alert_id, ward, bed FROM audit").fetchall()
+            rows = c.execute(
+                "SELECT action, by, alert_id, ward, bed, identity FROM audit"
+                " WHERE action != 'escalate'"
+            ).fetchall()
+        assert {r[5] for r in rows} <= {"vitalmon-web"}, rows
+        return [r[:5] for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +357,7 @@ def test_the_ward_keeps_up_with_200_beds_at_1_hz(station: Station, browser: Any)
     d = browser
     login(d, station.web.url, "kim")
     stop = threading.Event()
-    pub = Publisher(station.broker.port)
+    pub = Publisher(station.broker.port, "monitor-icu-1", LOGINS["monitor-icu-1"])
 
     def publish() -> None:
         k = 0

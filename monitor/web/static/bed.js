@@ -58,8 +58,10 @@
     }
     for (let k = 0; k <= 6; k++) {
       const t = t0 + (k * (t1 - t0)) / 6;
-      g.fillText(new Date(t * 1000).toISOString().slice(11, 16), x(t) - 14, h - 4);
+      g.textAlign = k === 0 ? "left" : k === 6 ? "right" : "center";
+      g.fillText(new Date(t * 1000).toISOString().slice(11, 16), x(t), h - 4);
     }
+    g.textAlign = "left";
     return { g, x, y, w, h, L, R, T, B };
   }
 
@@ -73,10 +75,15 @@
   function draw() {
     plotsEl.innerHTML = "";
     // from the first reading shown (at least 10 minutes back) to now
-    const t1 = data.until - 60;
-    let first = t1;
-    for (const v of data.vitals) for (const pts of Object.values(v.lines)) if (pts.length) first = Math.min(first, pts[0][0]);
-    const t0 = Math.max(data.since + 60, Math.min(first, t1 - 600));
+    // (event time: a replay or a sped-up simulation may run ahead of the clock)
+    let first = Infinity, last = -Infinity;
+    for (const v of data.vitals) {
+      for (const pts of Object.values(v.lines)) {
+        if (pts.length) { first = Math.min(first, pts[0][0]); last = Math.max(last, pts[pts.length - 1][0]); }
+      }
+    }
+    const t1 = isFinite(last) ? Math.max(last, Math.min(data.until - 60, last + 600)) : data.until - 60;
+    const t0 = Math.max(data.since + 60, Math.min(isFinite(first) ? first : t1, t1 - 600));
     if (!data.vitals.length) {
       plotsEl.innerHTML = `<p class="quiet">No readings of ${VM.esc(me)} in the last ${hoursEl.value} h.</p>`;
     }
