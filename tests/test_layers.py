@@ -19,6 +19,7 @@ STAGES = ("sources", "engine", "sinks")
 NEUTRAL = ("monitor.model", "monitor.pipeline", "monitor.config")
 #: Utility modules that belong to no stage (and import none).
 UTILITIES = (
+    "monitor.hl7v2",  # MLLP framing, HL7 escaping, MDC codes: HL7 in (sources) and out (sinks)
     "monitor.metrics",  # Sample, for a source's own /metrics samples
     "monitor.mqtt",  # the broker client
     "monitor.privacy",

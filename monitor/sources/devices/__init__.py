@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Literal, Protocol
 
+from monitor.hl7v2 import frame as frame  # (its old place: the MLLP framer below)
 from monitor.model import DeviceAlarmReport, DeviceStatus, Reading, Rejection
 
 Clock = Literal["receive", "device"]
@@ -245,8 +246,3 @@ def truncated_frame(cut: bytes, topic: str, then: str = "") -> Rejection:
 def _first(buf: bytearray, start: int, seps: tuple[bytes, ...]) -> int:
     found = [i for i in (buf.find(s, start) for s in seps) if i >= 0]
     return min(found) if found else -1
-
-
-def frame(payload: bytes) -> bytes:
-    """An HL7 message in MLLP framing."""
-    return b"\x0b" + payload + b"\x1c\x0d"

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-from monitor.sources.devices.hl7.message import _escape
+from monitor.hl7v2 import escape as _escape
 
 AckCode = Literal["AA", "AE", "AR"]
 

@@ -10,6 +10,8 @@ from typing import Any, Final
 
 import hl7
 
+from monitor.hl7v2 import escape as _escape
+
 # python-hl7 logs the whole field it cannot unescape (an empty ``\\`` sequence): patient
 # identifiers, in a log that must carry none. Its logger says nothing else.
 hl7.util.logger.addFilter(lambda _record: False)
@@ -207,11 +209,3 @@ def _clean(text: str) -> str:
 
 def _clip(text: str, n: int = 40) -> str:
     return _UNSAFE.sub("_", text)[:n]
-
-
-def _escape(text: str) -> str:
-    """Text -> HL7 text in standard encoding (separators escaped, no segment breaks)."""
-    out = text.replace("\\", "\\E\\")
-    for ch, esc in (("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
-        out = out.replace(ch, esc)
-    return out.replace("\r", " ").replace("\n", " ")
