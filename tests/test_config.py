@@ -744,14 +744,15 @@ def model_keys(
     """Every leaf key of the configuration model -> (path, list-item type or None)."""
     out: list[tuple[KeyPath, str | None]] = []
     for name, field in model.model_fields.items():
-        path = (*prefix, name)
+        path = (*prefix, field.alias or name)  # (the key as written: smtp's `from`)
         nested: list[tuple[KeyPath, str | None]] = []
         for t in _types(field.annotation):
             if isinstance(t, type) and issubclass(t, BaseModel):
                 nested += model_keys(t, path, variant)
             elif get_origin(t) is list and (items := _models(get_args(t)[0])):
                 for item in items:
-                    tag = get_args(item.model_fields["type"].annotation)[0]
+                    typed = "type" in item.model_fields  # (alerts.routes[] has no type)
+                    tag = get_args(item.model_fields["type"].annotation)[0] if typed else None
                     nested += model_keys(item, (*path, "[]"), tag if len(items) > 1 else None)
             elif get_origin(t) is dict and (values := _models(get_args(t)[1])):
                 for value in values:

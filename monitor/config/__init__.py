@@ -9,6 +9,8 @@ One module per area, all re-exported here (``from monitor.config import RulesCon
 * :mod:`~monitor.config.rules`, :mod:`~monitor.config.trends`: ``rules``;
 * :mod:`~monitor.config.profiles`: ``profiles`` and ``beds``;
 * :mod:`~monitor.config.service`: ``alerts``, ``engine``, ``log``, ``metrics``, ``privacy``;
+* :mod:`~monitor.config.routes`: ``alerts.routes[]`` (alert delivery), one receiver schema
+  per ``type``;
 * :mod:`~monitor.config.loader`: the whole ``Config``, its checks across sections, and
   loading (``load``, ``parse``), with every error reported at once by its key path.
 """
@@ -24,6 +26,15 @@ from monitor.config.profiles import (
     BedKey,
     Profile,
     ProfileConfig,
+)
+from monitor.config.routes import (
+    Hl7MllpReceiverConfig,
+    MqttReceiverConfig,
+    ReceiverConfig,
+    RouteConfig,
+    RouteMatch,
+    SmtpReceiverConfig,
+    WebhookReceiverConfig,
 )
 from monitor.config.rules import (
     DEFAULT_PLAUSIBLE,
@@ -84,6 +95,7 @@ __all__ = [
     "ConfigError",
     "EngineConfig",
     "FlappingConfig",
+    "Hl7MllpReceiverConfig",
     "Hl7MllpSourceConfig",
     "InfluxStoreConfig",
     "JetStreamSourceConfig",
@@ -94,6 +106,7 @@ __all__ = [
     "Mode",
     "ModesConfig",
     "MqttConfig",
+    "MqttReceiverConfig",
     "MqttSourceConfig",
     "News2Config",
     "PlausibilityConfig",
@@ -101,10 +114,14 @@ __all__ = [
     "Profile",
     "ProfileConfig",
     "Range",
+    "ReceiverConfig",
+    "RouteConfig",
+    "RouteMatch",
     "RulesConfig",
     "SerialSourceConfig",
     "SlopeConfig",
     "SlopeLimit",
+    "SmtpReceiverConfig",
     "SourceConfig",
     "SqliteStoreConfig",
     "StoreConfig",
@@ -112,6 +129,7 @@ __all__ = [
     "ThresholdConfig",
     "TrendConfig",
     "VitalKey",
+    "WebhookReceiverConfig",
     "load",
     "parse",
     "parse_topic_template",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, get_args
 
 from monitor.config.base import type_tag
+from monitor.config.routes import ReceiverConfig
 from monitor.config.sinks import StoreConfig
 from monitor.config.sources import SourceConfig
 
@@ -18,6 +19,8 @@ def schemas(union: Any) -> dict[str, Any]:
 
 #: Discriminator tags pydantic inserts into an error's location after a list index.
 _TAGS = frozenset(schemas(SourceConfig)) | frozenset(schemas(StoreConfig))
+#: ... and after a key holding one of several schemas (``alerts.routes[0].receiver``).
+_KEY_TAGS = {"receiver": frozenset(schemas(ReceiverConfig))}
 
 
 def join(path: str, key: str) -> str:
@@ -30,6 +33,8 @@ def key_path(loc: KeyPath) -> KeyPath:
     for part in loc:
         if isinstance(part, str) and part in _TAGS and out and isinstance(out[-1], int):
             continue  # discriminator tag inserted by pydantic, not a user key
+        if out and isinstance(out[-1], str) and part in _KEY_TAGS.get(out[-1], ()):
+            continue
         if part == "[key]":
             continue  # the key itself is wrong: its path is the error's
         out.append(part)

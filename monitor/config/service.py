@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from monitor.config.base import ReadableFile, _Model, host_port, parse_topic_template
+from monitor.config.routes import RouteConfig, check_route_names
 from monitor.model import Priority
 
 
@@ -27,6 +28,14 @@ class AlertsConfig(_Model):
     pause_max_s: float = Field(120.0, ge=0)
     #: Priorities published even while their bed is paused.
     pause_breakthrough: list[Priority] = Field(default_factory=lambda: [Priority.HIGH])
+    #: Alert delivery to the systems that reach people (pagers, an alarm manager over HL7,
+    #: webhooks, e-mail), each route with its own durable outbox: docs/delivery.md.
+    routes: list[RouteConfig] = Field(default_factory=list)
+
+    @field_validator("routes")
+    @classmethod
+    def _route_names(cls, v: list[RouteConfig]) -> list[RouteConfig]:
+        return check_route_names(v)
 
     @field_validator("topic", "state_topic", "escalate_topic")
     @classmethod
