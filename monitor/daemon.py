@@ -1,10 +1,11 @@
 """The daemon: startup, main loop, shutdown. One TaskGroup owns every task.
 
-Startup runs sinks first, then the engine, then the MQTT connection and the sources,
-so nothing is taken in before there is somewhere to put it. Shutdown runs the other
-way: sources stop taking input, the engine drains its queue, sinks write what they
-accepted, pending alerts are confirmed by the broker, then the client says ``offline``
-and disconnects. Signal handlers only set an event; a second SIGINT/SIGTERM forces
+Startup runs sinks first, then the engine, then the MQTT connection (and the alert
+routes, :mod:`monitor.sinks.delivery`) and the sources, so nothing is taken in before
+there is somewhere to put it. Shutdown runs the other way: sources stop taking input,
+the engine drains its queue, sinks write what they accepted, the routes deliver what the
+journal committed (within the budget; the rest waits in the journal), pending alerts are
+confirmed by the broker, then the client says ``offline`` and disconnects. Signal handlers only set an event; a second SIGINT/SIGTERM forces
 the exit.
 
 A task that fails (a bug, or a source whose device is gone for good) does not tear the
@@ -46,6 +47,7 @@ from monitor.privacy import Pseudonymizer
 from monitor.reload import reload
 from monitor.sinks import Sink, build_remote_sink
 from monitor.sinks.alerts import AlertPublisher
+from monitor.sinks.delivery import Delivery
 from monitor.sinks.sqlite import SqliteSink
 from monitor.sources import (
     Batch,
@@ -94,6 +96,15 @@ class Daemon:
         self.alert_sink = AlertPublisher(cfg.alerts, self.client, score_topic=cfg.rules.news2.topic)
         self.sinks: list[Sink] = [self.journal, self.alert_sink]
         self.forwarders = [build_remote_sink(r, self.journal) for r in cfg.remote_sinks]
+        #: alerts.routes: outboxes in the journal, a deliverer per route; pauses held as
+        #: the publisher holds them
+        self.delivery = Delivery(
+            cfg.alerts.routes,
+            self.journal,
+            self.client,
+            pauses=self.alert_sink,
+            breakthrough=lambda: self.alert_sink.cfg.pause_breakthrough,
+        )
         self.lifecycle = Lifecycle(cfg.alerts)
         self.engine = Engine(
             cfg.rules,
@@ -155,6 +166,7 @@ class Daemon:
         self.client.on_condition = self._condition  # mqtt.session_lost
         for fwd in self.forwarders:
             fwd.on_condition = self._condition
+        self.delivery.on_condition = self._condition
         #: systemd: READY=1 / WATCHDOG=1 / RELOADING=1 / STOPPING=1 (a no-op elsewhere).
         self.notifier = Notifier()
         self.watchdog_s = self.notifier.watchdog_interval()
@@ -252,6 +264,7 @@ class Daemon:
             await sink.open()
         for fwd in self.forwarders:
             await fwd.open()
+        await self.delivery.open()
         # admitted beds (and their profiles), then alerts open at the last stop: they go
         # on (and resolve) in this run
         admissions = await self.journal.admissions()
@@ -263,7 +276,12 @@ class Daemon:
         still_open = await self.journal.active_alerts()
         closed = self.engine.restore(still_open)  # (and its lifecycle takes the others)
         self.alert_sink.seed(self.lifecycle.active())
-        tasks: dict[str, list[asyncio.Task[None]]] = {"sinks": [], "sources": [], "forwarders": []}
+        tasks: dict[str, list[asyncio.Task[None]]] = {
+            "sinks": [],
+            "sources": [],
+            "forwarders": [],
+            "delivery": [],
+        }
 
         def start(group: str, coro: Coroutine[Any, Any, None], name: str) -> None:
             tasks.setdefault(group, []).append(
@@ -279,6 +297,8 @@ class Daemon:
         if self.metrics_server is not None and self.cfg.metrics.listen:
             start("metrics", self.metrics_server.serve(self.cfg.metrics.listen), "vitalmon.metrics")
         self.client.start()
+        for name, coro in self.delivery.tasks():  # (after the client: routes of type mqtt)
+            start("delivery", coro, name)
         # the alerts closed by the restart go out through the running sinks (their queues
         # are bounded: a put before their consumer runs would wait for ever): the journal
         # now, in one item; the publisher in the background, so that start-up (and a
@@ -339,6 +359,7 @@ class Daemon:
             self.alert_sink.tick(time.time())  # pauses that have ended
             for fwd in self.forwarders:  # sink.down on time, not on the next retry
                 fwd.check()
+            self.delivery.check()
             self.journal.check()  # store.stalled: a commit that does not return
             due: list[AlertEvent] = []
             if self.client.connected.is_set():
@@ -387,7 +408,9 @@ class Daemon:
             await join(tasks["sinks"], deadline, self._forced, "sinks")
             for fwd in self.forwarders:
                 fwd.close()
+            self.delivery.close()  # (what the journal committed goes out, within the budget)
             await join(tasks["forwarders"], deadline - 0.5, self._forced, "forwarders")
+            await join(tasks["delivery"], deadline - 0.5, self._forced, "alert routes")
             if self.metrics_server is not None:
                 self.metrics_server.close()
             await join(tasks.get("metrics", []), deadline, self._forced, "metrics")

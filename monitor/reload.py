@@ -2,7 +2,7 @@
 invalid one is refused with every error logged, the running one kept. A valid one
 applies its rules, profiles, beds and alert settings at once, keeping windows, active
 alerts, acknowledgements, admissions and pauses; sections that need a restart (mqtt,
-sources, store, engine) are reported and left as they were."""
+sources, store, engine, alerts.routes) are reported and left as they were."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ async def reload(d: Daemon) -> bool:
     if stuck:
         log.warning("reload: %s changed; that takes a restart (kept as running)", ", ".join(stuck))
     applied = new.model_copy(update={s: getattr(old, s) for s in RESTART_SECTIONS})
+    if applied.alerts.routes != old.alerts.routes:  # (receivers, outboxes: built at start)
+        log.warning("reload: alerts.routes changed; that takes a restart (kept as running)")
+        kept = applied.alerts.model_copy(update={"routes": old.alerts.routes})
+        applied = applied.model_copy(update={"alerts": kept})
     profiles, _errors = applied.resolve_profiles()
     events = d.engine.reconfigure(
         applied.rules, profiles, applied.bed_profiles(), alerts=applied.alerts

@@ -132,6 +132,20 @@ class Status:
             )
             dropped = j[f"dropped[{fwd.name}]"]
             yield Figure(f"dropped[{fwd.name}]", "vitalmon_readings_dropped_total", dropped, sink)
+        for name, dlv in d.delivery.deliverers.items():  # alerts.routes
+            route, c = {"route": name}, dlv.counts
+            yield Figure(None, "vitalmon_route_routed_total", c["routed"], route)
+            yield Figure(
+                f"delivered[{name}]", "vitalmon_route_delivered_total", c["delivered"], route
+            )
+            yield Figure(
+                f"route_failures[{name}]", "vitalmon_route_failures_total", c["failed"], route
+            )
+            yield Figure(None, "vitalmon_route_held_total", c["held"], route)
+            gone = c["superseded"] + c["skipped"]
+            yield Figure(None, "vitalmon_route_superseded_total", gone, route)
+            yield Figure(f"route_backlog[{name}]", "vitalmon_route_backlog", dlv.backlog, route)
+            yield Figure(None, "vitalmon_route_oldest_seconds", dlv.oldest_s, route, 1)
         yield from self._metrics_only()
 
     def _metrics_only(self) -> Iterator[Figure]:

@@ -483,6 +483,7 @@ def test_every_documented_metric_renders_under_its_name() -> None:
         "stream": "VITALMON_READINGS",
         "partition": "3",
         "outcome": "stored",
+        "route": "pager-3west",
     }
     produced = [
         sample(name, 1, **{k: labels[k] for k in spec.labels})

@@ -113,6 +113,20 @@ the same table. Labels are in braces.
     Alert events through the de-duplicating stream: stored, duplicate, relayed.
 ``vitalmon_jetstream_state_write_failures_total{stream}`` counter
     Writes of the cluster state (lifecycle, admissions, pauses) that failed (kept).
+``vitalmon_route_routed_total{route}`` counter
+    Alert events routed to an alert route (rows made in its outbox).
+``vitalmon_route_delivered_total{route}`` counter
+    Alert events an alert route's receiver accepted.
+``vitalmon_route_failures_total{route}`` counter
+    Delivery attempts of an alert route that failed (each retried with backoff).
+``vitalmon_route_held_total{route}`` counter
+    Alert events an alert route held while their bed was paused.
+``vitalmon_route_superseded_total{route}`` counter
+    Held alert events not delivered at the pause's end (superseded or skipped).
+``vitalmon_route_backlog{route}`` gauge
+    Alert events routed to an alert route and not delivered yet (pending or held).
+``vitalmon_route_oldest_seconds{route}`` gauge
+    Seconds the oldest alert event not yet delivered by an alert route has waited.
 ``vitalmon_serial_port_open{port}`` gauge
     1 while the serial device port is open, else 0.
 ``vitalmon_hl7_unmapped_observations_total{code}`` counter
@@ -128,7 +142,8 @@ The last three are produced here, not by ``collect()``; so are ``process_*`` and
 ``python_*``, and ``collect()`` may not use these names. The rules above are all that the
 scrape checks; ``sample()`` is what ties a sample to the table. Label values: ``cause`` is
 the dead-letter cause, ``queue`` is ``engine`` or a sink's name, ``sink`` a remote sink's
-name, ``port`` the device path; ``kind``/``priority``/``state`` are the alert event's;
+name, ``route`` an alert route's name (``alerts.routes[].name``), ``port`` the device
+path; ``kind``/``priority``/``state`` are the alert event's;
 ``reason`` is ``late``, ``repeated``, ``implausible``, ``disputed``, ``history`` (README,
 "Event time", "Plausibility"), ``capacity`` or ``rate_limited`` (beyond ``engine.max_*``
 or ``engine.new_*``, README "Capacity"); ``code`` is an HL7 OBX-3 as ``label (code)``,

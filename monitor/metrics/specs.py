@@ -142,6 +142,35 @@ SPECS: Mapping[str, Spec] = {
         "Writes of the cluster state (lifecycle, admissions, pauses) that failed (kept).",
         ("stream",),
     ),
+    "vitalmon_route_routed_total": Spec(
+        "counter", "Alert events routed to an alert route (rows made in its outbox).", ("route",)
+    ),
+    "vitalmon_route_delivered_total": Spec(
+        "counter", "Alert events an alert route's receiver accepted.", ("route",)
+    ),
+    "vitalmon_route_failures_total": Spec(
+        "counter",
+        "Delivery attempts of an alert route that failed (each retried with backoff).",
+        ("route",),
+    ),
+    "vitalmon_route_held_total": Spec(
+        "counter", "Alert events an alert route held while their bed was paused.", ("route",)
+    ),
+    "vitalmon_route_superseded_total": Spec(
+        "counter",
+        "Held alert events not delivered at the pause's end (superseded or skipped).",
+        ("route",),
+    ),
+    "vitalmon_route_backlog": Spec(
+        "gauge",
+        "Alert events routed to an alert route and not delivered yet (pending or held).",
+        ("route",),
+    ),
+    "vitalmon_route_oldest_seconds": Spec(
+        "gauge",
+        "Seconds the oldest alert event not yet delivered by an alert route has waited.",
+        ("route",),
+    ),
     "vitalmon_serial_port_open": Spec(
         "gauge", "1 while the serial device port is open, else 0.", ("port",)
     ),

@@ -5,6 +5,8 @@ A **paused** bed (``vitalmon/cmd/pause``) keeps being evaluated, stored and show
 state topic, but its alert events are held (except ``alerts.pause_breakthrough``
 priorities, ``high`` by default) and released when the pause ends: the latest event of
 each alert still open, and the recovery of any alert whose raise had been published.
+The alert routes hold their events the same way, reading the pauses through
+:meth:`AlertPublisher.paused_until`.
 
 QoS 1, not retained. Each publish is confirmed by the broker (PUBACK) in the
 background; ``close()`` lets ``run()`` return once every accepted event is confirmed
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -220,6 +223,15 @@ class AlertPublisher:
         """Hold the bed's alert publication for ``seconds`` (wall clock); -> until."""
         until = max(self._paused.get((ward, bed), 0.0), now + seconds)
         self._paused[(ward, bed)] = until
+        return until
+
+    def paused_until(self, ward: str, bed: str, now: float | None = None) -> float | None:
+        """When the bed's pause ends (wall clock), or None: not paused (now). Read-only,
+        for the alert routes (:mod:`monitor.sinks.delivery`), which hold events as the
+        publication does."""
+        until = self._paused.get((ward, bed))
+        if until is None or until <= (time.time() if now is None else now):
+            return None
         return until
 
     def tick(self, now: float) -> None:

@@ -105,6 +105,8 @@ class SqliteSink(_Committing):
         self.counts: Counter[str] = Counter()
         #: Set after every commit: forwarders wait on it for new journal entries.
         self.committed = asyncio.Event()
+        #: Events of readers of their own (:meth:`commit_event`), set with ``committed``.
+        self.commit_events: list[asyncio.Event] = []
         self.head = 0  #: highest readings.seq committed
         self.used_bytes = 0  #: database size in use, as of the last maintenance
         #: Called with (condition, component, active, detail) when a store condition
@@ -145,6 +147,13 @@ class SqliteSink(_Committing):
         self.head = await self.call(lambda c: journal_head(c)[0])
         self.used_bytes = await self.call(retention.used_bytes)
         log.info("store open: %s (journal at %d)", path, self.head)
+
+    def commit_event(self) -> asyncio.Event:
+        """An event of the caller's own, set after every commit: a reader clears it
+        before it reads, and no other reader's clear can hide a commit from it."""
+        event = asyncio.Event()
+        self.commit_events.append(event)
+        return event
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Like :meth:`call` for a query; while the store cannot be opened for writing

@@ -56,6 +56,7 @@ class _SinkBase:
     queue: asyncio.Queue[_Item | None]
     counts: Counter[str]
     committed: asyncio.Event
+    commit_events: list[asyncio.Event]
     head: int
     used_bytes: int
     on_condition: Callable[[str, str, bool, str], None] | None

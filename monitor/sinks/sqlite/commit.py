@@ -76,6 +76,8 @@ class _Committing(_Health):
             self._recovered()
             self.counts["commits"] += 1  # progress, for the watchdog
             self.committed.set()
+            for event in self.commit_events:
+                event.set()
             for it in committed:  # only now is it durable: release it at its origin
                 if it.done is not None:
                     it.done()

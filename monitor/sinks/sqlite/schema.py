@@ -82,6 +82,17 @@ CREATE TABLE IF NOT EXISTS audit (          -- who did what to which alert, and 
     identity TEXT       -- broker-verified user (vitalmon/cmd/<action>/<user>); null: only claimed
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE TABLE IF NOT EXISTS outbox (         -- alert events routed to receivers (alerts.routes)
+    route     TEXT NOT NULL,                -- the route's name
+    ev        INTEGER NOT NULL,             -- alert_events.ev
+    alert     TEXT NOT NULL,                -- alert_events.id (an alert's rows together)
+    status    TEXT NOT NULL,                -- pending | held | delivered | superseded | skipped
+    routed_at REAL NOT NULL,                -- wall clock of the routing
+    done_at   REAL,                         -- wall clock of the delivery (or of giving it up)
+    PRIMARY KEY (route, ev)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_status ON outbox (route, status, ev);
+CREATE INDEX IF NOT EXISTS outbox_alert ON outbox (route, alert);
 CREATE TABLE IF NOT EXISTS beds (           -- admitted patients (vitalmon/cmd/admit)
     ward     TEXT NOT NULL,
     bed      TEXT NOT NULL,
@@ -190,7 +201,7 @@ def _prepare(conn: sqlite3.Connection, synchronous: str) -> None:
     elif version == 2:
         log.info("migrating store schema 2 -> 3 (readings.flag)")
         conn.execute("ALTER TABLE readings ADD COLUMN flag TEXT")
-    conn.executescript(SCHEMA)
+    conn.executescript(SCHEMA)  # (and the tables added since, to an older store: outbox)
     if "identity" not in {row[1] for row in conn.execute("PRAGMA table_info(audit)")}:
         conn.execute("ALTER TABLE audit ADD COLUMN identity TEXT")  # (a store before it)
     if version != SCHEMA_VERSION:  # (a store up to date is not written to at all)

@@ -1,0 +1,337 @@
+"""A route's deliverer: its outbox rows, one at a time in ``ev`` order, to its receiver.
+
+Contract of :class:`Deliverer`:
+
+* ``open()`` counts the route's open rows (its backlog) in the journal.
+* ``run()`` takes the route's ``pending`` rows in ``ev`` order and hands each event to
+  the :class:`~monitor.sinks.delivery.Receiver` with its idempotency key
+  ``<alert id>:<seq>``. Only once the receiver has accepted it is the row marked
+  ``delivered`` (durably); a failure (or a send that outlasts the receiver's
+  ``timeout_s``) is retried after a jittered exponential backoff (``retry_min_s`` ..
+  ``retry_max_s``), the same row again: an alert's events reach its receiver in order,
+  and one route's trouble holds up no other route (each has its own task) and never the
+  engine (a deliverer only reads the journal, and marks rows between its commits).
+* **Pauses.** A row whose bed is paused (``vitalmon/cmd/pause``; the alert publisher's
+  live pauses, :class:`~monitor.sinks.delivery.Pauses`) and whose priority is not in
+  ``alerts.pause_breakthrough`` is ``held``, as the MQTT publication is; when the pause
+  ends, the latest held row of each alert goes and the older ones are superseded, and
+  the recovery of an alert the route never delivered is skipped
+  (:func:`~monitor.sinks.delivery.outbox.release`). Held rows are in the journal: a
+  restart loses none (pauses do not survive a restart, so they then go at once).
+* ``check()`` (the daemon's heartbeat): failing, or a send hanging, for ``down_alarm_s``
+  raises the technical alarm ``sink.down`` for component ``route:<name>``, resolved by
+  the next delivery.
+* ``close()``: ``run()`` delivers what the router routed before its ``done`` (bounded by
+  the daemon's shutdown budget) and returns; at once if the receiver is failing: the
+  rows wait in the journal for the next run.
+
+At least once: a crash between the receiver's acceptance and the row's commit sends the
+event again at the next start, with the same key (a receiver can drop the duplicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from functools import partial
+from typing import TYPE_CHECKING
+
+from monitor.config import RouteConfig
+from monitor.model import AlertEvent
+from monitor.sinks.delivery import outbox
+from monitor.sinks.sqlite import SqliteSink, storage_error
+
+if TYPE_CHECKING:
+    from monitor.sinks.delivery import Pauses, Receiver
+
+log = logging.getLogger("vitalmon.sink.delivery")
+
+#: Rows read from the outbox at a time.
+BATCH = 100
+#: A send is given up after the receiver's own timeout plus this (a thread that does
+#: not honour its timeout).
+GRACE_S = 5.0
+
+
+def key(e: AlertEvent) -> str:
+    """The event's idempotency key: the same on every attempt and after a restart."""
+    return f"{e.id}:{e.seq}"
+
+
+class Deliverer:
+    def __init__(
+        self,
+        route: RouteConfig,
+        journal: SqliteSink,
+        receiver: Receiver,
+        *,
+        router_done: asyncio.Event,
+        pauses: Pauses | None = None,
+        breakthrough: Callable[[], Collection[str]] = lambda: (),
+    ) -> None:
+        self.route = route
+        self.name = route.name
+        self.component = f"route:{route.name}"
+        self.journal = journal
+        self.receiver = receiver
+        self.pauses = pauses
+        self.breakthrough = breakthrough
+        self.router_done = router_done
+        #: delivered, failed (attempts), held, superseded, skipped, routed
+        self.counts: Counter[str] = Counter()
+        #: Rows routed to this route and not done (pending or held).
+        self.backlog = 0
+        #: Wall clock the oldest open row was routed at (None: none open).
+        self.oldest: float | None = None
+        self.wake = asyncio.Event()
+        self.failing_since: float | None = None
+        self._sending_since: float | None = None
+        self._last_error = ""
+        self._alarmed = False
+        self._attempt = 0
+        #: (condition, component, active, detail) -> technical alarm; set by the daemon.
+        self.on_condition: Callable[[str, str, bool, str], None] | None = None
+        self._closing = asyncio.Event()
+        #: Rows the receiver accepted whose mark the journal refused: not sent again.
+        self._unmarked: set[int] = set()
+        self._next_release: float | None = None
+        #: There may be held rows (in the journal since the last run, or held since).
+        self._maybe_held = True
+
+    @property
+    def oldest_s(self) -> float:
+        """Seconds the oldest open row has waited (0: none)."""
+        return 0.0 if self.oldest is None else max(0.0, time.time() - self.oldest)
+
+    async def open(self) -> None:
+        try:
+            self.backlog, self.oldest = await self.journal.call(
+                partial(outbox.open_rows, name=self.name)
+            )
+        except Exception as exc:
+            if not storage_error(exc):
+                raise
+        if self.backlog:
+            log.info("route %s: %d alert event(s) to deliver", self.name, self.backlog)
+
+    def routed(self, n: int) -> None:
+        """The router made ``n`` rows for this route."""
+        self.backlog += n
+        self.counts["routed"] += n
+        if self.oldest is None:
+            self.oldest = time.time()
+        self.wake.set()
+
+    def close(self) -> None:
+        self._closing.set()
+        self.wake.set()
+
+    def check(self, now: float | None = None) -> None:
+        """Raise ``sink.down`` once the receiver has failed, or a send has hung, for
+        ``down_alarm_s`` (called on the daemon's heartbeat, whatever the backoff)."""
+        t = time.monotonic() if now is None else now
+        since = self.failing_since if self.failing_since is not None else self._sending_since
+        if self._alarmed or since is None or t - since < self.route.down_alarm_s:
+            return
+        self._alarmed = True
+        if self.on_condition is not None:
+            why = self._last_error or f"a delivery has not returned for {t - since:.0f} s"
+            self.on_condition(
+                "sink.down",
+                self.component,
+                True,
+                f"route {self.name} failing for {t - since:.0f} s: {why}; "
+                f"{self.backlog} alert event(s) waiting in its outbox",
+            )
+
+    # ------------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self.wake.clear()  # anything routed from here on wakes the wait below
+                try:
+                    await self._release()
+                    rows = await self.journal.call(
+                        partial(outbox.pending, name=self.name, limit=BATCH)
+                    )
+                    self.backlog, self.oldest = await self.journal.call(
+                        partial(outbox.open_rows, name=self.name)
+                    )
+                except Exception as exc:
+                    if not storage_error(exc) or self._closing.is_set():
+                        raise
+                    log.warning("route %s: cannot read the outbox (%s); retrying", self.name, exc)
+                    await self._sleep(self.route.retry_max_s / 10)
+                    continue
+                if not rows:
+                    if self._closing.is_set() and self.router_done.is_set():
+                        return
+                    await self._idle()
+                    continue
+                ok = await self._deliver(rows)
+                if not ok and self._closing.is_set():
+                    log.warning(
+                        "route %s: still failing at the stop; %d alert event(s) wait in "
+                        "the journal for the next run",
+                        self.name,
+                        self.backlog,
+                    )
+                    return
+        finally:
+            await self.receiver.close()
+
+    async def _deliver(self, rows: list[outbox.Row]) -> bool:
+        """Deliver ``rows`` in order (holding those of paused beds); -> False after a
+        failure (the backoff waited: the rows are read again)."""
+        for row in rows:
+            e = row.event
+            if row.ev in self._unmarked:
+                await self._mark(row.ev)
+                continue
+            until = self._held_until(e)
+            if until is not None:
+                await self.journal.call(partial(outbox.hold, name=self.name, ev=row.ev))
+                self.counts["held"] += 1
+                self._maybe_held = True
+                self._next_release = min(self._next_release or until, until)
+                log.info(
+                    "route %s: alert %s seq %d held while %s/%s is paused",
+                    self.name,
+                    e.id,
+                    e.seq,
+                    e.ward,
+                    e.bed,
+                )
+                continue
+            if not await self._send(e):
+                return False
+            self.counts["delivered"] += 1
+            await self._mark(row.ev)
+        return True
+
+    async def _send(self, e: AlertEvent) -> bool:
+        self._sending_since = time.monotonic()
+        try:
+            await asyncio.wait_for(self.receiver.send(e, key(e)), self.receiver.timeout_s + GRACE_S)
+        except Exception as exc:  # noqa: BLE001 - any failure of the receiver is retried
+            self._sending_since = None
+            self._failing(exc)
+            if self._closing.is_set():
+                return False
+            low, high = self.route.retry_min_s, self.route.retry_max_s
+            delay = random.uniform(low, min(high, low * 2**self._attempt))
+            log.warning(
+                "route %s: delivery of alert %s seq %d failed (%s); %d waiting, retrying in %.1f s",
+                self.name,
+                e.id,
+                e.seq,
+                self._last_error,
+                self.backlog,
+                delay,
+            )
+            await self._sleep(delay)
+            return False
+        self._sending_since = None
+        self._recovered()
+        log.debug("route %s: alert %s seq %d delivered", self.name, e.id, e.seq)
+        return True
+
+    async def _mark(self, ev: int) -> None:
+        """Record a delivery in the journal; while it refuses, remember it here."""
+        self._unmarked.add(ev)
+        try:
+            await self.journal.call(
+                partial(outbox.finish, name=self.name, evs=[ev], now=time.time())
+            )
+        except Exception as exc:
+            if not storage_error(exc):
+                raise
+            return  # (marked with the next read; a crash meanwhile sends it again)
+        self._unmarked.discard(ev)
+        self.backlog = max(0, self.backlog - 1)
+
+    # --------------------------------------------------------------------- pauses
+
+    def _held_until(self, e: AlertEvent) -> float | None:
+        """The end of the pause that holds ``e`` now (None: it goes)."""
+        if self.pauses is None or e.priority in self.breakthrough():
+            return None
+        return self.pauses.paused_until(e.ward, e.bed)
+
+    async def _release(self) -> None:
+        """Release the held alerts whose beds are no longer paused."""
+        if not self._maybe_held:
+            return
+        self._next_release = None
+        alerts = await self.journal.call(partial(outbox.held, name=self.name))
+        self._maybe_held = False
+        for alert, ward, bed in alerts:
+            until = None if self.pauses is None else self.pauses.paused_until(ward, bed)
+            if until is not None:
+                self._maybe_held = True
+                self._next_release = min(self._next_release or until, until)
+                continue
+            superseded, skipped = await self.journal.call(
+                partial(outbox.release, name=self.name, alert=alert, now=time.time())
+            )
+            self.counts["superseded"] += superseded
+            self.counts["skipped"] += skipped
+            self.counts["released"] += 1
+            self.backlog = max(0, self.backlog - superseded - skipped)
+            log.info(
+                "route %s: alert %s released at the end of %s/%s's pause (%d superseded, "
+                "%d skipped)",
+                self.name,
+                alert,
+                ward,
+                bed,
+                superseded,
+                skipped,
+            )
+
+    # ---------------------------------------------------------------------- waits
+
+    async def _idle(self) -> None:
+        """Wait for rows routed here, the next pause to end, or (at the stop) the router
+        to be done."""
+        timeout = None
+        if self._next_release is not None:
+            timeout = max(0.05, self._next_release - time.time() + 0.05)
+        waiters = [asyncio.create_task(self.wake.wait())]
+        if self._closing.is_set():
+            waiters.append(asyncio.create_task(self.router_done.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), delay)
+
+    def _failing(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._attempt += 1
+        if self.failing_since is None:
+            self.failing_since = now
+        text = str(exc) or type(exc).__name__
+        self._last_error = text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"
+        self.counts["failed"] += 1
+        self.check(now)
+
+    def _recovered(self) -> None:
+        self.failing_since = None
+        self._attempt = 0
+        if self._alarmed:
+            self._alarmed = False
+            if self.on_condition is not None:
+                self.on_condition(
+                    "sink.down", self.component, False, f"route {self.name} delivers again"
+                )

@@ -1,0 +1,102 @@
+"""Receiver ``webhook``: an HTTP(S) POST of the alert JSON (the MQTT event's payload,
+byte for byte the same fields), signed.
+
+Headers: ``Content-Type: application/json``, ``X-Vitalmon-Event: <alert id>:<seq>`` (the
+idempotency key), ``X-Vitalmon-Timestamp`` (epoch seconds of the attempt),
+``X-Vitalmon-Route`` (the route's name) and ``X-Vitalmon-Signature: sha256=<hex>``, the
+HMAC-SHA256 of the exact body with the key in ``secret_file`` (docs/delivery.md shows
+a receiver's check). A 2xx answer is acceptance; any other status, a connection refused
+or reset, or no answer within ``timeout_s`` (each socket operation) raise, and the
+deliverer retries. https verifies the server (``ca_file``, else the system's CAs). One
+connection per event, in a thread of the receiver's own; no proxy is used. Logs show the
+url without its query string; the key is never shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import http.client
+import json
+import ssl
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+from monitor.config import WebhookReceiverConfig, read_secret
+from monitor.model import AlertEvent
+from monitor.sinks.delivery import ReceiverContext, register_receiver
+
+#: Of an answer's body, at most this much is read (and its first line shown).
+MAX_ANSWER = 64 * 1024
+
+
+class Refused(Exception):
+    """The server answered with another status than 2xx."""
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """``X-Vitalmon-Signature``: ``sha256=`` and the hex HMAC-SHA256 of ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def body_of(e: AlertEvent) -> bytes:
+    """The alert JSON as MQTT carries it."""
+    return json.dumps(e.to_json(), separators=(",", ":")).encode()
+
+
+class WebhookReceiver:
+    def __init__(self, cfg: WebhookReceiverConfig, route: str) -> None:
+        self.cfg = cfg
+        self.route = route
+        self.timeout_s = cfg.timeout_s
+        self._secret = read_secret(cfg.secret_file).encode()
+        parts = urllib.parse.urlsplit(cfg.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self._ssl = ssl.create_default_context(cafile=cfg.ca_file) if self._https else None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"vitalmon-route-{route}")
+
+    async def send(self, event: AlertEvent, key: str) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._post, body_of(event), key)
+
+    def _post(self, body: bytes, key: str) -> None:
+        conn: http.client.HTTPConnection
+        if self._ssl is not None:
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.cfg.timeout_s, context=self._ssl
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.cfg.timeout_s)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "vitalmon",
+            "X-Vitalmon-Event": key,
+            "X-Vitalmon-Timestamp": str(int(time.time())),
+            "X-Vitalmon-Route": self.route,
+            "X-Vitalmon-Signature": signature(self._secret, body),
+        }
+        try:
+            conn.request("POST", self._target, body, headers)
+            answer = conn.getresponse()
+            text = answer.read(MAX_ANSWER)
+        finally:
+            conn.close()
+        if not 200 <= answer.status < 300:
+            said = text.decode("utf-8", "replace").strip().splitlines()[:1]
+            raise Refused(
+                f"HTTP {answer.status} {answer.reason} from {self.cfg.shown_url}"
+                + (f": {said[0][:120]}" if said else "")
+            )
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+@register_receiver(WebhookReceiverConfig)
+def _build(cfg: WebhookReceiverConfig, ctx: ReceiverContext) -> WebhookReceiver:
+    return WebhookReceiver(cfg, ctx.route)
