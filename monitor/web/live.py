@@ -55,6 +55,8 @@ TOPICS = {
 AUDIT_KEPT = 200
 #: A page's queue: this many pushes waiting and it is dropped (it reconnects).
 PAGE_QUEUE = 32
+#: After the first change since the last push, wait this long for the rest of its burst.
+DEBOUNCE_S = 0.03
 
 
 class Refused(Exception):
@@ -97,12 +99,18 @@ class Live:
         self._store: sqlite3.Connection | None = None
         self.store_error: str | None = None
         self.pushes = 0
+        #: set when something changed: the next push comes DEBOUNCE_S later (so a burst
+        #: of messages goes out together), then at most every ``web.push_interval_s``
+        self._wake = asyncio.Event()
+        #: an alarm changed: pushed after DEBOUNCE_S, whatever the interval
+        self._urgent = False
 
     # ------------------------------------------------------------------ MQTT in
 
     def _deliver(self, msg: Message) -> None:
         now = time.time()
-        if self._pending and self._alert_topic.match(msg.topic):
+        alarm = bool(self._alert_topic.match(msg.topic) or self.ward._state.match(msg.topic))
+        if alarm and self._pending:
             self._answer_event(msg.payload)
         changed = self.ward.feed(msg.topic, msg.payload, now)
         if changed is None:
@@ -110,6 +118,8 @@ class Live:
         if any(p.match(msg.topic) for p, _ in self.ward._readings):
             self.seen[changed] = now
         self._dirty.add(changed)
+        self._urgent = self._urgent or alarm
+        self._wake.set()
 
     def _answer_event(self, payload: bytes) -> None:
         with contextlib.suppress(ValueError, RecursionError):
@@ -332,21 +342,39 @@ class Live:
     # ------------------------------------------------------------------- tasks
 
     async def run(self, stop: asyncio.Event, on_tick: Callable[[], None] | None = None) -> None:
-        """Connects, then polls the store and pushes to the pages until ``stop``."""
+        """Connects, then polls the store (every second) and pushes to the pages what
+        changed until ``stop``: a change of alarms DEBOUNCE_S after it came; readings
+        DEBOUNCE_S after the first of a burst, with pushes at least
+        ``web.push_interval_s`` apart (a ward's steady stream goes in one message per
+        interval; an alarm never waits for it)."""
         self.client.start()
         interval = self.cfg.web.push_interval_s
         next_poll = 0.0
+        last_push = 0.0
         try:
             while not stop.is_set():
-                now = time.time()
+                now = time.monotonic()
                 if now >= next_poll:
-                    self.poll_store(now)
+                    self.poll_store(time.time())
                     next_poll = now + min(1.0, interval * 2)
-                self.push(now)
+                if self._dirty or self._new_audit:
+                    due = last_push + interval - now
+                    await asyncio.sleep(DEBOUNCE_S if self._urgent else max(DEBOUNCE_S, due))
+                    self._wake.clear()
+                    self._urgent = False
+                    self.push(time.time())
+                    last_push = time.monotonic()
+                elif self.paused:
+                    self.push(time.time())  # (pauses that ended)
                 if on_tick is not None:
                     on_tick()
+                self._wake.clear()
+                if self._dirty or self._new_audit:
+                    continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
+                    await asyncio.wait_for(
+                        _first(stop, self._wake), max(0.05, next_poll - time.monotonic())
+                    )
         finally:
             for q in list(self._pages):
                 with contextlib.suppress(asyncio.QueueFull):
@@ -355,6 +383,16 @@ class Live:
             await self.client.stop(timeout=1.0)
             if self._store is not None:
                 self._store.close()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Until one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _json(doc: Any) -> str:

@@ -22,7 +22,7 @@ const VM = (() => {
   let offset = 0; // server clock - browser clock (s)
   let staleAfter = 30;
   let listeners = [];
-  const stats = { messages: 0, lags: [], renders: [], frames: [], started: performance.now() };
+  const stats = { messages: 0, lags: [], renders: [], frames: [], drawn: [], draws: [], alarms: [], started: performance.now() };
   window.vitalmonStats = stats;
 
   function may(action) { return (ALLOWED[action] || []).includes(role); }
