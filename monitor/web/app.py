@@ -204,7 +204,7 @@ class Station:
                     try:
                         msg = await asyncio.wait_for(queue.get(), 15.0)
                     except TimeoutError:
-                        if self.sessions.get(token, touch=False) is None:
+                        if self.sessions.get(token, touch=True) is None:
                             yield "event: logout\ndata: {}\n\n"
                             return
                         yield ": keep-alive\n\n"

@@ -341,7 +341,7 @@ class Live:
 
     # ------------------------------------------------------------------- tasks
 
-    async def run(self, stop: asyncio.Event, on_tick: Callable[[], None] | None = None) -> None:
+    async def run(self, stop: asyncio.Event, on_tick: Callable[[], object] | None = None) -> None:
         """Connects, then polls the store (every second) and pushes to the pages what
         changed until ``stop``: a change of alarms DEBOUNCE_S after it came; readings
         DEBOUNCE_S after the first of a burst, with pushes at least

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 
 from monitor.config import Config
+from monitor.notify import Notifier
 from monitor.web.app import Station, build_app
 from monitor.web.live import Live
 from monitor.web.users import Users, UsersFileError
@@ -61,8 +62,10 @@ async def serve(
     sock: socket.socket,
     stop: asyncio.Event,
     ready: Callable[[str], None] | None = None,
+    alive: Callable[[], object] | None = None,
 ) -> None:
-    """Serve until ``stop`` is set."""
+    """Serve until ``stop`` is set; ``alive`` is called about once a second while the
+    live ward runs (the systemd watchdog)."""
     live = Live(cfg, cfg.journal.path)
     station = Station(cfg, users, live, cfg.journal.path)
     tls = cfg.web.tls
@@ -93,7 +96,7 @@ async def serve(
         stop.set()
 
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(live.run(stop), name="vitalmon.web.live")
+        tg.create_task(live.run(stop, alive), name="vitalmon.web.live")
         tg.create_task(http(), name="vitalmon.web.http")
 
 
@@ -115,12 +118,20 @@ def run(cfg: Config) -> int:
         log.error("cannot listen on %s: %s", cfg.web.listen, exc.strerror or exc)
         return 1
 
+    notifier = Notifier()
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(cfg, users, sock, stop, lambda u: log.info("web station on %s", u))
+
+        def ready(at: str) -> None:
+            log.info("web station on %s", at)
+            notifier.ready(f"serving {at}")
+
+        await serve(cfg, users, sock, stop, ready, notifier.watchdog)
+        notifier.stopping()
 
     try:
         asyncio.run(main())
