@@ -144,8 +144,11 @@ const VM = (() => {
   }
   function news2(b) { return b.news2 && typeof b.news2.news2 === "number" ? b.news2.news2 : -1; }
   function natural(a, b) { return a.localeCompare(b, undefined, { numeric: true }); }
+  // a bed known only from an empty retained state (no reading since the station
+  // started, no alarm, no score, nobody admitted) is not shown
+  function shown(b) { return b.alerts.length || b.seen || b.news2 || b.patient; }
   function sorted() {
-    return [...beds.values()].sort((a, b) =>
+    return [...beds.values()].filter(shown).sort((a, b) =>
       severity(a) - severity(b) || news2(b) - news2(a) ||
       natural(a.ward, b.ward) || natural(a.bed, b.bed));
   }

@@ -87,6 +87,8 @@
       const frag = document.createDocumentFragment();
       for (const b of beds) frag.appendChild(tiles.get(VM.key(b)));
       tilesEl.appendChild(frag);
+      const keep = new Set(beds.map(VM.key));
+      for (const [k, el] of tiles) if (!keep.has(k)) { el.remove(); tiles.delete(k); }
     }
     // how old each redrawn bed's newest reading is as it is drawn (event time to screen;
     // benchmarks/web.py sets the readings' ts to their publication)
