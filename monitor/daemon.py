@@ -5,8 +5,8 @@ routes, :mod:`monitor.sinks.delivery`) and the sources, so nothing is taken in b
 there is somewhere to put it. Shutdown runs the other way: sources stop taking input,
 the engine drains its queue, sinks write what they accepted, the routes deliver what the
 journal committed (within the budget; the rest waits in the journal), pending alerts are
-confirmed by the broker, then the client says ``offline`` and disconnects. Signal handlers only set an event; a second SIGINT/SIGTERM forces
-the exit.
+confirmed by the broker, then the client says ``offline`` and disconnects. Signal
+handlers only set an event; a second SIGINT/SIGTERM forces the exit.
 
 A task that fails (a bug, or a source whose device is gone for good) does not tear the
 process down mid-flight: it is logged with its cause, the daemon goes through the same

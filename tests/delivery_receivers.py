@@ -87,6 +87,9 @@ def check_pcd04(text: str) -> dict[str, Any]:
     assert str(obr[4]) == "196616^MDC_EVT_ALARM^MDC", f"OBR-4 {obr[4]}"
     alert = str(obr[3][0][0])
     obx = msg.segments("OBX")
+    for n, s in enumerate(obx, 1):
+        assert str(s[1]) == str(n), f"OBX-1 {s[1]}"
+        assert str(s[11]) == "F", f"OBX-11 of {s[3]}: {s[11]!r}"
     kind = obx[0]
     mnemonic = str(kind[3][0][1])
     assert mnemonic.startswith("MDC_EVT_"), f"OBX-3 of the alert type: {kind[3]}"

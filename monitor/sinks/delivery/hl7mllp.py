@@ -60,6 +60,8 @@ class Hl7MllpReceiver:
             raise Refused(f"ACK {code or '(none)'} for {control}: {text or 'no reason given'}")
 
     async def _exchange(self, message: bytes, control: str) -> tuple[str, str]:
+        if self._conn is not None and self._conn[0].at_eof():
+            await self._drop()  # the peer closed it since (one connection per message)
         if self._conn is None:
             self._conn = await asyncio.open_connection(self.cfg.host, self.cfg.port)
             log.info("route %s: connected to %s:%d", self.route, self.cfg.host, self.cfg.port)

@@ -43,8 +43,9 @@ One message per alert event, one alert per message::
   resolved                     ``end``        ``inactive`` as acknowledged
   ===========================  =============  ===========  ====================
 
-Text is escaped (:func:`monitor.hl7v2.escape`): a ``|`` or ``^`` in a message or a name
-never breaks the structure.
+Text is escaped (:func:`monitor.hl7v2.escape`) and its control characters made spaces: a
+``|`` or ``^`` in a message or a name never breaks the structure, nor an MLLP byte the
+frame.
 """
 
 from __future__ import annotations
@@ -119,6 +120,15 @@ def states(e: AlertEvent) -> tuple[str, str, str]:
     return ("start" if e.seq == 1 else "update"), "active", inactivation
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(text: str) -> str:
+    """Text for a field: control characters (an MLLP start or end byte, a segment break)
+    made spaces, the separators escaped."""
+    return escape(_CONTROL.sub(" ", text))
+
+
 def _coded(code: tuple[int, str]) -> str:
     return f"{code[0]}^{code[1]}^MDC"
 
@@ -138,14 +148,14 @@ def encode(
     msh = [
         "MSH",
         "^~\\&",
-        escape(h.sending_application),
-        escape(h.sending_facility),
-        escape(h.receiving_application),
-        escape(h.receiving_facility),
+        _text(h.sending_application),
+        _text(h.sending_facility),
+        _text(h.receiving_application),
+        _text(h.receiving_facility),
         hl7_time(time.time() if now is None else now),
         "",
         MESSAGE_TYPE,
-        escape(control_id(key)),
+        _text(control_id(key)),
         h.processing_id,
         "2.6",
         "",
@@ -158,11 +168,11 @@ def encode(
         "",
         PROFILE,
     ]
-    alert = escape(e.id)
+    alert = _text(e.id)
     segments = [
         "|".join(msh),
-        f"PID|||{escape(e.patient or '')}",
-        f"PV1||I|{escape(e.ward)}^^{escape(e.bed)}",
+        f"PID|||{_text(e.patient or '')}",
+        f"PV1||I|{_text(e.ward)}^^{_text(e.bed)}",
         f"OBR|1|{alert}^vitalmon|{alert}^vitalmon|{_coded(ALARM)}|||{hl7_time(e.started_at)}",
     ]
     evt, abnormal = event_type(e)
@@ -170,12 +180,12 @@ def encode(
         f for f in (abnormal, PRIORITIES[e.priority], "ST" if e.kind == "technical" else "SP") if f
     )
     obx: list[tuple[str, str, str, str]] = [  # (type, code, value, rest from OBX-6 on)
-        ("ST", _coded(evt), escape(e.message), f"||{flags}|||F|||{at}||||{escape(e.device)}")
+        ("ST", _coded(evt), _text(e.message), f"||{flags}|||F|||{at}||||{_text(e.device)}")
     ]
     vital = MDC_VITALS.get(e.vital)
     if vital is not None:
         source = _coded(vital[:2])
-        obx.append(("CWE", _coded(ATTR_SOURCE), source, "||||||F"))
+        obx.append(("CWE", _coded(ATTR_SOURCE), source, "|||||F"))
         if math.isfinite(e.value):
             limit = ""
             if math.isfinite(e.limit) and abnormal:
@@ -183,12 +193,12 @@ def encode(
             unit = _coded(vital[2:])
             obx.append(("NM", source, _number(e.value), f"{unit}|{limit}||||F|||{at}"))
     else:
-        obx.append(("ST", _coded(ATTR_SOURCE), escape(e.vital or e.rule), "||||||F"))
+        obx.append(("ST", _coded(ATTR_SOURCE), _text(e.vital or e.rule), "|||||F"))
     phase, state, inactivation = states(e)
     obx += [
-        ("ST", _coded(ATTR_PHASE), phase, "||||||F"),
-        ("ST", _coded(ATTR_STATE), state, "||||||F"),
-        ("ST", _coded(ATTR_INACTIVATION), inactivation, "||||||F"),
+        ("ST", _coded(ATTR_PHASE), phase, "|||||F"),
+        ("ST", _coded(ATTR_STATE), state, "|||||F"),
+        ("ST", _coded(ATTR_INACTIVATION), inactivation, "|||||F"),
     ]
     for n, (vtype, code, value, rest) in enumerate(obx, 1):
         segments.append(f"OBX|{n}|{vtype}|{code}|1.0.0.0.{n}|{value}|{rest}")
