@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections import Counter
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from monitor.config.base import ReadableFile, _Model, parse_topic_template, readable
 from monitor.model import AlertState, Priority
@@ -209,21 +210,22 @@ class RouteConfig(_Model):
             )
         return v
 
-    @model_validator(mode="after")
-    def _backoff(self) -> RouteConfig:
-        if self.retry_max_s < self.retry_min_s:
-            raise ValueError("retry_max_s must be >= retry_min_s")
-        return self
+    @field_validator("retry_max_s")
+    @classmethod
+    def _backoff(cls, v: float, info: ValidationInfo) -> float:
+        # (a field check, not the model's: reported even while the receiver is invalid)
+        low = info.data.get("retry_min_s")
+        if low is not None and v < low:
+            raise ValueError(f"must be >= retry_min_s ({low:g})")
+        return v
 
 
 def check_route_names(routes: list[RouteConfig]) -> list[RouteConfig]:
-    """Route names are unique (each is a metrics label and owns outbox rows)."""
-    seen: dict[str, int] = {}
-    dup = []
-    for i, r in enumerate(routes):
-        if r.name in seen:
-            dup.append(f"routes[{seen[r.name]}] and routes[{i}] are both named {r.name!r}")
-        seen.setdefault(r.name, i)
+    """Route names are unique (each is a metrics label and owns outbox rows). Said by
+    name, not by index: the check runs on the valid routes (an invalid one is taken out
+    first, and the indexes after it move)."""
+    count = Counter(r.name for r in routes)
+    dup = [f"{name!r} is used {n} times" for name, n in count.items() if n > 1]
     if dup:
         raise ValueError("route names must be unique: " + "; ".join(dup))
     return routes

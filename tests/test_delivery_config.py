@@ -1,0 +1,254 @@
+"""``alerts.routes``: complete validation with key paths, and docs/delivery.md as written
+(its YAML validates, its webhook receiver accepts what vitalmon sends and refuses a
+forged signature)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import wait_for
+
+from monitor.broker import free_port
+from monitor.config import ConfigError, WebhookReceiverConfig, parse
+from monitor.model import Priority, new_alert
+from monitor.sinks.delivery.webhook import Refused, WebhookReceiver
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "delivery.md"
+
+
+def errors_of(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(data, env={})
+    return info.value.errors
+
+
+def routes(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"alerts": {"routes": list(items)}}
+
+
+def test_every_route_error_is_reported_with_its_key_path(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("k\n")
+    gone = "/nonexistent/vitalmon.key"
+    errs = errors_of(
+        routes(
+            {
+                "name": "pager",
+                "match": {"wards": [], "priorities": ["urgent"], "kinds": ["physio"]},
+                "receiver": {"type": "webhook", "url": "ftp://pager", "secret_file": gone},
+                "retry_min_s": 10,
+                "retry_max_s": 1,
+            },
+            {
+                "name": "bad name!",
+                "receiver": {"type": "smtp", "host": "mail", "from": "nobody", "to": []},
+                "colour": "red",
+            },
+            {
+                "name": "acm",
+                "receiver": {"type": "hl7-mllp", "host": "acm", "port": 70000},
+                "match": {"states": ["open"], "escalated": "sometimes"},
+            },
+            {"name": "pager", "receiver": {"type": "mqtt", "topic": "pager/{room}"}},
+            {"name": "fax", "receiver": {"type": "fax"}},
+            {
+                "name": "hook",
+                "receiver": {
+                    "type": "webhook",
+                    "url": "https://user:hunter2@hooks.example/x",
+                    "secret_file": str(secret),
+                },
+            },
+            {
+                "name": "mail",
+                "receiver": {
+                    "type": "smtp",
+                    "host": "mail",
+                    "starttls": False,
+                    "username": "u",
+                    "password_file": str(secret),
+                    "from": "a@b.example",
+                    "to": ["c@d.example"],
+                },
+            },
+            {
+                "name": "http-ca",
+                "receiver": {
+                    "type": "webhook",
+                    "url": "http://h/x",
+                    "secret_file": str(secret),
+                    "ca_file": str(secret),
+                },
+            },
+            {"name": "twice", "receiver": {"type": "mqtt", "topic": "a/{ward}"}},
+            {"name": "twice", "receiver": {"type": "mqtt", "topic": "b/{ward}"}},
+        )
+    )
+    assert errs == [
+        "alerts.routes[0].match.wards: List should have at least 1 item after validation, not 0",
+        "alerts.routes[0].match.priorities[0]: Input should be 'low', 'medium' or 'high'",
+        "alerts.routes[0].match.kinds[0]: Input should be 'physiological', 'trend', 'score', "
+        "'device' or 'technical'",
+        "alerts.routes[0].receiver.url: url must be http://host/... or https://host/...",
+        f"alerts.routes[0].receiver.secret_file: cannot read secret file {gone!r}",
+        "alerts.routes[0].retry_max_s: must be >= retry_min_s (10)",
+        "alerts.routes[1].name: a route name is letters, digits, '_', '.' and '-' (at most 64, "
+        "starting with a letter or digit), e.g. pager-3west; not 'bad name!'",
+        "alerts.routes[1].receiver.from: not an e-mail address: 'nobody'",
+        "alerts.routes[1].receiver.to: List should have at least 1 item after validation, not 0",
+        "alerts.routes[1].colour: Extra inputs are not permitted",
+        "alerts.routes[2].match.states[0]: Input should be 'active', 'acknowledged' or 'resolved'",
+        "alerts.routes[2].match.escalated: Input should be a valid boolean, unable to interpret "
+        "input",
+        "alerts.routes[2].receiver.port: Input should be less than or equal to 65535",
+        "alerts.routes[3].receiver.topic: unknown placeholders ['{room}']; allowed: "
+        "['{bed}', '{device}', '{priority}', '{vital}', '{ward}']",
+        "alerts.routes[4].receiver: Input tag 'fax' found using 'type' does not match any of "
+        "the expected tags: 'mqtt', 'hl7-mllp', 'webhook', 'smtp'",
+        "alerts.routes[5].receiver.url: credentials do not go in the url (it is logged): the "
+        "receiver checks the signature made with secret_file",
+        "alerts.routes[6].receiver: a login needs starttls: true (a password never goes in clear)",
+        "alerts.routes[7].receiver: ca_file is for an https url",
+        "alerts.routes: route names must be unique: 'twice' is used 2 times",
+    ]
+    assert not any("hunter2" in e for e in errs)
+
+
+def test_a_route_needs_a_name_and_a_receiver_and_defaults_the_rest() -> None:
+    assert errors_of(routes({"match": {"wards": ["icu"]}})) == [
+        "alerts.routes[0].name: Field required",
+        "alerts.routes[0].receiver: Field required",
+    ]
+    cfg = parse(routes({"name": "p", "receiver": {"type": "mqtt", "topic": "pager/{ward}"}}))
+    r = cfg.alerts.routes[0]
+    assert (r.retry_min_s, r.retry_max_s, r.down_alarm_s, r.receiver.timeout_s) == (
+        0.5,
+        30,
+        30,
+        5,
+    )
+    assert r.match.model_dump() == {
+        "wards": None,
+        "priorities": None,
+        "kinds": None,
+        "states": None,
+        "escalated": None,
+    }
+
+
+def test_check_config_lists_route_errors(tmp_path: Path) -> None:
+    f = tmp_path / "v.yaml"
+    f.write_text(
+        "alerts:\n  routes:\n"
+        "    - {name: a, receiver: {type: webhook, url: 'https://h/x', secret_file: /nope}}\n"
+        "    - {name: a, receiver: {type: hl7-mllp, host: acm}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "check-config", "-c", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "alerts.routes[0].receiver.secret_file: cannot read secret file '/nope'" in out.stderr
+    assert "alerts.routes[1].receiver.port: Field required" in out.stderr
+
+
+# ----------------------------------------------------------------- the docs
+
+
+def _blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+
+
+def test_the_documented_routes_validate(tmp_path: Path) -> None:
+    """docs/delivery.md's YAML, its secret files made in tmp_path."""
+    (example,) = [b for b in _blocks("yaml") if "routes:" in b]
+    files: dict[str, str] = {}
+    for path in set(re.findall(r"/etc/vitalmon/[\w.-]+", example)):
+        local = tmp_path / Path(path).name
+        local.write_text("x\n")
+        files[path] = str(local)
+    for path, local in files.items():
+        example = example.replace(path, local)
+    cfg = parse(yaml.safe_load(example), env={})
+    types = [r.receiver.type for r in cfg.alerts.routes]
+    assert types == ["mqtt", "hl7-mllp", "webhook", "smtp"]
+    assert cfg.alerts.routes[0].match.escalated is True
+
+
+def test_the_documented_webhook_receiver_checks_vitalmons_signature(tmp_path: Path) -> None:
+    """The receiver snippet of docs/delivery.md, as written (its key file and port
+    replaced), takes what vitalmon's webhook sender posts, once per key, and refuses a
+    body signed with another key."""
+    (snippet,) = [b for b in _blocks("python") if "X-Vitalmon-Signature" in b]
+    key, port = tmp_path / "hook.key", free_port()
+    key.write_text("s3cret-key\n")
+    code = snippet.replace("/etc/pager/vitalmon.key", str(key)).replace(
+        '("0.0.0.0", 8080)', f'("127.0.0.1", {port})'
+    )
+    script = tmp_path / "hook.py"
+    script.write_text(code)
+    log = tmp_path / "hook.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdout=out, stderr=subprocess.DEVNULL
+        )
+    try:
+        alert = new_alert(
+            ward="3west",
+            bed="6",
+            device="mon1",
+            patient=None,
+            vital="spo2",
+            rule="spo2.low",
+            kind="physiological",
+            priority=Priority.HIGH,
+            value=84,
+            limit=85,
+            message="SpO2 84 % < 85 % for 15 s",
+            started=time.time(),
+        )
+        url = f"http://127.0.0.1:{port}/"
+        good = WebhookReceiver(
+            WebhookReceiverConfig(type="webhook", url=url, secret_file=str(key)), "hook"
+        )
+        forged_key = tmp_path / "other.key"
+        forged_key.write_text("not-the-key\n")
+        forged = WebhookReceiver(
+            WebhookReceiverConfig(type="webhook", url=url, secret_file=str(forged_key)), "hook"
+        )
+
+        async def main() -> None:
+            deadline = time.monotonic() + 10
+            while True:  # (until the snippet listens)
+                try:
+                    await good.send(alert, f"{alert.id}:1")
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+            await good.send(alert, f"{alert.id}:1")  # a repeat: accepted, not acted on
+            with pytest.raises(Refused, match="HTTP 401"):
+                await forged.send(alert, f"{alert.id}:1")
+            await good.close()
+            await forged.close()
+
+        asyncio.run(main())
+        wait_for(lambda: "SpO2" in log.read_text(), 5, "the snippet's line")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert log.read_text().splitlines() == ["high 3west/6 SpO2 84 % < 85 % for 15 s (active)"]
+    assert os.path.exists(script)
