@@ -482,7 +482,7 @@ def test_pauses_hold_and_release_the_latest(tmp_path: Path) -> None:
             routes = [route("hook", webhook(hook.url, tmp_path))]
             kw = {"pauses": publisher, "breakthrough": lambda: publisher.cfg.pause_breakthrough}
             async with delivering(routes, journal, **kw) as d:
-                until_ = publisher.pause("3west", "6", 1.0, time.time())
+                until_ = publisher.pause("3west", "6", 2.0, time.time())
                 await commit(journal, [held[0], brief[0], urgent[0], other[0]])
                 await commit(journal, [held[1], brief[1]])
                 await until(lambda: len(hook.accepted) == 2, 5, "the breakthrough and bed 7")

@@ -56,6 +56,8 @@ BATCH = 100
 #: A send is given up after the receiver's own timeout plus this (a thread that does
 #: not honour its timeout).
 GRACE_S = 5.0
+#: The journal refusing (a full disk, alarmed by the store): tried again after this.
+JOURNAL_RETRY_S = 1.0
 
 
 def key(e: AlertEvent) -> str:
@@ -163,18 +165,20 @@ class Deliverer:
                     self.backlog, self.oldest = await self.journal.call(
                         partial(outbox.open_rows, name=self.name)
                     )
+                    ok = await self._deliver(rows) if rows else True
                 except Exception as exc:
-                    if not storage_error(exc) or self._closing.is_set():
+                    if not storage_error(exc):
                         raise
-                    log.warning("route %s: cannot read the outbox (%s); retrying", self.name, exc)
-                    await self._sleep(self.route.retry_max_s / 10)
+                    log.warning("route %s: the journal refuses (%s); retrying", self.name, exc)
+                    if self._closing.is_set():
+                        return  # (the rows wait in the journal for the next run)
+                    await self._sleep(JOURNAL_RETRY_S)
                     continue
                 if not rows:
                     if self._closing.is_set() and self.router_done.is_set():
                         return
                     await self._idle()
                     continue
-                ok = await self._deliver(rows)
                 if not ok and self._closing.is_set():
                     log.warning(
                         "route %s: still failing at the stop; %d alert event(s) wait in "
@@ -192,7 +196,8 @@ class Deliverer:
         for row in rows:
             e = row.event
             if row.ev in self._unmarked:
-                await self._mark(row.ev)
+                if not await self._mark(row.ev):
+                    return False
                 continue
             until = self._held_until(e)
             if until is not None:
@@ -212,7 +217,8 @@ class Deliverer:
             if not await self._send(e):
                 return False
             self.counts["delivered"] += 1
-            await self._mark(row.ev)
+            if not await self._mark(row.ev):
+                return False
         return True
 
     async def _send(self, e: AlertEvent) -> bool:
@@ -242,8 +248,9 @@ class Deliverer:
         log.debug("route %s: alert %s seq %d delivered", self.name, e.id, e.seq)
         return True
 
-    async def _mark(self, ev: int) -> None:
-        """Record a delivery in the journal; while it refuses, remember it here."""
+    async def _mark(self, ev: int) -> bool:
+        """Record a delivery in the journal; while it refuses, remember it here (marked
+        after a pause; a crash meanwhile sends it again). -> whether it is recorded."""
         self._unmarked.add(ev)
         try:
             await self.journal.call(
@@ -252,9 +259,13 @@ class Deliverer:
         except Exception as exc:
             if not storage_error(exc):
                 raise
-            return  # (marked with the next read; a crash meanwhile sends it again)
+            log.warning("route %s: cannot record a delivery yet (%s)", self.name, exc)
+            if not self._closing.is_set():
+                await self._sleep(JOURNAL_RETRY_S)
+            return False
         self._unmarked.discard(ev)
         self.backlog = max(0, self.backlog - 1)
+        return True
 
     # --------------------------------------------------------------------- pauses
 
