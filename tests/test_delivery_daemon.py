@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import paho.mqtt.client as paho
 from conftest import Broker, DaemonProc, Publisher, wait_for
 from delivery_receivers import MllpListener, SmtpServer, WebhookServer, self_signed
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.broker import free_port
 
@@ -114,6 +116,19 @@ def outbox(db: Path) -> list[tuple[str, str]]:
         return conn.execute("SELECT route, status FROM outbox ORDER BY route, ev").fetchall()
     finally:
         conn.close()
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """``/metrics``: the route metrics, by (name, route)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, s.labels["route"]): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if "route" in s.labels
+    }
 
 
 def key(e: dict[str, Any]) -> str:
@@ -223,7 +238,9 @@ def test_kill_mid_delivery_then_restart_delivers_every_event_once(
                  username: vitalmon, password_file: {password},
                  from: vitalmon@hospital.example, to: [charge-nurse@hospital.example]}}
 """
-    d = DaemonProc(config(tmp_path, broker, routes), broker.port, tmp_path / "daemon.log")
+    metrics = free_port()
+    cfg = config(tmp_path, broker, routes, f"metrics: {{listen: '127.0.0.1:{metrics}'}}")
+    d = DaemonProc(cfg, broker.port, tmp_path / "daemon.log")
     mqtt = Timed(broker.port, "alerts/3west/#")
     db = tmp_path / "vitals.db"
     try:
@@ -268,6 +285,13 @@ def test_kill_mid_delivery_then_restart_delivers_every_event_once(
         assert all(i["tls"] and i["user"] == "vitalmon" for i in (r.info for r in smtp.accepted))
         phases = [r.info["phase"] for r in acm.accepted]
         assert sorted(phases) == ["end", "end", "start", "start", "update", "update"]
+        scraped = scrape(metrics)
+        for route in ("hook", "acm", "mail"):
+            assert scraped[("vitalmon_route_backlog", route)] == 0
+            assert scraped[("vitalmon_route_oldest_seconds", route)] == 0
+        # (counters count this run: the webhook's six; the others had theirs before)
+        assert scraped[("vitalmon_route_delivered_total", "hook")] == 6
+        assert scraped[("vitalmon_route_delivered_total", "acm")] == 0
         code, _ = d.terminate()
         assert code == 0
     finally:
