@@ -252,3 +252,27 @@ def test_the_documented_webhook_receiver_checks_vitalmons_signature(tmp_path: Pa
         proc.wait(10)
     assert log.read_text().splitlines() == ["high 3west/6 SpO2 84 % < 85 % for 15 s (active)"]
     assert os.path.exists(script)
+
+
+def test_sighup_keeps_the_running_routes_and_applies_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload that changes alerts.routes keeps the routes the daemon runs (its
+    receivers and outboxes were built at start) and says so; the rest of alerts applies."""
+    from monitor.config import load
+    from monitor.daemon import Daemon
+    from monitor.reload import reload
+
+    f = tmp_path / "v.yaml"
+    base = f"store: {{type: sqlite, path: {tmp_path / 'vitals.db'}}}\n"
+    f.write_text(base + "alerts:\n  routes: [{name: a, receiver: {type: mqtt, topic: p/a}}]\n")
+    d = Daemon(load(f), str(f))
+    f.write_text(
+        base + "alerts:\n  renotify_s: 60\n"
+        "  routes: [{name: b, receiver: {type: mqtt, topic: p/b}}]\n"
+    )
+    assert asyncio.run(reload(d))
+    assert [r.name for r in d.cfg.alerts.routes] == ["a"]
+    assert list(d.delivery.deliverers) == ["a"]
+    assert d.cfg.alerts.renotify_s == 60
+    assert "alerts.routes changed; that takes a restart" in caplog.text

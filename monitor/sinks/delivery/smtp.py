@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import smtplib
+import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
@@ -100,6 +101,7 @@ class SmtpReceiver:
         self._password = read_secret(cfg.password_file) if cfg.password_file else ""
         self._ssl = ssl.create_default_context(cafile=cfg.ca_file) if cfg.starttls else None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"vitalmon-route-{route}")
+        self._helo = socket.gethostname() or "vitalmon"
 
     async def send(self, event: AlertEvent, key: str) -> None:
         msg = message(event, key, self.cfg.from_, self.cfg.to)
@@ -107,7 +109,12 @@ class SmtpReceiver:
         await loop.run_in_executor(self._executor, self._send, msg)
 
     def _send(self, msg: EmailMessage) -> None:
-        with smtplib.SMTP(self.cfg.host, self.cfg.port, timeout=self.cfg.timeout_s) as smtp:
+        with smtplib.SMTP(
+            self.cfg.host,
+            self.cfg.port,
+            local_hostname=self._helo,  # (smtplib's default asks DNS, which may hang)
+            timeout=self.cfg.timeout_s,
+        ) as smtp:
             smtp.ehlo()
             if self._ssl is not None:
                 smtp.starttls(context=self._ssl)  # (SMTPNotSupportedError if not offered)
