@@ -233,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show the daemon's log, keep the temp dir"
     )
     sp.add_argument("--speed", type=float, default=None, help=argparse.SUPPRESS)
+    sp.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="also deliver every alert event to this webhook (a route, see docs/delivery.md)",
+    )
+    sp.add_argument(
+        "--webhook-secret-file",
+        metavar="FILE",
+        help="the webhook's HMAC key (first line; default: one made up in the temp dir)",
+    )
+    sp.add_argument(
+        "--routes",
+        metavar="FILE.yaml",
+        help="more alert routes: a YAML list of alerts.routes entries",
+    )
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser(

@@ -14,6 +14,9 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from monitor import config as config_mod
 from monitor import logs
@@ -253,7 +256,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("warning" if not args.verbose else "info")
     from monitor.demo import demo
 
-    return demo(duration=args.duration, beds=args.beds, speed=args.speed, keep=args.verbose or None)
+    routes: list[Any] = []
+    if args.routes:
+        try:
+            loaded = yaml.safe_load(Path(args.routes).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"vitalmon demo: cannot read --routes {args.routes}: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(loaded, list):
+            print(f"vitalmon demo: {args.routes}: expected a list of routes", file=sys.stderr)
+            return 2
+        routes = loaded
+    return demo(
+        duration=args.duration,
+        beds=args.beds,
+        speed=args.speed,
+        keep=args.verbose or None,
+        routes=routes,
+        webhook=args.webhook,
+        webhook_secret_file=args.webhook_secret_file,
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

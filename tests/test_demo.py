@@ -316,3 +316,81 @@ def test_embedded_broker_keeps_the_daemons_persistent_session() -> None:
             await broker.stop()
 
     asyncio.run(main())
+
+
+def test_the_demo_serves_the_web_station_and_routes_alerts_to_a_webhook(tmp_path: Path) -> None:
+    """The header names the web station and its login, which work; ``--webhook URL``
+    delivers the desaturating bed's alert, signed, within a second of its MQTT event."""
+    import hashlib
+    import hmac
+    import http.server
+
+    from webtools import Http
+
+    got: list[tuple[float, dict[str, str], bytes]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((time.time(), dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    d = DemoProc(["--webhook", url], {demo_mod.ENV_SPEED: "5", "TMPDIR": str(tmp_path)})
+    sub: paho.Client | None = None
+    try:
+        wait_for(lambda: "alerts (alerts/#)" in d.text or d.proc.poll() is not None, 30, "header")
+        web = d.header_value(r"web station: (\S+) ")
+        user = d.header_value(r"log in as (\S+), ")
+        password = d.header_value(r"password (\S+)\)")
+        key = Path(d.header_value(r"HMAC key in (\S+)\)")).read_text().splitlines()[0]
+        h = Http(web)
+        assert h.login(user, password) == 303
+        assert h.request("GET", "/")[0] == 200
+        # the MQTT events as a subscriber sees them (the daemon's login may read alerts/#)
+        workdir = Path(d.header_value(r"temp dir (\S+)"))
+        port = int(d.header_value(r"on 127\.0\.0\.1:(\d+), MQTT"))
+        seen: dict[str, float] = {}
+        sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="hook-test")
+        sub.username_pw_set("vitalmon", (workdir / "vitalmon.password").read_text().strip())
+
+        def on_message(_c: object, _u: object, m: paho.MQTTMessage) -> None:
+            e = json.loads(m.payload)
+            seen.setdefault(f"{e['id']}:{e['seq']}", time.time())
+
+        sub.on_message = on_message
+        sub.on_connect = lambda c, *_: c.subscribe("alerts/#", 1)
+        sub.connect("127.0.0.1", port)
+        sub.loop_start()
+
+        def spo2() -> tuple[float, dict[str, str], bytes] | None:
+            for t, headers, body in got:
+                e = json.loads(body)
+                if (
+                    e["rule"] == "spo2.low"
+                    and e["bed"] == str(BEDS)
+                    and headers.get("X-Vitalmon-Event") in seen
+                ):
+                    return t, headers, body
+            return None
+
+        t, headers, body = wait_for(spo2, 40, "bed's spo2.low at the webhook")
+        sign = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["X-Vitalmon-Signature"] == f"sha256={sign}"
+        lag = t - seen[headers["X-Vitalmon-Event"]]
+        assert lag < 1.0, lag
+    finally:
+        if sub is not None:
+            sub.loop_stop()
+            sub.disconnect()
+        server.shutdown()
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGINT)
+        code, err = d.wait(timeout=20)
+    assert code == 0, err

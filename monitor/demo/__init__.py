@@ -38,7 +38,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from monitor.broker import MOSQUITTO_DIRS, find_mosquitto
 from monitor.demo.brokers import (
@@ -125,8 +125,14 @@ def demo(
     speed: float | None = None,
     keep: bool | None = None,
     out: TextIO | None = None,
+    routes: list[Any] | None = None,
+    webhook: str | None = None,
+    webhook_secret_file: str | None = None,
 ) -> int:
-    """Run the demo until Ctrl-C or ``duration`` seconds; -> exit code."""
+    """Run the demo until Ctrl-C or ``duration`` seconds; -> exit code. ``routes``:
+    ``alerts.routes`` entries added to the daemon's config; ``webhook``: one more route,
+    every event to that URL (signed with ``webhook_secret_file``, or a key made up in the
+    temporary folder)."""
     if beds < 1:
         print("vitalmon demo: --beds must be at least 1", file=sys.stderr)
         return 2
@@ -141,7 +147,10 @@ def demo(
     keep = _keep_default() if keep is None else keep
 
     async def main() -> int:
-        return await Demo(duration, beds, speed, keep, out or sys.stdout, choose_broker).run()
+        d = Demo(duration, beds, speed, keep, out or sys.stdout, choose_broker)
+        d.routes = list(routes or [])
+        d.webhook = (webhook, webhook_secret_file) if webhook else None
+        return await d.run()
 
     return asyncio.run(main())
 

@@ -123,6 +123,10 @@ class Demo:
         self.web_login = ("demo", secrets.token_urlsafe(9))
         self.web_stop = asyncio.Event()
         self.web_task: asyncio.Task[None] | None = None
+        #: ``alerts.routes`` to add, and a webhook route (url, secret file or None)
+        self.routes: list[Any] = []
+        self.webhook: tuple[str, str | None] | None = None
+        self.all_routes: list[Any] = []  #: (made at start)
         self.serve: asyncio.Task[None] | None = None
         self.sim_stop = threading.Event()
         self.sim_task: asyncio.Future[int] | None = None
@@ -167,8 +171,14 @@ class Demo:
         add_user(str(users), self.web_login[0], "charge", self.web_login[1])
         web = {"listen": f"127.0.0.1:{self.web_sock.getsockname()[1]}", "users_file": str(users)}
         data = daemon_config(broker, self.db, self.speed, self.duration, web)
+        self.all_routes = self._routes()
+        if self.all_routes:
+            data["alerts"]["routes"] = self.all_routes
         (self.workdir / "vitalmon.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        cfg = config_mod.parse(data, env={})
+        try:
+            cfg = config_mod.parse(data, env={})
+        except config_mod.ConfigError as exc:
+            raise DemoError("invalid routes:\n  " + "\n  ".join(exc.errors)) from None
         self.say(self.header())
         self.printer = printer = AlertPrinter(broker, self.out, self.t0, self.lock)
         stack.push_async_callback(printer.stop)
@@ -225,7 +235,8 @@ class Demo:
             f"  central station: vitalmon watch -c {self.workdir / 'vitalmon.yaml'}\n"
             f"  web station: {self.web_url()} (log in as {self.web_login[0]}, "
             f"password {self.web_login[1]})\n"
-            f"  alerts (alerts/#) print below as they happen; {until}Ctrl-C to stop"
+            + "".join(f"  {line}\n" for line in self._route_lines())
+            + f"  alerts (alerts/#) print below as they happen; {until}Ctrl-C to stop"
         )
 
     async def wait(self) -> None:
@@ -243,6 +254,31 @@ class Demo:
             else:
                 tasks = [self.serve, self.sim_task]
             await _wait_any([self.stop, self.daemon.should_exit], tasks, left)
+
+    def _routes(self) -> list[Any]:
+        routes = list(self.routes)
+        if self.webhook is not None:
+            url, secret = self.webhook
+            if secret is None:
+                key = self.workdir / "webhook.key"
+                key.write_text(secrets.token_hex(32) + "\n")
+                key.chmod(0o600)
+                secret = str(key)
+            routes.append(
+                {"name": "demo-webhook", "receiver": {"type": "webhook", "url": url,
+                                                      "secret_file": secret}}
+            )  # fmt: skip
+        return routes
+
+    def _route_lines(self) -> list[str]:
+        out = []
+        for r in self.all_routes:
+            rec = r.get("receiver", {}) if isinstance(r, dict) else {}
+            where = rec.get("url") or rec.get("host") or rec.get("topic") or ""
+            out.append(f"alert route {r.get('name')}: {rec.get('type')} {where}".rstrip())
+            if rec.get("type") == "webhook":
+                out[-1] += f" (HMAC key in {rec.get('secret_file')})"
+        return out
 
     def web_url(self) -> str:
         assert self.web_sock is not None
