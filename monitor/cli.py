@@ -44,7 +44,14 @@ def secret_warnings(cfg: config_mod.Config) -> list[str]:
         ("mqtt.password_file", cfg.mqtt.password_file),
         ("mqtt.tls.key_file", cfg.mqtt.tls.key_file if cfg.mqtt.tls else None),
         ("privacy.key_file", cfg.privacy.key_file),
+        ("web.tls.key_file", cfg.web.tls.key_file if cfg.web.tls else None),
+        ("web.users_file", cfg.web.users_file if os.path.exists(cfg.web.users_file) else None),
     ]
+    for i, route in enumerate(cfg.alerts.routes):
+        for field in ("secret_file", "password_file"):
+            paths.append(
+                (f"alerts.routes[{i}].receiver.{field}", getattr(route.receiver, field, None))
+            )
     for i, sink in enumerate(cfg.store):
         if isinstance(sink, config_mod.InfluxStoreConfig):
             paths += [

@@ -160,3 +160,41 @@ def test_a_full_run_logs_no_password_and_no_patient_id(
         conn.close()
     assert stored and mrn not in repr(stored)
     assert expected in repr(stored)
+
+
+def test_check_config_warns_of_every_readable_secret_of_routes_and_the_web(tmp_path: Path) -> None:
+    """Route secrets (webhook key, SMTP password), the web's TLS key and users file are
+    secrets too: readable by others, check-config says which key names them."""
+    from monitor.cli import secret_warnings
+    from monitor.config import parse
+
+    def secret(name: str, mode: int) -> str:
+        p = tmp_path / name
+        p.write_text("s3cret\n")
+        p.chmod(mode)
+        return str(p)
+
+    cfg = parse(
+        {
+            "alerts": {
+                "routes": [
+                    {"name": "hook", "receiver": {"type": "webhook", "url": "http://h/",
+                                                  "secret_file": secret("hook", 0o644)}},
+                    {"name": "mail", "receiver": {"type": "smtp", "host": "mx", "from": "vm@ward.example",
+                                                  "to": ["kim@ward.example"], "username": "u",
+                                                  "password_file": secret("smtp", 0o640)}},
+                    {"name": "ok", "receiver": {"type": "webhook", "url": "http://h/",
+                                                "secret_file": secret("fine", 0o600)}},
+                ]
+            },
+            "web": {"users_file": secret("users", 0o644),
+                    "tls": {"cert_file": secret("crt", 0o644), "key_file": secret("key", 0o604)}},
+        }
+    )  # fmt: skip
+    keys = sorted(w.split(":")[0] for w in secret_warnings(cfg))
+    assert keys == [
+        "alerts.routes[0].receiver.secret_file",
+        "alerts.routes[1].receiver.password_file",
+        "web.tls.key_file",
+        "web.users_file",
+    ]
