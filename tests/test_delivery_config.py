@@ -18,7 +18,7 @@ import yaml
 from conftest import wait_for
 
 from monitor.broker import free_port
-from monitor.config import ConfigError, WebhookReceiverConfig, parse
+from monitor.config import ConfigError, WebhookReceiverConfig, parse, read_secret
 from monitor.model import Priority, new_alert
 from monitor.sinks.delivery.webhook import Refused, WebhookReceiver
 
@@ -37,7 +37,7 @@ def routes(*items: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_route_error_is_reported_with_its_key_path(tmp_path: Path) -> None:
     secret = tmp_path / "key"
-    secret.write_text("k\n")
+    secret.write_text("k" * 16 + "\n")
     gone = "/nonexistent/vitalmon.key"
     errs = errors_of(
         routes(
@@ -164,6 +164,90 @@ def test_check_config_lists_route_errors(tmp_path: Path) -> None:
     assert "alerts.routes[1].receiver.port: Field required" in out.stderr
 
 
+def test_an_empty_blank_or_short_secret_is_refused_at_load_with_its_key_path(
+    tmp_path: Path,
+) -> None:
+    """A webhook key file that starts with a line break (the key b"": anyone can sign),
+    an empty one (was an IndexError when the daemon started), a blank or short one (< 16
+    bytes) are refused when the config is loaded, at their key paths; so is an empty
+    password (SMTP, MQTT), API token or pseudonym key. The errors never show a secret."""
+    files = {
+        "newline": "\nthe-real-key-on-line-two\n",
+        "empty": "",
+        "blank": " " * 20 + "\n",
+        "short": "short-k3y\n",
+        "good": "a-good-key-of-24-bytes!!\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+    def f(name: str) -> str:
+        return str(tmp_path / name)
+
+    assert read_secret(f("empty")) == ""  # (no IndexError)
+    assert read_secret(f("newline")) == ""
+    mail = {"type": "smtp", "host": "mx", "from": "a@b.example", "to": ["c@d.example"]}
+    hook = {"type": "webhook", "url": "http://h/"}
+    errs = errors_of(
+        {
+            "mqtt": {"username": "vitalmon", "password_file": f("empty")},
+            "store": [
+                {
+                    "type": "influxdb",
+                    "url": "http://db",
+                    "bucket": "b",
+                    "token_file": f("newline"),
+                    "patient_key_file": f("blank"),
+                }
+            ],
+            "privacy": {"pseudonymize_patient": True, "key_file": f("empty")},
+            **routes(
+                *(
+                    {"name": n, "receiver": {**hook, "secret_file": f(n)}}
+                    for n in ("newline", "empty", "blank", "short", "good")
+                ),
+                {"name": "mail",
+                 "receiver": {**mail, "username": "u", "password_file": f("newline")}},
+            ),
+        }
+    )  # fmt: skip
+    empty = "(the first line of {!r}) is empty"
+    assert errs == [
+        f"mqtt.password_file: the password {empty.format(f('empty'))}",
+        f"store[0].token_file: the API token {empty.format(f('newline'))}",
+        f"store[0].patient_key_file: the pseudonym key {empty.format(f('blank'))}",
+        f"alerts.routes[0].receiver.secret_file: the HMAC key {empty.format(f('newline'))}",
+        f"alerts.routes[1].receiver.secret_file: the HMAC key {empty.format(f('empty'))}",
+        f"alerts.routes[2].receiver.secret_file: the HMAC key {empty.format(f('blank'))}",
+        f"alerts.routes[3].receiver.secret_file: the HMAC key (the first line of "
+        f"{f('short')!r}) is 9 bytes: at least 16 are needed (e.g. openssl rand -hex 32)",
+        f"alerts.routes[5].receiver.password_file: the password {empty.format(f('newline'))}",
+        f"privacy.key_file: the pseudonym key {empty.format(f('empty'))}",
+        # (the checks run again without the refused files, which then count as not given)
+        "alerts.routes[5].receiver: username and password_file go together",
+        "privacy: pseudonymize_patient needs key_file",
+    ]
+    assert not any("short-k3y" in e or "real-key" in e for e in errs)
+    # check-config says it too (exit 1), and the daemon never starts with such a key
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(
+        "alerts:\n  routes:\n    - {name: a, receiver: {type: webhook, url: 'http://h/', "
+        f"secret_file: {f('empty')}}}}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "check-config", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert f"alerts.routes[0].receiver.secret_file: the HMAC key {empty.format(f('empty'))}" in (
+        out.stderr
+    )
+    assert "Traceback" not in out.stderr
+
+
 # ----------------------------------------------------------------- the docs
 
 
@@ -177,7 +261,7 @@ def test_the_documented_routes_validate(tmp_path: Path) -> None:
     files: dict[str, str] = {}
     for path in set(re.findall(r"/etc/vitalmon/[\w.-]+", example)):
         local = tmp_path / Path(path).name
-        local.write_text("x\n")
+        local.write_text("x" * 32 + "\n")
         files[path] = str(local)
     for path, local in files.items():
         example = example.replace(path, local)
@@ -193,7 +277,7 @@ def test_the_documented_webhook_receiver_checks_vitalmons_signature(tmp_path: Pa
     body signed with another key."""
     (snippet,) = [b for b in _blocks("python") if "X-Vitalmon-Signature" in b]
     key, port = tmp_path / "hook.key", free_port()
-    key.write_text("s3cret-key\n")
+    key.write_text("s3cret-key-for-the-hook\n")
     code = snippet.replace("/etc/pager/vitalmon.key", str(key)).replace(
         '("0.0.0.0", 8080)', f'("127.0.0.1", {port})'
     )
@@ -224,7 +308,7 @@ def test_the_documented_webhook_receiver_checks_vitalmons_signature(tmp_path: Pa
             WebhookReceiverConfig(type="webhook", url=url, secret_file=str(key)), "hook"
         )
         forged_key = tmp_path / "other.key"
-        forged_key.write_text("not-the-key\n")
+        forged_key.write_text("not-the-key-of-the-hook\n")
         forged = WebhookReceiver(
             WebhookReceiverConfig(type="webhook", url=url, secret_file=str(forged_key)), "hook"
         )

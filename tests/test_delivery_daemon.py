@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.broker import free_port
 
-SECRET = "d4emon-hook-key"
+SECRET = "d4emon-hook-key-2f9c"
 
 
 class Timed:

@@ -170,7 +170,7 @@ def test_check_config_warns_of_every_readable_secret_of_routes_and_the_web(tmp_p
 
     def secret(name: str, mode: int) -> str:
         p = tmp_path / name
-        p.write_text("s3cret\n")
+        p.write_text("s3cret-s3cret-s3cret\n")  # (a webhook key: 16 bytes at least)
         p.chmod(mode)
         return str(p)
 
@@ -180,7 +180,8 @@ def test_check_config_warns_of_every_readable_secret_of_routes_and_the_web(tmp_p
                 "routes": [
                     {"name": "hook", "receiver": {"type": "webhook", "url": "http://h/",
                                                   "secret_file": secret("hook", 0o644)}},
-                    {"name": "mail", "receiver": {"type": "smtp", "host": "mx", "from": "vm@ward.example",
+                    {"name": "mail", "receiver": {"type": "smtp", "host": "mx",
+                                                  "from": "vm@ward.example",
                                                   "to": ["kim@ward.example"], "username": "u",
                                                   "password_file": secret("smtp", 0o640)}},
                     {"name": "ok", "receiver": {"type": "webhook", "url": "http://h/",

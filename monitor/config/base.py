@@ -48,6 +48,44 @@ def readable(what: str = "") -> AfterValidator:
 ReadableFile = Annotated[str | None, readable()]
 
 
+def first_line(path: str) -> str:
+    """A secret file's secret: its first line, without the line break ("" for an empty
+    file or one that starts with a line break; never an IndexError). OSError when it
+    cannot be read, UnicodeDecodeError when it is not UTF-8."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n")
+
+
+def secret_in(what: str, min_bytes: int = 1, hint: str = "") -> AfterValidator:
+    """A secret file (after :func:`readable`) whose first line is the secret: refused when
+    that line is empty or blank (a key anyone can use, a password that is none), or
+    shorter than ``min_bytes`` (UTF-8). Read once here, at load time, and not kept; the
+    errors name the file, never its content."""
+
+    def check(v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            line = first_line(v)
+        except UnicodeDecodeError:
+            raise ValueError(f"{v!r} ({what}): not UTF-8 text") from None
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read {what} {v!r}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        if not line.strip():
+            raise ValueError(f"{what} (the first line of {v!r}) is empty")
+        size = len(line.encode())
+        if size < min_bytes:
+            raise ValueError(
+                f"{what} (the first line of {v!r}) is {size} bytes: at least {min_bytes} "
+                f"are needed{hint}"
+            )
+        return v
+
+    return AfterValidator(check)
+
+
 def host_port(v: str, example: str) -> str:
     """A ``host:port`` to listen on (port 0: any free one); ValueError otherwise."""
     host, sep, port = v.rpartition(":")

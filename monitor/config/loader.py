@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from monitor.config.base import ConfigError, _Model
+from monitor.config.base import ConfigError, _Model, first_line
 from monitor.config.mqtt import MqttConfig
 from monitor.config.paths import KeyPath, join, key_path, loc
 from monitor.config.profiles import (
@@ -340,5 +340,8 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
 
 
 def read_secret(path: str) -> str:
-    """First line of a secret file, without the newline."""
-    return Path(path).read_text(encoding="utf-8").splitlines()[0] if path else ""
+    """First line of a secret file, without the newline ("" for no path, an empty file or
+    an empty first line: never an IndexError). Whether an empty secret makes sense is
+    for the field to say: every secret file of the configuration refuses one at load
+    time (:func:`monitor.config.base.secret_in`)."""
+    return first_line(path) if path else ""

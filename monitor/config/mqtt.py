@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from monitor.config.base import ReadableFile, _Model, readable
+from monitor.config.base import ReadableFile, _Model, readable, secret_in
 
 
 class TLSConfig(_Model):
@@ -42,7 +42,9 @@ class MqttConfig(_Model):
     client_id: str = Field("vitalmon", min_length=1, max_length=128)
     username: str | None = None
     #: File holding the password (first line). Never put the password itself in the YAML.
-    password_file: Annotated[str | None, readable("password file")] = None
+    password_file: Annotated[str | None, readable("password file"), secret_in("the password")] = (
+        None
+    )
     #: The password from the environment, as ``password: ${MQTT_PASSWORD}`` (never a
     #: literal: check-config refuses one). ``password_file`` is preferred.
     password: str | None = Field(None, repr=False)

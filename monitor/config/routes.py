@@ -4,7 +4,8 @@ one schema per receiver ``type`` (``mqtt``, ``hl7-mllp``, ``webhook``, ``smtp``)
 Each receiver schema names the module implementing it (``implementation``), which
 registers its factory under the same ``type`` (:mod:`monitor.sinks.delivery`); validating
 a config imports none of them. Secrets are files (``secret_file``, ``password_file``),
-checked readable here and read only when the daemon builds the receiver; a URL may not
+checked here (readable, their first line not empty; a webhook key at least
+:data:`MIN_KEY_BYTES`) and read again when the daemon builds the receiver; a URL may not
 carry credentials. See docs/delivery.md.
 """
 
@@ -17,13 +18,21 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from monitor.config.base import ReadableFile, _Model, parse_topic_template, readable
+from monitor.config.base import (
+    ReadableFile,
+    _Model,
+    parse_topic_template,
+    readable,
+    secret_in,
+)
 from monitor.model import AlertState, Priority
 
 #: A route's name: its metrics label, its log name, its rows in the journal's outbox.
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ADDRESS = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[^@\s<>,;:\"()\[\]\\]+\.[^@\s<>,;:\"()\[\]\\]+$")
 _HOST = r"^[A-Za-z0-9]([A-Za-z0-9.:_-]*[A-Za-z0-9])?$"
+#: A webhook's HMAC key, at least (UTF-8 bytes of the secret file's first line).
+MIN_KEY_BYTES = 16
 Kind = Literal["physiological", "trend", "score", "device", "technical"]
 
 
@@ -93,8 +102,13 @@ class WebhookReceiverConfig(_Receiver):
 
     type: Literal["webhook"]
     url: str
-    #: The HMAC-SHA256 key (the file's first line), shared with the receiver.
-    secret_file: Annotated[str, readable("secret file")]
+    #: The HMAC-SHA256 key (the file's first line, at least 16 bytes), shared with the
+    #: receiver.
+    secret_file: Annotated[
+        str,
+        readable("secret file"),
+        secret_in("the HMAC key", MIN_KEY_BYTES, " (e.g. openssl rand -hex 32)"),
+    ]
     #: CA bundle for an https url with a private CA (null: the system's CAs).
     ca_file: ReadableFile = None
 
@@ -148,7 +162,9 @@ class SmtpReceiverConfig(_Receiver):
     ca_file: ReadableFile = None
     #: Login (both or neither; only over STARTTLS).
     username: str | None = None
-    password_file: Annotated[str | None, readable("password file")] = None
+    password_file: Annotated[str | None, readable("password file"), secret_in("the password")] = (
+        None
+    )
     from_: str = Field(alias="from")
     to: list[str] = Field(min_length=1)
 

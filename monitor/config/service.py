@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from monitor.config.base import ReadableFile, _Model, host_port, parse_topic_template
+from monitor.config.base import (
+    _Model,
+    host_port,
+    parse_topic_template,
+    readable,
+    secret_in,
+)
 from monitor.config.routes import RouteConfig, check_route_names
 from monitor.model import Priority
 
@@ -103,7 +109,7 @@ class PrivacyConfig(_Model):
     #: alerts by a keyed pseudonym (HMAC-SHA256 with ``key_file``, 16 hex digits).
     pseudonymize_patient: bool = False
     #: Secret key file (first line) for pseudonyms; required with pseudonymize_patient.
-    key_file: ReadableFile = None
+    key_file: Annotated[str | None, readable(), secret_in("the pseudonym key")] = None
 
     @model_validator(mode="after")
     def _key(self) -> PrivacyConfig:

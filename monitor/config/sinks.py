@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from monitor.config.base import ReadableFile, _Model
+from monitor.config.base import _Model, readable, secret_in
 
 
 class SqliteStoreConfig(_Model):
@@ -49,7 +49,7 @@ class InfluxStoreConfig(_Model):
     org: str = ""
     bucket: str
     #: File holding the API token (first line). Use ``${ENV}`` rather than a literal token.
-    token_file: ReadableFile = None
+    token_file: Annotated[str | None, readable(), secret_in("the API token")] = None
     token: str | None = None
     batch_size: int = Field(5000, ge=1, le=100_000)
     flush_interval_s: float = Field(1.0, gt=0, le=60)
@@ -61,7 +61,7 @@ class InfluxStoreConfig(_Model):
     #: (backfill everything still in the journal).
     start_from: Literal["end", "beginning"] = "end"
     #: Add a pseudonymous ``patient`` tag: HMAC-SHA256 of the patient id with this key file.
-    patient_key_file: ReadableFile = None
+    patient_key_file: Annotated[str | None, readable(), secret_in("the pseudonym key")] = None
     retry_min_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
     #: Seconds of failures (or of a send that does not return) before the technical

@@ -81,8 +81,6 @@ def broker_password(cfg: MqttConfig) -> str | None:
         where = f"mqtt.password_file {cfg.password_file}"
         try:
             secret = read_secret(cfg.password_file)
-        except IndexError:
-            raise OSError(f"{where}: the file is empty") from None
         except UnicodeDecodeError:
             raise OSError(f"{where}: not UTF-8 text") from None
         except OSError as exc:

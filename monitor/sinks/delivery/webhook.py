@@ -25,6 +25,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 from monitor.config import WebhookReceiverConfig, read_secret
+from monitor.config.routes import MIN_KEY_BYTES
 from monitor.model import AlertEvent
 from monitor.sinks.delivery import ReceiverContext, register_receiver
 
@@ -52,6 +53,12 @@ class WebhookReceiver:
         self.route = route
         self.timeout_s = cfg.timeout_s
         self._secret = read_secret(cfg.secret_file).encode()
+        if len(self._secret) < MIN_KEY_BYTES or not self._secret.strip():
+            # (checked at load time; the file may have changed since)
+            raise ValueError(
+                f"route {route}: the HMAC key in {cfg.secret_file!r} (its first line) is empty "
+                f"or shorter than {MIN_KEY_BYTES} bytes"
+            )
         parts = urllib.parse.urlsplit(cfg.url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
