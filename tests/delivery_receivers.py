@@ -4,8 +4,10 @@ its own (so a test's event loop, or a daemon in a subprocess, talks to them alik
 * :class:`MllpListener`: an asyncio MLLP server that parses every ORU^R40 with the
   ``hl7`` library, checks its IHE PCD-04 structure and answers an ACK made by that
   library (``AA``; or the codes queued in ``answers``; or nothing at all: ``hang``);
-* :class:`WebhookServer`: stdlib ``http.server`` that checks the HMAC signature and
-  answers 503 while ``failing`` (or to the first ``fail_first`` attempts);
+* :class:`WebhookServer`: stdlib ``http.server`` that checks the HMAC signature (over
+  ``<timestamp>.<key>.`` and the body, the timestamp within 300 s, as docs/delivery.md
+  tells receivers to) and answers 401 to a bad one, 503 while ``failing`` (or to the
+  first ``fail_first`` attempts);
 * :class:`SmtpServer`: aiosmtpd with STARTTLS required and a login, its certificate
   self-signed by ``openssl req -x509`` at test time (:func:`self_signed`).
 
@@ -216,9 +218,17 @@ class WebhookServer(_Recorder):
 
     def handle(self, req: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
         key = req.headers.get("X-Vitalmon-Event", "")
-        want = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        ts = req.headers.get("X-Vitalmon-Timestamp", "")
+        signed_text = f"{ts}.{key}.".encode() + body
+        want = "sha256=" + hmac.new(self.secret, signed_text, hashlib.sha256).hexdigest()
         signed = hmac.compare_digest(req.headers.get("X-Vitalmon-Signature", ""), want)
-        got = Received(key, time.monotonic(), {"path": req.path, "body": body})
+        fresh = ts.isdigit() and abs(time.time() - int(ts)) <= 300
+        signed = signed and fresh
+        got = Received(
+            key,
+            time.monotonic(),
+            {"path": req.path, "body": body, "headers": dict(req.headers.items())},
+        )
         with self.lock:
             self.attempts.append(got)
             if not signed:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import http.client
 import socket
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -278,6 +282,60 @@ def test_webhook_retries_a_failing_server_and_delivers_in_order(tmp_path: Path) 
     assert (counts["delivered"], counts["failed"]) == (3, 3)
     body = hook.accepted[0].info["event"]
     assert body == events[0].to_json()
+
+
+def replay(url: str, body: bytes, headers: dict[str, str]) -> int:
+    """POST ``body`` with ``headers`` as captured (a replay): -> the HTTP status."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=5)
+    try:
+        conn.request("POST", parts.path or "/", body, headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_the_webhook_signature_covers_the_timestamp_and_the_key(tmp_path: Path) -> None:
+    """X-Vitalmon-Signature is the HMAC of "<timestamp>.<key>." and the body: the receiver
+    (checking it as docs/delivery.md says, the timestamp within 5 minutes) accepts what
+    vitalmon sends; the captured request replayed with another X-Vitalmon-Event (past the
+    receiver's de-duplication) or another X-Vitalmon-Timestamp (later than the tolerance)
+    is refused with 401."""
+    hook = WebhookServer(SECRET)
+    event = lifecycle("3west", "6")[0]
+
+    async def main() -> None:
+        async with (
+            journal_at(tmp_path / "vitals.db") as journal,
+            delivering([route("hook", webhook(hook.url, tmp_path))], journal),
+        ):
+            await commit(journal, [event])
+            await until(lambda: len(hook.accepted) == 1, 5, "the event")
+
+    try:
+        run(main())
+        assert hook.problems == []
+        got = hook.accepted[0]
+        headers = {
+            k: v for k, v in got.info["headers"].items() if k.lower().startswith(("x-", "content-"))
+        }
+        body = got.info["body"]
+        ts = headers["X-Vitalmon-Timestamp"]
+        signed = f"{ts}.{key(event)}.".encode() + body
+        assert headers["X-Vitalmon-Signature"] == (
+            "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
+        )
+        assert replay(hook.url, body, headers) == 204  # the same again: a duplicate key
+        new_key = {**headers, "X-Vitalmon-Event": f"{event.id}:9"}
+        assert replay(hook.url, body, new_key) == 401
+        later = {**headers, "X-Vitalmon-Timestamp": str(int(ts) + 600)}
+        assert replay(hook.url, body, later) == 401
+        stale = {**headers, "X-Vitalmon-Timestamp": str(int(ts) - 600)}
+        assert replay(hook.url, body, stale) == 401
+        assert hook.keys() == [key(event), key(event)]
+        assert len(hook.problems) == 3
+    finally:
+        hook.close()
 
 
 def test_hl7_pcd04_lifecycle_and_an_ae_is_retried(tmp_path: Path) -> None:

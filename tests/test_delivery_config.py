@@ -5,6 +5,7 @@ forged signature)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ from conftest import wait_for
 from monitor.broker import free_port
 from monitor.config import ConfigError, WebhookReceiverConfig, parse, read_secret
 from monitor.model import Priority, new_alert
-from monitor.sinks.delivery.webhook import Refused, WebhookReceiver
+from monitor.sinks.delivery.webhook import Refused, WebhookReceiver, body_of, signature
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "delivery.md"
 
@@ -274,7 +275,8 @@ def test_the_documented_routes_validate(tmp_path: Path) -> None:
 def test_the_documented_webhook_receiver_checks_vitalmons_signature(tmp_path: Path) -> None:
     """The receiver snippet of docs/delivery.md, as written (its key file and port
     replaced), takes what vitalmon's webhook sender posts, once per key, and refuses a
-    body signed with another key."""
+    body signed with another key, a signed request replayed with another key (to get
+    past the de-duplication) and one whose signed timestamp is older than 5 minutes."""
     (snippet,) = [b for b in _blocks("python") if "X-Vitalmon-Signature" in b]
     key, port = tmp_path / "hook.key", free_port()
     key.write_text("s3cret-key-for-the-hook\n")
@@ -330,11 +332,37 @@ def test_the_documented_webhook_receiver_checks_vitalmons_signature(tmp_path: Pa
             await forged.close()
 
         asyncio.run(main())
+
+        def post(ts: str, key_header: str, signed_key: str) -> int:
+            secret = key.read_text().splitlines()[0].encode()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request(
+                    "POST",
+                    "/",
+                    body_of(alert),
+                    {
+                        "Content-Type": "application/json",
+                        "X-Vitalmon-Event": key_header,
+                        "X-Vitalmon-Timestamp": ts,
+                        "X-Vitalmon-Signature": signature(secret, ts, signed_key, body_of(alert)),
+                    },
+                )
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        now = str(int(time.time()))
+        assert post(now, f"{alert.id}:2", f"{alert.id}:2") == 204  # (signed as vitalmon does)
+        assert post(now, f"{alert.id}:7", f"{alert.id}:2") == 401  # replayed with a new key
+        stale = str(int(time.time()) - 301)
+        assert post(stale, f"{alert.id}:8", f"{alert.id}:8") == 401  # signed 5 min ago
         wait_for(lambda: "SpO2" in log.read_text(), 5, "the snippet's line")
     finally:
         proc.terminate()
         proc.wait(10)
-    assert log.read_text().splitlines() == ["high 3west/6 SpO2 84 % < 85 % for 15 s (active)"]
+    line = "high 3west/6 SpO2 84 % < 85 % for 15 s (active)"
+    assert log.read_text().splitlines() == [line, line]  # (:1, then :2; never :7 or :8)
     assert os.path.exists(script)
 
 

@@ -381,7 +381,8 @@ def test_the_demo_serves_the_web_station_and_routes_alerts_to_a_webhook(tmp_path
             return None
 
         t, headers, body = wait_for(spo2, 40, "bed's spo2.low at the webhook")
-        sign = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+        signed = f"{headers['X-Vitalmon-Timestamp']}.{headers['X-Vitalmon-Event']}.".encode() + body
+        sign = hmac.new(key.encode(), signed, hashlib.sha256).hexdigest()
         assert headers["X-Vitalmon-Signature"] == f"sha256={sign}"
         lag = t - seen[headers["X-Vitalmon-Event"]]
         assert lag < 1.0, lag

@@ -96,7 +96,7 @@ class Hl7MllpReceiverConfig(_Receiver):
 
 class WebhookReceiverConfig(_Receiver):
     """An HTTP(S) POST of the alert JSON, signed (``X-Vitalmon-Signature: sha256=<HMAC of
-    the body>``); accepted on a 2xx answer."""
+    the timestamp, the idempotency key and the body>``); accepted on a 2xx answer."""
 
     implementation: ClassVar[str] = "monitor.sinks.delivery.webhook"
 

@@ -4,12 +4,17 @@ byte for byte the same fields), signed.
 Headers: ``Content-Type: application/json``, ``X-Vitalmon-Event: <alert id>:<seq>`` (the
 idempotency key), ``X-Vitalmon-Timestamp`` (epoch seconds of the attempt),
 ``X-Vitalmon-Route`` (the route's name) and ``X-Vitalmon-Signature: sha256=<hex>``, the
-HMAC-SHA256 of the exact body with the key in ``secret_file`` (docs/delivery.md shows
-a receiver's check). A 2xx answer is acceptance; any other status, a connection refused
-or reset, or no answer within ``timeout_s`` (each socket operation) raise, and the
-deliverer retries. https verifies the server (``ca_file``, else the system's CAs). One
-connection per event, in a thread of the receiver's own; no proxy is used. Logs show the
-url without its query string; the key is never shown.
+HMAC-SHA256, keyed with ``secret_file``'s first line, of ``<timestamp>.<key>.`` and the
+exact body (:func:`signature`): the timestamp and the idempotency key are signed with
+the body, so a captured request replayed later, or with another key to get past the
+receiver's de-duplication, fails the check (a receiver also refuses a timestamp more
+than :data:`TOLERANCE_S` from its clock; docs/delivery.md shows the check).
+
+A 2xx answer is acceptance; any other status, a connection refused or reset, or no
+answer within ``timeout_s`` (each socket operation) raise, and the deliverer retries.
+https verifies the server (``ca_file``, else the system's CAs). One connection per
+event, in a thread of the receiver's own; no proxy is used. Logs show the url without
+its query string; the key is never shown.
 """
 
 from __future__ import annotations
@@ -37,9 +42,17 @@ class Refused(Exception):
     """The server answered with another status than 2xx."""
 
 
-def signature(secret: bytes, body: bytes) -> str:
-    """``X-Vitalmon-Signature``: ``sha256=`` and the hex HMAC-SHA256 of ``body``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+#: How far from its own clock a receiver should accept ``X-Vitalmon-Timestamp`` (a
+#: recommendation, docs/delivery.md: an attempt's timestamp is made when it starts).
+TOLERANCE_S = 300
+
+
+def signature(secret: bytes, timestamp: str, key: str, body: bytes) -> str:
+    """``X-Vitalmon-Signature``: ``sha256=`` and the hex HMAC-SHA256 of
+    ``<timestamp>.<key>.`` followed by the exact ``body`` (``timestamp`` as sent in
+    ``X-Vitalmon-Timestamp``, ``key`` in ``X-Vitalmon-Event``)."""
+    signed = f"{timestamp}.{key}.".encode() + body
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
 
 
 def body_of(e: AlertEvent) -> bytes:
@@ -79,13 +92,14 @@ class WebhookReceiver:
             )
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=self.cfg.timeout_s)
+        ts = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "vitalmon",
             "X-Vitalmon-Event": key,
-            "X-Vitalmon-Timestamp": str(int(time.time())),
+            "X-Vitalmon-Timestamp": ts,
             "X-Vitalmon-Route": self.route,
-            "X-Vitalmon-Signature": signature(self._secret, body),
+            "X-Vitalmon-Signature": signature(self._secret, ts, key, body),
         }
         try:
             conn.request("POST", self._target, body, headers)
