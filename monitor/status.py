@@ -144,6 +144,7 @@ class Status:
             yield Figure(None, "vitalmon_route_held_total", c["held"], route)
             gone = c["superseded"] + c["skipped"]
             yield Figure(None, "vitalmon_route_superseded_total", gone, route)
+            yield Figure(None, "vitalmon_route_lost_total", c["lost"], route)
             yield Figure(f"route_backlog[{name}]", "vitalmon_route_backlog", dlv.backlog, route)
             yield Figure(None, "vitalmon_route_oldest_seconds", dlv.oldest_s, route, 1)
         yield from self._metrics_only()

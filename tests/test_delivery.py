@@ -110,8 +110,8 @@ def webhook(url: str, tmp_path: Path, **more: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def journal_at(path: Path) -> AsyncIterator[SqliteSink]:
-    journal = SqliteSink(SqliteStoreConfig(path=str(path)))
+async def journal_at(path: Path, **cfg: Any) -> AsyncIterator[SqliteSink]:
+    journal = SqliteSink(SqliteStoreConfig(path=str(path), **cfg))
     await journal.open()
     task = asyncio.create_task(journal.run())
     try:
@@ -594,6 +594,104 @@ def test_held_rows_survive_a_restart_and_go_out_without_the_pause(tmp_path: Path
     finally:
         hook.close()
     assert [s for _, _, s in outbox(db)] == ["superseded", "delivered"]
+
+
+# ------------------------------------------------------------------ retention
+
+
+def test_retention_keeps_the_alert_events_a_route_still_owes(tmp_path: Path) -> None:
+    """aggregate_days 1 (the spool's): alert events two days old that a route has not
+    delivered yet (its webhook answers 503), or that the router has not even routed yet,
+    are kept by retention until the route is done with them; then they go. Before, they
+    were deleted: never delivered, never reported, the backlog stuck."""
+    hook = WebhookServer(SECRET)
+    hook.failing = True
+    old = time.time() - 2 * 86400
+    first = lifecycle("3west", "6", started=old)[0]
+    second = lifecycle("3west", "7", started=old + 1)[0]
+    db = tmp_path / "vitals.db"
+
+    def events() -> int:
+        conn = sqlite3.connect(db)
+        try:
+            return int(conn.execute("SELECT count(*) FROM alert_events").fetchone()[0])
+        finally:
+            conn.close()
+
+    async def main() -> Delivery:
+        async with journal_at(db, raw_days=1, aggregate_days=1) as journal:
+            routes = [route("hook", webhook(hook.url, tmp_path))]
+            d = Delivery(routes, journal, Client(MqttConfig()))
+            await d.open()  # (the router's position: the journal's end)
+            await commit(journal, [first])  # committed, not routed yet
+            report = await journal.maintain()
+            assert events() == 1  # (kept: the router owes it to its routes)
+            assert report.kept_alerts == 1
+            tasks = [asyncio.create_task(c, name=n) for n, c in d.tasks()]
+            try:
+                dlv = d.deliverers["hook"]
+                await commit(journal, [second])
+                await until(lambda: dlv.counts["failed"] >= 2, 5, "failed attempts")
+                await journal.maintain()  # both owed: pending
+                assert events() == 2
+                hook.failing = False
+                await until(lambda: len(hook.accepted) == 2, 5, "both delivered")
+                await until(lambda: dlv.backlog == 0, 5, "the backlog")
+                report = await journal.maintain()
+                assert events() == 0  # done with: they go
+                assert report.kept_alerts == 0
+                assert dlv.oldest_s == 0
+            finally:
+                d.close()
+                await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            return d
+
+    try:
+        run(main())
+    finally:
+        hook.close()
+    assert hook.keys() == [key(first), key(second)]
+    assert [s for _, _, s in outbox(db)] == ["delivered", "delivered"]
+
+
+def test_a_row_whose_event_left_the_journal_is_marked_lost_and_alarmed(tmp_path: Path) -> None:
+    """An outbox row whose alert event is no longer in the journal (an older vitalmon's
+    retention, a hand) is marked lost, counted, logged and raised as route.lost: the
+    route goes on, and its backlog does not stay stuck on it."""
+    hook = WebhookServer(SECRET)
+    hook.failing = True
+    gone, later = lifecycle("3west", "6")[0], lifecycle("3west", "7", started=T0 + 1)[0]
+    db = tmp_path / "vitals.db"
+    conditions: list[tuple[str, str, bool, str]] = []
+
+    async def main() -> Delivery:
+        async with (
+            journal_at(db) as journal,
+            delivering([route("hook", webhook(hook.url, tmp_path))], journal) as d,
+        ):
+            d.on_condition = lambda *c: conditions.append(c)
+            dlv = d.deliverers["hook"]
+            await commit(journal, [gone])
+            await until(lambda: dlv.counts["failed"] >= 1, 5, "a failed attempt")
+            conn = sqlite3.connect(db)
+            conn.execute("DELETE FROM alert_events WHERE id = ?", (gone.id,))
+            conn.commit()
+            conn.close()
+            hook.failing = False
+            await commit(journal, [later])
+            await until(lambda: hook.keys() == [key(later)], 5, "the later event")
+            await until(lambda: dlv.backlog == 0, 5, "the backlog")
+            return d
+
+    try:
+        d = run(main())
+    finally:
+        hook.close()
+    assert d.deliverers["hook"].counts["lost"] == 1
+    assert [s for _, _, s in outbox(db)] == ["lost", "delivered"]
+    (raised,) = [c for c in conditions if c[0] == "route.lost"]
+    assert raised[1:3] == ("route:hook", True)
+    assert gone.id in raised[3] and "P-1" not in raised[3]
 
 
 # --------------------------------------------------------------------- schema

@@ -271,6 +271,49 @@ def test_disk_bound_prunes_oldest_counts_drops_and_raises_alarm(tmp_path):
     assert ("sink.dropped", "tsdb", True) in raised
 
 
+def test_alert_events_pruned_before_a_remote_sink_got_them_are_counted_and_alarmed(tmp_path):
+    """Alert events past aggregate_days that a remote sink (its cursor) has not forwarded
+    are counted as dropped for it and raise sink.dropped, as readings do: never silent.
+    Those it forwarded go without a word."""
+    from monitor.model import Priority, new_alert
+
+    db = tmp_path / "v.db"
+    conditions: list[tuple[str, str, bool, str]] = []
+
+    def alert(bed: str) -> Any:
+        return new_alert(
+            ward="icu",
+            bed=bed,
+            device="mon",
+            patient=None,
+            vital="hr",
+            rule="hr.high",
+            kind="physiological",
+            priority=Priority.MEDIUM,
+            value=130.0,
+            limit=120.0,
+            message="HR 130 > 120",
+            started=T0 - 3 * DAY,
+        )
+
+    async def body(sink: SqliteSink) -> None:
+        sink.on_condition = lambda *condition: conditions.append(condition)
+        await sink.call(lambda c: get_cursor(c, "tsdb", "beginning"))
+        ev = asyncio.Event()
+        await sink.write([], [alert("1"), alert("2"), alert("3")], ev.set)
+        await asyncio.wait_for(ev.wait(), 5)
+        # the sink forwarded the first one
+        await sink.call(lambda c: c.execute("UPDATE cursors SET alerts = 1 WHERE sink = 'tsdb'"))
+        report = await sink.maintain(now=T0)
+        assert report.dropped_alerts == {"tsdb": 2}
+        assert sink.counts["dropped_alerts[tsdb]"] == 2
+
+    run(lambda: with_sink(db, body, raw_days=1, aggregate_days=1))
+    assert count(db, "SELECT count(*) FROM alert_events") == 0
+    dropped = [c for c in conditions if c[0] == "sink.dropped"]
+    assert dropped == [("sink.dropped", "tsdb", True, "2 alert events pruned before tsdb got them")]
+
+
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     values=st.lists(

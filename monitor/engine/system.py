@@ -21,6 +21,8 @@ PRIORITIES = {
     "store.failed": Priority.HIGH,
     "store.stalled": Priority.HIGH,
     "sink.dropped": Priority.HIGH,
+    # an alert event a route could never deliver (monitor.sinks.delivery.deliverer)
+    "route.lost": Priority.HIGH,
     # the broker lost vitalmon's persistent session (what it had queued is gone;
     # nothing more is at risk once reconnected): monitor.mqtt
     "mqtt.session_lost": Priority.MEDIUM,

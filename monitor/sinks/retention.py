@@ -9,14 +9,17 @@ Policy (README, "Storage"):
    (``readings_1m``: count, min, mean, max per ward/bed/device/vital/minute), following
    the journal sequence, so a late reading updates its minute too.
 2. **Age.** Raw readings older than ``raw_days`` are deleted once aggregated; aggregates
-   and alert events older than ``aggregate_days`` are deleted.
+   and alert events older than ``aggregate_days`` are deleted, except the alert events an
+   alert route still owes its receiver (an ``outbox`` row pending or held, or not routed
+   yet: after the router's position): those stay until the route is done with them, so
+   no routed alarm is dropped unseen (monitor.sinks.delivery).
 3. **Disk bound.** When the database's used size passes ``max_mb``, the oldest raw
    readings (by journal order, aggregated first) are deleted until it is under 90 % of
    the bound. Counted, logged, and raised as the technical alarm ``store.full``, which
    resolves once usage is under 80 %.
 
-Readings deleted before a remote sink forwarded them are counted per sink as dropped
-(and alarmed as ``sink.dropped[NAME]``): never silent.
+Readings and alert events deleted before a remote sink forwarded them are counted per
+sink as dropped (and alarmed as ``sink.dropped[NAME]``): never silent.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ log = logging.getLogger("vitalmon.sink.retention")
 
 CHUNK = 5000
 DAY = 86400.0
+#: The alert router's position in ``meta`` (:data:`monitor.sinks.delivery.outbox.CURSOR`):
+#: the alert events after it are not routed yet. Absent: no route is configured.
+ROUTED = "outbox.routed_ev"
+#: Outbox rows that still need their alert event (:data:`monitor.sinks.delivery.outbox.OPEN`).
+OWED = "SELECT ev FROM outbox WHERE status IN ('pending', 'held')"
 
 
 @dataclass(slots=True)
@@ -40,6 +48,10 @@ class Report:
     pruned_age: int = 0
     pruned_space: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    #: Alert events pruned before a remote sink forwarded them, per sink.
+    dropped_alerts: Counter[str] = field(default_factory=Counter)
+    #: Alert events past ``aggregate_days`` kept because an alert route still owes them.
+    kept_alerts: int = 0
     below_low_water: bool = False
     used_bytes: int = 0
 
@@ -160,8 +172,46 @@ class Retention:
             return True
         old = now - self.cfg.aggregate_days * DAY
         conn.execute("DELETE FROM readings_1m WHERE minute < ?", (int(old // 60),))
-        conn.execute("DELETE FROM alert_events WHERE at < ?", (old,))
+        self._prune_alerts(conn, old, report)
         return False
+
+    def _prune_alerts(self, conn: sqlite3.Connection, old: float, report: Report) -> None:
+        """Alert events older than ``old``, except those an alert route still owes (an
+        open outbox row, or after the router's position); what a remote sink had not
+        forwarded yet is counted as dropped for it."""
+        routed = conn.execute("SELECT value FROM meta WHERE key = ?", (ROUTED,)).fetchone()
+        where = f"at < ? AND ev NOT IN ({OWED})"
+        args: list[object] = [old]
+        if routed is not None:
+            where += " AND ev <= ?"
+            args.append(int(routed[0]))
+        dropped: Counter[str] = Counter()
+        conn.execute("BEGIN")
+        try:
+            for sink, cursor in conn.execute("SELECT sink, alerts FROM cursors").fetchall():
+                n = conn.execute(
+                    f"SELECT count(*) FROM alert_events WHERE {where} AND ev > ?", (*args, cursor)
+                ).fetchone()[0]
+                if n:
+                    dropped[sink] += n
+            before = conn.total_changes
+            conn.execute(f"DELETE FROM alert_events WHERE {where}", args)
+            deleted = conn.total_changes - before
+            kept = conn.execute("SELECT count(*) FROM alert_events WHERE at < ?", (old,)).fetchone()
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
+        report.kept_alerts = int(kept[0])
+        report.dropped_alerts.update(dropped)
+        for sink, n in dropped.items():
+            log.warning("%d alert events pruned before sink %s forwarded them", n, sink)
+        if report.kept_alerts and deleted:
+            log.info(
+                "%d alert event(s) older than %g days kept: alert routes still owe them",
+                report.kept_alerts,
+                self.cfg.aggregate_days,
+            )
 
     def _prune_space(self, conn: sqlite3.Connection, report: Report) -> bool:
         used = report.used_bytes = used_bytes(conn)

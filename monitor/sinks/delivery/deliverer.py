@@ -21,6 +21,12 @@ Contract of :class:`Deliverer`:
 * ``check()`` (the daemon's heartbeat): failing, or a send hanging, for ``down_alarm_s``
   raises the technical alarm ``sink.down`` for component ``route:<name>``, resolved by
   the next delivery.
+* **Lost.** A row whose alert event is no longer in the journal (retention keeps the
+  events of open rows, so only an older vitalmon's retention or a hand could do that)
+  is marked ``lost``, counted, logged as an error and raised as the technical alarm
+  ``route.lost`` (component ``route:<name>``; resolved by a later delivery, at the
+  earliest ``down_alarm_s`` after it): it is never waited for forever, and the backlog
+  and oldest gauges do not stay stuck on it.
 * ``close()``: ``run()`` delivers what the router routed before its ``done`` (bounded by
   the daemon's shutdown budget) and returns; at once if the receiver is failing: the
   rows wait in the journal for the next run.
@@ -104,6 +110,10 @@ class Deliverer:
         self._next_release: float | None = None
         #: There may be held rows (in the journal since the last run, or held since).
         self._maybe_held = True
+        #: Technical alarms about events this route could not deliver (``route.lost``,
+        #: ``route.rejected``) that are active: rule -> [monotonic time of the last
+        #: such event, whether the route has delivered since].
+        self._undelivered: dict[str, list[float | bool]] = {}
 
     @property
     def oldest_s(self) -> float:
@@ -137,6 +147,7 @@ class Deliverer:
         """Raise ``sink.down`` once the receiver has failed, or a send has hung, for
         ``down_alarm_s`` (called on the daemon's heartbeat, whatever the backoff)."""
         t = time.monotonic() if now is None else now
+        self._resolve_undelivered(t)
         since = self.failing_since if self.failing_since is not None else self._sending_since
         if self._alarmed or since is None or t - since < self.route.down_alarm_s:
             return
@@ -159,9 +170,10 @@ class Deliverer:
                 self.wake.clear()  # anything routed from here on wakes the wait below
                 try:
                     await self._release()
-                    rows = await self.journal.call(
-                        partial(outbox.pending, name=self.name, limit=BATCH)
+                    rows, lost = await self.journal.call(
+                        partial(outbox.pending, name=self.name, limit=BATCH, now=time.time())
                     )
+                    self._lost(lost)
                     self.backlog, self.oldest = await self.journal.call(
                         partial(outbox.open_rows, name=self.name)
                     )
@@ -280,7 +292,10 @@ class Deliverer:
         if not self._maybe_held:
             return
         self._next_release = None
-        alerts = await self.journal.call(partial(outbox.held, name=self.name))
+        alerts, lost = await self.journal.call(
+            partial(outbox.held, name=self.name, now=time.time())
+        )
+        self._lost(lost)
         self._maybe_held = False
         for alert, ward, bed in alerts:
             until = None if self.pauses is None else self.pauses.paused_until(ward, bed)
@@ -337,7 +352,47 @@ class Deliverer:
         self.counts["failed"] += 1
         self.check(now)
 
+    def _lost(self, lost: list[tuple[int, str]]) -> None:
+        """Rows marked ``lost`` (their events are no longer in the journal)."""
+        if not lost:
+            return
+        self.counts["lost"] += len(lost)
+        self.backlog = max(0, self.backlog - len(lost))
+        alerts = ", ".join(sorted({alert for _, alert in lost}))
+        log.error(
+            "route %s: %d alert event(s) of alert(s) %s are no longer in the journal and "
+            "cannot be delivered: marked lost",
+            self.name,
+            len(lost),
+            alerts,
+        )
+        self._undeliverable(
+            "route.lost",
+            f"route {self.name}: {len(lost)} alert event(s) no longer in the journal could "
+            f"not be delivered (alert {alerts})",
+        )
+
+    def _undeliverable(self, rule: str, detail: str) -> None:
+        """Raise ``rule`` (an event the route will never deliver) for the route."""
+        self._undelivered[rule] = [time.monotonic(), False]
+        if self.on_condition is not None:
+            self.on_condition(rule, self.component, True, detail)
+
+    def _resolve_undelivered(self, now: float) -> None:
+        """Resolve ``route.lost``/``route.rejected`` once the route has delivered again,
+        at the earliest ``down_alarm_s`` after the last event it gave up."""
+        for rule, (at, delivered) in list(self._undelivered.items()):
+            if delivered and now - float(at) >= self.route.down_alarm_s:
+                del self._undelivered[rule]
+                if self.on_condition is not None:
+                    self.on_condition(
+                        rule, self.component, False, f"route {self.name} delivers again"
+                    )
+
     def _recovered(self) -> None:
+        for state in self._undelivered.values():
+            state[1] = True
+        self._resolve_undelivered(time.monotonic())
         self.failing_since = None
         self._attempt = 0
         if self._alarmed:

@@ -12,7 +12,11 @@ of these states:
 * ``superseded``: held, and at the pause's end a later event of the same alert went
   instead (or had already gone: a breakthrough);
 * ``skipped``: held, and at the pause's end it was the recovery of an alert this route
-  never delivered (nobody was told of the alert, so nobody is told it is over).
+  never delivered (nobody was told of the alert, so nobody is told it is over);
+* ``lost``: its alert event is no longer in the journal (deleted before it went, by a
+  retention of an older vitalmon, or by hand): it cannot be sent. Retention keeps the
+  events of open rows (:mod:`monitor.sinks.retention`), so this should not happen; when
+  it does, the deliverer counts, logs and alarms it instead of waiting for it forever.
 
 The router's position is the ``meta`` row :data:`CURSOR`: the last ``alert_events.ev``
 routed. It is not a ``cursors`` row: those are remote sinks' positions in the readings
@@ -31,7 +35,7 @@ from monitor.sinks.sqlite import _ALERT_COLS, _alert_event, journal_head, read_a
 #: ``meta`` key of the router's position (the last ``alert_events.ev`` routed).
 CURSOR = "outbox.routed_ev"
 OPEN = ("pending", "held")
-DONE = ("delivered", "superseded", "skipped")
+DONE = ("delivered", "superseded", "skipped", "lost")
 
 _A_COLS = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 
@@ -102,24 +106,52 @@ def route(
     return len(events), events[-1][0] if events else after, made
 
 
-def pending(conn: sqlite3.Connection, name: str, limit: int) -> list[Row]:
-    """The route's next ``pending`` rows, in ``ev`` order, with their events."""
+def pending(
+    conn: sqlite3.Connection, name: str, limit: int, now: float
+) -> tuple[list[Row], list[tuple[int, str]]]:
+    """The route's next ``pending`` rows, in ``ev`` order, with their events; a row whose
+    event is no longer in the journal is marked ``lost`` here. -> (rows, lost rows as
+    (ev, alert id))."""
     rows = conn.execute(
-        f"SELECT o.ev, o.status, o.routed_at, {_A_COLS} FROM outbox o"
-        " JOIN alert_events a ON a.ev = o.ev"
+        f"SELECT o.ev, o.status, o.routed_at, o.alert, a.ev IS NULL, {_A_COLS} FROM outbox o"
+        " LEFT JOIN alert_events a ON a.ev = o.ev"
         " WHERE o.route = ? AND o.status = 'pending' ORDER BY o.ev LIMIT ?",
         (name, limit),
     ).fetchall()
-    return [Row(int(r[0]), r[1], float(r[2]), _alert_event(r[3:])) for r in rows]
+    lost = [(int(r[0]), str(r[3])) for r in rows if r[4]]
+    _lose(conn, name, [ev for ev, _ in lost], now)
+    return [Row(int(r[0]), r[1], float(r[2]), _alert_event(r[5:])) for r in rows if not r[4]], lost
 
 
-def held(conn: sqlite3.Connection, name: str) -> list[tuple[str, str, str]]:
-    """The alerts the route holds rows of: (alert id, ward, bed)."""
-    return conn.execute(
+def held(
+    conn: sqlite3.Connection, name: str, now: float
+) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
+    """The alerts the route holds rows of: (alert id, ward, bed); held rows whose event is
+    no longer in the journal are marked ``lost`` first. -> (alerts, lost rows as (ev,
+    alert id))."""
+    lost = [
+        (int(ev), str(alert))
+        for ev, alert in conn.execute(
+            "SELECT o.ev, o.alert FROM outbox o WHERE o.route = ? AND o.status = 'held'"
+            " AND NOT EXISTS (SELECT 1 FROM alert_events a WHERE a.ev = o.ev)",
+            (name,),
+        )
+    ]
+    _lose(conn, name, [ev for ev, _ in lost], now)
+    alerts = conn.execute(
         "SELECT DISTINCT o.alert, a.ward, a.bed FROM outbox o JOIN alert_events a"
         " ON a.ev = o.ev WHERE o.route = ? AND o.status = 'held'",
         (name,),
     ).fetchall()
+    return alerts, lost
+
+
+def _lose(conn: sqlite3.Connection, name: str, evs: list[int], now: float) -> None:
+    conn.executemany(
+        "UPDATE outbox SET status = 'lost', done_at = ? WHERE route = ? AND ev = ?"
+        " AND status IN ('pending', 'held')",
+        [(now, name, ev) for ev in evs],
+    )
 
 
 def open_rows(conn: sqlite3.Connection, name: str) -> tuple[int, float | None]:
@@ -198,7 +230,8 @@ def release(conn: sqlite3.Connection, name: str, alert: str, now: float) -> tupl
 def prune(conn: sqlite3.Connection, before: float) -> int:
     """Forget rows done before ``before`` (wall clock). -> rows deleted."""
     cur = conn.execute(
-        "DELETE FROM outbox WHERE status IN ('delivered', 'superseded', 'skipped') AND done_at < ?",
+        "DELETE FROM outbox WHERE status IN ('delivered', 'superseded', 'skipped', 'lost')"
+        " AND done_at < ?",
         (before,),
     )
     return cur.rowcount

@@ -134,6 +134,8 @@ class _Health(_SinkBase):
         self.counts["pruned_space"] += report.pruned_space
         for sink, n in report.dropped.items():
             self.counts[f"dropped[{sink}]"] += n
+        for sink, n in report.dropped_alerts.items():
+            self.counts[f"dropped_alerts[{sink}]"] += n
         if self.on_condition is not None:
             if report.pruned_space:
                 self.on_condition(
@@ -145,10 +147,17 @@ class _Health(_SinkBase):
                 )
             elif report.below_low_water:
                 self.on_condition("store.full", "store", False, "store back under its disk bound")
-            for sink, n in report.dropped.items():
-                self.on_condition(
-                    "sink.dropped", sink, True, f"{n} readings pruned before {sink} got them"
-                )
+            for sink in sorted({*report.dropped, *report.dropped_alerts}):
+                what = [
+                    f"{n} {noun}"
+                    for n, noun in (
+                        (report.dropped[sink], "readings"),
+                        (report.dropped_alerts[sink], "alert events"),
+                    )
+                    if n
+                ]
+                detail = f"{' and '.join(what)} pruned before {sink} got them"
+                self.on_condition("sink.dropped", sink, True, detail)
         return report
 
     # ------------------------------------------------------------- store thread
