@@ -596,6 +596,86 @@ def test_held_rows_survive_a_restart_and_go_out_without_the_pause(tmp_path: Path
     assert [s for _, _, s in outbox(db)] == ["superseded", "delivered"]
 
 
+def test_an_alert_open_longer_than_the_outbox_keeps_rows_still_ends_after_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox forgets done rows after KEEP_S (7 days; here at once): an alert raised
+    and delivered, whose rows are that old when it resolves during a pause, still gets
+    its end at the pause's end: the route's latest delivered row of an alert whose end
+    it has not had is kept (before, the pause's end took it for never announced and
+    skipped the end: the alarm manager kept showing it active). Once the end is
+    delivered, its rows go as well."""
+    from monitor.sinks.delivery import router
+
+    monkeypatch.setattr(router, "KEEP_S", -1.0)  # every done row is "older than 7 days"
+    monkeypatch.setattr(router, "PRUNE_EVERY_S", 0.0)  # pruned after every routing
+    hook = WebhookServer(SECRET)
+    publisher = AlertPublisher(AlertsConfig(), Client(MqttConfig()))
+    raised, _, resolved = lifecycle("3west", "6")
+    resolved = replace(resolved, seq=2)
+    other = lifecycle("3west", "7", started=T0 + 1)[0]
+    db = tmp_path / "vitals.db"
+
+    async def main() -> Delivery:
+        async with journal_at(db) as journal:
+            routes = [route("hook", webhook(hook.url, tmp_path))]
+            kw = {"pauses": publisher, "breakthrough": lambda: publisher.cfg.pause_breakthrough}
+            async with delivering(routes, journal, **kw) as d:
+                await commit(journal, [raised])
+                await until(lambda: hook.keys() == [key(raised)], 5, "the raise")
+                until_ = publisher.pause("3west", "6", 2.0, time.time())
+                await commit(journal, [resolved])  # (routed, then the outbox pruned)
+                await until(lambda: d.deliverers["hook"].counts["held"] == 1, 5, "held")
+                assert [s for _, _, s in outbox(db)] == ["delivered", "held"]
+                await until(lambda: len(hook.accepted) == 2, 10, "the end after the pause")
+                assert time.time() >= until_
+                await commit(journal, [other])  # (the alert is over: its rows go)
+                await until(lambda: len(hook.accepted) == 3, 5, "the other")
+                return d
+
+    try:
+        d = run(main())
+    finally:
+        hook.close()
+    assert hook.keys() == [key(raised), key(resolved), key(other)]
+    assert d.deliverers["hook"].counts["skipped"] == 0
+    assert [ev for _, ev, _ in outbox(db)] == [3]  # (the other's raise: delivered, kept)
+
+
+def test_an_outbox_from_before_the_state_column_gets_it_filled(tmp_path: Path) -> None:
+    """A journal whose outbox has no state column (vitalmon before it) gets the column
+    when opened, filled from its events, so that the pruning knows which alerts ended."""
+    db = tmp_path / "vitals.db"
+    events = lifecycle("3west", "6")
+
+    async def main() -> None:
+        async with journal_at(db) as journal:
+            await commit(journal, events)
+        conn = sqlite3.connect(db)
+        conn.executescript(
+            "DROP TABLE outbox; CREATE TABLE outbox (route TEXT NOT NULL, ev INTEGER NOT NULL,"
+            " alert TEXT NOT NULL, status TEXT NOT NULL, routed_at REAL NOT NULL,"
+            " done_at REAL, PRIMARY KEY (route, ev)) WITHOUT ROWID;"
+        )
+        conn.executemany(
+            "INSERT INTO outbox (route, ev, alert, status, routed_at)"
+            " VALUES ('r', ?, ?, 'delivered', 0)",
+            [(ev, events[0].id) for ev in (1, 2, 3)],
+        )
+        conn.commit()
+        conn.close()
+        async with journal_at(db):
+            pass
+
+    run(main())
+    conn = sqlite3.connect(db)
+    try:
+        states = conn.execute("SELECT ev, state FROM outbox ORDER BY ev").fetchall()
+    finally:
+        conn.close()
+    assert states == [(1, "active"), (2, "acknowledged"), (3, "resolved")]
+
+
 # ------------------------------------------------------------------ retention
 
 

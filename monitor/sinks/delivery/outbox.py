@@ -86,11 +86,11 @@ def route(
         rows = []
         for ev, e in events:
             for name in routes_of(e):
-                rows.append((name, ev, e.id, now))
+                rows.append((name, ev, e.id, str(e.state), now))
                 made[name] = made.get(name, 0) + 1
         conn.executemany(
-            "INSERT OR IGNORE INTO outbox (route, ev, alert, status, routed_at)"
-            " VALUES (?, ?, ?, 'pending', ?)",
+            "INSERT OR IGNORE INTO outbox (route, ev, alert, state, status, routed_at)"
+            " VALUES (?, ?, ?, ?, 'pending', ?)",
             rows,
         )
         if events:
@@ -227,12 +227,30 @@ def release(conn: sqlite3.Connection, name: str, alert: str, now: float) -> tupl
     return (n, 0) if give_up == "superseded" else (0, n)
 
 
-def prune(conn: sqlite3.Connection, before: float) -> int:
-    """Forget rows done before ``before`` (wall clock). -> rows deleted."""
+def prune(
+    conn: sqlite3.Connection,
+    before: float,
+    announced_before: float,
+    forget: Iterable[str] = (),
+) -> int:
+    """Forget rows done before ``before`` (wall clock), except the record that a route
+    announced an alert still open: its latest ``delivered`` row stays while no
+    resolution of the alert is done for that route (:func:`release` decides from it
+    whether the end of an alert held by a pause goes), up to ``announced_before``. Routes
+    in ``forget`` never get a resolution (their match leaves them out): nothing is kept
+    for them. -> rows deleted."""
+    done = ", ".join(f"'{s}'" for s in DONE)
+    skip = list(forget)
+    marks = ", ".join("?" for _ in skip)
     cur = conn.execute(
-        "DELETE FROM outbox WHERE status IN ('delivered', 'superseded', 'skipped', 'lost')"
-        " AND done_at < ?",
-        (before,),
+        f"DELETE FROM outbox WHERE status IN ({done}) AND done_at < ? AND NOT ("
+        " status = 'delivered' AND done_at >= ?"
+        f" AND route NOT IN ({marks})"
+        " AND ev = (SELECT max(d.ev) FROM outbox d WHERE d.route = outbox.route"
+        "  AND d.alert = outbox.alert AND d.status = 'delivered')"
+        " AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.route = outbox.route"
+        f"  AND r.alert = outbox.alert AND r.state = 'resolved' AND r.status IN ({done})))",
+        (before, announced_before, *skip),
     )
     return cur.rowcount
 

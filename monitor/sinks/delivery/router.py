@@ -15,7 +15,11 @@ Contract of :class:`Router`:
 * ``close()``: ``run()`` routes what the journal has committed, sets ``done`` and
   returns (the deliverers finish with that).
 
-Every hour, rows done more than :data:`KEEP_S` ago are pruned from the outbox.
+Every hour, rows done more than :data:`KEEP_S` ago are pruned from the outbox, except
+each route's latest delivered row of an alert whose end the route has not had yet: that
+the route announced the alert is what a pause's end needs to know (the end of an alert
+never announced is skipped, :func:`outbox.release`), however long the alert lasts (up to
+:data:`ANNOUNCED_KEEP_S`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from monitor.config import RouteConfig, RouteMatch
-from monitor.model import AlertEvent
+from monitor.model import AlertEvent, AlertState
 from monitor.sinks.delivery import outbox
 from monitor.sinks.sqlite import SqliteSink, storage_error
 
@@ -38,6 +42,9 @@ log = logging.getLogger("vitalmon.sink.delivery")
 BATCH = 500
 #: Delivered (superseded, skipped) rows are kept this long, then pruned.
 KEEP_S = 7 * 86400.0
+#: The latest delivered row of an alert still open is kept this long at most (an alert
+#: whose end never comes to the route: its engine forgot it, a match that changed).
+ANNOUNCED_KEEP_S = 365 * 86400.0
 PRUNE_EVERY_S = 3600.0
 #: The journal refusing the router's transaction: retried after this, up to 10x.
 RETRY_S = 0.5
@@ -70,6 +77,12 @@ class Router:
     ) -> None:
         self.journal = journal
         self.names = [r.name for r in routes]
+        #: Routes whose match takes no resolution: no announcement kept for them.
+        self._no_end = [
+            r.name
+            for r in routes
+            if r.match.states is not None and AlertState.RESOLVED not in r.match.states
+        ]
         self._routes_of = routes_of(routes)
         #: Called with the rows made per route after each commit (wakes the deliverers).
         self._routed = routed
@@ -155,7 +168,14 @@ class Router:
             return
         self._pruned_at = now
         try:
-            gone = await self.journal.call(partial(outbox.prune, before=now - KEEP_S))
+            gone = await self.journal.call(
+                partial(
+                    outbox.prune,
+                    before=now - KEEP_S,
+                    announced_before=now - ANNOUNCED_KEEP_S,
+                    forget=self._no_end,
+                )
+            )
         except Exception as exc:
             if not storage_error(exc):
                 raise

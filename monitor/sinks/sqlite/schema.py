@@ -87,8 +87,10 @@ CREATE TABLE IF NOT EXISTS outbox (         -- alert events routed to receivers 
     ev        INTEGER NOT NULL,             -- alert_events.ev
     alert     TEXT NOT NULL,                -- alert_events.id (an alert's rows together)
     status    TEXT NOT NULL,                -- pending | held | delivered | superseded | skipped
+                                            -- | rejected | lost (monitor.sinks.delivery.outbox)
     routed_at REAL NOT NULL,                -- wall clock of the routing
     done_at   REAL,                         -- wall clock of the delivery (or of giving it up)
+    state     TEXT,                         -- alert_events.state (kept when the event is pruned)
     PRIMARY KEY (route, ev)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox (route, status, ev);
@@ -204,6 +206,12 @@ def _prepare(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.executescript(SCHEMA)  # (and the tables added since, to an older store: outbox)
     if "identity" not in {row[1] for row in conn.execute("PRAGMA table_info(audit)")}:
         conn.execute("ALTER TABLE audit ADD COLUMN identity TEXT")  # (a store before it)
+    if "state" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:
+        conn.executescript(  # (an outbox before it: the states its events still have)
+            "BEGIN; ALTER TABLE outbox ADD COLUMN state TEXT;"
+            " UPDATE outbox SET state = (SELECT a.state FROM alert_events a"
+            " WHERE a.ev = outbox.ev); COMMIT;"
+        )
     if version != SCHEMA_VERSION:  # (a store up to date is not written to at all)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
