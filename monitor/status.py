@@ -144,6 +144,9 @@ class Status:
             yield Figure(None, "vitalmon_route_held_total", c["held"], route)
             gone = c["superseded"] + c["skipped"]
             yield Figure(None, "vitalmon_route_superseded_total", gone, route)
+            yield Figure(
+                f"route_rejected[{name}]", "vitalmon_route_rejected_total", c["rejected"], route
+            )
             yield Figure(None, "vitalmon_route_lost_total", c["lost"], route)
             yield Figure(f"route_backlog[{name}]", "vitalmon_route_backlog", dlv.backlog, route)
             yield Figure(None, "vitalmon_route_oldest_seconds", dlv.oldest_s, route, 1)

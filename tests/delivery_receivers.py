@@ -7,9 +7,10 @@ its own (so a test's event loop, or a daemon in a subprocess, talks to them alik
 * :class:`WebhookServer`: stdlib ``http.server`` that checks the HMAC signature (over
   ``<timestamp>.<key>.`` and the body, the timestamp within 300 s, as docs/delivery.md
   tells receivers to) and answers 401 to a bad one, 503 while ``failing`` (or to the
-  first ``fail_first`` attempts);
+  first ``fail_first`` attempts), and the status in ``refuse`` to its keys;
 * :class:`SmtpServer`: aiosmtpd with STARTTLS required and a login, its certificate
-  self-signed by ``openssl req -x509`` at test time (:func:`self_signed`).
+  self-signed by ``openssl req -x509`` at test time (:func:`self_signed`); 554 to the
+  messages whose keys are in ``refuse``.
 
 Each records what it *accepted* in ``accepted`` (with the monotonic time of receipt),
 and every attempt in ``attempts``: duplicates and order are asserted on those.
@@ -200,6 +201,8 @@ class WebhookServer(_Recorder):
         self.secret = secret.encode()
         self.fail_first = fail_first
         self.failing = False
+        #: idempotency key -> the status this server answers it (a refusal for good)
+        self.refuse: dict[str, int] = {}
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -234,12 +237,14 @@ class WebhookServer(_Recorder):
             if not signed:
                 self.problems.append(f"bad signature for {key}")
             refuse = not signed or self.failing or len(self.attempts) <= self.fail_first
+            status = 401 if not signed else self.refuse.get(key, 503)
+            refuse = refuse or key in self.refuse
             if req.headers.get("Content-Type") != "application/json":
                 self.problems.append(f"content type {req.headers.get('Content-Type')}")
         if refuse:
-            req.send_response(401 if not signed else 503)
+            req.send_response(status)
             req.end_headers()
-            req.wfile.write(b"not now\n")
+            req.wfile.write(b"not now\n" if status == 503 else b"refused: patient P-1\n")
             return
         event = json.loads(body)
         got.info["event"] = event
@@ -311,6 +316,8 @@ class _Handler:
         got = Received(key, time.monotonic(), info)
         with self.server.lock:
             self.server.attempts.append(got)
+            if key in self.server.refuse:
+                return "554 5.6.0 message refused (patient P-1)"
             self.server.accepted.append(got)
         return "250 OK"
 
@@ -321,6 +328,8 @@ class SmtpServer(_Recorder):
     def __init__(self, cert: tuple[Path, Path] | None, users: dict[str, str] | None = None) -> None:
         super().__init__()
         self.port = free_port()
+        #: idempotency keys whose message this server refuses for good (554)
+        self.refuse: set[str] = set()
         kwargs: dict[str, Any] = {}
         if cert is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

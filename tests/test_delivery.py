@@ -520,6 +520,81 @@ def test_a_down_receiver_holds_up_no_other_route_and_raises_sink_down(tmp_path: 
     assert hanging.attempts  # it was tried (and never answered)
 
 
+def test_an_event_refused_for_good_is_rejected_and_the_route_goes_on(tmp_path: Path) -> None:
+    """The alarm manager answers AR, the webhook 422, the mail relay 554 to an alert's
+    raise (each refusal echoing the patient id): each route tries it reject_after (3)
+    times, then marks it rejected, counts it, raises route.rejected (the alert, its bed,
+    the receiver's reason; never the patient id) and delivers the alert's later events
+    in order. route.rejected resolves once the route delivered again, down_alarm_s
+    after it was raised. Before, the route retried the raise forever and every later
+    alarm waited behind it."""
+    events = lifecycle("3west", "6")
+    first = key(events[0])
+    mllp = MllpListener()
+    mllp.answers = ["AR", "AR", "AR"]
+    hook = WebhookServer(SECRET)
+    hook.refuse = {first: 422}
+    smtp = SmtpServer(None)
+    smtp.refuse = {first}
+    mail = {"type": "smtp", "host": "127.0.0.1", "port": smtp.port, "starttls": False}
+    mail |= {"from": "vitalmon@hospital.example", "to": ["biomed@hospital.example"]}
+    routes = [
+        route("acm", {"type": "hl7-mllp", "host": "127.0.0.1", "port": mllp.port}, down_alarm_s=1),
+        route("hook", webhook(hook.url, tmp_path), down_alarm_s=1),
+        route("mail", mail, down_alarm_s=1),
+    ]
+    conditions: list[tuple[str, str, bool, str]] = []
+    db = tmp_path / "vitals.db"
+    later = [key(e) for e in events[1:]]
+
+    async def main() -> Delivery:
+        async with journal_at(db) as journal, delivering(routes, journal) as d:
+            d.on_condition = lambda *c: conditions.append(c)
+            await commit(journal, events)
+            for server in (mllp, hook, smtp):
+                await until(lambda s=server: s.keys() == later, 10, "the later events")
+
+            def resolved() -> bool:
+                d.check()
+                return sum(1 for c in conditions if c[0] == "route.rejected" and not c[2]) == 3
+
+            await until(resolved, 5, "route.rejected resolved")
+            return d
+
+    try:
+        d = run(main())
+    finally:
+        mllp.close()
+        hook.close()
+        smtp.close()
+    for server in (mllp, hook, smtp):
+        assert [r.key for r in server.attempts] == [first] * 3 + later
+    for name, reason in (("acm", "ACK AR"), ("hook", "HTTP 422"), ("mail", "SMTP 554")):
+        dlv = d.deliverers[name]
+        assert (dlv.counts["rejected"], dlv.counts["delivered"], dlv.backlog) == (1, 2, 0)
+        (raised,) = [c for c in conditions if c[:3] == ("route.rejected", f"route:{name}", True)]
+        detail = raised[3]
+        assert events[0].id in detail and "3west/6" in detail and reason in detail, detail
+        assert "P-1" not in detail, detail
+    assert [s for r, _, s in outbox(db) if r == "hook"] == ["rejected", "delivered", "delivered"]
+    assert not any(c[0] == "sink.down" for c in conditions)
+
+
+@pytest.mark.parametrize(
+    ("status", "for_good"),
+    [
+        *((s, True) for s in (400, 409, 413, 422)),
+        *((s, False) for s in (401, 403, 404, 408, 425, 429, 500, 503)),
+    ],
+)
+def test_which_http_answers_refuse_an_event_for_good(status: int, for_good: bool) -> None:
+    """A 4xx about the request is a refusal for good; a timeout, a rate limit, a 5xx,
+    and the 4xx that say the route itself is wrong (the key, the url) are retried."""
+    from monitor.sinks.delivery import webhook as hook
+
+    assert hook.for_good(status) is for_good
+
+
 # ---------------------------------------------------------------------- pauses
 
 

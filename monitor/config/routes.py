@@ -215,6 +215,10 @@ class RouteConfig(_Model):
     retry_max_s: float = Field(30.0, gt=0, le=3600)
     #: Failing (or a send hanging) this long raises the technical alarm ``sink.down``.
     down_alarm_s: float = Field(30.0, ge=1, le=86400)
+    #: An event the receiver refuses for good (HTTP 4xx about the request, HL7 AR/CR,
+    #: SMTP 5xx for the message) this many times in a row is given up (``rejected``,
+    #: the technical alarm ``route.rejected``) and the route goes on with the next.
+    reject_after: int = Field(3, ge=1, le=100)
 
     @field_validator("name")
     @classmethod

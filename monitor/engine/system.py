@@ -23,6 +23,8 @@ PRIORITIES = {
     "sink.dropped": Priority.HIGH,
     # an alert event a route could never deliver (monitor.sinks.delivery.deliverer)
     "route.lost": Priority.HIGH,
+    # an alert event a route's receiver refused for good (given up)
+    "route.rejected": Priority.HIGH,
     # the broker lost vitalmon's persistent session (what it had queued is gone;
     # nothing more is at risk once reconnected): monitor.mqtt
     "mqtt.session_lost": Priority.MEDIUM,

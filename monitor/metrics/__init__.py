@@ -123,6 +123,8 @@ the same table. Labels are in braces.
     Alert events an alert route held while their bed was paused.
 ``vitalmon_route_superseded_total{route}`` counter
     Held alert events not delivered at the pause's end (superseded or skipped).
+``vitalmon_route_rejected_total{route}`` counter
+    Alert events an alert route gave up: its receiver refused them for good.
 ``vitalmon_route_lost_total{route}`` counter
     Alert events an alert route could not deliver: no longer in the journal.
 ``vitalmon_route_backlog{route}`` gauge

@@ -161,6 +161,11 @@ SPECS: Mapping[str, Spec] = {
         "Held alert events not delivered at the pause's end (superseded or skipped).",
         ("route",),
     ),
+    "vitalmon_route_rejected_total": Spec(
+        "counter",
+        "Alert events an alert route gave up: its receiver refused them for good.",
+        ("route",),
+    ),
     "vitalmon_route_lost_total": Spec(
         "counter",
         "Alert events an alert route could not deliver: no longer in the journal.",

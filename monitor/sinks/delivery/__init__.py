@@ -15,7 +15,9 @@ Contract of a :class:`Receiver` (one per route, built by its ``type``'s factory,
 the receiver's module registers with :func:`register_receiver`):
 
 * ``send(event, key)`` delivers one alert event and returns once the receiver has
-  accepted it, or raises (anything: the deliverer retries the same event later). ``key``
+  accepted it, or raises: :class:`Rejected` when the receiver refused this event for
+  good (the deliverer gives it up after ``reject_after`` such refusals), anything else
+  for a failure the deliverer retries (the same event, later). ``key``
   is ``<alert id>:<seq>``, the same on every attempt and after a restart: the receiver
   passes it on (webhook header ``X-Vitalmon-Event``, HL7 MSH-10, the mail's Message-ID)
   so that the system behind it can drop a duplicate. It gives up after ``timeout_s``
@@ -41,7 +43,7 @@ from monitor.model import AlertEvent
 from monitor.mqtt import Client
 from monitor.registry import Registry
 from monitor.sinks.delivery import outbox
-from monitor.sinks.delivery.deliverer import Deliverer, key
+from monitor.sinks.delivery.deliverer import Deliverer, Rejected, key
 from monitor.sinks.delivery.router import Router, matches, routes_of
 from monitor.sinks.sqlite import SqliteSink, storage_error
 
@@ -159,6 +161,7 @@ __all__ = [
     "Pauses",
     "Receiver",
     "ReceiverContext",
+    "Rejected",
     "Router",
     "build_receiver",
     "key",

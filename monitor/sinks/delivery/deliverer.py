@@ -11,6 +11,16 @@ Contract of :class:`Deliverer`:
   ``retry_max_s``), the same row again: an alert's events reach its receiver in order,
   and one route's trouble holds up no other route (each has its own task) and never the
   engine (a deliverer only reads the journal, and marks rows between its commits).
+* **Rejected.** A receiver that refuses *this event* for good raises :class:`Rejected`
+  (an HTTP 4xx about the request, an HL7 ``AR``/``CR``, an SMTP 5xx for the message;
+  each receiver says which). Such an event is tried ``reject_after`` times (with the
+  backoff); then its row is marked ``rejected``, counted, logged as an error and raised
+  as the technical alarm ``route.rejected`` (component ``route:<name>``, the alert, the
+  bed and the receiver's reason, never a patient id; resolved by a later delivery, at
+  the earliest ``down_alarm_s`` after it), and the route goes on with its next event:
+  one refused event does not stop every later alarm of the route. Any other failure
+  (refused or reset connection, timeout, HTTP 5xx/408/429, HL7 ``AE``) is retried, in
+  order, for as long as it takes.
 * **Pauses.** A row whose bed is paused (``vitalmon/cmd/pause``; the alert publisher's
   live pauses, :class:`~monitor.sinks.delivery.Pauses`) and whose priority is not in
   ``alerts.pause_breakthrough`` is ``held``, as the MQTT publication is; when the pause
@@ -66,6 +76,17 @@ GRACE_S = 5.0
 JOURNAL_RETRY_S = 1.0
 
 
+class Rejected(Exception):
+    """The receiver refused this event for good: sent again as it is, it would be
+    refused again (the deliverer gives it up after ``reject_after`` attempts)."""
+
+
+def redact(text: str, e: AlertEvent) -> str:
+    """``text`` (a receiver's answer, which may echo what it was sent) without the
+    event's patient id."""
+    return text.replace(e.patient, "***") if e.patient else text
+
+
 def key(e: AlertEvent) -> str:
     """The event's idempotency key: the same on every attempt and after a restart."""
     return f"{e.id}:{e.seq}"
@@ -114,6 +135,8 @@ class Deliverer:
         #: ``route.rejected``) that are active: rule -> [monotonic time of the last
         #: such event, whether the route has delivered since].
         self._undelivered: dict[str, list[float | bool]] = {}
+        #: (outbox ev, permanent refusals of it in a row): given up at ``reject_after``.
+        self._refusals: tuple[int, int] = (0, 0)
 
     @property
     def oldest_s(self) -> float:
@@ -226,22 +249,35 @@ class Deliverer:
                     e.bed,
                 )
                 continue
-            if not await self._send(e):
+            sent = await self._send(row)
+            if sent == "rejected":
+                await self._reject(row)
+                continue
+            if sent != "delivered":
                 return False
             self.counts["delivered"] += 1
             if not await self._mark(row.ev):
                 return False
         return True
 
-    async def _send(self, e: AlertEvent) -> bool:
+    async def _send(self, row: outbox.Row) -> str:
+        """One attempt: -> ``delivered``, ``failed`` (the backoff waited) or ``rejected``
+        (refused for good ``reject_after`` times: to be given up)."""
+        e = row.event
         self._sending_since = time.monotonic()
         try:
             await asyncio.wait_for(self.receiver.send(e, key(e)), self.receiver.timeout_s + GRACE_S)
         except Exception as exc:  # noqa: BLE001 - any failure of the receiver is retried
             self._sending_since = None
-            self._failing(exc)
+            self._failing(exc, e)
+            if isinstance(exc, Rejected):
+                ev, n = self._refusals
+                n = n + 1 if ev == row.ev else 1
+                self._refusals = (row.ev, n)
+                if n >= self.route.reject_after:
+                    return "rejected"
             if self._closing.is_set():
-                return False
+                return "failed"
             low, high = self.route.retry_min_s, self.route.retry_max_s
             delay = random.uniform(low, min(high, low * 2**self._attempt))
             log.warning(
@@ -254,11 +290,26 @@ class Deliverer:
                 delay,
             )
             await self._sleep(delay)
-            return False
+            return "failed"
         self._sending_since = None
         self._recovered()
         log.debug("route %s: alert %s seq %d delivered", self.name, e.id, e.seq)
-        return True
+        return "delivered"
+
+    async def _reject(self, row: outbox.Row) -> None:
+        """Give up an event the receiver refused for good ``reject_after`` times."""
+        e = row.event
+        await self.journal.call(partial(outbox.reject, name=self.name, ev=row.ev, now=time.time()))
+        self._refusals = (0, 0)
+        self._attempt = 0  # (the next event is not an attempt of this one)
+        self.counts["rejected"] += 1
+        self.backlog = max(0, self.backlog - 1)
+        why = (
+            f"the receiver refused alert {e.id} event {e.seq} ({e.rule}, {e.ward}/{e.bed}) "
+            f"{self.route.reject_after} time(s): {self._last_error}"
+        )
+        log.error("route %s: %s; given up, the route goes on", self.name, why)
+        self._undeliverable("route.rejected", f"route {self.name}: {why}")
 
     async def _mark(self, ev: int) -> bool:
         """Record a delivery in the journal; while it refuses, remember it here (marked
@@ -342,12 +393,12 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), delay)
 
-    def _failing(self, exc: BaseException) -> None:
+    def _failing(self, exc: BaseException, e: AlertEvent) -> None:
         now = time.monotonic()
         self._attempt += 1
         if self.failing_since is None:
             self.failing_since = now
-        text = str(exc) or type(exc).__name__
+        text = redact(str(exc) or type(exc).__name__, e)
         self._last_error = text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"
         self.counts["failed"] += 1
         self.check(now)

@@ -3,9 +3,11 @@ alarm manager, one message at a time on one kept connection.
 
 ``send`` (re)connects if needed, writes the framed message and waits for the ACK whose
 MSA-2 is the message's control id (an ACK of another id, left from an attempt that
-timed out, is skipped): ``AA`` or ``CA`` is accepted; ``AE``, ``AR`` (or ``CE``,
-``CR``), an answer that is no ACK, a closed connection or no answer within
-``timeout_s`` raise (the deliverer retries). A connection that failed is closed and
+timed out, is skipped): ``AA`` or ``CA`` is accepted. ``AR`` or ``CR`` (the alarm
+manager rejects this message) raise :class:`~monitor.sinks.delivery.Rejected`: the
+deliverer gives the event up after ``reject_after`` attempts. ``AE`` or ``CE`` (an
+error on its side), an answer that is no ACK, a closed connection or no answer within
+``timeout_s`` raise :class:`Refused` (the deliverer retries). A connection that failed is closed and
 opened afresh for the next attempt.
 """
 
@@ -18,7 +20,7 @@ import logging
 from monitor.config import Hl7MllpReceiverConfig
 from monitor.hl7v2 import MLLP_END, MLLP_START, frame
 from monitor.model import AlertEvent
-from monitor.sinks.delivery import ReceiverContext, register_receiver
+from monitor.sinks.delivery import ReceiverContext, Rejected, register_receiver
 from monitor.sinks.delivery.pcd04 import Header, control_id, encode, read_ack
 
 log = logging.getLogger("vitalmon.sink.delivery")
@@ -29,8 +31,16 @@ ACCEPTED = frozenset({"AA", "CA"})
 MAX_OTHER_ACKS = 16
 
 
+#: ACK codes that reject the message for good.
+REJECTED = frozenset({"AR", "CR"})
+
+
 class Refused(Exception):
-    """The alarm manager answered with another code than AA or CA."""
+    """The alarm manager answered with another code than AA or CA (retried)."""
+
+
+class RejectedAck(Refused, Rejected):
+    """The alarm manager answered AR or CR: it will not take this message."""
 
 
 class Hl7MllpReceiver:
@@ -57,7 +67,8 @@ class Hl7MllpReceiver:
             await self._drop()
             raise
         if code not in ACCEPTED:
-            raise Refused(f"ACK {code or '(none)'} for {control}: {text or 'no reason given'}")
+            error = RejectedAck if code in REJECTED else Refused
+            raise error(f"ACK {code or '(none)'} for {control}: {text or 'no reason given'}")
 
     async def _exchange(self, message: bytes, control: str) -> tuple[str, str]:
         if self._conn is not None and self._conn[0].at_eof():

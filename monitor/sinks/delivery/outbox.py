@@ -13,6 +13,8 @@ of these states:
   instead (or had already gone: a breakthrough);
 * ``skipped``: held, and at the pause's end it was the recovery of an alert this route
   never delivered (nobody was told of the alert, so nobody is told it is over);
+* ``rejected``: the receiver refused it for good, ``reject_after`` times (an HTTP 4xx
+  about the request, HL7 ``AR``): given up, so that the route's later events go;
 * ``lost``: its alert event is no longer in the journal (deleted before it went, by a
   retention of an older vitalmon, or by hand): it cannot be sent. Retention keeps the
   events of open rows (:mod:`monitor.sinks.retention`), so this should not happen; when
@@ -35,7 +37,7 @@ from monitor.sinks.sqlite import _ALERT_COLS, _alert_event, journal_head, read_a
 #: ``meta`` key of the router's position (the last ``alert_events.ev`` routed).
 CURSOR = "outbox.routed_ev"
 OPEN = ("pending", "held")
-DONE = ("delivered", "superseded", "skipped", "lost")
+DONE = ("delivered", "superseded", "skipped", "rejected", "lost")
 
 _A_COLS = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 
@@ -170,6 +172,15 @@ def finish(conn: sqlite3.Connection, name: str, evs: Iterable[int], now: float) 
     conn.executemany(
         "UPDATE outbox SET status = 'delivered', done_at = ? WHERE route = ? AND ev = ?",
         [(now, name, ev) for ev in evs],
+    )
+
+
+def reject(conn: sqlite3.Connection, name: str, ev: int, now: float) -> None:
+    """The receiver refused the row for good: given up."""
+    conn.execute(
+        "UPDATE outbox SET status = 'rejected', done_at = ? WHERE route = ? AND ev = ?"
+        " AND status = 'pending'",
+        (now, name, ev),
     )
 
 

@@ -11,7 +11,11 @@ The connection: STARTTLS before anything else (``starttls: true``, the default; 
 that does not offer it is a failure, never a fallback to plain text), the server's
 certificate verified (``ca_file``, else the system's CAs), then the login if configured.
 Accepted when the server accepted the message for at least one recipient (recipients it
-refused are logged); anything else raises and the deliverer retries. Each event is one
+refused are logged). A 5xx answer to the message itself (after DATA: its size, its
+content) raises :class:`~monitor.sinks.delivery.Rejected`, and the deliverer gives the
+event up after ``reject_after`` attempts; anything else raises and the deliverer
+retries: a 4xx, and the refusals that are the same for every event (the login, the
+sender, every recipient: the route is wrong, not the event). Each event is one
 connection, in a thread of the receiver's own; ``timeout_s`` bounds each step.
 """
 
@@ -30,9 +34,13 @@ from email.utils import formatdate
 
 from monitor.config import SmtpReceiverConfig, read_secret
 from monitor.model import LABELS, AlertEvent, fmt_limit, fmt_reading, iso
-from monitor.sinks.delivery import ReceiverContext, register_receiver
+from monitor.sinks.delivery import ReceiverContext, Rejected, register_receiver
 
 log = logging.getLogger("vitalmon.sink.delivery")
+
+
+class MessageRefused(Rejected):
+    """The server refused the message itself with a 5xx (after DATA)."""
 
 
 def _line(text: str) -> str:
@@ -121,7 +129,15 @@ class SmtpReceiver:
                 smtp.ehlo()
             if self.cfg.username is not None:
                 smtp.login(self.cfg.username, self._password)
-            refused = smtp.send_message(msg)
+            try:
+                refused = smtp.send_message(msg)
+            except smtplib.SMTPDataError as exc:
+                if not 500 <= exc.smtp_code < 600:
+                    raise
+                said = exc.smtp_error
+                if isinstance(said, bytes):
+                    said = said.decode("utf-8", "replace")
+                raise MessageRefused(f"SMTP {exc.smtp_code} {_line(said)[:120]}") from None
         if refused:
             log.warning(
                 "route %s: the server refused recipient(s) %s",

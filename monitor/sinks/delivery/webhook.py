@@ -10,8 +10,13 @@ the body, so a captured request replayed later, or with another key to get past 
 receiver's de-duplication, fails the check (a receiver also refuses a timestamp more
 than :data:`TOLERANCE_S` from its clock; docs/delivery.md shows the check).
 
-A 2xx answer is acceptance; any other status, a connection refused or reset, or no
-answer within ``timeout_s`` (each socket operation) raise, and the deliverer retries.
+A 2xx answer is acceptance. A 4xx about the request itself (400, 413, 422, ...: not
+one of :data:`RETRIED`) raises :class:`~monitor.sinks.delivery.Rejected`: the receiver
+will never take this event as it is, and the deliverer gives it up after
+``reject_after`` attempts. Any other status (5xx; 408, 425, 429; and the 4xx that say
+the route itself is wrong, the same for every event: 401, 403, 404, 405, 407, 410, 421,
+426), a connection refused or reset, or no answer within ``timeout_s`` raise
+:class:`Refused`, and the deliverer retries.
 https verifies the server (``ca_file``, else the system's CAs). One connection per
 event, in a thread of the receiver's own; no proxy is used. Logs show the url without
 its query string; the key is never shown.
@@ -32,14 +37,30 @@ from concurrent.futures import ThreadPoolExecutor
 from monitor.config import WebhookReceiverConfig, read_secret
 from monitor.config.routes import MIN_KEY_BYTES
 from monitor.model import AlertEvent
-from monitor.sinks.delivery import ReceiverContext, register_receiver
+from monitor.sinks.delivery import ReceiverContext, Rejected, register_receiver
 
 #: Of an answer's body, at most this much is read (and its first line shown).
 MAX_ANSWER = 64 * 1024
 
 
 class Refused(Exception):
-    """The server answered with another status than 2xx."""
+    """The server answered with another status than 2xx (retried)."""
+
+
+class RefusedForGood(Refused, Rejected):
+    """The server refused this request for good (a 4xx about the request)."""
+
+
+#: 4xx answers retried like a 5xx: a timeout or a rate limit (408, 425, 429), or the
+#: route itself is wrong (authentication, url, method, proxy; 401, 403, 404, 405, 407,
+#: 410, 421, 426), the same for every event: giving each event up in turn would lose
+#: them all, where retrying holds them (``sink.down``) until the route is fixed.
+RETRIED = frozenset({401, 403, 404, 405, 407, 408, 410, 421, 425, 426, 429})
+
+
+def for_good(status: int) -> bool:
+    """Whether an HTTP status refuses the request for good (see :data:`RETRIED`)."""
+    return 400 <= status < 500 and status not in RETRIED
 
 
 #: How far from its own clock a receiver should accept ``X-Vitalmon-Timestamp`` (a
@@ -109,7 +130,7 @@ class WebhookReceiver:
             conn.close()
         if not 200 <= answer.status < 300:
             said = text.decode("utf-8", "replace").strip().splitlines()[:1]
-            raise Refused(
+            raise (RefusedForGood if for_good(answer.status) else Refused)(
                 f"HTTP {answer.status} {answer.reason} from {self.cfg.shown_url}"
                 + (f": {said[0][:120]}" if said else "")
             )
