@@ -12,6 +12,10 @@ its own (so a test's event loop, or a daemon in a subprocess, talks to them alik
   self-signed by ``openssl req -x509`` at test time (:func:`self_signed`); 554 to the
   messages whose keys are in ``refuse``.
 
+* :class:`DripServer`: accepts and answers one byte a second, a line that never ends
+  (a server that keeps every socket read alive), recording when each connection began
+  and when the client closed it.
+
 Each records what it *accepted* in ``accepted`` (with the monotonic time of receipt),
 and every attempt in ``attempts``: duplicates and order are asserted on those.
 """
@@ -26,7 +30,9 @@ import hashlib
 import hmac
 import http.server
 import json
+import select
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -259,6 +265,66 @@ class WebhookServer(_Recorder):
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# ------------------------------------------------------------------------- drip
+
+
+class DripServer:
+    """Accepts, reads what comes, and sends one byte every ``every`` seconds (``first``
+    then ``x``s: never a whole line) for at most ``limit_s``; ``spans`` holds each
+    connection's (accepted, closed by the client) monotonic times (closed None while
+    open, or when the limit ended it)."""
+
+    def __init__(self, first: bytes, every: float = 1.0, limit_s: float = 40.0) -> None:
+        self.first, self.every, self.limit_s = first, every, limit_s
+        self.lock = threading.Lock()
+        self.spans: list[list[float | None]] = []
+        self._stop = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True, name="drip").start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            span: list[float | None] = [time.monotonic(), None]
+            with self.lock:
+                self.spans.append(span)
+            threading.Thread(target=self._drip, args=(conn, span), daemon=True).start()
+
+    def _drip(self, conn: socket.socket, span: list[float | None]) -> None:
+        data = self.first
+        end = time.monotonic() + self.limit_s
+        with conn:
+            while time.monotonic() < end and not self._stop.is_set():
+                try:
+                    conn.sendall(data[:1])
+                    data = data[1:] or b"x"
+                    ready, _, _ = select.select([conn], [], [], self.every)
+                    if ready and not conn.recv(65536):
+                        break
+                except OSError:
+                    break
+            else:
+                return
+        with self.lock:
+            span[1] = time.monotonic()
+
+    def closed(self) -> list[float]:
+        """How long each connection the client closed lasted."""
+        with self.lock:
+            return [s[1] - s[0] for s in self.spans if s[1] is not None and s[0] is not None]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
 
 
 # ------------------------------------------------------------------------- SMTP

@@ -15,6 +15,8 @@ import hmac
 import http.client
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import Broker
-from delivery_receivers import MllpListener, SmtpServer, WebhookServer, self_signed
+from delivery_receivers import DripServer, MllpListener, SmtpServer, WebhookServer, self_signed
 
 from monitor.config import AlertsConfig, MqttConfig, RouteConfig, SqliteStoreConfig
 from monitor.model import AlertEvent, AlertState, Priority, new_alert
@@ -34,6 +36,7 @@ from monitor.sinks.delivery import Delivery
 from monitor.sinks.sqlite import SqliteSink
 
 SECRET = "hook-secret-" + "7f3a9c"
+TESTS = Path(__file__).resolve().parent
 T0 = time.time() - 60
 
 
@@ -593,6 +596,89 @@ def test_which_http_answers_refuse_an_event_for_good(status: int, for_good: bool
     from monitor.sinks.delivery import webhook as hook
 
     assert hook.for_good(status) is for_good
+
+
+@pytest.mark.parametrize("kind", ["webhook", "smtp"])
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_timeout_s(
+    tmp_path: Path, kind: str
+) -> None:
+    """A server that accepts and answers one byte a second keeps every socket read alive:
+    timeout_s (2 s) bounds the whole attempt all the same. Each attempt's connection is
+    closed by vitalmon within about timeout_s, and the next attempt starts then (before,
+    the first attempt never ended: the receiver's one worker thread stayed on it)."""
+    drip = DripServer(b"HTTP/1.1 200 OK" if kind == "webhook" else b"220 drip.example")
+    if kind == "webhook":
+        receiver = webhook(f"http://127.0.0.1:{drip.port}/", tmp_path, timeout_s=2)
+    else:
+        receiver = {"type": "smtp", "host": "127.0.0.1", "port": drip.port, "starttls": False}
+        receiver |= {"from": "a@b.example", "to": ["c@d.example"], "timeout_s": 2}
+
+    async def main() -> Delivery:
+        async with (
+            journal_at(tmp_path / "vitals.db") as journal,
+            delivering([route("drip", receiver)], journal) as d,
+        ):
+            await commit(journal, lifecycle("3west", "6")[:1])
+            await until(lambda: len(drip.closed()) >= 2, 10, "two attempts cut off")
+            return d
+
+    try:
+        d = run(main())
+    finally:
+        drip.close()
+    assert all(span < 3.5 for span in drip.closed()), drip.closed()
+    counts = d.deliverers["drip"].counts
+    assert counts["failed"] >= 2 and counts["delivered"] == 0
+
+
+def test_a_hung_attempt_holds_up_no_stop(tmp_path: Path) -> None:
+    """A process whose webhook attempt hangs on a dripping server ends at once when its
+    event loop does: the attempt is given up at timeout_s and nothing joins its thread
+    (before, the interpreter's exit waited for the executor's worker, which the drip
+    kept busy: a stop hung)."""
+    drip = DripServer(b"HTTP/1.1 200 OK", limit_s=60)
+    key_file = secret_file(tmp_path)
+    script = tmp_path / "hang.py"
+    script.write_text(
+        f"""
+import asyncio, sys, time
+sys.path[:0] = [{str(TESTS.parent)!r}, {str(TESTS)!r}]
+from test_delivery import lifecycle
+from monitor.config import WebhookReceiverConfig
+from monitor.sinks.delivery.webhook import WebhookReceiver
+
+async def main():
+    cfg = WebhookReceiverConfig(
+        type="webhook", url="http://127.0.0.1:{drip.port}/", secret_file={str(key_file)!r},
+        timeout_s=2,
+    )
+    r = WebhookReceiver(cfg, "hook")
+    e = lifecycle("3west", "6")[0]
+    try:
+        await asyncio.wait_for(r.send(e, "k:1"), 30)
+    except Exception as exc:
+        print("failed:", type(exc).__name__, flush=True)
+    await r.close()
+
+asyncio.run(main())
+"""
+    )
+    started = time.monotonic()
+    try:
+        out = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+            cwd=TESTS.parent,
+        )
+    finally:
+        drip.close()
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "failed: TimeoutError"
+    assert took < 8, took
 
 
 # ---------------------------------------------------------------------- pauses

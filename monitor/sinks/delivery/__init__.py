@@ -20,8 +20,10 @@ the receiver's module registers with :func:`register_receiver`):
   for a failure the deliverer retries (the same event, later). ``key``
   is ``<alert id>:<seq>``, the same on every attempt and after a restart: the receiver
   passes it on (webhook header ``X-Vitalmon-Event``, HL7 MSH-10, the mail's Message-ID)
-  so that the system behind it can drop a duplicate. It gives up after ``timeout_s``
-  (connect, send and answer); a blocking client runs in a thread of the receiver's own.
+  so that the system behind it can drop a duplicate. It gives up after ``timeout_s`` in
+  all (name resolution, connect, send and the whole answer); a blocking client runs
+  each attempt in a daemon thread of its own and is cut off at the deadline
+  (:mod:`.attempt`), so that no hung attempt holds up the next one or a stop.
   The deliverer calls it one call at a time.
 * ``close()`` releases connections and threads; called once, after the last ``send``.
 * It never logs or raises its secrets (a webhook's key, a mail password, a url's query).

@@ -7,7 +7,12 @@ timed out, is skipped): ``AA`` or ``CA`` is accepted. ``AR`` or ``CR`` (the alar
 manager rejects this message) raise :class:`~monitor.sinks.delivery.Rejected`: the
 deliverer gives the event up after ``reject_after`` attempts. ``AE`` or ``CE`` (an
 error on its side), an answer that is no ACK, a closed connection or no answer within
-``timeout_s`` raise :class:`Refused` (the deliverer retries). A connection that failed is closed and
+``timeout_s`` raise :class:`Refused` (the deliverer retries).
+
+``timeout_s`` bounds the whole exchange (the connection, the message and its ACK). The
+host name is resolved in a daemon thread of its own (:mod:`.attempt`), not in the event
+loop's executor: a resolution that hangs is given up at the deadline and holds up no
+stop (the loop's executor is joined when the daemon ends). A connection that failed is closed and
 opened afresh for the next attempt.
 """
 
@@ -16,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 from monitor.config import Hl7MllpReceiverConfig
 from monitor.hl7v2 import MLLP_END, MLLP_START, frame
 from monitor.model import AlertEvent
 from monitor.sinks.delivery import ReceiverContext, Rejected, register_receiver
+from monitor.sinks.delivery.attempt import Attempt, run_attempt
 from monitor.sinks.delivery.pcd04 import Header, control_id, encode, read_ack
 
 log = logging.getLogger("vitalmon.sink.delivery")
@@ -56,6 +63,7 @@ class Hl7MllpReceiver:
             cfg.processing_id,
         )
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._thread = f"vitalmon-route-{route}"
 
     async def send(self, event: AlertEvent, key: str) -> None:
         control = control_id(key)
@@ -74,7 +82,8 @@ class Hl7MllpReceiver:
         if self._conn is not None and self._conn[0].at_eof():
             await self._drop()  # the peer closed it since (one connection per message)
         if self._conn is None:
-            self._conn = await asyncio.open_connection(self.cfg.host, self.cfg.port)
+            host, port = await run_attempt(self._resolve, self.cfg.timeout_s, self._thread)
+            self._conn = await asyncio.open_connection(host, port)
             log.info("route %s: connected to %s:%d", self.route, self.cfg.host, self.cfg.port)
         reader, writer = self._conn
         writer.write(message)
@@ -87,6 +96,12 @@ class Hl7MllpReceiver:
                 return code, text
             log.debug("route %s: skipped an ACK for %r waiting for %s", self.route, acked, control)
         raise Refused(f"no ACK for {control} among {MAX_OTHER_ACKS} answers")
+
+    def _resolve(self, _: Attempt) -> tuple[str, int]:
+        """The peer's address (a numeric host: asyncio resolves no more)."""
+        info = socket.getaddrinfo(self.cfg.host, self.cfg.port, type=socket.SOCK_STREAM)
+        address = info[0][4]
+        return str(address[0]), int(address[1])
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -16,25 +16,26 @@ content) raises :class:`~monitor.sinks.delivery.Rejected`, and the deliverer giv
 event up after ``reject_after`` attempts; anything else raises and the deliverer
 retries: a 4xx, and the refusals that are the same for every event (the login, the
 sender, every recipient: the route is wrong, not the event). Each event is one
-connection, in a thread of the receiver's own; ``timeout_s`` bounds each step.
+connection; ``timeout_s`` bounds the whole attempt (:mod:`.attempt`: the name
+resolution, the connection, STARTTLS, the login and the message; a server that drips
+its answers is cut off at the deadline), in a daemon thread that no stop waits for.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 import smtplib
 import socket
 import ssl
-from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import formatdate
 
 from monitor.config import SmtpReceiverConfig, read_secret
 from monitor.model import LABELS, AlertEvent, fmt_limit, fmt_reading, iso
 from monitor.sinks.delivery import ReceiverContext, Rejected, register_receiver
+from monitor.sinks.delivery.attempt import Attempt, run_attempt
 
 log = logging.getLogger("vitalmon.sink.delivery")
 
@@ -101,6 +102,17 @@ def message(e: AlertEvent, key: str, sender: str, to: list[str]) -> EmailMessage
     return msg
 
 
+class _SMTP(smtplib.SMTP):
+    """smtplib's client, connected within an attempt's deadline."""
+
+    def __init__(self, attempt: Attempt, host: str, port: int, helo: str, timeout: float) -> None:
+        self.attempt = attempt
+        super().__init__(host, port, local_hostname=helo, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return self.attempt.connect(host, port, timeout)
+
+
 class SmtpReceiver:
     def __init__(self, cfg: SmtpReceiverConfig, route: str) -> None:
         self.cfg = cfg
@@ -108,24 +120,20 @@ class SmtpReceiver:
         self.timeout_s = cfg.timeout_s
         self._password = read_secret(cfg.password_file) if cfg.password_file else ""
         self._ssl = ssl.create_default_context(cafile=cfg.ca_file) if cfg.starttls else None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"vitalmon-route-{route}")
+        self._thread = f"vitalmon-route-{route}"
         self._helo = socket.gethostname() or "vitalmon"
 
     async def send(self, event: AlertEvent, key: str) -> None:
         msg = message(event, key, self.cfg.from_, self.cfg.to)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._send, msg)
+        await run_attempt(lambda a: self._send(a, msg), self.timeout_s, self._thread)
 
-    def _send(self, msg: EmailMessage) -> None:
-        with smtplib.SMTP(
-            self.cfg.host,
-            self.cfg.port,
-            local_hostname=self._helo,  # (smtplib's default asks DNS, which may hang)
-            timeout=self.cfg.timeout_s,
-        ) as smtp:
+    def _send(self, a: Attempt, msg: EmailMessage) -> None:
+        # (local_hostname given: smtplib's default asks DNS, which may hang)
+        with _SMTP(a, self.cfg.host, self.cfg.port, self._helo, self.cfg.timeout_s) as smtp:
             smtp.ehlo()
             if self._ssl is not None:
-                smtp.starttls(context=self._ssl)  # (SMTPNotSupportedError if not offered)
+                # (SMTPNotSupportedError if not offered; the handshake within the deadline)
+                smtp.starttls(context=a.context(self._ssl))
                 smtp.ehlo()
             if self.cfg.username is not None:
                 smtp.login(self.cfg.username, self._password)
@@ -146,7 +154,7 @@ class SmtpReceiver:
             )
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False)
+        pass  # (an attempt in flight is aborted by its own deadline or cancellation)
 
 
 @register_receiver(SmtpReceiverConfig)

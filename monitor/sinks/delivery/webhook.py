@@ -10,21 +10,23 @@ the body, so a captured request replayed later, or with another key to get past 
 receiver's de-duplication, fails the check (a receiver also refuses a timestamp more
 than :data:`TOLERANCE_S` from its clock; docs/delivery.md shows the check).
 
+Each attempt is bounded by ``timeout_s`` in all (:mod:`.attempt`: name resolution,
+connection, TLS, the request and the whole answer; a server that drips its answer is
+cut off at the deadline), in a daemon thread of its own that no stop waits for.
+
 A 2xx answer is acceptance. A 4xx about the request itself (400, 413, 422, ...: not
 one of :data:`RETRIED`) raises :class:`~monitor.sinks.delivery.Rejected`: the receiver
 will never take this event as it is, and the deliverer gives it up after
 ``reject_after`` attempts. Any other status (5xx; 408, 425, 429; and the 4xx that say
 the route itself is wrong, the same for every event: 401, 403, 404, 405, 407, 410, 421,
 426), a connection refused or reset, or no answer within ``timeout_s`` raise
-:class:`Refused`, and the deliverer retries.
-https verifies the server (``ca_file``, else the system's CAs). One connection per
-event, in a thread of the receiver's own; no proxy is used. Logs show the url without
-its query string; the key is never shown.
+:class:`Refused` (or TimeoutError), and the deliverer retries. https verifies the
+server (``ca_file``, else the system's CAs). One connection per event; no proxy is
+used. Logs show the url without its query string; the key is never shown.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import http.client
@@ -32,12 +34,12 @@ import json
 import ssl
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 
 from monitor.config import WebhookReceiverConfig, read_secret
 from monitor.config.routes import MIN_KEY_BYTES
 from monitor.model import AlertEvent
 from monitor.sinks.delivery import ReceiverContext, Rejected, register_receiver
+from monitor.sinks.delivery.attempt import Attempt, run_attempt
 
 #: Of an answer's body, at most this much is read (and its first line shown).
 MAX_ANSWER = 64 * 1024
@@ -81,6 +83,30 @@ def body_of(e: AlertEvent) -> bytes:
     return json.dumps(e.to_json(), separators=(",", ":")).encode()
 
 
+class _Connection(http.client.HTTPConnection):
+    """http.client's connection, made within an attempt's deadline (over TLS when given
+    a context)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None,
+        *,
+        attempt: Attempt,
+        timeout: float,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        if tls is not None:
+            self.default_port = http.client.HTTPS_PORT  # (the Host header, the port)
+        super().__init__(host, port, timeout=timeout)
+        self.attempt = attempt
+        self.tls = tls
+
+    def connect(self) -> None:
+        sock = self.attempt.connect(self.host, self.port, self.timeout)
+        self.sock = sock if self.tls is None else self.attempt.tls(self.tls, sock, self.host)
+
+
 class WebhookReceiver:
     def __init__(self, cfg: WebhookReceiverConfig, route: str) -> None:
         self.cfg = cfg
@@ -99,20 +125,14 @@ class WebhookReceiver:
         self._port = parts.port
         self._target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         self._ssl = ssl.create_default_context(cafile=cfg.ca_file) if self._https else None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"vitalmon-route-{route}")
+        self._thread = f"vitalmon-route-{route}"
 
     async def send(self, event: AlertEvent, key: str) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._post, body_of(event), key)
+        body = body_of(event)
+        await run_attempt(lambda a: self._post(a, body, key), self.timeout_s, self._thread)
 
-    def _post(self, body: bytes, key: str) -> None:
-        conn: http.client.HTTPConnection
-        if self._ssl is not None:
-            conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self.cfg.timeout_s, context=self._ssl
-            )
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.cfg.timeout_s)
+    def _post(self, a: Attempt, body: bytes, key: str) -> None:
+        conn = _Connection(self._host, self._port, attempt=a, timeout=self.timeout_s, tls=self._ssl)
         ts = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
@@ -136,7 +156,7 @@ class WebhookReceiver:
             )
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False)
+        pass  # (an attempt in flight is aborted by its own deadline or cancellation)
 
 
 @register_receiver(WebhookReceiverConfig)
