@@ -690,11 +690,12 @@ def test_pauses_hold_and_release_the_latest(tmp_path: Path) -> None:
     bed 7 (not paused) goes at once. At the pause's end only the acknowledgement goes."""
     hook = WebhookServer(SECRET)
     publisher = AlertPublisher(AlertsConfig(), Client(MqttConfig()))
-    held = lifecycle("3west", "6", started=T0)[:2]  # raise + ack: only the ack goes
-    brief = lifecycle("3west", "6", started=T0 + 1)  # raise .. resolve: nothing goes
+    during = time.time() + 5  # (events of the pause, which begins before them)
+    held = lifecycle("3west", "6", started=during)[:2]  # raise + ack: only the ack goes
+    brief = lifecycle("3west", "6", started=during + 1)  # raise .. resolve: nothing goes
     brief = [brief[0], brief[2]]
-    urgent = lifecycle("3west", "6", priority=Priority.HIGH, started=T0 + 2)[:1]
-    other = lifecycle("3west", "7", started=T0 + 3)[:1]
+    urgent = lifecycle("3west", "6", priority=Priority.HIGH, started=during + 2)[:1]
+    other = lifecycle("3west", "7", started=during + 3)[:1]
 
     async def main() -> Delivery:
         async with journal_at(tmp_path / "vitals.db") as journal:
@@ -730,12 +731,57 @@ def test_pauses_hold_and_release_the_latest(tmp_path: Path) -> None:
     ]
 
 
+def test_an_alarm_raised_before_a_pause_reaches_its_receiver_and_so_does_its_end(
+    tmp_path: Path,
+) -> None:
+    """An alarm raised before the bed's pause (so published on MQTT) waits in the outbox,
+    its webhook down; the bed is paused, and the alarm resolves during the pause. The
+    route tells the receiver of every alarm whose raise MQTT announced, and its end: the
+    raise goes as soon as the webhook is back (the pause holds only what came after it
+    began), the end at the pause's end. Before, the raise was held because the bed was
+    paused when its turn came, and both were skipped at the pause's end: the receiver
+    never heard of an alarm the central station had shown."""
+    hook = WebhookServer(SECRET)
+    hook.failing = True
+    publisher = AlertPublisher(AlertsConfig(), Client(MqttConfig()))
+    raised, _, resolved = lifecycle("3west", "6", started=time.time() - 30)
+    resolved = replace(resolved, seq=2, at=time.time() + 5)  # (during the pause)
+
+    async def main() -> Delivery:
+        async with journal_at(tmp_path / "vitals.db") as journal:
+            routes = [route("hook", webhook(hook.url, tmp_path))]
+            kw = {"pauses": publisher, "breakthrough": lambda: publisher.cfg.pause_breakthrough}
+            async with delivering(routes, journal, **kw) as d:
+                dlv = d.deliverers["hook"]
+                await commit(journal, [raised])
+                await until(lambda: dlv.counts["failed"] >= 1, 5, "the webhook down")
+                until_ = publisher.pause("3west", "6", 3.0, time.time())
+                await commit(journal, [resolved])
+                c = dlv.counts
+                await until(lambda: c["failed"] >= 2 or c["held"], 5, "the raise tried again")
+                assert c["held"] == 0, "the raise (published before the pause) was held"
+                hook.failing = False
+                await until(lambda: hook.keys() == [key(raised)], 5, "the raise")
+                await until(lambda: dlv.counts["held"] == 1, 5, "the end held")
+                assert time.time() < until_  # (delivered and held during the pause)
+                await until(lambda: len(hook.accepted) == 2, 10, "the end after the pause")
+                assert time.time() >= until_
+                return d
+
+    try:
+        d = run(main())
+    finally:
+        hook.close()
+    assert hook.keys() == [key(raised), key(resolved)]
+    assert d.deliverers["hook"].counts["skipped"] == 0
+
+
 def test_held_rows_survive_a_restart_and_go_out_without_the_pause(tmp_path: Path) -> None:
     """A restart forgets pauses (one instance): the held rows go at the next start,
     the latest of each alert only."""
     hook = WebhookServer(SECRET)
     publisher = AlertPublisher(AlertsConfig(), Client(MqttConfig()))
-    events = lifecycle("3west", "6")[:2]
+    events = lifecycle("3west", "6", started=time.time() + 5)[:2]  # (during the pause)
     db = tmp_path / "vitals.db"
 
     async def main() -> None:
@@ -773,7 +819,7 @@ def test_an_alert_open_longer_than_the_outbox_keeps_rows_still_ends_after_a_paus
     hook = WebhookServer(SECRET)
     publisher = AlertPublisher(AlertsConfig(), Client(MqttConfig()))
     raised, _, resolved = lifecycle("3west", "6")
-    resolved = replace(resolved, seq=2)
+    resolved = replace(resolved, seq=2, at=time.time() + 5)  # (during the pause)
     other = lifecycle("3west", "7", started=T0 + 1)[0]
     db = tmp_path / "vitals.db"
 

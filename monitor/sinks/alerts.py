@@ -86,6 +86,9 @@ class AlertPublisher:
         self._open: dict[tuple[str, str], dict[str, dict[str, object]]] = {}
         #: Paused beds -> wall clock of the pause's end; events held meanwhile, per bed.
         self._paused: dict[tuple[str, str], float] = {}
+        #: Paused beds -> wall clock the pause began (the alert routes hold only what
+        #: came after it: what came before was published).
+        self._paused_since: dict[tuple[str, str], float] = {}
         self._held: dict[tuple[str, str], dict[str, AlertEvent]] = {}
         #: Alerts whose raise was published (their recovery must be, too).
         self._announced: set[str] = set()
@@ -118,6 +121,7 @@ class AlertPublisher:
             for alert in self._open.pop(key, {}):
                 self._announced.discard(alert)
             self._paused.pop(key, None)
+            self._paused_since.pop(key, None)
             self._held.pop(key, None)
 
     async def open(self) -> None:
@@ -221,9 +225,20 @@ class AlertPublisher:
 
     def pause(self, ward: str, bed: str, seconds: float, now: float) -> float:
         """Hold the bed's alert publication for ``seconds`` (wall clock); -> until."""
-        until = max(self._paused.get((ward, bed), 0.0), now + seconds)
+        before = self._paused.get((ward, bed))
+        if before is None or before <= now:  # (not an extension: a pause of its own)
+            self._paused_since[(ward, bed)] = now
+        until = max(before or 0.0, now + seconds)
         self._paused[(ward, bed)] = until
         return until
+
+    def paused_since(self, ward: str, bed: str, now: float | None = None) -> float | None:
+        """When the bed's pause began (wall clock), or None: not paused (now). The alert
+        routes hold an event only if it came after that: one from before was published
+        on MQTT, so its route delivers it (and later its end)."""
+        if self.paused_until(ward, bed, now) is None:
+            return None
+        return self._paused_since.get((ward, bed))
 
     def paused_until(self, ward: str, bed: str, now: float | None = None) -> float | None:
         """When the bed's pause ends (wall clock), or None: not paused (now). Read-only,
@@ -243,6 +258,7 @@ class AlertPublisher:
     def _release(self, now: float, pending: set[asyncio.Future[None]]) -> None:
         for key in [k for k, until in self._paused.items() if until <= now]:
             del self._paused[key]
+            self._paused_since.pop(key, None)
             for event in self._held.pop(key, {}).values():
                 # still open: published now; resolved during the pause: the recovery is
                 # published only if its raise had been (nobody was told, nothing to undo)

@@ -64,9 +64,11 @@ class Receiver(Protocol):
 
 class Pauses(Protocol):
     """The alert publisher's live pauses, read-only
-    (:meth:`monitor.sinks.alerts.AlertPublisher.paused_until`)."""
+    (:meth:`monitor.sinks.alerts.AlertPublisher.paused_until`, ``.paused_since``)."""
 
     def paused_until(self, ward: str, bed: str) -> float | None: ...
+
+    def paused_since(self, ward: str, bed: str) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,10 @@ Contract of :class:`Deliverer`:
   (refused or reset connection, timeout, HTTP 5xx/408/429, HL7 ``AE``) is retried, in
   order, for as long as it takes.
 * **Pauses.** A row whose bed is paused (``vitalmon/cmd/pause``; the alert publisher's
-  live pauses, :class:`~monitor.sinks.delivery.Pauses`) and whose priority is not in
-  ``alerts.pause_breakthrough`` is ``held``, as the MQTT publication is; when the pause
+  live pauses, :class:`~monitor.sinks.delivery.Pauses`), whose event came after the
+  pause began and whose priority is not in ``alerts.pause_breakthrough`` is ``held``, as
+  the MQTT publication is (an event from before the pause was published: it goes,
+  paused or not, even when its receiver was down until then); when the pause
   ends, the latest held row of each alert goes and the older ones are superseded, and
   the recovery of an alert the route never delivered is skipped
   (:func:`~monitor.sinks.delivery.outbox.release`). Held rows are in the journal: a
@@ -234,7 +236,7 @@ class Deliverer:
                 if not await self._mark(row.ev):
                     return False
                 continue
-            until = self._held_until(e)
+            until = self._held_until(row)
             if until is not None:
                 await self.journal.call(partial(outbox.hold, name=self.name, ev=row.ev))
                 self.counts["held"] += 1
@@ -332,11 +334,19 @@ class Deliverer:
 
     # --------------------------------------------------------------------- pauses
 
-    def _held_until(self, e: AlertEvent) -> float | None:
-        """The end of the pause that holds ``e`` now (None: it goes)."""
+    def _held_until(self, row: outbox.Row) -> float | None:
+        """The end of the pause that holds the row's event now (None: it goes). An event
+        from before the pause began (its time, or its routing, earlier) is not held: the
+        MQTT publication had it before the pause, so the receiver gets it too, even
+        while the bed is paused (a receiver that was down), and later its end."""
+        e = row.event
         if self.pauses is None or e.priority in self.breakthrough():
             return None
-        return self.pauses.paused_until(e.ward, e.bed)
+        until = self.pauses.paused_until(e.ward, e.bed)
+        since = self.pauses.paused_since(e.ward, e.bed)
+        if until is not None and since is not None and min(e.at, row.routed_at) < since:
+            return None
+        return until
 
     async def _release(self) -> None:
         """Release the held alerts whose beds are no longer paused."""
