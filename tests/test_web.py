@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import DaemonProc, Publisher, SecureBroker, wait_for, write_config
-from webtools import Http, WebProc, add_users, chrome
+from webtools import EventStream, Http, WebProc, add_users, chrome
 
 from monitor.broker import free_port
 
@@ -398,3 +398,105 @@ def test_the_ward_keeps_up_with_200_beds_at_1_hz(station: Station, browser: Any)
     )
     # keeps up: an update is drawn within a few push intervals, never backlogged
     assert p95 < 2000, lags
+
+
+class Readings:
+    """A bed sending a reading every 0.2 s in the background: the live stream is busy."""
+
+    def __init__(self, station: Station, bed: str) -> None:
+        self.stop = threading.Event()
+        pub = Publisher(station.broker.port, "monitor-icu-1", LOGINS["monitor-icu-1"])
+
+        def run() -> None:
+            while not self.stop.wait(0.2):
+                pub.client.publish(
+                    f"vitals/{WARD}/{bed}/mon", json.dumps({"ts": time.time(), "hr": 70}), qos=0
+                )
+            pub.close()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_a_busy_live_stream_ends_at_logout(station: Station) -> None:
+    """Defect: the stream checked its session only after 15 s without a message, which a
+    busy ward never has: a logged-out browser kept receiving the ward."""
+    h = Http(station.web.url)
+    assert h.login("kim", USERS["kim"][1]) == 303
+    busy = Readings(station, "busy")
+    stream = EventStream(h)
+    try:
+        assert stream.status == 200
+        wait_for(lambda: stream.bed(WARD, "busy"), 10, "the busy bed on the stream")
+        status, _, _ = h.request(
+            "POST",
+            "/logout",
+            f"csrf={h.csrf}".encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert status == 303
+        wait_for(lambda: "logout" in stream.events and stream.closed, 10, "logout event")
+    finally:
+        stream.close()
+        busy.close()
+
+
+def test_parallel_wrong_passwords_are_throttled_like_serial_ones(station: Station) -> None:
+    """Defect: the lockout was checked before the password and counted after it, so a
+    burst of parallel guesses all reached the password check."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guess(_: int) -> int:
+        return Http(station.web.url).login("mallory", "guess-password")
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(guess, range(20)))
+    assert codes.count(401) <= 3, codes  # web.max_failed_logins
+    assert codes.count(429) >= 17, codes
+
+
+def test_an_oversized_body_is_refused_without_reading_it_whole(station: Station) -> None:
+    """Defect: /login (no session needed) read the whole body before checking its size."""
+    h = Http(station.web.url)
+    status, _, _ = h.request(
+        "POST", "/login", b"x" * 100_000, {"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert status == 413
+
+
+def test_a_command_the_daemon_did_not_answer_never_applies_later_and_pauses_end_with_it(
+    station: Station,
+) -> None:
+    """Two defects, one scenario: the daemon stops. (1) A pause sent meanwhile is answered
+    504 "not applied", and must not apply when the daemon is back (it waited in the
+    daemon's persistent session). (2) A pause in force when the daemon stopped ended with
+    it (pauses live in its memory): the station stops showing it once it restarted."""
+    kim = Http(station.web.url)
+    assert kim.login("kim", USERS["kim"][1]) == 303
+    stream = EventStream(kim)
+    try:
+        station.reading("p1", time.time(), spo2=97)
+        status, doc = kim.post("pause", {"ward": WARD, "bed": "p1", "seconds": 120})
+        assert status == 200, doc
+        wait_for(lambda: (stream.bed(WARD, "p1") or {}).get("paused_until"), 10, "paused")
+        station.daemon.terminate()
+        status, doc = kim.post("pause", {"ward": WARD, "bed": "p2", "seconds": 60})
+        assert status == 504 and "not applied" in doc["error"], doc
+        station.daemon.start()
+        # the daemon is back and takes commands: a later pause is applied ...
+        status, doc = kim.post("pause", {"ward": WARD, "bed": "p3", "seconds": 60})
+        assert status == 200, doc
+        # ... the one answered 504 is not (it expired at the broker)
+        assert not [r for r in station.audit() if r[0] == "pause" and r[4] == "p2"]
+        # and bed p1 is no longer shown paused: its pause ended with the daemon
+        wait_for(
+            lambda: (stream.bed(WARD, "p1") or {"paused_until": 1}).get("paused_until") is None,
+            10,
+            "p1 no longer paused",
+        )
+    finally:
+        stream.close()

@@ -139,3 +139,37 @@ def test_a_malformed_users_file_or_a_busy_port_stops_it_at_start(tmp_path: Path)
         check=False,
     )
     assert r.returncode == 1 and b"users.kim.role" in r.stderr
+
+
+def test_a_locked_store_does_not_stall_the_pages(tmp_path: Path) -> None:
+    """Defect: the station read the store (audit, admissions) in its event loop, so a
+    store locked by another process (SQLite's busy wait: up to 10 s) froze every page,
+    login and the live stream. Now the reads run in the store's own thread."""
+    import sqlite3
+
+    from webtools import WebProc
+
+    from monitor.sinks.sqlite.schema import connect
+
+    port = free_port()
+    cfg = _config(tmp_path, f"  listen: 127.0.0.1:{port}\n  push_interval_s: 0.1\n")
+    connect(str(tmp_path / "vitals.db")).close()  # (the daemon's schema)
+    lock = sqlite3.connect(str(tmp_path / "vitals.db"), isolation_level=None)
+    lock.execute("PRAGMA locking_mode=EXCLUSIVE")
+    lock.execute("BEGIN EXCLUSIVE")
+    lock.execute("INSERT INTO meta VALUES ('held', 1)")
+    web = WebProc(cfg, tmp_path / "web.log")
+    try:
+        web.start()
+        worst = 0.0
+        deadline = time.monotonic() + 4  # (the first store read waits its 10 s on the lock)
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            with urllib.request.urlopen(web.url + "login", timeout=15) as r:
+                assert r.status == 200
+            worst = max(worst, time.monotonic() - t0)
+        assert worst < 1.0, worst
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+        web.kill()

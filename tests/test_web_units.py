@@ -159,3 +159,42 @@ def test_web_config_is_validated() -> None:
     assert "web.listen" in text and "web.tls" in text
     cfg = parse({"web": {"listen": "0.0.0.0:8443"}})
     assert cfg.web.cookie_secure is False
+
+
+def test_a_token_that_is_not_ascii_is_refused_not_an_error() -> None:
+    """Defect: hmac.compare_digest raises TypeError on non-ASCII str, so a forged
+    ``X-CSRF-Token: é`` (or ``csrf=%C3%A9`` at login) was a 500 instead of a 403."""
+    assert not same("é", "abc")
+    assert same("é", "é")
+
+
+def test_a_dead_letter_answers_only_the_command_it_echoes() -> None:
+    """Defect: a refusal was matched to a waiting command by substrings, so a dead letter
+    about bed 12 (or another user's command) refused a pending command for bed 1."""
+    import asyncio
+    import json
+
+    from monitor.mqtt import Message
+    from monitor.web.live import Live, Refused, _Pending
+
+    async def run() -> None:
+        live = Live(parse({}), None)
+        loop = asyncio.get_running_loop()
+        topic = "vitalmon/cmd/pause"
+        mine = _Pending("pause", topic, {"ward": "3", "bed": "1", "by": "kim"}, 0.0,
+                        loop.create_future())  # fmt: skip
+        live._pending.append(mine)
+
+        def letter(payload: dict[str, object]) -> Message:
+            doc = {"reason": "bad_command", "detail": "x", "topic": topic,
+                   "payload": json.dumps(payload)}  # fmt: skip
+            return Message("vitalmon/deadletter", json.dumps(doc).encode(), 0, False, 0, 0)
+
+        live._dead_letter(letter({"ward": "3", "bed": "12", "by": "kim"}))
+        live._dead_letter(letter({"ward": "3", "bed": "1", "by": "lee"}))
+        assert not mine.answer.done()
+        live._dead_letter(letter({"ward": "3", "bed": "1", "by": "kim", "seconds": 1e9}))
+        with pytest.raises(Refused, match="bad_command"):
+            mine.answer.result()
+
+    asyncio.run(run())

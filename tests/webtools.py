@@ -128,6 +128,50 @@ class Http:
         return status, json.loads(body or b"null")
 
 
+class EventStream:
+    """``GET /api/events`` read as a browser's EventSource does, in a thread: every data
+    message (JSON) and every named event, as they come."""
+
+    def __init__(self, session: Http) -> None:
+        import http.client
+        import threading
+
+        url = urllib.parse.urlsplit(session.base)
+        self.conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+        cookie = "; ".join(f"{c.name}={c.value}" for c in session.jar)
+        self.conn.request("GET", "/api/events", headers={"Cookie": cookie})
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.messages: list[dict[str, Any]] = []
+        self.events: list[str] = []
+        self.closed = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self.response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("data: ") and line[6:] != "{}":
+                    self.messages.append(json.loads(line[6:]))
+                elif line.startswith("event: "):
+                    self.events.append(line[7:])
+        except (OSError, ValueError, AttributeError):  # (closed under the reader)
+            pass
+        self.closed = True
+
+    def bed(self, ward: str, bed: str) -> dict[str, Any] | None:
+        """The bed as the latest message that had it says."""
+        for m in reversed(self.messages):
+            for b in m.get("beds", []):
+                if (b["ward"], b["bed"]) == (ward, bed):
+                    return dict(b)
+        return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None

@@ -6,10 +6,13 @@ oldest events)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter, deque
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from monitor.mqtt.base import _ClientBase, _Out, fail, log
 
@@ -18,9 +21,16 @@ class _Publishing(_ClientBase):
     """Publish futures and the outgoing queue bound."""
 
     def publish(
-        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        expiry_s: float | None = None,
     ) -> asyncio.Future[None]:
-        """Queue a message; the future completes when the broker has it."""
+        """Queue a message; the future completes when the broker has it. ``expiry_s``
+        (MQTT 5 only; ignored on 3.1.1): the broker drops it if it cannot deliver it
+        that soon (a command that would otherwise apply when nobody expects it)."""
         assert self._loop is not None, "start() first"
         fut: asyncio.Future[None] = self._loop.create_future()
         if self._stopping.is_set():
@@ -29,7 +39,11 @@ class _Publishing(_ClientBase):
         previous = self._retained_latest.get(topic) if retain and qos > 0 else None
         if qos > 0 and len(self._pending) >= self.max_queued:
             self._make_room(previous)
-        info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if expiry_s is not None and self._paho._protocol == paho.MQTTv5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+        info = self._paho.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             fail(fut, paho.error_string(info.rc))
         elif qos == 0:

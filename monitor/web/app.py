@@ -71,6 +71,9 @@ CSP = (
     "form-action 'self'"
 )
 MAX_BODY = 16 * 1024
+#: How often an open live stream re-checks its session, and sends a keep-alive.
+SESSION_CHECK_S = 5.0
+KEEPALIVE_S = 15.0
 NAME_MAX = 128
 
 
@@ -89,11 +92,16 @@ class Station:
         self.sessions = Sessions(cfg.web.session_max_s, cfg.web.session_idle_s)
         self.throttle = Throttle(cfg.web.max_failed_logins, cfg.web.lockout_s)
         self.pages = {n: _template(n) for n in ("login.html", "ward.html", "bed.html")}
+        self.verifying = asyncio.Semaphore(2)
 
     # -------------------------------------------------------------- sessions
 
     def session(self, request: Request, touch: bool = True) -> tuple[Session, User] | None:
-        s = self.sessions.get(request.cookies.get(COOKIE), touch=touch)
+        return self.session_of(request.cookies.get(COOKIE), touch)
+
+    def session_of(self, token: str | None, touch: bool = True) -> tuple[Session, User] | None:
+        """The session of a cookie's token and its user as the users file says now."""
+        s = self.sessions.get(token, touch=touch)
         if s is None:
             return None
         user = self.users.get(s.user)
@@ -127,22 +135,25 @@ class Station:
         return resp
 
     async def login(self, request: Request) -> Response:
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except TooLarge:
+            return PlainTextResponse("request too large", status_code=413)
         if not same(str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE)):
             return await self.login_form(request, "The form expired: please log in again.", 403)
         name = str(form.get("username", "")).strip()[:NAME_MAX]
         password = str(form.get("password", ""))[:1024]
         addr = request.client.host if request.client else "?"
         keys = [f"user:{name}", f"addr:{addr}"]
-        wait = self.throttle.locked(keys)
+        wait = self.throttle.attempt(keys)
         if wait > 0:
             log.warning("login refused (locked for %.0f s more) from %s", wait, addr)
             return await self.login_form(
                 request, f"Too many failed logins: try again in {wait:.0f} s.", 429
             )
-        user = await asyncio.to_thread(self.users.verify, name, password)
+        async with self.verifying:  # (Argon2 costs 64 MiB and ~50 ms: a few at a time)
+            user = await asyncio.to_thread(self.users.verify, name, password)
         if user is None:
-            self.throttle.failed(keys)
             log.warning("failed login from %s", addr)  # (never the name tried or password)
             return await self.login_form(request, "Wrong user name or password.", 401)
         self.throttle.succeeded(keys)
@@ -155,7 +166,10 @@ class Station:
 
     async def logout(self, request: Request) -> Response:
         got = self.session(request, touch=False)
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except TooLarge:
+            return PlainTextResponse("request too large", status_code=413)
         if got is not None and not same(str(form.get("csrf", "")), got[0].csrf):
             return PlainTextResponse("missing or wrong CSRF token", status_code=403)
         if got is not None:
@@ -198,20 +212,25 @@ class Station:
         queue = self.live.subscribe()
 
         async def stream() -> AsyncIterator[str]:
+            # The session is checked (and kept alive: an open page is a display) every
+            # SESSION_CHECK_S by the clock, however busy the ward: a logout, a removed
+            # user or the end of the session's span ends the stream.
+            next_check = time.monotonic() + SESSION_CHECK_S
             try:
                 yield "retry: 2000\n\n"
                 while True:
                     try:
-                        msg = await asyncio.wait_for(queue.get(), 15.0)
+                        msg = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
                     except TimeoutError:
-                        if self.sessions.get(token, touch=True) is None:
+                        msg = ""
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + SESSION_CHECK_S
+                        if self.session_of(token) is None:
                             yield "event: logout\ndata: {}\n\n"
                             return
-                        yield ": keep-alive\n\n"
-                        continue
                     if msg is None:
                         return
-                    yield f"data: {msg}\n\n"
+                    yield f"data: {msg}\n\n" if msg else ": keep-alive\n\n"
             finally:
                 self.live.unsubscribe(queue)
 
@@ -268,8 +287,9 @@ class Station:
         if not user.may(action):
             log.warning("%s by %s refused: role %s", action, user.name, user.role)
             return _error(403, f"a {user.role} may not {action}")
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
+        try:
+            raw = await _body(request)
+        except TooLarge:
             return _error(413, "request too large")
         try:
             body = _command_body(action, json.loads(raw or b"{}"), self.cfg.alerts.pause_max_s)
@@ -280,7 +300,13 @@ class Station:
         except Refused as exc:
             return _error(409, str(exc))
         except TimeoutError:
-            return _error(504, "the daemon did not answer (is it running?)")
+            return _error(
+                504,
+                "the daemon did not answer (is it running?); the command expired at the "
+                "broker: not applied if the daemon was down",
+            )
+        except ConnectionError as exc:
+            return _error(503, f"{exc}: not sent")
         log.info("%s by %s: %s", action, user.name, _what(action, body))
         return _json({"ok": True, "answer": answer})
 
@@ -291,11 +317,28 @@ class Station:
         )
 
 
+class TooLarge(Exception):
+    pass
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body, at most MAX_BODY bytes (TooLarge: more, told by its
+    Content-Length or found while reading: never buffered whole)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise TooLarge
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise TooLarge
+    return bytes(raw)
+
+
 async def _form(request: Request) -> dict[str, str]:
-    """A urlencoded form (the login and logout forms: no multipart, no extra library)."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        return {}
+    """A urlencoded form (the login and logout forms: no multipart, no extra library);
+    TooLarge beyond MAX_BODY."""
+    raw = await _body(request)
     try:
         pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=10)
     except (UnicodeDecodeError, ValueError):

@@ -28,6 +28,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,14 @@ class Refused(Exception):
 
 
 @dataclass(slots=True)
+class _StoreRead:
+    rows: list[tuple[Any, ...]]
+    admissions: list[tuple[Any, ...]] | None
+    pauses: list[tuple[Any, ...]]
+    opened_at: float | None
+
+
+@dataclass(slots=True)
 class _Pending:
     kind: str
     topic: str
@@ -91,7 +100,13 @@ class Live:
         #: (ward, bed) -> {"patient", "profile", "at", "by"}
         self.admitted: dict[tuple[str, str], dict[str, Any]] = {}
         self.audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_KEPT)
-        self._audit_after = 0
+        #: the last audit row read (-1: none yet, the first read takes the latest ones)
+        self._audit_after = -1
+        #: when the daemon last opened the store (its start), and when each pause began
+        self.daemon_started: float | None = None
+        self._paused_at: dict[tuple[str, str], float] = {}
+        #: the store's one thread (its connection lives there)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-web-store")
         self._dirty: set[tuple[str, str]] = set()
         self._new_audit: list[dict[str, Any]] = []
         self._pages: set[asyncio.Queue[str | None]] = set()
@@ -131,57 +146,91 @@ class Live:
                     p.answer.set_result(doc)
 
     def _dead_letter(self, msg: Message) -> None:
+        """A refusal answers a pending command only if it echoes that command: the same
+        topic and the same fields (id or ward and bed, and by), compared exactly."""
         if not self._pending:
             return
         with contextlib.suppress(ValueError, RecursionError):
             doc = json.loads(msg.payload)
             if not isinstance(doc, dict):
                 return
+            try:
+                echoed = json.loads(str(doc.get("payload", "")))
+            except (ValueError, RecursionError):
+                return
+            if not isinstance(echoed, dict):
+                return
             for p in self._pending:
                 if doc.get("topic") != p.topic or p.answer.done():
                     continue
-                sent = str(doc.get("payload", ""))
-                if all(str(v) in sent for k, v in p.body.items() if k in ("id", "ward", "bed")):
+                keys = [k for k in ("id", "ward", "bed", "by") if k in p.body]
+                if all(echoed.get(k) == p.body[k] for k in keys):
                     p.answer.set_exception(
                         Refused(f"{doc.get('reason', 'refused')}: {doc.get('detail', '')}")
                     )
 
     # ---------------------------------------------------------------- the store
 
-    def _open_store(self) -> sqlite3.Connection | None:
-        if self._store is None and self.store_path:
-            try:
-                self._store = connect(self.store_path, readonly=True)
-            except (sqlite3.Error, OSError) as exc:
-                self.store_error = str(exc)
-                return None
-        return self._store
+    def _read_store(self, after: int, now: float) -> _StoreRead:
+        """In the store's own thread (a locked or slow store never stalls the pages):
+        the audit rows after ``after`` (at start: the last AUDIT_KEPT), the admissions
+        when they may have changed, the pauses still running at start, and when the
+        daemon last opened the store."""
+        if self._store is None:
+            assert self.store_path
+            self._store = connect(self.store_path, readonly=True)
+        conn = self._store
+        first = after < 0
+        if first:
+            row = conn.execute("SELECT max(rowid) FROM audit").fetchone()
+            after = max(0, int(row[0] or 0) - AUDIT_KEPT)
+        rows = conn.execute(
+            "SELECT rowid, at, action, by, alert_id, ward, bed, detail, identity"
+            " FROM audit WHERE rowid > ? ORDER BY rowid",
+            (after,),
+        ).fetchall()
+        admissions = None
+        if first or any(r[2] in ("admit", "discharge") for r in rows):
+            admissions = conn.execute(
+                "SELECT ward, bed, patient, profile, at, by FROM beds"
+            ).fetchall()
+        pauses = []
+        if first:
+            since = now - max(self.cfg.alerts.pause_max_s, 1.0)
+            pauses = conn.execute(
+                "SELECT ward, bed, at, detail FROM audit WHERE action = 'pause' AND at >= ?",
+                (since,),
+            ).fetchall()
+        opened = conn.execute("SELECT value FROM meta WHERE key = 'opened_at'").fetchone()
+        return _StoreRead(rows, admissions, pauses, opened[0] if opened else None)
 
-    def poll_store(self, now: float | None = None) -> None:
+    async def poll_store(self, now: float | None = None) -> None:
         """New audit rows (and from them pauses, admissions), from the store."""
-        conn = self._open_store()
-        if conn is None:
+        if not self.store_path:
             return
         t = time.time() if now is None else now
+        loop = asyncio.get_running_loop()
         try:
-            first = self._audit_after == 0
-            if first:
-                row = conn.execute("SELECT max(rowid) FROM audit").fetchone()
-                self._audit_after = max(0, int(row[0] or 0) - AUDIT_KEPT)
-            rows = conn.execute(
-                "SELECT rowid, at, action, by, alert_id, ward, bed, detail, identity"
-                " FROM audit WHERE rowid > ? ORDER BY rowid",
-                (self._audit_after,),
-            ).fetchall()
-            if first or any(r[2] in ("admit", "discharge") for r in rows):
-                self._admissions(conn)
-            if first:
-                self._pauses(conn, t)
-        except sqlite3.Error as exc:
+            got = await loop.run_in_executor(self._executor, self._read_store, self._audit_after, t)
+        except (sqlite3.Error, OSError) as exc:
             self.store_error = str(exc)
             return
         self.store_error = None
-        for rowid, at, action, by, alert_id, ward, bed, detail, identity in rows:
+        if got.opened_at is not None and got.opened_at != self.daemon_started:
+            self.daemon_started = got.opened_at
+            # the daemon (re)started: its pauses lived in its memory and are gone
+            for key, since in list(self._paused_at.items()):
+                if since < got.opened_at:
+                    self.paused.pop(key, None)
+                    del self._paused_at[key]
+                    self._dirty.add(key)
+        if got.admissions is not None:
+            self._admissions(got.admissions)
+        for ward, bed, at, detail in got.pauses:
+            self._pause_row(ward, bed, at, detail)
+        first = self._audit_after < 0
+        self._audit_after = max(self._audit_after, 0)
+        for rowid, at, action, by, alert_id, ward, bed, detail, identity in got.rows:
             self._audit_after = rowid
             row = {
                 "at": at,
@@ -200,6 +249,8 @@ class Live:
             self._answer_audit(row)
 
     def _pause_row(self, ward: str, bed: str, at: float, detail: str) -> None:
+        if self.daemon_started is not None and at < self.daemon_started:
+            return  # (asked of a daemon that has restarted since: not in force)
         try:
             seconds = float(str(detail).split()[0])
         except (ValueError, IndexError):
@@ -207,22 +258,13 @@ class Live:
         until = at + seconds
         if until > self.paused.get((ward, bed), 0.0):
             self.paused[(ward, bed)] = until
+            self._paused_at[(ward, bed)] = at
             self._dirty.add((ward, bed))
 
-    def _pauses(self, conn: sqlite3.Connection, now: float) -> None:
-        since = now - max(self.cfg.alerts.pause_max_s, 1.0)
-        for ward, bed, at, detail in conn.execute(
-            "SELECT ward, bed, at, detail FROM audit WHERE action = 'pause' AND at >= ?",
-            (since,),
-        ):
-            self._pause_row(ward, bed, at, detail)
-
-    def _admissions(self, conn: sqlite3.Connection) -> None:
+    def _admissions(self, rows: list[tuple[Any, ...]]) -> None:
         admitted = {
             (w, b): {"patient": p, "profile": prof, "at": at, "by": by}
-            for w, b, p, prof, at, by in conn.execute(
-                "SELECT ward, bed, patient, profile, at, by FROM beds"
-            )
+            for w, b, p, prof, at, by in rows
         }
         for key in set(admitted) ^ set(self.admitted):
             self._dirty.add(key)
@@ -293,6 +335,7 @@ class Live:
         for key, until in list(self.paused.items()):
             if until <= t:
                 del self.paused[key]
+                self._paused_at.pop(key, None)
                 self._dirty.add(key)
         if not self._dirty and not self._new_audit:
             return
@@ -323,7 +366,12 @@ class Live:
         self, kind: str, body: dict[str, Any], by: str, timeout: float = 5.0
     ) -> dict[str, Any]:
         """Publish a command as ``by`` and wait for the daemon's answer (see module doc).
-        Raises :class:`Refused` or TimeoutError."""
+        Raises :class:`Refused`, TimeoutError, or ConnectionError when the station is
+        not connected to the broker. The command expires at the broker before
+        ``timeout`` (MQTT 5): one the user was told had no answer never applies later,
+        when the daemon comes back."""
+        if not self.client.connected.is_set():
+            raise ConnectionError("the station is not connected to the broker")
         base = TOPICS[kind]
         user = self.cfg.mqtt.username
         topic = verified_topic(base, user) if user else base
@@ -332,7 +380,12 @@ class Live:
         p = _Pending(kind, topic, body, time.time(), loop.create_future())
         self._pending.append(p)
         try:
-            await asyncio.wait_for(self.client.publish(topic, _json(body), qos=1), timeout)
+            # the broker counts expiry in whole seconds (a message may outlive its interval
+            # by up to a second): it is gone before the user is told "no answer"
+            expiry = max(1.0, timeout - 2.0)
+            await asyncio.wait_for(
+                self.client.publish(topic, _json(body), qos=1, expiry_s=expiry), timeout
+            )
             return await asyncio.wait_for(asyncio.shield(p.answer), timeout)
         finally:
             self._pending.remove(p)
@@ -355,7 +408,7 @@ class Live:
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_poll:
-                    self.poll_store(time.time())
+                    await self.poll_store(time.time())
                     next_poll = now + min(1.0, interval * 2)
                 if self._dirty or self._new_audit:
                     due = last_push + interval - now
@@ -381,8 +434,10 @@ class Live:
                     q.put_nowait(None)
             self._pages.clear()
             await self.client.stop(timeout=1.0)
-            if self._store is not None:
-                self._store.close()
+            store, self._store = self._store, None
+            if store is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
+            self._executor.shutdown(wait=False)
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -38,7 +38,12 @@ class Session:
 
 def same(a: str | None, b: str | None) -> bool:
     """Constant-time equality of two tokens (False if either is missing)."""
-    return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
+    if not a or not b:
+        return False
+    # as bytes: compare_digest refuses non-ASCII str (a forged header must get 403, not 500)
+    return hmac.compare_digest(
+        str(a).encode("utf-8", "surrogatepass"), str(b).encode("utf-8", "surrogatepass")
+    )
 
 
 @dataclass
@@ -109,6 +114,16 @@ class Throttle:
                     del self._failed[k]  # the lockout is over: a fresh count
                 else:
                     left = max(left, self.lockout_s - (t - last))
+        return left
+
+    def attempt(self, keys: list[str], now: float | None = None) -> float:
+        """Before a password is checked: the seconds of lockout left (0: go on), and if
+        none, the attempt counted as failed already -- so that a burst of parallel
+        attempts cannot all pass the check before any has failed. A success clears it
+        (:meth:`succeeded`)."""
+        left = self.locked(keys, now)
+        if left <= 0:
+            self.failed(keys, now)
         return left
 
     def failed(self, keys: list[str], now: float | None = None) -> None:

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -146,6 +147,12 @@ class SqliteSink(_Committing):
             return
         self.head = await self.call(lambda c: journal_head(c)[0])
         self.used_bytes = await self.call(retention.used_bytes)
+        # when this store was opened (a daemon's start): what lived only in the last run's
+        # memory (bed pauses) ended before it -- the web station reads this
+        opened = time.time()
+        await self.call(
+            lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (opened,))
+        )
         log.info("store open: %s (journal at %d)", path, self.head)
 
     def commit_event(self) -> asyncio.Event:
