@@ -591,3 +591,99 @@ def test_a_listing_that_does_not_answer_lets_no_lease_lapse(shared_cluster: Nats
         assert lost == []
 
     asyncio.run(main())
+
+
+def test_the_members_are_listed_completely_while_their_keys_are_renewed(
+    shared_cluster: NatsCluster,
+) -> None:
+    """Defect: the members were listed with nats-py's ``kv.keys()``, whose watcher can end
+    the listing before the keys on their way arrived (nats-io/nats.py#842): while members
+    renew their keys it sometimes listed none or some, so ``vitalmon cluster`` showed no
+    members (seen: test_two_instances_share_..., 1 run in 30) and an instance not seeing
+    itself would release all its partitions. 300 listings while 4 members renew."""
+    import nats
+    from nats.js.api import KeyValueConfig
+
+    from monitor.sources.jetstream.ownership import live_keys
+
+    async def main() -> list[list[str]]:
+        nc = await nats.connect(shared_cluster.urls)
+        kv = await nc.jetstream().create_key_value(
+            KeyValueConfig(bucket="LISTED_OWNERS", history=1, ttl=30, replicas=3)
+        )
+        names = [f"member.m{i}" for i in range(4)]
+        revs = {k: await kv.create(k, k.encode()) for k in names}
+        await kv.create("p.0", b"m0")
+        await kv.delete("p.0")  # (a released lease: listed by the server, not a key)
+        stop = asyncio.Event()
+
+        async def renew() -> None:
+            while not stop.is_set():
+                for k in names:
+                    revs[k] = await kv.update(k, k.encode(), last=revs[k])
+
+        renewing = asyncio.create_task(renew())
+        wrong = []
+        try:
+            for _ in range(300):
+                got = await live_keys(kv, "member.")
+                if got != names:
+                    wrong.append(got)
+            everything = await live_keys(kv)
+        finally:
+            stop.set()
+            await renewing
+            await nc.jetstream().delete_key_value("LISTED_OWNERS")
+            await nc.close()
+        assert everything == names
+        return wrong
+
+    assert asyncio.run(main()) == []
+
+
+def test_a_new_owner_loads_every_key_of_its_partition_while_others_are_written(
+    shared_cluster: NatsCluster,
+) -> None:
+    """The same defect in the take-over: the state of a partition was read with a
+    watcher that can end before all its initial values arrived (nats-io/nats.py#842), so
+    a new owner could carry on part of the partition's alerts, admissions and pauses.
+    150 loads of 150 keys while the other partitions' keys are rewritten."""
+    import nats
+    from nats.js.api import KeyValueConfig
+
+    from monitor.sources.jetstream.state import ClusterState
+
+    async def main() -> list[int]:
+        nc = await nats.connect(shared_cluster.urls)
+        kv = await nc.jetstream().create_key_value(
+            KeyValueConfig(bucket="LOADED_STATE", history=1, replicas=3)
+        )
+        until = json.dumps({"until": time.time() + 3600}).encode()
+        for b in range(150):
+            await kv.put(f"pause.1.icu.b{b}", until)
+        await kv.put("pause.1.icu.gone", until)
+        await kv.delete("pause.1.icu.gone")
+        state = ClusterState(lambda ward, bed: 1, lambda n: True)
+        state.kv = kv
+        stop = asyncio.Event()
+
+        async def churn() -> None:
+            k = 0
+            while not stop.is_set():
+                await kv.put(f"pause.2.icu.c{k % 50}", until)
+                k += 1
+
+        churning = asyncio.create_task(churn())
+        sizes = []
+        try:
+            for _ in range(150):
+                sizes.append(len((await state.load(1)).pauses))
+        finally:
+            stop.set()
+            await churning
+            await nc.jetstream().delete_key_value("LOADED_STATE")
+            await nc.close()
+        return sizes
+
+    sizes = asyncio.run(main())
+    assert sizes == [150] * 150, sizes

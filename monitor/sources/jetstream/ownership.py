@@ -153,13 +153,8 @@ class Ownership:
             self._member_rev = await self.kv.create(key, self.me.encode())
 
     async def _members(self) -> list[str]:
-        from nats.js.errors import NoKeysError
-
-        try:  # (the bucket is small: a key per partition and per member)
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
-        return sorted(k.removeprefix("member.") for k in keys if k.startswith("member."))
+        keys = await live_keys(self.kv, "member.")
+        return sorted(k.removeprefix("member.") for k in keys)
 
     async def _take(self, n: int) -> None:
         from nats.js.errors import KeyWrongLastSequenceError
@@ -201,3 +196,27 @@ class Ownership:
             log.info("partition %d released", n)
         finally:
             self._releases.pop(n, None)
+
+
+async def live_keys(kv: Any, prefix: str = "") -> list[str]:
+    """The keys of a KV bucket that hold a value, those starting with ``prefix``.
+
+    Not ``kv.keys()``: in nats-py 2.16 its watcher can report the end of the listing
+    before the keys already on their way arrived (nats-io/nats.py#842), so while keys
+    are being renewed it sometimes lists none or some -- an instance that did not see
+    itself among the members would release every partition it holds. The server's own
+    count of the bucket's subjects is complete; each is then read, and the ones whose
+    latest message deletes or purges them (or that expired meanwhile) are left out."""
+    from nats.js.errors import KeyNotFoundError
+
+    bucket = kv._name
+    info = await kv._js.stream_info(kv._stream, subjects_filter=f"$KV.{bucket}.{prefix}>")
+    subjects = info.state.subjects or {}
+    out = []
+    for subject in subjects:
+        key = subject.removeprefix(f"$KV.{bucket}.")
+        with contextlib.suppress(KeyNotFoundError):  # (deleted, purged, expired)
+            entry = await kv.get(key)
+            if entry.value is not None:
+                out.append(key)
+    return sorted(out)

@@ -223,8 +223,16 @@ class ClusterState:
 
     async def load(self, n: int) -> PartitionState:
         """The state of partition ``n`` as its last owner kept it (raises if the bucket
-        cannot be read: the partition is not taken on without it)."""
+        cannot be read: the partition is not taken on without it).
+
+        The keys come from a watcher of the bucket; then every key the server holds
+        under the partition that the watcher did not give is read on its own. nats-py's
+        watcher can end its initial values before all of them arrived
+        (nats-io/nats.py#842): a new owner must not take on part of the alerts."""
+        from nats.js.errors import KeyNotFoundError
+
         found = PartitionState([], [], {})
+        seen: set[str] = set()
         watcher = await self.kv.watch(f"*.{n}.>", ignore_deletes=True)
         now = time.time()
         try:
@@ -232,25 +240,43 @@ class ClusterState:
                 entry = await watcher.updates(timeout=WRITE_TIMEOUT_S * 5)
                 if entry is None:
                     break
-                if entry.value is None or entry.operation is not None:
-                    continue  # (a delete marker)
-                kind, _n, rest = entry.key.split(".", 2)
-                try:
-                    if kind == "alert":
-                        found.alerts.append(decode_carried(entry.value))
-                    elif kind == "adm":
-                        found.admissions.append(decode_admission(entry.value))
-                    elif kind == "pause":
-                        ward, bed = (kv_untoken(t) for t in rest.split("."))
-                        until = float(json.loads(entry.value)["until"])
-                        if until > now:
-                            found.pauses[(ward, bed)] = until
-                except (ValueError, KeyError, TypeError) as exc:
-                    self.counts["unreadable"] += 1
-                    log.warning("cluster state: key %s unreadable (%s); skipped", entry.key, exc)
+                seen.add(entry.key)
+                self._take_entry(found, entry.key, entry.value, entry.operation, now)
         finally:
             await watcher.stop()
+        bucket = self.kv._name
+        info = await self.kv._js.stream_info(
+            self.kv._stream, subjects_filter=f"$KV.{bucket}.*.{n}.>"
+        )
+        for subject in info.state.subjects or {}:
+            key = subject.removeprefix(f"$KV.{bucket}.")
+            if key in seen:
+                continue
+            with contextlib.suppress(KeyNotFoundError):  # (deleted, purged)
+                entry = await self.kv.get(key)
+                self.counts["late_keys"] += 1
+                self._take_entry(found, key, entry.value, entry.operation, now)
         return found
+
+    def _take_entry(
+        self, found: PartitionState, key: str, value: bytes | None, op: Any, now: float
+    ) -> None:
+        if value is None or op is not None:
+            return  # (a delete marker)
+        kind, _n, rest = key.split(".", 2)
+        try:
+            if kind == "alert":
+                found.alerts.append(decode_carried(value))
+            elif kind == "adm":
+                found.admissions.append(decode_admission(value))
+            elif kind == "pause":
+                ward, bed = (kv_untoken(t) for t in rest.split("."))
+                until = float(json.loads(value)["until"])
+                if until > now:
+                    found.pauses[(ward, bed)] = until
+        except (ValueError, KeyError, TypeError) as exc:
+            self.counts["unreadable"] += 1
+            log.warning("cluster state: key %s unreadable (%s); skipped", key, exc)
 
     async def forward_ack(self, alert_id: str, by: str, identity: str | None) -> bool:
         """An acknowledgement of an alert this instance does not have open: if the

@@ -16,7 +16,9 @@ from monitor.config import JetStreamSourceConfig
 
 async def cluster_status(cfg: JetStreamSourceConfig, timeout: float = 5.0) -> dict[str, Any]:
     import nats
-    from nats.js.errors import NoKeysError, NotFoundError
+    from nats.js.errors import NotFoundError
+
+    from monitor.sources.jetstream.ownership import live_keys
 
     nc = await nats.connect(cfg.servers, connect_timeout=timeout, max_reconnect_attempts=1)
     try:
@@ -38,10 +40,9 @@ async def cluster_status(cfg: JetStreamSourceConfig, timeout: float = 5.0) -> di
         owners: dict[str, str] = {}
         with contextlib.suppress(NotFoundError):
             kv = await js.key_value(f"{cfg.stream}_OWNERS")
-            with contextlib.suppress(NoKeysError):
-                for key in await kv.keys():
-                    with contextlib.suppress(Exception):
-                        owners[key] = ((await kv.get(key)).value or b"").decode()
+            for key in await live_keys(kv):
+                with contextlib.suppress(Exception):
+                    owners[key] = ((await kv.get(key)).value or b"").decode()
         out["members"] = sorted(v for k, v in owners.items() if k.startswith("member."))
         out["capture"] = owners.get(f"p.{cfg.partitions}")
         rows = []
