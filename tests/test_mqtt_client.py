@@ -292,3 +292,32 @@ def test_a_stop_cancelled_midway_still_disconnects(broker: Broker) -> None:
     wait_for(lambda: not paho.is_connected(), 10, "disconnected")
     thread = paho._thread
     assert thread is None or not thread.is_alive()
+
+
+def test_a_stop_before_the_subscriptions_are_acknowledged_still_says_offline(
+    broker: Broker, subscribe: Any
+) -> None:
+    """Defect (seen once in a loaded CI run of test_a_failing_task_goes_through_the_
+    orderly_shutdown): ``online`` is published at the CONNACK, but ``connected`` is set
+    only once the broker acknowledged the subscriptions; a stop in between skipped
+    ``offline`` and disconnected cleanly (no Last Will), so the retained status said
+    ``online`` for a daemon that had stopped. The SUBACK is held back here (the client's
+    handler of it does nothing) to stop in that window every time."""
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="stop-early")
+    status = subscribe("vitalmon/status/#")
+
+    async def main() -> None:
+        client = Client(cfg)
+        client.subscribe("t/#", 1, lambda m: None)
+        client._on_subscribe = lambda *_: None  # type: ignore[method-assign]
+        client._paho.on_subscribe = client._on_subscribe
+        client.start()
+        await asyncio.to_thread(
+            wait_for, lambda: (f"vitalmon/status/{cfg.client_id}", b"online") in status.messages,
+            10, "online",
+        )  # fmt: skip
+        assert not client.connected.is_set()
+        await client.stop(timeout=5)
+
+    asyncio.run(main())
+    wait_for(lambda: status.messages[-1][1] == b"offline", 10, "offline")

@@ -194,7 +194,9 @@ class Client(_Connection, _Inbound):
         if self._session_timer is not None:
             self._session_timer.cancel()
         try:
-            if self.connected.is_set():
+            # ``online`` goes out at the CONNACK, ``connected`` only after the SUBACKs: a
+            # stop in between must still say ``offline`` (a clean disconnect sends no Will)
+            if self.connected.is_set() or self._paho.is_connected():
                 waiting = [out.fut for out in self._pending.values()]
                 if self.persistent:
                     waiting.append(self.publish(self.status_topic, b"offline", qos=1, retain=True))
