@@ -281,7 +281,7 @@ def test_the_documented_webhook_receiver_checks_vitalmons_signature(tmp_path: Pa
     key, port = tmp_path / "hook.key", free_port()
     key.write_text("s3cret-key-for-the-hook\n")
     code = snippet.replace("/etc/pager/vitalmon.key", str(key)).replace(
-        '("0.0.0.0", 8080)', f'("127.0.0.1", {port})'
+        '("0.0.0.0", 9000)', f'("127.0.0.1", {port})'
     )
     script = tmp_path / "hook.py"
     script.write_text(code)
