@@ -351,7 +351,7 @@ def test_the_bed_page_plots_the_stored_trend_with_limits_and_alerts(
 
 
 def test_the_ward_keeps_up_with_200_beds_at_1_hz(station: Station, browser: Any) -> None:
-    """200 beds, one reading each per second for 20 s: the page shows every bed and the
+    """200 beds, one reading each per second for 10 s: the page shows every bed and the
     time from a reading's arrival at the station to its tile being drawn stays short.
     The numbers are printed (pytest -s); benchmarks/web.py measures the same at length."""
     d = browser
@@ -361,7 +361,7 @@ def test_the_ward_keeps_up_with_200_beds_at_1_hz(station: Station, browser: Any)
 
     def publish() -> None:
         k = 0
-        while not stop.is_set() and k < 20:
+        while not stop.is_set() and k < 10:
             t = time.time()
             for b in range(200):
                 pub.client.publish(
@@ -389,7 +389,7 @@ def test_the_ward_keeps_up_with_200_beds_at_1_hz(station: Station, browser: Any)
         pub.close()
     stats = d.execute_script("return window.vitalmonStats")
     lags, frames = stats["lags"], stats["frames"]
-    assert len(lags) >= 20
+    assert len(lags) >= 8
     p50, p95 = statistics.median(lags), sorted(lags)[int(0.95 * len(lags))]
     fp95 = sorted(frames)[int(0.95 * len(frames))]
     print(
