@@ -321,3 +321,33 @@ def test_a_stop_before_the_subscriptions_are_acknowledged_still_says_offline(
 
     asyncio.run(main())
     wait_for(lambda: status.messages[-1][1] == b"offline", 10, "offline")
+
+
+def test_a_stop_racing_the_connack_never_leaves_online_behind(
+    broker: Broker, subscribe: Any
+) -> None:
+    """The same defect, its other window (seen again in CI after the fix above): stop()
+    looked at the connection just before the CONNACK arrived (not connected: no
+    ``offline``), then paho's thread published ``online`` and the clean disconnect left
+    it retained. 150 clients stopped 0-7 ms after their start: each one that said
+    ``online`` says ``offline`` last."""
+    status = subscribe("vitalmon/status/#")
+
+    async def main() -> None:
+        for i in range(150):
+            client = Client(MqttConfig(host="127.0.0.1", port=broker.port, client_id=f"race{i}"))
+            client.subscribe("t/#", 1, lambda m: None)
+            client.start()
+            await asyncio.sleep((i % 15) / 2000)
+            await client.stop(timeout=5)
+
+    asyncio.run(main())
+
+    def said(i: int) -> list[bytes]:
+        return [p for t, p in status.messages if t == f"vitalmon/status/race{i}"]
+
+    wait_for(
+        lambda: all(b"online" not in said(i) or said(i)[-1] == b"offline" for i in range(150)),
+        10,
+        "offline after every online",
+    )

@@ -115,6 +115,8 @@ class _ClientBase:
     _refused: bool
     _up: bool
     _stopping: threading.Event
+    #: set first thing in stop(): no ``online`` is published from then on
+    _closing: threading.Event
     _inbox: deque[tuple[Deliver, Message]]
     _inbox_lock: threading.Lock
     _drain_scheduled: bool

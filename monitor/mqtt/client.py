@@ -102,6 +102,7 @@ class Client(_Connection, _Inbound):
         #: the broker accepted the current connection (a CONNACK with success)
         self._up = False
         self._stopping = threading.Event()
+        self._closing = threading.Event()
         self._inbox: deque[tuple[Deliver, Message]] = deque()
         self._inbox_lock = threading.Lock()
         self._drain_scheduled = False
@@ -193,6 +194,7 @@ class Client(_Connection, _Inbound):
             return
         if self._session_timer is not None:
             self._session_timer.cancel()
+        self._closing.set()  # (before the connection is looked at: see _on_connect)
         try:
             # ``online`` goes out at the CONNACK, ``connected`` only after the SUBACKs: a
             # stop in between must still say ``offline`` (a clean disconnect sends no Will)

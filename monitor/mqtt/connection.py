@@ -122,7 +122,9 @@ class _Connection(_Publishing):
         if keeps:
             self._call(self._session_checked, lost, present)
         self._call(self._report_drops)
-        if self.persistent:
+        if self.persistent and not self._closing.is_set():
+            # (a stop already under way checks the connection after it set _closing:
+            # either it sees this connection and says offline, or online is not said)
             client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._suback_mids.clear()
         if not self._subs:
