@@ -500,3 +500,85 @@ def test_a_failing_task_goes_through_the_orderly_shutdown(
     # moment later: wait for it, never read the list at once)
     if b"online" in [p for _t, p in status.messages]:
         wait_for(lambda: status.messages[-1][1] == b"offline", 10, "offline")
+
+
+# ------------------------------------- a remote sink whose answer never ends
+
+
+class TrickleServer:
+    """An HTTP server that reads the request and then answers one byte every 0.2 s,
+    forever: each read returns within any socket timeout, the answer never completes."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: Any) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nX-Slow: ")
+            while not self._stop.wait(0.2):
+                conn.sendall(b"a")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+def test_a_remote_sink_that_never_finishes_answering_neither_hangs_the_stop_nor_goes_unalarmed(
+    daemon: Any, subscribe: Any, publisher: Any, tmp_path: Path
+) -> None:
+    """An InfluxDB server that answers a byte at a time, forever: ``timeout_s`` bounds
+    each socket read, not the write, so the send never returns. ``sink.down`` is raised
+    after ``down_alarm_s``, and SIGTERM stops the daemon within its shutdown budget, the
+    readings kept in the journal for the next run. Before: the stop waited for the hung
+    send (the sink's close queued behind it, and the worker thread joined at exit), so
+    the daemon never exited."""
+    server = TrickleServer()
+    db = tmp_path / "vitals.db"
+    token = tmp_path / "token"
+    token.write_text("t")
+    try:
+        d = daemon(
+            db=db,
+            store_extra=f"""  - type: influxdb
+    url: http://127.0.0.1:{server.port}
+    org: o
+    bucket: b
+    token_file: {token}
+    timeout_s: 1
+    down_alarm_s: 3
+""",
+        )
+        alerts = subscribe("alerts/_system/#")
+        now = time.time()
+        for i in range(5):
+            publisher.publish("vitals/icu/1/mon", {"ts": now - 10 + i, "hr": 70})
+        down = wait_for(lambda: system_alarms(alerts, "sink.down"), 30, "sink.down")
+        assert down[0]["state"] == "active"
+        assert server.accepted >= 1
+        code, took = d.terminate(timeout=30)
+        assert code == 0, d.log()[-3000:]
+        assert took < 12, took
+        assert committed(db, "1") == 5
+    finally:
+        server.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from conftest import until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -387,3 +388,89 @@ def test_schema_v2_reads_without_flags_and_migrates_keeping_every_row(tmp_path):
         conn.close()
     got = list(query_readings(str(db), "7"))
     assert [(r[5], r[6]) for r in got] == [(60, None), (61, None), (62, None), (0.0, "implausible")]
+
+
+class HangingRemote:
+    """A remote whose first send hangs until released (a server answering a byte at a
+    time); records what it accepted and how many calls ran at once."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.calls = 0
+        self.running = 0
+        self.most_at_once = 0
+        self.accepted: list[int] = []
+        self._lock = threading.Lock()
+
+    def send(self, rows: Any, alerts: Any) -> None:
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            first = self.calls == 1
+        try:
+            if first:
+                self.release.wait(30)
+                raise OSError("connection reset")  # (its late outcome: dropped anyway)
+            self.accepted += [r[0] for r in rows]
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_forwarder_gives_a_hung_send_up_and_starts_no_second_one_meanwhile(tmp_path):
+    """``send_timeout_s`` bounds a send in all: the hung one fails (``sink.down`` once
+    ``down_alarm_s`` has passed), no other send runs alongside it while it has not
+    ended, and once it has, the next one forwards everything, in order. ``run()``
+    returns at ``close()`` with the hung send still going (nothing waits for it)."""
+    from monitor.sinks.forward import Forwarder
+
+    async def body(sink: SqliteSink) -> None:
+        remote = HangingRemote()
+        fwd = Forwarder(
+            "tsdb",
+            sink,
+            remote,
+            start_from="beginning",
+            retry_min_s=0.05,
+            retry_max_s=0.1,
+            down_alarm_s=0.3,
+            send_timeout_s=0.2,
+        )
+        conditions: list[tuple[str, bool]] = []
+        fwd.on_condition = lambda cond, _c, active, _d: conditions.append((cond, active))
+        await fwd.open()
+        done = asyncio.Event()
+        await sink.write(readings(20), [], done.set)
+        await asyncio.wait_for(done.wait(), 10)
+        task = asyncio.create_task(fwd.run())
+
+        def alarmed() -> bool:
+            fwd.check()  # (the daemon's heartbeat)
+            return fwd.counts["send_errors"] >= 4 and bool(conditions)
+
+        await until(alarmed, what="failures and sink.down")
+        assert fwd.counts["send_errors"] >= 4, fwd.counts
+        assert remote.calls == 1  # the retries did not reach the remote
+        assert conditions == [("sink.down", True)]
+        remote.release.set()
+        await until(lambda: fwd.counts["forwarded"] == 20, what="the backlog forwarded")
+        assert remote.accepted == list(range(1, 21))
+        assert remote.most_at_once == 1
+        assert conditions == [("sink.down", True), ("sink.down", False)]
+
+        remote.calls = 0  # hang again, then stop: run() returns without waiting for it
+        remote.release.clear()
+        await sink.write(readings(5, t0=T0 + 100), [], None)
+        await until(lambda: remote.running, what="the second hang")
+        fwd.close()
+        await asyncio.wait_for(task, 2)
+        assert fwd.cursor[0] == 20  # the batch not accepted waits in the journal
+        remote.release.set()
+
+    asyncio.run(with_sink(tmp_path / "v.db", body))

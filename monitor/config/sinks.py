@@ -53,6 +53,8 @@ class InfluxStoreConfig(_Model):
     token: str | None = None
     batch_size: int = Field(5000, ge=1, le=100_000)
     flush_interval_s: float = Field(1.0, gt=0, le=60)
+    #: One write in all (connection, request, the whole answer): a write given up is a
+    #: failure, retried; a server answering a byte at a time cannot hang the sink.
     timeout_s: float = Field(10.0, gt=0, le=300)
     #: Compress request bodies: for a WAN link. influxdb-client compresses at level 9,
     #: which costs more than it saves on a LAN (benchmarks/store.py).

@@ -6,9 +6,10 @@ Contract of :class:`Forwarder`:
   error): it loads the sink's cursor from the journal, creating it at the journal's end
   (``start_from: end``) or beginning.
 * ``run()`` reads the next batch after the cursor, hands it to the :class:`Remote` (in a
-  thread of its own: a slow remote never blocks ingest), and only when the remote
-  accepted it moves the cursor, durably, in the journal. A failure is retried with
-  jittered exponential backoff, forever: nothing is skipped, order is kept. Caught up,
+  thread of its own: a slow remote never blocks ingest; given up after ``send_timeout_s``
+  in all, as a failure), and only when the remote accepted it moves the cursor,
+  durably, in the journal. A failure is retried with jittered exponential backoff,
+  forever: nothing is skipped, order is kept. Caught up,
   it waits for the journal's next commit, then up to ``flush_interval_s`` for a fuller
   batch.
 * ``close()``: ``run()`` returns once it has forwarded what the journal had committed
@@ -19,6 +20,11 @@ A remote that fails (or a send that hangs) for ``down_alarm_s`` raises the
 technical alarm ``sink.down``: the daemon calls ``check()`` every second, so the alarm
 does not wait for the next retry, however far the backoff has grown. ``lag_s`` is the
 event-time age of the oldest reading not yet forwarded, as of now.
+
+A send given up is left to end by itself in its daemon thread (nothing joins it: a stop
+never waits for a remote that answers a byte at a time). No other send starts while it
+has not ended (the :class:`Remote` sees one call at a time, and hung sends do not pile
+up): the attempts meanwhile fail as such, and ``sink.down`` is raised as for any failure.
 
 Delivery is at least once: a crash between the remote's acceptance and the cursor's
 commit re-sends that batch. InfluxDB overwrites a point with the same series and time,
@@ -32,10 +38,10 @@ import contextlib
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Protocol
 
@@ -48,6 +54,7 @@ from monitor.sinks.sqlite import (
     set_cursor,
     storage_error,
 )
+from monitor.supervise import in_thread
 
 log = logging.getLogger("vitalmon.sink.forward")
 
@@ -58,9 +65,13 @@ Row = tuple[int, str, str, str, str, float, float, str | None, str | None]
 #: (the default of a sink's ``down_alarm_s``).
 DOWN_ALARM_AFTER_S = 30.0
 
+#: How long the remote's ``close()`` may take at the stop before it is left behind.
+CLOSE_TIMEOUT_S = 1.0
+
 
 class Remote(Protocol):
-    """What a forwarder sends to. Called from the forwarder's own thread, one call at a time."""
+    """What a forwarder sends to. Called from a thread of its own, one call at a time (a
+    call given up included: the next one waits until it has ended)."""
 
     def send(self, readings: Sequence[Row], alerts: Sequence[AlertEvent]) -> None:
         """Deliver, or raise: returning means the remote has accepted everything."""
@@ -81,6 +92,7 @@ class Forwarder:
         retry_max_s: float = 60.0,
         flush_interval_s: float = 0.0,
         down_alarm_s: float = DOWN_ALARM_AFTER_S,
+        send_timeout_s: float = 60.0,
     ) -> None:
         self.name = name
         self.journal = journal
@@ -91,6 +103,7 @@ class Forwarder:
         self.retry_max_s = retry_max_s
         self.flush_interval_s = flush_interval_s
         self.down_alarm_s = down_alarm_s
+        self.send_timeout_s = send_timeout_s
         self.counts: Counter[str] = Counter()
         self.cursor = (0, 0)
         #: event time of the oldest reading not yet forwarded (None: caught up)
@@ -102,7 +115,8 @@ class Forwarder:
         #: (condition, component, active, detail) -> technical alarm; set by the daemon.
         self.on_condition: Callable[[str, str, bool, str], None] | None = None
         self._closing = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vitalmon-fwd")
+        #: held by the thread talking to the remote (one at a time, a hung one included)
+        self._slot = threading.Lock()
         self._alarmed = False
         self._attempt = 0
         self._loaded = False  #: the cursor has been read from the journal
@@ -183,9 +197,27 @@ class Forwarder:
                     )
                     return
         finally:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.remote.close)
-            self._executor.shutdown(wait=False)
+            await self._close_remote()
+
+    async def _call(self, fn: Callable[[], None], timeout_s: float) -> None:
+        """``fn`` (a call of the remote) in a thread of its own, given up after
+        ``timeout_s``; refused while a call given up earlier has not ended."""
+        if not self._slot.acquire(blocking=False):
+            raise TimeoutError("the send given up before has not ended yet")
+
+        def call() -> None:
+            try:
+                fn()
+            finally:
+                self._slot.release()
+
+        await in_thread(call, timeout_s, f"vitalmon-fwd-{self.name}")
+
+    async def _close_remote(self) -> None:
+        try:
+            await self._call(self.remote.close, CLOSE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the stop goes on; the process ends it
+            log.warning("%s: not closed (%s)", self.name, exc)
 
     def _read(self, conn: sqlite3.Connection) -> tuple[list[Row], list[tuple[int, AlertEvent]]]:
         """The next batch after the cursor (in the journal's thread)."""
@@ -197,12 +229,10 @@ class Forwarder:
     async def _forward(self, readings: list[Row], alerts: list[tuple[int, AlertEvent]]) -> None:
         """Send one batch; move the cursor only once the remote has accepted it."""
         self._oldest = min(r[5] for r in readings) if readings else None
-        loop = asyncio.get_running_loop()
         self._sending_since = time.monotonic()
+        events = [e for _, e in alerts]
         try:
-            await loop.run_in_executor(
-                self._executor, self.remote.send, readings, [e for _, e in alerts]
-            )
+            await self._call(lambda: self.remote.send(readings, events), self.send_timeout_s)
         except Exception as exc:  # noqa: BLE001 - any failure of the remote is retried
             self._sending_since = None
             self._failing(exc)

@@ -144,4 +144,5 @@ def _build(cfg: InfluxStoreConfig, journal: SqliteSink) -> Forwarder:
         retry_max_s=cfg.retry_max_s,
         flush_interval_s=cfg.flush_interval_s,
         down_alarm_s=cfg.down_alarm_s,
+        send_timeout_s=cfg.timeout_s,
     )

@@ -19,7 +19,6 @@ shared with the event loop:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import ssl
@@ -27,6 +26,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from monitor.supervise import in_thread
 
 T = TypeVar("T")
 
@@ -118,39 +119,4 @@ async def run_attempt(fn: Callable[[Attempt], T], timeout_s: float, name: str) -
     """``fn(attempt)`` in a daemon thread of its own; TimeoutError after ``timeout_s``
     (the attempt aborted). Cancelled: aborted as well."""
     attempt = Attempt(timeout_s)
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, exc: BaseException | None) -> None:
-        if done.done():
-            return
-        if exc is not None:
-            done.set_exception(exc)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
-
-    def target() -> None:
-        try:
-            result = fn(attempt)
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-            outcome: tuple[T | None, BaseException | None] = (None, exc)
-        else:
-            outcome = (result, None)
-        with contextlib.suppress(RuntimeError):  # (the loop is gone: nobody waits)
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await asyncio.shield(done)
-    except TimeoutError:
-        attempt.abort()
-        raise TimeoutError(f"no answer within {timeout_s:g} s") from None
-    except BaseException:
-        attempt.abort()
-        raise
-    finally:
-        if not done.done():
-            done.cancel()  # (a late outcome is dropped)
-        elif not done.cancelled():
-            done.exception()  # (retrieved: never "exception was never retrieved")
+    return await in_thread(lambda: fn(attempt), timeout_s, name, on_abandon=attempt.abort)
