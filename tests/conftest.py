@@ -6,6 +6,7 @@ Waiting is always on an event or a poll with a deadline, never a bare sleep.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -48,6 +49,18 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+async def until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """:func:`wait_for` inside the event loop (what is under test runs in it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -19,13 +19,13 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker
+from conftest import Broker, until
 from delivery_receivers import DripServer, MllpListener, SmtpServer, WebhookServer, self_signed
 
 from monitor.config import AlertsConfig, MqttConfig, RouteConfig, SqliteStoreConfig
@@ -42,17 +42,6 @@ T0 = time.time() - 60
 
 def run(coro: Any, timeout: float = 30) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def lifecycle(

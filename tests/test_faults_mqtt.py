@@ -30,6 +30,7 @@ from conftest import (
     SecureBroker,
     Subscriber,
     free_port,
+    until,
     wait_for,
     write_config,
 )
@@ -52,15 +53,6 @@ def lose_session(broker: Broker) -> None:
     for f in broker.workdir.glob("mosquitto.db*"):
         f.unlink()
     broker.start()
-
-
-async def until(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """``wait_for`` in the event loop (the client under test runs in it)."""
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.02)
-    return value
 
 
 def mqtt_cfg(broker: Broker, client_id: str, **extra: Any) -> MqttConfig:
@@ -309,12 +301,12 @@ def test_the_session_lost_alarm_resolves_after_the_hold_time(broker: Broker) -> 
         await asyncio.wait_for(c.connected.wait(), 10)
         assert calls == []  # the first connection: no session expected
         await asyncio.to_thread(lose_session, broker)
-        await until(lambda: calls, "the alarm")
+        await until(lambda: calls, what="the alarm")
         t0 = time.monotonic()
-        await until(lambda: len(calls) >= 2, "its resolution")
+        await until(lambda: len(calls) >= 2, what="its resolution")
         assert time.monotonic() - t0 >= 0.4
         await asyncio.to_thread(lose_session, broker)
-        await until(lambda: len(calls) >= 3, "the alarm again")
+        await until(lambda: len(calls) >= 3, what="the alarm again")
         await c.stop()
 
     asyncio.run(main())
@@ -370,7 +362,7 @@ def test_a_late_ack_is_never_sent_on_a_newer_connection(broker: Broker, how: str
         c.start()
         await asyncio.wait_for(c.connected.wait(), 10)
         await asyncio.to_thread(pub.publish, "a9/a", b"A")  # (waits for the PUBACK)
-        a = (await until(lambda: got, "A"))[0]
+        a = (await until(lambda: got, what="A"))[0]
         await asyncio.to_thread(lose_session, broker)
         # until the client has subscribed again, B goes nowhere: publish until it arrives
         n = 0
@@ -379,7 +371,7 @@ def test_a_late_ack_is_never_sent_on_a_newer_connection(broker: Broker, how: str
             n += 1
             await asyncio.to_thread(pub.publish, "a9/b", b"B%d" % n)
             with contextlib.suppress(AssertionError):
-                await until(lambda: len(got) > 1, "B", timeout=0.3)
+                await until(lambda: len(got) > 1, what="B", timeout=0.3)
         b = got[1]
         assert (a.mid, b.mid) == (1, 1), "the scenario needs the packet id reused"
         getattr(c, how)(a if how == "ack" else [a])  # A committed: acknowledged, late
@@ -389,7 +381,7 @@ def test_a_late_ack_is_never_sent_on_a_newer_connection(broker: Broker, how: str
         c2 = Client(cfg)
         c2.subscribe("a9/#", 1, again.append)
         c2.start()
-        await until(lambda: again, "B redelivered to the next session", timeout=5)
+        await until(lambda: again, what="B redelivered to the next session", timeout=5)
         c2.ack_many(again)
         await c2.stop()
         return again
@@ -420,7 +412,7 @@ def test_publishes_waiting_through_a_lost_session_are_sent_again_and_confirmed(
         assert broker.proc is not None
         os.kill(broker.proc.pid, signal.SIGSTOP)
         futs = [c.publish(f"a9/out/{i}", f"v{i}", qos=1, retain=True) for i in range(5)]
-        await until(lambda: not c._paho._out_packet, "sent on the frozen connection")
+        await until(lambda: not c._paho._out_packet, what="sent on the frozen connection")
         assert not any(f.done() for f in futs)
         await asyncio.to_thread(lose_session, broker)  # (SIGKILL ends a stopped process)
         await asyncio.wait_for(asyncio.gather(*futs), 10)
@@ -487,7 +479,7 @@ def test_the_outgoing_queue_is_bounded_and_drops_superseded_state_before_alerts(
         c.start()
         await asyncio.wait_for(c.connected.wait(), 10)
         await asyncio.to_thread(broker.stop)
-        await until(lambda: not c.connected.is_set(), "the broker gone")
+        await until(lambda: not c.connected.is_set(), what="the broker gone")
         events = [c.publish(f"alerts/icu/{i}", b"e%d" % i) for i in range(10)]
         states = [c.publish("state/icu/1/alerts", b"s%d" % i, retain=True) for i in range(30)]
         scores = [c.publish("scores/icu/1", b"n%d" % i, retain=True) for i in range(5)]
@@ -503,7 +495,7 @@ def test_the_outgoing_queue_is_bounded_and_drops_superseded_state_before_alerts(
         assert [f.done() for f in events] == [True] * 5 + [False] * 20
         await asyncio.to_thread(broker.start)
         await asyncio.wait_for(asyncio.gather(*events[5:]), 15)
-        await until(lambda: c.outstanding == 0, "the rest confirmed")
+        await until(lambda: c.outstanding == 0, what="the rest confirmed")
         # (the policy's bookkeeping is pruned as PUBACKs come: it does not grow while connected)
         assert (len(c._events), len(c._retained), len(c._superseded)) == (0, 0, 0)
         dropped = dict(c.dropped)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from conftest import Broker, Publisher
+from conftest import Broker, Publisher, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -284,13 +283,6 @@ class FakeClient:
         self.acked += [m.mid for m in msgs]
 
 
-async def until(pred: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def test_status_only_message_is_acknowledged_in_arrival_order() -> None:
     """A status-only message is emitted with ``done`` like a reading: its PUBACK waits for
     the commit, and for every message before it."""
@@ -315,7 +307,7 @@ def test_status_only_message_is_acknowledged_in_arrival_order() -> None:
         assert fake.deliver is not None
         for mid, p in enumerate(payloads, 1):
             fake.deliver(Message("vitals/icu/7/masimo-1", json.dumps(p).encode(), 1, False, mid))
-        await until(lambda: len(batches) == 3 and rejected, "three batches")
+        await until(lambda: len(batches) == 3 and rejected, what="three batches")
         assert fake.acked == []  # nothing committed yet
         assert batches[1].done is not None and batches[2].done is not None
         batches[1].done()  # the status commits first: held behind message 1
@@ -359,9 +351,9 @@ def test_messages_waiting_together_are_one_batch_released_together() -> None:
             body = json.dumps({"ts": now + mid, "hr": 70 + mid}).encode()
             fake.deliver(Message(f"vitals/icu/{mid}/mon", body, 1, False, mid))
         task = asyncio.create_task(source.run(emit, lambda r: None))
-        await until(lambda: batches, "the first batch")
+        await until(lambda: batches, what="the first batch")
         fake.deliver(Message("vitals/icu/9/mon", b'{"hr": 80}', 1, False, 6))
-        await until(lambda: len(batches) == 2, "the second batch")
+        await until(lambda: len(batches) == 2, what="the second batch")
         assert fake.acked == []
         second_done, first_done = batches[1].done, batches[0].done
         assert second_done is not None and first_done is not None
@@ -417,15 +409,15 @@ def test_status_only_message_over_mosquitto_is_emitted_and_acknowledged(
                     def arrived(k: int = n) -> bool:
                         return len(batches) > k
 
-                    await until(arrived, f"batch for {topic}")
+                    await until(arrived, what=f"batch for {topic}")
                     batch = batches[-1]
                     if batch.statuses:
                         assert (batch.readings, len(source._unacked)) == ([], 1)
                         assert batch.done is not None
                         batch.done()
                         assert not source._unacked  # released: PUBACK sent
-            await until(lambda: len(batches) >= expect, f"{expect} batches")
-            await until(lambda: not source._unacked or not commit, "acknowledgements")
+            await until(lambda: len(batches) >= expect, what=f"{expect} batches")
+            await until(lambda: not source._unacked or not commit, what="acknowledgements")
         finally:
             source.stop()
             await asyncio.wait_for(task, 5)
