@@ -4,16 +4,14 @@ joined at shutdown within a deadline, and the short background tasks kept until 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
+
+from monitor.tasks import cancel_and_wait
 
 log = logging.getLogger("vitalmon.daemon")
-
-T = TypeVar("T")
 
 
 def root_cause(exc: BaseException) -> str:
@@ -78,62 +76,4 @@ async def join(
     if pending:
         why = "forced exit" if forced.is_set() else "shutdown budget exceeded"
         log.warning("%s: cancelling %s (%s)", why, ", ".join(t.get_name() for t in pending), what)
-        for t in pending:
-            t.cancel()
-        await asyncio.wait(pending)
-
-
-async def in_thread(
-    fn: Callable[[], T],
-    timeout_s: float,
-    name: str,
-    on_abandon: Callable[[], None] | None = None,
-) -> T:
-    """``fn()`` in a daemon thread of its own, given up after ``timeout_s`` in all
-    (TimeoutError) or when cancelled; either way ``on_abandon()`` is called (to shut the
-    call's socket down, where the caller can reach it).
-
-    For a blocking network client whose timeouts bound each socket operation, not the
-    call: a server that answers a byte at a time, or a name resolution that hangs, keeps
-    such a call alive indefinitely. An executor would keep its worker, and a stop would
-    wait for it (in ``shutdown`` and again at interpreter exit); nothing joins this
-    thread, so the process exits whatever the call does. A late outcome is dropped.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, exc: BaseException | None) -> None:
-        if done.done():
-            return
-        if exc is not None:
-            done.set_exception(exc)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
-
-    def target() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-            outcome: tuple[T | None, BaseException | None] = (None, exc)
-        else:
-            outcome = (result, None)
-        with contextlib.suppress(RuntimeError):  # (the loop is gone: nobody waits)
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await asyncio.shield(done)
-    except TimeoutError:
-        if on_abandon is not None:
-            on_abandon()
-        raise TimeoutError(f"no answer within {timeout_s:g} s") from None
-    except BaseException:
-        if on_abandon is not None:
-            on_abandon()
-        raise
-    finally:
-        if not done.done():
-            done.cancel()  # (a late outcome is dropped)
-        elif not done.cancelled():
-            done.exception()  # (retrieved: never "exception was never retrieved")
+        await cancel_and_wait(*pending, every_s=0.25)  # (a clean-up gets a little time)

@@ -540,7 +540,11 @@ class TrickleServer:
                 conn.sendall(b"a")
 
     def close(self) -> None:
+        import socket
+
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # (wakes the accept)
         self.sock.close()
 
 

@@ -556,16 +556,27 @@ def test_a_listing_that_does_not_answer_lets_no_lease_lapse(shared_cluster: Nats
         )
         lost: list[int] = []
 
-        class Flaky:
+        class FlakyJs:
+            """The bucket's JetStream context, its stream listing failing on demand."""
+
             failing = False
 
             def __getattr__(self, name: str) -> Any:
-                return getattr(kv, name)
+                return getattr(kv._js, name)
 
-            async def keys(self, *a: Any, **k: Any) -> Any:
+            async def stream_info(self, *a: Any, **k: Any) -> Any:
                 if self.failing:
+                    self.failed += 1
                     raise NatsTimeout
-                return await kv.keys(*a, **k)
+                return await kv._js.stream_info(*a, **k)
+
+            failed = 0
+
+        class Flaky:
+            _js = FlakyJs()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(kv, name)
 
         async def nothing(n: int) -> None:
             return None
@@ -580,11 +591,12 @@ def test_a_listing_that_does_not_answer_lets_no_lease_lapse(shared_cluster: Nats
         while own.owned() != [0, 1, 2, 3]:
             assert time.monotonic() < deadline, "never held every partition"
             await asyncio.sleep(0.05)
-        flaky.failing = True
+        flaky._js.failing = True
         until = time.monotonic() + 4 * lease  # (four leases of failed listings)
         while time.monotonic() < until:
             assert own.owned() == [0, 1, 2, 3], own.held
             await asyncio.sleep(0.05)
+        assert flaky._js.failed >= 8  # (a listing every round failed)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await nc.close()
@@ -687,3 +699,45 @@ def test_a_new_owner_loads_every_key_of_its_partition_while_others_are_written(
 
     sizes = asyncio.run(main())
     assert sizes == [150] * 150, sizes
+
+
+def test_an_ownership_round_cancelled_at_any_moment_ends(shared_cluster: NatsCluster) -> None:
+    """nats-py swallows a cancellation that reaches it while it flushes a publish or a
+    request (``Client._flush_pending`` catches ``CancelledError`` and passes): the task
+    goes on as if nothing had happened, so a stop that cancels the lease loop once and
+    waits for it waited forever (seen in a suite run: 120 s, then the test's timeout),
+    and a stopping instance kept renewing and taking partitions while it released them.
+    Cancelled once at a random moment, every round ends. Real bucket, real servers."""
+    import random
+
+    import nats
+    from nats.js.api import KeyValueConfig
+
+    from monitor.sources.jetstream.ownership import Ownership
+
+    async def main() -> None:
+        nc = await nats.connect(shared_cluster.urls)
+        kv = await nc.jetstream().create_key_value(
+            KeyValueConfig(bucket="CANCELLED_OWNERS", history=1, ttl=1.0, replicas=3)
+        )
+
+        async def nothing(n: int) -> None:
+            return None
+
+        stuck = 0
+        rng = random.Random(7)
+        for i in range(40):
+            own = Ownership(kv, f"m{i}", 4, 0.2, nothing, nothing, nothing)
+            task = asyncio.create_task(own.run())
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=2.0)
+            if not done:
+                stuck += 1
+                while not task.done():  # (so that the next round starts clean)
+                    task.cancel()
+                    await asyncio.wait([task], timeout=0.05)
+        await nc.close()
+        assert stuck == 0, f"{stuck} of 40 rounds went on after their cancellation"
+
+    asyncio.run(main())

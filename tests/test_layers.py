@@ -25,6 +25,7 @@ UTILITIES = (
     "monitor.privacy",
     "monitor.queues",
     "monitor.registry",  # the type -> factory registries
+    "monitor.tasks",  # threads with a deadline, cancellations never lost
 )
 
 

@@ -31,6 +31,7 @@ from monitor.model import AlertEvent, AlertState, Reading
 from monitor.mqtt import Client
 from monitor.pipeline import ScoreUpdate
 from monitor.queues import put_end
+from monitor.tasks import cancel_and_wait
 
 log = logging.getLogger("vitalmon.sink.alerts")
 
@@ -153,9 +154,8 @@ class AlertPublisher:
             await self._run()
         finally:
             if storer is not None and outbox is not None:
-                storer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await storer
+                with contextlib.suppress(asyncio.CancelledError):  # (the close goes on)
+                    await cancel_and_wait(storer)  # (a NATS outbox: nats-py swallows some)
                 await outbox.close()
 
     async def _run(self) -> None:

@@ -54,7 +54,7 @@ from monitor.sinks.sqlite import (
     set_cursor,
     storage_error,
 )
-from monitor.supervise import in_thread
+from monitor.tasks import in_thread
 
 log = logging.getLogger("vitalmon.sink.forward")
 

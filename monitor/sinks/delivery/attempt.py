@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from monitor.supervise import in_thread
+from monitor.tasks import in_thread
 
 T = TypeVar("T")
 

@@ -27,6 +27,7 @@ from monitor.config import JetStreamSourceConfig, MqttConfig
 from monitor.mqtt import Client, Message
 from monitor.sources.jetstream.subjects import captured_subject
 from monitor.sources.mqtt import TopicTemplate
+from monitor.tasks import cancel_and_wait, raise_if_cancelled
 
 log = logging.getLogger("vitalmon.source.jetstream.capture")
 
@@ -97,15 +98,15 @@ class Capture:
                     self.cfg.capture_mqtt[self._host % len(self.cfg.capture_mqtt)],
                 )
         finally:
-            forward.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await forward
+            with contextlib.suppress(asyncio.CancelledError):  # (our own: the stop goes on)
+                await cancel_and_wait(forward)
             if self._client is not None:
                 await self._client.stop(1.0)
 
     async def _forward(self) -> None:
         inbox = self._inbox
         while True:
+            raise_if_cancelled()  # (a publish may have swallowed it)
             chunk = [await inbox.get()]
             while len(chunk) < CHUNK and not inbox.empty():
                 chunk.append(inbox.get_nowait())
@@ -131,6 +132,7 @@ class Capture:
                         len(failed),
                         next(r for r in results if r is not None),
                     )
+                    raise_if_cancelled()
                     await asyncio.sleep(0.5)
                 pending = failed
 

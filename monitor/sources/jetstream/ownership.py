@@ -38,6 +38,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from monitor.tasks import raise_if_cancelled
+
 log = logging.getLogger("vitalmon.source.jetstream.ownership")
 
 #: The share of a lease an owner counts on after sending its renewal.
@@ -91,7 +93,9 @@ class Ownership:
             try:
                 await self.tick()
             except Exception as exc:  # noqa: BLE001 - a node gone: the next round
+                raise_if_cancelled()  # (a cancellation nats-py turned into an error)
                 log.warning("ownership round failed (%s); trying again", exc)
+            raise_if_cancelled()  # (or swallowed: cancelled means stop, whatever it said)
             await asyncio.sleep(self.lease_s / 4)
 
     async def tick(self) -> None:

@@ -31,6 +31,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from monitor.tasks import raise_if_cancelled
+
 log = logging.getLogger("vitalmon.source.jetstream.relay")
 
 #: Within this window JetStream stores an event id once.
@@ -134,6 +136,7 @@ class AlertRelay:
         """Store queued events in order, each until the stream has it (a cluster
         electing: again, never dropped)."""
         while True:
+            raise_if_cancelled()
             topic, payload, msg_id, n, fut = await self._queue.get()
             delay = 0.1
             while True:
@@ -145,6 +148,7 @@ class AlertRelay:
                         headers={"Nats-Msg-Id": msg_id, TOPIC_HEADER: topic},
                     )
                 except Exception as exc:  # noqa: BLE001 - not stored yet: again
+                    raise_if_cancelled()
                     self.counts["store_retries"] += 1
                     log.debug("alert event not stored (%s); again", exc)
                     await asyncio.sleep(delay)
@@ -180,10 +184,12 @@ class AlertRelay:
                 )
                 break
             except Exception as exc:  # noqa: BLE001
+                raise_if_cancelled()
                 log.debug("partition %d: alert consumer not ready (%s); again", n, exc)
                 await asyncio.sleep(0.5)
         try:
             while True:
+                raise_if_cancelled()  # (a fetch, a NAK or an ack may have swallowed it)
                 try:
                     msgs = await sub.fetch(100, timeout=1.0)
                 except NatsTimeout:

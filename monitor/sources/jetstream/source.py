@@ -47,6 +47,7 @@ from monitor.sources.jetstream.subjects import (
     stored_topic,
 )
 from monitor.sources.mqtt import TopicTemplate
+from monitor.tasks import cancel_and_wait, raise_if_cancelled
 
 log = logging.getLogger("vitalmon.source.jetstream")
 
@@ -260,6 +261,7 @@ class JetStreamSource:
                 except JetStreamError:
                     raise
                 except Exception as exc:  # noqa: BLE001
+                    raise_if_cancelled()
                     if self._stopped.is_set():
                         return
                     (log.warning if attempt % 10 == 1 else log.debug)(
@@ -288,17 +290,15 @@ class JetStreamSource:
             try:
                 await self._stopped.wait()
             finally:
-                keeper.cancel()
-                leases.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await leases
+                # (cancelled until they end: nats-py swallows some cancellations, and
+                # a lease loop still running would take back what release_all frees)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cancel_and_wait(keeper, leases)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(own.release_all(), self.cfg.lease_s)
-                for task in list(self._tasks.values()):
-                    task.cancel()
-                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                await cancel_and_wait(*self._tasks.values())
                 await self._drain_acks()
-                acker.cancel()
+                await cancel_and_wait(acker)
         finally:
             with contextlib.suppress(Exception):
                 await nc.drain()
@@ -334,8 +334,10 @@ class JetStreamSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - logged; the lease is ours: again
+                raise_if_cancelled()  # (a cancellation nats-py turned into an error)
                 self.counts["task_restarts"] += 1
                 log.warning("partition %d: reading failed (%s); starting again", n, exc)
+            raise_if_cancelled()
             await asyncio.sleep(1.0)
 
     async def _lost(self, n: int) -> None:
@@ -345,9 +347,7 @@ class JetStreamSource:
     async def _stop_task(self, n: int) -> None:
         task = self._tasks.pop(n, None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
 
     async def _hand_over(self, n: int, wait: bool) -> None:
         """Tell the engine to forget the beds of partition ``n`` (``wait``: until it has)."""
@@ -396,6 +396,7 @@ class JetStreamSource:
         """Acknowledge committed messages (the journal's ``done`` queues them here), and
         NAK those of fenced batches the engine dropped."""
         while True:
+            raise_if_cancelled()  # (an ack's publish may have swallowed it)
             naks = self._naks
             while not naks.empty():
                 for m in naks.get_nowait():
@@ -423,9 +424,7 @@ class JetStreamSource:
         try:
             await self._read_partition(n, carried)
         finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await cancel_and_wait(*helpers)
 
     async def _forwarded_acks(self, n: int, carried: asyncio.Event) -> None:
         """Acknowledgements other instances left in the cluster's state for partition
@@ -437,6 +436,7 @@ class JetStreamSource:
         assert self.ownership is not None
         fence = partial(self.ownership.valid, n)
         async for ident, by, identity, key in self.state.forwarded_acks(n):
+            raise_if_cancelled()
             outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             await self._emit(Batch([], acks=[Ack(ident, by, identity, outcome)], fence=fence))
             with contextlib.suppress(Exception):  # (unknown, already acknowledged: done)
@@ -474,6 +474,7 @@ class JetStreamSource:
                 )
                 break
             except Exception as exc:  # noqa: BLE001
+                raise_if_cancelled()
                 log.debug("partition %d: consumer not ready (%s); again", n, exc)
                 await asyncio.sleep(0.5)
         assert self.ownership is not None
@@ -483,6 +484,7 @@ class JetStreamSource:
         fence = partial(self.ownership.valid, n)
         try:
             while True:
+                raise_if_cancelled()  # (a fetch or a NAK may have swallowed it)
                 try:
                     msgs = await sub.fetch(FETCH, timeout=FETCH_WAIT_S)
                 except NatsTimeout:
@@ -597,6 +599,7 @@ class JetStreamSource:
                     count += len(keep)
                     await self._emit(batch)
         except Exception as exc:  # noqa: BLE001 - replay what could be; go on live
+            raise_if_cancelled()
             log.warning("partition %d: replay stopped early (%s)", n, exc)
         finally:
             with contextlib.suppress(Exception):

@@ -48,6 +48,7 @@ from typing import Any
 from monitor.model import Admission, AlertEvent, AlertState, Priority
 from monitor.pipeline import Carried
 from monitor.sources.jetstream.subjects import kv_token, kv_untoken
+from monitor.tasks import raise_if_cancelled
 
 log = logging.getLogger("vitalmon.source.jetstream.state")
 
@@ -208,6 +209,7 @@ class ClusterState:
         PURGE_EVERY_S when ``purge()`` says this instance is the one to."""
         last_purge = time.monotonic()
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(1.0)
             if self._pending:
                 self._down_until = 0.0
@@ -292,6 +294,7 @@ class ClusterState:
             try:
                 await asyncio.wait_for(self.kv.put(f"ack.{n}.{alert_id}", body), WRITE_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - again; then said
+                raise_if_cancelled()
                 log.debug("cluster state: forwarded acknowledgement not written (%s)", exc)
                 continue
             return True
@@ -304,6 +307,7 @@ class ClusterState:
         watcher = await self.kv.watch(f"ack.{n}.*", ignore_deletes=True)
         try:
             while True:
+                raise_if_cancelled()
                 entry = await watcher.updates(timeout=None)
                 if entry is None or entry.value is None or entry.operation is not None:
                     continue
