@@ -24,12 +24,16 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any], every_s: float = CANCEL_AGA
     ``CancelledError`` and passes), so a good share of the cancellations of a task busy
     with NATS are lost and the task goes on; a plain ``cancel()`` and ``await`` then
     waits for ever. For tasks whose own clean-up does not await long (a clean-up is
-    cancelled as well)."""
+    cancelled as well). What a task raised instead of ending cancelled is dropped, as
+    ``gather(return_exceptions=True)`` would: they are being stopped."""
     pending = {t for t in tasks if not t.done()}
     while pending:
         for t in pending:
             t.cancel()
         _done, pending = await asyncio.wait(pending, timeout=every_s)
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # (retrieved: never "Task exception was never retrieved")
 
 
 def raise_if_cancelled() -> None:

@@ -436,7 +436,6 @@ class JetStreamSource:
         assert self.ownership is not None
         fence = partial(self.ownership.valid, n)
         async for ident, by, identity, key in self.state.forwarded_acks(n):
-            raise_if_cancelled()
             outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             await self._emit(Batch([], acks=[Ack(ident, by, identity, outcome)], fence=fence))
             with contextlib.suppress(Exception):  # (unknown, already acknowledged: done)
