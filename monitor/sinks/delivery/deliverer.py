@@ -164,6 +164,13 @@ class Deliverer:
             self.oldest = time.time()
         self.wake.set()
 
+    def _settled(self, n: int) -> None:
+        """``n`` open rows are done with (delivered, rejected, superseded, lost): none
+        left, none is the oldest (the metric says 0 at once, not at the next round)."""
+        self.backlog = max(0, self.backlog - n)
+        if self.backlog == 0:
+            self.oldest = None
+
     def close(self) -> None:
         self._closing.set()
         self.wake.set()
@@ -305,7 +312,7 @@ class Deliverer:
         self._refusals = (0, 0)
         self._attempt = 0  # (the next event is not an attempt of this one)
         self.counts["rejected"] += 1
-        self.backlog = max(0, self.backlog - 1)
+        self._settled(1)
         why = (
             f"the receiver refused alert {e.id} event {e.seq} ({e.rule}, {e.ward}/{e.bed}) "
             f"{self.route.reject_after} time(s): {self._last_error}"
@@ -329,7 +336,7 @@ class Deliverer:
                 await self._sleep(JOURNAL_RETRY_S)
             return False
         self._unmarked.discard(ev)
-        self.backlog = max(0, self.backlog - 1)
+        self._settled(1)
         return True
 
     # --------------------------------------------------------------------- pauses
@@ -370,7 +377,7 @@ class Deliverer:
             self.counts["superseded"] += superseded
             self.counts["skipped"] += skipped
             self.counts["released"] += 1
-            self.backlog = max(0, self.backlog - superseded - skipped)
+            self._settled(superseded - skipped)
             log.info(
                 "route %s: alert %s released at the end of %s/%s's pause (%d superseded, "
                 "%d skipped)",
@@ -418,7 +425,7 @@ class Deliverer:
         if not lost:
             return
         self.counts["lost"] += len(lost)
-        self.backlog = max(0, self.backlog - len(lost))
+        self._settled(len(lost))
         alerts = ", ".join(sorted({alert for _, alert in lost}))
         log.error(
             "route %s: %d alert event(s) of alert(s) %s are no longer in the journal and "
