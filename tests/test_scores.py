@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from conftest import wait_for
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import News2Config
@@ -212,6 +212,16 @@ def _below_since(history: list[tuple[float, Priority | None]], alert: Priority |
         max_size=40,
     ),
 )
+# (found by a suite run: at exactly 1800 s the first readings' other parameters expire;
+# the reference below counted them one instant longer than the product's rule)
+@example(
+    hold=60.0,
+    steps=[(1.0, 16, 75, 97)]
+    + [(dt, 16, 75, 97) for dt in [1.0] * 3 + [5.0] * 2 + [20.0] * 4 + [29.0] * 2]
+    + [(dt, 16, 75, 97) for dt in [30.0] * 6 + [31.0] * 2 + [59.0] * 4 + [60.0] * 4]
+    + [(120.0, 16, 75, 97)] * 7
+    + [(30.0, 25, 75, 97), (61.0, 16, 75, 97)],
+)
 def test_hold_s_invariants(hold: float, steps: list[tuple[float, int, int, int]]) -> None:
     """For any walk of the score (one instant at a time): the alert is never below the
     current trigger (a rise is immediate); a step down or resolve goes to the current
@@ -237,13 +247,15 @@ def test_hold_s_invariants(hold: float, steps: list[tuple[float, int, int, int]]
             ref.update(r.vital, bool(v) if r.vital == "o2" else v, r.ts)
             e = s.observe(r, settle=k == len(rs) - 1)[1]
             events += [e] if e else []
-        trigger = ref.current(T0 + t, 1800.0).trigger()[0]
+        score = ref.current(T0 + t, 1800.0, strict=True)
+        trigger = score.trigger()[0]
         history.append((t, trigger))
         assert len(events) <= 1  # one instant, one change of the alert
         for e in events:
             new = None if e.state is AlertState.RESOLVED else e.priority
             assert new == trigger
-            if _RANKS[new] < _RANKS[alert]:  # a step down
+            if _RANKS[new] < _RANKS[alert] and not score.partial:  # a step down (an
+                # alert whose evidence expired resolves at once: the module's policy)
                 start = _below_since(history, alert)
                 assert start is not None and t - start >= hold
             alert = new
