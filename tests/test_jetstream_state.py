@@ -85,6 +85,20 @@ def test_the_partition_of_a_bed_is_the_server_s(shared_cluster: NatsCluster) -> 
     beds = [(f"w{i % 5}.é-{i}", f"{i}.{i * 7}_b") for i in range(120)]
     beds += [("icu", str(i)) for i in range(80)]
 
+    async def publish(js: Any, subject: str) -> Any:
+        """A new stream's leader may still be elected (no responders): again, as the
+        capture session does, until a deadline."""
+        from nats.js.errors import NoStreamResponseError
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                return await js.publish(subject, b"{}")
+            except NoStreamResponseError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
     async def main() -> list[int]:
         nc = await nats.connect(shared_cluster.urls)
         js = nc.jetstream()
@@ -92,7 +106,7 @@ def test_the_partition_of_a_bed_is_the_server_s(shared_cluster: NatsCluster) -> 
         seqs = []
         for ward, bed in beds:
             subject = f"parts.in.vitals.{topic_to_subject(ward)}.{topic_to_subject(bed)}.m"
-            seqs.append((await js.publish(subject, b"{}")).seq)
+            seqs.append((await publish(js, subject)).seq)
         got = []
         for seq in seqs:
             msg = await js.get_msg("PARTS", seq)
